@@ -1,0 +1,250 @@
+//! The application: shared state, the router with its middleware stack (request
+//! ids, logging, metrics, error envelope normalisation, panics, limits, timeouts,
+//! compression), the OpenAPI document, and `serve` with bounded graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::error::{self, ApiError, REQUEST_ID};
+
+/// State shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The resolved configuration.
+    pub config: Arc<Config>,
+    /// The database pool.
+    pub pool: PgPool,
+    /// Keys for secrets at rest.
+    pub keyring: Arc<Keyring>,
+    /// The Prometheus handle `/metrics` renders.
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// Builds the state from its parts.
+    pub fn new(config: Config, pool: PgPool, keyring: Keyring) -> AppState {
+        AppState {
+            config: Arc::new(config),
+            pool,
+            keyring: Arc::new(keyring),
+            metrics: crate::telemetry::metrics_handle(),
+        }
+    }
+}
+
+/// The OpenAPI document's static part; routes add themselves.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Carmenta API", description = "Self-hosted backend for AI-assistant products."),
+    tags((name = "ops", description = "Health, readiness, metrics"))
+)]
+pub struct ApiDoc;
+
+/// All API routes with their OpenAPI descriptions.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::ops::routes())
+}
+
+/// Builds the complete router for `state`.
+pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// Builds the router with `extra` routes behind the same middleware stack (the
+/// test harness adds diagnostic routes this way).
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+    let (api, openapi) = api_routes().split_for_parts();
+    let body_limit = usize::try_from(state.config.body_limit).unwrap_or(usize::MAX);
+    let timeout = state.config.request_timeout;
+    Router::new()
+        .merge(api)
+        .merge(extra)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .fallback(fallback)
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(observe))
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(CompressionLayer::new())
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    timeout,
+                ))
+                .layer(RequestBodyLimitLayer::new(body_limit))
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no route for this path")
+}
+
+fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    error::envelope_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal server error",
+    )
+}
+
+/// Takes a client's `x-request-id` if it is sane, else makes one.
+fn request_id_of(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
+}
+
+/// The outermost middleware: request id (task-local and response header), one log
+/// line per request (method, route, path without query, status, latency; never
+/// headers or bodies), Prometheus metrics, and the error envelope for responses that
+/// left the stack without one (404/405/408/413/415 from the framework).
+async fn observe(req: Request, next: Next) -> Response {
+    let id = request_id_of(&req);
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let path = req.uri().path().to_owned();
+    let id_for_scope = id.clone();
+    let mut res = REQUEST_ID
+        .scope(id_for_scope, async move {
+            let res = next.run(req).await;
+            normalise_error(res)
+        })
+        .await;
+    let status = res.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route.clone()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method.as_str().to_owned(), "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::error!(request_id = %id, %method, route, path, status, latency_ms, "request");
+    } else if route.starts_with("/healthz")
+        || route.starts_with("/metrics")
+        || route.starts_with("/readyz")
+    {
+        tracing::debug!(request_id = %id, %method, route, path, status, latency_ms, "request");
+    } else {
+        tracing::info!(request_id = %id, %method, route, path, status, latency_ms, "request");
+    }
+    res
+}
+
+/// Gives error responses without a JSON body the standard envelope.
+fn normalise_error(res: Response) -> Response {
+    let status = res.status();
+    if status.as_u16() < 400 {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let code = error::code_for_status(status);
+    let message = match status.as_u16() {
+        404 => "no route for this path".to_string(),
+        405 => "method not allowed for this path".to_string(),
+        408 => "request took too long".to_string(),
+        413 => "request body is too large".to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let (mut parts, _) = res.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(error::envelope_json(code, &message))).into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests finish for at most `drain`, and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let signalled = async move {
+        shutdown.await;
+        let _ = tx.send(());
+    };
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(listener, router).with_graceful_shutdown(signalled),
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        res = &mut server => return res,
+        _ = rx => {}
+    }
+    tracing::info!(
+        drain_secs = drain.as_secs_f64(),
+        "shutting down: draining in-flight requests"
+    );
+    match tokio::time::timeout(drain, &mut server).await {
+        Ok(res) => res,
+        Err(_) => {
+            tracing::warn!("drain timeout reached; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,521 @@
+//! Typed configuration: defaults, an optional `carmenta.toml`, and `CARMENTA_*`
+//! environment variables (the environment wins). Owns parsing, validation and the
+//! redacted rendering that `carmenta doctor` prints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// A configuration error; its message names the offending key or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has an unknown key.
+    #[error("invalid configuration file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A value (from the file or the environment) is invalid.
+    #[error("invalid value for {key}: {message}")]
+    Value {
+        /// The variable or file key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A string that must never be printed: `Debug` and `Display` redact it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret value itself; only for code that needs it to do its job.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The resolved configuration of a Carmenta process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the HTTP server listens on (`CARMENTA_LISTEN`, default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// Base of every absolute URL the server makes (`CARMENTA_PUBLIC_URL`).
+    pub public_url: Url,
+    /// Directory for the embedded cluster, local files, keys (`CARMENTA_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// External PostgreSQL (`DATABASE_URL` or `CARMENTA_DATABASE_URL`); `None` = embedded.
+    pub database_url: Option<Secret>,
+    /// Directory holding `initdb`/`postgres` (`CARMENTA_PG_BIN`).
+    pub pg_bin: Option<PathBuf>,
+    /// Account that runs the embedded cluster when Carmenta runs as root (`CARMENTA_PG_USER`).
+    pub pg_user: Option<String>,
+    /// Encryption keys, base64 of 32 bytes each; the first encrypts (`CARMENTA_ENCRYPTION_KEY`).
+    pub encryption_keys: Vec<Secret>,
+    /// Log format (`CARMENTA_LOG_FORMAT` = `human` | `json`).
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` syntax (`CARMENTA_LOG`, default `info`).
+    pub log_filter: String,
+    /// Largest request body accepted by default (`CARMENTA_BODY_LIMIT`, e.g. `10MB`).
+    pub body_limit: u64,
+    /// Time limit for one request (`CARMENTA_REQUEST_TIMEOUT`, seconds).
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight requests (`CARMENTA_SHUTDOWN_TIMEOUT`, seconds).
+    pub shutdown_timeout: Duration,
+    /// Maximum connections in the database pool (`CARMENTA_DB_MAX_CONNECTIONS`).
+    pub db_max_connections: u32,
+    /// The configuration file that was read, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+/// The shape of `carmenta.toml`; every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    public_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    pg_bin: Option<PathBuf>,
+    pg_user: Option<String>,
+    encryption_key: Option<String>,
+    log_format: Option<String>,
+    log: Option<String>,
+    body_limit: Option<toml::Value>,
+    request_timeout: Option<u64>,
+    shutdown_timeout: Option<u64>,
+    db_max_connections: Option<u32>,
+}
+
+/// Where a raw value came from, for error messages.
+struct Raw {
+    key: String,
+    value: String,
+}
+
+/// Picks the environment variable if set, else the file key.
+fn pick(
+    env: &BTreeMap<String, String>,
+    vars: &[&str],
+    file_key: &str,
+    file: Option<String>,
+) -> Option<Raw> {
+    for var in vars {
+        if let Some(v) = env.get(*var) {
+            return Some(Raw {
+                key: (*var).to_string(),
+                value: v.clone(),
+            });
+        }
+    }
+    file.map(|value| Raw {
+        key: format!("{file_key} (carmenta.toml)"),
+        value,
+    })
+}
+
+fn invalid(raw: &Raw, message: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key: raw.key.clone(),
+        message: message.into(),
+    }
+}
+
+/// Parses a byte size: a plain number of bytes or a number with a unit
+/// (`B`, `KB`, `MB`, `GB`, `TB`, binary `KiB`… too; case-insensitive; KB = 1000).
+pub fn parse_size(input: &str) -> Result<u64, String> {
+    let s = input.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "{input:?} is not a size (examples: 1048576, 100MB, 1.5GiB)"
+        ));
+    }
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{input:?} is not a size"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit {other:?} in {input:?}")),
+    };
+    let bytes = n * mult;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{input:?} is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+impl Config {
+    /// Loads the configuration from the process environment and, if present,
+    /// `$CARMENTA_CONFIG` or `./carmenta.toml`.
+    pub fn load() -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::from_sources(&env, None)
+    }
+
+    /// Builds a configuration from explicit variables and an optional file path
+    /// (when `file` is `None`, `CARMENTA_CONFIG` or `./carmenta.toml` if it exists).
+    pub fn from_sources(
+        env: &BTreeMap<String, String>,
+        file: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let path = match file {
+            Some(p) => Some(p.to_path_buf()),
+            None => match env.get("CARMENTA_CONFIG") {
+                Some(p) => Some(PathBuf::from(p)),
+                None => {
+                    let p = PathBuf::from("carmenta.toml");
+                    p.exists().then_some(p)
+                }
+            },
+        };
+        let fc = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
+                    path: p.clone(),
+                    message: e.to_string().trim().to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+
+        let listen = match pick(env, &["CARMENTA_LISTEN"], "listen", fc.listen) {
+            Some(r) => r.value.parse::<SocketAddr>().map_err(|e| {
+                invalid(&r, format!("{e} (expected host:port, e.g. 127.0.0.1:8080)"))
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let public_url = match pick(env, &["CARMENTA_PUBLIC_URL"], "public_url", fc.public_url) {
+            Some(r) => {
+                let u = Url::parse(&r.value)
+                    .map_err(|e| invalid(&r, format!("{e} (expected an absolute URL)")))?;
+                if !matches!(u.scheme(), "http" | "https") {
+                    return Err(invalid(&r, "must be an http or https URL"));
+                }
+                u
+            }
+            None => Url::parse(&format!("http://{listen}")).map_err(|e| ConfigError::Value {
+                key: "CARMENTA_LISTEN".into(),
+                message: e.to_string(),
+            })?,
+        };
+        let data_dir = match pick(
+            env,
+            &["CARMENTA_DATA_DIR"],
+            "data_dir",
+            fc.data_dir.map(|p| p.to_string_lossy().into_owned()),
+        ) {
+            Some(r) if r.value.trim().is_empty() => return Err(invalid(&r, "must not be empty")),
+            Some(r) => PathBuf::from(r.value),
+            None => PathBuf::from("carmenta-data"),
+        };
+        let database_url = match pick(
+            env,
+            &["DATABASE_URL", "CARMENTA_DATABASE_URL"],
+            "database_url",
+            fc.database_url,
+        ) {
+            Some(r) if r.value.is_empty() => None,
+            Some(r) => {
+                let u = Url::parse(&r.value).map_err(|_| {
+                    invalid(&r, "not a URL (expected postgres://user:pass@host/db)")
+                })?;
+                if !matches!(u.scheme(), "postgres" | "postgresql") {
+                    return Err(invalid(&r, "must be a postgres:// URL"));
+                }
+                Some(Secret::new(r.value))
+            }
+            None => None,
+        };
+        let pg_bin = pick(
+            env,
+            &["CARMENTA_PG_BIN"],
+            "pg_bin",
+            fc.pg_bin.map(|p| p.to_string_lossy().into_owned()),
+        )
+        .map(|r| PathBuf::from(r.value));
+        let pg_user = pick(env, &["CARMENTA_PG_USER"], "pg_user", fc.pg_user).map(|r| r.value);
+        let encryption_keys = match pick(
+            env,
+            &["CARMENTA_ENCRYPTION_KEY"],
+            "encryption_key",
+            fc.encryption_key,
+        ) {
+            Some(r) => {
+                let keys: Vec<Secret> = r
+                    .value
+                    .split(',')
+                    .map(|k| k.trim())
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new)
+                    .collect();
+                for (i, k) in keys.iter().enumerate() {
+                    crate::crypto::decode_key(k.expose())
+                        .map_err(|m| invalid(&r, format!("key #{}: {m}", i + 1)))?;
+                }
+                keys
+            }
+            None => Vec::new(),
+        };
+        let log_format = match pick(env, &["CARMENTA_LOG_FORMAT"], "log_format", fc.log_format) {
+            Some(r) => match r.value.as_str() {
+                "human" | "text" | "pretty" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                _ => return Err(invalid(&r, "expected `human` or `json`")),
+            },
+            None => LogFormat::Human,
+        };
+        let log_filter = match pick(env, &["CARMENTA_LOG", "RUST_LOG"], "log", fc.log) {
+            Some(r) => {
+                tracing_subscriber::EnvFilter::try_new(&r.value)
+                    .map_err(|e| invalid(&r, e.to_string()))?;
+                r.value
+            }
+            None => "info,sqlx=warn".to_string(),
+        };
+        let body_limit_raw = fc.body_limit.map(|v| match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        let body_limit = match pick(env, &["CARMENTA_BODY_LIMIT"], "body_limit", body_limit_raw) {
+            Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m))?,
+            None => 10 * 1024 * 1024,
+        };
+        let secs = |vars: &[&str],
+                    key: &str,
+                    file: Option<u64>,
+                    default: u64|
+         -> Result<Duration, ConfigError> {
+            match pick(env, vars, key, file.map(|v| v.to_string())) {
+                Some(r) => match r.value.trim().parse::<u64>() {
+                    Ok(n) if n > 0 && n <= 86_400 => Ok(Duration::from_secs(n)),
+                    _ => Err(invalid(
+                        &r,
+                        "expected a whole number of seconds between 1 and 86400",
+                    )),
+                },
+                None => Ok(Duration::from_secs(default)),
+            }
+        };
+        let request_timeout = secs(
+            &["CARMENTA_REQUEST_TIMEOUT"],
+            "request_timeout",
+            fc.request_timeout,
+            30,
+        )?;
+        let shutdown_timeout = secs(
+            &["CARMENTA_SHUTDOWN_TIMEOUT"],
+            "shutdown_timeout",
+            fc.shutdown_timeout,
+            10,
+        )?;
+        let db_max_connections = match pick(
+            env,
+            &["CARMENTA_DB_MAX_CONNECTIONS"],
+            "db_max_connections",
+            fc.db_max_connections.map(|v| v.to_string()),
+        ) {
+            Some(r) => match r.value.trim().parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => return Err(invalid(&r, "expected a number between 1 and 1000")),
+            },
+            None => 10,
+        };
+
+        Ok(Config {
+            listen,
+            public_url,
+            data_dir,
+            database_url,
+            pg_bin,
+            pg_user,
+            encryption_keys,
+            log_format,
+            log_filter,
+            body_limit,
+            request_timeout,
+            shutdown_timeout,
+            db_max_connections,
+            config_file: path,
+        })
+    }
+
+    /// A default configuration rooted at `data_dir`, used by tests and tools.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        let env = BTreeMap::from([(
+            "CARMENTA_DATA_DIR".to_string(),
+            data_dir.into().to_string_lossy().into_owned(),
+        )]);
+        // The defaults and one path cannot fail to parse.
+        Self::from_sources(&env, Some(Path::new("/dev/null")))
+            .unwrap_or_else(|e| panic!("default config: {e}"))
+    }
+
+    /// Whether the embedded PostgreSQL cluster is used (no `DATABASE_URL`).
+    pub fn embedded_db(&self) -> bool {
+        self.database_url.is_none()
+    }
+
+    /// The configuration as `key = value` lines with secrets redacted.
+    pub fn redacted(&self) -> Vec<(String, String)> {
+        let db = match &self.database_url {
+            Some(s) => redact_url(s.expose()),
+            None => format!(
+                "(embedded cluster in {})",
+                self.data_dir.join("postgres").display()
+            ),
+        };
+        let keys = if self.encryption_keys.is_empty() {
+            "(none set)".to_string()
+        } else {
+            format!("{} key(s) [redacted]", self.encryption_keys.len())
+        };
+        vec![
+            (
+                "config_file".into(),
+                self.config_file
+                    .as_ref()
+                    .map_or("(none)".into(), |p| p.display().to_string()),
+            ),
+            ("listen".into(), self.listen.to_string()),
+            ("public_url".into(), self.public_url.to_string()),
+            ("data_dir".into(), self.data_dir.display().to_string()),
+            ("database_url".into(), db),
+            (
+                "pg_bin".into(),
+                self.pg_bin
+                    .as_ref()
+                    .map_or("(auto)".into(), |p| p.display().to_string()),
+            ),
+            (
+                "pg_user".into(),
+                self.pg_user.clone().unwrap_or_else(|| "(auto)".into()),
+            ),
+            ("encryption_key".into(), keys),
+            (
+                "log_format".into(),
+                format!("{:?}", self.log_format).to_lowercase(),
+            ),
+            ("log".into(), self.log_filter.clone()),
+            ("body_limit".into(), self.body_limit.to_string()),
+            (
+                "request_timeout".into(),
+                format!("{}s", self.request_timeout.as_secs()),
+            ),
+            (
+                "shutdown_timeout".into(),
+                format!("{}s", self.shutdown_timeout.as_secs()),
+            ),
+            (
+                "db_max_connections".into(),
+                self.db_max_connections.to_string(),
+            ),
+        ]
+    }
+}
+
+/// Replaces the password in a URL with `[redacted]`.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("[redacted]"));
+            }
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k.eq_ignore_ascii_case("password") {
+                        "[redacted]".to_string()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            if !pairs.is_empty() {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        Err(_) => "[unparseable, redacted]".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("1.5 GiB").unwrap(), 1_610_612_736);
+        assert_eq!(parse_size("10kb").unwrap(), 10_000);
+        assert!(parse_size("MB").is_err());
+        assert!(parse_size("10 parsecs").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        let r = redact_url("postgres://u:hunter2@db/x?password=hunter3");
+        assert!(!r.contains("hunter"), "{r}");
+        assert!(r.contains("u:"));
+    }
+}

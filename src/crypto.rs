@@ -1,0 +1,245 @@
+//! Envelope encryption for secrets at rest: AES-256-GCM with a random 96-bit nonce,
+//! caller-supplied associated data (usually the row id), and a key id so keys can
+//! rotate. Owns the keyring (from `CARMENTA_ENCRYPTION_KEY` or the embedded default's
+//! generated key file) and the envelope format.
+//!
+//! Envelope: `0x01 ‖ key_id (4 bytes) ‖ nonce (12 bytes) ‖ ciphertext ‖ tag (16 bytes)`.
+//! The key id is the first 4 bytes of SHA-256 of the key.
+
+use std::io::Write;
+use std::path::Path;
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+
+const VERSION: u8 = 1;
+const HEADER: usize = 1 + 4 + 12;
+
+/// Errors from encryption and decryption.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The envelope is too short or has an unknown version byte.
+    #[error("malformed envelope")]
+    Malformed,
+    /// The envelope was encrypted with a key that is not in the keyring.
+    #[error("envelope encrypted with unknown key id {0}")]
+    UnknownKey(String),
+    /// Authentication failed: wrong key, wrong associated data, or tampering.
+    #[error("decryption failed (wrong key, associated data or tampered ciphertext)")]
+    Decrypt,
+}
+
+/// Decodes a base64 key and checks it is 32 bytes.
+pub fn decode_key(b64: &str) -> Result<[u8; 32], String> {
+    let bytes = B64
+        .decode(b64.trim())
+        .map_err(|_| "not valid base64".to_string())?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "decodes to {} bytes, expected 32 (generate one with `openssl rand -base64 32`)",
+            bytes.len()
+        )
+    })
+}
+
+/// Generates a new random key, base64-encoded.
+pub fn generate_key() -> String {
+    let key: [u8; 32] = rand::random();
+    B64.encode(key)
+}
+
+struct Key {
+    id: [u8; 4],
+    cipher: Aes256Gcm,
+}
+
+/// An ordered set of keys: the first encrypts, all decrypt.
+pub struct Keyring {
+    keys: Vec<Key>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self.keys.iter().map(|k| hex(&k.id)).collect();
+        f.debug_struct("Keyring").field("key_ids", &ids).finish()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Keyring {
+    /// Builds a keyring from base64 keys; the first is the encrypting key.
+    pub fn from_base64(keys: &[Secret]) -> Result<Keyring, String> {
+        if keys.is_empty() {
+            return Err("no encryption key".into());
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let raw =
+                decode_key(k.expose()).map_err(|m| format!("encryption key #{}: {m}", i + 1))?;
+            let digest = Sha256::digest(raw);
+            let id = [digest[0], digest[1], digest[2], digest[3]];
+            let cipher =
+                Aes256Gcm::new_from_slice(&raw).map_err(|_| "invalid key length".to_string())?;
+            out.push(Key { id, cipher });
+        }
+        Ok(Keyring { keys: out })
+    }
+
+    /// The id of the encrypting key, as hex.
+    pub fn primary_key_id(&self) -> String {
+        hex(&self.keys[0].id)
+    }
+
+    /// Encrypts `plaintext` bound to `aad` with the primary key.
+    pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        let key = &self.keys[0];
+        let nonce_bytes: [u8; 12] = rand::random();
+        let nonce = Nonce::<Aes256Gcm>::from(nonce_bytes);
+        // Encryption with a valid key and in-memory buffers cannot fail.
+        let ct = key
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .unwrap_or_else(|_| unreachable!("AES-GCM encryption of an in-memory buffer"));
+        let mut out = Vec::with_capacity(HEADER + ct.len());
+        out.push(VERSION);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Decrypts an envelope made by [`Keyring::encrypt`] with the same `aad`.
+    pub fn decrypt(&self, envelope: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if envelope.len() < HEADER + 16 || envelope[0] != VERSION {
+            return Err(CryptoError::Malformed);
+        }
+        let id = &envelope[1..5];
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| CryptoError::UnknownKey(hex(id)))?;
+        let nonce = Nonce::<Aes256Gcm>::try_from(&envelope[5..HEADER])
+            .map_err(|_| CryptoError::Malformed)?;
+        key.cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &envelope[HEADER..],
+                    aad,
+                },
+            )
+            .map_err(|_| CryptoError::Decrypt)
+    }
+
+    /// Whether an envelope was made with a key other than the primary one and
+    /// should be re-encrypted.
+    pub fn needs_reencrypt(&self, envelope: &[u8]) -> bool {
+        envelope.len() < 5 || envelope[1..5] != self.keys[0].id
+    }
+}
+
+/// Reads the key file in the data directory, creating it (mode 0600) with a fresh
+/// key if it does not exist. Used only by the embedded default.
+pub fn load_or_create_key_file(path: &Path) -> std::io::Result<Secret> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Secret::new(s.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = generate_key();
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(key.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            // Another process may have raced us: never replace a key that exists.
+            match std::fs::hard_link(&tmp, path) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Ok(Secret::new(key))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Ok(Secret::new(
+                        std::fs::read_to_string(path)?.trim().to_string(),
+                    ))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(keys: &[&str]) -> Keyring {
+        Keyring::from_base64(&keys.iter().map(|k| Secret::new(*k)).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn round_trip_with_aad() {
+        let k = generate_key();
+        let r = ring(&[&k]);
+        let env = r.encrypt(b"refresh-token-123", b"row-1");
+        assert!(!env.windows(7).any(|w| w == b"refresh"));
+        assert_eq!(r.decrypt(&env, b"row-1").unwrap(), b"refresh-token-123");
+        assert_eq!(r.decrypt(&env, b"row-2"), Err(CryptoError::Decrypt));
+        let mut tampered = env.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(r.decrypt(&tampered, b"row-1"), Err(CryptoError::Decrypt));
+        assert_eq!(r.decrypt(&env[..10], b"row-1"), Err(CryptoError::Malformed));
+        // Two encryptions of the same text differ (random nonce).
+        assert_ne!(r.encrypt(b"x", b"a"), r.encrypt(b"x", b"a"));
+    }
+
+    #[test]
+    fn rotation() {
+        let old = generate_key();
+        let new = generate_key();
+        let before = ring(&[&old]);
+        let env = before.encrypt(b"secret", b"id");
+        let after = ring(&[&new, &old]);
+        assert_eq!(after.decrypt(&env, b"id").unwrap(), b"secret");
+        assert!(after.needs_reencrypt(&env));
+        let re = after.encrypt(b"secret", b"id");
+        assert!(!after.needs_reencrypt(&re));
+        let only_new = ring(&[&new]);
+        assert!(matches!(
+            only_new.decrypt(&env, b"id"),
+            Err(CryptoError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn bad_keys_rejected() {
+        assert!(decode_key("not base64!").is_err());
+        assert!(
+            decode_key(&B64.encode([0u8; 16]))
+                .unwrap_err()
+                .contains("16 bytes")
+        );
+    }
+}

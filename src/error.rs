@@ -1,0 +1,234 @@
+//! The API error type and its JSON envelope
+//! `{"error":{"code","message","request_id"}}`, the request-id task-local that the
+//! envelope reads, and the JSON extractor whose rejections use the envelope.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+tokio::task_local! {
+    /// The id of the request being handled, set by the request-id middleware.
+    pub static REQUEST_ID: String;
+}
+
+/// The current request's id, or an empty string outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default()
+}
+
+/// An error answered to an API client: an HTTP status, a stable machine-readable
+/// `code`, and a human-readable message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code, snake_case (e.g. `not_found`, `invalid_json`).
+    pub code: &'static str,
+    /// Human-readable explanation; never contains secrets.
+    pub message: String,
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// Any status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    /// 400 with a specific code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    /// 409 with a specific code.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    /// 500 `internal`; the cause is logged, never sent to the client.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal server error",
+        )
+    }
+    /// 503 `unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    request_id: String,
+}
+
+/// Serialises the envelope for a code and message with the current request id.
+pub fn envelope_json(code: &str, message: &str) -> Vec<u8> {
+    let env = Envelope {
+        error: Body {
+            code,
+            message,
+            request_id: current_request_id(),
+        },
+    };
+    serde_json::to_vec(&env).unwrap_or_else(|_| {
+        br#"{"error":{"code":"internal","message":"","request_id":""}}"#.to_vec()
+    })
+}
+
+/// Builds an envelope response.
+pub fn envelope_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut res = (status, envelope_json(code, message)).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        envelope_response(self.status, self.code, &self.message)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut => ApiError::unavailable("database is busy, retry shortly"),
+            sqlx::Error::RowNotFound => ApiError::not_found("not found"),
+            _ => ApiError::internal(e),
+        }
+    }
+}
+
+/// The code and status for a response that left the router without a JSON body
+/// (framework rejections, tower layers), by status.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        406 => "not_acceptable",
+        408 => "request_timeout",
+        409 => "conflict",
+        411 => "length_required",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "unprocessable_entity",
+        429 => "rate_limited",
+        500 => "internal",
+        501 => "not_implemented",
+        503 => "unavailable",
+        504 => "gateway_timeout",
+        s if s >= 500 => "internal",
+        _ => "error",
+    }
+}
+
+/// A JSON body extractor whose rejections answer with the error envelope:
+/// `invalid_json` (400) for syntax errors, `invalid_body` (422) for wrong shapes,
+/// `unsupported_media_type` (415) for a missing or wrong `Content-Type`,
+/// `payload_too_large` (413).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(json_rejection(rej)),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rej: JsonRejection) -> ApiError {
+    match rej {
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request("invalid_json", format!("malformed JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.body_text(),
+        ),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected `Content-Type: application/json`",
+        ),
+        JsonRejection::BytesRejection(e) => {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is too large",
+                )
+            } else {
+                ApiError::bad_request("invalid_body", e.body_text())
+            }
+        }
+        other => ApiError::new(
+            other.status(),
+            code_for_status(other.status()),
+            other.body_text(),
+        ),
+    }
+}

@@ -1,0 +1,21 @@
+//! Carmenta: a self-hosted backend for AI-assistant products, as one program.
+//!
+//! Module map (see ARCHITECTURE.md):
+//! - [`config`]: typed configuration from `CARMENTA_*` and `carmenta.toml`.
+//! - [`app`]: shared state, the router and its middleware, `serve`.
+//! - [`error`]: the API error envelope.
+//! - [`db`]: the pool, migrations, and the embedded PostgreSQL manager.
+//! - [`crypto`]: AES-256-GCM envelope encryption with key ids.
+//! - [`telemetry`]: logs and metrics.
+//! - [`ops`]: health, readiness, metrics endpoints.
+//! - [`doctor`]: environment checks behind `carmenta doctor`.
+
+pub mod app;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod doctor;
+pub mod error;
+pub mod ops;
+pub mod server;
+pub mod telemetry;

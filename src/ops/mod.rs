@@ -1,0 +1,5 @@
+//! Operational endpoints: liveness, readiness, Prometheus metrics.
+
+mod routes;
+
+pub use routes::routes;

@@ -1,0 +1,71 @@
+//! `carmenta serve` and `carmenta migrate`: resolving the keyring, opening the
+//! database, binding the listener, serving until a signal, and shutting down in
+//! order (drain requests, close the pool, stop the embedded cluster).
+
+use anyhow::Context;
+
+use crate::app::{self, AppState};
+use crate::config::Config;
+use crate::crypto::{self, Keyring};
+use crate::db::{self, OpenMode};
+
+/// Name of the generated key file in the data directory (embedded default only).
+pub const KEY_FILE: &str = "encryption.key";
+
+/// The keyring for `config`: `CARMENTA_ENCRYPTION_KEY` if set; in the embedded
+/// default a key generated on first start into the data directory (mode 0600);
+/// with `DATABASE_URL` and no key, an error (replicas must share one key).
+pub fn resolve_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    if !config.encryption_keys.is_empty() {
+        return Keyring::from_base64(&config.encryption_keys).map_err(anyhow::Error::msg);
+    }
+    if !config.embedded_db() {
+        anyhow::bail!(
+            "CARMENTA_ENCRYPTION_KEY is required when DATABASE_URL is set (every replica must use the same key); \
+             generate one with `openssl rand -base64 32`"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let path = config.data_dir.join(KEY_FILE);
+    let key = crypto::load_or_create_key_file(&path)
+        .with_context(|| format!("reading or creating {}", path.display()))?;
+    Keyring::from_base64(&[key]).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let keyring = resolve_keyring(&config)?;
+    let database = db::open(&config, OpenMode::Serve).await?;
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            database.close().await;
+            anyhow::bail!(
+                "cannot listen on {}: {e} (set CARMENTA_LISTEN to another address)",
+                config.listen
+            );
+        }
+    };
+    let addr = listener.local_addr()?;
+    let drain = config.shutdown_timeout;
+    let public_url = config.public_url.clone();
+    let state = AppState::new(config, database.pool.clone(), keyring);
+    let router = app::router(state);
+    tracing::info!(%addr, %public_url, "carmenta listening");
+    let result = app::serve(listener, router, app::shutdown_signal(), drain).await;
+    database.close().await;
+    tracing::info!("carmenta stopped");
+    result.context("serving HTTP")
+}
+
+/// Applies pending migrations and returns the applied versions.
+pub async fn migrate(config: Config) -> anyhow::Result<Vec<i64>> {
+    let database = db::open(&config, OpenMode::Client).await?;
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&database.pool)
+            .await?;
+    database.close().await;
+    Ok(versions)
+}

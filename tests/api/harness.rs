@@ -1,0 +1,331 @@
+//! The test harness: one throwaway PostgreSQL cluster per test binary (started by the
+//! same embedded manager the server uses, or `CARMENTA_TEST_DATABASE_URL`), a
+//! migrated template database, a fresh database per test created from it, and
+//! `TestApp`, which runs the real router on port 0 over real HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use carmenta::app::{self, AppState};
+use carmenta::config::{Config, Secret};
+use carmenta::crypto::{self, Keyring};
+use carmenta::db::embedded::{EmbeddedOptions, EmbeddedPg};
+use carmenta::db::{self, quote_ident};
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use tokio::sync::oneshot;
+
+/// The cluster shared by every test in this binary.
+pub struct Cluster {
+    /// Options reaching the server as a superuser, database `postgres`.
+    pub admin: PgConnectOptions,
+    /// The migrated template database.
+    pub template: String,
+    /// The embedded cluster, when the harness started one. Never dropped: its
+    /// watchdog stops it and removes its directory when the test binary exits.
+    pub embedded: Option<EmbeddedPg>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The shared cluster, started (and its template migrated) on first use.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        // Its own thread and runtime: the caller may be inside a test's runtime.
+        std::thread::spawn(init_cluster)
+            .join()
+            .unwrap_or_else(|_| panic!("starting the test cluster panicked"))
+    })
+}
+
+fn init_cluster() -> Cluster {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+    let (admin, embedded) = match std::env::var("CARMENTA_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            let opts = PgConnectOptions::from_str(&url)
+                .unwrap_or_else(|e| panic!("CARMENTA_TEST_DATABASE_URL: {e}"));
+            (opts, None)
+        }
+        _ => {
+            let dir = tempfile::Builder::new()
+                .prefix("carmenta-test-")
+                .tempdir()
+                .expect("tempdir")
+                .keep();
+            let mut opts = EmbeddedOptions::new(&dir);
+            opts.ephemeral = true;
+            opts.stop_with_process = true;
+            opts.remove_on_exit = true;
+            let pg = EmbeddedPg::start(&opts)
+                .unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
+            (pg.connect_options("postgres"), Some(pg))
+        }
+    };
+    let template = unique("carmenta_tpl");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        db::ensure_database(admin.clone(), &template)
+            .await
+            .expect("creating template");
+        let pool = db::pool_options(2)
+            .connect_with(admin.clone().database(&template))
+            .await
+            .expect("connecting to template");
+        db::prepare(&pool).await.expect("migrating template");
+        pool.close().await;
+    });
+    Cluster {
+        admin,
+        template,
+        embedded,
+    }
+}
+
+/// Creates a fresh, migrated database for one test and returns its options.
+pub async fn fresh_database() -> PgConnectOptions {
+    let c = cluster();
+    let name = unique("t");
+    let mut conn = c.admin.clone().connect().await.expect("admin connection");
+    let sql = format!(
+        "CREATE DATABASE {} TEMPLATE {}",
+        quote_ident(&name),
+        quote_ident(&c.template)
+    );
+    // A template in use by a concurrent CREATE can briefly refuse; retry.
+    let mut tries = 0;
+    loop {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("creating test database: {e}"),
+        }
+    }
+    c.admin.clone().database(&name)
+}
+
+/// Builds a `TestApp`.
+pub struct TestAppBuilder {
+    config: Config,
+    extra: Router<AppState>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestAppBuilder {
+    /// Changes the configuration before the app starts.
+    pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Adds routes behind the real middleware stack.
+    pub fn routes(mut self, extra: Router<AppState>) -> Self {
+        self.extra = self.extra.merge(extra);
+        self
+    }
+
+    /// Starts the app on 127.0.0.1:0 over real HTTP against a fresh database.
+    pub async fn spawn(self) -> TestApp {
+        let options = fresh_database().await;
+        let pool = db::pool_options(self.config.db_max_connections)
+            .connect_with(options.clone())
+            .await
+            .expect("test pool");
+        let keyring = Keyring::from_base64(&self.config.encryption_keys).expect("keyring");
+        let state = AppState::new(self.config.clone(), pool.clone(), keyring);
+        let router = app::router_with(state.clone(), self.extra);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let drain = self.config.shutdown_timeout;
+        let server = tokio::spawn(app::serve(
+            listener,
+            router.clone(),
+            async move {
+                let _ = rx.await;
+            },
+            drain,
+        ));
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            pool,
+            state,
+            router,
+            database: options.get_database().unwrap_or_default().to_string(),
+            shutdown: Some(tx),
+            server: Some(server),
+            _data_dir: self._data_dir,
+        }
+    }
+}
+
+/// A running app: the real router served over HTTP, and a pool on its database.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub base: String,
+    /// An HTTP client (no redirects followed).
+    pub client: reqwest::Client,
+    /// A pool on the app's database.
+    pub pool: PgPool,
+    /// The app state.
+    pub state: AppState,
+    /// The router, for in-process calls.
+    pub router: Router,
+    /// The name of this test's database.
+    pub database: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// A builder with the default test configuration.
+    pub fn builder() -> TestAppBuilder {
+        let data_dir = tempfile::Builder::new()
+            .prefix("carmenta-app-")
+            .tempdir()
+            .expect("tempdir");
+        let mut config = Config::for_data_dir(data_dir.path());
+        config.encryption_keys = vec![Secret::new(crypto::generate_key())];
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        TestAppBuilder {
+            config,
+            extra: Router::new(),
+            _data_dir: data_dir,
+        }
+    }
+
+    /// Starts an app with the default test configuration.
+    pub async fn spawn() -> TestApp {
+        Self::builder().spawn().await
+    }
+
+    /// The absolute URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Asks the server to shut down and waits for `serve` to return.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(h) => h.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    /// Triggers shutdown without waiting; returns the server task.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.server.take().expect("server already shut down")
+    }
+}
+
+/// Parses an error envelope and returns (code, message, request_id).
+pub async fn envelope(res: reqwest::Response) -> (u16, String, String, String) {
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.expect("JSON error body");
+    let e = &body["error"];
+    (
+        status,
+        e["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no code in {body}"))
+            .to_string(),
+        e["message"].as_str().unwrap_or_default().to_string(),
+        e["request_id"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// A temporary directory for a test, kept until dropped.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir")
+        .keep()
+}
+
+/// A request body shape for the diagnostic echo route.
+#[derive(serde::Deserialize, serde::Serialize)]
+pub struct EchoBody {
+    /// Any name.
+    pub name: String,
+    /// Any count.
+    pub count: u32,
+}
+
+/// Diagnostic routes mounted behind the real middleware stack: a JSON echo, a
+/// handler that panics, and one that sleeps for `?ms=`.
+pub fn test_routes() -> Router<AppState> {
+    use axum::extract::Query;
+    use axum::routing::{get, post};
+    use carmenta::error::ApiJson;
+    #[derive(serde::Deserialize)]
+    struct Sleep {
+        ms: u64,
+    }
+    Router::new()
+        .route(
+            "/test/echo",
+            post(|ApiJson(b): ApiJson<EchoBody>| async move { ApiJson(b) }),
+        )
+        .route(
+            "/test/panic",
+            get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("deliberate test panic");
+                }
+                "unreachable"
+            }),
+        )
+        .route(
+            "/test/slow",
+            get(|Query(s): Query<Sleep>| async move {
+                tokio::time::sleep(Duration::from_millis(s.ms)).await;
+                "done"
+            }),
+        )
+}

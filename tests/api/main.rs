@@ -1,0 +1,11 @@
+//! Carmenta's integration tests: one binary, real PostgreSQL, real HTTP.
+//! Run a focused group with e.g. `cargo test --test api ops::`.
+
+mod harness;
+
+mod cli;
+mod config;
+mod embedded;
+mod errors;
+mod ops;
+mod shutdown;

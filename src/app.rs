@@ -23,6 +23,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::auth::AuthState;
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::error::{self, ApiError, REQUEST_ID};
@@ -38,17 +39,41 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     /// The Prometheus handle `/metrics` renders.
     pub metrics: PrometheusHandle,
+    /// Auth state (signing keys).
+    pub auth: Arc<AuthState>,
 }
 
 impl AppState {
-    /// Builds the state from its parts.
-    pub fn new(config: Config, pool: PgPool, keyring: Keyring) -> AppState {
-        AppState {
+    /// Builds the state from its parts, loading (or creating) the signing keys.
+    pub async fn build(config: Config, pool: PgPool, keyring: Keyring) -> Result<AppState, String> {
+        let auth = AuthState::load(&pool, &keyring, &config).await?;
+        crate::auth::password::warm_up().await;
+        Ok(AppState {
             config: Arc::new(config),
             pool,
             keyring: Arc::new(keyring),
             metrics: crate::telemetry::metrics_handle(),
-        }
+            auth,
+        })
+    }
+
+    /// Starts background upkeep: periodic signing-key refresh (to pick up another
+    /// replica's rotation) and pruning of old rate-limit windows.
+    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = state.auth.keys.refresh(&state.pool, &state.keyring).await {
+                    tracing::warn!(error = %e, "refreshing signing keys");
+                }
+                if let Err(e) = crate::auth::db::prune_windows(&state.pool).await {
+                    tracing::warn!(error = %e, "pruning rate windows");
+                }
+            }
+        })
     }
 }
 
@@ -56,13 +81,15 @@ impl AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Carmenta API", description = "Self-hosted backend for AI-assistant products."),
-    tags((name = "ops", description = "Health, readiness, metrics"))
+    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"))
 )]
 pub struct ApiDoc;
 
 /// All API routes with their OpenAPI descriptions.
 pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::ops::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::ops::routes())
+        .merge(crate::auth::routes())
 }
 
 /// Builds the complete router for `state`.
@@ -212,7 +239,11 @@ pub async fn serve(
         let _ = tx.send(());
     };
     let server = std::future::IntoFuture::into_future(
-        axum::serve(listener, router).with_graceful_shutdown(signalled),
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(signalled),
     );
     tokio::pin!(server);
     tokio::select! {

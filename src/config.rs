@@ -105,6 +105,25 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Maximum connections in the database pool (`CARMENTA_DB_MAX_CONNECTIONS`).
     pub db_max_connections: u32,
+    /// Access token (JWT) lifetime (`CARMENTA_ACCESS_TOKEN_TTL`, seconds, default 300).
+    pub access_token_ttl: Duration,
+    /// `aud` of access tokens (`CARMENTA_JWT_AUDIENCE`, default `carmenta`).
+    pub jwt_audience: String,
+    /// Absolute session lifetime (`CARMENTA_SESSION_TTL`, seconds, default 7 days).
+    pub session_ttl: Duration,
+    /// Idle session lifetime (`CARMENTA_SESSION_IDLE_TTL`, seconds; unset = none).
+    pub session_idle_ttl: Option<Duration>,
+    /// Minimum password length (`CARMENTA_PASSWORD_MIN_LENGTH`, default 8).
+    pub password_min_length: usize,
+    /// Failed sign-ins before an account is locked (`CARMENTA_LOCKOUT_THRESHOLD`, default 10).
+    pub lockout_threshold: u32,
+    /// How long a locked account stays locked (`CARMENTA_LOCKOUT_SECONDS`, default 3600).
+    pub lockout_duration: Duration,
+    /// Sign-in and sign-up attempts allowed per IP per 10 minutes (`CARMENTA_SIGNIN_IP_LIMIT`, default 50).
+    pub signin_ip_limit: u32,
+    /// Origins (besides the public URL's) trusted for cookie-authenticated writes
+    /// and as redirect targets (`CARMENTA_ALLOWED_ORIGINS`, comma-separated).
+    pub allowed_origins: Vec<String>,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -126,6 +145,15 @@ struct FileConfig {
     request_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     db_max_connections: Option<u32>,
+    access_token_ttl: Option<u64>,
+    jwt_audience: Option<String>,
+    session_ttl: Option<u64>,
+    session_idle_ttl: Option<u64>,
+    password_min_length: Option<u64>,
+    lockout_threshold: Option<u64>,
+    lockout_seconds: Option<u64>,
+    signin_ip_limit: Option<u64>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 /// Where a raw value came from, for error messages.
@@ -337,21 +365,31 @@ impl Config {
             Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m))?,
             None => 10 * 1024 * 1024,
         };
+        let num = |vars: &[&str],
+                   key: &str,
+                   file: Option<u64>,
+                   min: u64,
+                   max: u64|
+         -> Result<Option<u64>, ConfigError> {
+            match pick(env, vars, key, file.map(|v| v.to_string())) {
+                Some(r) => match r.value.trim().parse::<u64>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                    _ => Err(invalid(
+                        &r,
+                        format!("expected a whole number between {min} and {max}"),
+                    )),
+                },
+                None => Ok(None),
+            }
+        };
         let secs = |vars: &[&str],
                     key: &str,
                     file: Option<u64>,
                     default: u64|
          -> Result<Duration, ConfigError> {
-            match pick(env, vars, key, file.map(|v| v.to_string())) {
-                Some(r) => match r.value.trim().parse::<u64>() {
-                    Ok(n) if n > 0 && n <= 86_400 => Ok(Duration::from_secs(n)),
-                    _ => Err(invalid(
-                        &r,
-                        "expected a whole number of seconds between 1 and 86400",
-                    )),
-                },
-                None => Ok(Duration::from_secs(default)),
-            }
+            Ok(Duration::from_secs(
+                num(vars, key, file, 1, 86_400)?.unwrap_or(default),
+            ))
         };
         let request_timeout = secs(
             &["CARMENTA_REQUEST_TIMEOUT"],
@@ -365,6 +403,100 @@ impl Config {
             fc.shutdown_timeout,
             10,
         )?;
+        let year = 366 * 86_400;
+        let access_token_ttl = Duration::from_secs(
+            num(
+                &["CARMENTA_ACCESS_TOKEN_TTL"],
+                "access_token_ttl",
+                fc.access_token_ttl,
+                10,
+                86_400,
+            )?
+            .unwrap_or(300),
+        );
+        let session_ttl = Duration::from_secs(
+            num(
+                &["CARMENTA_SESSION_TTL"],
+                "session_ttl",
+                fc.session_ttl,
+                60,
+                year,
+            )?
+            .unwrap_or(7 * 86_400),
+        );
+        let session_idle_ttl = num(
+            &["CARMENTA_SESSION_IDLE_TTL"],
+            "session_idle_ttl",
+            fc.session_idle_ttl,
+            60,
+            year,
+        )?
+        .map(Duration::from_secs);
+        let password_min_length = num(
+            &["CARMENTA_PASSWORD_MIN_LENGTH"],
+            "password_min_length",
+            fc.password_min_length,
+            6,
+            128,
+        )?
+        .unwrap_or(8) as usize;
+        let lockout_threshold = num(
+            &["CARMENTA_LOCKOUT_THRESHOLD"],
+            "lockout_threshold",
+            fc.lockout_threshold,
+            1,
+            1000,
+        )?
+        .unwrap_or(10) as u32;
+        let lockout_duration = Duration::from_secs(
+            num(
+                &["CARMENTA_LOCKOUT_SECONDS"],
+                "lockout_seconds",
+                fc.lockout_seconds,
+                1,
+                year,
+            )?
+            .unwrap_or(3600),
+        );
+        let signin_ip_limit = num(
+            &["CARMENTA_SIGNIN_IP_LIMIT"],
+            "signin_ip_limit",
+            fc.signin_ip_limit,
+            1,
+            1_000_000,
+        )?
+        .unwrap_or(50) as u32;
+        let jwt_audience = pick(
+            env,
+            &["CARMENTA_JWT_AUDIENCE"],
+            "jwt_audience",
+            fc.jwt_audience,
+        )
+        .map_or("carmenta".to_string(), |r| r.value);
+        let allowed_origins = match pick(
+            env,
+            &["CARMENTA_ALLOWED_ORIGINS"],
+            "allowed_origins",
+            fc.allowed_origins.map(|v| v.join(",")),
+        ) {
+            Some(r) => {
+                let mut out = Vec::new();
+                for o in r.value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                    let u = Url::parse(o).map_err(|_| {
+                        invalid(
+                            &r,
+                            format!("{o:?} is not an origin like https://app.example.com"),
+                        )
+                    })?;
+                    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                        return Err(invalid(&r, format!("{o:?} is not an http(s) origin")));
+                    }
+                    out.push(u.origin().ascii_serialization());
+                }
+                out
+            }
+            None => Vec::new(),
+        };
         let db_max_connections = match pick(
             env,
             &["CARMENTA_DB_MAX_CONNECTIONS"],
@@ -392,6 +524,15 @@ impl Config {
             request_timeout,
             shutdown_timeout,
             db_max_connections,
+            access_token_ttl,
+            jwt_audience,
+            session_ttl,
+            session_idle_ttl,
+            password_min_length,
+            lockout_threshold,
+            lockout_duration,
+            signin_ip_limit,
+            allowed_origins,
             config_file: path,
         })
     }
@@ -405,6 +546,18 @@ impl Config {
         // The defaults and one path cannot fail to parse.
         Self::from_sources(&env, Some(Path::new("/dev/null")))
             .unwrap_or_else(|e| panic!("default config: {e}"))
+    }
+
+    /// The issuer (`iss`) of access tokens: the public URL without a trailing slash.
+    pub fn issuer(&self) -> String {
+        self.public_url.as_str().trim_end_matches('/').to_string()
+    }
+
+    /// Whether `origin` (scheme://host[:port]) is the public URL's or an allowed one.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.public_url.origin().ascii_serialization() == origin
+            || self.allowed_origins.iter().any(|o| o == origin)
     }
 
     /// Whether the embedded PostgreSQL cluster is used (no `DATABASE_URL`).

@@ -8,9 +8,13 @@
 //! - [`crypto`]: AES-256-GCM envelope encryption with key ids.
 //! - [`telemetry`]: logs and metrics.
 //! - [`ops`]: health, readiness, metrics endpoints.
+//! - [`auth`]: accounts, sessions, access tokens, service keys.
+//! - [`audit`]: the audit log.
 //! - [`doctor`]: environment checks behind `carmenta doctor`.
 
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -35,6 +35,32 @@ enum Cmd {
     /// data directory and the encryption key; each failure says how to fix it.
     /// Exits non-zero if any check fails.
     Doctor,
+    /// Manage service keys and access-token signing keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCmd {
+    /// Create a service key and print it (alone, once) on standard output.
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// Allow only reads (GET/HEAD); the default is full access.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List service keys (never the secrets).
+    List,
+    /// Revoke a service key by id or name.
+    Revoke {
+        /// The key's id or name.
+        key: String,
+    },
+    /// Rotate the access-token signing key; the old one stays published until its
+    /// last token expires.
+    Rotate,
 }
 
 fn main() -> ExitCode {
@@ -77,8 +103,64 @@ fn main() -> ExitCode {
                 }
             },
             Cmd::Doctor => doctor(config).await,
+            Cmd::Key(cmd) => match key(config, cmd).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("carmenta: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
         }
     })
+}
+
+async fn key(config: Config, cmd: KeyCmd) -> anyhow::Result<()> {
+    use carmenta::auth::{db, service, tokens};
+    let keyring = carmenta::server::resolve_keyring(&config)?;
+    let database = carmenta::db::open(&config, carmenta::db::OpenMode::Client).await?;
+    let pool = database.pool.clone();
+    let result = async {
+        match cmd {
+            KeyCmd::Create { name, read_only } => {
+                let name = name.trim();
+                anyhow::ensure!(
+                    !name.is_empty() && name.len() <= 100,
+                    "--name must be 1 to 100 characters"
+                );
+                let (secret, row) = service::create_service_key(&pool, name, !read_only).await?;
+                eprintln!(
+                    "created service key {} ({}, {}); it is shown once:",
+                    row.id, row.name, row.scope
+                );
+                println!("{secret}");
+            }
+            KeyCmd::List => {
+                for k in db::list_service_keys(&pool).await? {
+                    let used = k
+                        .last_used_at
+                        .map_or("never".to_string(), |t| t.to_string());
+                    println!(
+                        "{}  {:<24} {:<5} {}…  last used {used}",
+                        k.id, k.name, k.scope, k.prefix
+                    );
+                }
+            }
+            KeyCmd::Revoke { key } => {
+                let n = db::revoke_service_key(&pool, &key).await?;
+                anyhow::ensure!(n > 0, "no live service key with id or name {key:?}");
+                eprintln!("revoked {n} key(s)");
+            }
+            KeyCmd::Rotate => {
+                let kid = tokens::rotate(&pool, &keyring).await?;
+                eprintln!("new signing key {kid}; running servers pick it up within a minute");
+                println!("{kid}");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    database.close().await;
+    result
 }
 
 async fn doctor(config: Config) -> ExitCode {

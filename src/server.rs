@@ -50,10 +50,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let drain = config.shutdown_timeout;
     let public_url = config.public_url.clone();
-    let state = AppState::new(config, database.pool.clone(), keyring);
+    let state = match AppState::build(config, database.pool.clone(), keyring).await {
+        Ok(s) => s,
+        Err(e) => {
+            database.close().await;
+            anyhow::bail!("loading auth keys: {e}");
+        }
+    };
+    let upkeep = state.spawn_upkeep();
     let router = app::router(state);
     tracing::info!(%addr, %public_url, "carmenta listening");
     let result = app::serve(listener, router, app::shutdown_signal(), drain).await;
+    upkeep.abort();
     database.close().await;
     tracing::info!("carmenta stopped");
     result.context("serving HTTP")

@@ -152,7 +152,9 @@ impl TestAppBuilder {
             .await
             .expect("test pool");
         let keyring = Keyring::from_base64(&self.config.encryption_keys).expect("keyring");
-        let state = AppState::new(self.config.clone(), pool.clone(), keyring);
+        let state = AppState::build(self.config.clone(), pool.clone(), keyring)
+            .await
+            .expect("app state");
         let router = app::router_with(state.clone(), self.extra);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -320,6 +322,14 @@ pub fn test_routes() -> Router<AppState> {
                 }
                 "unreachable"
             }),
+        )
+        .route(
+            "/test/whoami",
+            get(
+                |carmenta::auth::Caller(p): carmenta::auth::Caller| async move {
+                    ApiJson(serde_json::json!({"user_id": p.user_id(), "service": p.is_service()}))
+                },
+            ),
         )
         .route(
             "/test/slow",

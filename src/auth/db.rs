@@ -1,0 +1,490 @@
+//! Every SQL statement on the auth tables: users, sessions, signing keys, service
+//! keys, sign-in rate windows and lockouts.
+
+use std::time::Duration;
+
+use sqlx::{FromRow, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::tokens::SigningKeyRow;
+use crate::crypto::Keyring;
+
+/// A user as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    /// Id.
+    pub id: Uuid,
+    /// Email as given at sign-up.
+    pub email: String,
+    /// When the email was verified.
+    pub email_verified_at: Option<OffsetDateTime>,
+    /// argon2id PHC string.
+    pub password_hash: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Avatar URL.
+    pub image_url: Option<String>,
+    /// Readable by the user, writable by the backend.
+    pub public_metadata: serde_json::Value,
+    /// Backend only.
+    pub private_metadata: serde_json::Value,
+    /// Readable and writable by the user.
+    pub unsafe_metadata: serde_json::Value,
+    /// External issuer subject.
+    pub external_id: Option<String>,
+    /// Created.
+    pub created_at: OffsetDateTime,
+    /// Updated.
+    pub updated_at: OffsetDateTime,
+}
+
+const USER_COLS: &str = "id, email, email_verified_at, password_hash, name, image_url, public_metadata, \
+                         private_metadata, unsafe_metadata, external_id, created_at, updated_at";
+
+/// Whether an error is a unique violation.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505")
+}
+
+/// Inserts a user. A taken email (case-insensitively) is a unique violation.
+pub async fn insert_user(
+    pool: &PgPool,
+    email: &str,
+    password_hash: Option<&str>,
+    name: Option<&str>,
+    unsafe_metadata: &serde_json::Value,
+) -> Result<UserRow, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO users (id, email, password_hash, name, unsafe_metadata) VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLS}"
+    );
+    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+        .bind(Uuid::now_v7())
+        .bind(email)
+        .bind(password_hash)
+        .bind(name)
+        .bind(unsafe_metadata)
+        .fetch_one(pool)
+        .await
+}
+
+/// Finds a user by email, case-insensitively.
+pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
+    let sql = format!("SELECT {USER_COLS} FROM users WHERE lower(email) = lower($1)");
+    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+        .bind(email)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Finds a user by id.
+pub async fn user_by_id(pool: &PgPool, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+    let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
+    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Profile fields to change; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct ProfilePatch {
+    /// Display name (`Some(None)` clears it).
+    pub name: Option<Option<String>>,
+    /// Image URL (`Some(None)` clears it).
+    pub image_url: Option<Option<String>>,
+    /// Replaces public metadata.
+    pub public_metadata: Option<serde_json::Value>,
+    /// Replaces private metadata.
+    pub private_metadata: Option<serde_json::Value>,
+    /// Replaces unsafe metadata.
+    pub unsafe_metadata: Option<serde_json::Value>,
+}
+
+/// Applies a profile patch to the user `id`.
+pub async fn update_profile(
+    pool: &PgPool,
+    id: Uuid,
+    p: &ProfilePatch,
+) -> Result<Option<UserRow>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE users SET
+            name = CASE WHEN $2 THEN $3 ELSE name END,
+            image_url = CASE WHEN $4 THEN $5 ELSE image_url END,
+            public_metadata = COALESCE($6, public_metadata),
+            private_metadata = COALESCE($7, private_metadata),
+            unsafe_metadata = COALESCE($8, unsafe_metadata),
+            updated_at = now()
+         WHERE id = $1 RETURNING {USER_COLS}"
+    );
+    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(p.name.is_some())
+        .bind(p.name.clone().flatten())
+        .bind(p.image_url.is_some())
+        .bind(p.image_url.clone().flatten())
+        .bind(&p.public_metadata)
+        .bind(&p.private_metadata)
+        .bind(&p.unsafe_metadata)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Sets a user's password hash.
+pub async fn set_password(pool: &PgPool, id: Uuid, hash: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Deletes a user; every owned row goes with it (foreign keys cascade).
+pub async fn delete_user(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// A session as listed to its owner.
+#[derive(Debug, Clone, FromRow)]
+pub struct SessionRow {
+    /// Id.
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// Created.
+    pub created_at: OffsetDateTime,
+    /// Last seen.
+    pub last_active_at: OffsetDateTime,
+    /// Absolute expiry.
+    pub expires_at: OffsetDateTime,
+    /// Client IP at creation.
+    pub ip: Option<String>,
+    /// Client user agent at creation.
+    pub user_agent: Option<String>,
+}
+
+/// Creates a session.
+pub async fn insert_session(
+    pool: &PgPool,
+    user_id: Uuid,
+    token_hash: &[u8],
+    lifetime: Duration,
+    ip: Option<&str>,
+    user_agent: Option<&str>,
+) -> Result<SessionRow, sqlx::Error> {
+    sqlx::query_as::<_, SessionRow>(
+        "INSERT INTO sessions (id, user_id, token_hash, expires_at, ip, user_agent)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6)
+         RETURNING id, user_id, created_at, last_active_at, expires_at, ip, user_agent",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user_id)
+    .bind(token_hash)
+    .bind(lifetime.as_secs_f64())
+    .bind(ip)
+    .bind(user_agent)
+    .fetch_one(pool)
+    .await
+}
+
+/// Finds a live session by token hash (not revoked, not expired, not idle longer
+/// than `idle`), and records activity at most once a minute.
+pub async fn live_session(
+    pool: &PgPool,
+    token_hash: &[u8],
+    idle: Option<Duration>,
+) -> Result<Option<SessionRow>, sqlx::Error> {
+    let row = sqlx::query_as::<_, SessionRow>(
+        "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions
+         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
+           AND ($2::float8 IS NULL OR last_active_at > now() - make_interval(secs => $2))",
+    )
+    .bind(token_hash)
+    .bind(idle.map(|d| d.as_secs_f64()))
+    .fetch_optional(pool)
+    .await?;
+    if let Some(r) = &row
+        && OffsetDateTime::now_utc() - r.last_active_at > time::Duration::minutes(1)
+    {
+        sqlx::query("UPDATE sessions SET last_active_at = now() WHERE id = $1")
+            .bind(r.id)
+            .execute(pool)
+            .await?;
+    }
+    Ok(row)
+}
+
+/// Whether the session `id` is live (for JWT-authenticated requests that act on it).
+pub async fn session_is_live(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now())")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}
+
+/// The owner's live sessions, newest first.
+pub async fn list_sessions(pool: &PgPool, user_id: Uuid) -> Result<Vec<SessionRow>, sqlx::Error> {
+    sqlx::query_as::<_, SessionRow>(
+        "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions
+         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now() ORDER BY created_at DESC, id DESC",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes one of the owner's sessions; false if it is not theirs or not live.
+pub async fn revoke_session(pool: &PgPool, user_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
+        .bind(id)
+        .bind(user_id)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+/// Revokes all of the owner's sessions except `keep`; returns how many.
+pub async fn revoke_all_sessions(
+    pool: &PgPool,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2")
+        .bind(user_id)
+        .bind(keep)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
+/// Stores a signing key.
+pub async fn insert_signing_key(
+    pool: &PgPool,
+    kid: &str,
+    sealed: &[u8],
+    jwk: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE auth_signing_keys SET retired_at = now() WHERE retired_at IS NULL")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO auth_signing_keys (kid, alg, private_key, public_jwk) VALUES ($1, 'EdDSA', $2, $3)")
+        .bind(kid)
+        .bind(sealed)
+        .bind(jwk)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Creates the first signing key if there is no active one (replicas starting
+/// together serialise on an advisory lock).
+pub async fn ensure_signing_key(pool: &PgPool, keyring: &Keyring) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7262011)")
+        .execute(&mut *tx)
+        .await?;
+    let active: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM auth_signing_keys WHERE retired_at IS NULL)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !active {
+        super::tokens::rotate(pool, keyring).await?;
+    }
+    tx.commit().await
+}
+
+/// Keys to publish: active ones and those retired less than `grace` ago; active first.
+pub async fn published_signing_keys(
+    pool: &PgPool,
+    grace: Duration,
+) -> Result<Vec<SigningKeyRow>, sqlx::Error> {
+    let rows: Vec<(String, Vec<u8>, serde_json::Value, bool)> = sqlx::query_as(
+        "SELECT kid, private_key, public_jwk, retired_at IS NULL FROM auth_signing_keys
+         WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => $1)
+         ORDER BY (retired_at IS NULL) DESC, created_at DESC",
+    )
+    .bind(grace.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kid, private_key, public_jwk, active)| SigningKeyRow {
+            kid,
+            private_key,
+            public_jwk,
+            active,
+        })
+        .collect())
+}
+
+/// A service key as stored (without its hash).
+#[derive(Debug, Clone, FromRow)]
+pub struct ServiceKeyRow {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// First characters, to recognise it.
+    pub prefix: String,
+    /// `read` or `full`.
+    pub scope: String,
+    /// Created.
+    pub created_at: OffsetDateTime,
+    /// Last used.
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// Stores a service key's hash.
+pub async fn insert_service_key(
+    pool: &PgPool,
+    name: &str,
+    hash: &[u8],
+    prefix: &str,
+    scope: &str,
+) -> Result<ServiceKeyRow, sqlx::Error> {
+    sqlx::query_as::<_, ServiceKeyRow>(
+        "INSERT INTO service_keys (id, name, key_hash, prefix, scope) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, name, prefix, scope, created_at, last_used_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(name)
+    .bind(hash)
+    .bind(prefix)
+    .bind(scope)
+    .fetch_one(pool)
+    .await
+}
+
+/// Finds a live service key by hash and records its use (at most once a minute).
+pub async fn service_key_by_hash(
+    pool: &PgPool,
+    hash: &[u8],
+) -> Result<Option<ServiceKeyRow>, sqlx::Error> {
+    let row = sqlx::query_as::<_, ServiceKeyRow>(
+        "SELECT id, name, prefix, scope, created_at, last_used_at FROM service_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(r) = &row
+        && r.last_used_at
+            .is_none_or(|t| OffsetDateTime::now_utc() - t > time::Duration::minutes(1))
+    {
+        sqlx::query("UPDATE service_keys SET last_used_at = now() WHERE id = $1")
+            .bind(r.id)
+            .execute(pool)
+            .await?;
+    }
+    Ok(row)
+}
+
+/// All service keys (without secrets).
+pub async fn list_service_keys(pool: &PgPool) -> Result<Vec<ServiceKeyRow>, sqlx::Error> {
+    sqlx::query_as::<_, ServiceKeyRow>(
+        "SELECT id, name, prefix, scope, created_at, last_used_at FROM service_keys WHERE revoked_at IS NULL ORDER BY created_at",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes a service key by id or by name.
+pub async fn revoke_service_key(pool: &PgPool, id_or_name: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("UPDATE service_keys SET revoked_at = now() WHERE revoked_at IS NULL AND (id::text = $1 OR name = $1)")
+        .bind(id_or_name)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
+/// Counts a hit in the fixed window of `window` length for `bucket`; returns the
+/// count including this hit.
+pub async fn hit_window(pool: &PgPool, bucket: &str, window: Duration) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO auth_rate_windows (bucket, window_start, count)
+         VALUES ($1, to_timestamp(floor(extract(epoch FROM now()) / $2) * $2), 1)
+         ON CONFLICT (bucket, window_start) DO UPDATE SET count = auth_rate_windows.count + 1
+         RETURNING count",
+    )
+    .bind(bucket)
+    .bind(window.as_secs_f64().max(1.0))
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes rate windows older than a day (housekeeping).
+pub async fn prune_windows(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM auth_rate_windows WHERE window_start < now() - interval '1 day'")
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// When the account key is locked until, if it is locked now.
+pub async fn locked_until(
+    pool: &PgPool,
+    account_key: &[u8],
+) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT locked_until FROM auth_lockouts WHERE account_key = $1 AND locked_until > now()",
+    )
+    .bind(account_key)
+    .fetch_optional(pool)
+    .await
+    .map(Option::flatten)
+}
+
+/// Records a failed sign-in; locks the account key for `lockout` after `threshold`
+/// consecutive failures. Returns whether it is now locked.
+pub async fn record_failure(
+    pool: &PgPool,
+    account_key: &[u8],
+    threshold: u32,
+    lockout: Duration,
+) -> Result<bool, sqlx::Error> {
+    let locked: Option<OffsetDateTime> = sqlx::query_scalar(
+        "INSERT INTO auth_lockouts (account_key, failures, updated_at) VALUES ($1, 1, now())
+         ON CONFLICT (account_key) DO UPDATE SET
+            failures = CASE WHEN auth_lockouts.locked_until IS NOT NULL AND auth_lockouts.locked_until <= now()
+                            THEN 1 ELSE auth_lockouts.failures + 1 END,
+            locked_until = CASE WHEN auth_lockouts.locked_until IS NOT NULL AND auth_lockouts.locked_until <= now()
+                            THEN NULL ELSE auth_lockouts.locked_until END,
+            updated_at = now()
+         RETURNING CASE WHEN failures >= $2 THEN now() + make_interval(secs => $3) ELSE NULL END",
+    )
+    .bind(account_key)
+    .bind(i32::try_from(threshold).unwrap_or(i32::MAX))
+    .bind(lockout.as_secs_f64())
+    .fetch_one(pool)
+    .await?;
+    if let Some(until) = locked {
+        sqlx::query(
+            "UPDATE auth_lockouts SET locked_until = $2, failures = 0 WHERE account_key = $1",
+        )
+        .bind(account_key)
+        .bind(until)
+        .execute(pool)
+        .await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Clears failures after a successful sign-in.
+pub async fn clear_failures(pool: &PgPool, account_key: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM auth_lockouts WHERE account_key = $1")
+        .bind(account_key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Auth: users, passwords, sessions, access tokens (EdDSA JWT + JWKS), service keys,
+//! sign-in limits and lockout, and the extractors other areas use to identify the
+//! caller ([`Caller`], [`CurrentUser`]).
+
+pub mod db;
+pub mod password;
+mod routes;
+pub mod service;
+pub mod tokens;
+pub mod types;
+
+pub use routes::{ACT_AS_HEADER, Caller, CurrentUser, SESSION_COOKIE, routes};
+pub use service::{AuthState, Principal, Via};

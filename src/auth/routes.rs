@@ -1,0 +1,396 @@
+//! Auth HTTP handlers, the session cookie, CSRF checks, and the extractors every
+//! area uses to ask "who is this?": [`Caller`] (any principal) and [`CurrentUser`]
+//! (a principal acting as a user).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::service::{self, ClientInfo, Principal, Via};
+use super::types::*;
+use crate::app::AppState;
+use crate::error::{ApiError, ApiJson};
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "carmenta_session";
+/// Header a service key uses to act for a user.
+pub const ACT_AS_HEADER: &str = "x-carmenta-user-id";
+
+/// The auth routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_up))
+        .routes(routes!(sign_in))
+        .routes(routes!(sign_out))
+        .routes(routes!(token))
+        .routes(routes!(get_me, patch_me, delete_me))
+        .routes(routes!(change_password))
+        .routes(routes!(list_sessions))
+        .routes(routes!(revoke_session))
+        .routes(routes!(jwks))
+        .routes(routes!(openid_configuration))
+}
+
+/// Any authenticated principal.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+/// A principal acting as a user: the user id, and the principal.
+#[derive(Debug, Clone)]
+pub struct CurrentUser {
+    /// The user acted as.
+    pub user_id: Uuid,
+    /// Who is acting.
+    pub principal: Principal,
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// The origin a browser request came from (Origin, else Referer).
+fn request_origin(headers: &HeaderMap) -> Option<String> {
+    if let Some(o) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && o != "null"
+    {
+        return Some(o.to_string());
+    }
+    let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok())?;
+    url::Url::parse(referer)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+}
+
+/// CSRF protection for cookie-authenticated requests that change state: the
+/// request must come from the public URL's origin or an allowed one.
+fn check_csrf(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let ok = match request_origin(headers) {
+        Some(origin) => state.config.origin_allowed(&origin),
+        None => headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("same-origin"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            ApiError::forbidden("cross-site request refused (CSRF protection)")
+                .with_code("csrf_failed"),
+        )
+    }
+}
+
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
+    if let Some(p) = parts.extensions.get::<Principal>() {
+        return Ok(p.clone());
+    }
+    let auth = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let principal = match auth {
+        Some(v) => {
+            let token = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    ApiError::unauthorized("expected `Authorization: Bearer <token>`")
+                        .with_code("invalid_token")
+                })?;
+            service::resolve_bearer(state, token).await?
+        }
+        None => match cookie_value(&parts.headers, SESSION_COOKIE) {
+            Some(token) => {
+                let p = service::resolve_session(state, token, Via::Cookie).await?;
+                check_csrf(state, &parts.method, &parts.headers)?;
+                p
+            }
+            None => return Err(ApiError::unauthorized("authentication required")),
+        },
+    };
+    let principal = match (&principal, parts.headers.get(ACT_AS_HEADER)) {
+        (Principal::Service { full, .. }, act) => {
+            if !full && !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+                return Err(ApiError::forbidden("this service key is read-only")
+                    .with_code("insufficient_scope"));
+            }
+            match act {
+                Some(v) => {
+                    let user = v
+                        .to_str()
+                        .ok()
+                        .and_then(|s| Uuid::parse_str(s.trim()).ok())
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                "invalid_user_id",
+                                format!("{ACT_AS_HEADER} must be a user id"),
+                            )
+                        })?;
+                    service::act_for(
+                        state,
+                        principal.clone(),
+                        user,
+                        parts.method.as_str(),
+                        parts.uri.path(),
+                    )
+                    .await?
+                }
+                None => principal,
+            }
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::forbidden(format!(
+                "only service keys may send {ACT_AS_HEADER}"
+            )));
+        }
+        (_, None) => principal,
+    };
+    parts.extensions.insert(principal.clone());
+    Ok(principal)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(parts, state).await.map(Caller)
+    }
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = authenticate(parts, state).await?;
+        let user_id = service::require_user(&principal)?;
+        Ok(CurrentUser { user_id, principal })
+    }
+}
+
+/// The client's socket address, when the server was started with connect info.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+fn client_info(parts_headers: &HeaderMap, peer: Option<SocketAddr>) -> ClientInfo {
+    ClientInfo {
+        ip: peer.map(|p| p.ip().to_string()),
+        user_agent: parts_headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(512).collect()),
+    }
+}
+
+fn session_cookie(state: &AppState, token: &str, max_age: i64) -> HeaderValue {
+    let secure = if state.config.public_url.scheme() == "https" {
+        "; Secure"
+    } else {
+        ""
+    };
+    let v = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    );
+    HeaderValue::from_str(&v)
+        .unwrap_or_else(|_| HeaderValue::from_static("carmenta_session=; Path=/; Max-Age=0"))
+}
+
+/// Login CSRF: a browser posting credentials from a foreign origin is refused.
+fn check_login_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match request_origin(headers) {
+        Some(o) if !state.config.origin_allowed(&o) => {
+            Err(ApiError::forbidden("cross-site sign-in refused").with_code("csrf_failed"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn with_session(state: &AppState, status: StatusCode, body: AuthResponse) -> Response {
+    let max_age = state.config.session_ttl.as_secs() as i64;
+    let cookie = session_cookie(state, &body.session_token, max_age);
+    let mut res = (status, ApiJson(body)).into_response();
+    res.headers_mut().insert(header::SET_COOKIE, cookie);
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Create an account with email and password; answers with a session.
+#[utoipa::path(post, path = "/v1/auth/sign-up", tag = "auth", request_body = SignUpRequest,
+    responses((status = 201, body = AuthResponse), (status = 409, description = "email_taken"), (status = 422, description = "invalid_email, weak_password")))]
+async fn sign_up(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<SignUpRequest>,
+) -> Result<Response, ApiError> {
+    check_login_origin(&state, &headers)?;
+    let body = service::sign_up(&state, req, &client_info(&headers, peer)).await?;
+    Ok(with_session(&state, StatusCode::CREATED, body))
+}
+
+/// Sign in with email and password; answers with a session.
+#[utoipa::path(post, path = "/v1/auth/sign-in", tag = "auth", request_body = SignInRequest,
+    responses((status = 200, body = AuthResponse), (status = 401, description = "invalid_credentials"), (status = 429, description = "rate_limited, too_many_attempts")))]
+async fn sign_in(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<SignInRequest>,
+) -> Result<Response, ApiError> {
+    check_login_origin(&state, &headers)?;
+    let body = service::sign_in(&state, req, &client_info(&headers, peer)).await?;
+    Ok(with_session(&state, StatusCode::OK, body))
+}
+
+/// Sign out of this session (or, with `{"all": true}`, of every session).
+#[utoipa::path(post, path = "/v1/auth/sign-out", tag = "auth", request_body(content = SignOutRequest, description = "optional"),
+    responses((status = 204), (status = 401)))]
+async fn sign_out(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: SignOutRequest = if body.is_empty() {
+        SignOutRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
+    service::sign_out(&state, &p, req.all).await?;
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    res.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    Ok(res)
+}
+
+/// Exchange a session (cookie or bearer session token) for a short-lived access token.
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", responses((status = 200, body = TokenResponse), (status = 401)))]
+async fn token(State(state): State<AppState>, Caller(p): Caller) -> Result<Response, ApiError> {
+    let body = service::access_token(&state, &p)?;
+    let mut res = ApiJson(body).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+/// The caller's profile.
+#[utoipa::path(get, path = "/v1/me", tag = "auth", responses((status = 200, body = UserView), (status = 401)))]
+async fn get_me(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+) -> Result<ApiJson<UserView>, ApiError> {
+    service::me(&state, &p).await.map(ApiJson)
+}
+
+/// Update the caller's profile.
+#[utoipa::path(patch, path = "/v1/me", tag = "auth", request_body = PatchMeRequest, responses((status = 200, body = UserView)))]
+async fn patch_me(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    ApiJson(req): ApiJson<PatchMeRequest>,
+) -> Result<ApiJson<UserView>, ApiError> {
+    service::patch_me(&state, &p, req).await.map(ApiJson)
+}
+
+/// Delete the caller's account and everything it owns.
+#[utoipa::path(delete, path = "/v1/me", tag = "auth", responses((status = 204)))]
+async fn delete_me(State(state): State<AppState>, Caller(p): Caller) -> Result<Response, ApiError> {
+    service::delete_me(&state, &p).await?;
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    res.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    Ok(res)
+}
+
+/// Change the caller's password (other sessions are signed out).
+#[utoipa::path(post, path = "/v1/me/password", tag = "auth", request_body = ChangePasswordRequest, responses((status = 204), (status = 401)))]
+async fn change_password(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    ApiJson(req): ApiJson<ChangePasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    service::change_password(&state, &p, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's live sessions.
+#[utoipa::path(get, path = "/v1/me/sessions", tag = "auth", responses((status = 200, body = SessionList)))]
+async fn list_sessions(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+) -> Result<ApiJson<SessionList>, ApiError> {
+    service::sessions(&state, &p).await.map(ApiJson)
+}
+
+/// Revoke one of the caller's sessions.
+#[utoipa::path(delete, path = "/v1/me/sessions/{id}", tag = "auth", params(("id" = Uuid, Path)), responses((status = 204), (status = 404)))]
+async fn revoke_session(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("session not found"))?;
+    service::revoke_session(&state, &p, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The public keys that verify access tokens.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "JWK Set")))]
+async fn jwks(State(state): State<AppState>) -> Response {
+    let mut res = axum::Json(state.auth.keys.jwks()).into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    res
+}
+
+/// OpenID Connect discovery document.
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "auth", responses((status = 200, description = "discovery document")))]
+async fn openid_configuration(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    let iss = state.config.issuer();
+    axum::Json(serde_json::json!({
+        "issuer": iss,
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "token_endpoint": format!("{iss}/v1/auth/token"),
+        "userinfo_endpoint": format!("{iss}/v1/me"),
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "claims_supported": ["sub", "sid", "iss", "aud", "exp", "iat", "nbf", "jti"],
+    }))
+}

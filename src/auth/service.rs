@@ -1,0 +1,713 @@
+//! Auth service functions: sign-up, sign-in (rate limits, lockout, equal time),
+//! sessions, access tokens, resolving credentials to a principal, profile updates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::db::{self, ProfilePatch, UserRow};
+use super::password;
+use super::tokens::{self, KeyStore, SERVICE_KEY_PREFIX, SESSION_PREFIX, TokenError};
+use super::types::*;
+use crate::app::AppState;
+use crate::audit;
+use crate::error::ApiError;
+use http::StatusCode;
+
+/// Largest serialised size of one metadata object.
+pub const METADATA_LIMIT: usize = 8 * 1024;
+/// Window for per-IP sign-in limits.
+pub const IP_WINDOW: Duration = Duration::from_secs(600);
+
+/// Auth state shared by handlers.
+#[derive(Debug)]
+pub struct AuthState {
+    /// Signing keys.
+    pub keys: KeyStore,
+}
+
+impl AuthState {
+    /// Loads (or creates) the signing keys.
+    pub async fn load(
+        pool: &PgPool,
+        keyring: &crate::crypto::Keyring,
+        config: &crate::config::Config,
+    ) -> Result<Arc<AuthState>, String> {
+        let keys = KeyStore::load(
+            pool,
+            keyring,
+            config.issuer(),
+            config.jwt_audience.clone(),
+            config.access_token_ttl,
+        )
+        .await?;
+        Ok(Arc::new(AuthState { keys }))
+    }
+}
+
+/// How a request authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The session cookie (subject to CSRF checks).
+    Cookie,
+    /// A session token as a bearer.
+    SessionBearer,
+    /// A JWT access token.
+    Jwt,
+}
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// An end user.
+    User {
+        /// The user.
+        user_id: Uuid,
+        /// Their session.
+        session_id: Uuid,
+        /// How they authenticated.
+        via: Via,
+    },
+    /// The app's server, with a service key.
+    Service {
+        /// The key.
+        key_id: Uuid,
+        /// Whether it may write.
+        full: bool,
+        /// The user it acts for, if it named one.
+        acting_for: Option<Uuid>,
+    },
+}
+
+impl Principal {
+    /// The user the request acts as, if any.
+    pub fn user_id(&self) -> Option<Uuid> {
+        match self {
+            Principal::User { user_id, .. } => Some(*user_id),
+            Principal::Service { acting_for, .. } => *acting_for,
+        }
+    }
+    /// Whether this is a service key.
+    pub fn is_service(&self) -> bool {
+        matches!(self, Principal::Service { .. })
+    }
+    /// The audit actor string.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::User { user_id, .. } => format!("user:{user_id}"),
+            Principal::Service { key_id, .. } => format!("service_key:{key_id}"),
+        }
+    }
+}
+
+fn token_error(e: TokenError) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        e.code(),
+        format!("access token rejected: {e}"),
+    )
+}
+
+/// Resolves a bearer credential (JWT, session token or service key).
+pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    if token.starts_with(SERVICE_KEY_PREFIX) {
+        let key = db::service_key_by_hash(&state.pool, &tokens::hash_token(token))
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "unknown or revoked service key",
+                )
+            })?;
+        return Ok(Principal::Service {
+            key_id: key.id,
+            full: key.scope == "full",
+            acting_for: None,
+        });
+    }
+    if token.starts_with(SESSION_PREFIX) {
+        return resolve_session(state, token, Via::SessionBearer).await;
+    }
+    let keys = &state.auth.keys;
+    let claims = match keys.verify(token) {
+        Err(TokenError::UnknownKey) if keys.may_refresh() => {
+            // Another replica may have rotated: reload once, then retry.
+            keys.refresh(&state.pool, &state.keyring)
+                .await
+                .map_err(ApiError::internal)?;
+            keys.verify(token).map_err(token_error)?
+        }
+        other => other.map_err(token_error)?,
+    };
+    let user_id =
+        Uuid::parse_str(&claims.sub).map_err(|_| token_error(TokenError::Claims("sub".into())))?;
+    let session_id =
+        Uuid::parse_str(&claims.sid).map_err(|_| token_error(TokenError::Claims("sid".into())))?;
+    Ok(Principal::User {
+        user_id,
+        session_id,
+        via: Via::Jwt,
+    })
+}
+
+/// Resolves a session token.
+pub async fn resolve_session(
+    state: &AppState,
+    token: &str,
+    via: Via,
+) -> Result<Principal, ApiError> {
+    let row = db::live_session(
+        &state.pool,
+        &tokens::hash_token(token),
+        state.config.session_idle_ttl,
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_session",
+            "session is unknown, expired or revoked",
+        )
+    })?;
+    Ok(Principal::User {
+        user_id: row.user_id,
+        session_id: row.id,
+        via,
+    })
+}
+
+/// Makes a service principal act for `user` (who must exist); records it.
+pub async fn act_for(
+    state: &AppState,
+    principal: Principal,
+    user: Uuid,
+    method: &str,
+    path: &str,
+) -> Result<Principal, ApiError> {
+    let Principal::Service { key_id, full, .. } = principal else {
+        return Err(ApiError::forbidden(
+            "only service keys may act for another user",
+        ));
+    };
+    if db::user_by_id(&state.pool, user).await?.is_none() {
+        return Err(ApiError::not_found("user not found"));
+    }
+    audit::record(
+        &state.pool,
+        &format!("service_key:{key_id}"),
+        Some(user),
+        "service_key.act_as",
+        Some(&format!("{method} {path}")),
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(Principal::Service {
+        key_id,
+        full,
+        acting_for: Some(user),
+    })
+}
+
+/// Validates an email address: one `@`, a non-empty local part ≤ 64, a dotted
+/// domain, no whitespace or control characters, ≤ 254 bytes.
+pub fn validate_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim();
+    let bad = || {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_email",
+            "not a valid email address",
+        )
+    };
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = email.rsplit_once('@').ok_or_else(bad)?;
+    if local.is_empty() || local.len() > 64 || local.contains('@') || domain.len() < 3 {
+        return Err(bad());
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2
+        || labels
+            .iter()
+            .any(|l| l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-'))
+    {
+        return Err(bad());
+    }
+    if !domain
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(bad());
+    }
+    Ok(email.to_string())
+}
+
+fn account_key(email: &str) -> Vec<u8> {
+    Sha256::digest(format!("account:{}", email.trim().to_lowercase()).as_bytes()).to_vec()
+}
+
+fn check_metadata(field: &str, v: &serde_json::Value) -> Result<(), ApiError> {
+    if !v.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_metadata",
+            format!("{field} must be a JSON object"),
+        ));
+    }
+    let size = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
+    if size > METADATA_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "metadata_too_large",
+            format!("{field} is {size} bytes; the limit is {METADATA_LIMIT}"),
+        ));
+    }
+    Ok(())
+}
+
+fn policy_error(e: password::PolicyError) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "weak_password",
+        e.to_string(),
+    )
+}
+
+/// Client facts recorded with a new session.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// IP address.
+    pub ip: Option<String>,
+    /// User agent (truncated).
+    pub user_agent: Option<String>,
+}
+
+async fn ip_limit(state: &AppState, client: &ClientInfo) -> Result<(), ApiError> {
+    let Some(ip) = &client.ip else { return Ok(()) };
+    let n = db::hit_window(&state.pool, &format!("signin-ip:{ip}"), IP_WINDOW).await?;
+    if n > i32::try_from(state.config.signin_ip_limit).unwrap_or(i32::MAX) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many attempts from this address; try again later",
+        ));
+    }
+    Ok(())
+}
+
+/// A new session and access token for `user`.
+async fn start_session(
+    state: &AppState,
+    user: UserRow,
+    client: &ClientInfo,
+) -> Result<AuthResponse, ApiError> {
+    let token = tokens::random_token(SESSION_PREFIX);
+    let session = db::insert_session(
+        &state.pool,
+        user.id,
+        &tokens::hash_token(&token),
+        state.config.session_ttl,
+        client.ip.as_deref(),
+        client.user_agent.as_deref(),
+    )
+    .await?;
+    let (access_token, expires_at) = state
+        .auth
+        .keys
+        .issue(user.id, session.id)
+        .map_err(ApiError::internal)?;
+    Ok(AuthResponse {
+        user: UserView::of(user, false),
+        session_token: token,
+        access_token,
+        expires_at,
+        session_expires_at: session.expires_at,
+    })
+}
+
+/// Creates an account with email and password and signs it in.
+pub async fn sign_up(
+    state: &AppState,
+    req: SignUpRequest,
+    client: &ClientInfo,
+) -> Result<AuthResponse, ApiError> {
+    let email = validate_email(&req.email)?;
+    password::check_policy(&req.password, &email, state.config.password_min_length)
+        .map_err(policy_error)?;
+    if let Some(n) = &req.name
+        && n.chars().count() > 256
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+            "name is longer than 256 characters",
+        ));
+    }
+    let meta = req.unsafe_metadata.unwrap_or_else(|| serde_json::json!({}));
+    check_metadata("unsafe_metadata", &meta)?;
+    ip_limit(state, client).await?;
+    let hash = password::hash(req.password)
+        .await
+        .map_err(ApiError::internal)?;
+    let user =
+        match db::insert_user(&state.pool, &email, Some(&hash), req.name.as_deref(), &meta).await {
+            Ok(u) => u,
+            Err(e) if db::is_unique_violation(&e) => {
+                return Err(ApiError::conflict(
+                    "email_taken",
+                    "an account with this email already exists",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+    audit::record(
+        &state.pool,
+        &format!("user:{}", user.id),
+        Some(user.id),
+        "auth.sign_up",
+        None,
+        serde_json::json!({"ip": client.ip}),
+    )
+    .await?;
+    start_session(state, user, client).await
+}
+
+/// Signs in with email and password.
+pub async fn sign_in(
+    state: &AppState,
+    req: SignInRequest,
+    client: &ClientInfo,
+) -> Result<AuthResponse, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "email or password is incorrect",
+        )
+    };
+    if req.email.len() > 254 || req.password.chars().count() > password::MAX_PASSWORD_LEN {
+        return Err(invalid());
+    }
+    ip_limit(state, client).await?;
+    let key = account_key(&req.email);
+    if db::locked_until(&state.pool, &key).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed attempts for this account; try again later",
+        ));
+    }
+    let user = db::user_by_email(&state.pool, req.email.trim()).await?;
+    let ok = password::verify(
+        req.password,
+        user.as_ref().and_then(|u| u.password_hash.clone()),
+    )
+    .await;
+    match (ok, user) {
+        (true, Some(user)) => {
+            db::clear_failures(&state.pool, &key).await?;
+            audit::record(
+                &state.pool,
+                &format!("user:{}", user.id),
+                Some(user.id),
+                "auth.sign_in",
+                None,
+                serde_json::json!({"ip": client.ip}),
+            )
+            .await?;
+            start_session(state, user, client).await
+        }
+        (_, user) => {
+            let locked = db::record_failure(
+                &state.pool,
+                &key,
+                state.config.lockout_threshold,
+                state.config.lockout_duration,
+            )
+            .await?;
+            audit::record(
+                &state.pool,
+                "anonymous",
+                user.map(|u| u.id),
+                "auth.sign_in_failed",
+                None,
+                serde_json::json!({"ip": client.ip, "locked": locked}),
+            )
+            .await?;
+            Err(invalid())
+        }
+    }
+}
+
+/// Issues a fresh access token for a session principal.
+pub fn access_token(state: &AppState, principal: &Principal) -> Result<TokenResponse, ApiError> {
+    match principal {
+        Principal::User {
+            user_id,
+            session_id,
+            via: Via::Cookie | Via::SessionBearer,
+        } => {
+            let (access_token, expires_at) = state
+                .auth
+                .keys
+                .issue(*user_id, *session_id)
+                .map_err(ApiError::internal)?;
+            Ok(TokenResponse {
+                access_token,
+                token_type: "Bearer",
+                expires_at,
+            })
+        }
+        _ => Err(ApiError::bad_request(
+            "session_required",
+            "exchange a session token (cookie or bearer), not an access token",
+        )),
+    }
+}
+
+/// Signs out of the current session, or of all sessions.
+pub async fn sign_out(state: &AppState, principal: &Principal, all: bool) -> Result<u64, ApiError> {
+    let Principal::User {
+        user_id,
+        session_id,
+        ..
+    } = principal
+    else {
+        return Err(ApiError::bad_request(
+            "session_required",
+            "sign-out needs a user session",
+        ));
+    };
+    let n = if all {
+        db::revoke_all_sessions(&state.pool, *user_id, None).await?
+    } else {
+        u64::from(db::revoke_session(&state.pool, *user_id, *session_id).await?)
+    };
+    audit::record(
+        &state.pool,
+        &principal.actor(),
+        Some(*user_id),
+        "auth.sign_out",
+        None,
+        serde_json::json!({"all": all, "revoked": n}),
+    )
+    .await?;
+    Ok(n)
+}
+
+/// The user a principal acts as, or 401/400 when it has none.
+pub fn require_user(principal: &Principal) -> Result<Uuid, ApiError> {
+    principal.user_id().ok_or_else(|| {
+        ApiError::bad_request(
+            "user_required",
+            "this endpoint acts on a user: a service key must name one in X-Carmenta-User-Id",
+        )
+    })
+}
+
+/// The caller's own user record.
+pub async fn me(state: &AppState, principal: &Principal) -> Result<UserView, ApiError> {
+    let id = require_user(principal)?;
+    let row = db::user_by_id(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    Ok(UserView::of(row, principal.is_service()))
+}
+
+/// Updates the caller's profile.
+pub async fn patch_me(
+    state: &AppState,
+    principal: &Principal,
+    req: PatchMeRequest,
+) -> Result<UserView, ApiError> {
+    let id = require_user(principal)?;
+    if !principal.is_service() && (req.public_metadata.is_some() || req.private_metadata.is_some())
+    {
+        return Err(ApiError::forbidden(
+            "public_metadata and private_metadata can only be set with a service key",
+        ));
+    }
+    if let Some(Some(n)) = &req.name
+        && n.chars().count() > 256
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+            "name is longer than 256 characters",
+        ));
+    }
+    if let Some(Some(u)) = &req.image_url {
+        let ok = u.len() <= 2048
+            && url::Url::parse(u)
+                .map(|p| matches!(p.scheme(), "http" | "https"))
+                .unwrap_or(false);
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_image_url",
+                "image_url must be an http(s) URL",
+            ));
+        }
+    }
+    for (f, v) in [
+        ("unsafe_metadata", &req.unsafe_metadata),
+        ("public_metadata", &req.public_metadata),
+        ("private_metadata", &req.private_metadata),
+    ] {
+        if let Some(v) = v {
+            check_metadata(f, v)?;
+        }
+    }
+    let patch = ProfilePatch {
+        name: req.name,
+        image_url: req.image_url,
+        public_metadata: req.public_metadata,
+        private_metadata: req.private_metadata,
+        unsafe_metadata: req.unsafe_metadata,
+    };
+    let row = db::update_profile(&state.pool, id, &patch)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    Ok(UserView::of(row, principal.is_service()))
+}
+
+/// Changes the password after checking the current one; other sessions are revoked.
+pub async fn change_password(
+    state: &AppState,
+    principal: &Principal,
+    req: ChangePasswordRequest,
+) -> Result<(), ApiError> {
+    let Principal::User {
+        user_id,
+        session_id,
+        ..
+    } = principal
+    else {
+        return Err(ApiError::bad_request(
+            "session_required",
+            "changing a password needs the user's own session",
+        ));
+    };
+    let user = db::user_by_id(&state.pool, *user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    if req.current_password.chars().count() > password::MAX_PASSWORD_LEN
+        || !password::verify(req.current_password, user.password_hash.clone()).await
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "current password is incorrect",
+        ));
+    }
+    password::check_policy(
+        &req.new_password,
+        &user.email,
+        state.config.password_min_length,
+    )
+    .map_err(policy_error)?;
+    let hash = password::hash(req.new_password)
+        .await
+        .map_err(ApiError::internal)?;
+    db::set_password(&state.pool, *user_id, &hash).await?;
+    let revoked = db::revoke_all_sessions(&state.pool, *user_id, Some(*session_id)).await?;
+    audit::record(
+        &state.pool,
+        &principal.actor(),
+        Some(*user_id),
+        "auth.password_change",
+        None,
+        serde_json::json!({"revoked_sessions": revoked}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Lists the caller's sessions.
+pub async fn sessions(state: &AppState, principal: &Principal) -> Result<SessionList, ApiError> {
+    let id = require_user(principal)?;
+    let current = match principal {
+        Principal::User { session_id, .. } => Some(*session_id),
+        _ => None,
+    };
+    let rows = db::list_sessions(&state.pool, id).await?;
+    Ok(SessionList {
+        data: rows
+            .into_iter()
+            .map(|r| SessionView::of(r, current))
+            .collect(),
+    })
+}
+
+/// Revokes one of the caller's sessions; someone else's is "not found".
+pub async fn revoke_session(
+    state: &AppState,
+    principal: &Principal,
+    session: Uuid,
+) -> Result<(), ApiError> {
+    let id = require_user(principal)?;
+    if !db::revoke_session(&state.pool, id, session).await? {
+        return Err(ApiError::not_found("session not found"));
+    }
+    audit::record(
+        &state.pool,
+        &principal.actor(),
+        Some(id),
+        "auth.session_revoke",
+        Some(&session.to_string()),
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the caller's account and everything it owns.
+pub async fn delete_me(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let id = require_user(principal)?;
+    audit::record(
+        &state.pool,
+        &principal.actor(),
+        Some(id),
+        "user.delete",
+        Some(&id.to_string()),
+        serde_json::json!({}),
+    )
+    .await?;
+    if !db::delete_user(&state.pool, id).await? {
+        return Err(ApiError::not_found("user not found"));
+    }
+    Ok(())
+}
+
+/// Creates a service key; returns (the key, its row). The key is shown once.
+pub async fn create_service_key(
+    pool: &PgPool,
+    name: &str,
+    full: bool,
+) -> Result<(String, db::ServiceKeyRow), sqlx::Error> {
+    let key = tokens::random_token(SERVICE_KEY_PREFIX);
+    let prefix: String = key.chars().take(10).collect();
+    let row = db::insert_service_key(
+        pool,
+        name,
+        &tokens::hash_token(&key),
+        &prefix,
+        if full { "full" } else { "read" },
+    )
+    .await?;
+    audit::record(
+        pool,
+        "cli",
+        None,
+        "service_key.create",
+        Some(&row.id.to_string()),
+        serde_json::json!({"name": name, "scope": row.scope}),
+    )
+    .await?;
+    Ok((key, row))
+}

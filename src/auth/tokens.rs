@@ -1,0 +1,305 @@
+//! Tokens: opaque random secrets (sessions, service keys) and their hashes, and
+//! access tokens — EdDSA JWTs signed with keys kept encrypted in PostgreSQL and
+//! cached in memory, so verifying a JWT makes no database query.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::crypto::Keyring;
+
+/// Prefix of session tokens.
+pub const SESSION_PREFIX: &str = "cs_";
+/// Prefix of service keys.
+pub const SERVICE_KEY_PREFIX: &str = "ck_";
+
+/// A new opaque token: `prefix` + 43 base64url characters (256 random bits).
+pub fn random_token(prefix: &str) -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("{prefix}{}", B64URL.encode(bytes))
+}
+
+/// The stored form of an opaque token (SHA-256; the token carries 256 bits).
+pub fn hash_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Claims of a Carmenta access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// The session id.
+    pub sid: String,
+    /// Issuer: the public URL.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry (Unix seconds).
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+/// Why an access token was refused; each maps to a stable error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a JWT, bad encoding, or a wrong/absent algorithm.
+    #[error("malformed token")]
+    Malformed,
+    /// `kid` not among the published keys.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// Signature does not verify.
+    #[error("invalid signature")]
+    BadSignature,
+    /// Past `exp`.
+    #[error("token expired")]
+    Expired,
+    /// Before `nbf`.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// Wrong issuer or audience, or a missing claim.
+    #[error("invalid claims: {0}")]
+    Claims(String),
+}
+
+impl TokenError {
+    /// The stable API error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Expired => "token_expired",
+            _ => "invalid_token",
+        }
+    }
+}
+
+struct Signer {
+    kid: String,
+    key: EncodingKey,
+}
+
+#[derive(Default)]
+struct Keys {
+    signer: Option<Signer>,
+    verifiers: HashMap<String, DecodingKey>,
+    jwks: Vec<serde_json::Value>,
+}
+
+/// The signing keys in memory, refreshed from PostgreSQL periodically and when a
+/// token names an unknown `kid` (another replica rotated).
+pub struct KeyStore {
+    keys: RwLock<Keys>,
+    last_refresh: std::sync::Mutex<Instant>,
+    issuer: String,
+    audience: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// PKCS#8 v1 DER of an Ed25519 private key from its 32-byte seed.
+fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(seed);
+    der
+}
+
+/// A row of `auth_signing_keys` as the key store needs it.
+#[derive(Debug, Clone)]
+pub struct SigningKeyRow {
+    /// Key id.
+    pub kid: String,
+    /// Encrypted seed.
+    pub private_key: Vec<u8>,
+    /// Public JWK.
+    pub public_jwk: serde_json::Value,
+    /// Whether it still signs.
+    pub active: bool,
+}
+
+/// Generates a new Ed25519 key, stores it encrypted, and retires the others
+/// (they stay published until their last token expires).
+pub async fn rotate(pool: &PgPool, keyring: &Keyring) -> Result<String, sqlx::Error> {
+    let seed: [u8; 32] = rand::random();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
+    let kid = Uuid::now_v7().simple().to_string();
+    let jwk = serde_json::json!({
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": B64URL.encode(public),
+    });
+    let sealed = keyring.encrypt(&seed, kid.as_bytes());
+    super::db::insert_signing_key(pool, &kid, &sealed, &jwk).await?;
+    Ok(kid)
+}
+
+impl KeyStore {
+    /// Loads the keys, creating the first one if there is none.
+    pub async fn load(
+        pool: &PgPool,
+        keyring: &Keyring,
+        issuer: String,
+        audience: String,
+        ttl: Duration,
+    ) -> Result<KeyStore, String> {
+        let store = KeyStore {
+            keys: RwLock::new(Keys::default()),
+            last_refresh: std::sync::Mutex::new(Instant::now()),
+            issuer,
+            audience,
+            ttl,
+        };
+        super::db::ensure_signing_key(pool, keyring)
+            .await
+            .map_err(|e| e.to_string())?;
+        store.refresh(pool, keyring).await?;
+        Ok(store)
+    }
+
+    /// Reloads the published keys from the database.
+    pub async fn refresh(&self, pool: &PgPool, keyring: &Keyring) -> Result<(), String> {
+        let grace = self.ttl + Duration::from_secs(60);
+        let rows = super::db::published_signing_keys(pool, grace)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut keys = Keys::default();
+        for row in rows {
+            let Some(x) = row.public_jwk.get("x").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let Ok(dk) = DecodingKey::from_ed_components(x) else {
+                continue;
+            };
+            keys.verifiers.insert(row.kid.clone(), dk);
+            keys.jwks.push(row.public_jwk.clone());
+            if row.active && keys.signer.is_none() {
+                let seed = keyring
+                    .decrypt(&row.private_key, row.kid.as_bytes())
+                    .map_err(|e| format!("signing key {}: {e}", row.kid))?;
+                let seed: [u8; 32] = seed
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| format!("signing key {}: bad length", row.kid))?;
+                let key = EncodingKey::from_ed_der(&ed25519_pkcs8(&seed));
+                keys.signer = Some(Signer {
+                    kid: row.kid.clone(),
+                    key,
+                });
+            }
+        }
+        if let Ok(mut g) = self.keys.write() {
+            *g = keys;
+        }
+        if let Ok(mut t) = self.last_refresh.lock() {
+            *t = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Whether a refresh on an unknown `kid` is allowed now (at most every 5 s).
+    pub fn may_refresh(&self) -> bool {
+        self.last_refresh
+            .lock()
+            .map(|t| t.elapsed() > Duration::from_secs(5))
+            .unwrap_or(false)
+    }
+
+    /// The issuer (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Access token lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys = self.keys.read().map(|k| k.jwks.clone()).unwrap_or_default();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// Signs an access token for `user` and `session`; returns it and its expiry.
+    pub fn issue(
+        &self,
+        user: Uuid,
+        session: Uuid,
+    ) -> Result<(String, time::OffsetDateTime), String> {
+        let now = time::OffsetDateTime::now_utc();
+        let exp = now + self.ttl;
+        let claims = Claims {
+            sub: user.to_string(),
+            sid: session.to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            exp: exp.unix_timestamp(),
+            iat: now.unix_timestamp(),
+            nbf: now.unix_timestamp(),
+            jti: Uuid::new_v4().simple().to_string(),
+        };
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| "key store poisoned".to_string())?;
+        let signer = keys.signer.as_ref().ok_or("no active signing key")?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(signer.kid.clone());
+        header.typ = Some("JWT".into());
+        let token =
+            jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| e.to_string())?;
+        Ok((token, exp))
+    }
+
+    /// Verifies an access token: EdDSA only, a published `kid`, signature, `iss`,
+    /// `aud`, `exp`/`nbf` with 5 s leeway, required claims. No database access.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Malformed);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
+        let key = keys.verifiers.get(&kid).ok_or(TokenError::UnknownKey)?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.leeway = 5;
+        v.validate_nbf = true;
+        v.set_audience(&[&self.audience]);
+        v.set_issuer(&[&self.issuer]);
+        v.set_required_spec_claims(&["exp", "nbf", "iat", "sub", "iss", "aud"]);
+        use jsonwebtoken::errors::ErrorKind as K;
+        jsonwebtoken::decode::<Claims>(token, key, &v)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                K::ExpiredSignature => TokenError::Expired,
+                K::ImmatureSignature => TokenError::NotYetValid,
+                K::InvalidSignature => TokenError::BadSignature,
+                K::InvalidIssuer => TokenError::Claims("iss".into()),
+                K::InvalidAudience => TokenError::Claims("aud".into()),
+                K::MissingRequiredClaim(c) => TokenError::Claims(format!("missing {c}")),
+                _ => TokenError::Malformed,
+            })
+    }
+}

@@ -1,0 +1,207 @@
+//! Request and response bodies of the auth API.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::db::{SessionRow, UserRow};
+
+/// `POST /v1/auth/sign-up`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignUpRequest {
+    /// Email address (unique, case-insensitively).
+    pub email: String,
+    /// Password (policy: minimum length, not a common password).
+    pub password: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Client-writable metadata (JSON object, ≤ 8 KB).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub unsafe_metadata: Option<serde_json::Value>,
+}
+
+/// `POST /v1/auth/sign-in`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    /// Email address.
+    pub email: String,
+    /// Password.
+    pub password: String,
+}
+
+/// `POST /v1/auth/sign-out`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignOutRequest {
+    /// Sign out of every session, not only this one.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `POST /v1/me/password`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    /// The current password.
+    pub current_password: String,
+    /// The new password.
+    pub new_password: String,
+}
+
+/// `PATCH /v1/me`. Absent fields are left alone; `null` clears `name`/`image_url`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchMeRequest {
+    /// Display name (≤ 256 characters).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    /// Avatar URL (http or https).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub image_url: Option<Option<String>>,
+    /// Replaces the unsafe (client-writable) metadata.
+    #[schema(value_type = Option<Object>)]
+    pub unsafe_metadata: Option<serde_json::Value>,
+    /// Replaces the public metadata (service keys only).
+    #[schema(value_type = Option<Object>)]
+    pub public_metadata: Option<serde_json::Value>,
+    /// Replaces the private metadata (service keys only).
+    #[schema(value_type = Option<Object>)]
+    pub private_metadata: Option<serde_json::Value>,
+}
+
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A user as shown to API clients.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    /// Id.
+    pub id: Uuid,
+    /// Email.
+    pub email: String,
+    /// Whether the email is verified.
+    pub email_verified: bool,
+    /// Display name.
+    pub name: Option<String>,
+    /// Avatar URL.
+    pub image_url: Option<String>,
+    /// Public metadata (readable by the user).
+    #[schema(value_type = Object)]
+    pub public_metadata: serde_json::Value,
+    /// Private metadata: present only for service keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub private_metadata: Option<serde_json::Value>,
+    /// Unsafe metadata (client-writable).
+    #[schema(value_type = Object)]
+    pub unsafe_metadata: serde_json::Value,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Updated.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl UserView {
+    /// The view of `row`; `private` includes private metadata.
+    pub fn of(row: UserRow, private: bool) -> UserView {
+        UserView {
+            id: row.id,
+            email: row.email,
+            email_verified: row.email_verified_at.is_some(),
+            name: row.name,
+            image_url: row.image_url,
+            public_metadata: row.public_metadata,
+            private_metadata: private.then_some(row.private_metadata),
+            unsafe_metadata: row.unsafe_metadata,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// The answer to sign-up and sign-in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthResponse {
+    /// The user.
+    pub user: UserView,
+    /// The opaque session token (also set as the `carmenta_session` cookie).
+    pub session_token: String,
+    /// A short-lived access token (JWT).
+    pub access_token: String,
+    /// When the access token expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When the session expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub session_expires_at: OffsetDateTime,
+}
+
+/// The answer to `POST /v1/auth/token`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// A short-lived access token (JWT).
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: &'static str,
+    /// When it expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// A session as listed to its owner.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// Id.
+    pub id: Uuid,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last activity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_active_at: OffsetDateTime,
+    /// Absolute expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// IP address at sign-in.
+    pub ip: Option<String>,
+    /// User agent at sign-in.
+    pub user_agent: Option<String>,
+    /// Whether this is the session making the request.
+    pub current: bool,
+}
+
+impl SessionView {
+    /// The view of `row`.
+    pub fn of(row: SessionRow, current: Option<Uuid>) -> SessionView {
+        SessionView {
+            current: Some(row.id) == current,
+            id: row.id,
+            created_at: row.created_at,
+            last_active_at: row.last_active_at,
+            expires_at: row.expires_at,
+            ip: row.ip,
+            user_agent: row.user_agent,
+        }
+    }
+}
+
+/// A list of sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// The sessions, newest first.
+    pub data: Vec<SessionView>,
+}

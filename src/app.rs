@@ -27,6 +27,7 @@ use crate::auth::AuthState;
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::error::{self, ApiError, REQUEST_ID};
+use crate::mail::Mailer;
 
 /// State shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -41,12 +42,15 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Auth state (signing keys).
     pub auth: Arc<AuthState>,
+    /// Outgoing mail.
+    pub mailer: Mailer,
 }
 
 impl AppState {
     /// Builds the state from its parts, loading (or creating) the signing keys.
     pub async fn build(config: Config, pool: PgPool, keyring: Keyring) -> Result<AppState, String> {
         let auth = AuthState::load(&pool, &keyring, &config).await?;
+        let mailer = Mailer::from_config(&config)?;
         crate::auth::password::warm_up().await;
         Ok(AppState {
             config: Arc::new(config),
@@ -54,6 +58,7 @@ impl AppState {
             keyring: Arc::new(keyring),
             metrics: crate::telemetry::metrics_handle(),
             auth,
+            mailer,
         })
     }
 
@@ -87,9 +92,7 @@ pub struct ApiDoc;
 
 /// All API routes with their OpenAPI descriptions.
 pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(crate::ops::routes())
-        .merge(crate::auth::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::ops::routes()).merge(crate::auth::routes())
 }
 
 /// Builds the complete router for `state`.
@@ -106,6 +109,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     Router::new()
         .merge(api)
         .merge(extra)
+        .merge(crate::hosted::routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(fallback)
         .with_state(state)
@@ -114,10 +118,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 .layer(middleware::from_fn(observe))
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(CompressionLayer::new())
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    timeout,
-                ))
+                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
                 .layer(RequestBodyLimitLayer::new(body_limit))
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
@@ -129,11 +130,7 @@ async fn fallback() -> ApiError {
 
 fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("handler panicked");
-    error::envelope_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal server error",
-    )
+    error::envelope_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error")
 }
 
 /// Takes a client's `x-request-id` if it is sane, else makes one.
@@ -154,11 +151,8 @@ async fn observe(req: Request, next: Next) -> Response {
     let id = request_id_of(&req);
     let started = Instant::now();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let path = req.uri().path().to_owned();
     let id_for_scope = id.clone();
     let mut res = REQUEST_ID
@@ -172,21 +166,14 @@ async fn observe(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
-    let labels = [
-        ("method", method.as_str().to_owned()),
-        ("route", route.clone()),
-        ("status", status.to_string()),
-    ];
+    let labels = [("method", method.as_str().to_owned()), ("route", route.clone()), ("status", status.to_string())];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", "method" => method.as_str().to_owned(), "route" => route.clone())
         .record(elapsed.as_secs_f64());
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
         tracing::error!(request_id = %id, %method, route, path, status, latency_ms, "request");
-    } else if route.starts_with("/healthz")
-        || route.starts_with("/metrics")
-        || route.starts_with("/readyz")
-    {
+    } else if route.starts_with("/healthz") || route.starts_with("/metrics") || route.starts_with("/readyz") {
         tracing::debug!(request_id = %id, %method, route, path, status, latency_ms, "request");
     } else {
         tracing::info!(request_id = %id, %method, route, path, status, latency_ms, "request");
@@ -200,12 +187,14 @@ fn normalise_error(res: Response) -> Response {
     if status.as_u16() < 400 {
         return res;
     }
-    let is_json = res
+    // Framework rejections and tower layers answer with an empty or text/plain
+    // body; anything else (our JSON envelopes, HTML pages) is already shaped.
+    let framework_body = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    if is_json {
+        .is_none_or(|ct| ct.starts_with("text/plain"));
+    if !framework_body {
         return res;
     }
     let code = error::code_for_status(status);
@@ -218,10 +207,7 @@ fn normalise_error(res: Response) -> Response {
     };
     let (mut parts, _) = res.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, Body::from(error::envelope_json(code, &message))).into_response()
 }
 
@@ -239,21 +225,15 @@ pub async fn serve(
         let _ = tx.send(());
     };
     let server = std::future::IntoFuture::into_future(
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(signalled),
+        axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(signalled),
     );
     tokio::pin!(server);
     tokio::select! {
         res = &mut server => return res,
         _ = rx => {}
     }
-    tracing::info!(
-        drain_secs = drain.as_secs_f64(),
-        "shutting down: draining in-flight requests"
-    );
+    tracing::info!(drain_secs = drain.as_secs_f64(), "shutting down: draining in-flight requests");
     match tokio::time::timeout(drain, &mut server).await {
         Ok(res) => res,
         Err(_) => {

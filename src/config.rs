@@ -124,6 +124,13 @@ pub struct Config {
     /// Origins (besides the public URL's) trusted for cookie-authenticated writes
     /// and as redirect targets (`CARMENTA_ALLOWED_ORIGINS`, comma-separated).
     pub allowed_origins: Vec<String>,
+    /// SMTP server for outgoing mail (`CARMENTA_SMTP_URL`, e.g.
+    /// `smtps://user:pass@smtp.example.com` or `smtp://127.0.0.1:2525`); unset = outbox.
+    pub smtp_url: Option<Secret>,
+    /// Sender of outgoing mail (`CARMENTA_MAIL_FROM`).
+    pub mail_from: String,
+    /// Lifetime of emailed tokens (`CARMENTA_EMAIL_TOKEN_TTL`, seconds, default 900).
+    pub email_token_ttl: Duration,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -154,6 +161,9 @@ struct FileConfig {
     lockout_seconds: Option<u64>,
     signin_ip_limit: Option<u64>,
     allowed_origins: Option<Vec<String>>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
+    email_token_ttl: Option<u64>,
 }
 
 /// Where a raw value came from, for error messages.
@@ -163,49 +173,29 @@ struct Raw {
 }
 
 /// Picks the environment variable if set, else the file key.
-fn pick(
-    env: &BTreeMap<String, String>,
-    vars: &[&str],
-    file_key: &str,
-    file: Option<String>,
-) -> Option<Raw> {
+fn pick(env: &BTreeMap<String, String>, vars: &[&str], file_key: &str, file: Option<String>) -> Option<Raw> {
     for var in vars {
         if let Some(v) = env.get(*var) {
-            return Some(Raw {
-                key: (*var).to_string(),
-                value: v.clone(),
-            });
+            return Some(Raw { key: (*var).to_string(), value: v.clone() });
         }
     }
-    file.map(|value| Raw {
-        key: format!("{file_key} (carmenta.toml)"),
-        value,
-    })
+    file.map(|value| Raw { key: format!("{file_key} (carmenta.toml)"), value })
 }
 
 fn invalid(raw: &Raw, message: impl Into<String>) -> ConfigError {
-    ConfigError::Value {
-        key: raw.key.clone(),
-        message: message.into(),
-    }
+    ConfigError::Value { key: raw.key.clone(), message: message.into() }
 }
 
 /// Parses a byte size: a plain number of bytes or a number with a unit
 /// (`B`, `KB`, `MB`, `GB`, `TB`, binary `KiB`… too; case-insensitive; KB = 1000).
 pub fn parse_size(input: &str) -> Result<u64, String> {
     let s = input.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!(
-            "{input:?} is not a size (examples: 1048576, 100MB, 1.5GiB)"
-        ));
+        return Err(format!("{input:?} is not a size (examples: 1048576, 100MB, 1.5GiB)"));
     }
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{input:?} is not a size"))?;
+    let n: f64 = num.parse().map_err(|_| format!("{input:?} is not a size"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -235,10 +225,7 @@ impl Config {
 
     /// Builds a configuration from explicit variables and an optional file path
     /// (when `file` is `None`, `CARMENTA_CONFIG` or `./carmenta.toml` if it exists).
-    pub fn from_sources(
-        env: &BTreeMap<String, String>,
-        file: Option<&Path>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_sources(env: &BTreeMap<String, String>, file: Option<&Path>) -> Result<Config, ConfigError> {
         let path = match file {
             Some(p) => Some(p.to_path_buf()),
             None => match env.get("CARMENTA_CONFIG") {
@@ -251,37 +238,31 @@ impl Config {
         };
         let fc = match &path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.clone(),
-                    source,
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
-                    path: p.clone(),
-                    message: e.to_string().trim().to_string(),
-                })?
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::File { path: p.clone(), message: e.to_string().trim().to_string() })?
             }
             None => FileConfig::default(),
         };
 
         let listen = match pick(env, &["CARMENTA_LISTEN"], "listen", fc.listen) {
-            Some(r) => r.value.parse::<SocketAddr>().map_err(|e| {
-                invalid(&r, format!("{e} (expected host:port, e.g. 127.0.0.1:8080)"))
-            })?,
+            Some(r) => r
+                .value
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid(&r, format!("{e} (expected host:port, e.g. 127.0.0.1:8080)")))?,
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
         let public_url = match pick(env, &["CARMENTA_PUBLIC_URL"], "public_url", fc.public_url) {
             Some(r) => {
-                let u = Url::parse(&r.value)
-                    .map_err(|e| invalid(&r, format!("{e} (expected an absolute URL)")))?;
+                let u = Url::parse(&r.value).map_err(|e| invalid(&r, format!("{e} (expected an absolute URL)")))?;
                 if !matches!(u.scheme(), "http" | "https") {
                     return Err(invalid(&r, "must be an http or https URL"));
                 }
                 u
             }
-            None => Url::parse(&format!("http://{listen}")).map_err(|e| ConfigError::Value {
-                key: "CARMENTA_LISTEN".into(),
-                message: e.to_string(),
-            })?,
+            None => Url::parse(&format!("http://{listen}"))
+                .map_err(|e| ConfigError::Value { key: "CARMENTA_LISTEN".into(), message: e.to_string() })?,
         };
         let data_dir = match pick(
             env,
@@ -293,17 +274,12 @@ impl Config {
             Some(r) => PathBuf::from(r.value),
             None => PathBuf::from("carmenta-data"),
         };
-        let database_url = match pick(
-            env,
-            &["DATABASE_URL", "CARMENTA_DATABASE_URL"],
-            "database_url",
-            fc.database_url,
-        ) {
+        let database_url = match pick(env, &["DATABASE_URL", "CARMENTA_DATABASE_URL"], "database_url", fc.database_url)
+        {
             Some(r) if r.value.is_empty() => None,
             Some(r) => {
-                let u = Url::parse(&r.value).map_err(|_| {
-                    invalid(&r, "not a URL (expected postgres://user:pass@host/db)")
-                })?;
+                let u = Url::parse(&r.value)
+                    .map_err(|_| invalid(&r, "not a URL (expected postgres://user:pass@host/db)"))?;
                 if !matches!(u.scheme(), "postgres" | "postgresql") {
                     return Err(invalid(&r, "must be a postgres:// URL"));
                 }
@@ -311,31 +287,15 @@ impl Config {
             }
             None => None,
         };
-        let pg_bin = pick(
-            env,
-            &["CARMENTA_PG_BIN"],
-            "pg_bin",
-            fc.pg_bin.map(|p| p.to_string_lossy().into_owned()),
-        )
-        .map(|r| PathBuf::from(r.value));
+        let pg_bin = pick(env, &["CARMENTA_PG_BIN"], "pg_bin", fc.pg_bin.map(|p| p.to_string_lossy().into_owned()))
+            .map(|r| PathBuf::from(r.value));
         let pg_user = pick(env, &["CARMENTA_PG_USER"], "pg_user", fc.pg_user).map(|r| r.value);
-        let encryption_keys = match pick(
-            env,
-            &["CARMENTA_ENCRYPTION_KEY"],
-            "encryption_key",
-            fc.encryption_key,
-        ) {
+        let encryption_keys = match pick(env, &["CARMENTA_ENCRYPTION_KEY"], "encryption_key", fc.encryption_key) {
             Some(r) => {
-                let keys: Vec<Secret> = r
-                    .value
-                    .split(',')
-                    .map(|k| k.trim())
-                    .filter(|k| !k.is_empty())
-                    .map(Secret::new)
-                    .collect();
+                let keys: Vec<Secret> =
+                    r.value.split(',').map(|k| k.trim()).filter(|k| !k.is_empty()).map(Secret::new).collect();
                 for (i, k) in keys.iter().enumerate() {
-                    crate::crypto::decode_key(k.expose())
-                        .map_err(|m| invalid(&r, format!("key #{}: {m}", i + 1)))?;
+                    crate::crypto::decode_key(k.expose()).map_err(|m| invalid(&r, format!("key #{}: {m}", i + 1)))?;
                 }
                 keys
             }
@@ -351,8 +311,7 @@ impl Config {
         };
         let log_filter = match pick(env, &["CARMENTA_LOG", "RUST_LOG"], "log", fc.log) {
             Some(r) => {
-                tracing_subscriber::EnvFilter::try_new(&r.value)
-                    .map_err(|e| invalid(&r, e.to_string()))?;
+                tracing_subscriber::EnvFilter::try_new(&r.value).map_err(|e| invalid(&r, e.to_string()))?;
                 r.value
             }
             None => "info,sqlx=warn".to_string(),
@@ -365,114 +324,65 @@ impl Config {
             Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m))?,
             None => 10 * 1024 * 1024,
         };
-        let num = |vars: &[&str],
-                   key: &str,
-                   file: Option<u64>,
-                   min: u64,
-                   max: u64|
-         -> Result<Option<u64>, ConfigError> {
-            match pick(env, vars, key, file.map(|v| v.to_string())) {
-                Some(r) => match r.value.trim().parse::<u64>() {
-                    Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                    _ => Err(invalid(
-                        &r,
-                        format!("expected a whole number between {min} and {max}"),
-                    )),
-                },
-                None => Ok(None),
-            }
+        let num =
+            |vars: &[&str], key: &str, file: Option<u64>, min: u64, max: u64| -> Result<Option<u64>, ConfigError> {
+                match pick(env, vars, key, file.map(|v| v.to_string())) {
+                    Some(r) => match r.value.trim().parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                        _ => Err(invalid(&r, format!("expected a whole number between {min} and {max}"))),
+                    },
+                    None => Ok(None),
+                }
+            };
+        let secs = |vars: &[&str], key: &str, file: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(num(vars, key, file, 1, 86_400)?.unwrap_or(default)))
         };
-        let secs = |vars: &[&str],
-                    key: &str,
-                    file: Option<u64>,
-                    default: u64|
-         -> Result<Duration, ConfigError> {
-            Ok(Duration::from_secs(
-                num(vars, key, file, 1, 86_400)?.unwrap_or(default),
-            ))
-        };
-        let request_timeout = secs(
-            &["CARMENTA_REQUEST_TIMEOUT"],
-            "request_timeout",
-            fc.request_timeout,
-            30,
-        )?;
-        let shutdown_timeout = secs(
-            &["CARMENTA_SHUTDOWN_TIMEOUT"],
-            "shutdown_timeout",
-            fc.shutdown_timeout,
-            10,
-        )?;
+        let request_timeout = secs(&["CARMENTA_REQUEST_TIMEOUT"], "request_timeout", fc.request_timeout, 30)?;
+        let shutdown_timeout = secs(&["CARMENTA_SHUTDOWN_TIMEOUT"], "shutdown_timeout", fc.shutdown_timeout, 10)?;
         let year = 366 * 86_400;
         let access_token_ttl = Duration::from_secs(
-            num(
-                &["CARMENTA_ACCESS_TOKEN_TTL"],
-                "access_token_ttl",
-                fc.access_token_ttl,
-                10,
-                86_400,
-            )?
-            .unwrap_or(300),
+            num(&["CARMENTA_ACCESS_TOKEN_TTL"], "access_token_ttl", fc.access_token_ttl, 10, 86_400)?.unwrap_or(300),
         );
         let session_ttl = Duration::from_secs(
-            num(
-                &["CARMENTA_SESSION_TTL"],
-                "session_ttl",
-                fc.session_ttl,
-                60,
-                year,
-            )?
-            .unwrap_or(7 * 86_400),
+            num(&["CARMENTA_SESSION_TTL"], "session_ttl", fc.session_ttl, 60, year)?.unwrap_or(7 * 86_400),
         );
-        let session_idle_ttl = num(
-            &["CARMENTA_SESSION_IDLE_TTL"],
-            "session_idle_ttl",
-            fc.session_idle_ttl,
-            60,
-            year,
-        )?
-        .map(Duration::from_secs);
-        let password_min_length = num(
-            &["CARMENTA_PASSWORD_MIN_LENGTH"],
-            "password_min_length",
-            fc.password_min_length,
-            6,
-            128,
-        )?
-        .unwrap_or(8) as usize;
-        let lockout_threshold = num(
-            &["CARMENTA_LOCKOUT_THRESHOLD"],
-            "lockout_threshold",
-            fc.lockout_threshold,
-            1,
-            1000,
-        )?
-        .unwrap_or(10) as u32;
+        let session_idle_ttl = num(&["CARMENTA_SESSION_IDLE_TTL"], "session_idle_ttl", fc.session_idle_ttl, 60, year)?
+            .map(Duration::from_secs);
+        let password_min_length =
+            num(&["CARMENTA_PASSWORD_MIN_LENGTH"], "password_min_length", fc.password_min_length, 6, 128)?.unwrap_or(8)
+                as usize;
+        let lockout_threshold =
+            num(&["CARMENTA_LOCKOUT_THRESHOLD"], "lockout_threshold", fc.lockout_threshold, 1, 1000)?.unwrap_or(10)
+                as u32;
         let lockout_duration = Duration::from_secs(
-            num(
-                &["CARMENTA_LOCKOUT_SECONDS"],
-                "lockout_seconds",
-                fc.lockout_seconds,
-                1,
-                year,
-            )?
-            .unwrap_or(3600),
+            num(&["CARMENTA_LOCKOUT_SECONDS"], "lockout_seconds", fc.lockout_seconds, 1, year)?.unwrap_or(3600),
         );
-        let signin_ip_limit = num(
-            &["CARMENTA_SIGNIN_IP_LIMIT"],
-            "signin_ip_limit",
-            fc.signin_ip_limit,
-            1,
-            1_000_000,
-        )?
-        .unwrap_or(50) as u32;
-        let jwt_audience = pick(
-            env,
-            &["CARMENTA_JWT_AUDIENCE"],
-            "jwt_audience",
-            fc.jwt_audience,
-        )
-        .map_or("carmenta".to_string(), |r| r.value);
+        let signin_ip_limit = num(&["CARMENTA_SIGNIN_IP_LIMIT"], "signin_ip_limit", fc.signin_ip_limit, 1, 1_000_000)?
+            .unwrap_or(50) as u32;
+        let jwt_audience = pick(env, &["CARMENTA_JWT_AUDIENCE"], "jwt_audience", fc.jwt_audience)
+            .map_or("carmenta".to_string(), |r| r.value);
+        let smtp_url = match pick(env, &["CARMENTA_SMTP_URL"], "smtp_url", fc.smtp_url) {
+            Some(r) if r.value.is_empty() => None,
+            Some(r) => {
+                let u = Url::parse(&r.value)
+                    .map_err(|_| invalid(&r, "not a URL (expected smtp://host:port or smtps://user:pass@host)"))?;
+                if !matches!(u.scheme(), "smtp" | "smtps") {
+                    return Err(invalid(&r, "must be an smtp:// or smtps:// URL"));
+                }
+                Some(Secret::new(r.value))
+            }
+            None => None,
+        };
+        let mail_from = match pick(env, &["CARMENTA_MAIL_FROM"], "mail_from", fc.mail_from) {
+            Some(r) => {
+                r.value.parse::<lettre::message::Mailbox>().map_err(|e| invalid(&r, e.to_string()))?;
+                r.value
+            }
+            None => "Carmenta <no-reply@localhost>".to_string(),
+        };
+        let email_token_ttl = Duration::from_secs(
+            num(&["CARMENTA_EMAIL_TOKEN_TTL"], "email_token_ttl", fc.email_token_ttl, 60, 7 * 86_400)?.unwrap_or(900),
+        );
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -482,12 +392,8 @@ impl Config {
             Some(r) => {
                 let mut out = Vec::new();
                 for o in r.value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-                    let u = Url::parse(o).map_err(|_| {
-                        invalid(
-                            &r,
-                            format!("{o:?} is not an origin like https://app.example.com"),
-                        )
-                    })?;
+                    let u = Url::parse(o)
+                        .map_err(|_| invalid(&r, format!("{o:?} is not an origin like https://app.example.com")))?;
                     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
                         return Err(invalid(&r, format!("{o:?} is not an http(s) origin")));
                     }
@@ -533,19 +439,18 @@ impl Config {
             lockout_duration,
             signin_ip_limit,
             allowed_origins,
+            smtp_url,
+            mail_from,
+            email_token_ttl,
             config_file: path,
         })
     }
 
     /// A default configuration rooted at `data_dir`, used by tests and tools.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Config {
-        let env = BTreeMap::from([(
-            "CARMENTA_DATA_DIR".to_string(),
-            data_dir.into().to_string_lossy().into_owned(),
-        )]);
+        let env = BTreeMap::from([("CARMENTA_DATA_DIR".to_string(), data_dir.into().to_string_lossy().into_owned())]);
         // The defaults and one path cannot fail to parse.
-        Self::from_sources(&env, Some(Path::new("/dev/null")))
-            .unwrap_or_else(|e| panic!("default config: {e}"))
+        Self::from_sources(&env, Some(Path::new("/dev/null"))).unwrap_or_else(|e| panic!("default config: {e}"))
     }
 
     /// The issuer (`iss`) of access tokens: the public URL without a trailing slash.
@@ -556,8 +461,7 @@ impl Config {
     /// Whether `origin` (scheme://host[:port]) is the public URL's or an allowed one.
     pub fn origin_allowed(&self, origin: &str) -> bool {
         let origin = origin.trim_end_matches('/');
-        self.public_url.origin().ascii_serialization() == origin
-            || self.allowed_origins.iter().any(|o| o == origin)
+        self.public_url.origin().ascii_serialization() == origin || self.allowed_origins.iter().any(|o| o == origin)
     }
 
     /// Whether the embedded PostgreSQL cluster is used (no `DATABASE_URL`).
@@ -569,10 +473,7 @@ impl Config {
     pub fn redacted(&self) -> Vec<(String, String)> {
         let db = match &self.database_url {
             Some(s) => redact_url(s.expose()),
-            None => format!(
-                "(embedded cluster in {})",
-                self.data_dir.join("postgres").display()
-            ),
+            None => format!("(embedded cluster in {})", self.data_dir.join("postgres").display()),
         };
         let keys = if self.encryption_keys.is_empty() {
             "(none set)".to_string()
@@ -580,45 +481,38 @@ impl Config {
             format!("{} key(s) [redacted]", self.encryption_keys.len())
         };
         vec![
-            (
-                "config_file".into(),
-                self.config_file
-                    .as_ref()
-                    .map_or("(none)".into(), |p| p.display().to_string()),
-            ),
+            ("config_file".into(), self.config_file.as_ref().map_or("(none)".into(), |p| p.display().to_string())),
             ("listen".into(), self.listen.to_string()),
             ("public_url".into(), self.public_url.to_string()),
             ("data_dir".into(), self.data_dir.display().to_string()),
             ("database_url".into(), db),
-            (
-                "pg_bin".into(),
-                self.pg_bin
-                    .as_ref()
-                    .map_or("(auto)".into(), |p| p.display().to_string()),
-            ),
-            (
-                "pg_user".into(),
-                self.pg_user.clone().unwrap_or_else(|| "(auto)".into()),
-            ),
+            ("pg_bin".into(), self.pg_bin.as_ref().map_or("(auto)".into(), |p| p.display().to_string())),
+            ("pg_user".into(), self.pg_user.clone().unwrap_or_else(|| "(auto)".into())),
             ("encryption_key".into(), keys),
-            (
-                "log_format".into(),
-                format!("{:?}", self.log_format).to_lowercase(),
-            ),
+            ("log_format".into(), format!("{:?}", self.log_format).to_lowercase()),
             ("log".into(), self.log_filter.clone()),
             ("body_limit".into(), self.body_limit.to_string()),
+            ("request_timeout".into(), format!("{}s", self.request_timeout.as_secs())),
+            ("shutdown_timeout".into(), format!("{}s", self.shutdown_timeout.as_secs())),
+            ("db_max_connections".into(), self.db_max_connections.to_string()),
+            ("access_token_ttl".into(), format!("{}s", self.access_token_ttl.as_secs())),
+            ("jwt_audience".into(), self.jwt_audience.clone()),
+            ("session_ttl".into(), format!("{}s", self.session_ttl.as_secs())),
+            ("session_idle_ttl".into(), self.session_idle_ttl.map_or("(none)".into(), |d| format!("{}s", d.as_secs()))),
+            ("password_min_length".into(), self.password_min_length.to_string()),
+            ("lockout".into(), format!("{} failures, {}s", self.lockout_threshold, self.lockout_duration.as_secs())),
+            ("signin_ip_limit".into(), format!("{} per 10 min", self.signin_ip_limit)),
             (
-                "request_timeout".into(),
-                format!("{}s", self.request_timeout.as_secs()),
+                "allowed_origins".into(),
+                if self.allowed_origins.is_empty() {
+                    "(public_url only)".into()
+                } else {
+                    self.allowed_origins.join(", ")
+                },
             ),
-            (
-                "shutdown_timeout".into(),
-                format!("{}s", self.shutdown_timeout.as_secs()),
-            ),
-            (
-                "db_max_connections".into(),
-                self.db_max_connections.to_string(),
-            ),
+            ("smtp_url".into(), self.smtp_url.as_ref().map_or("(none: outbox)".into(), |u| redact_url(u.expose()))),
+            ("mail_from".into(), self.mail_from.clone()),
+            ("email_token_ttl".into(), format!("{}s", self.email_token_ttl.as_secs())),
         ]
     }
 }
@@ -633,11 +527,7 @@ pub fn redact_url(raw: &str) -> String {
             let pairs: Vec<(String, String)> = u
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if k.eq_ignore_ascii_case("password") {
-                        "[redacted]".to_string()
-                    } else {
-                        v.into_owned()
-                    };
+                    let v = if k.eq_ignore_ascii_case("password") { "[redacted]".to_string() } else { v.into_owned() };
                     (k.into_owned(), v)
                 })
                 .collect();

@@ -36,14 +36,9 @@ pub enum CryptoError {
 
 /// Decodes a base64 key and checks it is 32 bytes.
 pub fn decode_key(b64: &str) -> Result<[u8; 32], String> {
-    let bytes = B64
-        .decode(b64.trim())
-        .map_err(|_| "not valid base64".to_string())?;
+    let bytes = B64.decode(b64.trim()).map_err(|_| "not valid base64".to_string())?;
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-        format!(
-            "decodes to {} bytes, expected 32 (generate one with `openssl rand -base64 32`)",
-            bytes.len()
-        )
+        format!("decodes to {} bytes, expected 32 (generate one with `openssl rand -base64 32`)", bytes.len())
     })
 }
 
@@ -82,12 +77,10 @@ impl Keyring {
         }
         let mut out = Vec::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
-            let raw =
-                decode_key(k.expose()).map_err(|m| format!("encryption key #{}: {m}", i + 1))?;
+            let raw = decode_key(k.expose()).map_err(|m| format!("encryption key #{}: {m}", i + 1))?;
             let digest = Sha256::digest(raw);
             let id = [digest[0], digest[1], digest[2], digest[3]];
-            let cipher =
-                Aes256Gcm::new_from_slice(&raw).map_err(|_| "invalid key length".to_string())?;
+            let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| "invalid key length".to_string())?;
             out.push(Key { id, cipher });
         }
         Ok(Keyring { keys: out })
@@ -106,13 +99,7 @@ impl Keyring {
         // Encryption with a valid key and in-memory buffers cannot fail.
         let ct = key
             .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
+            .encrypt(&nonce, Payload { msg: plaintext, aad })
             .unwrap_or_else(|_| unreachable!("AES-GCM encryption of an in-memory buffer"));
         let mut out = Vec::with_capacity(HEADER + ct.len());
         out.push(VERSION);
@@ -128,22 +115,9 @@ impl Keyring {
             return Err(CryptoError::Malformed);
         }
         let id = &envelope[1..5];
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or_else(|| CryptoError::UnknownKey(hex(id)))?;
-        let nonce = Nonce::<Aes256Gcm>::try_from(&envelope[5..HEADER])
-            .map_err(|_| CryptoError::Malformed)?;
-        key.cipher
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: &envelope[HEADER..],
-                    aad,
-                },
-            )
-            .map_err(|_| CryptoError::Decrypt)
+        let key = self.keys.iter().find(|k| k.id == id).ok_or_else(|| CryptoError::UnknownKey(hex(id)))?;
+        let nonce = Nonce::<Aes256Gcm>::try_from(&envelope[5..HEADER]).map_err(|_| CryptoError::Malformed)?;
+        key.cipher.decrypt(&nonce, Payload { msg: &envelope[HEADER..], aad }).map_err(|_| CryptoError::Decrypt)
     }
 
     /// Whether an envelope was made with a key other than the primary one and
@@ -162,12 +136,7 @@ pub fn load_or_create_key_file(path: &Path) -> std::io::Result<Secret> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = generate_key();
             let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
             f.write_all(key.as_bytes())?;
             f.write_all(b"\n")?;
             f.sync_all()?;
@@ -179,9 +148,7 @@ pub fn load_or_create_key_file(path: &Path) -> std::io::Result<Secret> {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let _ = std::fs::remove_file(&tmp);
-                    Ok(Secret::new(
-                        std::fs::read_to_string(path)?.trim().to_string(),
-                    ))
+                    Ok(Secret::new(std::fs::read_to_string(path)?.trim().to_string()))
                 }
                 Err(e) => Err(e),
             }
@@ -227,19 +194,12 @@ mod tests {
         let re = after.encrypt(b"secret", b"id");
         assert!(!after.needs_reencrypt(&re));
         let only_new = ring(&[&new]);
-        assert!(matches!(
-            only_new.decrypt(&env, b"id"),
-            Err(CryptoError::UnknownKey(_))
-        ));
+        assert!(matches!(only_new.decrypt(&env, b"id"), Err(CryptoError::UnknownKey(_))));
     }
 
     #[test]
     fn bad_keys_rejected() {
         assert!(decode_key("not base64!").is_err());
-        assert!(
-            decode_key(&B64.encode([0u8; 16]))
-                .unwrap_err()
-                .contains("16 bytes")
-        );
+        assert!(decode_key(&B64.encode([0u8; 16])).unwrap_err().contains("16 bytes"));
     }
 }

@@ -37,11 +37,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 impl ApiError {
     /// Any status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
     /// 400 with a specific code.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -71,11 +67,7 @@ impl ApiError {
     /// 500 `internal`; the cause is logged, never sent to the client.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal server error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error")
     }
     /// 503 `unavailable`.
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -85,13 +77,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
     }
 }
 
@@ -111,25 +97,15 @@ struct Body<'a> {
 
 /// Serialises the envelope for a code and message with the current request id.
 pub fn envelope_json(code: &str, message: &str) -> Vec<u8> {
-    let env = Envelope {
-        error: Body {
-            code,
-            message,
-            request_id: current_request_id(),
-        },
-    };
-    serde_json::to_vec(&env).unwrap_or_else(|_| {
-        br#"{"error":{"code":"internal","message":"","request_id":""}}"#.to_vec()
-    })
+    let env = Envelope { error: Body { code, message, request_id: current_request_id() } };
+    serde_json::to_vec(&env)
+        .unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"","request_id":""}}"#.to_vec())
 }
 
 /// Builds an envelope response.
 pub fn envelope_response(status: StatusCode, code: &str, message: &str) -> Response {
     let mut res = (status, envelope_json(code, message)).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
 
@@ -209,11 +185,9 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         JsonRejection::JsonSyntaxError(e) => {
             ApiError::bad_request("invalid_json", format!("malformed JSON: {}", e.body_text()))
         }
-        JsonRejection::JsonDataError(e) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            e.body_text(),
-        ),
+        JsonRejection::JsonDataError(e) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", e.body_text())
+        }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -221,19 +195,11 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         ),
         JsonRejection::BytesRejection(e) => {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "request body is too large",
-                )
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
             } else {
                 ApiError::bad_request("invalid_body", e.body_text())
             }
         }
-        other => ApiError::new(
-            other.status(),
-            code_for_status(other.status()),
-            other.body_text(),
-        ),
+        other => ApiError::new(other.status(), code_for_status(other.status()), other.body_text()),
     }
 }

@@ -10,6 +10,8 @@
 //! - [`ops`]: health, readiness, metrics endpoints.
 //! - [`auth`]: accounts, sessions, access tokens, service keys.
 //! - [`audit`]: the audit log.
+//! - [`hosted`]: server-rendered auth pages.
+//! - [`mail`]: outgoing mail (SMTP or the outbox).
 //! - [`doctor`]: environment checks behind `carmenta doctor`.
 
 pub mod app;
@@ -20,6 +22,8 @@ pub mod crypto;
 pub mod db;
 pub mod doctor;
 pub mod error;
+pub mod hosted;
+pub mod mail;
 pub mod ops;
 pub mod server;
 pub mod telemetry;

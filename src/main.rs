@@ -35,6 +35,15 @@ enum Cmd {
     /// data directory and the encryption key; each failure says how to fix it.
     /// Exits non-zero if any check fails.
     Doctor,
+    /// Show mail written to the outbox (the embedded default has no SMTP).
+    Mail {
+        /// Only mail to this address.
+        #[arg(long)]
+        to: Option<String>,
+        /// How many messages, newest first.
+        #[arg(long, default_value_t = 10)]
+        limit: i64,
+    },
     /// Manage service keys and access-token signing keys.
     #[command(subcommand)]
     Key(KeyCmd),
@@ -73,10 +82,7 @@ fn main() -> ExitCode {
         }
     };
     carmenta::telemetry::init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("carmenta: cannot start the async runtime: {e}");
@@ -103,6 +109,13 @@ fn main() -> ExitCode {
                 }
             },
             Cmd::Doctor => doctor(config).await,
+            Cmd::Mail { to, limit } => match mail(config, to, limit).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("carmenta: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
             Cmd::Key(cmd) => match key(config, cmd).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -123,26 +136,15 @@ async fn key(config: Config, cmd: KeyCmd) -> anyhow::Result<()> {
         match cmd {
             KeyCmd::Create { name, read_only } => {
                 let name = name.trim();
-                anyhow::ensure!(
-                    !name.is_empty() && name.len() <= 100,
-                    "--name must be 1 to 100 characters"
-                );
+                anyhow::ensure!(!name.is_empty() && name.len() <= 100, "--name must be 1 to 100 characters");
                 let (secret, row) = service::create_service_key(&pool, name, !read_only).await?;
-                eprintln!(
-                    "created service key {} ({}, {}); it is shown once:",
-                    row.id, row.name, row.scope
-                );
+                eprintln!("created service key {} ({}, {}); it is shown once:", row.id, row.name, row.scope);
                 println!("{secret}");
             }
             KeyCmd::List => {
                 for k in db::list_service_keys(&pool).await? {
-                    let used = k
-                        .last_used_at
-                        .map_or("never".to_string(), |t| t.to_string());
-                    println!(
-                        "{}  {:<24} {:<5} {}…  last used {used}",
-                        k.id, k.name, k.scope, k.prefix
-                    );
+                    let used = k.last_used_at.map_or("never".to_string(), |t| t.to_string());
+                    println!("{}  {:<24} {:<5} {}…  last used {used}", k.id, k.name, k.scope, k.prefix);
                 }
             }
             KeyCmd::Revoke { key } => {
@@ -163,6 +165,20 @@ async fn key(config: Config, cmd: KeyCmd) -> anyhow::Result<()> {
     result
 }
 
+async fn mail(config: Config, to: Option<String>, limit: i64) -> anyhow::Result<()> {
+    let database = carmenta::db::open(&config, carmenta::db::OpenMode::Client).await?;
+    let result = carmenta::mail::outbox(&database.pool, to.as_deref(), limit.clamp(1, 1000)).await;
+    database.close().await;
+    let mails = result?;
+    if mails.is_empty() {
+        eprintln!("the outbox is empty");
+    }
+    for m in mails.iter().rev() {
+        println!("--- #{} {} to {}\nSubject: {}\n\n{}", m.id, m.created_at, m.to_addr, m.subject, m.body);
+    }
+    Ok(())
+}
+
 async fn doctor(config: Config) -> ExitCode {
     println!("configuration:");
     for (k, v) in config.redacted() {
@@ -172,12 +188,7 @@ async fn doctor(config: Config) -> ExitCode {
     let checks = carmenta::doctor::run(&config).await;
     let mut failed = 0;
     for c in &checks {
-        println!(
-            "  [{}] {:<20} {}",
-            if c.ok { " ok " } else { "FAIL" },
-            c.name,
-            c.detail
-        );
+        println!("  [{}] {:<20} {}", if c.ok { " ok " } else { "FAIL" }, c.name, c.detail);
         if let Some(fix) = &c.fix {
             println!("         fix: {fix}");
             failed += 1;

@@ -25,11 +25,10 @@ pub fn resolve_keyring(config: &Config) -> anyhow::Result<Keyring> {
              generate one with `openssl rand -base64 32`"
         );
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let path = config.data_dir.join(KEY_FILE);
-    let key = crypto::load_or_create_key_file(&path)
-        .with_context(|| format!("reading or creating {}", path.display()))?;
+    let key =
+        crypto::load_or_create_key_file(&path).with_context(|| format!("reading or creating {}", path.display()))?;
     Keyring::from_base64(&[key]).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -41,10 +40,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(l) => l,
         Err(e) => {
             database.close().await;
-            anyhow::bail!(
-                "cannot listen on {}: {e} (set CARMENTA_LISTEN to another address)",
-                config.listen
-            );
+            anyhow::bail!("cannot listen on {}: {e} (set CARMENTA_LISTEN to another address)", config.listen);
         }
     };
     let addr = listener.local_addr()?;
@@ -70,10 +66,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// Applies pending migrations and returns the applied versions.
 pub async fn migrate(config: Config) -> anyhow::Result<Vec<i64>> {
     let database = db::open(&config, OpenMode::Client).await?;
-    let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&database.pool)
-            .await?;
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(&database.pool)
+        .await?;
     database.close().await;
     Ok(versions)
 }

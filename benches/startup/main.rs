@@ -25,17 +25,12 @@ fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let carmenta = env!("CARGO_BIN_EXE_carmenta");
     let me = std::env::current_exe().expect("current exe");
-    let dir = tempfile::Builder::new()
-        .prefix("carmenta-bench-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = tempfile::Builder::new().prefix("carmenta-bench-").tempdir().expect("tempdir");
     let data = dir.path().join("data");
 
     println!(
         "carmenta startup benchmark ({} cores)",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
     // Cold start: empty data directory (initdb, extensions, migrations).
@@ -74,10 +69,7 @@ fn main() {
     let rss_idle = rss_kb(server.id());
     let hello_rss_idle = rss_kb(hello.id());
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let ours = rt.block_on(load(SocketAddr::from(([127, 0, 0, 1], port)), "/healthz"));
     let anchor = rt.block_on(load(SocketAddr::from(([127, 0, 0, 1], hport)), "/healthz"));
     let ours2 = rt.block_on(load(SocketAddr::from(([127, 0, 0, 1], port)), "/healthz"));
@@ -89,17 +81,8 @@ fn main() {
     let ours_rps = (ours + ours2) / 2.0;
     let anchor_rps = (anchor + anchor2) / 2.0;
     println!();
-    println!(
-        "{:<28} {:>14} {:>22} {:>14}",
-        "metric", "carmenta", "anchor: bare axum", "target"
-    );
-    println!(
-        "{:<28} {:>14} {:>22} {:>14}",
-        "cold start (to /readyz)",
-        fmt_dur(cold),
-        fmt_dur(hello_start),
-        "<= 10 s"
-    );
+    println!("{:<28} {:>14} {:>22} {:>14}", "metric", "carmenta", "anchor: bare axum", "target");
+    println!("{:<28} {:>14} {:>22} {:>14}", "cold start (to /readyz)", fmt_dur(cold), fmt_dur(hello_start), "<= 10 s");
     println!(
         "{:<28} {:>14} {:>22} {:>14}",
         "warm start (median of 3)",
@@ -114,13 +97,7 @@ fn main() {
         format!("{:.1} MB", hello_rss_idle as f64 / 1024.0),
         "<= 40 MB"
     );
-    println!(
-        "{:<28} {:>14} {:>22} {:>14}",
-        "RSS after load",
-        format!("{:.1} MB", rss_loaded as f64 / 1024.0),
-        "",
-        ""
-    );
+    println!("{:<28} {:>14} {:>22} {:>14}", "RSS after load", format!("{:.1} MB", rss_loaded as f64 / 1024.0), "", "");
     println!(
         "{:<28} {:>14} {:>22} {:>14}",
         format!("/healthz req/s ({CONNECTIONS} conns)"),
@@ -128,15 +105,9 @@ fn main() {
         format!("{anchor_rps:.0}"),
         ">= 90 %"
     );
-    println!(
-        "{:<28} {:>14}",
-        "throughput vs anchor",
-        format!("{:.1} %", 100.0 * ours_rps / anchor_rps)
-    );
+    println!("{:<28} {:>14}", "throughput vs anchor", format!("{:.1} %", 100.0 * ours_rps / anchor_rps));
     println!();
-    println!(
-        "(idle RSS is the carmenta process alone; the embedded PostgreSQL runs as its own processes)"
-    );
+    println!("(idle RSS is the carmenta process alone; the embedded PostgreSQL runs as its own processes)");
 }
 
 fn fmt_dur(d: Duration) -> String {
@@ -148,11 +119,7 @@ fn fmt_dur(d: Duration) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 fn spawn_carmenta(bin: &str, data: &Path, port: u16) -> Child {
@@ -179,21 +146,14 @@ fn spawn_hello(me: &Path, port: u16) -> Child {
 }
 
 fn stop(child: &mut Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
 }
 
 fn status_of(port: u16, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
     let line = std::str::from_utf8(&buf[..n]).ok()?;
@@ -209,10 +169,7 @@ fn wait_ready(port: u16, path: &str, child: &mut Child) {
         if status_of(port, path) == Some(200) {
             return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "not ready after 120 s"
-        );
+        assert!(start.elapsed() < Duration::from_secs(120), "not ready after 120 s");
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -221,9 +178,7 @@ fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -280,8 +235,7 @@ fn response_len(buf: &[u8]) -> Option<usize> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
     (buf.len() >= end + cl).then_some(end + cl)
@@ -289,21 +243,15 @@ fn response_len(buf: &[u8]) -> Option<usize> {
 
 /// The anchor: the smallest axum server answering `/healthz` with the same JSON.
 fn hello_world(addr: &str) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let app = axum::Router::new().route(
-            "/healthz",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        );
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }));
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("signal");
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
                 term.recv().await;
             })
             .await

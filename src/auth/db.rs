@@ -71,19 +71,13 @@ pub async fn insert_user(
 /// Finds a user by email, case-insensitively.
 pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
     let sql = format!("SELECT {USER_COLS} FROM users WHERE lower(email) = lower($1)");
-    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
-        .bind(email)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql)).bind(email).fetch_optional(pool).await
 }
 
 /// Finds a user by id.
 pub async fn user_by_id(pool: &PgPool, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
     let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
-    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await
 }
 
 /// Profile fields to change; `None` leaves a field as it is.
@@ -102,11 +96,7 @@ pub struct ProfilePatch {
 }
 
 /// Applies a profile patch to the user `id`.
-pub async fn update_profile(
-    pool: &PgPool,
-    id: Uuid,
-    p: &ProfilePatch,
-) -> Result<Option<UserRow>, sqlx::Error> {
+pub async fn update_profile(pool: &PgPool, id: Uuid, p: &ProfilePatch) -> Result<Option<UserRow>, sqlx::Error> {
     let sql = format!(
         "UPDATE users SET
             name = CASE WHEN $2 THEN $3 ELSE name END,
@@ -142,12 +132,7 @@ pub async fn set_password(pool: &PgPool, id: Uuid, hash: &str) -> Result<(), sql
 
 /// Deletes a user; every owned row goes with it (foreign keys cascade).
 pub async fn delete_user(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?
-        .rows_affected()
-        == 1)
+    Ok(sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(pool).await?.rows_affected() == 1)
 }
 
 /// A session as listed to its owner.
@@ -212,20 +197,19 @@ pub async fn live_session(
     if let Some(r) = &row
         && OffsetDateTime::now_utc() - r.last_active_at > time::Duration::minutes(1)
     {
-        sqlx::query("UPDATE sessions SET last_active_at = now() WHERE id = $1")
-            .bind(r.id)
-            .execute(pool)
-            .await?;
+        sqlx::query("UPDATE sessions SET last_active_at = now() WHERE id = $1").bind(r.id).execute(pool).await?;
     }
     Ok(row)
 }
 
 /// Whether the session `id` is live (for JWT-authenticated requests that act on it).
 pub async fn session_is_live(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now())")
-        .bind(id)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now())",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
 }
 
 /// The owner's live sessions, newest first.
@@ -251,17 +235,15 @@ pub async fn revoke_session(pool: &PgPool, user_id: Uuid, id: Uuid) -> Result<bo
 }
 
 /// Revokes all of the owner's sessions except `keep`; returns how many.
-pub async fn revoke_all_sessions(
-    pool: &PgPool,
-    user_id: Uuid,
-    keep: Option<Uuid>,
-) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2")
-        .bind(user_id)
-        .bind(keep)
-        .execute(pool)
-        .await?
-        .rows_affected())
+pub async fn revoke_all_sessions(pool: &PgPool, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2",
+    )
+    .bind(user_id)
+    .bind(keep)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Stores a signing key.
@@ -272,9 +254,7 @@ pub async fn insert_signing_key(
     jwk: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE auth_signing_keys SET retired_at = now() WHERE retired_at IS NULL")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("UPDATE auth_signing_keys SET retired_at = now() WHERE retired_at IS NULL").execute(&mut *tx).await?;
     sqlx::query("INSERT INTO auth_signing_keys (kid, alg, private_key, public_jwk) VALUES ($1, 'EdDSA', $2, $3)")
         .bind(kid)
         .bind(sealed)
@@ -288,14 +268,10 @@ pub async fn insert_signing_key(
 /// together serialise on an advisory lock).
 pub async fn ensure_signing_key(pool: &PgPool, keyring: &Keyring) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(7262011)")
-        .execute(&mut *tx)
+    sqlx::query("SELECT pg_advisory_xact_lock(7262011)").execute(&mut *tx).await?;
+    let active: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM auth_signing_keys WHERE retired_at IS NULL)")
+        .fetch_one(&mut *tx)
         .await?;
-    let active: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM auth_signing_keys WHERE retired_at IS NULL)",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
     if !active {
         super::tokens::rotate(pool, keyring).await?;
     }
@@ -303,10 +279,7 @@ pub async fn ensure_signing_key(pool: &PgPool, keyring: &Keyring) -> Result<(), 
 }
 
 /// Keys to publish: active ones and those retired less than `grace` ago; active first.
-pub async fn published_signing_keys(
-    pool: &PgPool,
-    grace: Duration,
-) -> Result<Vec<SigningKeyRow>, sqlx::Error> {
+pub async fn published_signing_keys(pool: &PgPool, grace: Duration) -> Result<Vec<SigningKeyRow>, sqlx::Error> {
     let rows: Vec<(String, Vec<u8>, serde_json::Value, bool)> = sqlx::query_as(
         "SELECT kid, private_key, public_jwk, retired_at IS NULL FROM auth_signing_keys
          WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => $1)
@@ -317,12 +290,7 @@ pub async fn published_signing_keys(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(kid, private_key, public_jwk, active)| SigningKeyRow {
-            kid,
-            private_key,
-            public_jwk,
-            active,
-        })
+        .map(|(kid, private_key, public_jwk, active)| SigningKeyRow { kid, private_key, public_jwk, active })
         .collect())
 }
 
@@ -365,10 +333,7 @@ pub async fn insert_service_key(
 }
 
 /// Finds a live service key by hash and records its use (at most once a minute).
-pub async fn service_key_by_hash(
-    pool: &PgPool,
-    hash: &[u8],
-) -> Result<Option<ServiceKeyRow>, sqlx::Error> {
+pub async fn service_key_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ServiceKeyRow>, sqlx::Error> {
     let row = sqlx::query_as::<_, ServiceKeyRow>(
         "SELECT id, name, prefix, scope, created_at, last_used_at FROM service_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )
@@ -376,13 +341,9 @@ pub async fn service_key_by_hash(
     .fetch_optional(pool)
     .await?;
     if let Some(r) = &row
-        && r.last_used_at
-            .is_none_or(|t| OffsetDateTime::now_utc() - t > time::Duration::minutes(1))
+        && r.last_used_at.is_none_or(|t| OffsetDateTime::now_utc() - t > time::Duration::minutes(1))
     {
-        sqlx::query("UPDATE service_keys SET last_used_at = now() WHERE id = $1")
-            .bind(r.id)
-            .execute(pool)
-            .await?;
+        sqlx::query("UPDATE service_keys SET last_used_at = now() WHERE id = $1").bind(r.id).execute(pool).await?;
     }
     Ok(row)
 }
@@ -398,11 +359,13 @@ pub async fn list_service_keys(pool: &PgPool) -> Result<Vec<ServiceKeyRow>, sqlx
 
 /// Revokes a service key by id or by name.
 pub async fn revoke_service_key(pool: &PgPool, id_or_name: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("UPDATE service_keys SET revoked_at = now() WHERE revoked_at IS NULL AND (id::text = $1 OR name = $1)")
-        .bind(id_or_name)
-        .execute(pool)
-        .await?
-        .rows_affected())
+    Ok(sqlx::query(
+        "UPDATE service_keys SET revoked_at = now() WHERE revoked_at IS NULL AND (id::text = $1 OR name = $1)",
+    )
+    .bind(id_or_name)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Counts a hit in the fixed window of `window` length for `bucket`; returns the
@@ -422,26 +385,19 @@ pub async fn hit_window(pool: &PgPool, bucket: &str, window: Duration) -> Result
 
 /// Deletes rate windows older than a day (housekeeping).
 pub async fn prune_windows(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM auth_rate_windows WHERE window_start < now() - interval '1 day'")
-            .execute(pool)
-            .await?
-            .rows_affected(),
-    )
+    Ok(sqlx::query("DELETE FROM auth_rate_windows WHERE window_start < now() - interval '1 day'")
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 /// When the account key is locked until, if it is locked now.
-pub async fn locked_until(
-    pool: &PgPool,
-    account_key: &[u8],
-) -> Result<Option<OffsetDateTime>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT locked_until FROM auth_lockouts WHERE account_key = $1 AND locked_until > now()",
-    )
-    .bind(account_key)
-    .fetch_optional(pool)
-    .await
-    .map(Option::flatten)
+pub async fn locked_until(pool: &PgPool, account_key: &[u8]) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    sqlx::query_scalar("SELECT locked_until FROM auth_lockouts WHERE account_key = $1 AND locked_until > now()")
+        .bind(account_key)
+        .fetch_optional(pool)
+        .await
+        .map(Option::flatten)
 }
 
 /// Records a failed sign-in; locks the account key for `lockout` after `threshold`
@@ -468,13 +424,11 @@ pub async fn record_failure(
     .fetch_one(pool)
     .await?;
     if let Some(until) = locked {
-        sqlx::query(
-            "UPDATE auth_lockouts SET locked_until = $2, failures = 0 WHERE account_key = $1",
-        )
-        .bind(account_key)
-        .bind(until)
-        .execute(pool)
-        .await?;
+        sqlx::query("UPDATE auth_lockouts SET locked_until = $2, failures = 0 WHERE account_key = $1")
+            .bind(account_key)
+            .bind(until)
+            .execute(pool)
+            .await?;
         return Ok(true);
     }
     Ok(false)
@@ -482,9 +436,95 @@ pub async fn record_failure(
 
 /// Clears failures after a successful sign-in.
 pub async fn clear_failures(pool: &PgPool, account_key: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM auth_lockouts WHERE account_key = $1")
-        .bind(account_key)
-        .execute(pool)
-        .await?;
+    sqlx::query("DELETE FROM auth_lockouts WHERE account_key = $1").bind(account_key).execute(pool).await?;
     Ok(())
+}
+
+/// Kinds of emailed tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailTokenKind {
+    /// Confirms an email address.
+    VerifyEmail,
+    /// Signs in without a password.
+    MagicLink,
+    /// Sets a new password.
+    PasswordReset,
+}
+
+impl EmailTokenKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailTokenKind::VerifyEmail => "verify_email",
+            EmailTokenKind::MagicLink => "magic_link",
+            EmailTokenKind::PasswordReset => "password_reset",
+        }
+    }
+}
+
+/// Stores an emailed token's hash.
+pub async fn insert_email_token(
+    pool: &PgPool,
+    user_id: Uuid,
+    kind: EmailTokenKind,
+    token_hash: &[u8],
+    email: &str,
+    ttl: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO auth_email_tokens (id, user_id, kind, token_hash, email, expires_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user_id)
+    .bind(kind.as_str())
+    .bind(token_hash)
+    .bind(email)
+    .bind(ttl.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Uses up an emailed token: (user id, email) if it was live, unused and of `kind`.
+pub async fn consume_email_token(
+    pool: &PgPool,
+    kind: EmailTokenKind,
+    token_hash: &[u8],
+) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE auth_email_tokens SET used_at = now()
+         WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL AND expires_at > now()
+         RETURNING user_id, email",
+    )
+    .bind(token_hash)
+    .bind(kind.as_str())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Marks the user's email verified if it is still `email`.
+pub async fn mark_email_verified(pool: &PgPool, user_id: Uuid, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE users SET email_verified_at = COALESCE(email_verified_at, now()), updated_at = now()
+         WHERE id = $1 AND lower(email) = lower($2) RETURNING {USER_COLS}"
+    );
+    sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(email).fetch_optional(pool).await
+}
+
+/// The current email of the user a live, unused token of `kind` belongs to
+/// (without using the token up).
+pub async fn live_email_token_email(
+    pool: &PgPool,
+    kind: EmailTokenKind,
+    token_hash: &[u8],
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT u.email FROM auth_email_tokens t JOIN users u ON u.id = t.user_id
+         WHERE t.token_hash = $1 AND t.kind = $2 AND t.used_at IS NULL AND t.expires_at > now()",
+    )
+    .bind(token_hash)
+    .bind(kind.as_str())
+    .fetch_optional(pool)
+    .await
 }

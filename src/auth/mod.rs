@@ -3,11 +3,13 @@
 //! caller ([`Caller`], [`CurrentUser`]).
 
 pub mod db;
+pub mod email;
 pub mod password;
 mod routes;
 pub mod service;
 pub mod tokens;
 pub mod types;
 
-pub use routes::{ACT_AS_HEADER, Caller, CurrentUser, SESSION_COOKIE, routes};
+pub use routes::{ACT_AS_HEADER, Caller, CurrentUser, Peer, SESSION_COOKIE, routes};
+pub(crate) use routes::{check_login_origin, client_info, session_cookie};
 pub use service::{AuthState, Principal, Via};

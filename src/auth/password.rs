@@ -16,20 +16,14 @@ static COMMON: OnceLock<HashSet<&'static str>> = OnceLock::new();
 static DUMMY_HASH: OnceLock<String> = OnceLock::new();
 
 fn common() -> &'static HashSet<&'static str> {
-    COMMON.get_or_init(|| {
-        include_str!("common-passwords.txt")
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect()
-    })
+    COMMON
+        .get_or_init(|| include_str!("common-passwords.txt").lines().map(str::trim).filter(|l| !l.is_empty()).collect())
 }
 
 /// argon2id with OWASP's recommended parameters: 19 MiB, 2 iterations, 1 lane.
 fn argon2() -> Argon2<'static> {
     // These constants are valid parameters.
-    let params =
-        Params::new(19 * 1024, 2, 1, None).unwrap_or_else(|_| unreachable!("valid argon2 params"));
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_else(|_| unreachable!("valid argon2 params"));
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
@@ -68,16 +62,11 @@ pub fn check_policy(password: &str, email: &str, min_len: usize) -> Result<(), P
 
 /// Hashes a password (PHC string). CPU-heavy: runs on the blocking pool.
 pub async fn hash(password: String) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || hash_blocking(&password))
-        .await
-        .map_err(|e| e.to_string())?
+    tokio::task::spawn_blocking(move || hash_blocking(&password)).await.map_err(|e| e.to_string())?
 }
 
 fn hash_blocking(password: &str) -> Result<String, String> {
-    argon2()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    argon2().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 /// Verifies `password` against `stored`; with `None` (unknown account or no
@@ -90,9 +79,7 @@ pub async fn verify(password: String, stored: Option<String>) -> bool {
             None => (dummy_hash().to_string(), false),
         };
         let ok = match PasswordHash::new(&target) {
-            Ok(parsed) => argon2()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok(),
+            Ok(parsed) => argon2().verify_password(password.as_bytes(), &parsed).is_ok(),
             Err(_) => false,
         };
         ok && real
@@ -121,22 +108,10 @@ mod tests {
 
     #[test]
     fn policy() {
-        assert_eq!(
-            check_policy("short", "a@b.co", 8),
-            Err(PolicyError::TooShort(8))
-        );
-        assert_eq!(
-            check_policy("Password123", "a@b.co", 8),
-            Err(PolicyError::Common)
-        );
-        assert_eq!(
-            check_policy("alice@example.com", "alice@example.com", 8),
-            Err(PolicyError::Common)
-        );
-        assert_eq!(
-            check_policy(&"x".repeat(300), "a@b.co", 8),
-            Err(PolicyError::TooLong)
-        );
+        assert_eq!(check_policy("short", "a@b.co", 8), Err(PolicyError::TooShort(8)));
+        assert_eq!(check_policy("Password123", "a@b.co", 8), Err(PolicyError::Common));
+        assert_eq!(check_policy("alice@example.com", "alice@example.com", 8), Err(PolicyError::Common));
+        assert_eq!(check_policy(&"x".repeat(300), "a@b.co", 8), Err(PolicyError::TooLong));
         assert!(check_policy("correct horse battery", "a@b.co", 8).is_ok());
     }
 
@@ -144,9 +119,7 @@ mod tests {
     fn hash_and_verify() {
         let h = hash_blocking("correct horse battery").unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         assert!(rt.block_on(verify("correct horse battery".into(), Some(h.clone()))));
         assert!(!rt.block_on(verify("wrong".into(), Some(h))));
         assert!(!rt.block_on(verify("anything".into(), None)));

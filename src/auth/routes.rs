@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::email;
 use super::service::{self, ClientInfo, Principal, Via};
 use super::types::*;
 use crate::app::AppState;
@@ -33,6 +34,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(change_password))
         .routes(routes!(list_sessions))
         .routes(routes!(revoke_session))
+        .routes(routes!(verify_email))
+        .routes(routes!(resend_verification))
+        .routes(routes!(magic_link))
+        .routes(routes!(magic_link_verify))
+        .routes(routes!(password_forgot))
+        .routes(routes!(password_reset))
         .routes(routes!(jwks))
         .routes(routes!(openid_configuration))
 }
@@ -51,15 +58,10 @@ pub struct CurrentUser {
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
 }
 
 /// The origin a browser request came from (Origin, else Referer).
@@ -70,9 +72,7 @@ fn request_origin(headers: &HeaderMap) -> Option<String> {
         return Some(o.to_string());
     }
     let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok())?;
-    url::Url::parse(referer)
-        .ok()
-        .map(|u| u.origin().ascii_serialization())
+    url::Url::parse(referer).ok().map(|u| u.origin().ascii_serialization())
 }
 
 /// CSRF protection for cookie-authenticated requests that change state: the
@@ -88,10 +88,7 @@ fn check_csrf(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<
     if ok {
         Ok(())
     } else {
-        Err(
-            ApiError::forbidden("cross-site request refused (CSRF protection)")
-                .with_code("csrf_failed"),
-        )
+        Err(ApiError::forbidden("cross-site request refused (CSRF protection)").with_code("csrf_failed"))
     }
 }
 
@@ -99,10 +96,7 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
     if let Some(p) = parts.extensions.get::<Principal>() {
         return Ok(p.clone());
     }
-    let auth = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
+    let auth = parts.headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let principal = match auth {
         Some(v) => {
             let token = v
@@ -111,8 +105,7 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| {
-                    ApiError::unauthorized("expected `Authorization: Bearer <token>`")
-                        .with_code("invalid_token")
+                    ApiError::unauthorized("expected `Authorization: Bearer <token>`").with_code("invalid_token")
                 })?;
             service::resolve_bearer(state, token).await?
         }
@@ -128,37 +121,20 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
     let principal = match (&principal, parts.headers.get(ACT_AS_HEADER)) {
         (Principal::Service { full, .. }, act) => {
             if !full && !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
-                return Err(ApiError::forbidden("this service key is read-only")
-                    .with_code("insufficient_scope"));
+                return Err(ApiError::forbidden("this service key is read-only").with_code("insufficient_scope"));
             }
             match act {
                 Some(v) => {
-                    let user = v
-                        .to_str()
-                        .ok()
-                        .and_then(|s| Uuid::parse_str(s.trim()).ok())
-                        .ok_or_else(|| {
-                            ApiError::bad_request(
-                                "invalid_user_id",
-                                format!("{ACT_AS_HEADER} must be a user id"),
-                            )
-                        })?;
-                    service::act_for(
-                        state,
-                        principal.clone(),
-                        user,
-                        parts.method.as_str(),
-                        parts.uri.path(),
-                    )
-                    .await?
+                    let user = v.to_str().ok().and_then(|s| Uuid::parse_str(s.trim()).ok()).ok_or_else(|| {
+                        ApiError::bad_request("invalid_user_id", format!("{ACT_AS_HEADER} must be a user id"))
+                    })?;
+                    service::act_for(state, principal.clone(), user, parts.method.as_str(), parts.uri.path()).await?
                 }
                 None => principal,
             }
         }
         (_, Some(_)) => {
-            return Err(ApiError::forbidden(format!(
-                "only service keys may send {ACT_AS_HEADER}"
-            )));
+            return Err(ApiError::forbidden(format!("only service keys may send {ACT_AS_HEADER}")));
         }
         (_, None) => principal,
     };
@@ -168,20 +144,14 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         authenticate(parts, state).await.map(Caller)
     }
 }
 
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let principal = authenticate(parts, state).await?;
         let user_id = service::require_user(&principal)?;
         Ok(CurrentUser { user_id, principal })
@@ -195,16 +165,11 @@ pub struct Peer(pub Option<SocketAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-        ))
+        Ok(Peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
     }
 }
 
-fn client_info(parts_headers: &HeaderMap, peer: Option<SocketAddr>) -> ClientInfo {
+pub(crate) fn client_info(parts_headers: &HeaderMap, peer: Option<SocketAddr>) -> ClientInfo {
     ClientInfo {
         ip: peer.map(|p| p.ip().to_string()),
         user_agent: parts_headers
@@ -214,21 +179,14 @@ fn client_info(parts_headers: &HeaderMap, peer: Option<SocketAddr>) -> ClientInf
     }
 }
 
-fn session_cookie(state: &AppState, token: &str, max_age: i64) -> HeaderValue {
-    let secure = if state.config.public_url.scheme() == "https" {
-        "; Secure"
-    } else {
-        ""
-    };
-    let v = format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-    );
-    HeaderValue::from_str(&v)
-        .unwrap_or_else(|_| HeaderValue::from_static("carmenta_session=; Path=/; Max-Age=0"))
+pub(crate) fn session_cookie(state: &AppState, token: &str, max_age: i64) -> HeaderValue {
+    let secure = if state.config.public_url.scheme() == "https" { "; Secure" } else { "" };
+    let v = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("carmenta_session=; Path=/; Max-Age=0"))
 }
 
 /// Login CSRF: a browser posting credentials from a foreign origin is refused.
-fn check_login_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_login_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match request_origin(headers) {
         Some(o) if !state.config.origin_allowed(&o) => {
             Err(ApiError::forbidden("cross-site sign-in refused").with_code("csrf_failed"))
@@ -237,13 +195,12 @@ fn check_login_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
     }
 }
 
-fn with_session(state: &AppState, status: StatusCode, body: AuthResponse) -> Response {
+pub(crate) fn with_session(state: &AppState, status: StatusCode, body: AuthResponse) -> Response {
     let max_age = state.config.session_ttl.as_secs() as i64;
     let cookie = session_cookie(state, &body.session_token, max_age);
     let mut res = (status, ApiJson(body)).into_response();
     res.headers_mut().insert(header::SET_COOKIE, cookie);
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
@@ -286,13 +243,11 @@ async fn sign_out(
     let req: SignOutRequest = if body.is_empty() {
         SignOutRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
     service::sign_out(&state, &p, req.all).await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
-    res.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    res.headers_mut().insert(header::SET_COOKIE, session_cookie(&state, "", 0));
     Ok(res)
 }
 
@@ -301,17 +256,13 @@ async fn sign_out(
 async fn token(State(state): State<AppState>, Caller(p): Caller) -> Result<Response, ApiError> {
     let body = service::access_token(&state, &p)?;
     let mut res = ApiJson(body).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }
 
 /// The caller's profile.
 #[utoipa::path(get, path = "/v1/me", tag = "auth", responses((status = 200, body = UserView), (status = 401)))]
-async fn get_me(
-    State(state): State<AppState>,
-    Caller(p): Caller,
-) -> Result<ApiJson<UserView>, ApiError> {
+async fn get_me(State(state): State<AppState>, Caller(p): Caller) -> Result<ApiJson<UserView>, ApiError> {
     service::me(&state, &p).await.map(ApiJson)
 }
 
@@ -330,8 +281,7 @@ async fn patch_me(
 async fn delete_me(State(state): State<AppState>, Caller(p): Caller) -> Result<Response, ApiError> {
     service::delete_me(&state, &p).await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
-    res.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    res.headers_mut().insert(header::SET_COOKIE, session_cookie(&state, "", 0));
     Ok(res)
 }
 
@@ -348,10 +298,7 @@ async fn change_password(
 
 /// The caller's live sessions.
 #[utoipa::path(get, path = "/v1/me/sessions", tag = "auth", responses((status = 200, body = SessionList)))]
-async fn list_sessions(
-    State(state): State<AppState>,
-    Caller(p): Caller,
-) -> Result<ApiJson<SessionList>, ApiError> {
+async fn list_sessions(State(state): State<AppState>, Caller(p): Caller) -> Result<ApiJson<SessionList>, ApiError> {
     service::sessions(&state, &p).await.map(ApiJson)
 }
 
@@ -371,10 +318,7 @@ async fn revoke_session(
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "JWK Set")))]
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut res = axum::Json(state.auth.keys.jwks()).into_response();
-    res.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     res
 }
 
@@ -393,4 +337,83 @@ async fn openid_configuration(State(state): State<AppState>) -> axum::Json<serde
         "token_endpoint_auth_methods_supported": ["none"],
         "claims_supported": ["sub", "sid", "iss", "aud", "exp", "iat", "nbf", "jti"],
     }))
+}
+
+fn accepted() -> Response {
+    (StatusCode::ACCEPTED, ApiJson(Accepted { status: "accepted" })).into_response()
+}
+
+/// Confirm an email address with the token from the verification mail.
+#[utoipa::path(post, path = "/v1/auth/verify-email", tag = "auth", request_body = TokenRequest,
+    responses((status = 200, body = VerifiedResponse), (status = 400, description = "invalid_link")))]
+async fn verify_email(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<ApiJson<VerifiedResponse>, ApiError> {
+    let user = email::verify_email(&state, &req.token).await?;
+    Ok(ApiJson(VerifiedResponse { user }))
+}
+
+/// Send the verification mail again to the signed-in user.
+#[utoipa::path(post, path = "/v1/auth/verify-email/resend", tag = "auth", responses((status = 202, body = Accepted)))]
+async fn resend_verification(State(state): State<AppState>, user: CurrentUser) -> Result<Response, ApiError> {
+    email::resend_verification(&state, user.user_id).await?;
+    Ok(accepted())
+}
+
+fn checked_redirect(state: &AppState, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    raw.map(|r| service::safe_redirect(&state.config, r)).transpose()
+}
+
+/// Mail a sign-in link (answers 202 whether or not the email has an account).
+#[utoipa::path(post, path = "/v1/auth/magic-link", tag = "auth", request_body = EmailLinkRequest,
+    responses((status = 202, body = Accepted), (status = 422, description = "invalid_email, invalid_redirect_url")))]
+async fn magic_link(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<EmailLinkRequest>,
+) -> Result<Response, ApiError> {
+    let redirect = checked_redirect(&state, req.redirect_url.as_deref())?;
+    email::request_magic_link(&state, &req.email, redirect.as_deref(), &client_info(&headers, peer)).await?;
+    Ok(accepted())
+}
+
+/// Sign in with the token from a magic-link mail.
+#[utoipa::path(post, path = "/v1/auth/magic-link/verify", tag = "auth", request_body = TokenRequest,
+    responses((status = 200, body = AuthResponse), (status = 400, description = "invalid_link")))]
+async fn magic_link_verify(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<Response, ApiError> {
+    check_login_origin(&state, &headers)?;
+    let body = email::consume_magic_link(&state, &req.token, &client_info(&headers, peer)).await?;
+    Ok(with_session(&state, StatusCode::OK, body))
+}
+
+/// Mail a password-reset link (answers 202 whether or not the email has an account).
+#[utoipa::path(post, path = "/v1/auth/password/forgot", tag = "auth", request_body = EmailLinkRequest,
+    responses((status = 202, body = Accepted)))]
+async fn password_forgot(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<EmailLinkRequest>,
+) -> Result<Response, ApiError> {
+    let redirect = checked_redirect(&state, req.redirect_url.as_deref())?;
+    email::forgot_password(&state, &req.email, redirect.as_deref(), &client_info(&headers, peer)).await?;
+    Ok(accepted())
+}
+
+/// Set a new password with the token from a reset mail; every session is signed out.
+#[utoipa::path(post, path = "/v1/auth/password/reset", tag = "auth", request_body = ResetPasswordRequest,
+    responses((status = 204), (status = 400, description = "invalid_link"), (status = 422, description = "weak_password")))]
+async fn password_reset(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ResetPasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    email::reset_password(&state, &req.token, req.new_password).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

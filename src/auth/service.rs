@@ -36,14 +36,8 @@ impl AuthState {
         keyring: &crate::crypto::Keyring,
         config: &crate::config::Config,
     ) -> Result<Arc<AuthState>, String> {
-        let keys = KeyStore::load(
-            pool,
-            keyring,
-            config.issuer(),
-            config.jwt_audience.clone(),
-            config.access_token_ttl,
-        )
-        .await?;
+        let keys = KeyStore::load(pool, keyring, config.issuer(), config.jwt_audience.clone(), config.access_token_ttl)
+            .await?;
         Ok(Arc::new(AuthState { keys }))
     }
 }
@@ -104,30 +98,16 @@ impl Principal {
 }
 
 fn token_error(e: TokenError) -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        e.code(),
-        format!("access token rejected: {e}"),
-    )
+    ApiError::new(StatusCode::UNAUTHORIZED, e.code(), format!("access token rejected: {e}"))
 }
 
 /// Resolves a bearer credential (JWT, session token or service key).
 pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     if token.starts_with(SERVICE_KEY_PREFIX) {
-        let key = db::service_key_by_hash(&state.pool, &tokens::hash_token(token))
-            .await?
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "unknown or revoked service key",
-                )
-            })?;
-        return Ok(Principal::Service {
-            key_id: key.id,
-            full: key.scope == "full",
-            acting_for: None,
-        });
+        let key = db::service_key_by_hash(&state.pool, &tokens::hash_token(token)).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "unknown or revoked service key")
+        })?;
+        return Ok(Principal::Service { key_id: key.id, full: key.scope == "full", acting_for: None });
     }
     if token.starts_with(SESSION_PREFIX) {
         return resolve_session(state, token, Via::SessionBearer).await;
@@ -136,48 +116,23 @@ pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, 
     let claims = match keys.verify(token) {
         Err(TokenError::UnknownKey) if keys.may_refresh() => {
             // Another replica may have rotated: reload once, then retry.
-            keys.refresh(&state.pool, &state.keyring)
-                .await
-                .map_err(ApiError::internal)?;
+            keys.refresh(&state.pool, &state.keyring).await.map_err(ApiError::internal)?;
             keys.verify(token).map_err(token_error)?
         }
         other => other.map_err(token_error)?,
     };
-    let user_id =
-        Uuid::parse_str(&claims.sub).map_err(|_| token_error(TokenError::Claims("sub".into())))?;
-    let session_id =
-        Uuid::parse_str(&claims.sid).map_err(|_| token_error(TokenError::Claims("sid".into())))?;
-    Ok(Principal::User {
-        user_id,
-        session_id,
-        via: Via::Jwt,
-    })
+    let user_id = Uuid::parse_str(&claims.sub).map_err(|_| token_error(TokenError::Claims("sub".into())))?;
+    let session_id = Uuid::parse_str(&claims.sid).map_err(|_| token_error(TokenError::Claims("sid".into())))?;
+    Ok(Principal::User { user_id, session_id, via: Via::Jwt })
 }
 
 /// Resolves a session token.
-pub async fn resolve_session(
-    state: &AppState,
-    token: &str,
-    via: Via,
-) -> Result<Principal, ApiError> {
-    let row = db::live_session(
-        &state.pool,
-        &tokens::hash_token(token),
-        state.config.session_idle_ttl,
-    )
-    .await?
-    .ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_session",
-            "session is unknown, expired or revoked",
-        )
-    })?;
-    Ok(Principal::User {
-        user_id: row.user_id,
-        session_id: row.id,
-        via,
-    })
+pub async fn resolve_session(state: &AppState, token: &str, via: Via) -> Result<Principal, ApiError> {
+    let row =
+        db::live_session(&state.pool, &tokens::hash_token(token), state.config.session_idle_ttl).await?.ok_or_else(
+            || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_session", "session is unknown, expired or revoked"),
+        )?;
+    Ok(Principal::User { user_id: row.user_id, session_id: row.id, via })
 }
 
 /// Makes a service principal act for `user` (who must exist); records it.
@@ -189,9 +144,7 @@ pub async fn act_for(
     path: &str,
 ) -> Result<Principal, ApiError> {
     let Principal::Service { key_id, full, .. } = principal else {
-        return Err(ApiError::forbidden(
-            "only service keys may act for another user",
-        ));
+        return Err(ApiError::forbidden("only service keys may act for another user"));
     };
     if db::user_by_id(&state.pool, user).await?.is_none() {
         return Err(ApiError::not_found("user not found"));
@@ -205,24 +158,14 @@ pub async fn act_for(
         serde_json::json!({}),
     )
     .await?;
-    Ok(Principal::Service {
-        key_id,
-        full,
-        acting_for: Some(user),
-    })
+    Ok(Principal::Service { key_id, full, acting_for: Some(user) })
 }
 
 /// Validates an email address: one `@`, a non-empty local part ≤ 64, a dotted
 /// domain, no whitespace or control characters, ≤ 254 bytes.
 pub fn validate_email(raw: &str) -> Result<String, ApiError> {
     let email = raw.trim();
-    let bad = || {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_email",
-            "not a valid email address",
-        )
-    };
+    let bad = || ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_email", "not a valid email address");
     if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }
@@ -231,17 +174,11 @@ pub fn validate_email(raw: &str) -> Result<String, ApiError> {
         return Err(bad());
     }
     let labels: Vec<&str> = domain.split('.').collect();
-    if labels.len() < 2
-        || labels
-            .iter()
-            .any(|l| l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-'))
+    if labels.len() < 2 || labels.iter().any(|l| l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-'))
     {
         return Err(bad());
     }
-    if !domain
-        .chars()
-        .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
-    {
+    if !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.') {
         return Err(bad());
     }
     Ok(email.to_string())
@@ -270,12 +207,17 @@ fn check_metadata(field: &str, v: &serde_json::Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_name(name: Option<&str>) -> Result<(), ApiError> {
+    match name {
+        Some(n) if n.chars().count() > 256 => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_name", "name is longer than 256 characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn policy_error(e: password::PolicyError) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "weak_password",
-        e.to_string(),
-    )
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "weak_password", e.to_string())
 }
 
 /// Client facts recorded with a new session.
@@ -287,7 +229,8 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
-async fn ip_limit(state: &AppState, client: &ClientInfo) -> Result<(), ApiError> {
+/// Counts an attempt against the caller's IP; 429 past the configured limit.
+pub async fn ip_limit(state: &AppState, client: &ClientInfo) -> Result<(), ApiError> {
     let Some(ip) = &client.ip else { return Ok(()) };
     let n = db::hit_window(&state.pool, &format!("signin-ip:{ip}"), IP_WINDOW).await?;
     if n > i32::try_from(state.config.signin_ip_limit).unwrap_or(i32::MAX) {
@@ -301,11 +244,7 @@ async fn ip_limit(state: &AppState, client: &ClientInfo) -> Result<(), ApiError>
 }
 
 /// A new session and access token for `user`.
-async fn start_session(
-    state: &AppState,
-    user: UserRow,
-    client: &ClientInfo,
-) -> Result<AuthResponse, ApiError> {
+pub async fn start_session(state: &AppState, user: UserRow, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
     let token = tokens::random_token(SESSION_PREFIX);
     let session = db::insert_session(
         &state.pool,
@@ -316,11 +255,7 @@ async fn start_session(
         client.user_agent.as_deref(),
     )
     .await?;
-    let (access_token, expires_at) = state
-        .auth
-        .keys
-        .issue(user.id, session.id)
-        .map_err(ApiError::internal)?;
+    let (access_token, expires_at) = state.auth.keys.issue(user.id, session.id).map_err(ApiError::internal)?;
     Ok(AuthResponse {
         user: UserView::of(user, false),
         session_token: token,
@@ -331,40 +266,21 @@ async fn start_session(
 }
 
 /// Creates an account with email and password and signs it in.
-pub async fn sign_up(
-    state: &AppState,
-    req: SignUpRequest,
-    client: &ClientInfo,
-) -> Result<AuthResponse, ApiError> {
+pub async fn sign_up(state: &AppState, req: SignUpRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
     let email = validate_email(&req.email)?;
-    password::check_policy(&req.password, &email, state.config.password_min_length)
-        .map_err(policy_error)?;
-    if let Some(n) = &req.name
-        && n.chars().count() > 256
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_name",
-            "name is longer than 256 characters",
-        ));
-    }
+    password::check_policy(&req.password, &email, state.config.password_min_length).map_err(policy_error)?;
+    check_name(req.name.as_deref())?;
     let meta = req.unsafe_metadata.unwrap_or_else(|| serde_json::json!({}));
     check_metadata("unsafe_metadata", &meta)?;
     ip_limit(state, client).await?;
-    let hash = password::hash(req.password)
-        .await
-        .map_err(ApiError::internal)?;
-    let user =
-        match db::insert_user(&state.pool, &email, Some(&hash), req.name.as_deref(), &meta).await {
-            Ok(u) => u,
-            Err(e) if db::is_unique_violation(&e) => {
-                return Err(ApiError::conflict(
-                    "email_taken",
-                    "an account with this email already exists",
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let hash = password::hash(req.password).await.map_err(ApiError::internal)?;
+    let user = match db::insert_user(&state.pool, &email, Some(&hash), req.name.as_deref(), &meta).await {
+        Ok(u) => u,
+        Err(e) if db::is_unique_violation(&e) => {
+            return Err(ApiError::conflict("email_taken", "an account with this email already exists"));
+        }
+        Err(e) => return Err(e.into()),
+    };
     audit::record(
         &state.pool,
         &format!("user:{}", user.id),
@@ -374,22 +290,13 @@ pub async fn sign_up(
         serde_json::json!({"ip": client.ip}),
     )
     .await?;
+    super::email::send_verification(state, &user).await?;
     start_session(state, user, client).await
 }
 
 /// Signs in with email and password.
-pub async fn sign_in(
-    state: &AppState,
-    req: SignInRequest,
-    client: &ClientInfo,
-) -> Result<AuthResponse, ApiError> {
-    let invalid = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "email or password is incorrect",
-        )
-    };
+pub async fn sign_in(state: &AppState, req: SignInRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "email or password is incorrect");
     if req.email.len() > 254 || req.password.chars().count() > password::MAX_PASSWORD_LEN {
         return Err(invalid());
     }
@@ -403,11 +310,7 @@ pub async fn sign_in(
         ));
     }
     let user = db::user_by_email(&state.pool, req.email.trim()).await?;
-    let ok = password::verify(
-        req.password,
-        user.as_ref().and_then(|u| u.password_hash.clone()),
-    )
-    .await;
+    let ok = password::verify(req.password, user.as_ref().and_then(|u| u.password_hash.clone())).await;
     match (ok, user) {
         (true, Some(user)) => {
             db::clear_failures(&state.pool, &key).await?;
@@ -423,13 +326,9 @@ pub async fn sign_in(
             start_session(state, user, client).await
         }
         (_, user) => {
-            let locked = db::record_failure(
-                &state.pool,
-                &key,
-                state.config.lockout_threshold,
-                state.config.lockout_duration,
-            )
-            .await?;
+            let locked =
+                db::record_failure(&state.pool, &key, state.config.lockout_threshold, state.config.lockout_duration)
+                    .await?;
             audit::record(
                 &state.pool,
                 "anonymous",
@@ -447,21 +346,10 @@ pub async fn sign_in(
 /// Issues a fresh access token for a session principal.
 pub fn access_token(state: &AppState, principal: &Principal) -> Result<TokenResponse, ApiError> {
     match principal {
-        Principal::User {
-            user_id,
-            session_id,
-            via: Via::Cookie | Via::SessionBearer,
-        } => {
-            let (access_token, expires_at) = state
-                .auth
-                .keys
-                .issue(*user_id, *session_id)
-                .map_err(ApiError::internal)?;
-            Ok(TokenResponse {
-                access_token,
-                token_type: "Bearer",
-                expires_at,
-            })
+        Principal::User { user_id, session_id, via: Via::Cookie | Via::SessionBearer } => {
+            let (access_token, expires_at) =
+                state.auth.keys.issue(*user_id, *session_id).map_err(ApiError::internal)?;
+            Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
         }
         _ => Err(ApiError::bad_request(
             "session_required",
@@ -472,16 +360,8 @@ pub fn access_token(state: &AppState, principal: &Principal) -> Result<TokenResp
 
 /// Signs out of the current session, or of all sessions.
 pub async fn sign_out(state: &AppState, principal: &Principal, all: bool) -> Result<u64, ApiError> {
-    let Principal::User {
-        user_id,
-        session_id,
-        ..
-    } = principal
-    else {
-        return Err(ApiError::bad_request(
-            "session_required",
-            "sign-out needs a user session",
-        ));
+    let Principal::User { user_id, session_id, .. } = principal else {
+        return Err(ApiError::bad_request("session_required", "sign-out needs a user session"));
     };
     let n = if all {
         db::revoke_all_sessions(&state.pool, *user_id, None).await?
@@ -513,39 +393,19 @@ pub fn require_user(principal: &Principal) -> Result<Uuid, ApiError> {
 /// The caller's own user record.
 pub async fn me(state: &AppState, principal: &Principal) -> Result<UserView, ApiError> {
     let id = require_user(principal)?;
-    let row = db::user_by_id(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    let row = db::user_by_id(&state.pool, id).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
     Ok(UserView::of(row, principal.is_service()))
 }
 
 /// Updates the caller's profile.
-pub async fn patch_me(
-    state: &AppState,
-    principal: &Principal,
-    req: PatchMeRequest,
-) -> Result<UserView, ApiError> {
+pub async fn patch_me(state: &AppState, principal: &Principal, req: PatchMeRequest) -> Result<UserView, ApiError> {
     let id = require_user(principal)?;
-    if !principal.is_service() && (req.public_metadata.is_some() || req.private_metadata.is_some())
-    {
-        return Err(ApiError::forbidden(
-            "public_metadata and private_metadata can only be set with a service key",
-        ));
+    if !principal.is_service() && (req.public_metadata.is_some() || req.private_metadata.is_some()) {
+        return Err(ApiError::forbidden("public_metadata and private_metadata can only be set with a service key"));
     }
-    if let Some(Some(n)) = &req.name
-        && n.chars().count() > 256
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_name",
-            "name is longer than 256 characters",
-        ));
-    }
+    check_name(req.name.as_ref().and_then(|n| n.as_deref()))?;
     if let Some(Some(u)) = &req.image_url {
-        let ok = u.len() <= 2048
-            && url::Url::parse(u)
-                .map(|p| matches!(p.scheme(), "http" | "https"))
-                .unwrap_or(false);
+        let ok = u.len() <= 2048 && url::Url::parse(u).map(|p| matches!(p.scheme(), "http" | "https")).unwrap_or(false);
         if !ok {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -570,9 +430,8 @@ pub async fn patch_me(
         private_metadata: req.private_metadata,
         unsafe_metadata: req.unsafe_metadata,
     };
-    let row = db::update_profile(&state.pool, id, &patch)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    let row =
+        db::update_profile(&state.pool, id, &patch).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
     Ok(UserView::of(row, principal.is_service()))
 }
 
@@ -582,38 +441,17 @@ pub async fn change_password(
     principal: &Principal,
     req: ChangePasswordRequest,
 ) -> Result<(), ApiError> {
-    let Principal::User {
-        user_id,
-        session_id,
-        ..
-    } = principal
-    else {
-        return Err(ApiError::bad_request(
-            "session_required",
-            "changing a password needs the user's own session",
-        ));
+    let Principal::User { user_id, session_id, .. } = principal else {
+        return Err(ApiError::bad_request("session_required", "changing a password needs the user's own session"));
     };
-    let user = db::user_by_id(&state.pool, *user_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    let user = db::user_by_id(&state.pool, *user_id).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
     if req.current_password.chars().count() > password::MAX_PASSWORD_LEN
         || !password::verify(req.current_password, user.password_hash.clone()).await
     {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "current password is incorrect",
-        ));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "current password is incorrect"));
     }
-    password::check_policy(
-        &req.new_password,
-        &user.email,
-        state.config.password_min_length,
-    )
-    .map_err(policy_error)?;
-    let hash = password::hash(req.new_password)
-        .await
-        .map_err(ApiError::internal)?;
+    password::check_policy(&req.new_password, &user.email, state.config.password_min_length).map_err(policy_error)?;
+    let hash = password::hash(req.new_password).await.map_err(ApiError::internal)?;
     db::set_password(&state.pool, *user_id, &hash).await?;
     let revoked = db::revoke_all_sessions(&state.pool, *user_id, Some(*session_id)).await?;
     audit::record(
@@ -636,20 +474,11 @@ pub async fn sessions(state: &AppState, principal: &Principal) -> Result<Session
         _ => None,
     };
     let rows = db::list_sessions(&state.pool, id).await?;
-    Ok(SessionList {
-        data: rows
-            .into_iter()
-            .map(|r| SessionView::of(r, current))
-            .collect(),
-    })
+    Ok(SessionList { data: rows.into_iter().map(|r| SessionView::of(r, current)).collect() })
 }
 
 /// Revokes one of the caller's sessions; someone else's is "not found".
-pub async fn revoke_session(
-    state: &AppState,
-    principal: &Principal,
-    session: Uuid,
-) -> Result<(), ApiError> {
+pub async fn revoke_session(state: &AppState, principal: &Principal, session: Uuid) -> Result<(), ApiError> {
     let id = require_user(principal)?;
     if !db::revoke_session(&state.pool, id, session).await? {
         return Err(ApiError::not_found("session not found"));
@@ -692,14 +521,9 @@ pub async fn create_service_key(
 ) -> Result<(String, db::ServiceKeyRow), sqlx::Error> {
     let key = tokens::random_token(SERVICE_KEY_PREFIX);
     let prefix: String = key.chars().take(10).collect();
-    let row = db::insert_service_key(
-        pool,
-        name,
-        &tokens::hash_token(&key),
-        &prefix,
-        if full { "full" } else { "read" },
-    )
-    .await?;
+    let row =
+        db::insert_service_key(pool, name, &tokens::hash_token(&key), &prefix, if full { "full" } else { "read" })
+            .await?;
     audit::record(
         pool,
         "cli",
@@ -710,4 +534,66 @@ pub async fn create_service_key(
     )
     .await?;
     Ok((key, row))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = ((b[i + 1] as char).to_digit(16), (b[i + 2] as char).to_digit(16))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks a post-auth redirect target: a same-site path (`/app`, never `//host`
+/// or a backslash form), or an absolute http(s) URL on the public URL's origin or
+/// an allowed origin, without credentials. Anything else (other hosts,
+/// `javascript:`, control characters, encoded tricks) is refused.
+pub fn safe_redirect(config: &crate::config::Config, raw: &str) -> Result<String, ApiError> {
+    let refuse = || {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_redirect_url",
+            "redirect_url must be a path on this site or a URL on an allowed origin",
+        )
+    };
+    if raw.is_empty() || raw.len() > 2048 {
+        return Err(refuse());
+    }
+    // Decode repeatedly so double-encoded tricks are seen too.
+    let mut forms = vec![raw.to_string()];
+    for _ in 0..3 {
+        let next = percent_decode(forms.last().map(String::as_str).unwrap_or(""));
+        if forms.last() == Some(&next) {
+            break;
+        }
+        forms.push(next);
+    }
+    if forms.iter().any(|f| f.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\')) {
+        return Err(refuse());
+    }
+    if raw.starts_with('/') {
+        if forms.iter().any(|f| f.starts_with("//")) {
+            return Err(refuse());
+        }
+        return Ok(raw.to_string());
+    }
+    let url = url::Url::parse(raw).map_err(|_| refuse())?;
+    if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() || url.password().is_some() {
+        return Err(refuse());
+    }
+    if !config.origin_allowed(&url.origin().ascii_serialization()) {
+        return Err(refuse());
+    }
+    Ok(url.to_string())
 }

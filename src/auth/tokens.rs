@@ -110,18 +110,13 @@ pub struct KeyStore {
 
 impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyStore")
-            .field("issuer", &self.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyStore").field("issuer", &self.issuer).finish_non_exhaustive()
     }
 }
 
 /// PKCS#8 v1 DER of an Ed25519 private key from its 32-byte seed.
 fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
-    let mut der = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
+    let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
     der.extend_from_slice(seed);
     der
 }
@@ -143,9 +138,7 @@ pub struct SigningKeyRow {
 /// (they stay published until their last token expires).
 pub async fn rotate(pool: &PgPool, keyring: &Keyring) -> Result<String, sqlx::Error> {
     let seed: [u8; 32] = rand::random();
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
-        .verifying_key()
-        .to_bytes();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let kid = Uuid::now_v7().simple().to_string();
     let jwk = serde_json::json!({
         "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": B64URL.encode(public),
@@ -171,9 +164,7 @@ impl KeyStore {
             audience,
             ttl,
         };
-        super::db::ensure_signing_key(pool, keyring)
-            .await
-            .map_err(|e| e.to_string())?;
+        super::db::ensure_signing_key(pool, keyring).await.map_err(|e| e.to_string())?;
         store.refresh(pool, keyring).await?;
         Ok(store)
     }
@@ -181,9 +172,7 @@ impl KeyStore {
     /// Reloads the published keys from the database.
     pub async fn refresh(&self, pool: &PgPool, keyring: &Keyring) -> Result<(), String> {
         let grace = self.ttl + Duration::from_secs(60);
-        let rows = super::db::published_signing_keys(pool, grace)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rows = super::db::published_signing_keys(pool, grace).await.map_err(|e| e.to_string())?;
         let mut keys = Keys::default();
         for row in rows {
             let Some(x) = row.public_jwk.get("x").and_then(|v| v.as_str()) else {
@@ -198,15 +187,10 @@ impl KeyStore {
                 let seed = keyring
                     .decrypt(&row.private_key, row.kid.as_bytes())
                     .map_err(|e| format!("signing key {}: {e}", row.kid))?;
-                let seed: [u8; 32] = seed
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| format!("signing key {}: bad length", row.kid))?;
+                let seed: [u8; 32] =
+                    seed.as_slice().try_into().map_err(|_| format!("signing key {}: bad length", row.kid))?;
                 let key = EncodingKey::from_ed_der(&ed25519_pkcs8(&seed));
-                keys.signer = Some(Signer {
-                    kid: row.kid.clone(),
-                    key,
-                });
+                keys.signer = Some(Signer { kid: row.kid.clone(), key });
             }
         }
         if let Ok(mut g) = self.keys.write() {
@@ -220,10 +204,7 @@ impl KeyStore {
 
     /// Whether a refresh on an unknown `kid` is allowed now (at most every 5 s).
     pub fn may_refresh(&self) -> bool {
-        self.last_refresh
-            .lock()
-            .map(|t| t.elapsed() > Duration::from_secs(5))
-            .unwrap_or(false)
+        self.last_refresh.lock().map(|t| t.elapsed() > Duration::from_secs(5)).unwrap_or(false)
     }
 
     /// The issuer (`iss`).
@@ -243,11 +224,7 @@ impl KeyStore {
     }
 
     /// Signs an access token for `user` and `session`; returns it and its expiry.
-    pub fn issue(
-        &self,
-        user: Uuid,
-        session: Uuid,
-    ) -> Result<(String, time::OffsetDateTime), String> {
+    pub fn issue(&self, user: Uuid, session: Uuid) -> Result<(String, time::OffsetDateTime), String> {
         let now = time::OffsetDateTime::now_utc();
         let exp = now + self.ttl;
         let claims = Claims {
@@ -260,16 +237,12 @@ impl KeyStore {
             nbf: now.unix_timestamp(),
             jti: Uuid::new_v4().simple().to_string(),
         };
-        let keys = self
-            .keys
-            .read()
-            .map_err(|_| "key store poisoned".to_string())?;
+        let keys = self.keys.read().map_err(|_| "key store poisoned".to_string())?;
         let signer = keys.signer.as_ref().ok_or("no active signing key")?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(signer.kid.clone());
         header.typ = Some("JWT".into());
-        let token =
-            jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| e.to_string())?;
+        let token = jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| e.to_string())?;
         Ok((token, exp))
     }
 
@@ -290,16 +263,14 @@ impl KeyStore {
         v.set_issuer(&[&self.issuer]);
         v.set_required_spec_claims(&["exp", "nbf", "iat", "sub", "iss", "aud"]);
         use jsonwebtoken::errors::ErrorKind as K;
-        jsonwebtoken::decode::<Claims>(token, key, &v)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                K::ExpiredSignature => TokenError::Expired,
-                K::ImmatureSignature => TokenError::NotYetValid,
-                K::InvalidSignature => TokenError::BadSignature,
-                K::InvalidIssuer => TokenError::Claims("iss".into()),
-                K::InvalidAudience => TokenError::Claims("aud".into()),
-                K::MissingRequiredClaim(c) => TokenError::Claims(format!("missing {c}")),
-                _ => TokenError::Malformed,
-            })
+        jsonwebtoken::decode::<Claims>(token, key, &v).map(|d| d.claims).map_err(|e| match e.kind() {
+            K::ExpiredSignature => TokenError::Expired,
+            K::ImmatureSignature => TokenError::NotYetValid,
+            K::InvalidSignature => TokenError::BadSignature,
+            K::InvalidIssuer => TokenError::Claims("iss".into()),
+            K::InvalidAudience => TokenError::Claims("aud".into()),
+            K::MissingRequiredClaim(c) => TokenError::Claims(format!("missing {c}")),
+            _ => TokenError::Malformed,
+        })
     }
 }

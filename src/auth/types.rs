@@ -205,3 +205,46 @@ pub struct SessionList {
     /// The sessions, newest first.
     pub data: Vec<SessionView>,
 }
+
+/// `POST /v1/auth/magic-link` and `POST /v1/auth/password/forgot`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailLinkRequest {
+    /// The account's email.
+    pub email: String,
+    /// Where the hosted page sends the browser afterwards (allow-listed).
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+}
+
+/// A body carrying an emailed token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The token from the mailed link.
+    pub token: String,
+}
+
+/// `POST /v1/auth/password/reset`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetPasswordRequest {
+    /// The token from the mailed link.
+    pub token: String,
+    /// The new password.
+    pub new_password: String,
+}
+
+/// An acknowledgement that does not reveal whether an account exists.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Always `accepted`.
+    pub status: &'static str,
+}
+
+/// The answer to email verification.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifiedResponse {
+    /// The user, now verified.
+    pub user: UserView,
+}

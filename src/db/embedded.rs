@@ -51,9 +51,7 @@ pub enum EmbeddedError {
         dir: PathBuf,
     },
     /// The socket path would exceed the Unix socket path limit.
-    #[error(
-        "the socket path {0} is too long for a Unix socket (max 107 bytes): use a shorter CARMENTA_DATA_DIR"
-    )]
+    #[error("the socket path {0} is too long for a Unix socket (max 107 bytes): use a shorter CARMENTA_DATA_DIR")]
     SocketPathTooLong(PathBuf),
     /// A command failed.
     #[error("{what} failed: {detail}")]
@@ -127,10 +125,7 @@ pub fn find_bin_dir(configured: Option<&Path>) -> Result<PathBuf, EmbeddedError>
         return if has(d) {
             Ok(d.to_path_buf())
         } else {
-            Err(EmbeddedError::NoBinaries(format!(
-                " in CARMENTA_PG_BIN={}",
-                d.display()
-            )))
+            Err(EmbeddedError::NoBinaries(format!(" in CARMENTA_PG_BIN={}", d.display())))
         };
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
@@ -157,12 +152,7 @@ pub fn find_bin_dir(configured: Option<&Path>) -> Result<PathBuf, EmbeddedError>
             return Ok(d.clone());
         }
     }
-    for d in [
-        "/usr/local/pgsql/bin",
-        "/usr/local/bin",
-        "/opt/homebrew/bin",
-        "/usr/bin",
-    ] {
+    for d in ["/usr/local/pgsql/bin", "/usr/local/bin", "/opt/homebrew/bin", "/usr/bin"] {
         let d = Path::new(d);
         if has(d) {
             return Ok(d.to_path_buf());
@@ -181,10 +171,7 @@ pub fn server_version(bin: &Path) -> Result<u32, EmbeddedError> {
     // "postgres (PostgreSQL) 15.18 (Debian …)"
     text.split_whitespace()
         .find_map(|w| w.split('.').next().and_then(|m| m.parse::<u32>().ok()))
-        .ok_or_else(|| EmbeddedError::Command {
-            what: "postgres --version".into(),
-            detail: text.into_owned(),
-        })
+        .ok_or_else(|| EmbeddedError::Command { what: "postgres --version".into(), detail: text.into_owned() })
 }
 
 /// The account to run the cluster as: `None` when we are not root.
@@ -220,25 +207,19 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), EmbeddedError> {
         .mode(mode)
         .create(path)
         .map_err(io(format!("creating {}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io(format!("chmod {}", path.display())))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))
 }
 
 fn command_as(program: &Path, user: &Option<User>) -> Command {
     let mut c = Command::new(program);
     if let Some(u) = user {
         c.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-        c.env("HOME", &u.dir)
-            .env("USER", &u.name)
-            .env("LOGNAME", &u.name);
+        c.env("HOME", &u.dir).env("USER", &u.name).env("LOGNAME", &u.name);
     }
     // Own process group: a Ctrl-C in the terminal goes to Carmenta, which then
     // drains requests and stops the cluster itself.
     c.process_group(0);
-    c.env_remove("PGDATA")
-        .env_remove("PGHOST")
-        .env_remove("PGPORT")
-        .env("LC_ALL", "C");
+    c.env_remove("PGDATA").env_remove("PGHOST").env_remove("PGPORT").env("LC_ALL", "C");
     c
 }
 
@@ -285,11 +266,9 @@ fn stop_pid(pid: i32, child: Option<&mut Child>, wait: Duration) {
             None => !pid_alive(pid),
         }
     };
-    for (sig, limit) in [
-        (Signal::SIGINT, wait),
-        (Signal::SIGQUIT, Duration::from_secs(5)),
-        (Signal::SIGKILL, Duration::from_secs(5)),
-    ] {
+    for (sig, limit) in
+        [(Signal::SIGINT, wait), (Signal::SIGQUIT, Duration::from_secs(5)), (Signal::SIGKILL, Duration::from_secs(5))]
+    {
         if exited(&mut child) {
             return;
         }
@@ -317,9 +296,7 @@ impl EmbeddedPg {
         let root = if opts.root.is_absolute() {
             opts.root.clone()
         } else {
-            std::env::current_dir()
-                .map_err(io("current directory"))?
-                .join(&opts.root)
+            std::env::current_dir().map_err(io("current directory"))?.join(&opts.root)
         };
         // The data directory is private; as root it must stay traversable (not
         // listable) for the cluster's account.
@@ -343,18 +320,14 @@ impl EmbeddedPg {
                 .map(|s| s.success())
                 .unwrap_or(false);
             if !ok {
-                return Err(EmbeddedError::Unreachable {
-                    user: u.name.clone(),
-                    dir: root.clone(),
-                });
+                return Err(EmbeddedError::Unreachable { user: u.name.clone(), dir: root.clone() });
             }
         }
 
         if !pgdata.join("PG_VERSION").is_file() {
             // A directory without PG_VERSION is an interrupted initdb: start over.
             if pgdata.exists() {
-                fs::remove_dir_all(&pgdata)
-                    .map_err(io(format!("removing incomplete {}", pgdata.display())))?;
+                fs::remove_dir_all(&pgdata).map_err(io(format!("removing incomplete {}", pgdata.display())))?;
             }
             make_dir(&pgdata, 0o700)?;
             chown(&pgdata, &run_as)?;
@@ -372,10 +345,7 @@ impl EmbeddedPg {
             if opts.ephemeral {
                 cmd.arg("--no-sync");
             }
-            let out = cmd
-                .stdin(Stdio::null())
-                .output()
-                .map_err(io("running initdb"))?;
+            let out = cmd.stdin(Stdio::null()).output().map_err(io("running initdb"))?;
             if !out.status.success() {
                 let _ = fs::remove_dir_all(&pgdata);
                 return Err(EmbeddedError::Command {
@@ -390,10 +360,7 @@ impl EmbeddedPg {
         // the watchdog too) or left a stale postmaster.pid behind.
         if let Some((pid, _)) = read_pid_file(&pgdata) {
             if pid_alive(pid) && is_postgres(pid) {
-                tracing::warn!(
-                    pid,
-                    "stopping a PostgreSQL cluster left running by a previous run"
-                );
+                tracing::warn!(pid, "stopping a PostgreSQL cluster left running by a previous run");
                 stop_pid(pid, None, Duration::from_secs(30));
             } else {
                 tracing::warn!(pid, "removing stale postmaster.pid");
@@ -420,24 +387,10 @@ impl EmbeddedPg {
         let log_err = log.try_clone().map_err(io("log file"))?;
         let mut cmd = command_as(&bin.join("postgres"), &run_as);
         cmd.arg("-D").arg(&pgdata).arg("-k").arg(&socket_dir);
-        cmd.args([
-            "-p",
-            &PORT.to_string(),
-            "-c",
-            "listen_addresses=",
-            "-c",
-            "unix_socket_permissions=0700",
-        ]);
+        cmd.args(["-p", &PORT.to_string(), "-c", "listen_addresses=", "-c", "unix_socket_permissions=0700"]);
         cmd.args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"]);
         if opts.ephemeral {
-            cmd.args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ]);
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
         }
         cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
         let start_offset = fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
@@ -450,11 +403,7 @@ impl EmbeddedPg {
             if let Ok(Some(status)) = child.try_wait() {
                 let new = tail_of(
                     &log_path,
-                    fs::metadata(&log_path)
-                        .map(|m| m.len())
-                        .unwrap_or(0)
-                        .saturating_sub(start_offset)
-                        .min(4000),
+                    fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0).saturating_sub(start_offset).min(4000),
                 );
                 return Err(EmbeddedError::Command {
                     what: format!("postgres (exit {status})"),
@@ -481,16 +430,7 @@ impl EmbeddedPg {
             None
         };
         tracing::info!(pid, socket = %socket_dir.display(), "PostgreSQL {version} ready");
-        Ok(EmbeddedPg {
-            root,
-            pgdata,
-            socket_dir,
-            bin,
-            child: Some(child),
-            pid,
-            watchdog,
-            version,
-        })
+        Ok(EmbeddedPg { root, pgdata, socket_dir, bin, child: Some(child), pid, watchdog, version })
     }
 
     /// The directory containing the cluster's Unix socket.
@@ -562,10 +502,7 @@ impl Drop for EmbeddedPg {
 }
 
 /// Connection options for a cluster whose socket is in `socket_dir`.
-pub fn socket_connect_options(
-    socket_dir: &Path,
-    database: &str,
-) -> sqlx::postgres::PgConnectOptions {
+pub fn socket_connect_options(socket_dir: &Path, database: &str) -> sqlx::postgres::PgConnectOptions {
     sqlx::postgres::PgConnectOptions::new()
         .socket(socket_dir)
         .port(PORT)
@@ -593,10 +530,7 @@ fn spawn_watchdog(pid: i32, remove: Option<&Path>) -> Option<(Child, ChildStdin)
 }
 
 fn spawn_wd(mut c: Command) -> Option<(Child, ChildStdin)> {
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
+    c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
     match c.spawn() {
         Ok(mut child) => {
             let stdin = child.stdin.take()?;
@@ -661,16 +595,9 @@ impl DataDirLock {
                 Ok(DataDirLock { _file: lock })
             }
             Err((_, _)) => {
-                let pid = fs::read_to_string(&path)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+                let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
                 Err(LockError::Held {
-                    pid: if pid.is_empty() {
-                        "unknown".into()
-                    } else {
-                        pid
-                    },
+                    pid: if pid.is_empty() { "unknown".into() } else { pid },
                     dir: dir.to_path_buf(),
                 })
             }

@@ -15,10 +15,7 @@ use embedded::{DataDirLock, EmbeddedError, EmbeddedOptions, EmbeddedPg, LockErro
 
 /// The extensions the schema needs, with how to install each.
 pub const REQUIRED_EXTENSIONS: &[(&str, &str)] = &[
-    (
-        "ltree",
-        "install PostgreSQL's contrib modules (Debian/Ubuntu: apt-get install postgresql-contrib)",
-    ),
+    ("ltree", "install PostgreSQL's contrib modules (Debian/Ubuntu: apt-get install postgresql-contrib)"),
     (
         "vector",
         "install pgvector >= 0.8: run scripts/bootstrap (Debian/Ubuntu), apt-get install postgresql-NN-pgvector, \
@@ -126,56 +123,37 @@ pub async fn open(config: &Config, mode: OpenMode) -> Result<Database, DbError> 
             Err(e @ LockError::Held { .. }) if mode == OpenMode::Serve => return Err(e.into()),
             Err(LockError::Held { .. }) => {
                 let dir = absolute(&config.data_dir).join("run");
-                (
-                    embedded::socket_connect_options(&dir, EMBEDDED_DATABASE),
-                    None,
-                    None,
-                )
+                (embedded::socket_connect_options(&dir, EMBEDDED_DATABASE), None, None)
             }
             Err(e) => return Err(e.into()),
         },
     };
     let options = options.log_statements(tracing::log::LevelFilter::Trace);
-    let pool = pool_options(config.db_max_connections)
-        .connect_with(options)
-        .await?;
+    let pool = pool_options(config.db_max_connections).connect_with(options).await?;
     prepare(&pool).await?;
-    Ok(Database {
-        pool,
-        embedded,
-        lock,
-    })
+    Ok(Database { pool, embedded, lock })
 }
 
 fn absolute(p: &Path) -> std::path::PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
 /// Creates `name` on the server reached by `admin` if it does not exist.
 pub async fn ensure_database(admin: PgConnectOptions, name: &str) -> Result<(), DbError> {
     let mut conn = admin.connect().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
     if !exists {
         let sql = format!("CREATE DATABASE {}", quote_ident(name));
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-        {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
             // A concurrent creator may have won the race.
-            let code = e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .map(|c| c.into_owned());
+            let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
             if code.as_deref() != Some("42P04") {
                 return Err(e.into());
             }
@@ -199,22 +177,18 @@ pub async fn prepare(pool: &PgPool) -> Result<(), DbError> {
 /// Checks that the required extensions are available and creates them.
 pub async fn ensure_extensions(pool: &PgPool) -> Result<(), DbError> {
     for (name, fix) in REQUIRED_EXTENSIONS {
-        let available: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = $1)",
-        )
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
+        let available: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = $1)")
+                .bind(name)
+                .fetch_one(pool)
+                .await?;
         if !available {
             return Err(DbError::MissingExtension { name, fix });
         }
         let sql = format!("CREATE EXTENSION IF NOT EXISTS {}", quote_ident(name));
         if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(pool).await {
             // Two replicas starting at once can race on CREATE EXTENSION.
-            let code = e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .map(|c| c.into_owned());
+            let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
             if !matches!(code.as_deref(), Some("23505") | Some("42710")) {
                 return Err(e.into());
             }

@@ -48,12 +48,7 @@ async fn sign_in(app: &TestApp, email: &str, password: &str) -> reqwest::Respons
 }
 
 async fn me(app: &TestApp, bearer: &str) -> reqwest::Response {
-    app.client
-        .get(app.url("/v1/me"))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap()
+    app.client.get(app.url("/v1/me")).bearer_auth(bearer).send().await.unwrap()
 }
 
 #[tokio::test]
@@ -69,22 +64,12 @@ async fn sign_up_sign_in_and_every_credential_kind() {
     assert_eq!(r.status(), 201);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
-        cookie.starts_with("carmenta_session=cs_")
-            && cookie.contains("HttpOnly")
-            && cookie.contains("SameSite=Lax"),
+        cookie.starts_with("carmenta_session=cs_") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
-    assert!(
-        !cookie.contains("Secure"),
-        "plain-http public URL: no Secure flag"
-    );
+    assert!(!cookie.contains("Secure"), "plain-http public URL: no Secure flag");
     let b: Value = r.json().await.unwrap();
-    for k in [
-        "session_token",
-        "access_token",
-        "expires_at",
-        "session_expires_at",
-    ] {
+    for k in ["session_token", "access_token", "expires_at", "session_expires_at"] {
         assert!(b[k].is_string(), "{k} in {b}");
     }
     assert_eq!(b["user"]["email"], "Alice@Example.com");
@@ -100,13 +85,7 @@ async fn sign_up_sign_in_and_every_credential_kind() {
         assert_eq!(r.json::<Value>().await.unwrap()["name"], "Alice");
     }
     let cookie_pair = cookie.split(';').next().unwrap();
-    let r = app
-        .client
-        .get(app.url("/v1/me"))
-        .header("cookie", cookie_pair)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/v1/me")).header("cookie", cookie_pair).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     // Emails are unique case-insensitively; sign-in is case-insensitive.
@@ -125,37 +104,19 @@ async fn sign_up_sign_in_and_every_credential_kind() {
     // No credentials.
     let (s, code, _, _) = envelope(app.get("/v1/me").await).await;
     assert_eq!((s, code.as_str()), (401, "unauthorized"));
-    let r = app
-        .client
-        .get(app.url("/v1/me"))
-        .header("authorization", "Basic Zm9vOmJhcg==")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/v1/me")).header("authorization", "Basic Zm9vOmJhcg==").send().await.unwrap();
     assert_eq!(r.status(), 401);
     // Hashes, not tokens, are stored.
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM sessions")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-    assert!(
-        stored
-            .iter()
-            .all(|h| h.len() == 32 && !String::from_utf8_lossy(h).contains("cs_"))
-    );
-    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let stored: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT token_hash FROM sessions").fetch_all(&app.pool).await.unwrap();
+    assert!(stored.iter().all(|h| h.len() == 32 && !String::from_utf8_lossy(h).contains("cs_")));
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&app.pool).await.unwrap();
     assert!(hash.starts_with("$argon2id$"));
 }
 
 #[tokio::test]
 async fn bad_input_is_refused_with_stable_codes() {
-    let app = TestApp::builder()
-        .config(|c| c.body_limit = 64 * 1024)
-        .spawn()
-        .await;
+    let app = TestApp::builder().config(|c| c.body_limit = 64 * 1024).spawn().await;
     for email in [
         "",
         "plainaddress",
@@ -196,19 +157,9 @@ async fn bad_input_is_refused_with_stable_codes() {
         .await
         .unwrap();
     let (s, code, _, _) = envelope(r).await;
-    assert_eq!(
-        (s, code.as_str()),
-        (422, "invalid_body"),
-        "unknown fields are refused"
-    );
+    assert_eq!((s, code.as_str()), (422, "invalid_body"), "unknown fields are refused");
     let huge = json!({"email": "bob@example.com", "password": "x".repeat(100_000)});
-    let r = app
-        .client
-        .post(app.url("/v1/auth/sign-up"))
-        .json(&huge)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(app.url("/v1/auth/sign-up")).json(&huge).send().await.unwrap();
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (413, "payload_too_large"));
     let r = app
@@ -254,32 +205,17 @@ async fn lockout_after_repeated_failures_even_for_unknown_emails() {
         assert!(!msg.contains(email));
     }
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(
-        sign_in(&app, "dave@example.com", PW).await.status(),
-        200,
-        "lock expires"
-    );
+    assert_eq!(sign_in(&app, "dave@example.com", PW).await.status(), 200, "lock expires");
     // Failures are counted in PostgreSQL, shared by replicas.
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_lockouts")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM auth_lockouts").fetch_one(&app.pool).await.unwrap();
     assert_eq!(rows, 1, "ghost's lockout row remains, dave's was cleared");
 }
 
 #[tokio::test]
 async fn per_ip_limit() {
-    let app = TestApp::builder()
-        .config(|c| c.signin_ip_limit = 4)
-        .spawn()
-        .await;
+    let app = TestApp::builder().config(|c| c.signin_ip_limit = 4).spawn().await;
     for _ in 0..4 {
-        assert_eq!(
-            sign_in(&app, "x@example.com", "whatever-pass")
-                .await
-                .status(),
-            401
-        );
+        assert_eq!(sign_in(&app, "x@example.com", "whatever-pass").await.status(), 401);
     }
     let (s, code, _, _) = envelope(sign_in(&app, "y@example.com", "whatever-pass").await).await;
     assert_eq!((s, code.as_str()), (429, "rate_limited"));
@@ -300,16 +236,8 @@ async fn sessions_list_revoke_and_sign_out() {
     let second: Value = r.json().await.unwrap();
     let second_token = second["session_token"].as_str().unwrap().to_string();
 
-    let list: Value = app
-        .client
-        .get(app.url("/v1/me/sessions"))
-        .bearer_auth(&a.session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value =
+        app.client.get(app.url("/v1/me/sessions")).bearer_auth(&a.session).send().await.unwrap().json().await.unwrap();
     let data = list["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
     assert_eq!(data.iter().filter(|s| s["current"] == true).count(), 1);
@@ -320,71 +248,32 @@ async fn sessions_list_revoke_and_sign_out() {
 
     // Another user cannot see or revoke it.
     let b = sign_up(&app, "frank@example.com").await;
-    let list_b: Value = app
-        .client
-        .get(app.url("/v1/me/sessions"))
-        .bearer_auth(&b.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list_b: Value =
+        app.client.get(app.url("/v1/me/sessions")).bearer_auth(&b.jwt).send().await.unwrap().json().await.unwrap();
     assert_eq!(list_b["data"].as_array().unwrap().len(), 1);
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/me/sessions/{other_id}")))
-        .bearer_auth(&b.jwt)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        app.client.delete(app.url(&format!("/v1/me/sessions/{other_id}"))).bearer_auth(&b.jwt).send().await.unwrap();
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (404, "not_found"));
     assert_eq!(me(&app, &second_token).await.status(), 200);
-    let r = app
-        .client
-        .delete(app.url("/v1/me/sessions/not-a-uuid"))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.delete(app.url("/v1/me/sessions/not-a-uuid")).bearer_auth(&a.jwt).send().await.unwrap();
     assert_eq!(r.status(), 404);
 
     // The owner revokes it; its token stops working.
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/me/sessions/{other_id}")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        app.client.delete(app.url(&format!("/v1/me/sessions/{other_id}"))).bearer_auth(&a.jwt).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let (s, code, _, _) = envelope(me(&app, &second_token).await).await;
     assert_eq!((s, code.as_str()), (401, "invalid_session"));
 
     // Sign out of this session.
-    let r = app
-        .client
-        .post(app.url("/v1/auth/sign-out"))
-        .bearer_auth(&a.session)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(app.url("/v1/auth/sign-out")).bearer_auth(&a.session).send().await.unwrap();
     assert_eq!(r.status(), 204);
-    assert!(
-        r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .contains("Max-Age=0")
-    );
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
     assert_eq!(me(&app, &a.session).await.status(), 401);
 
     // Sign out everywhere.
-    let s1: Value = sign_in(&app, "frank@example.com", PW)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let s1: Value = sign_in(&app, "frank@example.com", PW).await.json().await.unwrap();
     let r = app
         .client
         .post(app.url("/v1/auth/sign-out"))
@@ -395,60 +284,28 @@ async fn sessions_list_revoke_and_sign_out() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(me(&app, &b.session).await.status(), 401);
-    assert_eq!(
-        me(&app, s1["session_token"].as_str().unwrap())
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(me(&app, s1["session_token"].as_str().unwrap()).await.status(), 401);
 }
 
 #[tokio::test]
 async fn token_exchange_and_jwt_without_database() {
     let app = TestApp::builder().routes(test_routes()).spawn().await;
     let u = sign_up(&app, "gina@example.com").await;
-    let r = app
-        .client
-        .post(app.url("/v1/auth/token"))
-        .bearer_auth(&u.session)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(app.url("/v1/auth/token")).bearer_auth(&u.session).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let t: Value = r.json().await.unwrap();
     assert_eq!(t["token_type"], "Bearer");
     let jwt = t["access_token"].as_str().unwrap().to_string();
     // An access token cannot mint another.
-    let r = app
-        .client
-        .post(app.url("/v1/auth/token"))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(app.url("/v1/auth/token")).bearer_auth(&jwt).send().await.unwrap();
     assert_eq!(envelope(r).await.1, "session_required");
 
     // With the database gone, a JWT still authenticates (no query); a session cannot.
     app.pool.close().await;
-    let r = app
-        .client
-        .get(app.url("/test/whoami"))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/test/whoami")).bearer_auth(&jwt).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["user_id"],
-        u.id.to_string()
-    );
-    let r = app
-        .client
-        .get(app.url("/test/whoami"))
-        .bearer_auth(&u.session)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["user_id"], u.id.to_string());
+    let r = app.client.get(app.url("/test/whoami")).bearer_auth(&u.session).send().await.unwrap();
     assert!(r.status().is_server_error());
 }
 
@@ -461,6 +318,12 @@ fn forge(header: &Value, claims: &Value, sig: &[u8]) -> String {
     )
 }
 
+/// Reloads the app's signing keys and returns the published JWKS.
+async fn refreshed_jwks(app: &TestApp) -> Value {
+    app.state.auth.keys.refresh(&app.pool, &app.state.keyring).await.unwrap();
+    app.get("/.well-known/jwks.json").await.json().await.unwrap()
+}
+
 /// Signs `claims` with the app's active signing key (read from the database).
 async fn sign_with_app_key(app: &TestApp, claims: &Value, kid: Option<&str>) -> String {
     let (real_kid, sealed): (String, Vec<u8>) =
@@ -468,15 +331,8 @@ async fn sign_with_app_key(app: &TestApp, claims: &Value, kid: Option<&str>) -> 
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    let seed = app
-        .state
-        .keyring
-        .decrypt(&sealed, real_kid.as_bytes())
-        .unwrap();
-    let mut der = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
+    let seed = app.state.keyring.decrypt(&sealed, real_kid.as_bytes()).unwrap();
+    let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
     der.extend_from_slice(&seed);
     let key = jsonwebtoken::EncodingKey::from_ed_der(&der);
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
@@ -498,77 +354,35 @@ async fn forged_and_invalid_tokens_are_rejected() {
 
     let kid = jsonwebtoken::decode_header(&u.jwt).unwrap().kid.unwrap();
     let mut cases: Vec<(&str, String, &str)> = Vec::new();
-    cases.push((
-        "alg none",
-        forge(
-            &json!({"alg": "none", "typ": "JWT", "kid": kid}),
-            &good,
-            b"",
-        ),
-        "invalid_token",
-    ));
+    cases.push(("alg none", forge(&json!({"alg": "none", "typ": "JWT", "kid": kid}), &good, b""), "invalid_token"));
     // HS256 keyed with the public key (the classic confusion attack).
-    let jwks: Value = app
-        .get("/.well-known/jwks.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get("/.well-known/jwks.json").await.json().await.unwrap();
     let public_x = jwks["keys"][0]["x"].as_str().unwrap().to_string();
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = Some(kid.clone());
-    let hs_token = jsonwebtoken::encode(
-        &hs,
-        &good,
-        &jsonwebtoken::EncodingKey::from_secret(public_x.as_bytes()),
-    )
-    .unwrap();
+    let hs_token =
+        jsonwebtoken::encode(&hs, &good, &jsonwebtoken::EncodingKey::from_secret(public_x.as_bytes())).unwrap();
     cases.push(("HS256 with public key", hs_token, "invalid_token"));
-    cases.push((
-        "unknown kid",
-        sign_with_app_key(&app, &good, Some("no-such-kid")).await,
-        "invalid_token",
-    ));
+    cases.push(("unknown kid", sign_with_app_key(&app, &good, Some("no-such-kid")).await, "invalid_token"));
     let mut c = good.clone();
     c["exp"] = json!(now - 60);
     c["iat"] = json!(now - 400);
     c["nbf"] = json!(now - 400);
-    cases.push((
-        "expired",
-        sign_with_app_key(&app, &c, None).await,
-        "token_expired",
-    ));
+    cases.push(("expired", sign_with_app_key(&app, &c, None).await, "token_expired"));
     let mut c = good.clone();
     c["aud"] = json!("someone-else");
-    cases.push((
-        "wrong aud",
-        sign_with_app_key(&app, &c, None).await,
-        "invalid_token",
-    ));
+    cases.push(("wrong aud", sign_with_app_key(&app, &c, None).await, "invalid_token"));
     let mut c = good.clone();
     c["iss"] = json!("https://evil.example");
-    cases.push((
-        "wrong iss",
-        sign_with_app_key(&app, &c, None).await,
-        "invalid_token",
-    ));
+    cases.push(("wrong iss", sign_with_app_key(&app, &c, None).await, "invalid_token"));
     let mut c = good.clone();
     c["nbf"] = json!(now + 3600);
-    cases.push((
-        "not yet valid",
-        sign_with_app_key(&app, &c, None).await,
-        "invalid_token",
-    ));
+    cases.push(("not yet valid", sign_with_app_key(&app, &c, None).await, "invalid_token"));
     // Tampered payload: the real token with another subject spliced in.
     let parts: Vec<&str> = u.jwt.split('.').collect();
     let mut payload: Value = serde_json::from_slice(&B64URL.decode(parts[1]).unwrap()).unwrap();
     payload["sub"] = json!(Uuid::new_v4().to_string());
-    let tampered = format!(
-        "{}.{}.{}",
-        parts[0],
-        B64URL.encode(serde_json::to_vec(&payload).unwrap()),
-        parts[2]
-    );
+    let tampered = format!("{}.{}.{}", parts[0], B64URL.encode(serde_json::to_vec(&payload).unwrap()), parts[2]);
     cases.push(("tampered", tampered, "invalid_token"));
     cases.push(("garbage", "a.b.c".into(), "invalid_token"));
     cases.push(("not a jwt", "hello".into(), "invalid_token"));
@@ -582,12 +396,7 @@ async fn forged_and_invalid_tokens_are_rejected() {
 async fn jwks_verifies_with_an_independent_library_and_survives_rotation() {
     let app = TestApp::spawn().await;
     let u = sign_up(&app, "ivy@example.com").await;
-    let disco: Value = app
-        .get("/.well-known/openid-configuration")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let disco: Value = app.get("/.well-known/openid-configuration").await.json().await.unwrap();
     assert_eq!(disco["issuer"], app.state.config.issuer());
     let jwks_url = disco["jwks_uri"].as_str().unwrap().to_string();
     // The public URL in tests is the default; point jose at the real address.
@@ -607,11 +416,7 @@ async fn jwks_verifies_with_an_independent_library_and_survives_rotation() {
         }
     };
     let out = verify(u.jwt.clone()).await;
-    assert!(
-        out.status.success(),
-        "jose rejected our token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "jose rejected our token: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["payload"]["sub"], u.id.to_string());
     assert_eq!(v["header"]["alg"], "EdDSA");
@@ -626,84 +431,29 @@ async fn jwks_verifies_with_an_independent_library_and_survives_rotation() {
 
     // Rotation: new tokens use the new key; old ones stay valid and published.
     let old_kid = jsonwebtoken::decode_header(&u.jwt).unwrap().kid.unwrap();
-    let new_kid = carmenta::auth::tokens::rotate(&app.pool, &app.state.keyring)
-        .await
-        .unwrap();
-    app.state
-        .auth
-        .keys
-        .refresh(&app.pool, &app.state.keyring)
-        .await
-        .unwrap();
-    let jwks: Value = app
-        .get("/.well-known/jwks.json")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
-    assert!(
-        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
-        "{kids:?}"
-    );
-    let t: Value = app
-        .client
-        .post(app.url("/v1/auth/token"))
-        .bearer_auth(&u.session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let new_kid = carmenta::auth::tokens::rotate(&app.pool, &app.state.keyring).await.unwrap();
+    let jwks = refreshed_jwks(&app).await;
+    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert!(kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()), "{kids:?}");
+    let t: Value =
+        app.client.post(app.url("/v1/auth/token")).bearer_auth(&u.session).send().await.unwrap().json().await.unwrap();
     let fresh = t["access_token"].as_str().unwrap().to_string();
-    assert_eq!(
-        jsonwebtoken::decode_header(&fresh).unwrap().kid.unwrap(),
-        new_kid
-    );
-    assert_eq!(
-        me(&app, &u.jwt).await.status(),
-        200,
-        "old token still verifies"
-    );
+    assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.unwrap(), new_kid);
+    assert_eq!(me(&app, &u.jwt).await.status(), 200, "old token still verifies");
     assert!(verify(fresh).await.status.success());
     // Once past the grace period the old key is no longer published.
-    sqlx::query(
-        "UPDATE auth_signing_keys SET retired_at = now() - interval '1 day' WHERE kid = $1",
-    )
-    .bind(&old_kid)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    app.state
-        .auth
-        .keys
-        .refresh(&app.pool, &app.state.keyring)
+    sqlx::query("UPDATE auth_signing_keys SET retired_at = now() - interval '1 day' WHERE kid = $1")
+        .bind(&old_kid)
+        .execute(&app.pool)
         .await
         .unwrap();
-    let jwks: Value = app
-        .get("/.well-known/jwks.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let jwks = refreshed_jwks(&app).await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
     assert_eq!(envelope(me(&app, &u.jwt).await).await.1, "invalid_token");
     // Private key material is stored encrypted.
-    let sealed: Vec<Vec<u8>> = sqlx::query_scalar("SELECT private_key FROM auth_signing_keys")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-    assert!(
-        sealed
-            .iter()
-            .all(|s| s[0] == 1 && s.len() == 1 + 4 + 12 + 32 + 16)
-    );
+    let sealed: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT private_key FROM auth_signing_keys").fetch_all(&app.pool).await.unwrap();
+    assert!(sealed.iter().all(|s| s[0] == 1 && s.len() == 1 + 4 + 12 + 32 + 16));
 }
 
 #[tokio::test]
@@ -716,23 +466,10 @@ async fn csrf_protects_cookie_writes() {
         .send()
         .await
         .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let jwt = r.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let jwt = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
     let patch = |origin: Option<&str>| {
-        let mut rb = app
-            .client
-            .patch(app.url("/v1/me"))
-            .header("cookie", &cookie)
-            .json(&json!({"name": "Jo"}));
+        let mut rb = app.client.patch(app.url("/v1/me")).header("cookie", &cookie).json(&json!({"name": "Jo"}));
         if let Some(o) = origin {
             rb = rb.header("origin", o);
         }
@@ -745,24 +482,8 @@ async fn csrf_protects_cookie_writes() {
     let own = app.state.config.public_url.origin().ascii_serialization();
     assert_eq!(patch(Some(&own)).await.unwrap().status(), 200);
     // Reads with a cookie need no origin; bearer writes need none either.
-    assert_eq!(
-        app.client
-            .get(app.url("/v1/me"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let r = app
-        .client
-        .patch(app.url("/v1/me"))
-        .bearer_auth(&jwt)
-        .json(&json!({"name": "Jo2"}))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(app.client.get(app.url("/v1/me")).header("cookie", &cookie).send().await.unwrap().status(), 200);
+    let r = app.client.patch(app.url("/v1/me")).bearer_auth(&jwt).json(&json!({"name": "Jo2"})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // Login CSRF: a foreign origin cannot post credentials.
     let r = app
@@ -780,42 +501,21 @@ async fn csrf_protects_cookie_writes() {
 async fn profile_and_metadata() {
     let app = TestApp::spawn().await;
     let u = sign_up(&app, "kim@example.com").await;
-    let patch = |body: Value| {
-        app.client
-            .patch(app.url("/v1/me"))
-            .bearer_auth(&u.jwt)
-            .json(&body)
-            .send()
-    };
-    let r = patch(json!({"name": "Kim", "image_url": "https://img.example/k.png", "unsafe_metadata": {"onboarded": true}})).await.unwrap();
+    let patch = |body: Value| app.client.patch(app.url("/v1/me")).bearer_auth(&u.jwt).json(&body).send();
+    let r =
+        patch(json!({"name": "Kim", "image_url": "https://img.example/k.png", "unsafe_metadata": {"onboarded": true}}))
+            .await
+            .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(
-        (
-            v["name"].as_str(),
-            v["unsafe_metadata"]["onboarded"].as_bool()
-        ),
-        (Some("Kim"), Some(true))
-    );
+    assert_eq!((v["name"].as_str(), v["unsafe_metadata"]["onboarded"].as_bool()), (Some("Kim"), Some(true)));
     let r = patch(json!({"name": null})).await.unwrap();
     assert!(r.json::<Value>().await.unwrap()["name"].is_null());
     for (body, code, status) in [
-        (
-            json!({"image_url": "javascript:alert(1)"}),
-            "invalid_image_url",
-            422,
-        ),
-        (
-            json!({"unsafe_metadata": {"big": "x".repeat(9000)}}),
-            "metadata_too_large",
-            422,
-        ),
+        (json!({"image_url": "javascript:alert(1)"}), "invalid_image_url", 422),
+        (json!({"unsafe_metadata": {"big": "x".repeat(9000)}}), "metadata_too_large", 422),
         (json!({"unsafe_metadata": [1, 2]}), "invalid_metadata", 422),
-        (
-            json!({"public_metadata": {"plan": "pro"}}),
-            "forbidden",
-            403,
-        ),
+        (json!({"public_metadata": {"plan": "pro"}}), "forbidden", 403),
         (json!({"name": "n".repeat(300)}), "invalid_name", 422),
     ] {
         let (s, c, _, _) = envelope(patch(body.clone()).await.unwrap()).await;
@@ -827,38 +527,25 @@ async fn profile_and_metadata() {
 async fn service_keys_scope_act_as_and_audit() {
     let app = TestApp::spawn().await;
     let u = sign_up(&app, "lee@example.com").await;
-    let (full, row) = carmenta::auth::service::create_service_key(&app.pool, "backend", true)
-        .await
-        .unwrap();
+    let (full, row) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
     assert!(full.starts_with("ck_"));
     assert_eq!(row.scope, "full");
-    let (read, _) = carmenta::auth::service::create_service_key(&app.pool, "reporting", false)
-        .await
-        .unwrap();
+    let (read, _) = carmenta::auth::service::create_service_key(&app.pool, "reporting", false).await.unwrap();
     // Stored hashed.
-    let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_hash FROM service_keys")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let hashes: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT key_hash FROM service_keys").fetch_all(&app.pool).await.unwrap();
     assert!(hashes.iter().all(|h| h.len() == 32));
 
     // A service key must name the user for user endpoints.
     let (s, code, _, _) = envelope(me(&app, &full).await).await;
     assert_eq!((s, code.as_str()), (400, "user_required"));
     let as_user = |key: &str, user: &str| {
-        app.client
-            .get(app.url("/v1/me"))
-            .bearer_auth(key)
-            .header("x-carmenta-user-id", user)
-            .send()
+        app.client.get(app.url("/v1/me")).bearer_auth(key).header("x-carmenta-user-id", user).send()
     };
     let r = as_user(&full, &u.id.to_string()).await.unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert!(
-        v["private_metadata"].is_object(),
-        "service keys see private metadata"
-    );
+    assert!(v["private_metadata"].is_object(), "service keys see private metadata");
     let (s, _, _, _) = envelope(as_user(&full, &Uuid::new_v4().to_string()).await.unwrap()).await;
     assert_eq!(s, 404);
     let (s, code, _, _) = envelope(as_user(&full, "not-a-uuid").await.unwrap()).await;
@@ -885,10 +572,7 @@ async fn service_keys_scope_act_as_and_audit() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        as_user(&read, &u.id.to_string()).await.unwrap().status(),
-        200
-    );
+    assert_eq!(as_user(&read, &u.id.to_string()).await.unwrap().status(), 200);
     let r = app
         .client
         .patch(app.url("/v1/me"))
@@ -905,23 +589,15 @@ async fn service_keys_scope_act_as_and_audit() {
     assert_eq!(v["public_metadata"]["plan"], "pro");
     assert!(v.get("private_metadata").is_none());
     // A revoked or unknown key fails.
-    carmenta::auth::db::revoke_service_key(&app.pool, "backend")
-        .await
-        .unwrap();
-    assert_eq!(
-        envelope(as_user(&full, &u.id.to_string()).await.unwrap())
-            .await
-            .1,
-        "invalid_token"
-    );
+    carmenta::auth::db::revoke_service_key(&app.pool, "backend").await.unwrap();
+    assert_eq!(envelope(as_user(&full, &u.id.to_string()).await.unwrap()).await.1, "invalid_token");
 
-    let acted: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action = 'service_key.act_as' AND on_behalf_of = $1",
-    )
-    .bind(u.id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let acted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'service_key.act_as' AND on_behalf_of = $1")
+            .bind(u.id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert!(acted >= 3, "{acted}");
 }
 
@@ -929,11 +605,7 @@ async fn service_keys_scope_act_as_and_audit() {
 async fn password_change_revokes_other_sessions() {
     let app = TestApp::spawn().await;
     let u = sign_up(&app, "max@example.com").await;
-    let other: Value = sign_in(&app, "max@example.com", PW)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let other: Value = sign_in(&app, "max@example.com", PW).await.json().await.unwrap();
     let change = |cur: &str, new: &str| {
         app.client
             .post(app.url("/v1/me/password"))
@@ -941,43 +613,13 @@ async fn password_change_revokes_other_sessions() {
             .json(&json!({"current_password": cur, "new_password": new}))
             .send()
     };
-    assert_eq!(
-        envelope(
-            change("wrong one!", "a brand new passphrase")
-                .await
-                .unwrap()
-        )
-        .await
-        .1,
-        "invalid_credentials"
-    );
-    assert_eq!(
-        envelope(change(PW, "password1").await.unwrap()).await.1,
-        "weak_password"
-    );
-    assert_eq!(
-        change(PW, "a brand new passphrase").await.unwrap().status(),
-        204
-    );
-    assert_eq!(
-        me(&app, &u.session).await.status(),
-        200,
-        "this session stays"
-    );
-    assert_eq!(
-        me(&app, other["session_token"].as_str().unwrap())
-            .await
-            .status(),
-        401,
-        "others are revoked"
-    );
+    assert_eq!(envelope(change("wrong one!", "a brand new passphrase").await.unwrap()).await.1, "invalid_credentials");
+    assert_eq!(envelope(change(PW, "password1").await.unwrap()).await.1, "weak_password");
+    assert_eq!(change(PW, "a brand new passphrase").await.unwrap().status(), 204);
+    assert_eq!(me(&app, &u.session).await.status(), 200, "this session stays");
+    assert_eq!(me(&app, other["session_token"].as_str().unwrap()).await.status(), 401, "others are revoked");
     assert_eq!(sign_in(&app, "max@example.com", PW).await.status(), 401);
-    assert_eq!(
-        sign_in(&app, "max@example.com", "a brand new passphrase")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(sign_in(&app, "max@example.com", "a brand new passphrase").await.status(), 200);
 }
 
 #[tokio::test]
@@ -986,13 +628,7 @@ async fn deleting_the_account_deletes_everything_it_owns() {
     let u = sign_up(&app, "ned@example.com").await;
     let keep = sign_up(&app, "olga@example.com").await;
     sign_in(&app, "ned@example.com", PW).await;
-    let r = app
-        .client
-        .delete(app.url("/v1/me"))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.delete(app.url("/v1/me")).bearer_auth(&u.jwt).send().await.unwrap();
     assert_eq!(r.status(), 204);
     // Every column that references users, in every table, holds no trace of ned.
     let refs: Vec<(String, String)> = sqlx::query_as(
@@ -1006,25 +642,14 @@ async fn deleting_the_account_deletes_everything_it_owns() {
     assert!(refs.iter().any(|(t, _)| t == "sessions"), "{refs:?}");
     for (table, column) in &refs {
         let sql = format!("SELECT count(*) FROM {table} WHERE {column} = $1");
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(u.id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(u.id).fetch_one(&app.pool).await.unwrap();
         assert_eq!(n, 0, "{table}.{column} still references the deleted user");
     }
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE id = $1")
-        .bind(u.id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE id = $1").bind(u.id).fetch_one(&app.pool).await.unwrap();
     assert_eq!(n, 0);
     assert_eq!(me(&app, &u.session).await.status(), 401);
-    assert_eq!(
-        me(&app, &keep.jwt).await.status(),
-        200,
-        "others are untouched"
-    );
+    assert_eq!(me(&app, &keep.jwt).await.status(), 200, "others are untouched");
 }
 
 #[tokio::test]
@@ -1032,36 +657,14 @@ async fn audit_log_records_security_events() {
     let app = TestApp::spawn().await;
     let u = sign_up(&app, "pia@example.com").await;
     sign_in(&app, "pia@example.com", "wrong password").await;
-    let s: Value = sign_in(&app, "pia@example.com", PW)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let list: Value = app
-        .client
-        .get(app.url("/v1/me/sessions"))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sid = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["current"] == false)
-        .unwrap()["id"]
+    let s: Value = sign_in(&app, "pia@example.com", PW).await.json().await.unwrap();
+    let list: Value =
+        app.client.get(app.url("/v1/me/sessions")).bearer_auth(&u.jwt).send().await.unwrap().json().await.unwrap();
+    let sid = list["data"].as_array().unwrap().iter().find(|x| x["current"] == false).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    app.client
-        .delete(app.url(&format!("/v1/me/sessions/{sid}")))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap();
+    app.client.delete(app.url(&format!("/v1/me/sessions/{sid}"))).bearer_auth(&u.jwt).send().await.unwrap();
     app.client
         .post(app.url("/v1/me/password"))
         .bearer_auth(&u.session)
@@ -1069,20 +672,11 @@ async fn audit_log_records_security_events() {
         .send()
         .await
         .unwrap();
-    app.client
-        .post(app.url("/v1/auth/sign-out"))
-        .bearer_auth(&u.session)
-        .send()
-        .await
-        .unwrap();
-    carmenta::auth::service::create_service_key(&app.pool, "k", true)
-        .await
-        .unwrap();
+    app.client.post(app.url("/v1/auth/sign-out")).bearer_auth(&u.session).send().await.unwrap();
+    carmenta::auth::service::create_service_key(&app.pool, "k", true).await.unwrap();
     let _ = s;
-    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id").fetch_all(&app.pool).await.unwrap();
     for a in [
         "auth.sign_up",
         "auth.sign_in_failed",
@@ -1092,18 +686,11 @@ async fn audit_log_records_security_events() {
         "auth.sign_out",
         "service_key.create",
     ] {
-        assert!(
-            actions.iter().any(|x| x == a),
-            "{a} missing from {actions:?}"
-        );
+        assert!(actions.iter().any(|x| x == a), "{a} missing from {actions:?}");
     }
-    let rid: Option<String> =
-        sqlx::query_scalar("SELECT request_id FROM audit_log WHERE action = 'auth.sign_up'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert!(
-        rid.is_some_and(|r| r.len() == 32),
-        "audit rows carry the request id"
-    );
+    let rid: Option<String> = sqlx::query_scalar("SELECT request_id FROM audit_log WHERE action = 'auth.sign_up'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(rid.is_some_and(|r| r.len() == 32), "audit rows carry the request id");
 }

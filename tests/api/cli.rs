@@ -11,11 +11,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_carmenta");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn carmenta(dir: &Path, port: u16) -> Command {
@@ -37,11 +33,7 @@ struct Server {
 
 impl Server {
     fn spawn(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let l = log.clone();
@@ -76,10 +68,7 @@ async fn wait_ready(port: u16, server: &mut Server) {
         if let Ok(Some(status)) = server.child.try_wait() {
             panic!("server exited early ({status}):\n{}", server.log());
         }
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await
             && r.status() == 200
         {
             return;
@@ -90,19 +79,11 @@ async fn wait_ready(port: u16, server: &mut Server) {
 }
 
 fn postmaster_pid(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("postgres/postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(dir.join("postgres/postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
 }
 
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
 }
 
 async fn wait_dead(pid: i32, limit: Duration) -> bool {
@@ -118,12 +99,7 @@ async fn wait_dead(pid: i32, limit: Duration) -> bool {
 
 #[test]
 fn every_command_has_help() {
-    for args in [
-        vec!["--help"],
-        vec!["serve", "--help"],
-        vec!["migrate", "--help"],
-        vec!["doctor", "--help"],
-    ] {
+    for args in [vec!["--help"], vec!["serve", "--help"], vec!["migrate", "--help"], vec!["doctor", "--help"]] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -138,54 +114,30 @@ fn doctor_redacts_and_reports() {
     let dir = crate::harness::temp_dir("carmenta-doc-");
     let key = carmenta::crypto::generate_key();
     let out = carmenta(&dir.join("data"), free_port())
-        .env(
-            "DATABASE_URL",
-            "postgres://app:hunter2-secret@127.0.0.1:1/app",
-        )
+        .env("DATABASE_URL", "postgres://app:hunter2-secret@127.0.0.1:1/app")
         .env("CARMENTA_ENCRYPTION_KEY", &key)
         .arg("doctor")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !text.contains("hunter2-secret") && !text.contains(&key),
-        "{text}"
-    );
-    assert!(
-        text.contains("database_url") && text.contains("[redacted]"),
-        "{text}"
-    );
+    assert!(!text.contains("hunter2-secret") && !text.contains(&key), "{text}");
+    assert!(text.contains("database_url") && text.contains("[redacted]"), "{text}");
     // The database is unreachable: a failed check with a fix, non-zero exit.
     assert!(text.contains("FAIL") && text.contains("fix:"), "{text}");
     assert!(!out.status.success());
 
     // Embedded default on this machine: binaries and extensions are found.
-    let out = carmenta(&dir.join("data"), free_port())
-        .arg("doctor")
-        .output()
-        .unwrap();
+    let out = carmenta(&dir.join("data"), free_port()).arg("doctor").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for check in [
-        "postgresql binaries",
-        "extension ltree",
-        "extension vector",
-        "libvips",
-        "data directory",
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.contains(check))
-            .unwrap_or_else(|| panic!("{check} missing:\n{text}"));
+    for check in ["postgresql binaries", "extension ltree", "extension vector", "libvips", "data directory"] {
+        let line = text.lines().find(|l| l.contains(check)).unwrap_or_else(|| panic!("{check} missing:\n{text}"));
         assert!(line.contains(" ok "), "{line}\n{text}");
     }
     assert!(out.status.success(), "{text}");
 
     // A bad value is a startup error naming it.
-    let out = carmenta(&dir.join("data"), free_port())
-        .env("CARMENTA_LOG_FORMAT", "xml")
-        .arg("doctor")
-        .output()
-        .unwrap();
+    let out =
+        carmenta(&dir.join("data"), free_port()).env("CARMENTA_LOG_FORMAT", "xml").arg("doctor").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CARMENTA_LOG_FORMAT"));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -209,9 +161,7 @@ async fn serve_end_to_end() {
     // Secrets in headers and query strings never reach the logs.
     let client = reqwest::Client::new();
     let r = client
-        .get(format!(
-            "http://127.0.0.1:{port}/healthz?token=query-secret-123"
-        ))
+        .get(format!("http://127.0.0.1:{port}/healthz?token=query-secret-123"))
         .header("authorization", "Bearer header-secret-456")
         .header("cookie", "carmenta_session=cookie-secret-789")
         .send()
@@ -228,18 +178,12 @@ async fn serve_end_to_end() {
     assert_eq!(r.status(), 404);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let log = first.log();
-    for secret in [
-        "query-secret-123",
-        "header-secret-456",
-        "cookie-secret-789",
-        "body-secret-000",
-    ] {
+    for secret in ["query-secret-123", "header-secret-456", "cookie-secret-789", "body-secret-000"] {
         assert!(!log.contains(secret), "{secret} leaked into logs:\n{log}");
     }
     let mut json_lines = 0;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        serde_json::from_str::<serde_json::Value>(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         json_lines += 1;
     }
     assert!(json_lines > 0);
@@ -251,28 +195,14 @@ async fn serve_end_to_end() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another carmenta process"), "{err}");
     // ...but a CLI command works beside the running server.
-    let out = carmenta(&data, free_port())
-        .arg("migrate")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = carmenta(&data, free_port()).arg("migrate").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(alive(pg1), "migrate must not stop the server's cluster");
 
     // SIGKILL: the watchdog stops the orphaned cluster; the next start recovers.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.pid()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = first.child.wait();
-    assert!(
-        wait_dead(pg1, Duration::from_secs(10)).await,
-        "postmaster survived its server"
-    );
+    assert!(wait_dead(pg1, Duration::from_secs(10)).await, "postmaster survived its server");
     let mut second = Server::spawn({
         let mut c = carmenta(&data, port);
         c.arg("serve");
@@ -283,32 +213,17 @@ async fn serve_end_to_end() {
     assert_ne!(pg1, pg2);
 
     // SIGTERM: graceful stop, cluster stopped, exit 0.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(second.pid()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = second.child.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no exit after SIGTERM:\n{}",
-            second.log()
-        );
+        assert!(start.elapsed() < Duration::from_secs(20), "no exit after SIGTERM:\n{}", second.log());
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     assert!(status.success(), "{status}\n{}", second.log());
-    assert!(
-        wait_dead(pg2, Duration::from_secs(5)).await,
-        "postmaster still running after SIGTERM"
-    );
-    assert!(
-        second.log().contains("PostgreSQL stopped"),
-        "{}",
-        second.log()
-    );
+    assert!(wait_dead(pg2, Duration::from_secs(5)).await, "postmaster still running after SIGTERM");
+    assert!(second.log().contains("PostgreSQL stopped"), "{}", second.log());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 use carmenta::config::{Config, ConfigError, LogFormat, Secret};
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn file(text: &str) -> tempfile::NamedTempFile {
@@ -30,19 +27,12 @@ fn defaults() {
 
 #[test]
 fn environment_wins_over_file() {
-    let f = file(
-        "listen = \"127.0.0.1:9000\"\npublic_url = \"https://file.example\"\nbody_limit = \"5MB\"\n",
-    );
-    let c =
-        Config::from_sources(&env(&[("CARMENTA_LISTEN", "0.0.0.0:7000")]), Some(f.path())).unwrap();
+    let f = file("listen = \"127.0.0.1:9000\"\npublic_url = \"https://file.example\"\nbody_limit = \"5MB\"\n");
+    let c = Config::from_sources(&env(&[("CARMENTA_LISTEN", "0.0.0.0:7000")]), Some(f.path())).unwrap();
     assert_eq!(c.listen.to_string(), "0.0.0.0:7000");
     assert_eq!(c.public_url.as_str(), "https://file.example/");
     assert_eq!(c.body_limit, 5_000_000);
-    let c = Config::from_sources(
-        &env(&[("CARMENTA_PUBLIC_URL", "https://api.example.com")]),
-        Some(f.path()),
-    )
-    .unwrap();
+    let c = Config::from_sources(&env(&[("CARMENTA_PUBLIC_URL", "https://api.example.com")]), Some(f.path())).unwrap();
     assert_eq!(c.public_url.as_str(), "https://api.example.com/");
 }
 
@@ -81,10 +71,7 @@ fn secrets_are_redacted() {
     let empty = file("");
     let key = carmenta::crypto::generate_key();
     let c = Config::from_sources(
-        &env(&[
-            ("DATABASE_URL", "postgres://app:s3cr3t-pw@db.internal/app"),
-            ("CARMENTA_ENCRYPTION_KEY", &key),
-        ]),
+        &env(&[("DATABASE_URL", "postgres://app:s3cr3t-pw@db.internal/app"), ("CARMENTA_ENCRYPTION_KEY", &key)]),
         Some(empty.path()),
     )
     .unwrap();
@@ -99,10 +86,7 @@ fn external_database_requires_a_key() {
     let empty = file("");
     let dir = tempfile::tempdir().unwrap();
     let c = Config::from_sources(
-        &env(&[
-            ("DATABASE_URL", "postgres://u@localhost/db"),
-            ("CARMENTA_DATA_DIR", dir.path().to_str().unwrap()),
-        ]),
+        &env(&[("DATABASE_URL", "postgres://u@localhost/db"), ("CARMENTA_DATA_DIR", dir.path().to_str().unwrap())]),
         Some(empty.path()),
     )
     .unwrap();
@@ -120,11 +104,7 @@ fn embedded_default_generates_a_private_key_once() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let k2 = carmenta::server::resolve_keyring(&c).unwrap();
-    assert_eq!(
-        k1.primary_key_id(),
-        k2.primary_key_id(),
-        "the key is reused, not regenerated"
-    );
+    assert_eq!(k1.primary_key_id(), k2.primary_key_id(), "the key is reused, not regenerated");
     let sealed = k1.encrypt(b"hello", b"aad");
     assert_eq!(k2.decrypt(&sealed, b"aad").unwrap(), b"hello");
 }

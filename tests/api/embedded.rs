@@ -16,23 +16,16 @@ fn opts(dir: &Path) -> EmbeddedOptions {
 
 async fn start(o: &EmbeddedOptions) -> EmbeddedPg {
     let o = o.clone();
-    tokio::task::spawn_blocking(move || EmbeddedPg::start(&o))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("start: {e}"))
+    tokio::task::spawn_blocking(move || EmbeddedPg::start(&o)).await.unwrap().unwrap_or_else(|e| panic!("start: {e}"))
 }
 
 async fn stop(mut pg: EmbeddedPg) {
-    tokio::task::spawn_blocking(move || pg.stop())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || pg.stop()).await.unwrap();
 }
 
 fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
 }
 
 #[tokio::test]
@@ -43,11 +36,7 @@ async fn lifecycle_and_recovery() {
     // First start runs initdb.
     let pg = start(&o).await;
     assert!(dir.join("postgres/PG_VERSION").is_file());
-    let mode = std::fs::metadata(pg.socket_dir())
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(pg.socket_dir()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "socket directory is private");
     let pgdata_mode = std::fs::metadata(pg.pgdata()).unwrap().permissions().mode() & 0o777;
     assert_eq!(pgdata_mode, 0o700);
@@ -62,19 +51,10 @@ async fn lifecycle_and_recovery() {
 
     // Unix socket only: no TCP listener.
     let mut conn = pg.connect_options("postgres").connect().await.unwrap();
-    let listen: String = sqlx::query_scalar("SHOW listen_addresses")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let listen: String = sqlx::query_scalar("SHOW listen_addresses").fetch_one(&mut conn).await.unwrap();
     assert_eq!(listen, "");
-    sqlx::query("CREATE TABLE kept (v text)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO kept VALUES ('survives restarts')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query("CREATE TABLE kept (v text)").execute(&mut conn).await.unwrap();
+    sqlx::query("INSERT INTO kept VALUES ('survives restarts')").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
 
     // Stop and restart: data intact, process gone.
@@ -83,10 +63,7 @@ async fn lifecycle_and_recovery() {
     assert!(!alive(pid1), "postmaster {pid1} still running after stop");
     let pg = start(&o).await;
     let mut conn = pg.connect_options("postgres").connect().await.unwrap();
-    let v: String = sqlx::query_scalar("SELECT v FROM kept")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let v: String = sqlx::query_scalar("SELECT v FROM kept").fetch_one(&mut conn).await.unwrap();
     assert_eq!(v, "survives restarts");
     conn.close().await.unwrap();
 
@@ -98,20 +75,13 @@ async fn lifecycle_and_recovery() {
     assert_ne!(pg.pid(), pid2);
     assert!(!alive(pid2), "the abandoned postmaster was stopped");
     let mut conn = pg.connect_options("postgres").connect().await.unwrap();
-    let v: String = sqlx::query_scalar("SELECT v FROM kept")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let v: String = sqlx::query_scalar("SELECT v FROM kept").fetch_one(&mut conn).await.unwrap();
     assert_eq!(v, "survives restarts");
     conn.close().await.unwrap();
     stop(pg).await;
 
     // A stale postmaster.pid naming a live process that is not PostgreSQL.
-    let stale = format!(
-        "{}\n{}\n0\n5432\n\n\n\nready\n",
-        std::process::id(),
-        dir.join("postgres").display()
-    );
+    let stale = format!("{}\n{}\n0\n5432\n\n\n\nready\n", std::process::id(), dir.join("postgres").display());
     std::fs::write(dir.join("postgres/postmaster.pid"), stale).unwrap();
     let pg = start(&o).await;
     assert_ne!(pg.pid() as u32, std::process::id());
@@ -145,8 +115,5 @@ fn missing_binaries_say_how_to_fix() {
     let mut o = opts(dir.path());
     o.pg_bin = Some("/nonexistent/bin".into());
     let e = EmbeddedPg::start(&o).unwrap_err().to_string();
-    assert!(
-        e.contains("CARMENTA_PG_BIN") && e.contains("bootstrap"),
-        "{e}"
-    );
+    assert!(e.contains("CARMENTA_PG_BIN") && e.contains("bootstrap"), "{e}");
 }

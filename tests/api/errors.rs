@@ -32,55 +32,23 @@ async fn json_body_errors() {
     let app = app().await;
     let echo = app.url("/test/echo");
     // Valid.
-    let r = app
-        .client
-        .post(&echo)
-        .json(&serde_json::json!({"name": "a", "count": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(&echo).json(&serde_json::json!({"name": "a", "count": 1})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // Malformed JSON.
-    let r = app
-        .client
-        .post(&echo)
-        .header("content-type", "application/json")
-        .body("{\"name\": ")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(&echo).header("content-type", "application/json").body("{\"name\": ").send().await.unwrap();
     let (s, code, msg, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (400, "invalid_json"), "{msg}");
     // Wrong shape.
-    let r = app
-        .client
-        .post(&echo)
-        .json(&serde_json::json!({"name": "a", "count": -1}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(&echo).json(&serde_json::json!({"name": "a", "count": -1})).send().await.unwrap();
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (422, "invalid_body"));
     // Missing content type.
-    let r = app
-        .client
-        .post(&echo)
-        .body("{\"name\":\"a\",\"count\":1}")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(&echo).body("{\"name\":\"a\",\"count\":1}").send().await.unwrap();
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (415, "unsupported_media_type"));
     // Too large (limit set to 1 KiB for this app).
     let big = format!("{{\"name\":\"{}\",\"count\":1}}", "x".repeat(4096));
-    let r = app
-        .client
-        .post(&echo)
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.post(&echo).header("content-type", "application/json").body(big).send().await.unwrap();
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (413, "payload_too_large"));
 }
@@ -88,20 +56,11 @@ async fn json_body_errors() {
 #[tokio::test]
 async fn panics_are_caught_and_answered_500() {
     let app = app().await;
-    let r = app
-        .client
-        .get(app.url("/test/panic"))
-        .header("x-request-id", "panic-req-1")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/test/panic")).header("x-request-id", "panic-req-1").send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"], "panic-req-1");
     let (s, code, msg, rid) = envelope(r).await;
     assert_eq!((s, code.as_str()), (500, "internal"));
-    assert!(
-        !msg.contains("deliberate"),
-        "panic message must not leak: {msg}"
-    );
+    assert!(!msg.contains("deliberate"), "panic message must not leak: {msg}");
     assert_eq!(rid, "panic-req-1");
     // The server is still serving.
     assert_eq!(app.get("/healthz").await.status(), 200);
@@ -120,25 +79,13 @@ async fn slow_requests_time_out() {
 #[tokio::test]
 async fn request_ids_are_taken_or_generated() {
     let app = app().await;
-    let r = app
-        .client
-        .get(app.url("/healthz"))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     let r = app.get("/healthz").await;
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(generated.len(), 32);
     // An unreasonable id is replaced.
-    let r = app
-        .client
-        .get(app.url("/healthz"))
-        .header("x-request-id", "x".repeat(500))
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/healthz")).header("x-request-id", "x".repeat(500)).send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"].len(), 32);
     // The id in the envelope is the one in the header.
     let r = app.get("/missing").await;
@@ -150,13 +97,7 @@ async fn request_ids_are_taken_or_generated() {
 #[tokio::test]
 async fn responses_are_compressed_when_asked() {
     let app = TestApp::spawn().await;
-    let r = app
-        .client
-        .get(app.url("/openapi.json"))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/openapi.json")).header("accept-encoding", "gzip").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-encoding"], "gzip");
 }

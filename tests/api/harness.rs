@@ -25,6 +25,8 @@ pub struct Cluster {
     pub admin: PgConnectOptions,
     /// The migrated template database.
     pub template: String,
+    /// A `postgres://` URL of the server with `{db}` where the database name goes.
+    pub url_pattern: String,
     /// The embedded cluster, when the harness started one. Never dropped: its
     /// watchdog stops it and removes its directory when the test binary exits.
     pub embedded: Option<EmbeddedPg>,
@@ -40,59 +42,44 @@ fn unique(prefix: &str) -> String {
 pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         // Its own thread and runtime: the caller may be inside a test's runtime.
-        std::thread::spawn(init_cluster)
-            .join()
-            .unwrap_or_else(|_| panic!("starting the test cluster panicked"))
+        std::thread::spawn(init_cluster).join().unwrap_or_else(|_| panic!("starting the test cluster panicked"))
     })
 }
 
 fn init_cluster() -> Cluster {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_test_writer()
-        .try_init();
-    let (admin, embedded) = match std::env::var("CARMENTA_TEST_DATABASE_URL") {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    let (admin, embedded, url_pattern) = match std::env::var("CARMENTA_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => {
-            let opts = PgConnectOptions::from_str(&url)
-                .unwrap_or_else(|e| panic!("CARMENTA_TEST_DATABASE_URL: {e}"));
-            (opts, None)
+            let opts = PgConnectOptions::from_str(&url).unwrap_or_else(|e| panic!("CARMENTA_TEST_DATABASE_URL: {e}"));
+            let mut u = url::Url::parse(&url).expect("CARMENTA_TEST_DATABASE_URL");
+            u.set_path("/{db}");
+            (opts, None, u.to_string().replace("%7Bdb%7D", "{db}"))
         }
         _ => {
-            let dir = tempfile::Builder::new()
-                .prefix("carmenta-test-")
-                .tempdir()
-                .expect("tempdir")
-                .keep();
+            let dir = tempfile::Builder::new().prefix("carmenta-test-").tempdir().expect("tempdir").keep();
             let mut opts = EmbeddedOptions::new(&dir);
             opts.ephemeral = true;
             opts.stop_with_process = true;
             opts.remove_on_exit = true;
-            let pg = EmbeddedPg::start(&opts)
-                .unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
-            (pg.connect_options("postgres"), Some(pg))
+            let pg = EmbeddedPg::start(&opts).unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
+            let pattern = format!(
+                "postgres://{}@localhost/{{db}}?host={}",
+                carmenta::db::embedded::SUPERUSER,
+                pg.socket_dir().display()
+            );
+            (pg.connect_options("postgres"), Some(pg), pattern)
         }
     };
     let template = unique("carmenta_tpl");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        db::ensure_database(admin.clone(), &template)
-            .await
-            .expect("creating template");
-        let pool = db::pool_options(2)
-            .connect_with(admin.clone().database(&template))
-            .await
-            .expect("connecting to template");
+        db::ensure_database(admin.clone(), &template).await.expect("creating template");
+        let pool =
+            db::pool_options(2).connect_with(admin.clone().database(&template)).await.expect("connecting to template");
         db::prepare(&pool).await.expect("migrating template");
         pool.close().await;
     });
-    Cluster {
-        admin,
-        template,
-        embedded,
-    }
+    Cluster { admin, template, url_pattern, embedded }
 }
 
 /// Creates a fresh, migrated database for one test and returns its options.
@@ -100,18 +87,11 @@ pub async fn fresh_database() -> PgConnectOptions {
     let c = cluster();
     let name = unique("t");
     let mut conn = c.admin.clone().connect().await.expect("admin connection");
-    let sql = format!(
-        "CREATE DATABASE {} TEMPLATE {}",
-        quote_ident(&name),
-        quote_ident(&c.template)
-    );
+    let sql = format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&name), quote_ident(&c.template));
     // A template in use by a concurrent CREATE can briefly refuse; retry.
     let mut tries = 0;
     loop {
-        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-            .execute(&mut conn)
-            .await
-        {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut conn).await {
             Ok(_) => break,
             Err(e) if tries < 50 => {
                 tries += 1;
@@ -146,22 +126,19 @@ impl TestAppBuilder {
 
     /// Starts the app on 127.0.0.1:0 over real HTTP against a fresh database.
     pub async fn spawn(self) -> TestApp {
-        let options = fresh_database().await;
-        let pool = db::pool_options(self.config.db_max_connections)
-            .connect_with(options.clone())
-            .await
-            .expect("test pool");
-        let keyring = Keyring::from_base64(&self.config.encryption_keys).expect("keyring");
-        let state = AppState::build(self.config.clone(), pool.clone(), keyring)
-            .await
-            .expect("app state");
-        let router = app::router_with(state.clone(), self.extra);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let mut config = self.config;
+        if config.public_url.as_str() == "http://127.0.0.1:0/" {
+            config.public_url = format!("http://{addr}").parse().expect("url");
+        }
+        let options = fresh_database().await;
+        let pool = db::pool_options(config.db_max_connections).connect_with(options.clone()).await.expect("test pool");
+        let keyring = Keyring::from_base64(&config.encryption_keys).expect("keyring");
+        let state = AppState::build(config.clone(), pool.clone(), keyring).await.expect("app state");
+        let router = app::router_with(state.clone(), self.extra);
         let (tx, rx) = oneshot::channel::<()>();
-        let drain = self.config.shutdown_timeout;
+        let drain = config.shutdown_timeout;
         let server = tokio::spawn(app::serve(
             listener,
             router.clone(),
@@ -173,10 +150,7 @@ impl TestAppBuilder {
         TestApp {
             addr,
             base: format!("http://{addr}"),
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
             pool,
             state,
             router,
@@ -212,23 +186,22 @@ pub struct TestApp {
 impl TestApp {
     /// A builder with the default test configuration.
     pub fn builder() -> TestAppBuilder {
-        let data_dir = tempfile::Builder::new()
-            .prefix("carmenta-app-")
-            .tempdir()
-            .expect("tempdir");
+        let data_dir = tempfile::Builder::new().prefix("carmenta-app-").tempdir().expect("tempdir");
         let mut config = Config::for_data_dir(data_dir.path());
         config.encryption_keys = vec![Secret::new(crypto::generate_key())];
         config.listen = "127.0.0.1:0".parse().expect("addr");
-        TestAppBuilder {
-            config,
-            extra: Router::new(),
-            _data_dir: data_dir,
-        }
+        config.public_url = "http://127.0.0.1:0/".parse().expect("url");
+        TestAppBuilder { config, extra: Router::new(), _data_dir: data_dir }
     }
 
     /// Starts an app with the default test configuration.
     pub async fn spawn() -> TestApp {
         Self::builder().spawn().await
+    }
+
+    /// A `postgres://` URL of this app's database (for the CLI under test).
+    pub fn database_url(&self) -> String {
+        cluster().url_pattern.replace("{db}", &self.database)
     }
 
     /// The absolute URL of `path`.
@@ -238,11 +211,7 @@ impl TestApp {
 
     /// GET `path`.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request")
+        self.client.get(self.url(path)).send().await.expect("request")
     }
 
     /// Asks the server to shut down and waits for `serve` to return.
@@ -272,10 +241,7 @@ pub async fn envelope(res: reqwest::Response) -> (u16, String, String, String) {
     let e = &body["error"];
     (
         status,
-        e["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no code in {body}"))
-            .to_string(),
+        e["code"].as_str().unwrap_or_else(|| panic!("no code in {body}")).to_string(),
         e["message"].as_str().unwrap_or_default().to_string(),
         e["request_id"].as_str().unwrap_or_default().to_string(),
     )
@@ -283,11 +249,7 @@ pub async fn envelope(res: reqwest::Response) -> (u16, String, String, String) {
 
 /// A temporary directory for a test, kept until dropped.
 pub fn temp_dir(prefix: &str) -> PathBuf {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("tempdir")
-        .keep()
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir").keep()
 }
 
 /// A request body shape for the diagnostic echo route.
@@ -310,10 +272,7 @@ pub fn test_routes() -> Router<AppState> {
         ms: u64,
     }
     Router::new()
-        .route(
-            "/test/echo",
-            post(|ApiJson(b): ApiJson<EchoBody>| async move { ApiJson(b) }),
-        )
+        .route("/test/echo", post(|ApiJson(b): ApiJson<EchoBody>| async move { ApiJson(b) }))
         .route(
             "/test/panic",
             get(|| async {
@@ -325,11 +284,9 @@ pub fn test_routes() -> Router<AppState> {
         )
         .route(
             "/test/whoami",
-            get(
-                |carmenta::auth::Caller(p): carmenta::auth::Caller| async move {
-                    ApiJson(serde_json::json!({"user_id": p.user_id(), "service": p.is_service()}))
-                },
-            ),
+            get(|carmenta::auth::Caller(p): carmenta::auth::Caller| async move {
+                ApiJson(serde_json::json!({"user_id": p.user_id(), "service": p.is_service()}))
+            }),
         )
         .route(
             "/test/slow",

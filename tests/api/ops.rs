@@ -34,33 +34,20 @@ async fn metrics_report_routes_latency_and_pool() {
     app.get("/no/such/path").await;
     let r = app.get("/metrics").await;
     assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = r.text().await.unwrap();
     // Route template, not raw path; status label.
     let line = text
         .lines()
         .find(|l| {
-            l.starts_with("http_requests_total{")
-                && l.contains("route=\"/healthz\"")
-                && l.contains("status=\"200\"")
+            l.starts_with("http_requests_total{") && l.contains("route=\"/healthz\"") && l.contains("status=\"200\"")
         })
         .unwrap_or_else(|| panic!("no healthz counter in\n{text}"));
     let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 3.0, "{line}");
-    assert!(
-        text.contains("route=\"unmatched\""),
-        "unmatched paths are one label, not one per path"
-    );
+    assert!(text.contains("route=\"unmatched\""), "unmatched paths are one label, not one per path");
     assert!(!text.contains("/no/such/path"));
-    assert!(
-        text.contains("http_request_duration_seconds_bucket{"),
-        "latency histogram"
-    );
+    assert!(text.contains("http_request_duration_seconds_bucket{"), "latency histogram");
     assert!(text.contains("db_pool_connections{state=\"idle\"}"));
     assert!(text.contains("db_pool_max_connections"));
 }
@@ -93,19 +80,11 @@ async fn docs_render_without_internet() {
     let html = r.text().await.unwrap();
     assert!(html.contains("swagger"), "{html}");
     // The UI's assets are served by us (vendored), not from a CDN.
-    assert!(
-        !html.contains("https://"),
-        "docs page references an external URL"
-    );
+    assert!(!html.contains("https://"), "docs page references an external URL");
     let js = app.get("/docs/swagger-ui-bundle.js").await;
     assert_eq!(js.status(), 200);
     assert!(js.text().await.unwrap().len() > 100_000);
-    let init = app
-        .get("/docs/swagger-initializer.js")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let init = app.get("/docs/swagger-initializer.js").await.text().await.unwrap();
     assert!(init.contains("/openapi.json"), "{init}");
 }
 
@@ -114,46 +93,31 @@ async fn each_test_gets_its_own_database() {
     let a = TestApp::spawn().await;
     let b = TestApp::spawn().await;
     assert_ne!(a.database, b.database);
-    sqlx::query("INSERT INTO audit_log (actor, action) VALUES ('test', 'isolation.a')")
-        .execute(&a.pool)
+    sqlx::query("INSERT INTO audit_log (actor, action) VALUES ('test', 'isolation.a')").execute(&a.pool).await.unwrap();
+    let in_a: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'isolation.a'")
+        .fetch_one(&a.pool)
         .await
         .unwrap();
-    let in_a: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'isolation.a'")
-            .fetch_one(&a.pool)
-            .await
-            .unwrap();
-    let in_b: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'isolation.a'")
-            .fetch_one(&b.pool)
-            .await
-            .unwrap();
+    let in_b: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'isolation.a'")
+        .fetch_one(&b.pool)
+        .await
+        .unwrap();
     assert_eq!((in_a, in_b), (1, 0));
     // Both are migrated from the template, extensions included.
-    let ext: Vec<String> = sqlx::query_scalar("SELECT extname::text FROM pg_extension ORDER BY 1")
-        .fetch_all(&b.pool)
-        .await
-        .unwrap();
-    assert!(
-        ext.contains(&"ltree".to_string()) && ext.contains(&"vector".to_string()),
-        "{ext:?}"
-    );
+    let ext: Vec<String> =
+        sqlx::query_scalar("SELECT extname::text FROM pg_extension ORDER BY 1").fetch_all(&b.pool).await.unwrap();
+    assert!(ext.contains(&"ltree".to_string()) && ext.contains(&"vector".to_string()), "{ext:?}");
 }
 
 #[tokio::test]
 async fn router_works_in_process_too() {
     use tower::ServiceExt;
     let app = TestApp::spawn().await;
-    let req = axum::http::Request::get("/healthz")
-        .body(axum::body::Body::empty())
-        .unwrap();
+    let req = axum::http::Request::get("/healthz").body(axum::body::Body::empty()).unwrap();
     let res = app.router.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers().contains_key("x-request-id"));
     // The harness cluster is the embedded manager's unless pointed elsewhere.
     let c = crate::harness::cluster();
-    assert_eq!(
-        c.embedded.is_some(),
-        std::env::var("CARMENTA_TEST_DATABASE_URL").map_or(true, |v| v.is_empty())
-    );
+    assert_eq!(c.embedded.is_some(), std::env::var("CARMENTA_TEST_DATABASE_URL").map_or(true, |v| v.is_empty()));
 }

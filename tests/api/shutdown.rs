@@ -7,11 +7,8 @@ use crate::harness::{TestApp, test_routes};
 
 #[tokio::test]
 async fn in_flight_requests_finish_before_shutdown() {
-    let mut app = TestApp::builder()
-        .routes(test_routes())
-        .config(|c| c.shutdown_timeout = Duration::from_secs(5))
-        .spawn()
-        .await;
+    let mut app =
+        TestApp::builder().routes(test_routes()).config(|c| c.shutdown_timeout = Duration::from_secs(5)).spawn().await;
     let client = app.client.clone();
     let url = app.url("/test/slow?ms=800");
     let slow = tokio::spawn(async move { client.get(url).send().await });
@@ -25,10 +22,7 @@ async fn in_flight_requests_finish_before_shutdown() {
     server.await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(4));
     // New connections are refused after shutdown.
-    assert!(
-        tokio::net::TcpStream::connect(app.addr).await.is_err(),
-        "listener still open after shutdown"
-    );
+    assert!(tokio::net::TcpStream::connect(app.addr).await.is_err(), "listener still open after shutdown");
 }
 
 #[tokio::test]
@@ -48,8 +42,5 @@ async fn drain_is_bounded() {
     let started = Instant::now();
     app.shutdown().await.unwrap();
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
-        "shutdown took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "shutdown took {took:?}");
 }

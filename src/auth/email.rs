@@ -1,0 +1,198 @@
+//! Email flows: verification on sign-up, magic-link sign-in, password reset.
+//! Tokens are single-use, stored hashed, and expire (`CARMENTA_EMAIL_TOKEN_TTL`).
+//! Requests for unknown emails answer exactly as for known ones.
+
+use http::StatusCode;
+use uuid::Uuid;
+
+use super::db::{self, EmailTokenKind, UserRow};
+use super::password;
+use super::service::{self, ClientInfo};
+use super::tokens::{self};
+use super::types::{AuthResponse, UserView};
+use crate::app::AppState;
+use crate::audit;
+use crate::error::ApiError;
+use crate::mail::Mail;
+
+/// Prefix of emailed tokens.
+pub const EMAIL_TOKEN_PREFIX: &str = "ce_";
+
+/// Mails requested per account per 10 minutes before further requests are dropped.
+const PER_ACCOUNT_MAILS: i32 = 5;
+
+fn invalid_link() -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_link", "this link is invalid, expired or already used")
+}
+
+/// Builds an absolute link on the public URL.
+fn link(state: &AppState, path: &str, token: &str, redirect: Option<&str>) -> String {
+    let mut u = state.config.public_url.clone();
+    u.set_path(path);
+    {
+        let mut q = u.query_pairs_mut();
+        q.append_pair("token", token);
+        if let Some(r) = redirect {
+            q.append_pair("redirect_url", r);
+        }
+    }
+    u.to_string()
+}
+
+async fn issue(state: &AppState, user: &UserRow, kind: EmailTokenKind) -> Result<String, ApiError> {
+    let token = tokens::random_token(EMAIL_TOKEN_PREFIX);
+    db::insert_email_token(
+        &state.pool,
+        user.id,
+        kind,
+        &tokens::hash_token(&token),
+        &user.email,
+        state.config.email_token_ttl,
+    )
+    .await?;
+    Ok(token)
+}
+
+async fn deliver(state: &AppState, user: &UserRow, subject: &str, intro: &str, url: String) {
+    let minutes = state.config.email_token_ttl.as_secs() / 60;
+    let body = format!(
+        "{intro}\n\n{url}\n\nThe link works once and expires in {minutes} minutes. If you did not ask for it, ignore this message.\n"
+    );
+    let mail = Mail { user_id: Some(user.id), to: user.email.clone(), subject: subject.into(), body, link: Some(url) };
+    if let Err(e) = state.mailer.send(&state.pool, mail).await {
+        tracing::error!(error = %e, user_id = %user.id, "sending mail failed");
+    }
+}
+
+/// Sends the verification mail to a user.
+pub async fn send_verification(state: &AppState, user: &UserRow) -> Result<(), ApiError> {
+    let token = issue(state, user, EmailTokenKind::VerifyEmail).await?;
+    let url = link(state, "/auth/verify-email", &token, None);
+    deliver(state, user, "Confirm your email address", "Confirm your email address by opening this link:", url).await;
+    Ok(())
+}
+
+/// Resends the verification mail to the caller (no-op if already verified).
+pub async fn resend_verification(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
+    let user = db::user_by_id(&state.pool, user_id).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    if user.email_verified_at.is_none() && within_account_budget(state, &user.email).await? {
+        send_verification(state, &user).await?;
+    }
+    Ok(())
+}
+
+/// Confirms an email address with a token from the verification mail.
+pub async fn verify_email(state: &AppState, token: &str) -> Result<UserView, ApiError> {
+    let (user_id, email) =
+        db::consume_email_token(&state.pool, EmailTokenKind::VerifyEmail, &tokens::hash_token(token))
+            .await?
+            .ok_or_else(invalid_link)?;
+    let user = db::mark_email_verified(&state.pool, user_id, &email).await?.ok_or_else(invalid_link)?;
+    audit::record(
+        &state.pool,
+        &format!("user:{user_id}"),
+        Some(user_id),
+        "auth.email_verified",
+        None,
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(UserView::of(user, false))
+}
+
+async fn within_account_budget(state: &AppState, email: &str) -> Result<bool, ApiError> {
+    let n = db::hit_window(&state.pool, &format!("mail:{}", email.trim().to_lowercase()), service::IP_WINDOW).await?;
+    Ok(n <= PER_ACCOUNT_MAILS)
+}
+
+/// Mails a link of `kind` if the email has an account; answers the same either way.
+#[allow(clippy::too_many_arguments)]
+async fn mail_link(
+    state: &AppState,
+    email: &str,
+    redirect: Option<&str>,
+    client: &ClientInfo,
+    kind: EmailTokenKind,
+    path: &str,
+    subject: &str,
+    intro: &str,
+) -> Result<(), ApiError> {
+    let email = service::validate_email(email)?;
+    service::ip_limit(state, client).await?;
+    if let Some(user) = db::user_by_email(&state.pool, &email).await?
+        && within_account_budget(state, &email).await?
+    {
+        let token = issue(state, &user, kind).await?;
+        let url = link(state, path, &token, redirect);
+        deliver(state, &user, subject, intro, url).await;
+    }
+    Ok(())
+}
+
+/// Mails a magic sign-in link if the email has an account; answers the same either way.
+pub async fn request_magic_link(
+    state: &AppState,
+    email: &str,
+    redirect: Option<&str>,
+    client: &ClientInfo,
+) -> Result<(), ApiError> {
+    let (path, subject, intro) = ("/auth/magic-link", "Your sign-in link", "Sign in by opening this link:");
+    mail_link(state, email, redirect, client, EmailTokenKind::MagicLink, path, subject, intro).await
+}
+
+/// Signs in with a magic-link token; the email counts as verified.
+pub async fn consume_magic_link(state: &AppState, token: &str, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+    let (user_id, email) = db::consume_email_token(&state.pool, EmailTokenKind::MagicLink, &tokens::hash_token(token))
+        .await?
+        .ok_or_else(invalid_link)?;
+    let user = db::mark_email_verified(&state.pool, user_id, &email).await?.ok_or_else(invalid_link)?;
+    audit::record(
+        &state.pool,
+        &format!("user:{user_id}"),
+        Some(user_id),
+        "auth.sign_in",
+        None,
+        serde_json::json!({"method": "magic_link", "ip": client.ip}),
+    )
+    .await?;
+    service::start_session(state, user, client).await
+}
+
+/// Mails a password-reset link if the email has an account; answers the same either way.
+pub async fn forgot_password(
+    state: &AppState,
+    email: &str,
+    redirect: Option<&str>,
+    client: &ClientInfo,
+) -> Result<(), ApiError> {
+    let (path, subject, intro) =
+        ("/auth/reset-password", "Reset your password", "Choose a new password by opening this link:");
+    mail_link(state, email, redirect, client, EmailTokenKind::PasswordReset, path, subject, intro).await
+}
+
+/// Sets a new password with a reset token; every session is signed out.
+pub async fn reset_password(state: &AppState, token: &str, new_password: String) -> Result<(), ApiError> {
+    // Check the policy before using up the token, so a weak choice can be retried.
+    let hash_token = tokens::hash_token(token);
+    let pending = db::live_email_token_email(&state.pool, EmailTokenKind::PasswordReset, &hash_token).await?;
+    let email = pending.ok_or_else(invalid_link)?;
+    password::check_policy(&new_password, &email, state.config.password_min_length)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "weak_password", e.to_string()))?;
+    let (user_id, token_email) = db::consume_email_token(&state.pool, EmailTokenKind::PasswordReset, &hash_token)
+        .await?
+        .ok_or_else(invalid_link)?;
+    let hash = password::hash(new_password).await.map_err(ApiError::internal)?;
+    db::set_password(&state.pool, user_id, &hash).await?;
+    db::mark_email_verified(&state.pool, user_id, &token_email).await?;
+    let revoked = db::revoke_all_sessions(&state.pool, user_id, None).await?;
+    audit::record(
+        &state.pool,
+        "anonymous",
+        Some(user_id),
+        "auth.password_reset",
+        None,
+        serde_json::json!({"revoked_sessions": revoked}),
+    )
+    .await?;
+    Ok(())
+}

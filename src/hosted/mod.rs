@@ -1,0 +1,5 @@
+//! Hosted pages: server-rendered HTML for browsers (the auth pages under `/auth/`).
+
+mod routes;
+
+pub use routes::routes;

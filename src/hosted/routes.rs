@@ -1,0 +1,502 @@
+//! Server-rendered auth pages under `/auth/`: sign-in, sign-up, magic link (request,
+//! sent, confirm), forgot and reset password, verify email. After success they
+//! redirect to an allow-listed `redirect_url` (never elsewhere). Pages carry a
+//! strict CSP, `no-referrer` (their URLs can hold single-use tokens) and deny framing.
+
+use std::net::SocketAddr;
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::service::{self, ClientInfo};
+use crate::auth::types::{SignInRequest, SignUpRequest};
+use crate::auth::{Peer, email};
+use crate::error::ApiError;
+
+/// The hosted pages (not in the OpenAPI document: they are HTML for browsers).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/sign-in", get(sign_in_page).post(sign_in_submit))
+        .route("/auth/sign-up", get(sign_up_page).post(sign_up_submit))
+        .route("/auth/magic-link", get(magic_link_page).post(magic_link_submit))
+        .route("/auth/magic-link/sent", get(magic_link_sent))
+        .route("/auth/magic-link/confirm", axum::routing::post(magic_link_confirm))
+        .route("/auth/forgot-password", get(forgot_page).post(forgot_submit))
+        .route("/auth/reset-password", get(reset_page).post(reset_submit))
+        .route("/auth/verify-email", get(verify_email_page))
+        .route("/auth/signed-in", get(signed_in_page))
+}
+
+struct Field {
+    name: &'static str,
+    label: &'static str,
+    kind: &'static str,
+    value: String,
+    autocomplete: &'static str,
+}
+
+struct PageForm {
+    action: String,
+    hidden: Vec<(String, String)>,
+    fields: Vec<Field>,
+    submit: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "auth_page.html")]
+struct Page {
+    title: &'static str,
+    error: Option<String>,
+    message: Option<String>,
+    form: Option<PageForm>,
+    links: Vec<(String, String)>,
+}
+
+impl Page {
+    fn new(title: &'static str) -> Page {
+        Page { title, error: None, message: None, form: None, links: Vec::new() }
+    }
+    fn respond(self, status: StatusCode) -> Response {
+        let html = match self.render() {
+            Ok(h) => h,
+            Err(e) => return ApiError::internal(e).into_response(),
+        };
+        let mut res = (status, html).into_response();
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        );
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    }
+}
+
+fn field(
+    name: &'static str,
+    label: &'static str,
+    kind: &'static str,
+    autocomplete: &'static str,
+    value: &str,
+) -> Field {
+    Field { name, label, kind, value: value.to_string(), autocomplete }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    redirect_url: Option<String>,
+    token: Option<String>,
+}
+
+/// A validated redirect target (see [`service::safe_redirect`]).
+fn target(state: &AppState, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    raw.filter(|r| !r.is_empty()).map(|r| service::safe_redirect(&state.config, r)).transpose()
+}
+
+/// The page explaining that a redirect target was refused.
+fn bad_redirect(e: ApiError) -> Response {
+    let mut p = Page::new("Invalid redirect");
+    p.error = Some(e.message);
+    p.respond(StatusCode::UNPROCESSABLE_ENTITY)
+}
+
+fn with_redirect(path: &str, redirect: Option<&str>) -> String {
+    match redirect {
+        Some(r) => {
+            let encoded: String = url::form_urlencoded::byte_serialize(r.as_bytes()).collect();
+            format!("{path}?redirect_url={encoded}")
+        }
+        None => path.to_string(),
+    }
+}
+
+fn hidden_redirect(redirect: Option<&str>) -> Vec<(String, String)> {
+    redirect.map(|r| vec![("redirect_url".to_string(), r.to_string())]).unwrap_or_default()
+}
+
+fn client(headers: &HeaderMap, peer: Option<SocketAddr>) -> ClientInfo {
+    crate::auth::client_info(headers, peer)
+}
+
+/// Runs a state-changing form action after the login-CSRF origin check.
+async fn guarded<T>(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    crate::auth::check_login_origin(state, headers)?;
+    action.await
+}
+
+/// Sets the session cookie and sends the browser on (303) to the target.
+fn signed_in(state: &AppState, session_token: &str, redirect: Option<&str>) -> Response {
+    let to = redirect.unwrap_or("/auth/signed-in");
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let max_age = state.config.session_ttl.as_secs() as i64;
+    res.headers_mut().insert(header::SET_COOKIE, crate::auth::session_cookie(state, session_token, max_age));
+    if let Ok(v) = HeaderValue::from_str(to) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    res
+}
+
+fn sign_in_form(redirect: Option<&str>, email: &str) -> Page {
+    let mut p = Page::new("Sign in");
+    p.form = Some(PageForm {
+        action: "/auth/sign-in".into(),
+        hidden: hidden_redirect(redirect),
+        fields: vec![
+            field("email", "Email", "email", "email", email),
+            field("password", "Password", "password", "current-password", ""),
+        ],
+        submit: "Sign in",
+    });
+    p.links = vec![
+        (with_redirect("/auth/sign-up", redirect), "Create an account".into()),
+        (with_redirect("/auth/magic-link", redirect), "Email me a sign-in link".into()),
+        (with_redirect("/auth/forgot-password", redirect), "Forgot password?".into()),
+    ];
+    p
+}
+
+async fn sign_in_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    match target(&state, q.redirect_url.as_deref()) {
+        Ok(r) => sign_in_form(r.as_deref(), "").respond(StatusCode::OK),
+        Err(e) => bad_redirect(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CredentialsForm {
+    email: String,
+    password: String,
+    #[serde(default)]
+    redirect_url: Option<String>,
+}
+
+async fn sign_in_submit(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(f): Form<CredentialsForm>,
+) -> Response {
+    let redirect = match target(&state, f.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    let result = guarded(
+        &state,
+        &headers,
+        service::sign_in(
+            &state,
+            SignInRequest { email: f.email.clone(), password: f.password },
+            &client(&headers, peer),
+        ),
+    )
+    .await;
+    match result {
+        Ok(body) => signed_in(&state, &body.session_token, redirect.as_deref()),
+        Err(e) => {
+            let mut p = sign_in_form(redirect.as_deref(), &f.email);
+            p.error = Some(e.message);
+            p.respond(e.status)
+        }
+    }
+}
+
+fn sign_up_form(redirect: Option<&str>, email: &str) -> Page {
+    let mut p = Page::new("Create your account");
+    p.form = Some(PageForm {
+        action: "/auth/sign-up".into(),
+        hidden: hidden_redirect(redirect),
+        fields: vec![
+            field("email", "Email", "email", "email", email),
+            field("password", "Password", "password", "new-password", ""),
+        ],
+        submit: "Create account",
+    });
+    p.links = vec![(with_redirect("/auth/sign-in", redirect), "Already have an account? Sign in".into())];
+    p
+}
+
+async fn sign_up_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    match target(&state, q.redirect_url.as_deref()) {
+        Ok(r) => sign_up_form(r.as_deref(), "").respond(StatusCode::OK),
+        Err(e) => bad_redirect(e),
+    }
+}
+
+async fn sign_up_submit(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(f): Form<CredentialsForm>,
+) -> Response {
+    let redirect = match target(&state, f.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    let req = SignUpRequest { email: f.email.clone(), password: f.password, name: None, unsafe_metadata: None };
+    let result = guarded(&state, &headers, service::sign_up(&state, req, &client(&headers, peer))).await;
+    match result {
+        Ok(body) => signed_in(&state, &body.session_token, redirect.as_deref()),
+        Err(e) => {
+            let mut p = sign_up_form(redirect.as_deref(), &f.email);
+            p.error = Some(e.message);
+            p.respond(e.status)
+        }
+    }
+}
+
+fn email_form(title: &'static str, action: &str, submit: &'static str, redirect: Option<&str>) -> Page {
+    let mut p = Page::new(title);
+    p.form = Some(PageForm {
+        action: action.into(),
+        hidden: hidden_redirect(redirect),
+        fields: vec![field("email", "Email", "email", "email", "")],
+        submit,
+    });
+    p.links = vec![(with_redirect("/auth/sign-in", redirect), "Back to sign in".into())];
+    p
+}
+
+/// Without a token: the form to ask for a link. With one: a button that signs in
+/// (a POST, so mail scanners that prefetch links do not use the token up).
+async fn magic_link_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    let redirect = match target(&state, q.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    match q.token {
+        Some(token) => {
+            let mut p = Page::new("Sign in");
+            p.message = Some("Continue to sign in to your account.".into());
+            let mut hidden = hidden_redirect(redirect.as_deref());
+            hidden.push(("token".into(), token));
+            p.form =
+                Some(PageForm { action: "/auth/magic-link/confirm".into(), hidden, fields: vec![], submit: "Sign in" });
+            p.respond(StatusCode::OK)
+        }
+        None => email_form("Sign in with a link", "/auth/magic-link", "Email me a link", redirect.as_deref())
+            .respond(StatusCode::OK),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EmailForm {
+    email: String,
+    #[serde(default)]
+    redirect_url: Option<String>,
+}
+
+async fn magic_link_submit(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(f): Form<EmailForm>,
+) -> Response {
+    let redirect = match target(&state, f.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    match email::request_magic_link(&state, &f.email, redirect.as_deref(), &client(&headers, peer)).await {
+        Ok(()) => {
+            let mut res = StatusCode::SEE_OTHER.into_response();
+            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/auth/magic-link/sent"));
+            res
+        }
+        Err(e) => {
+            let mut p = email_form("Sign in with a link", "/auth/magic-link", "Email me a link", redirect.as_deref());
+            p.error = Some(e.message);
+            p.respond(e.status)
+        }
+    }
+}
+
+async fn magic_link_sent() -> Response {
+    let mut p = Page::new("Check your email");
+    p.message = Some(
+        "If an account exists for that address, a sign-in link is on its way. It works once and expires soon.".into(),
+    );
+    p.links = vec![("/auth/sign-in".into(), "Back to sign in".into())];
+    p.respond(StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    token: String,
+    #[serde(default)]
+    redirect_url: Option<String>,
+}
+
+async fn magic_link_confirm(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(f): Form<TokenForm>,
+) -> Response {
+    let redirect = match target(&state, f.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    let result = guarded(&state, &headers, email::consume_magic_link(&state, &f.token, &client(&headers, peer))).await;
+    match result {
+        Ok(body) => signed_in(&state, &body.session_token, redirect.as_deref()),
+        Err(e) => {
+            let mut p = Page::new("Link not valid");
+            p.error = Some(e.message);
+            p.links = vec![(with_redirect("/auth/magic-link", redirect.as_deref()), "Send a new link".into())];
+            p.respond(e.status)
+        }
+    }
+}
+
+async fn forgot_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    match target(&state, q.redirect_url.as_deref()) {
+        Ok(r) => email_form("Reset your password", "/auth/forgot-password", "Email me a reset link", r.as_deref())
+            .respond(StatusCode::OK),
+        Err(e) => bad_redirect(e),
+    }
+}
+
+async fn forgot_submit(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(f): Form<EmailForm>,
+) -> Response {
+    let redirect = match target(&state, f.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    match email::forgot_password(&state, &f.email, redirect.as_deref(), &client(&headers, peer)).await {
+        Ok(()) => {
+            let mut p = Page::new("Check your email");
+            p.message = Some("If an account exists for that address, a reset link is on its way.".into());
+            p.respond(StatusCode::OK)
+        }
+        Err(e) => {
+            let mut p = email_form(
+                "Reset your password",
+                "/auth/forgot-password",
+                "Email me a reset link",
+                redirect.as_deref(),
+            );
+            p.error = Some(e.message);
+            p.respond(e.status)
+        }
+    }
+}
+
+fn reset_form(token: &str, redirect: Option<&str>) -> Page {
+    let mut p = Page::new("Choose a new password");
+    let mut hidden = hidden_redirect(redirect);
+    hidden.push(("token".into(), token.to_string()));
+    p.form = Some(PageForm {
+        action: "/auth/reset-password".into(),
+        hidden,
+        fields: vec![field("new_password", "New password", "password", "new-password", "")],
+        submit: "Set password",
+    });
+    p
+}
+
+async fn reset_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    let redirect = match target(&state, q.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    match q.token {
+        Some(t) => reset_form(&t, redirect.as_deref()).respond(StatusCode::OK),
+        None => {
+            let mut p = Page::new("Link not valid");
+            p.error = Some("this link has no token".into());
+            p.respond(StatusCode::BAD_REQUEST)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ResetForm {
+    token: String,
+    new_password: String,
+    #[serde(default)]
+    redirect_url: Option<String>,
+}
+
+async fn reset_submit(State(state): State<AppState>, headers: HeaderMap, Form(f): Form<ResetForm>) -> Response {
+    let redirect = match target(&state, f.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    let result = guarded(&state, &headers, email::reset_password(&state, &f.token, f.new_password)).await;
+    match result {
+        Ok(()) => {
+            if let Some(to) = redirect
+                && let Ok(v) = HeaderValue::from_str(&to)
+            {
+                let mut res = StatusCode::SEE_OTHER.into_response();
+                res.headers_mut().insert(header::LOCATION, v);
+                return res;
+            }
+            let mut p = Page::new("Password changed");
+            p.message = Some("Your password is set. Every session was signed out; sign in again.".into());
+            p.links = vec![("/auth/sign-in".into(), "Sign in".into())];
+            p.respond(StatusCode::OK)
+        }
+        Err(e) => {
+            let mut p = reset_form(&f.token, redirect.as_deref());
+            p.error = Some(e.message);
+            p.respond(e.status)
+        }
+    }
+}
+
+async fn verify_email_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    let redirect = match target(&state, q.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    let Some(token) = q.token else {
+        let mut p = Page::new("Link not valid");
+        p.error = Some("this link has no token".into());
+        return p.respond(StatusCode::BAD_REQUEST);
+    };
+    match email::verify_email(&state, &token).await {
+        Ok(_) => {
+            if let Some(to) = redirect
+                && let Ok(v) = HeaderValue::from_str(&to)
+            {
+                let mut res = StatusCode::SEE_OTHER.into_response();
+                res.headers_mut().insert(header::LOCATION, v);
+                return res;
+            }
+            let mut p = Page::new("Email confirmed");
+            p.message = Some("Thanks, your email address is confirmed.".into());
+            p.respond(StatusCode::OK)
+        }
+        Err(e) => {
+            let mut p = Page::new("Link not valid");
+            p.error = Some(e.message);
+            p.respond(e.status)
+        }
+    }
+}
+
+async fn signed_in_page() -> Response {
+    let mut p = Page::new("You're signed in");
+    p.message = Some("You can close this page and return to the app.".into());
+    p.respond(StatusCode::OK)
+}

@@ -10,7 +10,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -69,8 +68,13 @@ impl AppState {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick completes at once; the keys were just loaded.
+            tick.tick().await;
             loop {
                 tick.tick().await;
+                if state.pool.is_closed() {
+                    return;
+                }
                 if let Err(e) = state.auth.keys.refresh(&state.pool, &state.keyring).await {
                     tracing::warn!(error = %e, "refreshing signing keys");
                 }
@@ -115,7 +119,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .with_state(state)
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(observe))
+                .layer(ObserveLayer)
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(CompressionLayer::new())
                 .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
@@ -133,52 +137,93 @@ fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     error::envelope_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error")
 }
 
-/// Takes a client's `x-request-id` if it is sane, else makes one.
+/// Takes a client's `x-request-id` if it is sane, else makes one (128 random
+/// bits from the thread-local generator, as 32 hex characters).
 fn request_id_of(req: &Request) -> String {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }
 
 /// The outermost middleware: request id (task-local and response header), one log
 /// line per request (method, route, path without query, status, latency; never
 /// headers or bodies), Prometheus metrics, and the error envelope for responses that
 /// left the stack without one (404/405/408/413/415 from the framework).
-async fn observe(req: Request, next: Next) -> Response {
-    let id = request_id_of(&req);
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route =
-        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
-    let path = req.uri().path().to_owned();
-    let id_for_scope = id.clone();
-    let mut res = REQUEST_ID
-        .scope(id_for_scope, async move {
-            let res = next.run(req).await;
-            normalise_error(res)
+///
+/// A hand-written tower service rather than `middleware::from_fn`: it is on every
+/// request, and this avoids boxing and cloning the inner stack per call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ObserveLayer;
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
+/// The service made by [`ObserveLayer`].
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request> for Observe<S>
+where
+    S: tower::Service<Request, Response = axum::http::Response<B>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let id = request_id_of(&req);
+        let started = Instant::now();
+        let method = req.method().clone();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let uri = req.uri().clone();
+        // The clone that was driven to readiness handles this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let fut = inner.call(req);
+        Box::pin(async move {
+            let res = match REQUEST_ID.scope(id.clone(), fut).await {
+                Ok(r) => r.map(Body::new),
+                Err(never) => match never {},
+            };
+            let mut res = REQUEST_ID.sync_scope(id.clone(), || normalise_error(res));
+            let status = res.status().as_u16();
+            let elapsed = started.elapsed();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                res.headers_mut().insert("x-request-id", v);
+            }
+            let route = route.as_ref().map_or("unmatched", |m| m.as_str());
+            crate::telemetry::record_http(&method, route, status, elapsed.as_secs_f64());
+            let latency_ms = elapsed.as_secs_f64() * 1000.0;
+            let path = uri.path();
+            if status >= 500 {
+                tracing::error!(request_id = %id, %method, route, path, status, latency_ms, "request");
+            } else if matches!(route, "/healthz" | "/readyz" | "/metrics") {
+                tracing::debug!(request_id = %id, %method, route, path, status, latency_ms, "request");
+            } else {
+                tracing::info!(request_id = %id, %method, route, path, status, latency_ms, "request");
+            }
+            Ok(res)
         })
-        .await;
-    let status = res.status().as_u16();
-    let elapsed = started.elapsed();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert("x-request-id", v);
     }
-    let labels = [("method", method.as_str().to_owned()), ("route", route.clone()), ("status", status.to_string())];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method.as_str().to_owned(), "route" => route.clone())
-        .record(elapsed.as_secs_f64());
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    if status >= 500 {
-        tracing::error!(request_id = %id, %method, route, path, status, latency_ms, "request");
-    } else if route.starts_with("/healthz") || route.starts_with("/metrics") || route.starts_with("/readyz") {
-        tracing::debug!(request_id = %id, %method, route, path, status, latency_ms, "request");
-    } else {
-        tracing::info!(request_id = %id, %method, route, path, status, latency_ms, "request");
-    }
-    res
 }
 
 /// Gives error responses without a JSON body the standard envelope.

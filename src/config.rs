@@ -131,6 +131,20 @@ pub struct Config {
     pub mail_from: String,
     /// Lifetime of emailed tokens (`CARMENTA_EMAIL_TOKEN_TTL`, seconds, default 900).
     pub email_token_ttl: Duration,
+    /// External issuer whose tokens are trusted (`CARMENTA_EXTERNAL_ISSUER`, e.g.
+    /// Clerk's Frontend API URL `https://clerk.example.com`).
+    pub external_issuer: Option<String>,
+    /// Its JWKS (`CARMENTA_EXTERNAL_JWKS_URL`; default `<issuer>/.well-known/jwks.json`).
+    pub external_jwks_url: Option<Url>,
+    /// A pinned public key PEM instead of the JWKS (`CARMENTA_EXTERNAL_JWT_KEY`).
+    pub external_jwt_key: Option<String>,
+    /// Allowed `azp` values (`CARMENTA_EXTERNAL_AZP`, comma-separated); empty = not checked.
+    pub external_azp: Vec<String>,
+    /// Required `aud`, if any (`CARMENTA_EXTERNAL_AUDIENCE`).
+    pub external_audience: Option<String>,
+    /// Clerk webhook signing secrets `whsec_…` (`CARMENTA_CLERK_WEBHOOK_SECRET`,
+    /// comma-separated while rotating).
+    pub clerk_webhook_secrets: Vec<Secret>,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -164,6 +178,12 @@ struct FileConfig {
     smtp_url: Option<String>,
     mail_from: Option<String>,
     email_token_ttl: Option<u64>,
+    external_issuer: Option<String>,
+    external_jwks_url: Option<String>,
+    external_jwt_key: Option<String>,
+    external_azp: Option<Vec<String>>,
+    external_audience: Option<String>,
+    clerk_webhook_secret: Option<String>,
 }
 
 /// Where a raw value came from, for error messages.
@@ -383,6 +403,59 @@ impl Config {
         let email_token_ttl = Duration::from_secs(
             num(&["CARMENTA_EMAIL_TOKEN_TTL"], "email_token_ttl", fc.email_token_ttl, 60, 7 * 86_400)?.unwrap_or(900),
         );
+        let external_issuer = match pick(env, &["CARMENTA_EXTERNAL_ISSUER"], "external_issuer", fc.external_issuer) {
+            Some(r) if r.value.is_empty() => None,
+            Some(r) => {
+                let u = Url::parse(&r.value)
+                    .map_err(|_| invalid(&r, "expected the issuer URL, e.g. https://clerk.example.com"))?;
+                if !matches!(u.scheme(), "http" | "https") {
+                    return Err(invalid(&r, "must be an http(s) URL"));
+                }
+                Some(r.value.trim_end_matches('/').to_string())
+            }
+            None => None,
+        };
+        let external_jwks_url =
+            match pick(env, &["CARMENTA_EXTERNAL_JWKS_URL"], "external_jwks_url", fc.external_jwks_url) {
+                Some(r) => Some(Url::parse(&r.value).map_err(|_| invalid(&r, "not a URL"))?),
+                None => None,
+            };
+        let external_jwt_key =
+            pick(env, &["CARMENTA_EXTERNAL_JWT_KEY"], "external_jwt_key", fc.external_jwt_key).map(|r| r.value);
+        let external_azp = pick(env, &["CARMENTA_EXTERNAL_AZP"], "external_azp", fc.external_azp.map(|v| v.join(",")))
+            .map(|r| {
+                r.value
+                    .split(',')
+                    .map(|s| s.trim().trim_end_matches('/').to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let external_audience =
+            pick(env, &["CARMENTA_EXTERNAL_AUDIENCE"], "external_audience", fc.external_audience).map(|r| r.value);
+        let clerk_webhook_secrets =
+            match pick(env, &["CARMENTA_CLERK_WEBHOOK_SECRET"], "clerk_webhook_secret", fc.clerk_webhook_secret) {
+                Some(r) => {
+                    let v: Vec<Secret> =
+                        r.value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect();
+                    for s in &v {
+                        if !s.expose().starts_with("whsec_") {
+                            return Err(invalid(
+                                &r,
+                                "each secret must start with whsec_ (copy it from the Clerk dashboard)",
+                            ));
+                        }
+                    }
+                    v
+                }
+                None => Vec::new(),
+            };
+        if (external_jwks_url.is_some() || external_jwt_key.is_some()) && external_issuer.is_none() {
+            return Err(ConfigError::Value {
+                key: "CARMENTA_EXTERNAL_ISSUER".into(),
+                message: "must be set when CARMENTA_EXTERNAL_JWKS_URL or CARMENTA_EXTERNAL_JWT_KEY is".into(),
+            });
+        }
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -442,6 +515,12 @@ impl Config {
             smtp_url,
             mail_from,
             email_token_ttl,
+            external_issuer,
+            external_jwks_url,
+            external_jwt_key,
+            external_azp,
+            external_audience,
+            clerk_webhook_secrets,
             config_file: path,
         })
     }
@@ -513,6 +592,14 @@ impl Config {
             ("smtp_url".into(), self.smtp_url.as_ref().map_or("(none: outbox)".into(), |u| redact_url(u.expose()))),
             ("mail_from".into(), self.mail_from.clone()),
             ("email_token_ttl".into(), format!("{}s", self.email_token_ttl.as_secs())),
+            ("external_issuer".into(), self.external_issuer.clone().unwrap_or_else(|| "(none)".into())),
+            ("external_jwks_url".into(), self.external_jwks_url.as_ref().map_or("(default)".into(), |u| u.to_string())),
+            (
+                "external_jwt_key".into(),
+                if self.external_jwt_key.is_some() { "(pinned PEM)".into() } else { "(none)".into() },
+            ),
+            ("external_azp".into(), self.external_azp.join(", ")),
+            ("clerk_webhook_secret".into(), format!("{} secret(s) [redacted]", self.clerk_webhook_secrets.len())),
         ]
     }
 }

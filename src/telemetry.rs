@@ -40,3 +40,30 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+type Handles = Vec<(http::Method, u16, metrics::Counter, metrics::Histogram)>;
+
+static HTTP_HANDLES: OnceLock<std::sync::RwLock<std::collections::HashMap<String, Handles>>> = OnceLock::new();
+
+/// Records one HTTP request: `http_requests_total{method,route,status}` and
+/// `http_request_duration_seconds{method,route}`. Metric handles are registered once
+/// per (method, route, status) and cached, so the hot path does no label building.
+pub fn record_http(method: &http::Method, route: &str, status: u16, seconds: f64) {
+    let map = HTTP_HANDLES.get_or_init(Default::default);
+    if let Ok(g) = map.read()
+        && let Some(v) = g.get(route)
+        && let Some((_, _, c, h)) = v.iter().find(|(m, s, _, _)| m == method && *s == status)
+    {
+        c.increment(1);
+        h.record(seconds);
+        return;
+    }
+    let labels = [("method", method.as_str().to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
+    let counter = metrics::counter!("http_requests_total", &labels);
+    let histogram = metrics::histogram!("http_request_duration_seconds", "method" => method.as_str().to_owned(), "route" => route.to_owned());
+    counter.increment(1);
+    histogram.record(seconds);
+    if let Ok(mut g) = map.write() {
+        g.entry(route.to_owned()).or_default().push((method.clone(), status, counter, histogram));
+    }
+}

@@ -15,8 +15,9 @@ use crate::crypto::Keyring;
 pub struct UserRow {
     /// Id.
     pub id: Uuid,
-    /// Email as given at sign-up.
-    pub email: String,
+    /// Email as given at sign-up (absent for users provisioned from an external
+    /// token before a webhook told us their address).
+    pub email: Option<String>,
     /// When the email was verified.
     pub email_verified_at: Option<OffsetDateTime>,
     /// argon2id PHC string.
@@ -527,4 +528,92 @@ pub async fn live_email_token_email(
     .bind(kind.as_str())
     .fetch_optional(pool)
     .await
+}
+
+/// Creates the row for an externally authenticated user if it does not exist.
+pub async fn ensure_external_user(pool: &PgPool, id: Uuid, external_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO users (id, external_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(id)
+        .bind(external_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// An external user's profile as a webhook describes it.
+#[derive(Debug, Clone, Default)]
+pub struct ExternalProfile {
+    /// Primary email.
+    pub email: Option<String>,
+    /// Whether the issuer verified it.
+    pub email_verified: bool,
+    /// Display name.
+    pub name: Option<String>,
+    /// Avatar.
+    pub image_url: Option<String>,
+    /// Public metadata.
+    pub public_metadata: serde_json::Value,
+    /// Private metadata.
+    pub private_metadata: serde_json::Value,
+    /// Unsafe metadata.
+    pub unsafe_metadata: serde_json::Value,
+}
+
+/// Creates or updates an external user from a webhook. An email already used by
+/// another account is not copied (the row keeps its previous email).
+pub async fn upsert_external_user(
+    pool: &PgPool,
+    id: Uuid,
+    external_id: &str,
+    p: &ExternalProfile,
+) -> Result<(), sqlx::Error> {
+    let run = |email: Option<String>| {
+        sqlx::query(
+            "INSERT INTO users (id, external_id, email, email_verified_at, name, image_url, public_metadata, private_metadata, unsafe_metadata)
+             VALUES ($1, $2, $3, CASE WHEN $4 THEN now() END, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET
+                email = COALESCE(EXCLUDED.email, users.email),
+                email_verified_at = CASE WHEN $4 THEN COALESCE(users.email_verified_at, now()) ELSE NULL END,
+                name = EXCLUDED.name, image_url = EXCLUDED.image_url,
+                public_metadata = EXCLUDED.public_metadata, private_metadata = EXCLUDED.private_metadata,
+                unsafe_metadata = EXCLUDED.unsafe_metadata, updated_at = now()",
+        )
+        .bind(id)
+        .bind(external_id)
+        .bind(email)
+        .bind(p.email_verified)
+        .bind(&p.name)
+        .bind(&p.image_url)
+        .bind(&p.public_metadata)
+        .bind(&p.private_metadata)
+        .bind(&p.unsafe_metadata)
+        .execute(pool)
+    };
+    match run(p.email.clone()).await {
+        Err(e) if is_unique_violation(&e) => {
+            tracing::warn!(user_id = %id, "external user's email belongs to another account; not copied");
+            run(None).await.map(|_| ())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+/// Records a webhook delivery; false if it was already recorded (a duplicate).
+pub async fn record_webhook(pool: &PgPool, id: &str, source: &str, event_type: &str) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "INSERT INTO webhook_deliveries (id, source, event_type) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(source)
+    .bind(event_type)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Forgets a delivery whose processing failed, so the sender's retry is processed.
+pub async fn forget_webhook(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM webhook_deliveries WHERE id = $1").bind(id).execute(pool).await?;
+    Ok(())
 }

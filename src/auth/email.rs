@@ -39,43 +39,47 @@ fn link(state: &AppState, path: &str, token: &str, redirect: Option<&str>) -> St
     u.to_string()
 }
 
-async fn issue(state: &AppState, user: &UserRow, kind: EmailTokenKind) -> Result<String, ApiError> {
+/// Issues a token of `kind` for `user` and mails them a link carrying it (users
+/// without an email get nothing).
+#[allow(clippy::too_many_arguments)]
+async fn send_link(
+    state: &AppState,
+    user: &UserRow,
+    kind: EmailTokenKind,
+    path: &str,
+    redirect: Option<&str>,
+    subject: &str,
+    intro: &str,
+) -> Result<(), ApiError> {
+    let Some(email) = user.email.as_deref() else { return Ok(()) };
     let token = tokens::random_token(EMAIL_TOKEN_PREFIX);
-    db::insert_email_token(
-        &state.pool,
-        user.id,
-        kind,
-        &tokens::hash_token(&token),
-        &user.email,
-        state.config.email_token_ttl,
-    )
-    .await?;
-    Ok(token)
-}
-
-async fn deliver(state: &AppState, user: &UserRow, subject: &str, intro: &str, url: String) {
-    let minutes = state.config.email_token_ttl.as_secs() / 60;
+    let ttl = state.config.email_token_ttl;
+    db::insert_email_token(&state.pool, user.id, kind, &tokens::hash_token(&token), email, ttl).await?;
+    let url = link(state, path, &token, redirect);
+    let minutes = ttl.as_secs() / 60;
     let body = format!(
         "{intro}\n\n{url}\n\nThe link works once and expires in {minutes} minutes. If you did not ask for it, ignore this message.\n"
     );
-    let mail = Mail { user_id: Some(user.id), to: user.email.clone(), subject: subject.into(), body, link: Some(url) };
+    let mail = Mail { user_id: Some(user.id), to: email.to_string(), subject: subject.into(), body, link: Some(url) };
     if let Err(e) = state.mailer.send(&state.pool, mail).await {
         tracing::error!(error = %e, user_id = %user.id, "sending mail failed");
     }
+    Ok(())
 }
 
 /// Sends the verification mail to a user.
 pub async fn send_verification(state: &AppState, user: &UserRow) -> Result<(), ApiError> {
-    let token = issue(state, user, EmailTokenKind::VerifyEmail).await?;
-    let url = link(state, "/auth/verify-email", &token, None);
-    deliver(state, user, "Confirm your email address", "Confirm your email address by opening this link:", url).await;
-    Ok(())
+    let (subject, intro) = ("Confirm your email address", "Confirm your email address by opening this link:");
+    send_link(state, user, EmailTokenKind::VerifyEmail, "/auth/verify-email", None, subject, intro).await
 }
 
 /// Resends the verification mail to the caller (no-op if already verified).
 pub async fn resend_verification(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
     let user = db::user_by_id(&state.pool, user_id).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
-    if user.email_verified_at.is_none() && within_account_budget(state, &user.email).await? {
+    if let Some(email) = &user.email
+        && user.email_verified_at.is_none()
+        && within_account_budget(state, email).await?
+    {
         send_verification(state, &user).await?;
     }
     Ok(())
@@ -122,9 +126,7 @@ async fn mail_link(
     if let Some(user) = db::user_by_email(&state.pool, &email).await?
         && within_account_budget(state, &email).await?
     {
-        let token = issue(state, &user, kind).await?;
-        let url = link(state, path, &token, redirect);
-        deliver(state, &user, subject, intro, url).await;
+        send_link(state, &user, kind, path, redirect, subject, intro).await?;
     }
     Ok(())
 }

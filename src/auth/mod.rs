@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod email;
+pub mod external;
 pub mod password;
 mod routes;
 pub mod service;

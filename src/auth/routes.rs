@@ -40,6 +40,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(magic_link_verify))
         .routes(routes!(password_forgot))
         .routes(routes!(password_reset))
+        .routes(routes!(clerk_webhook))
         .routes(routes!(jwks))
         .routes(routes!(openid_configuration))
 }
@@ -416,4 +417,15 @@ async fn password_reset(
 ) -> Result<StatusCode, ApiError> {
     email::reset_password(&state, &req.token, req.new_password).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Clerk's Svix-signed webhooks: `user.created`, `user.updated`, `user.deleted`.
+#[utoipa::path(post, path = "/v1/webhooks/clerk", tag = "auth", request_body(content = Object, description = "a Clerk event"),
+    responses((status = 200, description = "processed, duplicate or ignored"), (status = 401, description = "invalid_signature"), (status = 404, description = "not configured")))]
+async fn clerk_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<ApiJson<serde_json::Value>, ApiError> {
+    super::external::handle_clerk_webhook(&state, &headers, &body).await.map(ApiJson)
 }

@@ -27,6 +27,8 @@ pub const IP_WINDOW: Duration = Duration::from_secs(600);
 pub struct AuthState {
     /// Signing keys.
     pub keys: KeyStore,
+    /// The external issuer (Clerk or another OIDC provider), when configured.
+    pub external: Option<super::external::ExternalIssuer>,
 }
 
 impl AuthState {
@@ -38,7 +40,10 @@ impl AuthState {
     ) -> Result<Arc<AuthState>, String> {
         let keys = KeyStore::load(pool, keyring, config.issuer(), config.jwt_audience.clone(), config.access_token_ttl)
             .await?;
-        Ok(Arc::new(AuthState { keys }))
+        // reqwest is built without a default TLS crypto provider; use ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let external = super::external::ExternalIssuer::from_config(config)?;
+        Ok(Arc::new(AuthState { keys, external }))
     }
 }
 
@@ -51,6 +56,8 @@ pub enum Via {
     SessionBearer,
     /// A JWT access token.
     Jwt,
+    /// A token from the external issuer (no Carmenta session).
+    External,
 }
 
 /// Who is making a request.
@@ -111,6 +118,17 @@ pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, 
     }
     if token.starts_with(SESSION_PREFIX) {
         return resolve_session(state, token, Via::SessionBearer).await;
+    }
+    if let Some(ext) = &state.auth.external
+        && super::external::unverified_issuer(token).as_deref() == Some(ext.issuer())
+    {
+        let claims = ext.verify(token).await.map_err(token_error)?;
+        let user_id = ext.user_id(&claims.sub);
+        if !ext.is_provisioned(user_id) {
+            db::ensure_external_user(&state.pool, user_id, &claims.sub).await?;
+            ext.mark_provisioned(user_id);
+        }
+        return Ok(Principal::User { user_id, session_id: Uuid::nil(), via: Via::External });
     }
     let keys = &state.auth.keys;
     let claims = match keys.verify(token) {
@@ -450,7 +468,8 @@ pub async fn change_password(
     {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "current password is incorrect"));
     }
-    password::check_policy(&req.new_password, &user.email, state.config.password_min_length).map_err(policy_error)?;
+    password::check_policy(&req.new_password, user.email.as_deref().unwrap_or(""), state.config.password_min_length)
+        .map_err(policy_error)?;
     let hash = password::hash(req.new_password).await.map_err(ApiError::internal)?;
     db::set_password(&state.pool, *user_id, &hash).await?;
     let revoked = db::revoke_all_sessions(&state.pool, *user_id, Some(*session_id)).await?;

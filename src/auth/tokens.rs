@@ -76,6 +76,21 @@ pub enum TokenError {
     Claims(String),
 }
 
+impl From<jsonwebtoken::errors::Error> for TokenError {
+    fn from(e: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::ExpiredSignature => TokenError::Expired,
+            K::ImmatureSignature => TokenError::NotYetValid,
+            K::InvalidSignature => TokenError::BadSignature,
+            K::InvalidIssuer => TokenError::Claims("iss".into()),
+            K::InvalidAudience => TokenError::Claims("aud".into()),
+            K::MissingRequiredClaim(c) => TokenError::Claims(format!("missing {c}")),
+            _ => TokenError::Malformed,
+        }
+    }
+}
+
 impl TokenError {
     /// The stable API error code.
     pub fn code(&self) -> &'static str {
@@ -262,15 +277,6 @@ impl KeyStore {
         v.set_audience(&[&self.audience]);
         v.set_issuer(&[&self.issuer]);
         v.set_required_spec_claims(&["exp", "nbf", "iat", "sub", "iss", "aud"]);
-        use jsonwebtoken::errors::ErrorKind as K;
-        jsonwebtoken::decode::<Claims>(token, key, &v).map(|d| d.claims).map_err(|e| match e.kind() {
-            K::ExpiredSignature => TokenError::Expired,
-            K::ImmatureSignature => TokenError::NotYetValid,
-            K::InvalidSignature => TokenError::BadSignature,
-            K::InvalidIssuer => TokenError::Claims("iss".into()),
-            K::InvalidAudience => TokenError::Claims("aud".into()),
-            K::MissingRequiredClaim(c) => TokenError::Claims(format!("missing {c}")),
-            _ => TokenError::Malformed,
-        })
+        jsonwebtoken::decode::<Claims>(token, key, &v).map(|d| d.claims).map_err(TokenError::from)
     }
 }

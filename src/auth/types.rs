@@ -89,8 +89,8 @@ where
 pub struct UserView {
     /// Id.
     pub id: Uuid,
-    /// Email.
-    pub email: String,
+    /// Email (absent for an externally provisioned user not yet described by a webhook).
+    pub email: Option<String>,
     /// Whether the email is verified.
     pub email_verified: bool,
     /// Display name.

@@ -9,6 +9,7 @@ mod config;
 mod email;
 mod embedded;
 mod errors;
+mod external;
 mod hosted;
 mod ops;
 mod shutdown;

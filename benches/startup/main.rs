@@ -5,13 +5,15 @@
 //!
 //! Run: `cargo bench --bench startup` (see benches/README.md).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{free_port, get_request, rss_kb, stop, wait_ready};
 
 const HELLO_ENV: &str = "CARMENTA_BENCH_HELLO_ADDR";
 const LOAD_SECS: u64 = 5;
@@ -70,10 +72,30 @@ fn main() {
     let hello_rss_idle = rss_kb(hello.id());
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let ours = rt.block_on(load(SocketAddr::from(([127, 0, 0, 1], port)), "/healthz"));
-    let anchor = rt.block_on(load(SocketAddr::from(([127, 0, 0, 1], hport)), "/healthz"));
-    let ours2 = rt.block_on(load(SocketAddr::from(([127, 0, 0, 1], port)), "/healthz"));
-    let anchor2 = rt.block_on(load(SocketAddr::from(([127, 0, 0, 1], hport)), "/healthz"));
+    let ours = rt.block_on(common::load(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        get_request("/healthz", &[]),
+        CONNECTIONS,
+        LOAD_SECS,
+    ));
+    let anchor = rt.block_on(common::load(
+        SocketAddr::from(([127, 0, 0, 1], hport)),
+        get_request("/healthz", &[]),
+        CONNECTIONS,
+        LOAD_SECS,
+    ));
+    let ours2 = rt.block_on(common::load(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        get_request("/healthz", &[]),
+        CONNECTIONS,
+        LOAD_SECS,
+    ));
+    let anchor2 = rt.block_on(common::load(
+        SocketAddr::from(([127, 0, 0, 1], hport)),
+        get_request("/healthz", &[]),
+        CONNECTIONS,
+        LOAD_SECS,
+    ));
     let rss_loaded = rss_kb(server.id());
     stop(&mut server);
     stop(&mut hello);
@@ -118,22 +140,8 @@ fn fmt_dur(d: Duration) -> String {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn spawn_carmenta(bin: &str, data: &Path, port: u16) -> Child {
-    Command::new(bin)
-        .arg("serve")
-        .env("CARMENTA_DATA_DIR", data)
-        .env("CARMENTA_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CARMENTA_CONFIG", "/dev/null")
-        .env("CARMENTA_LOG", "warn")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn carmenta")
+    common::spawn_carmenta(bin, data, port, &[])
 }
 
 fn spawn_hello(me: &Path, port: u16) -> Child {
@@ -143,102 +151,6 @@ fn spawn_hello(me: &Path, port: u16) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn hello")
-}
-
-fn stop(child: &mut Child) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = child.wait();
-}
-
-fn status_of(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    let line = std::str::from_utf8(&buf[..n]).ok()?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn wait_ready(port: u16, path: &str, child: &mut Child) {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("server exited before ready: {st}");
-        }
-        if status_of(port, path) == Some(200) {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "not ready after 120 s");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Keeps `CONNECTIONS` keep-alive connections busy for `LOAD_SECS` and returns
-/// completed requests per second.
-async fn load(addr: SocketAddr, path: &str) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(LOAD_SECS);
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes();
-    let mut tasks = Vec::new();
-    let start = Instant::now();
-    for _ in 0..CONNECTIONS {
-        let request = request.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut done = 0u64;
-            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                return 0;
-            };
-            let _ = s.set_nodelay(true);
-            let mut buf = Vec::with_capacity(4096);
-            let mut chunk = [0u8; 4096];
-            while Instant::now() < deadline {
-                if s.write_all(&request).await.is_err() {
-                    break;
-                }
-                // Read one full response.
-                loop {
-                    if let Some(len) = response_len(&buf) {
-                        buf.drain(..len);
-                        done += 1;
-                        break;
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return done,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            }
-            done
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap_or(0);
-    }
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
-/// The length of the first complete response in `buf`, if it is complete.
-fn response_len(buf: &[u8]) -> Option<usize> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&buf[..end]).ok()?;
-    let cl: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    (buf.len() >= end + cl).then_some(end + cl)
 }
 
 /// The anchor: the smallest axum server answering `/healthz` with the same JSON.

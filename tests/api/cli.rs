@@ -227,3 +227,81 @@ async fn serve_end_to_end() {
     assert!(second.log().contains("PostgreSQL stopped"), "{}", second.log());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn key_create_prints_only_the_key_and_it_works() {
+    let app = crate::harness::TestApp::spawn().await;
+    // The CLI shares the server's encryption key, as replicas do.
+    let key = app.state.config.encryption_keys[0].expose().to_string();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CARMENTA_CONFIG", "/dev/null")
+            .env("DATABASE_URL", app.database_url())
+            .env("CARMENTA_ENCRYPTION_KEY", &key)
+            .env("CARMENTA_DATA_DIR", crate::harness::temp_dir("carmenta-keycli-"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&["key", "create", "--name", "backend", "--read-only"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout must hold the key alone: {stdout:?}");
+    let secret = lines[0];
+    assert!(secret.starts_with("ck_") && secret.len() > 40);
+    // Shown once: the listing has no secret.
+    let out = run(&["key", "list"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("backend") && listing.contains("read") && !listing.contains(secret), "{listing}");
+    // The key authenticates against the running app, read-only.
+    let u = crate::auth::sign_up(&app, "cli@example.com").await;
+    let r = app
+        .client
+        .get(app.url("/v1/me"))
+        .bearer_auth(secret)
+        .header("x-carmenta-user-id", u.id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .patch(app.url("/v1/me"))
+        .bearer_auth(secret)
+        .header("x-carmenta-user-id", u.id.to_string())
+        .json(&serde_json::json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "read-only");
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'service_key.create'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audit, 1);
+    // Revoke by name; then it fails.
+    assert!(run(&["key", "revoke", "backend"]).status.success());
+    let r = app
+        .client
+        .get(app.url("/v1/me"))
+        .bearer_auth(secret)
+        .header("x-carmenta-user-id", u.id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Rotation through the CLI publishes a new key.
+    let out = run(&["key", "rotate"]);
+    assert!(out.status.success());
+    let kid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    app.state.auth.keys.refresh(&app.pool, &app.state.keyring).await.unwrap();
+    let jwks: serde_json::Value = app.get("/.well-known/jwks.json").await.json().await.unwrap();
+    assert!(jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == kid.as_str()), "{jwks}");
+    let t: serde_json::Value =
+        app.client.post(app.url("/v1/auth/token")).bearer_auth(&u.session).send().await.unwrap().json().await.unwrap();
+    let header = jsonwebtoken::decode_header(t["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
+}

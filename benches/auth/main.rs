@@ -1,0 +1,80 @@
+//! Auth benchmark, on one server: requests per second of `GET /v1/me` with a JWT
+//! and with a session cookie, next to `/healthz` on the same server (the anchor),
+//! and sign-in latency p50/p99 (argon2id with OWASP parameters).
+//!
+//! Run: `cargo bench --bench auth` (see benches/README.md).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{free_port, get_request, load, quantile, request, spawn_carmenta, stop, wait_ready};
+
+const LOAD_SECS: u64 = 5;
+const CONNECTIONS: usize = 32;
+const SIGN_INS: usize = 100;
+
+fn main() {
+    let bin = env!("CARGO_BIN_EXE_carmenta");
+    let dir = tempfile::Builder::new().prefix("carmenta-bench-auth-").tempdir().expect("tempdir");
+    let port = free_port();
+    let mut server = spawn_carmenta(
+        bin,
+        &dir.path().join("data"),
+        port,
+        &[("CARMENTA_ACCESS_TOKEN_TTL", "3600"), ("CARMENTA_SIGNIN_IP_LIMIT", "1000000")],
+    );
+    wait_ready(port, "/readyz", &mut server);
+    let json = r#"{"email":"bench@example.com","password":"correct horse battery staple"}"#;
+    let (status, body) =
+        request(port, "POST", "/v1/auth/sign-up", &[("Content-Type", "application/json")], json).expect("sign-up");
+    assert_eq!(status, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let jwt = v["access_token"].as_str().expect("access_token").to_string();
+    let session = v["session_token"].as_str().expect("session_token").to_string();
+
+    println!(
+        "carmenta auth benchmark ({} cores, {CONNECTIONS} connections, {LOAD_SECS} s per run)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let bearer = format!("Bearer {jwt}");
+    let cookie = format!("carmenta_session={session}");
+    let health = get_request("/healthz", &[]);
+    let me_jwt = get_request("/v1/me", &[("Authorization", &bearer)]);
+    let me_cookie = get_request("/v1/me", &[("Cookie", &cookie)]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (mut h, mut j, mut c) = (0.0, 0.0, 0.0);
+    for _ in 0..2 {
+        h += rt.block_on(load(addr, health.clone(), CONNECTIONS, LOAD_SECS)) / 2.0;
+        j += rt.block_on(load(addr, me_jwt.clone(), CONNECTIONS, LOAD_SECS)) / 2.0;
+        c += rt.block_on(load(addr, me_cookie.clone(), CONNECTIONS, LOAD_SECS)) / 2.0;
+    }
+
+    let mut lat = Vec::with_capacity(SIGN_INS);
+    for _ in 0..SIGN_INS {
+        let t = Instant::now();
+        let (status, _) =
+            request(port, "POST", "/v1/auth/sign-in", &[("Content-Type", "application/json")], json).expect("sign-in");
+        lat.push(t.elapsed());
+        assert_eq!(status, 200);
+    }
+    lat.sort();
+    stop(&mut server);
+
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    println!();
+    println!("{:<32} {:>12} {:>16} {:>10}", "metric", "req/s", "vs /healthz", "target");
+    println!("{:<32} {:>12.0} {:>16} {:>10}", "GET /healthz (anchor)", h, "100 %", "");
+    println!("{:<32} {:>12.0} {:>15.1} % {:>10}", "GET /v1/me, JWT bearer", j, 100.0 * j / h, ">= 85 %");
+    println!("{:<32} {:>12.0} {:>15.1} % {:>10}", "GET /v1/me, session cookie", c, 100.0 * c / h, ">= 60 %");
+    println!();
+    println!(
+        "sign-in latency over {SIGN_INS} sequential sign-ins: p50 {}  p99 {}",
+        ms(quantile(&lat, 0.5)),
+        ms(quantile(&lat, 0.99))
+    );
+    println!("(/v1/me reads the profile from PostgreSQL on every call; the JWT saves the session lookup)");
+}

@@ -1,0 +1,162 @@
+//! Helpers shared by the benchmark programs: spawning the real `carmenta` binary,
+//! readiness, RSS, raw HTTP/1.1 requests, and a loopback load generator.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Starts `carmenta serve` on `data` and `port` with extra environment.
+pub fn spawn_carmenta(bin: &str, data: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(bin);
+    c.arg("serve")
+        .env("CARMENTA_DATA_DIR", data)
+        .env("CARMENTA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CARMENTA_CONFIG", "/dev/null")
+        .env("CARMENTA_LOG", "warn")
+        .env_remove("DATABASE_URL");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn carmenta")
+}
+
+/// Sends SIGTERM and waits.
+pub fn stop(child: &mut Child) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}
+
+/// One blocking HTTP/1.1 request; returns (status, body).
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Waits until `path` answers 200.
+pub fn wait_ready(port: u16, path: &str, child: &mut Child) {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("server exited before ready: {st}");
+        }
+        if request(port, "GET", path, &[], "").map(|r| r.0) == Some(200) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "not ready after 120 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Keeps `connections` keep-alive connections sending `request` for `secs` and
+/// returns completed 2xx requests per second (a non-2xx answer aborts the run).
+pub async fn load(addr: SocketAddr, request: Vec<u8>, connections: usize, secs: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..connections {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return 0 };
+            let _ = s.set_nodelay(true);
+            let mut buf = Vec::with_capacity(4096);
+            let mut chunk = [0u8; 4096];
+            while Instant::now() < deadline {
+                if s.write_all(&request).await.is_err() {
+                    break;
+                }
+                loop {
+                    if let Some(len) = response_len(&buf) {
+                        assert!(
+                            buf.starts_with(b"HTTP/1.1 2"),
+                            "non-2xx answer: {}",
+                            String::from_utf8_lossy(&buf[..len.min(300)])
+                        );
+                        buf.drain(..len);
+                        done += 1;
+                        break;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return done,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A GET request with extra headers, as bytes.
+pub fn get_request(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut r = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+/// The length of the first complete response in `buf`, if it is complete.
+pub fn response_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let cl: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    (buf.len() >= end + cl).then_some(end + cl)
+}
+
+/// The value at quantile `q` (0..1) of sorted samples.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

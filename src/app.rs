@@ -90,13 +90,16 @@ impl AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Carmenta API", description = "Self-hosted backend for AI-assistant products."),
-    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"))
+    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"), (name = "chat", description = "Conversations and messages"))
 )]
 pub struct ApiDoc;
 
 /// All API routes with their OpenAPI descriptions.
 pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::ops::routes()).merge(crate::auth::routes())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::ops::routes())
+        .merge(crate::auth::routes())
+        .merge(crate::chat::routes())
 }
 
 /// Builds the complete router for `state`.

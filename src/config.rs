@@ -145,6 +145,9 @@ pub struct Config {
     /// Clerk webhook signing secrets `whsec_…` (`CARMENTA_CLERK_WEBHOOK_SECRET`,
     /// comma-separated while rotating).
     pub clerk_webhook_secrets: Vec<Secret>,
+    /// Largest message (`parts` + `metadata`, serialised) accepted
+    /// (`CARMENTA_CHAT_MAX_MESSAGE_BYTES`, default 1 MiB).
+    pub chat_max_message_bytes: usize,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -184,6 +187,7 @@ struct FileConfig {
     external_azp: Option<Vec<String>>,
     external_audience: Option<String>,
     clerk_webhook_secret: Option<String>,
+    chat_max_message_bytes: Option<toml::Value>,
 }
 
 /// Where a raw value came from, for error messages.
@@ -456,6 +460,15 @@ impl Config {
                 message: "must be set when CARMENTA_EXTERNAL_JWKS_URL or CARMENTA_EXTERNAL_JWT_KEY is".into(),
             });
         }
+        let chat_raw = fc.chat_max_message_bytes.map(|v| match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        let chat_max_message_bytes =
+            match pick(env, &["CARMENTA_CHAT_MAX_MESSAGE_BYTES"], "chat_max_message_bytes", chat_raw) {
+                Some(r) => usize::try_from(parse_size(&r.value).map_err(|m| invalid(&r, m))?).unwrap_or(usize::MAX),
+                None => 1024 * 1024,
+            };
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -521,6 +534,7 @@ impl Config {
             external_azp,
             external_audience,
             clerk_webhook_secrets,
+            chat_max_message_bytes,
             config_file: path,
         })
     }
@@ -599,6 +613,7 @@ impl Config {
                 if self.external_jwt_key.is_some() { "(pinned PEM)".into() } else { "(none)".into() },
             ),
             ("external_azp".into(), self.external_azp.join(", ")),
+            ("chat_max_message_bytes".into(), self.chat_max_message_bytes.to_string()),
             ("clerk_webhook_secret".into(), format!("{} secret(s) [redacted]", self.clerk_webhook_secrets.len())),
         ]
     }

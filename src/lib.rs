@@ -10,6 +10,8 @@
 //! - [`ops`]: health, readiness, metrics endpoints.
 //! - [`auth`]: accounts, sessions, access tokens, service keys.
 //! - [`audit`]: the audit log.
+//! - [`chat`]: conversations and messages (AI SDK UIMessages).
+//! - [`pagination`]: cursors and limits for list endpoints.
 //! - [`hosted`]: server-rendered auth pages.
 //! - [`mail`]: outgoing mail (SMTP or the outbox).
 //! - [`doctor`]: environment checks behind `carmenta doctor`.
@@ -17,6 +19,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -25,5 +28,6 @@ pub mod error;
 pub mod hosted;
 pub mod mail;
 pub mod ops;
+pub mod pagination;
 pub mod server;
 pub mod telemetry;

@@ -150,6 +150,20 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// `Option<Caller>`: `None` when the request carries no credentials at all; bad
+/// credentials are still refused.
+impl axum::extract::OptionalFromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Option<Self>, Self::Rejection> {
+        let has_credentials =
+            parts.headers.contains_key(header::AUTHORIZATION) || cookie_value(&parts.headers, SESSION_COOKIE).is_some();
+        if !has_credentials {
+            return Ok(None);
+        }
+        authenticate(parts, state).await.map(|p| Some(Caller(p)))
+    }
+}
+
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {

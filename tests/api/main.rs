@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod chat;
 mod cli;
 mod config;
 mod email;

@@ -1,0 +1,426 @@
+//! Every SQL statement on the chat tables: conversations, messages, feedback, search.
+//! Each query on user-owned rows takes the owner as a parameter.
+
+use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A conversation row.
+#[derive(Debug, Clone, FromRow)]
+pub struct ConversationRow {
+    /// Id.
+    pub id: Uuid,
+    /// Owner.
+    pub owner_id: Uuid,
+    /// Title.
+    pub title: String,
+    /// `private` or `public`.
+    pub visibility: String,
+    /// Archived.
+    pub archived: bool,
+    /// App metadata.
+    pub metadata: serde_json::Value,
+    /// Created.
+    pub created_at: OffsetDateTime,
+    /// Updated.
+    pub updated_at: OffsetDateTime,
+    /// Last message or change.
+    pub last_activity_at: OffsetDateTime,
+}
+
+const CONV_COLS: &str = "id, owner_id, title, visibility, archived, metadata, created_at, updated_at, last_activity_at";
+
+/// Inserts a conversation; a taken id is a unique violation.
+pub async fn insert_conversation(
+    pool: &PgPool,
+    id: Uuid,
+    owner: Uuid,
+    title: &str,
+    visibility: &str,
+    metadata: &serde_json::Value,
+) -> Result<ConversationRow, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO conversations (id, owner_id, title, visibility, metadata) VALUES ($1, $2, $3, $4, $5) RETURNING {CONV_COLS}"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(owner)
+        .bind(title)
+        .bind(visibility)
+        .bind(metadata)
+        .fetch_one(pool)
+        .await
+}
+
+/// A conversation the caller may read: theirs, or a public one.
+pub async fn readable_conversation(
+    pool: &PgPool,
+    id: Uuid,
+    caller: Option<Uuid>,
+) -> Result<Option<ConversationRow>, sqlx::Error> {
+    let sql =
+        format!("SELECT {CONV_COLS} FROM conversations WHERE id = $1 AND (owner_id = $2 OR visibility = 'public')");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(caller).fetch_optional(pool).await
+}
+
+/// The caller's own conversation.
+pub async fn own_conversation(pool: &PgPool, id: Uuid, owner: Uuid) -> Result<Option<ConversationRow>, sqlx::Error> {
+    let sql = format!("SELECT {CONV_COLS} FROM conversations WHERE id = $1 AND owner_id = $2");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(owner).fetch_optional(pool).await
+}
+
+/// Which conversations a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchivedFilter {
+    /// Only active ones (the default).
+    Active,
+    /// Only archived ones.
+    Archived,
+    /// Both.
+    All,
+}
+
+/// The owner's conversations, newest activity first, after the keyset cursor.
+pub async fn list_conversations(
+    pool: &PgPool,
+    owner: Uuid,
+    filter: ArchivedFilter,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ConversationRow>, sqlx::Error> {
+    let archived: Option<bool> = match filter {
+        ArchivedFilter::Active => Some(false),
+        ArchivedFilter::Archived => Some(true),
+        ArchivedFilter::All => None,
+    };
+    let sql = format!(
+        "SELECT {CONV_COLS} FROM conversations
+         WHERE owner_id = $1 AND ($2::bool IS NULL OR archived = $2)
+           AND ($3::timestamptz IS NULL OR (last_activity_at, id) < ($3, $4))
+         ORDER BY last_activity_at DESC, id DESC LIMIT $5"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(owner)
+        .bind(archived)
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Changes to a conversation; `None` leaves a field.
+#[derive(Debug, Default)]
+pub struct ConversationPatch {
+    /// New title.
+    pub title: Option<String>,
+    /// New visibility.
+    pub visibility: Option<String>,
+    /// Archive or unarchive.
+    pub archived: Option<bool>,
+    /// Replace metadata.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Updates the owner's conversation.
+pub async fn update_conversation(
+    pool: &PgPool,
+    id: Uuid,
+    owner: Uuid,
+    p: &ConversationPatch,
+) -> Result<Option<ConversationRow>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE conversations SET title = COALESCE($3, title), visibility = COALESCE($4, visibility),
+            archived = COALESCE($5, archived), metadata = COALESCE($6, metadata), updated_at = now()
+         WHERE id = $1 AND owner_id = $2 RETURNING {CONV_COLS}"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(owner)
+        .bind(&p.title)
+        .bind(&p.visibility)
+        .bind(p.archived)
+        .bind(&p.metadata)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Deletes the owner's conversation and (by cascade) its messages.
+pub async fn delete_conversation(pool: &PgPool, id: Uuid, owner: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM conversations WHERE id = $1 AND owner_id = $2")
+        .bind(id)
+        .bind(owner)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// A message row.
+#[derive(Debug, Clone, FromRow)]
+pub struct MessageRow {
+    /// Client id.
+    pub id: String,
+    /// Conversation.
+    pub conversation_id: Uuid,
+    /// Order within the conversation.
+    pub seq: i64,
+    /// Role.
+    pub role: String,
+    /// UIMessage parts, verbatim.
+    pub parts: serde_json::Value,
+    /// UIMessage metadata, verbatim.
+    pub metadata: Option<serde_json::Value>,
+    /// Created.
+    pub created_at: OffsetDateTime,
+    /// Updated.
+    pub updated_at: OffsetDateTime,
+}
+
+const MSG_COLS: &str = "id, conversation_id, seq, role, parts, metadata, created_at, updated_at";
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// A new message.
+    Created,
+    /// The same id with new content replaced the message.
+    Replaced,
+    /// The same id with the same content: nothing changed.
+    Unchanged,
+    /// The id belongs to a message in another conversation.
+    OtherConversation,
+}
+
+/// Inserts or replaces one message inside `tx` (idempotent by id per owner).
+pub async fn upsert_message(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: Uuid,
+    conversation: Uuid,
+    id: &str,
+    role: &str,
+    parts: &serde_json::Value,
+    metadata: Option<&serde_json::Value>,
+) -> Result<(Upserted, MessageRow), sqlx::Error> {
+    let sql = format!("SELECT {MSG_COLS} FROM messages WHERE owner_id = $1 AND id = $2 FOR UPDATE");
+    let existing: Option<MessageRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(owner).bind(id).fetch_optional(&mut **tx).await?;
+    match existing {
+        Some(row) if row.conversation_id != conversation => Ok((Upserted::OtherConversation, row)),
+        Some(row) if row.role == role && &row.parts == parts && row.metadata.as_ref() == metadata => {
+            Ok((Upserted::Unchanged, row))
+        }
+        Some(_) => {
+            let sql = format!(
+                "UPDATE messages SET role = $3, parts = $4, metadata = $5, updated_at = now()
+                 WHERE owner_id = $1 AND id = $2 RETURNING {MSG_COLS}"
+            );
+            let row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(id)
+                .bind(role)
+                .bind(parts)
+                .bind(metadata)
+                .fetch_one(&mut **tx)
+                .await?;
+            Ok((Upserted::Replaced, row))
+        }
+        None => {
+            let sql = format!(
+                "INSERT INTO messages (owner_id, id, conversation_id, role, parts, metadata)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {MSG_COLS}"
+            );
+            let row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(id)
+                .bind(conversation)
+                .bind(role)
+                .bind(parts)
+                .bind(metadata)
+                .fetch_one(&mut **tx)
+                .await?;
+            Ok((Upserted::Created, row))
+        }
+    }
+}
+
+/// Marks activity on a conversation (inside the append transaction).
+pub async fn touch_conversation(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE conversations SET last_activity_at = now() WHERE id = $1").bind(id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Direction of a message page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest messages, or those before a cursor (older).
+    Before(Option<i64>),
+    /// Messages after a cursor (newer).
+    After(i64),
+}
+
+/// A page of a conversation's messages, in chronological order; fetches one extra
+/// row to tell whether more exist in that direction.
+pub async fn list_messages(
+    pool: &PgPool,
+    conversation: Uuid,
+    page: Page,
+    limit: i64,
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    let (sql, cursor) = match page {
+        Page::Before(c) => (
+            format!(
+                "SELECT * FROM (SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+                 ORDER BY seq DESC LIMIT $3) m ORDER BY seq"
+            ),
+            c,
+        ),
+        Page::After(c) => (
+            format!("SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+            Some(c),
+        ),
+    };
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(conversation).bind(cursor).bind(limit).fetch_all(pool).await
+}
+
+/// Deletes one of the owner's messages in a conversation.
+pub async fn delete_message(pool: &PgPool, owner: Uuid, conversation: Uuid, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM messages WHERE owner_id = $1 AND conversation_id = $2 AND id = $3")
+        .bind(owner)
+        .bind(conversation)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Deletes the messages after (or from, with `inclusive`) the message `id`;
+/// `None` if that message is not in the conversation.
+pub async fn delete_messages_after(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    id: &str,
+    inclusive: bool,
+) -> Result<Option<u64>, sqlx::Error> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM messages WHERE owner_id = $1 AND conversation_id = $2 AND id = $3")
+            .bind(owner)
+            .bind(conversation)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    let Some(seq) = seq else { return Ok(None) };
+    let n = sqlx::query(
+        "DELETE FROM messages WHERE conversation_id = $1 AND owner_id = $2 AND (seq > $3 OR ($4 AND seq = $3))",
+    )
+    .bind(conversation)
+    .bind(owner)
+    .bind(seq)
+    .bind(inclusive)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(Some(n))
+}
+
+/// Sets or clears feedback on one of the owner's messages; false if no such message.
+pub async fn set_feedback(
+    pool: &PgPool,
+    owner: Uuid,
+    conversation: Uuid,
+    id: &str,
+    value: Option<&str>,
+    comment: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE owner_id = $1 AND conversation_id = $2 AND id = $3)",
+    )
+    .bind(owner)
+    .bind(conversation)
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    if !exists {
+        return Ok(false);
+    }
+    match value {
+        Some(v) => {
+            sqlx::query(
+                "INSERT INTO message_feedback (owner_id, message_id, conversation_id, value, comment) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (owner_id, message_id) DO UPDATE SET value = EXCLUDED.value, comment = EXCLUDED.comment, updated_at = now()",
+            )
+            .bind(owner)
+            .bind(id)
+            .bind(conversation)
+            .bind(v)
+            .bind(comment)
+            .execute(pool)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM message_feedback WHERE owner_id = $1 AND message_id = $2")
+                .bind(owner)
+                .bind(id)
+                .execute(pool)
+                .await?;
+        }
+    }
+    Ok(true)
+}
+
+/// Feedback values for a set of the owner's messages.
+pub async fn feedback_for(pool: &PgPool, owner: Uuid, ids: &[String]) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT message_id, value FROM message_feedback WHERE owner_id = $1 AND message_id = ANY($2)")
+        .bind(owner)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// A search hit.
+#[derive(Debug, Clone, FromRow)]
+pub struct SearchHit {
+    /// Message id.
+    pub id: String,
+    /// Conversation.
+    pub conversation_id: Uuid,
+    /// Role.
+    pub role: String,
+    /// Highlighted excerpt.
+    pub headline: String,
+    /// Rank (higher is better).
+    pub rank: f32,
+    /// Created.
+    pub created_at: OffsetDateTime,
+}
+
+/// Ranked full-text search over the owner's messages; `ts_headline` runs only on
+/// the page returned.
+pub async fn search_messages(
+    pool: &PgPool,
+    owner: Uuid,
+    query: &str,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<SearchHit>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH q AS (SELECT websearch_to_tsquery('english', $2) AS q),
+         page AS (
+            SELECT m.id, m.conversation_id, m.role, m.parts, m.created_at, m.seq, ts_rank_cd(m.search, q.q) AS rank
+            FROM messages m, q WHERE m.owner_id = $1 AND m.search @@ q.q
+            ORDER BY rank DESC, m.seq DESC OFFSET $3 LIMIT $4)
+         SELECT page.id, page.conversation_id, page.role, page.created_at, page.rank,
+                ts_headline('english',
+                    (SELECT string_agg(p->>'text', ' ') FROM jsonb_array_elements(page.parts) p WHERE p->>'type' = 'text'),
+                    q.q, 'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5') AS headline
+         FROM page, q ORDER BY page.rank DESC, page.seq DESC",
+    )
+    .bind(owner)
+    .bind(query)
+    .bind(offset)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,214 @@
+//! Chat HTTP handlers: conversations, messages, feedback, search.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::service;
+use super::types::*;
+use crate::app::AppState;
+use crate::auth::{Caller, CurrentUser};
+use crate::error::{ApiError, ApiJson};
+
+/// The chat routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_conversation, list_conversations))
+        .routes(routes!(get_conversation, patch_conversation, delete_conversation))
+        .routes(routes!(append_messages, list_messages, truncate_messages))
+        .routes(routes!(delete_message))
+        .routes(routes!(put_feedback))
+        .routes(routes!(search_messages))
+}
+
+fn conversation_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found("conversation not found"))
+}
+
+/// Create a conversation.
+#[utoipa::path(post, path = "/v1/conversations", tag = "chat", request_body = CreateConversation,
+    responses((status = 201, body = Conversation), (status = 409, description = "conversation_exists")))]
+async fn create_conversation(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiJson(req): ApiJson<CreateConversation>,
+) -> Result<Response, ApiError> {
+    let c = service::create(&state, user.user_id, req).await?;
+    Ok((StatusCode::CREATED, ApiJson(c)).into_response())
+}
+
+/// Query of the conversation list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// 1–100 (default 50).
+    limit: Option<i64>,
+    /// From a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// `false` (default), `true` or `all`.
+    archived: Option<String>,
+}
+
+/// List my conversations, newest activity first.
+#[utoipa::path(get, path = "/v1/conversations", tag = "chat", params(ListQuery), responses((status = 200, body = ConversationList)))]
+async fn list_conversations(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(q): Query<ListQuery>,
+) -> Result<ApiJson<ConversationList>, ApiError> {
+    service::list(&state, user.user_id, q.archived.as_deref(), q.cursor.as_deref(), q.limit).await.map(ApiJson)
+}
+
+/// A conversation: mine, or a public one (read-only).
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "chat", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Conversation), (status = 404)))]
+async fn get_conversation(
+    State(state): State<AppState>,
+    caller: Option<Caller>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Conversation>, ApiError> {
+    let id = conversation_id(&id)?;
+    service::get(&state, caller.and_then(|c| c.0.user_id()), id).await.map(ApiJson)
+}
+
+/// Rename, archive, or change visibility or metadata.
+#[utoipa::path(patch, path = "/v1/conversations/{id}", tag = "chat", params(("id" = Uuid, Path)), request_body = PatchConversation,
+    responses((status = 200, body = Conversation), (status = 404)))]
+async fn patch_conversation(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PatchConversation>,
+) -> Result<ApiJson<Conversation>, ApiError> {
+    service::update(&state, user.user_id, conversation_id(&id)?, req).await.map(ApiJson)
+}
+
+/// Delete a conversation and its messages.
+#[utoipa::path(delete, path = "/v1/conversations/{id}", tag = "chat", params(("id" = Uuid, Path)), responses((status = 204), (status = 404)))]
+async fn delete_conversation(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    service::delete(&state, user.user_id, conversation_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Append AI SDK `UIMessage`s (one, or `{"messages": [...]}`); idempotent by message id.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "chat", params(("id" = Uuid, Path)), request_body = AppendMessages,
+    responses((status = 201, body = AppendResult), (status = 200, body = AppendResult, description = "nothing new"),
+        (status = 409, description = "message_id_conflict"), (status = 413, description = "message_too_large"), (status = 422)))]
+async fn append_messages(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<AppendMessages>,
+) -> Result<Response, ApiError> {
+    let result = service::append(&state, user.user_id, conversation_id(&id)?, req).await?;
+    let status = if result.created > 0 { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, ApiJson(result)).into_response())
+}
+
+/// Query of the message list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct MessagesQuery {
+    /// 1–100 (default 50).
+    limit: Option<i64>,
+    /// Older than this cursor.
+    before: Option<String>,
+    /// Newer than this cursor.
+    after: Option<String>,
+}
+
+/// Messages of a conversation, oldest first within the page (the latest page by default).
+#[utoipa::path(get, path = "/v1/conversations/{id}/messages", tag = "chat", params(("id" = Uuid, Path), MessagesQuery),
+    responses((status = 200, body = MessageList), (status = 404)))]
+async fn list_messages(
+    State(state): State<AppState>,
+    caller: Option<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<MessagesQuery>,
+) -> Result<ApiJson<MessageList>, ApiError> {
+    let caller = caller.and_then(|c| c.0.user_id());
+    service::messages(&state, caller, conversation_id(&id)?, q.before.as_deref(), q.after.as_deref(), q.limit)
+        .await
+        .map(ApiJson)
+}
+
+/// Which messages to truncate.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TruncateQuery {
+    /// Delete every message after this one (regenerate).
+    after: Option<String>,
+    /// Delete this message and every one after it (edit).
+    from: Option<String>,
+}
+
+/// Delete every message after (or from) a message, for edits and regenerations.
+#[utoipa::path(delete, path = "/v1/conversations/{id}/messages", tag = "chat", params(("id" = Uuid, Path), TruncateQuery),
+    responses((status = 200, description = "{\"deleted\": n}"), (status = 404)))]
+async fn truncate_messages(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    Query(q): Query<TruncateQuery>,
+) -> Result<ApiJson<serde_json::Value>, ApiError> {
+    let conv = conversation_id(&id)?;
+    let (mid, inclusive) = match (q.after, q.from) {
+        (Some(a), None) => (a, false),
+        (None, Some(f)) => (f, true),
+        _ => return Err(ApiError::bad_request("invalid_query", "pass exactly one of `after` or `from`")),
+    };
+    let n = service::truncate(&state, user.user_id, conv, &mid, inclusive).await?;
+    Ok(ApiJson(serde_json::json!({ "deleted": n })))
+}
+
+/// Delete one message.
+#[utoipa::path(delete, path = "/v1/conversations/{id}/messages/{message_id}", tag = "chat",
+    params(("id" = Uuid, Path), ("message_id" = String, Path)), responses((status = 204), (status = 404)))]
+async fn delete_message(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((id, mid)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    service::delete_message(&state, user.user_id, conversation_id(&id)?, &mid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Thumbs up or down on a message (null clears it).
+#[utoipa::path(put, path = "/v1/conversations/{id}/messages/{message_id}/feedback", tag = "chat",
+    params(("id" = Uuid, Path), ("message_id" = String, Path)), request_body = FeedbackRequest,
+    responses((status = 200, body = FeedbackResponse), (status = 404)))]
+async fn put_feedback(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((id, mid)): Path<(String, String)>,
+    ApiJson(req): ApiJson<FeedbackRequest>,
+) -> Result<ApiJson<FeedbackResponse>, ApiError> {
+    service::feedback(&state, user.user_id, conversation_id(&id)?, &mid, req).await.map(ApiJson)
+}
+
+/// Query of message search.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SearchQuery {
+    /// Words, "phrases", -exclusions, OR (web search syntax).
+    q: String,
+    /// 1–100 (default 50).
+    limit: Option<i64>,
+    /// From a previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// Search my messages' text: ranked, highlighted, paginated.
+#[utoipa::path(get, path = "/v1/search/messages", tag = "chat", params(SearchQuery), responses((status = 200, body = SearchResults)))]
+async fn search_messages(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(q): Query<SearchQuery>,
+) -> Result<ApiJson<SearchResults>, ApiError> {
+    service::search(&state, user.user_id, &q.q, q.cursor.as_deref(), q.limit).await.map(ApiJson)
+}

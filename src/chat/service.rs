@@ -1,0 +1,372 @@
+//! Chat service functions: conversations (create, list, read, update, delete),
+//! idempotent message appends, paging in both directions, truncation for edits and
+//! regenerations, feedback, and search. Private conversations of others are
+//! "not found"; public ones are read-only to anyone with the id.
+
+use http::StatusCode;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::db::{self, ArchivedFilter, ConversationPatch, Page, Upserted};
+use super::types::*;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::pagination;
+
+const ROLES: &[&str] = &["system", "user", "assistant"];
+
+fn not_found() -> ApiError {
+    ApiError::not_found("conversation not found")
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+fn check_visibility(v: &str) -> Result<(), ApiError> {
+    if matches!(v, "private" | "public") {
+        Ok(())
+    } else {
+        Err(unprocessable("invalid_visibility", "visibility must be `private` or `public`"))
+    }
+}
+
+fn check_title(t: &str) -> Result<(), ApiError> {
+    if t.chars().count() > 500 {
+        Err(unprocessable("invalid_title", "title is longer than 500 characters"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_metadata(v: &serde_json::Value) -> Result<(), ApiError> {
+    if !v.is_object() {
+        return Err(unprocessable("invalid_metadata", "metadata must be a JSON object"));
+    }
+    if serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX) > 16 * 1024 {
+        return Err(unprocessable("metadata_too_large", "metadata is larger than 16 KB"));
+    }
+    Ok(())
+}
+
+/// Creates a conversation for `owner`.
+pub async fn create(state: &AppState, owner: Uuid, req: CreateConversation) -> Result<Conversation, ApiError> {
+    let title = req.title.unwrap_or_default();
+    check_title(&title)?;
+    let visibility = req.visibility.unwrap_or_else(|| "private".into());
+    check_visibility(&visibility)?;
+    let metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
+    check_metadata(&metadata)?;
+    let id = req.id.unwrap_or_else(Uuid::now_v7);
+    match db::insert_conversation(&state.pool, id, owner, &title, &visibility, &metadata).await {
+        Ok(row) => Ok(Conversation::of(row, Some(owner))),
+        Err(e) if crate::auth::db::is_unique_violation(&e) => {
+            Err(ApiError::conflict("conversation_exists", "a conversation with this id already exists"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn conversation_cursor(row: &Conversation) -> String {
+    pagination::encode(&format!("{}|{}", row.last_activity_at.unix_timestamp_nanos(), row.id))
+}
+
+fn parse_conversation_cursor(c: &str) -> Result<(OffsetDateTime, Uuid), ApiError> {
+    let text = pagination::decode(c)?;
+    let bad = || ApiError::bad_request("invalid_cursor", "cursor is malformed");
+    let (t, id) = text.split_once('|').ok_or_else(bad)?;
+    let nanos: i128 = t.parse().map_err(|_| bad())?;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// Lists the owner's conversations, newest activity first.
+pub async fn list(
+    state: &AppState,
+    owner: Uuid,
+    archived: Option<&str>,
+    cursor: Option<&str>,
+    limit: Option<i64>,
+) -> Result<ConversationList, ApiError> {
+    let limit = pagination::limit(limit)?;
+    let filter = match archived {
+        None | Some("false") => ArchivedFilter::Active,
+        Some("true") => ArchivedFilter::Archived,
+        Some("all") => ArchivedFilter::All,
+        Some(_) => return Err(ApiError::bad_request("invalid_filter", "archived must be `true`, `false` or `all`")),
+    };
+    let after = cursor.map(parse_conversation_cursor).transpose()?;
+    let mut rows = db::list_conversations(&state.pool, owner, filter, after, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let data: Vec<Conversation> = rows.into_iter().map(|r| Conversation::of(r, Some(owner))).collect();
+    let next_cursor = if more { data.last().map(conversation_cursor) } else { None };
+    Ok(ConversationList { data, next_cursor })
+}
+
+/// A conversation the caller may read.
+pub async fn get(state: &AppState, caller: Option<Uuid>, id: Uuid) -> Result<Conversation, ApiError> {
+    let row = db::readable_conversation(&state.pool, id, caller).await?.ok_or_else(not_found)?;
+    Ok(Conversation::of(row, caller))
+}
+
+/// Renames, archives, changes visibility or metadata of the owner's conversation.
+pub async fn update(state: &AppState, owner: Uuid, id: Uuid, req: PatchConversation) -> Result<Conversation, ApiError> {
+    if let Some(t) = &req.title {
+        check_title(t)?;
+    }
+    if let Some(v) = &req.visibility {
+        check_visibility(v)?;
+    }
+    if let Some(m) = &req.metadata {
+        check_metadata(m)?;
+    }
+    let patch = ConversationPatch {
+        title: req.title,
+        visibility: req.visibility,
+        archived: req.archived,
+        metadata: req.metadata,
+    };
+    let row = db::update_conversation(&state.pool, id, owner, &patch).await?.ok_or_else(not_found)?;
+    Ok(Conversation::of(row, Some(owner)))
+}
+
+/// Deletes the owner's conversation with its messages.
+pub async fn delete(state: &AppState, owner: Uuid, id: Uuid) -> Result<(), ApiError> {
+    if db::delete_conversation(&state.pool, id, owner).await? { Ok(()) } else { Err(not_found()) }
+}
+
+fn validate_message(m: &UiMessageIn, max_bytes: usize) -> Result<(), ApiError> {
+    if m.id.is_empty() || m.id.chars().count() > 255 || m.id.chars().any(char::is_control) {
+        return Err(unprocessable(
+            "invalid_message_id",
+            "message id must be 1 to 255 characters without control characters",
+        ));
+    }
+    if !ROLES.contains(&m.role.as_str()) {
+        return Err(unprocessable("invalid_role", format!("role must be one of {ROLES:?}, not {:?}", m.role)));
+    }
+    let Some(parts) = m.parts.as_array() else {
+        return Err(unprocessable("invalid_parts", "parts must be an array"));
+    };
+    if parts.iter().any(|p| !p.get("type").is_some_and(|t| t.is_string())) {
+        return Err(unprocessable("invalid_parts", "every part must be an object with a string `type`"));
+    }
+    if let Some(md) = &m.metadata
+        && !(md.is_object() || md.is_null())
+    {
+        return Err(unprocessable("invalid_metadata", "metadata must be a JSON object"));
+    }
+    let size = serde_json::to_vec(&m.parts).map(|b| b.len()).unwrap_or(usize::MAX)
+        + m.metadata.as_ref().and_then(|v| serde_json::to_vec(v).ok()).map_or(0, |b| b.len());
+    if size > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("message {:?} is {size} bytes; the limit is {max_bytes}", m.id),
+        ));
+    }
+    Ok(())
+}
+
+/// Appends (or idempotently re-sends) messages to the owner's conversation, in one
+/// transaction: the same id with the same content changes nothing, with new
+/// content it replaces the message; an id used in another conversation is 409.
+pub async fn append(
+    state: &AppState,
+    owner: Uuid,
+    conversation: Uuid,
+    req: AppendMessages,
+) -> Result<AppendResult, ApiError> {
+    let messages = match req {
+        AppendMessages::One(m) => vec![m],
+        AppendMessages::Many { messages } => messages,
+    };
+    if messages.is_empty() || messages.len() > 1000 {
+        return Err(unprocessable("invalid_messages", "send 1 to 1000 messages"));
+    }
+    let max = state.config.chat_max_message_bytes;
+    for m in &messages {
+        validate_message(m, max)?;
+    }
+    db::own_conversation(&state.pool, conversation, owner).await?.ok_or_else(not_found)?;
+    let mut tx = state.pool.begin().await?;
+    let mut out = AppendResult { data: Vec::with_capacity(messages.len()), created: 0, replaced: 0, unchanged: 0 };
+    for m in &messages {
+        let metadata = m.metadata.as_ref().filter(|v| !v.is_null());
+        let (what, row) = db::upsert_message(&mut tx, owner, conversation, &m.id, &m.role, &m.parts, metadata).await?;
+        match what {
+            Upserted::Created => out.created += 1,
+            Upserted::Replaced => out.replaced += 1,
+            Upserted::Unchanged => out.unchanged += 1,
+            Upserted::OtherConversation => {
+                return Err(ApiError::conflict(
+                    "message_id_conflict",
+                    format!("message id {:?} is used in another conversation", m.id),
+                ));
+            }
+        }
+        out.data.push(UiMessage::of(row, None));
+    }
+    if out.created + out.replaced > 0 {
+        db::touch_conversation(&mut tx, conversation).await?;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+fn seq_cursor(seq: i64) -> String {
+    pagination::encode(&format!("m{seq}"))
+}
+
+fn parse_seq_cursor(c: &str) -> Result<i64, ApiError> {
+    pagination::decode(c)?
+        .strip_prefix('m')
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is malformed"))
+}
+
+/// A page of a readable conversation's messages (the newest by default; older
+/// with `before`, newer with `after`), oldest first within the page.
+pub async fn messages(
+    state: &AppState,
+    caller: Option<Uuid>,
+    conversation: Uuid,
+    before: Option<&str>,
+    after: Option<&str>,
+    limit: Option<i64>,
+) -> Result<MessageList, ApiError> {
+    let limit = pagination::limit(limit)?;
+    let page = match (before, after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("invalid_cursor", "pass `before` or `after`, not both"));
+        }
+        (Some(b), None) => Page::Before(Some(parse_seq_cursor(b)?)),
+        (None, Some(a)) => Page::After(parse_seq_cursor(a)?),
+        (None, None) => Page::Before(None),
+    };
+    let conv = db::readable_conversation(&state.pool, conversation, caller).await?.ok_or_else(not_found)?;
+    let mut rows = db::list_messages(&state.pool, conversation, page, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    if more {
+        // The extra row is the oldest (before) or the newest (after).
+        match page {
+            Page::Before(_) => {
+                rows.remove(0);
+            }
+            Page::After(_) => {
+                rows.pop();
+            }
+        }
+    }
+    let before_cursor = rows.first().map(|r| seq_cursor(r.seq));
+    let after_cursor = rows.last().map(|r| seq_cursor(r.seq));
+    let next_cursor = if more {
+        match page {
+            Page::Before(_) => before_cursor.clone(),
+            Page::After(_) => after_cursor.clone(),
+        }
+    } else {
+        None
+    };
+    let feedback = if Some(conv.owner_id) == caller {
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        db::feedback_for(&state.pool, conv.owner_id, &ids).await?
+    } else {
+        Vec::new()
+    };
+    let data = rows
+        .into_iter()
+        .map(|r| {
+            let fb = feedback.iter().find(|(id, _)| *id == r.id).map(|(_, v)| v.clone());
+            UiMessage::of(r, fb)
+        })
+        .collect();
+    Ok(MessageList { data, next_cursor, before_cursor, after_cursor })
+}
+
+/// Deletes one message of the owner's conversation.
+pub async fn delete_message(state: &AppState, owner: Uuid, conversation: Uuid, id: &str) -> Result<(), ApiError> {
+    db::own_conversation(&state.pool, conversation, owner).await?.ok_or_else(not_found)?;
+    if db::delete_message(&state.pool, owner, conversation, id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("message not found"))
+    }
+}
+
+/// Deletes every message after (`inclusive` = from) the message `id`; returns how many.
+pub async fn truncate(
+    state: &AppState,
+    owner: Uuid,
+    conversation: Uuid,
+    id: &str,
+    inclusive: bool,
+) -> Result<u64, ApiError> {
+    db::own_conversation(&state.pool, conversation, owner).await?.ok_or_else(not_found)?;
+    db::delete_messages_after(&state.pool, owner, conversation, id, inclusive)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message not found"))
+}
+
+/// Sets or clears feedback on a message of the owner's conversation.
+pub async fn feedback(
+    state: &AppState,
+    owner: Uuid,
+    conversation: Uuid,
+    id: &str,
+    req: FeedbackRequest,
+) -> Result<FeedbackResponse, ApiError> {
+    if let Some(v) = &req.value
+        && !matches!(v.as_str(), "up" | "down")
+    {
+        return Err(unprocessable("invalid_feedback", "value must be `up`, `down` or null"));
+    }
+    if req.comment.as_ref().is_some_and(|c| c.chars().count() > 2000) {
+        return Err(unprocessable("invalid_feedback", "comment is longer than 2000 characters"));
+    }
+    db::own_conversation(&state.pool, conversation, owner).await?.ok_or_else(not_found)?;
+    if !db::set_feedback(&state.pool, owner, conversation, id, req.value.as_deref(), req.comment.as_deref()).await? {
+        return Err(ApiError::not_found("message not found"));
+    }
+    Ok(FeedbackResponse { message_id: id.to_string(), value: req.value })
+}
+
+/// Searches the owner's messages.
+pub async fn search(
+    state: &AppState,
+    owner: Uuid,
+    q: &str,
+    cursor: Option<&str>,
+    limit: Option<i64>,
+) -> Result<SearchResults, ApiError> {
+    let q = q.trim();
+    if q.is_empty() || q.len() > 500 {
+        return Err(ApiError::bad_request("invalid_query", "q must be 1 to 500 characters"));
+    }
+    let limit = pagination::limit(limit)?;
+    let offset: i64 = match cursor {
+        Some(c) => pagination::decode(c)?
+            .strip_prefix('o')
+            .and_then(|s| s.parse().ok())
+            .filter(|n: &i64| *n >= 0 && *n <= 10_000)
+            .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is malformed"))?,
+        None => 0,
+    };
+    let mut hits = db::search_messages(&state.pool, owner, q, offset, limit + 1).await?;
+    let more = hits.len() as i64 > limit;
+    hits.truncate(limit as usize);
+    let next_cursor = more.then(|| pagination::encode(&format!("o{}", offset + limit)));
+    let data = hits
+        .into_iter()
+        .map(|h| SearchHitView {
+            message_id: h.id,
+            conversation_id: h.conversation_id,
+            role: h.role,
+            headline: h.headline,
+            rank: h.rank,
+            created_at: h.created_at,
+        })
+        .collect();
+    Ok(SearchResults { data, next_cursor })
+}

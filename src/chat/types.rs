@@ -1,0 +1,241 @@
+//! Request and response bodies of the chat API.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::db::{ConversationRow, MessageRow};
+
+/// `POST /v1/conversations`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConversation {
+    /// A client-chosen id (the AI SDK's chat id); generated when absent.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// Title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// `private` (default) or `public`.
+    #[serde(default)]
+    pub visibility: Option<String>,
+    /// App metadata (JSON object).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `PATCH /v1/conversations/{id}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchConversation {
+    /// New title.
+    pub title: Option<String>,
+    /// `private` or `public`.
+    pub visibility: Option<String>,
+    /// Archive (true) or restore (false).
+    pub archived: Option<bool>,
+    /// Replace metadata.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A conversation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Conversation {
+    /// Id.
+    pub id: Uuid,
+    /// Title.
+    pub title: String,
+    /// `private` or `public`.
+    pub visibility: String,
+    /// Archived.
+    pub archived: bool,
+    /// App metadata.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// Whether the caller may only read it (a public conversation of someone else).
+    pub read_only: bool,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Updated.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// Last activity (message or change).
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_activity_at: OffsetDateTime,
+}
+
+impl Conversation {
+    /// The view of `row` for `caller`.
+    pub fn of(row: ConversationRow, caller: Option<Uuid>) -> Conversation {
+        Conversation {
+            read_only: Some(row.owner_id) != caller,
+            id: row.id,
+            title: row.title,
+            visibility: row.visibility,
+            archived: row.archived,
+            metadata: row.metadata,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            last_activity_at: row.last_activity_at,
+        }
+    }
+}
+
+/// A page of conversations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationList {
+    /// Newest activity first.
+    pub data: Vec<Conversation>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// An AI SDK `UIMessage` as sent by a client: `parts` and `metadata` are kept
+/// exactly as given (unknown part types and fields included).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct UiMessageIn {
+    /// The client's message id (text, 1–255 characters).
+    pub id: String,
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The parts, verbatim.
+    #[schema(value_type = Vec<Object>)]
+    pub parts: serde_json::Value,
+    /// App metadata, verbatim.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `POST /v1/conversations/{id}/messages`: one message, or `{"messages": [...]}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum AppendMessages {
+    /// Several messages, appended in order.
+    Many {
+        /// The messages.
+        messages: Vec<UiMessageIn>,
+    },
+    /// One message.
+    One(UiMessageIn),
+}
+
+/// A stored message: the `UIMessage` plus server fields.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UiMessage {
+    /// The client's id.
+    pub id: String,
+    /// Role.
+    pub role: String,
+    /// Parts, exactly as stored.
+    #[schema(value_type = Vec<Object>)]
+    pub parts: serde_json::Value,
+    /// Metadata, exactly as stored (absent when none was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// The conversation.
+    pub conversation_id: Uuid,
+    /// Feedback given on it (`up` / `down`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Updated.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl UiMessage {
+    /// The view of `row`.
+    pub fn of(row: MessageRow, feedback: Option<String>) -> UiMessage {
+        UiMessage {
+            id: row.id,
+            role: row.role,
+            parts: row.parts,
+            metadata: row.metadata,
+            conversation_id: row.conversation_id,
+            feedback,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// The answer to an append.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppendResult {
+    /// The messages as stored, in the order given.
+    pub data: Vec<UiMessage>,
+    /// How many were new.
+    pub created: usize,
+    /// How many replaced an earlier version with the same id.
+    pub replaced: usize,
+    /// How many were identical resends.
+    pub unchanged: usize,
+}
+
+/// A page of messages in chronological order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageList {
+    /// Oldest first.
+    pub data: Vec<UiMessage>,
+    /// Continue in the same direction (older with `before`, newer with `after`); absent when done.
+    pub next_cursor: Option<String>,
+    /// Cursor of the first message: pass as `before` for older ones.
+    pub before_cursor: Option<String>,
+    /// Cursor of the last message: pass as `after` for newer ones.
+    pub after_cursor: Option<String>,
+}
+
+/// `PUT …/feedback`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    /// `up`, `down`, or null to clear.
+    pub value: Option<String>,
+    /// Optional comment (≤ 2000 characters).
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Feedback as stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedbackResponse {
+    /// The message.
+    pub message_id: String,
+    /// `up`, `down` or null.
+    pub value: Option<String>,
+}
+
+/// A search hit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchHitView {
+    /// Message id.
+    pub message_id: String,
+    /// Conversation.
+    pub conversation_id: Uuid,
+    /// Role.
+    pub role: String,
+    /// Excerpt with matches in `<mark>…</mark>`.
+    pub headline: String,
+    /// Relevance (higher is better).
+    pub rank: f32,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A page of search hits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResults {
+    /// Best first.
+    pub data: Vec<SearchHitView>,
+    /// Pass as `cursor` for the next page.
+    pub next_cursor: Option<String>,
+}

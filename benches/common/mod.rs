@@ -86,11 +86,22 @@ pub fn rss_kb(pid: u32) -> u64 {
 /// Keeps `connections` keep-alive connections sending `request` for `secs` and
 /// returns completed 2xx requests per second (a non-2xx answer aborts the run).
 pub async fn load(addr: SocketAddr, request: Vec<u8>, connections: usize, secs: u64) -> f64 {
+    let request = std::sync::Arc::new(request);
+    load_with(addr, connections, secs, move |_, _| request.as_ref().clone()).await
+}
+
+/// Like [`load`], with a request made per (connection, sequence number), so each
+/// request can differ (e.g. a fresh message id).
+pub async fn load_with<F>(addr: SocketAddr, connections: usize, secs: u64, make: F) -> f64
+where
+    F: Fn(usize, u64) -> Vec<u8> + Send + Sync + 'static,
+{
+    let make = std::sync::Arc::new(make);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     let start = Instant::now();
-    for _ in 0..connections {
-        let request = request.clone();
+    for conn in 0..connections {
+        let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
             let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return 0 };
@@ -98,7 +109,7 @@ pub async fn load(addr: SocketAddr, request: Vec<u8>, connections: usize, secs: 
             let mut buf = Vec::with_capacity(4096);
             let mut chunk = [0u8; 4096];
             while Instant::now() < deadline {
-                if s.write_all(&request).await.is_err() {
+                if s.write_all(&make(conn, done)).await.is_err() {
                     break;
                 }
                 loop {
@@ -126,6 +137,20 @@ pub async fn load(addr: SocketAddr, request: Vec<u8>, connections: usize, secs: 
         total += t.await.unwrap_or(0);
     }
     total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A POST request with a JSON body and extra headers, as bytes.
+pub fn post_json(path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    r.into_bytes()
 }
 
 /// A GET request with extra headers, as bytes.

@@ -61,6 +61,40 @@ impl AppState {
         })
     }
 
+    /// Starts the listener that applies other replicas' auth-cache invalidations;
+    /// the cache is used only while it is connected. Ends when the pool closes.
+    pub fn spawn_cache_listener(&self) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let cache = &state.auth.cache;
+            while !state.pool.is_closed() {
+                let mut listener = match sqlx::postgres::PgListener::connect_with(&state.pool).await {
+                    Ok(l) => l,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if listener.listen(crate::auth::cache::CHANNEL).await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                cache.set_listening(true);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => cache.apply(n.payload()),
+                        // The connection dropped: notifications may have been missed.
+                        Ok(None) | Err(_) => {
+                            cache.set_listening(false);
+                            break;
+                        }
+                    }
+                }
+            }
+            cache.set_listening(false);
+        })
+    }
+
     /// Starts background upkeep: periodic signing-key refresh (to pick up another
     /// replica's rotation) and pruning of old rate-limit windows.
     pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {

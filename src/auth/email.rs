@@ -92,6 +92,7 @@ pub async fn verify_email(state: &AppState, token: &str) -> Result<UserView, Api
             .await?
             .ok_or_else(invalid_link)?;
     let user = db::mark_email_verified(&state.pool, user_id, &email).await?.ok_or_else(invalid_link)?;
+    service::changed(state, format!("u:{user_id}")).await?;
     audit::record(
         &state.pool,
         &format!("user:{user_id}"),
@@ -148,6 +149,7 @@ pub async fn consume_magic_link(state: &AppState, token: &str, client: &ClientIn
         .await?
         .ok_or_else(invalid_link)?;
     let user = db::mark_email_verified(&state.pool, user_id, &email).await?.ok_or_else(invalid_link)?;
+    service::changed(state, format!("u:{user_id}")).await?;
     audit::record(
         &state.pool,
         &format!("user:{user_id}"),
@@ -187,6 +189,7 @@ pub async fn reset_password(state: &AppState, token: &str, new_password: String)
     db::set_password(&state.pool, user_id, &hash).await?;
     db::mark_email_verified(&state.pool, user_id, &token_email).await?;
     let revoked = db::revoke_all_sessions(&state.pool, user_id, None).await?;
+    service::changed(state, format!("u:{user_id}")).await?;
     audit::record(
         &state.pool,
         "anonymous",

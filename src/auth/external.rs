@@ -506,6 +506,7 @@ async fn process_clerk_event(
             };
             let user_id = ext.user_id(&u.id);
             super::db::upsert_external_user(&state.pool, user_id, &u.id, &profile).await?;
+            super::service::changed(state, format!("u:{user_id}")).await?;
             ext.mark_provisioned(user_id);
             crate::audit::record(
                 &state.pool,
@@ -533,6 +534,7 @@ async fn process_clerk_event(
             )
             .await?;
             let deleted = super::db::delete_user(&state.pool, user_id).await?;
+            super::service::changed(state, format!("u:{user_id}")).await?;
             ext.forget(user_id);
             Ok(serde_json::json!({"status": "processed", "deleted": deleted}))
         }

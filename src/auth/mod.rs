@@ -2,6 +2,7 @@
 //! sign-in limits and lockout, and the extractors other areas use to identify the
 //! caller ([`Caller`], [`CurrentUser`]).
 
+pub mod cache;
 pub mod db;
 pub mod email;
 pub mod external;

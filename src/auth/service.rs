@@ -29,6 +29,8 @@ pub struct AuthState {
     pub keys: KeyStore,
     /// The external issuer (Clerk or another OIDC provider), when configured.
     pub external: Option<super::external::ExternalIssuer>,
+    /// Cached profiles and sessions, invalidated across replicas by NOTIFY.
+    pub cache: super::cache::AuthCache,
 }
 
 impl AuthState {
@@ -43,7 +45,7 @@ impl AuthState {
         // reqwest is built without a default TLS crypto provider; use ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let external = super::external::ExternalIssuer::from_config(config)?;
-        Ok(Arc::new(AuthState { keys, external }))
+        Ok(Arc::new(AuthState { keys, external, cache: Default::default() }))
     }
 }
 
@@ -144,13 +146,44 @@ pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, 
     Ok(Principal::User { user_id, session_id, via: Via::Jwt })
 }
 
-/// Resolves a session token.
+/// Resolves a session token (from the cache when it can).
 pub async fn resolve_session(state: &AppState, token: &str, via: Via) -> Result<Principal, ApiError> {
-    let row =
-        db::live_session(&state.pool, &tokens::hash_token(token), state.config.session_idle_ttl).await?.ok_or_else(
-            || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_session", "session is unknown, expired or revoked"),
-        )?;
+    let hash = tokens::hash_token(token);
+    let cache = &state.auth.cache;
+    let row = match cache.session(&hash, state.config.session_idle_ttl) {
+        Some(row) => row,
+        None => {
+            let generation = cache.generation();
+            let row = db::live_session(&state.pool, &hash, state.config.session_idle_ttl).await?.ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_session", "session is unknown, expired or revoked")
+            })?;
+            cache.put_session(generation, hash, row.clone());
+            row
+        }
+    };
     Ok(Principal::User { user_id: row.user_id, session_id: row.id, via })
+}
+
+/// Records that a user (`u:<id>`) or a session (`s:<id>`) changed: evicts it from
+/// this replica's cache at once and notifies the others.
+pub async fn changed(state: &AppState, payload: String) -> Result<(), ApiError> {
+    state.auth.cache.apply(&payload);
+    db::notify_auth(&state.pool, &payload).await?;
+    Ok(())
+}
+
+/// A user row, from the cache when it can.
+async fn cached_user(state: &AppState, id: Uuid) -> Result<Option<UserRow>, ApiError> {
+    let cache = &state.auth.cache;
+    if let Some(u) = cache.user(id) {
+        return Ok(Some(u));
+    }
+    let generation = cache.generation();
+    let row = db::user_by_id(&state.pool, id).await?;
+    if let Some(u) = &row {
+        cache.put_user(generation, u.clone());
+    }
+    Ok(row)
 }
 
 /// Makes a service principal act for `user` (who must exist); records it.
@@ -386,6 +419,8 @@ pub async fn sign_out(state: &AppState, principal: &Principal, all: bool) -> Res
     } else {
         u64::from(db::revoke_session(&state.pool, *user_id, *session_id).await?)
     };
+    let payload = if all { format!("u:{user_id}") } else { format!("s:{session_id}") };
+    changed(state, payload).await?;
     audit::record(
         &state.pool,
         &principal.actor(),
@@ -411,7 +446,7 @@ pub fn require_user(principal: &Principal) -> Result<Uuid, ApiError> {
 /// The caller's own user record.
 pub async fn me(state: &AppState, principal: &Principal) -> Result<UserView, ApiError> {
     let id = require_user(principal)?;
-    let row = db::user_by_id(&state.pool, id).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let row = cached_user(state, id).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
     Ok(UserView::of(row, principal.is_service()))
 }
 
@@ -450,6 +485,7 @@ pub async fn patch_me(state: &AppState, principal: &Principal, req: PatchMeReque
     };
     let row =
         db::update_profile(&state.pool, id, &patch).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    changed(state, format!("u:{id}")).await?;
     Ok(UserView::of(row, principal.is_service()))
 }
 
@@ -473,6 +509,7 @@ pub async fn change_password(
     let hash = password::hash(req.new_password).await.map_err(ApiError::internal)?;
     db::set_password(&state.pool, *user_id, &hash).await?;
     let revoked = db::revoke_all_sessions(&state.pool, *user_id, Some(*session_id)).await?;
+    changed(state, format!("u:{user_id}")).await?;
     audit::record(
         &state.pool,
         &principal.actor(),
@@ -502,6 +539,7 @@ pub async fn revoke_session(state: &AppState, principal: &Principal, session: Uu
     if !db::revoke_session(&state.pool, id, session).await? {
         return Err(ApiError::not_found("session not found"));
     }
+    changed(state, format!("s:{session}")).await?;
     audit::record(
         &state.pool,
         &principal.actor(),
@@ -529,6 +567,7 @@ pub async fn delete_me(state: &AppState, principal: &Principal) -> Result<(), Ap
     if !db::delete_user(&state.pool, id).await? {
         return Err(ApiError::not_found("user not found"));
     }
+    changed(state, format!("u:{id}")).await?;
     Ok(())
 }
 

@@ -192,6 +192,42 @@ pub enum Upserted {
     OtherConversation,
 }
 
+/// The common case in one round trip: inserts a new message into the owner's
+/// conversation and marks its activity. `None` when nothing was inserted (the id
+/// exists already, or the conversation is not the owner's): the caller then takes
+/// the careful path, [`upsert_message`].
+pub async fn insert_new_message<'e, E>(
+    executor: E,
+    owner: Uuid,
+    conversation: Uuid,
+    id: &str,
+    role: &str,
+    parts: &serde_json::Value,
+    metadata: Option<&serde_json::Value>,
+) -> Result<Option<MessageRow>, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let sql = format!(
+        "WITH ins AS (
+            INSERT INTO messages (owner_id, id, conversation_id, role, parts, metadata)
+            SELECT $1, $2, c.id, $4, $5, $6 FROM conversations c WHERE c.id = $3 AND c.owner_id = $1
+            ON CONFLICT (owner_id, id) DO NOTHING
+            RETURNING {MSG_COLS}),
+         touch AS (UPDATE conversations SET last_activity_at = now() WHERE id = $3 AND EXISTS (SELECT 1 FROM ins))
+         SELECT {MSG_COLS} FROM ins"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(owner)
+        .bind(id)
+        .bind(conversation)
+        .bind(role)
+        .bind(parts)
+        .bind(metadata)
+        .fetch_optional(executor)
+        .await
+}
+
 /// Inserts or replaces one message inside `tx` (idempotent by id per owner).
 pub async fn upsert_message(
     tx: &mut Transaction<'_, Postgres>,

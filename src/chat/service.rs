@@ -189,11 +189,27 @@ pub async fn append(
     for m in &messages {
         validate_message(m, max)?;
     }
+    // One new message (the chat UI's usual call): a single statement.
+    if let [m] = messages.as_slice() {
+        let metadata = m.metadata.as_ref().filter(|v| !v.is_null());
+        if let Some(row) =
+            db::insert_new_message(&state.pool, owner, conversation, &m.id, &m.role, &m.parts, metadata).await?
+        {
+            return Ok(AppendResult { data: vec![UiMessage::of(row, None)], created: 1, replaced: 0, unchanged: 0 });
+        }
+    }
     db::own_conversation(&state.pool, conversation, owner).await?.ok_or_else(not_found)?;
     let mut tx = state.pool.begin().await?;
     let mut out = AppendResult { data: Vec::with_capacity(messages.len()), created: 0, replaced: 0, unchanged: 0 };
     for m in &messages {
         let metadata = m.metadata.as_ref().filter(|v| !v.is_null());
+        if let Some(row) =
+            db::insert_new_message(&mut *tx, owner, conversation, &m.id, &m.role, &m.parts, metadata).await?
+        {
+            out.created += 1;
+            out.data.push(UiMessage::of(row, None));
+            continue;
+        }
         let (what, row) = db::upsert_message(&mut tx, owner, conversation, &m.id, &m.role, &m.parts, metadata).await?;
         match what {
             Upserted::Created => out.created += 1,
@@ -208,7 +224,7 @@ pub async fn append(
         }
         out.data.push(UiMessage::of(row, None));
     }
-    if out.created + out.replaced > 0 {
+    if out.replaced > 0 {
         db::touch_conversation(&mut tx, conversation).await?;
     }
     tx.commit().await?;

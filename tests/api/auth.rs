@@ -424,9 +424,11 @@ async fn jwks_verifies_with_an_independent_library_and_survives_rotation() {
         assert!(!v["payload"][claim].is_null(), "{claim}");
     }
     // jose refuses a tampered token.
-    let mut bad = u.jwt.clone();
-    bad.pop();
-    bad.push(if u.jwt.ends_with('A') { 'B' } else { 'A' });
+    // (Flip a character inside the signature: the last one partly encodes padding.)
+    let mut chars: Vec<char> = u.jwt.chars().collect();
+    let i = chars.len() - 10;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    let bad: String = chars.into_iter().collect();
     assert!(!verify(bad).await.status.success());
 
     // Rotation: new tokens use the new key; old ones stay valid and published.
@@ -693,4 +695,65 @@ async fn audit_log_records_security_events() {
         .await
         .unwrap();
     assert!(rid.is_some_and(|r| r.len() == 32), "audit rows carry the request id");
+}
+
+/// Polls `check` for up to two seconds.
+async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn caches_are_invalidated_across_replicas() {
+    let a = TestApp::spawn().await;
+    // Replicas share the database, the encryption key and the public URL (issuer).
+    let (keys, public_url) = (a.state.config.encryption_keys.clone(), a.state.config.public_url.clone());
+    let b = TestApp::builder()
+        .same_database_as(&a)
+        .config(|c| {
+            c.encryption_keys = keys;
+            c.public_url = public_url;
+        })
+        .spawn()
+        .await;
+    assert!(
+        eventually(|| async { a.state.auth.cache.enabled() && b.state.auth.cache.enabled() }).await,
+        "listeners connected"
+    );
+    let u = sign_up(&a, "rep@example.com").await;
+    // Replica B serves the user (and caches the profile and session).
+    for token in [&u.jwt, &u.session] {
+        let r = me(&b, token).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.json::<Value>().await.unwrap()["name"].is_null());
+    }
+    assert!(b.state.auth.cache.user(u.id).is_some(), "B cached the profile");
+    // A change through replica A reaches B's cache.
+    a.client.patch(a.url("/v1/me")).bearer_auth(&u.jwt).json(&json!({"name": "Renamed"})).send().await.unwrap();
+    assert!(
+        eventually(|| async { me(&b, &u.session).await.json::<Value>().await.unwrap()["name"] == "Renamed" }).await,
+        "B still serves the old profile"
+    );
+    // A session revoked through A stops working on B.
+    let r = a.client.post(a.url("/v1/auth/sign-out")).bearer_auth(&u.session).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        eventually(|| async { me(&b, &u.session).await.status() == 401 }).await,
+        "B still accepts the revoked session"
+    );
+    // Deleting the user through A: B's cached profile is gone too.
+    let t: Value = sign_in(&a, "rep@example.com", PW).await.json().await.unwrap();
+    let jwt = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(me(&b, &jwt).await.status(), 200);
+    a.client.delete(a.url("/v1/me")).bearer_auth(&jwt).send().await.unwrap();
+    assert!(eventually(|| async { me(&b, &jwt).await.status() == 404 }).await, "B serves a deleted user");
 }

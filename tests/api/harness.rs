@@ -107,6 +107,7 @@ pub async fn fresh_database() -> PgConnectOptions {
 /// Builds a `TestApp`.
 pub struct TestAppBuilder {
     config: Config,
+    database: Option<String>,
     extra: Router<AppState>,
     _data_dir: tempfile::TempDir,
 }
@@ -115,6 +116,12 @@ impl TestAppBuilder {
     /// Changes the configuration before the app starts.
     pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);
+        self
+    }
+
+    /// Uses another app's database, as a second replica would.
+    pub fn same_database_as(mut self, other: &TestApp) -> Self {
+        self.database = Some(other.database.clone());
         self
     }
 
@@ -132,10 +139,14 @@ impl TestAppBuilder {
         if config.public_url.as_str() == "http://127.0.0.1:0/" {
             config.public_url = format!("http://{addr}").parse().expect("url");
         }
-        let options = fresh_database().await;
+        let options = match &self.database {
+            Some(name) => cluster().admin.clone().database(name),
+            None => fresh_database().await,
+        };
         let pool = db::pool_options(config.db_max_connections).connect_with(options.clone()).await.expect("test pool");
         let keyring = Keyring::from_base64(&config.encryption_keys).expect("keyring");
         let state = AppState::build(config.clone(), pool.clone(), keyring).await.expect("app state");
+        state.spawn_cache_listener();
         let router = app::router_with(state.clone(), self.extra);
         let (tx, rx) = oneshot::channel::<()>();
         let drain = config.shutdown_timeout;
@@ -191,7 +202,7 @@ impl TestApp {
         config.encryption_keys = vec![Secret::new(crypto::generate_key())];
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.public_url = "http://127.0.0.1:0/".parse().expect("url");
-        TestAppBuilder { config, extra: Router::new(), _data_dir: data_dir }
+        TestAppBuilder { config, database: None, extra: Router::new(), _data_dir: data_dir }
     }
 
     /// Starts an app with the default test configuration.

@@ -117,6 +117,10 @@ struct Keys {
 /// token names an unknown `kid` (another replica rotated).
 pub struct KeyStore {
     keys: RwLock<Keys>,
+    /// Tokens that passed full verification, with their claims: a client reuses
+    /// one access token for its whole life, and an Ed25519 check costs far more than
+    /// a map lookup. A hit requires the identical token string; expiry is rechecked.
+    verified: RwLock<HashMap<String, Claims>>,
     last_refresh: std::sync::Mutex<Instant>,
     issuer: String,
     audience: String,
@@ -174,6 +178,7 @@ impl KeyStore {
     ) -> Result<KeyStore, String> {
         let store = KeyStore {
             keys: RwLock::new(Keys::default()),
+            verified: RwLock::new(HashMap::new()),
             last_refresh: std::sync::Mutex::new(Instant::now()),
             issuer,
             audience,
@@ -210,6 +215,10 @@ impl KeyStore {
         }
         if let Ok(mut g) = self.keys.write() {
             *g = keys;
+        }
+        // A key may have left the published set: verify everything afresh.
+        if let Ok(mut v) = self.verified.write() {
+            v.clear();
         }
         if let Ok(mut t) = self.last_refresh.lock() {
             *t = Instant::now();
@@ -264,6 +273,29 @@ impl KeyStore {
     /// Verifies an access token: EdDSA only, a published `kid`, signature, `iss`,
     /// `aud`, `exp`/`nbf` with 5 s leeway, required claims. No database access.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Ok(v) = self.verified.read()
+            && let Some(c) = v.get(token)
+        {
+            if c.exp + 5 >= now {
+                return Ok(c.clone());
+            }
+            return Err(TokenError::Expired);
+        }
+        let claims = self.verify_uncached(token)?;
+        if let Ok(mut v) = self.verified.write() {
+            if v.len() >= 50_000 {
+                v.retain(|_, c| c.exp + 5 >= now);
+                if v.len() >= 50_000 {
+                    v.clear();
+                }
+            }
+            v.insert(token.to_string(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Malformed);

@@ -106,9 +106,16 @@ async fn append_messages(
     State(state): State<AppState>,
     user: CurrentUser,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<AppendMessages>,
 ) -> Result<Response, ApiError> {
-    let result = service::append(&state, user.user_id, conversation_id(&id)?, req).await?;
+    // The body was read whole by the extractor; its length bounds every message.
+    let body_len = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+    let result = service::append(&state, user.user_id, conversation_id(&id)?, req, body_len).await?;
     let status = if result.created > 0 { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, ApiJson(result)).into_response())
 }

@@ -31,3 +31,9 @@ pub mod ops;
 pub mod pagination;
 pub mod server;
 pub mod telemetry;
+
+/// Installs the process-wide TLS crypto provider (ring) that outgoing HTTPS
+/// clients use. Idempotent; called at startup and before any client is built.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -74,6 +74,7 @@ enum KeyCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    carmenta::install_tls_provider();
     let config = match Config::load() {
         Ok(c) => c,
         Err(e) => {

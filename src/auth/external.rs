@@ -132,6 +132,7 @@ impl ExternalIssuer {
                     .map_err(|e| format!("CARMENTA_EXTERNAL_ISSUER: {e}"))?,
             ),
         };
+        crate::install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()

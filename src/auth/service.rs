@@ -42,8 +42,7 @@ impl AuthState {
     ) -> Result<Arc<AuthState>, String> {
         let keys = KeyStore::load(pool, keyring, config.issuer(), config.jwt_audience.clone(), config.access_token_ttl)
             .await?;
-        // reqwest is built without a default TLS crypto provider; use ring.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         let external = super::external::ExternalIssuer::from_config(config)?;
         Ok(Arc::new(AuthState { keys, external, cache: Default::default() }))
     }

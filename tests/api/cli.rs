@@ -62,7 +62,7 @@ impl Drop for Server {
 }
 
 async fn wait_ready(port: u16, server: &mut Server) {
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         if let Ok(Some(status)) = server.child.try_wait() {
@@ -159,7 +159,7 @@ async fn serve_end_to_end() {
     let pg1 = postmaster_pid(&data).expect("postmaster.pid");
 
     // Secrets in headers and query strings never reach the logs.
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let r = client
         .get(format!("http://127.0.0.1:{port}/healthz?token=query-secret-123"))
         .header("authorization", "Bearer header-secret-456")
@@ -233,6 +233,7 @@ async fn key_create_prints_only_the_key_and_it_works() {
     let app = crate::harness::TestApp::spawn().await;
     // The CLI shares the server's encryption key, as replicas do.
     let key = app.state.config.encryption_keys[0].expose().to_string();
+    let data = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         Command::new(BIN)
             .args(args)
@@ -241,7 +242,7 @@ async fn key_create_prints_only_the_key_and_it_works() {
             .env("CARMENTA_CONFIG", "/dev/null")
             .env("DATABASE_URL", app.database_url())
             .env("CARMENTA_ENCRYPTION_KEY", &key)
-            .env("CARMENTA_DATA_DIR", crate::harness::temp_dir("carmenta-keycli-"))
+            .env("CARMENTA_DATA_DIR", data.path())
             .output()
             .unwrap()
     };

@@ -17,12 +17,14 @@ struct SmtpServer {
     child: Child,
     port: u16,
     maildir: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl SmtpServer {
     fn start() -> SmtpServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let maildir = crate::harness::temp_dir("carmenta-mail-").join("maildir");
+        let dir = tempfile::Builder::new().prefix("carmenta-mail-").tempdir().unwrap();
+        let maildir = dir.path().join("maildir");
         let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
         let child = Command::new(python)
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
@@ -36,7 +38,7 @@ impl SmtpServer {
             assert!(start.elapsed() < Duration::from_secs(15), "aiosmtpd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        SmtpServer { child, port, maildir }
+        SmtpServer { child, port, maildir, _dir: dir }
     }
 
     fn url(&self) -> String {
@@ -267,6 +269,7 @@ async fn password_reset_by_mail() {
 #[tokio::test]
 async fn outbox_without_smtp_and_the_mail_command() {
     let app = TestApp::spawn().await;
+    let data = tempfile::tempdir().unwrap();
     crate::auth::sign_up(&app, "tess@example.com").await;
     let r = app
         .client
@@ -283,7 +286,7 @@ async fn outbox_without_smtp_and_the_mail_command() {
         .env("CARMENTA_CONFIG", "/dev/null")
         .env("DATABASE_URL", app.database_url())
         .env("CARMENTA_ENCRYPTION_KEY", carmenta::crypto::generate_key())
-        .env("CARMENTA_DATA_DIR", crate::harness::temp_dir("carmenta-mailcli-"))
+        .env("CARMENTA_DATA_DIR", data.path())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

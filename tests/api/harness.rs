@@ -161,7 +161,7 @@ impl TestAppBuilder {
         TestApp {
             addr,
             base: format!("http://{addr}"),
-            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+            client: client(),
             pool,
             state,
             router,
@@ -306,4 +306,10 @@ pub fn test_routes() -> Router<AppState> {
                 "done"
             }),
         )
+}
+
+/// An HTTP client for tests (no redirects followed), with the TLS provider installed.
+pub fn client() -> reqwest::Client {
+    carmenta::install_tls_provider();
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
 }

@@ -174,8 +174,30 @@ pub fn server_version(bin: &Path) -> Result<u32, EmbeddedError> {
         .ok_or_else(|| EmbeddedError::Command { what: "postgres --version".into(), detail: text.into_owned() })
 }
 
-/// The account to run the cluster as: `None` when we are not root.
-fn resolve_run_as(configured: Option<&str>) -> Result<Option<User>, EmbeddedError> {
+/// How the cluster's processes are run.
+#[derive(Debug, Clone)]
+enum RunAs {
+    /// As this process's user (we are not root).
+    Me,
+    /// As an unprivileged account (we are root; PostgreSQL refuses root).
+    User(User),
+    /// We are root and the account cannot reach the data directory (say it is under
+    /// `/root`): in a user namespace where our uid appears as the account's, so
+    /// PostgreSQL does not see root and the files stay ours.
+    UserNs(User),
+}
+
+impl RunAs {
+    fn user(&self) -> Option<&User> {
+        match self {
+            RunAs::Me => None,
+            RunAs::User(u) | RunAs::UserNs(u) => Some(u),
+        }
+    }
+}
+
+/// The unprivileged account to use when we are root: `None` when we are not root.
+fn resolve_account(configured: Option<&str>) -> Result<Option<User>, EmbeddedError> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
@@ -193,8 +215,33 @@ fn resolve_run_as(configured: Option<&str>) -> Result<Option<User>, EmbeddedErro
     Err(EmbeddedError::NoUser(names[0].to_string()))
 }
 
-fn chown(path: &Path, user: &Option<User>) -> Result<(), EmbeddedError> {
-    if let Some(u) = user {
+/// Whether `user` can enter `dir`.
+fn can_enter(user: &User, dir: &Path) -> bool {
+    Command::new("/bin/sh")
+        .args(["-c", "test -x \"$1\"", "sh"])
+        .arg(dir)
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Whether user namespaces can map us to `user` here (`unshare` from util-linux).
+fn userns_works(user: &User) -> bool {
+    Command::new("unshare")
+        .args(["-U", &format!("--map-user={}", user.uid), &format!("--map-group={}", user.gid), "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn chown(path: &Path, run_as: &RunAs) -> Result<(), EmbeddedError> {
+    if let RunAs::User(u) = run_as {
         nix::unistd::chown(path, Some(u.uid), Some(u.gid))
             .map_err(|e| EmbeddedError::Io(format!("chown {}", path.display()), e.into()))?;
     }
@@ -210,10 +257,19 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), EmbeddedError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))
 }
 
-fn command_as(program: &Path, user: &Option<User>) -> Command {
-    let mut c = Command::new(program);
-    if let Some(u) = user {
+fn command_as(program: &Path, run_as: &RunAs) -> Command {
+    let mut c = match run_as {
+        RunAs::UserNs(u) => {
+            let mut c = Command::new("unshare");
+            c.args(["-U", &format!("--map-user={}", u.uid), &format!("--map-group={}", u.gid), "--"]).arg(program);
+            c
+        }
+        _ => Command::new(program),
+    };
+    if let RunAs::User(u) = run_as {
         c.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    if let Some(u) = run_as.user() {
         c.env("HOME", &u.dir).env("USER", &u.name).env("LOGNAME", &u.name);
     }
     // Own process group: a Ctrl-C in the terminal goes to Carmenta, which then
@@ -292,7 +348,7 @@ impl EmbeddedPg {
         if version < 15 {
             return Err(EmbeddedError::TooOld(version, bin));
         }
-        let run_as = resolve_run_as(opts.pg_user.as_deref())?;
+        let account = resolve_account(opts.pg_user.as_deref())?;
         let root = if opts.root.is_absolute() {
             opts.root.clone()
         } else {
@@ -300,7 +356,20 @@ impl EmbeddedPg {
         };
         // The data directory is private; as root it must stay traversable (not
         // listable) for the cluster's account.
-        make_dir(&root, if run_as.is_some() { 0o711 } else { 0o700 })?;
+        make_dir(&root, if account.is_some() { 0o711 } else { 0o700 })?;
+        let run_as = match account {
+            None => RunAs::Me,
+            Some(u) if can_enter(&u, &root) => RunAs::User(u),
+            Some(u) if userns_works(&u) => {
+                tracing::warn!(
+                    user = %u.name, dir = %root.display(),
+                    "the cluster's account cannot reach the data directory; running PostgreSQL in a user namespace instead"
+                );
+                make_dir(&root, 0o700)?;
+                RunAs::UserNs(u)
+            }
+            Some(u) => return Err(EmbeddedError::Unreachable { user: u.name.clone(), dir: root.clone() }),
+        };
         let pgdata = root.join("postgres");
         let socket_dir = root.join("run");
         let socket_path = socket_dir.join(format!(".s.PGSQL.{PORT}"));
@@ -309,20 +378,6 @@ impl EmbeddedPg {
         }
         make_dir(&socket_dir, 0o700)?;
         chown(&socket_dir, &run_as)?;
-
-        if let Some(u) = &run_as {
-            let ok = Command::new("/bin/sh")
-                .args(["-c", "test -x \"$1\" && test -w \"$1\"", "sh"])
-                .arg(&socket_dir)
-                .uid(u.uid.as_raw())
-                .gid(u.gid.as_raw())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                return Err(EmbeddedError::Unreachable { user: u.name.clone(), dir: root.clone() });
-            }
-        }
 
         if !pgdata.join("PG_VERSION").is_file() {
             // A directory without PG_VERSION is an interrupted initdb: start over.

@@ -117,3 +117,26 @@ fn missing_binaries_say_how_to_fix() {
     let e = EmbeddedPg::start(&o).unwrap_err().to_string();
     assert!(e.contains("CARMENTA_PG_BIN") && e.contains("bootstrap"), "{e}");
 }
+
+#[tokio::test]
+async fn as_root_a_data_directory_the_account_cannot_reach_still_works() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // Only root hands the cluster to another account.
+    }
+    // A root-only parent (like /root): the `postgres` account cannot traverse it.
+    let private = tempfile::Builder::new().prefix("carmenta-private-").tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let o = opts(&private.path().join("data"));
+    let pg = start(&o).await;
+    let mut conn = pg.connect_options("postgres").connect().await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(one, 1);
+    conn.close().await.unwrap();
+    // PostgreSQL runs in its own user namespace (it refuses to run as root).
+    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let theirs = std::fs::read_link(format!("/proc/{}/ns/user", pg.pid())).unwrap();
+    assert_ne!(ours, theirs);
+    let pid = pg.pid();
+    stop(pg).await;
+    assert!(!alive(pid));
+}

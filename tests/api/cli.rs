@@ -306,3 +306,56 @@ async fn key_create_prints_only_the_key_and_it_works() {
     let header = jsonwebtoken::decode_header(t["access_token"].as_str().unwrap()).unwrap();
     assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
 }
+
+/// The path most laptop users take: `carmenta serve` as an ordinary (non-root)
+/// user, where the cluster runs as that same user. Exercised here by running the
+/// real binary as `nobody` when the tests run as root.
+#[tokio::test]
+async fn serve_as_an_ordinary_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // Every other test already runs as an ordinary user then.
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else { return };
+    // A world-readable copy of the binary and a home owned by that user.
+    let home = tempfile::Builder::new().prefix("carmenta-user-").tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = home.path().join("carmenta");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = home.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    nix::unistd::chown(&work, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &work)
+        .env("CARMENTA_CONFIG", "/dev/null")
+        .env("CARMENTA_LISTEN", format!("127.0.0.1:{port}"))
+        .current_dir(&work)
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw());
+    let mut server = Server::spawn(cmd);
+    wait_ready(port, &mut server).await;
+    // The default data directory, created by and private to that user.
+    let data = work.join("carmenta-data");
+    let meta = std::fs::metadata(&data).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (nobody.uid.as_raw(), 0o700));
+    let pg = postmaster_pid(&data).unwrap();
+    assert_eq!(carmenta::db::embedded::uid_of_pid(pg), Some(nobody.uid.as_raw()), "the cluster runs as the same user");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no exit:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(status.success(), "{}", server.log());
+    assert!(wait_dead(pg, Duration::from_secs(5)).await);
+}

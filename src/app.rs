@@ -50,7 +50,8 @@ impl AppState {
     pub async fn build(config: Config, pool: PgPool, keyring: Keyring) -> Result<AppState, String> {
         let auth = AuthState::load(&pool, &keyring, &config).await?;
         let mailer = Mailer::from_config(&config)?;
-        crate::auth::password::warm_up().await;
+        // Off the start-up path: the dummy hash is ready long before the first sign-in.
+        tokio::spawn(crate::auth::password::warm_up());
         Ok(AppState {
             config: Arc::new(config),
             pool,

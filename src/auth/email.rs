@@ -85,14 +85,20 @@ pub async fn resend_verification(state: &AppState, user_id: Uuid) -> Result<(), 
     Ok(())
 }
 
-/// Confirms an email address with a token from the verification mail.
-pub async fn verify_email(state: &AppState, token: &str) -> Result<UserView, ApiError> {
+/// Uses up a token of `kind`; following its link proves the address, so the user's
+/// email is marked verified (and caches told).
+async fn consume_proving_email(state: &AppState, kind: EmailTokenKind, token: &str) -> Result<UserRow, ApiError> {
     let (user_id, email) =
-        db::consume_email_token(&state.pool, EmailTokenKind::VerifyEmail, &tokens::hash_token(token))
-            .await?
-            .ok_or_else(invalid_link)?;
+        db::consume_email_token(&state.pool, kind, &tokens::hash_token(token)).await?.ok_or_else(invalid_link)?;
     let user = db::mark_email_verified(&state.pool, user_id, &email).await?.ok_or_else(invalid_link)?;
     service::changed(state, format!("u:{user_id}")).await?;
+    Ok(user)
+}
+
+/// Confirms an email address with a token from the verification mail.
+pub async fn verify_email(state: &AppState, token: &str) -> Result<UserView, ApiError> {
+    let user = consume_proving_email(state, EmailTokenKind::VerifyEmail, token).await?;
+    let user_id = user.id;
     audit::record(
         &state.pool,
         &format!("user:{user_id}"),
@@ -145,11 +151,8 @@ pub async fn request_magic_link(
 
 /// Signs in with a magic-link token; the email counts as verified.
 pub async fn consume_magic_link(state: &AppState, token: &str, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
-    let (user_id, email) = db::consume_email_token(&state.pool, EmailTokenKind::MagicLink, &tokens::hash_token(token))
-        .await?
-        .ok_or_else(invalid_link)?;
-    let user = db::mark_email_verified(&state.pool, user_id, &email).await?.ok_or_else(invalid_link)?;
-    service::changed(state, format!("u:{user_id}")).await?;
+    let user = consume_proving_email(state, EmailTokenKind::MagicLink, token).await?;
+    let user_id = user.id;
     audit::record(
         &state.pool,
         &format!("user:{user_id}"),

@@ -85,7 +85,7 @@ const ALLOWED_ALGS: &[Algorithm] = &[
 fn jwk_alg(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
     use jsonwebtoken::jwk::{AlgorithmParameters as P, EllipticCurve as C};
     if let Some(a) = jwk.common.key_algorithm {
-        return Algorithm::from_str_opt(&format!("{a:?}"));
+        return format!("{a:?}").parse::<Algorithm>().ok().filter(|a| ALLOWED_ALGS.contains(a));
     }
     match &jwk.algorithm {
         P::RSA(_) => Some(Algorithm::RS256),
@@ -93,16 +93,6 @@ fn jwk_alg(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
         P::EllipticCurve(ec) if ec.curve == C::P384 => Some(Algorithm::ES384),
         P::OctetKeyPair(_) => Some(Algorithm::EdDSA),
         _ => None,
-    }
-}
-
-trait AlgFromStr {
-    fn from_str_opt(s: &str) -> Option<Algorithm>;
-}
-
-impl AlgFromStr for Algorithm {
-    fn from_str_opt(s: &str) -> Option<Algorithm> {
-        s.parse::<Algorithm>().ok().filter(|a| ALLOWED_ALGS.contains(a))
     }
 }
 

@@ -3,8 +3,6 @@
 //! redirect to an allow-listed `redirect_url` (never elsewhere). Pages carry a
 //! strict CSP, `no-referrer` (their URLs can hold single-use tokens) and deny framing.
 
-use std::net::SocketAddr;
-
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -14,7 +12,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::auth::service::{self, ClientInfo};
+use crate::auth::service;
 use crate::auth::types::{SignInRequest, SignUpRequest};
 use crate::auth::{Peer, email};
 use crate::error::ApiError;
@@ -125,10 +123,6 @@ fn hidden_redirect(redirect: Option<&str>) -> Vec<(String, String)> {
     redirect.map(|r| vec![("redirect_url".to_string(), r.to_string())]).unwrap_or_default()
 }
 
-fn client(headers: &HeaderMap, peer: Option<SocketAddr>) -> ClientInfo {
-    crate::auth::client_info(headers, peer)
-}
-
 /// Runs a state-changing form action after the login-CSRF origin check.
 async fn guarded<T>(
     state: &AppState,
@@ -150,6 +144,25 @@ fn signed_in(state: &AppState, session_token: &str, redirect: Option<&str>) -> R
     }
     res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     res
+}
+
+/// Ends a sign-in or sign-up form: the session cookie and the redirect on success,
+/// the same form again with the error otherwise.
+fn finish_credentials(
+    state: &AppState,
+    redirect: Option<&str>,
+    result: Result<crate::auth::types::AuthResponse, ApiError>,
+    form: fn(Option<&str>, &str) -> Page,
+    email: &str,
+) -> Response {
+    match result {
+        Ok(body) => signed_in(state, &body.session_token, redirect),
+        Err(e) => {
+            let mut p = form(redirect, email);
+            p.error = Some(e.message);
+            p.respond(e.status)
+        }
+    }
 }
 
 fn sign_in_form(redirect: Option<&str>, email: &str) -> Page {
@@ -202,18 +215,11 @@ async fn sign_in_submit(
         service::sign_in(
             &state,
             SignInRequest { email: f.email.clone(), password: f.password },
-            &client(&headers, peer),
+            &crate::auth::client_info(&headers, peer),
         ),
     )
     .await;
-    match result {
-        Ok(body) => signed_in(&state, &body.session_token, redirect.as_deref()),
-        Err(e) => {
-            let mut p = sign_in_form(redirect.as_deref(), &f.email);
-            p.error = Some(e.message);
-            p.respond(e.status)
-        }
-    }
+    finish_credentials(&state, redirect.as_deref(), result, sign_in_form, &f.email)
 }
 
 fn sign_up_form(redirect: Option<&str>, email: &str) -> Page {
@@ -249,15 +255,9 @@ async fn sign_up_submit(
         Err(e) => return bad_redirect(e),
     };
     let req = SignUpRequest { email: f.email.clone(), password: f.password, name: None, unsafe_metadata: None };
-    let result = guarded(&state, &headers, service::sign_up(&state, req, &client(&headers, peer))).await;
-    match result {
-        Ok(body) => signed_in(&state, &body.session_token, redirect.as_deref()),
-        Err(e) => {
-            let mut p = sign_up_form(redirect.as_deref(), &f.email);
-            p.error = Some(e.message);
-            p.respond(e.status)
-        }
-    }
+    let result =
+        guarded(&state, &headers, service::sign_up(&state, req, &crate::auth::client_info(&headers, peer))).await;
+    finish_credentials(&state, redirect.as_deref(), result, sign_up_form, &f.email)
 }
 
 fn email_form(title: &'static str, action: &str, submit: &'static str, redirect: Option<&str>) -> Page {
@@ -311,7 +311,9 @@ async fn magic_link_submit(
         Ok(r) => r,
         Err(e) => return bad_redirect(e),
     };
-    match email::request_magic_link(&state, &f.email, redirect.as_deref(), &client(&headers, peer)).await {
+    match email::request_magic_link(&state, &f.email, redirect.as_deref(), &crate::auth::client_info(&headers, peer))
+        .await
+    {
         Ok(()) => {
             let mut res = StatusCode::SEE_OTHER.into_response();
             res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/auth/magic-link/sent"));
@@ -351,7 +353,12 @@ async fn magic_link_confirm(
         Ok(r) => r,
         Err(e) => return bad_redirect(e),
     };
-    let result = guarded(&state, &headers, email::consume_magic_link(&state, &f.token, &client(&headers, peer))).await;
+    let result = guarded(
+        &state,
+        &headers,
+        email::consume_magic_link(&state, &f.token, &crate::auth::client_info(&headers, peer)),
+    )
+    .await;
     match result {
         Ok(body) => signed_in(&state, &body.session_token, redirect.as_deref()),
         Err(e) => {
@@ -381,7 +388,8 @@ async fn forgot_submit(
         Ok(r) => r,
         Err(e) => return bad_redirect(e),
     };
-    match email::forgot_password(&state, &f.email, redirect.as_deref(), &client(&headers, peer)).await {
+    match email::forgot_password(&state, &f.email, redirect.as_deref(), &crate::auth::client_info(&headers, peer)).await
+    {
         Ok(()) => {
             let mut p = Page::new("Check your email");
             p.message = Some("If an account exists for that address, a reset link is on its way.".into());

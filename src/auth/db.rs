@@ -247,34 +247,41 @@ pub async fn revoke_all_sessions(pool: &PgPool, user_id: Uuid, keep: Option<Uuid
     .rows_affected())
 }
 
-/// Stores a signing key.
+/// Retires the active signing keys and stores a new one, on `conn` (the caller's
+/// transaction, which holds the signing-key lock).
 pub async fn insert_signing_key(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     kid: &str,
     sealed: &[u8],
     jwk: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE auth_signing_keys SET retired_at = now() WHERE retired_at IS NULL").execute(&mut *tx).await?;
+    sqlx::query("UPDATE auth_signing_keys SET retired_at = now() WHERE retired_at IS NULL").execute(&mut *conn).await?;
     sqlx::query("INSERT INTO auth_signing_keys (kid, alg, private_key, public_jwk) VALUES ($1, 'EdDSA', $2, $3)")
         .bind(kid)
         .bind(sealed)
         .bind(jwk)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-    tx.commit().await
+    Ok(())
 }
 
-/// Creates the first signing key if there is no active one (replicas starting
-/// together serialise on an advisory lock).
-pub async fn ensure_signing_key(pool: &PgPool, keyring: &Keyring) -> Result<(), sqlx::Error> {
+/// Begins a transaction holding the lock that serialises signing-key changes
+/// across replicas (first key at start-up, `carmenta key rotate`).
+pub async fn lock_signing_keys(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(7262011)").execute(&mut *tx).await?;
+    Ok(tx)
+}
+
+/// Creates the first signing key if there is no active one.
+pub async fn ensure_signing_key(pool: &PgPool, keyring: &Keyring) -> Result<(), sqlx::Error> {
+    let mut tx = lock_signing_keys(pool).await?;
     let active: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM auth_signing_keys WHERE retired_at IS NULL)")
         .fetch_one(&mut *tx)
         .await?;
     if !active {
-        super::tokens::rotate(pool, keyring).await?;
+        let (kid, sealed, jwk) = super::tokens::generate_signing_key(keyring);
+        insert_signing_key(&mut tx, &kid, &sealed, &jwk).await?;
     }
     tx.commit().await
 }

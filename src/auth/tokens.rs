@@ -156,6 +156,16 @@ pub struct SigningKeyRow {
 /// Generates a new Ed25519 key, stores it encrypted, and retires the others
 /// (they stay published until their last token expires).
 pub async fn rotate(pool: &PgPool, keyring: &Keyring) -> Result<String, sqlx::Error> {
+    let (kid, sealed, jwk) = generate_signing_key(keyring);
+    let mut tx = super::db::lock_signing_keys(pool).await?;
+    super::db::insert_signing_key(&mut tx, &kid, &sealed, &jwk).await?;
+    tx.commit().await?;
+    Ok(kid)
+}
+
+/// A new Ed25519 signing key: its id, its seed encrypted with the keyring (the
+/// key id as associated data), and its public JWK.
+pub fn generate_signing_key(keyring: &Keyring) -> (String, Vec<u8>, serde_json::Value) {
     let seed: [u8; 32] = rand::random();
     let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let kid = Uuid::now_v7().simple().to_string();
@@ -163,8 +173,7 @@ pub async fn rotate(pool: &PgPool, keyring: &Keyring) -> Result<String, sqlx::Er
         "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": B64URL.encode(public),
     });
     let sealed = keyring.encrypt(&seed, kid.as_bytes());
-    super::db::insert_signing_key(pool, &kid, &sealed, &jwk).await?;
-    Ok(kid)
+    (kid, sealed, jwk)
 }
 
 impl KeyStore {

@@ -340,28 +340,24 @@ pub async fn delete_messages_after(
     id: &str,
     inclusive: bool,
 ) -> Result<Option<u64>, sqlx::Error> {
-    let seq: Option<i64> =
-        sqlx::query_scalar("SELECT seq FROM messages WHERE owner_id = $1 AND conversation_id = $2 AND id = $3")
-            .bind(owner)
-            .bind(conversation)
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    let Some(seq) = seq else { return Ok(None) };
-    let n = sqlx::query(
-        "DELETE FROM messages WHERE conversation_id = $1 AND owner_id = $2 AND (seq > $3 OR ($4 AND seq = $3))",
+    let (found, deleted): (i64, i64) = sqlx::query_as(
+        "WITH anchor AS (SELECT seq FROM messages WHERE owner_id = $1 AND conversation_id = $2 AND id = $3),
+         del AS (DELETE FROM messages m USING anchor a
+                 WHERE m.conversation_id = $2 AND m.owner_id = $1 AND (m.seq > a.seq OR ($4 AND m.seq = a.seq))
+                 RETURNING 1)
+         SELECT (SELECT count(*) FROM anchor), (SELECT count(*) FROM del)",
     )
-    .bind(conversation)
     .bind(owner)
-    .bind(seq)
+    .bind(conversation)
+    .bind(id)
     .bind(inclusive)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(Some(n))
+    .fetch_one(pool)
+    .await?;
+    Ok((found > 0).then_some(deleted as u64))
 }
 
-/// Sets or clears feedback on one of the owner's messages; false if no such message.
+/// Sets (`Some`) or clears (`None`) feedback on one of the owner's messages, in one
+/// statement; false if there is no such message.
 pub async fn set_feedback(
     pool: &PgPool,
     owner: Uuid,
@@ -370,40 +366,25 @@ pub async fn set_feedback(
     value: Option<&str>,
     comment: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM messages WHERE owner_id = $1 AND conversation_id = $2 AND id = $3)",
+    sqlx::query_scalar(
+        "WITH m AS (SELECT 1 FROM messages WHERE owner_id = $1 AND conversation_id = $2 AND id = $3),
+         up AS (INSERT INTO message_feedback (owner_id, message_id, conversation_id, value, comment)
+                SELECT $1, $3, $2, $4, $5 FROM m WHERE $4::text IS NOT NULL
+                ON CONFLICT (owner_id, message_id)
+                DO UPDATE SET value = EXCLUDED.value, comment = EXCLUDED.comment, updated_at = now()
+                RETURNING 1),
+         del AS (DELETE FROM message_feedback
+                 WHERE $4::text IS NULL AND owner_id = $1 AND message_id = $3 AND EXISTS (SELECT 1 FROM m)
+                 RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM m)",
     )
     .bind(owner)
     .bind(conversation)
     .bind(id)
+    .bind(value)
+    .bind(comment)
     .fetch_one(pool)
-    .await?;
-    if !exists {
-        return Ok(false);
-    }
-    match value {
-        Some(v) => {
-            sqlx::query(
-                "INSERT INTO message_feedback (owner_id, message_id, conversation_id, value, comment) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (owner_id, message_id) DO UPDATE SET value = EXCLUDED.value, comment = EXCLUDED.comment, updated_at = now()",
-            )
-            .bind(owner)
-            .bind(id)
-            .bind(conversation)
-            .bind(v)
-            .bind(comment)
-            .execute(pool)
-            .await?;
-        }
-        None => {
-            sqlx::query("DELETE FROM message_feedback WHERE owner_id = $1 AND message_id = $2")
-                .bind(owner)
-                .bind(id)
-                .execute(pool)
-                .await?;
-        }
-    }
-    Ok(true)
+    .await
 }
 
 /// Feedback values for a set of the owner's messages.

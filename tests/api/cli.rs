@@ -78,6 +78,19 @@ async fn wait_ready(port: u16, server: &mut Server) {
     panic!("server not ready:\n{}", server.log());
 }
 
+/// Sends SIGTERM and waits (at most 20 s) for the server to exit.
+async fn terminate(server: &mut Server) -> std::process::ExitStatus {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no exit after SIGTERM:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 fn postmaster_pid(dir: &Path) -> Option<i32> {
     std::fs::read_to_string(dir.join("postgres/postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
 }
@@ -213,15 +226,7 @@ async fn serve_end_to_end() {
     assert_ne!(pg1, pg2);
 
     // SIGTERM: graceful stop, cluster stopped, exit 0.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = second.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "no exit after SIGTERM:\n{}", second.log());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let status = terminate(&mut second).await;
     assert!(status.success(), "{status}\n{}", second.log());
     assert!(wait_dead(pg2, Duration::from_secs(5)).await, "postmaster still running after SIGTERM");
     assert!(second.log().contains("PostgreSQL stopped"), "{}", second.log());
@@ -347,15 +352,7 @@ async fn serve_as_an_ordinary_user() {
     assert_eq!((meta.uid(), meta.mode() & 0o777), (nobody.uid.as_raw(), 0o700));
     let pg = postmaster_pid(&data).unwrap();
     assert_eq!(carmenta::db::embedded::uid_of_pid(pg), Some(nobody.uid.as_raw()), "the cluster runs as the same user");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "no exit:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let status = terminate(&mut server).await;
     assert!(status.success(), "{}", server.log());
     assert!(wait_dead(pg, Duration::from_secs(5)).await);
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub auth: Arc<AuthState>,
     /// Outgoing mail.
     pub mailer: Mailer,
+    /// Object storage.
+    pub storage: Arc<crate::storage::Storage>,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
     pub async fn build(config: Config, pool: PgPool, keyring: Keyring) -> Result<AppState, String> {
         let auth = AuthState::load(&pool, &keyring, &config).await?;
         let mailer = Mailer::from_config(&config)?;
+        let storage = Arc::new(crate::storage::Storage::open(&config, &keyring)?);
         // Off the start-up path: the dummy hash is ready long before the first sign-in.
         tokio::spawn(crate::auth::password::warm_up());
         Ok(AppState {
@@ -59,6 +62,7 @@ impl AppState {
             metrics: crate::telemetry::metrics_handle(),
             auth,
             mailer,
+            storage,
         })
     }
 
@@ -148,22 +152,27 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let (api, openapi) = api_routes().split_for_parts();
     let body_limit = usize::try_from(state.config.body_limit).unwrap_or(usize::MAX);
     let timeout = state.config.request_timeout;
-    Router::new()
+    // Storage streams bodies of any size for as long as they take: it enforces its
+    // own size limits and is kept out of compression (ranges, Content-Length).
+    let storage = crate::storage::router().layer(DefaultBodyLimit::disable());
+    let rest = Router::new()
         .merge(api)
         .merge(extra)
         .merge(crate::hosted::routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(fallback)
-        .with_state(state)
         .layer(
             ServiceBuilder::new()
-                .layer(ObserveLayer)
-                .layer(CatchPanicLayer::custom(panic_response))
                 .layer(CompressionLayer::new())
                 .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
                 .layer(RequestBodyLimitLayer::new(body_limit))
                 .layer(DefaultBodyLimit::max(body_limit)),
-        )
+        );
+    Router::new()
+        .nest("/storage/v1", storage)
+        .merge(rest)
+        .with_state(state)
+        .layer(ServiceBuilder::new().layer(ObserveLayer).layer(CatchPanicLayer::custom(panic_response)))
 }
 
 async fn fallback() -> ApiError {

@@ -148,6 +148,12 @@ pub struct Config {
     /// Largest message (`parts` + `metadata`, serialised) accepted
     /// (`CARMENTA_CHAT_MAX_MESSAGE_BYTES`, default 1 MiB).
     pub chat_max_message_bytes: usize,
+    /// Where object bytes live.
+    pub storage: StorageBackend,
+    /// The largest object accepted, whatever a bucket allows (`CARMENTA_STORAGE_MAX_FILE_SIZE`).
+    pub storage_max_file_size: u64,
+    /// How long a signed upload URL stays valid (`CARMENTA_STORAGE_UPLOAD_URL_TTL`, seconds).
+    pub storage_upload_url_ttl: Duration,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -188,6 +194,45 @@ struct FileConfig {
     external_audience: Option<String>,
     clerk_webhook_secret: Option<String>,
     chat_max_message_bytes: Option<toml::Value>,
+    storage_backend: Option<String>,
+    storage_dir: Option<PathBuf>,
+    storage_max_file_size: Option<toml::Value>,
+    storage_upload_url_ttl: Option<u64>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_bucket: Option<String>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+    s3_path_style: Option<bool>,
+}
+
+/// The object store behind storage.
+#[derive(Debug, Clone)]
+pub enum StorageBackend {
+    /// A directory on the local filesystem (default: `<data_dir>/storage`).
+    Fs {
+        /// The directory.
+        root: PathBuf,
+    },
+    /// An S3-compatible service.
+    S3(S3Config),
+}
+
+/// Settings of an S3-compatible object store.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// Endpoint URL for non-AWS services (MinIO, R2, Supabase S3…); AWS when absent.
+    pub endpoint: Option<Url>,
+    /// Region (default `us-east-1`).
+    pub region: String,
+    /// The bucket holding every object.
+    pub bucket: String,
+    /// Access key id; the environment's AWS credentials chain when absent.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<Secret>,
+    /// Path-style addressing (`endpoint/bucket/key`); the default when an endpoint is set.
+    pub path_style: bool,
 }
 
 /// Where a raw value came from, for error messages.
@@ -469,6 +514,79 @@ impl Config {
                 Some(r) => usize::try_from(parse_size(&r.value).map_err(|m| invalid(&r, m))?).unwrap_or(usize::MAX),
                 None => 1024 * 1024,
             };
+        let size_raw = fc.storage_max_file_size.map(|v| match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        let storage_max_file_size =
+            match pick(env, &["CARMENTA_STORAGE_MAX_FILE_SIZE"], "storage_max_file_size", size_raw) {
+                Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m))?,
+                None => 50 * 1024 * 1024,
+            };
+        let storage_upload_url_ttl = Duration::from_secs(
+            num(
+                &["CARMENTA_STORAGE_UPLOAD_URL_TTL"],
+                "storage_upload_url_ttl",
+                fc.storage_upload_url_ttl,
+                10,
+                7 * 86_400,
+            )?
+            .unwrap_or(7200),
+        );
+        let storage = match pick(env, &["CARMENTA_STORAGE_BACKEND"], "storage_backend", fc.storage_backend) {
+            Some(r) if r.value.trim() == "s3" => {
+                let endpoint = match pick(env, &["CARMENTA_S3_ENDPOINT"], "s3_endpoint", fc.s3_endpoint) {
+                    Some(e) => Some(Url::parse(e.value.trim()).map_err(|err| invalid(&e, err.to_string()))?),
+                    None => None,
+                };
+                let bucket = pick(env, &["CARMENTA_S3_BUCKET"], "s3_bucket", fc.s3_bucket)
+                    .map(|b| b.value.trim().to_string())
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| ConfigError::Value {
+                        key: "CARMENTA_S3_BUCKET".into(),
+                        message: "must be set when CARMENTA_STORAGE_BACKEND=s3".into(),
+                    })?;
+                let path_style = match env.get("CARMENTA_S3_PATH_STYLE") {
+                    Some(v) => match v.trim() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(ConfigError::Value {
+                                key: "CARMENTA_S3_PATH_STYLE".into(),
+                                message: "expected true or false".into(),
+                            });
+                        }
+                    },
+                    None => fc.s3_path_style.unwrap_or(endpoint.is_some()),
+                };
+                StorageBackend::S3(S3Config {
+                    endpoint,
+                    region: pick(env, &["CARMENTA_S3_REGION", "AWS_REGION"], "s3_region", fc.s3_region)
+                        .map_or_else(|| "us-east-1".to_string(), |r| r.value),
+                    bucket,
+                    access_key_id: pick(env, &["CARMENTA_S3_ACCESS_KEY_ID"], "s3_access_key_id", fc.s3_access_key_id)
+                        .map(|r| r.value),
+                    secret_access_key: pick(
+                        env,
+                        &["CARMENTA_S3_SECRET_ACCESS_KEY"],
+                        "s3_secret_access_key",
+                        fc.s3_secret_access_key,
+                    )
+                    .map(|r| Secret::new(r.value)),
+                    path_style,
+                })
+            }
+            Some(r) if r.value.trim() != "fs" => return Err(invalid(&r, "expected fs or s3")),
+            _ => StorageBackend::Fs {
+                root: pick(
+                    env,
+                    &["CARMENTA_STORAGE_DIR"],
+                    "storage_dir",
+                    fc.storage_dir.map(|p| p.to_string_lossy().into_owned()),
+                )
+                .map_or_else(|| data_dir.join("storage"), |r| PathBuf::from(r.value)),
+            },
+        };
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -535,6 +653,9 @@ impl Config {
             external_audience,
             clerk_webhook_secrets,
             chat_max_message_bytes,
+            storage,
+            storage_max_file_size,
+            storage_upload_url_ttl,
             config_file: path,
         })
     }
@@ -614,6 +735,22 @@ impl Config {
             ),
             ("external_azp".into(), self.external_azp.join(", ")),
             ("chat_max_message_bytes".into(), self.chat_max_message_bytes.to_string()),
+            (
+                "storage".into(),
+                match &self.storage {
+                    StorageBackend::Fs { root } => format!("fs {}", root.display()),
+                    StorageBackend::S3(s) => format!(
+                        "s3 bucket {} at {} (region {}, {}){}",
+                        s.bucket,
+                        s.endpoint.as_ref().map_or("AWS".to_string(), |u| u.to_string()),
+                        s.region,
+                        if s.path_style { "path-style" } else { "virtual-hosted" },
+                        if s.secret_access_key.is_some() { ", secret [redacted]" } else { "" }
+                    ),
+                },
+            ),
+            ("storage_max_file_size".into(), self.storage_max_file_size.to_string()),
+            ("storage_upload_url_ttl".into(), format!("{}s", self.storage_upload_url_ttl.as_secs())),
             ("clerk_webhook_secret".into(), format!("{} secret(s) [redacted]", self.clerk_webhook_secrets.len())),
         ]
     }

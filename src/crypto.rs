@@ -51,6 +51,7 @@ pub fn generate_key() -> String {
 struct Key {
     id: [u8; 4],
     cipher: Aes256Gcm,
+    raw: [u8; 32],
 }
 
 /// An ordered set of keys: the first encrypts, all decrypt.
@@ -81,9 +82,24 @@ impl Keyring {
             let digest = Sha256::digest(raw);
             let id = [digest[0], digest[1], digest[2], digest[3]];
             let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| "invalid key length".to_string())?;
-            out.push(Key { id, cipher });
+            out.push(Key { id, cipher, raw });
         }
         Ok(Keyring { keys: out })
+    }
+
+    /// Secrets derived for `label` (HMAC-SHA256 of the label under each key), the
+    /// primary key's first: the first signs, all verify, so signatures survive a
+    /// key rotation as long as the old key stays in the ring.
+    pub fn derive(&self, label: &str) -> Vec<[u8; 32]> {
+        use hmac::{Hmac, Mac};
+        self.keys
+            .iter()
+            .map(|k| {
+                let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&k.raw) else { return [0; 32] };
+                mac.update(label.as_bytes());
+                mac.finalize().into_bytes().into()
+            })
+            .collect()
     }
 
     /// The id of the encrypting key, as hex.

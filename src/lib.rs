@@ -30,6 +30,7 @@ pub mod mail;
 pub mod ops;
 pub mod pagination;
 pub mod server;
+pub mod storage;
 pub mod telemetry;
 
 /// Installs the process-wide TLS crypto provider (ring) that outgoing HTTPS

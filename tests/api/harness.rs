@@ -313,3 +313,83 @@ pub fn client() -> reqwest::Client {
     carmenta::install_tls_provider();
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
 }
+
+/// The S3-compatible server shared by this test binary: `moto_server` (installed by
+/// `scripts/bootstrap` under `.tools/`) on a loopback port, stopped by a watchdog
+/// when the test binary exits.
+pub struct S3Server {
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+    /// The watchdog shell (reaped when the test binary exits).
+    _watchdog: std::sync::Mutex<std::process::Child>,
+}
+
+static S3: OnceLock<S3Server> = OnceLock::new();
+
+fn moto_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("CARMENTA_TEST_MOTO") {
+        return PathBuf::from(p);
+    }
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&tools)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin/moto_server")).filter(|p| p.exists()).collect())
+        .unwrap_or_default();
+    found.sort();
+    found.pop().unwrap_or_else(|| panic!("moto_server not found under {}: run scripts/bootstrap", tools.display()))
+}
+
+/// The shared S3 server, started on first use.
+pub fn s3_server() -> &'static S3Server {
+    S3.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let moto = moto_binary();
+        // A watchdog shell: moto runs while this test process lives.
+        let script = format!(
+            "\"$1\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & child=$!; \
+             while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child",
+            parent = std::process::id()
+        );
+        let watchdog = std::process::Command::new("sh")
+            .args(["-c", &script, "sh"])
+            .arg(&moto)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server { endpoint: format!("http://127.0.0.1:{port}"), _watchdog: std::sync::Mutex::new(watchdog) }
+    })
+}
+
+/// Which object store a storage test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The local filesystem.
+    Fs,
+    /// The shared S3 server, a fresh bucket per test.
+    S3,
+}
+
+impl TestAppBuilder {
+    /// Stores objects in `backend` (for S3: a new bucket on the shared server).
+    pub async fn backend(mut self, backend: Backend) -> Self {
+        if backend == Backend::S3 {
+            let server = s3_server();
+            let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
+            let r = client().put(format!("{}/{bucket}", server.endpoint)).send().await.expect("creating S3 bucket");
+            assert!(r.status().is_success(), "creating S3 bucket: {}", r.status());
+            self.config.storage = carmenta::config::StorageBackend::S3(carmenta::config::S3Config {
+                endpoint: Some(server.endpoint.parse().expect("endpoint")),
+                region: "us-east-1".into(),
+                bucket,
+                access_key_id: Some("test".into()),
+                secret_access_key: Some(Secret::new("test")),
+                path_style: true,
+            });
+        }
+        self
+    }
+}

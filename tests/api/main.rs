@@ -14,3 +14,4 @@ mod external;
 mod hosted;
 mod ops;
 mod shutdown;
+mod storage;

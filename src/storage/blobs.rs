@@ -1,0 +1,224 @@
+//! The bytes of stored objects, in `object_store` (local directory or S3): streaming
+//! writes that never hold a whole object in memory, ranged streaming reads, copies,
+//! deletes, and the listing the orphan sweeper walks.
+//!
+//! Layout: `blobs/<2 hex>/<version uuid>` for object bytes (one blob per written
+//! version, never overwritten, so a reader never sees a half-written object) and
+//! `uploads/<upload id>/<offset>` for the pieces of resumable uploads in progress.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use uuid::Uuid;
+
+use crate::config::StorageBackend;
+
+/// Size of the pieces an upload is sent to the store in (S3's minimum part is 5 MiB).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight at once per upload.
+const PART_CONCURRENCY: usize = 2;
+
+/// Why writing a blob failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The body grew past the limit; nothing was kept.
+    #[error("the object exceeded the maximum allowed size")]
+    TooLarge,
+    /// The client's body failed (connection cut); nothing was kept.
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// A finished write.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// Bytes written.
+    pub size: u64,
+    /// Whether the body ended early (only with `keep_partial`): what arrived is kept.
+    pub interrupted: bool,
+}
+
+/// The object store and its layout.
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Blobs {
+    /// Opens the configured store (creating the local directory if needed).
+    pub fn open(backend: &StorageBackend) -> Result<Blobs, String> {
+        let store: Arc<dyn ObjectStore> = match backend {
+            StorageBackend::Fs { root } => {
+                std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(root)
+                    .map_err(|e| format!("opening {}: {e}", root.display()))?;
+                Arc::new(fs)
+            }
+            StorageBackend::S3(s3) => {
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&s3.bucket)
+                    .with_region(&s3.region)
+                    .with_virtual_hosted_style_request(!s3.path_style);
+                if let Some(e) = &s3.endpoint {
+                    b = b.with_endpoint(e.as_str().trim_end_matches('/')).with_allow_http(e.scheme() == "http");
+                }
+                if let Some(k) = &s3.access_key_id {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(s) = &s3.secret_access_key {
+                    b = b.with_secret_access_key(s.expose());
+                }
+                Arc::new(b.build().map_err(|e| format!("configuring S3: {e}"))?)
+            }
+        };
+        Ok(Blobs { store })
+    }
+
+    /// Where the bytes of object version `v` live.
+    pub fn blob_path(v: Uuid) -> Path {
+        let s = v.simple().to_string();
+        Path::from(format!("blobs/{}/{s}", &s[..2]))
+    }
+
+    /// The folder holding the pieces of resumable upload `id`.
+    pub fn upload_dir(id: Uuid) -> Path {
+        Path::from(format!("uploads/{}", id.simple()))
+    }
+
+    /// The piece of upload `id` starting at `offset`.
+    pub fn upload_piece(id: Uuid, offset: u64) -> Path {
+        Path::from(format!("uploads/{}/{offset:020}", id.simple()))
+    }
+
+    /// Writes `body` to `path`, refusing more than `limit` bytes. Small bodies go in
+    /// one request; larger ones as a multipart upload that holds at most a few parts
+    /// in memory. The object appears whole or not at all. With `keep_partial`, a body
+    /// that fails midway keeps what arrived (resumable uploads).
+    pub async fn write<S, E>(&self, path: &Path, body: S, limit: u64, keep_partial: bool) -> Result<Written, WriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut body = std::pin::pin!(body);
+        let mut first: Vec<Bytes> = Vec::new();
+        let mut buffered = 0usize;
+        let mut size = 0u64;
+        let mut interrupted = false;
+        // Buffer up to one part: most objects are small and need a single PUT.
+        loop {
+            match body.next().await {
+                None => break,
+                Some(Ok(chunk)) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        return Err(WriteError::TooLarge);
+                    }
+                    buffered += chunk.len();
+                    first.push(chunk);
+                    if buffered >= PART_SIZE {
+                        break;
+                    }
+                }
+                Some(Err(e)) if keep_partial => {
+                    let _ = e;
+                    interrupted = true;
+                    break;
+                }
+                Some(Err(e)) => return Err(WriteError::Body(e.to_string())),
+            }
+        }
+        if buffered < PART_SIZE || interrupted {
+            let payload: PutPayload = first.into_iter().collect();
+            self.store.put(path, payload).await?;
+            return Ok(Written { size, interrupted });
+        }
+        let upload = self.store.put_multipart(path).await?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        for chunk in first {
+            w.put(chunk);
+        }
+        loop {
+            match body.next().await {
+                None => break,
+                Some(Ok(chunk)) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        let _ = w.abort().await;
+                        return Err(WriteError::TooLarge);
+                    }
+                    w.put(chunk);
+                    if let Err(e) = w.wait_for_capacity(PART_CONCURRENCY).await {
+                        return Err(e.into());
+                    }
+                }
+                Some(Err(_)) if keep_partial => {
+                    interrupted = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    let _ = w.abort().await;
+                    return Err(WriteError::Body(e.to_string()));
+                }
+            }
+        }
+        w.finish().await?;
+        Ok(Written { size, interrupted })
+    }
+
+    /// Streams `path`, or the byte `range` of it.
+    pub async fn read(
+        &self,
+        path: &Path,
+        range: Option<Range<u64>>,
+    ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>> + Send + use<>, object_store::Error> {
+        let opts = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
+        Ok(self.store.get_opts(path, opts).await?.into_stream())
+    }
+
+    /// Copies `from` to `to` inside the store.
+    pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), object_store::Error> {
+        self.store.copy(from, to).await
+    }
+
+    /// Moves `from` to `to` inside the store.
+    pub async fn rename(&self, from: &Path, to: &Path) -> Result<(), object_store::Error> {
+        self.store.rename(from, to).await
+    }
+
+    /// Deletes `path`; a missing blob is not an error.
+    pub async fn delete(&self, path: &Path) -> Result<(), object_store::Error> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes every blob under `prefix`.
+    pub async fn delete_prefix(&self, prefix: &Path) -> Result<(), object_store::Error> {
+        let items: Vec<ObjectMeta> = self.store.list(Some(prefix)).try_collect().await?;
+        for m in items {
+            self.delete(&m.location).await?;
+        }
+        Ok(())
+    }
+
+    /// Everything under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, object_store::Error> {
+        self.store.list(Some(&Path::from(prefix))).try_collect().await
+    }
+
+    /// Checks the store answers (for readiness and `doctor`).
+    pub async fn check(&self) -> Result<(), object_store::Error> {
+        match self.store.head(&Path::from("carmenta-readiness-probe")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

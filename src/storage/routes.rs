@@ -1,0 +1,1291 @@
+//! Supabase Storage's routes under `/storage/v1`: buckets, object upload (raw and
+//! multipart), download (ranges, conditional requests, `?download`), info, list
+//! (v1 folders and v2 cursors), move, copy, remove, signed download and upload URLs.
+//! Every object route checks the caller against the object's owner; someone else's
+//! object answers `NoSuchKey`.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::blobs::{Blobs, WriteError};
+use super::db::{self, BucketRow, ObjectRow, PutOutcome};
+use super::{Actor, StorageError, StorageResult, UrlClaims, Who};
+use crate::app::AppState;
+
+/// The storage router, to be nested at `/storage/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/bucket", get(list_buckets).post(create_bucket))
+        .route("/bucket/", get(list_buckets).post(create_bucket))
+        .route("/bucket/{id}", get(get_bucket).put(update_bucket).delete(delete_bucket))
+        .route("/bucket/{id}/empty", post(empty_bucket))
+        .route("/object/list/{bucket}", post(list_v1))
+        .route("/object/list-v2/{bucket}", post(list_v2))
+        .route("/object/move", post(move_object))
+        .route("/object/copy", post(copy_object))
+        .route("/object/sign/{bucket}", post(sign_many))
+        .route("/object/sign/{bucket}/{*key}", post(sign_one).get(download_signed))
+        .route("/object/upload/sign/{bucket}/{*key}", post(sign_upload).put(upload_signed))
+        .route("/object/public/{bucket}/{*key}", get(download_public))
+        .route("/object/authenticated/{bucket}/{*key}", get(download_authenticated))
+        .route("/object/info/{bucket}/{*key}", get(info))
+        .route("/object/info/public/{bucket}/{*key}", get(info_public))
+        .route("/object/info/authenticated/{bucket}/{*key}", get(info))
+        .route("/object/{bucket}", axum::routing::delete(remove_many))
+        .route(
+            "/object/{bucket}/{*key}",
+            post(upload_post).put(upload_put).get(download_authenticated).delete(delete_one),
+        )
+        .merge(super::tus::router())
+        .fallback(fallback)
+}
+
+async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
+    let body = json!({
+        "statusCode": "404",
+        "error": "Not Found",
+        "message": format!("Route {method}:{} not found", uri.path()),
+        "code": "InvalidRequest",
+    });
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+/// A JSON body whose rejections are storage-shaped.
+pub(super) struct SJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for SJson<T> {
+    type Rejection = StorageError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| StorageError::invalid(format!("reading the body: {}", e.body_text())))?;
+        let bytes =
+            if bytes.iter().all(u8::is_ascii_whitespace) { axum::body::Bytes::from_static(b"{}") } else { bytes };
+        serde_json::from_slice(&bytes).map(SJson).map_err(|e| StorageError::invalid(format!("body/{e}")))
+    }
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn http_date(t: OffsetDateTime) -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::from(t))
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+
+/// Supabase's bucket-name rule: 1–100 characters from a fixed set, no slashes, no
+/// surrounding whitespace.
+pub(super) fn valid_bucket_name(name: &str) -> bool {
+    // Names the routes use as path segments could never be reached.
+    const RESERVED: [&str; 9] =
+        ["public", "authenticated", "sign", "info", "list", "list-v2", "upload", "move", "copy"];
+    !RESERVED.contains(&name)
+        && (1..=100).contains(&name.chars().count())
+        && name.trim() == name
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_' || "!.*'() &$@=;:+,?-".contains(c))
+}
+
+/// Object keys: 1–1024 bytes, no control characters or backslashes, no empty,
+/// `.` or `..` segments, no leading slash.
+pub(super) fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 1024
+        && !key.chars().any(|c| c.is_control() || c == '\\' || c == '\u{FFFD}')
+        && key.split('/').enumerate().all(|(i, seg)| {
+            // A trailing slash marks a folder placeholder (`folder/`), as Supabase allows.
+            let last = i == key.split('/').count() - 1;
+            (!seg.is_empty() || (last && i > 0)) && seg != "." && seg != ".."
+        })
+}
+
+pub(super) fn check_key(key: &str) -> StorageResult<()> {
+    if valid_key(key) { Ok(()) } else { Err(StorageError::invalid_key(key)) }
+}
+
+/// Whether `mime` is allowed by a bucket's list (`image/*` wildcards).
+pub(super) fn mime_allowed(allowed: Option<&[String]>, mime: &str) -> bool {
+    let Some(list) = allowed.filter(|l| !l.is_empty()) else { return true };
+    let base = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    list.iter().any(|a| {
+        let a = a.trim().to_ascii_lowercase();
+        a == base || a == "*/*" || a.strip_suffix("/*").is_some_and(|t| base.split('/').next() == Some(t))
+    })
+}
+
+/// The effective size limit: the bucket's, capped by the global one.
+pub(super) fn size_limit(state: &AppState, bucket: &BucketRow) -> u64 {
+    let global = state.config.storage_max_file_size;
+    bucket.file_size_limit.and_then(|l| u64::try_from(l).ok()).map_or(global, |l| l.min(global))
+}
+
+pub(super) async fn bucket_or_404(state: &AppState, id: &str) -> StorageResult<BucketRow> {
+    db::bucket(&state.pool, id).await?.ok_or_else(StorageError::no_such_bucket)
+}
+
+/// The object if `actor` may read it: anyone in a public bucket, else the owner or a service key.
+async fn readable(state: &AppState, actor: Actor, bucket: &BucketRow, key: &str) -> StorageResult<ObjectRow> {
+    let filter = if bucket.public { Some(None) } else { actor.owner_filter() };
+    let Some(owner) = filter else { return Err(StorageError::no_such_key()) };
+    db::object(&state.pool, &bucket.id, key, owner).await?.ok_or_else(StorageError::no_such_key)
+}
+
+// ---------------------------------------------------------------------------
+// Buckets
+
+fn bucket_json(b: &BucketRow) -> Value {
+    json!({
+        "id": b.id, "name": b.name, "owner": "", "public": b.public, "type": "STANDARD",
+        "file_size_limit": b.file_size_limit, "allowed_mime_types": b.allowed_mime_types,
+        "created_at": ts(b.created_at), "updated_at": ts(b.updated_at),
+    })
+}
+
+fn require_service(actor: Actor) -> StorageResult<()> {
+    if actor.is_service() { Ok(()) } else { Err(StorageError::access_denied("bucket management needs a service key")) }
+}
+
+#[derive(Deserialize)]
+struct ListBucketsQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    #[serde(rename = "sortColumn")]
+    sort_column: Option<String>,
+    #[serde(rename = "sortOrder")]
+    sort_order: Option<String>,
+    search: Option<String>,
+}
+
+async fn list_buckets(
+    State(state): State<AppState>,
+    who: Who,
+    Query(q): Query<ListBucketsQuery>,
+) -> StorageResult<Response> {
+    who.signed_in()?;
+    let rows = db::list_buckets(
+        &state.pool,
+        q.sort_column.as_deref().unwrap_or("id"),
+        q.sort_order.as_deref() == Some("desc"),
+        q.search.as_deref().filter(|s| !s.is_empty()),
+        q.limit.unwrap_or(1000).clamp(1, 1000),
+        q.offset.unwrap_or(0).max(0),
+    )
+    .await?;
+    Ok(axum::Json(rows.iter().map(bucket_json).collect::<Vec<_>>()).into_response())
+}
+
+async fn get_bucket(State(state): State<AppState>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
+    who.signed_in()?;
+    Ok(axum::Json(bucket_json(&bucket_or_404(&state, &id).await?)).into_response())
+}
+
+/// `file_size_limit`: a number of bytes, a string such as "100MB", or null.
+fn parse_limit(v: &Value) -> StorageResult<Option<i64>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| StorageError::invalid("file_size_limit must be a non-negative integer")),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => crate::config::parse_size(s)
+            .ok()
+            .and_then(|n| i64::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| StorageError::invalid(format!("file_size_limit {s:?} is not a size like 100MB"))),
+        _ => Err(StorageError::invalid("file_size_limit must be a number or a string")),
+    }
+}
+
+fn parse_mimes(v: &Value) -> StorageResult<Option<Vec<String>>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .filter(|s| {
+                        let s = s.trim();
+                        s.contains('/') && s.len() <= 255 && !s.chars().any(char::is_control)
+                    })
+                    .map(|s| s.trim().to_string())
+                    .ok_or_else(|| StorageError::invalid("allowed_mime_types must be MIME types like image/png"))
+            })
+            .collect::<StorageResult<Vec<_>>>()
+            .map(Some),
+        _ => Err(StorageError::invalid("allowed_mime_types must be an array of strings")),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBucket {
+    id: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    file_size_limit: Value,
+    #[serde(default)]
+    allowed_mime_types: Value,
+}
+
+async fn create_bucket(
+    State(state): State<AppState>,
+    who: Who,
+    SJson(b): SJson<CreateBucket>,
+) -> StorageResult<Response> {
+    require_service(who.signed_in()?)?;
+    let name = b.name.or(b.id).ok_or_else(|| StorageError::invalid("body must have required property 'name'"))?;
+    if !valid_bucket_name(&name) {
+        return Err(StorageError::new(
+            400,
+            "Invalid Input",
+            "InvalidBucketName",
+            format!("Bucket name invalid: {name}"),
+        ));
+    }
+    let limit = parse_limit(&b.file_size_limit)?;
+    let mimes = parse_mimes(&b.allowed_mime_types)?;
+    if !db::insert_bucket(&state.pool, &name, b.public, limit, mimes.as_deref()).await? {
+        return Err(StorageError::duplicate("BucketAlreadyExists"));
+    }
+    Ok(axum::Json(json!({ "name": name })).into_response())
+}
+
+async fn update_bucket(
+    State(state): State<AppState>,
+    who: Who,
+    Path(id): Path<String>,
+    SJson(b): SJson<serde_json::Map<String, Value>>,
+) -> StorageResult<Response> {
+    require_service(who.signed_in()?)?;
+    // A key present with null clears that setting; an absent key leaves it.
+    let public = match b.get("public") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(p)) => Some(*p),
+        Some(_) => return Err(StorageError::invalid("public must be a boolean")),
+    };
+    let limit = b.get("file_size_limit").map(parse_limit).transpose()?;
+    let mimes = b.get("allowed_mime_types").map(parse_mimes).transpose()?;
+    if public.is_none() && limit.is_none() && mimes.is_none() {
+        return Err(StorageError::invalid("body must have public, file_size_limit or allowed_mime_types"));
+    }
+    if !db::update_bucket(&state.pool, &id, public, limit, mimes).await? {
+        return Err(StorageError::no_such_bucket());
+    }
+    Ok(axum::Json(json!({ "message": "Successfully updated" })).into_response())
+}
+
+async fn delete_bucket(State(state): State<AppState>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
+    require_service(who.signed_in()?)?;
+    match db::delete_bucket(&state.pool, &id).await? {
+        db::BucketDelete::Deleted => Ok(axum::Json(json!({ "message": "Successfully deleted" })).into_response()),
+        db::BucketDelete::NotEmpty => Err(StorageError::new(
+            409,
+            "Bucket not empty",
+            "ResourceNotEmpty",
+            "The bucket you tried to delete is not empty",
+        )),
+        db::BucketDelete::Missing => Err(StorageError::no_such_bucket()),
+    }
+}
+
+async fn empty_bucket(State(state): State<AppState>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
+    require_service(who.signed_in()?)?;
+    bucket_or_404(&state, &id).await?;
+    loop {
+        // Rows first, then bytes: a crash leaves orphans for the sweeper, never rows without bytes.
+        let versions = db::empty_bucket_batch(&state.pool, &id, 500).await?;
+        if versions.is_empty() {
+            break;
+        }
+        for v in versions {
+            if let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(v)).await {
+                tracing::warn!(error = %e, "deleting a blob while emptying a bucket; the sweeper will retry");
+            }
+        }
+    }
+    Ok(axum::Json(json!({ "message": "Successfully emptied" })).into_response())
+}
+
+// ---------------------------------------------------------------------------
+// Upload
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn upsert_header(headers: &HeaderMap) -> bool {
+    header_str(headers, "x-upsert").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// `x-metadata`: base64 of a JSON object.
+fn metadata_header(headers: &HeaderMap) -> StorageResult<Option<Value>> {
+    let Some(raw) = header_str(headers, "x-metadata") else { return Ok(None) };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|_| StorageError::invalid("x-metadata must be base64-encoded JSON"))?;
+    parse_metadata(&bytes).map(Some)
+}
+
+pub(super) fn parse_metadata(bytes: &[u8]) -> StorageResult<Value> {
+    if bytes.len() > 8192 {
+        return Err(StorageError::invalid("metadata is larger than 8 KB"));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(StorageError::invalid("metadata must be a JSON object")),
+    }
+}
+
+/// `cacheControl` as seconds becomes `max-age=N`; a full header value is kept.
+pub(super) fn cache_control_value(raw: Option<&str>) -> String {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => format!("max-age={s}"),
+        Some(s) if s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => s.to_string(),
+        _ => "no-cache".to_string(),
+    }
+}
+
+pub(super) fn clean_content_type(raw: Option<&str>) -> String {
+    raw.map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .unwrap_or("application/octet-stream")
+        .to_string()
+}
+
+/// Where an upload goes and on whose behalf.
+pub(super) struct UploadTarget<'a> {
+    pub bucket: &'a BucketRow,
+    pub key: &'a str,
+    /// Owner recorded on a new object.
+    pub owner: Option<Uuid>,
+    /// `None` for a service key; else only this user's object may be overwritten.
+    pub writer: Option<Uuid>,
+    pub upsert: bool,
+}
+
+/// Refuses early what is bound to fail: a key taken (without upsert) or someone else's.
+pub(super) async fn precheck(state: &AppState, t: &UploadTarget<'_>) -> StorageResult<()> {
+    if let Some(existing) = db::object(&state.pool, &t.bucket.id, t.key, None).await? {
+        if t.writer.is_some() && existing.owner_id != t.writer {
+            return Err(StorageError::rls());
+        }
+        if !t.upsert {
+            return Err(StorageError::duplicate("Duplicate"));
+        }
+    }
+    Ok(())
+}
+
+/// Records a written blob as the object's current version; on refusal the blob is
+/// deleted, on success the replaced blob is.
+pub(super) async fn commit(
+    state: &AppState,
+    t: &UploadTarget<'_>,
+    version: Uuid,
+    size: u64,
+    content_type: &str,
+    cache_control: &str,
+    metadata: Option<&Value>,
+) -> StorageResult<ObjectRow> {
+    let new = db::NewObject {
+        bucket: &t.bucket.id,
+        name: t.key,
+        owner: t.owner,
+        version,
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        content_type,
+        cache_control,
+        user_metadata: metadata,
+    };
+    let blob = Blobs::blob_path(version);
+    let outcome = match db::put_object(&state.pool, &new, t.upsert, t.writer).await {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = state.storage.blobs.delete(&blob).await;
+            return Err(e.into());
+        }
+    };
+    match outcome {
+        PutOutcome::Stored { row, replaced } => {
+            if let Some(old) = replaced
+                && let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(old)).await
+            {
+                tracing::warn!(error = %e, "deleting a replaced blob; the sweeper will retry");
+            }
+            Ok(*row)
+        }
+        PutOutcome::Exists => {
+            let _ = state.storage.blobs.delete(&blob).await;
+            Err(StorageError::duplicate("Duplicate"))
+        }
+        PutOutcome::Denied => {
+            let _ = state.storage.blobs.delete(&blob).await;
+            Err(StorageError::rls())
+        }
+    }
+}
+
+fn write_error(e: WriteError) -> StorageError {
+    match e {
+        WriteError::TooLarge => StorageError::too_large(),
+        WriteError::Body(m) => StorageError::invalid(format!("the request body ended early: {m}")),
+        WriteError::Store(e) => StorageError::internal(e),
+    }
+}
+
+/// Streams an upload (raw body or multipart form) into a new blob and records it.
+async fn receive(state: &AppState, t: UploadTarget<'_>, headers: &HeaderMap, body: Body) -> StorageResult<ObjectRow> {
+    check_key(t.key)?;
+    let limit = size_limit(state, t.bucket);
+    let ct = header_str(headers, "content-type").unwrap_or("");
+    let version = Uuid::now_v7();
+    let blob = Blobs::blob_path(version);
+    if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
+        let boundary =
+            multer::parse_boundary(ct).map_err(|_| StorageError::invalid("multipart body without a boundary"))?;
+        let mut form = multer::Multipart::with_constraints(
+            body.into_data_stream(),
+            boundary,
+            multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(limit.saturating_add(1))),
+        );
+        let mut cache = None;
+        let mut metadata = None;
+        let mut content_type = None;
+        let mut fields = 0;
+        while let Some(field) = form.next_field().await.map_err(|e| StorageError::invalid(format!("multipart: {e}")))? {
+            fields += 1;
+            if fields > 11 {
+                return Err(StorageError::invalid("too many multipart fields"));
+            }
+            let name = field.name().unwrap_or("").to_string();
+            if field.file_name().is_none()
+                && matches!(
+                    name.as_str(),
+                    "cacheControl" | "metadata" | "userMetadata" | "contentType" | "contentEncoding"
+                )
+            {
+                let text = field.text().await.map_err(|e| StorageError::invalid(format!("multipart: {e}")))?;
+                match name.as_str() {
+                    "cacheControl" => cache = Some(text),
+                    "contentType" => content_type = Some(text),
+                    "contentEncoding" => {}
+                    _ => metadata = Some(parse_metadata(text.as_bytes())?),
+                }
+                continue;
+            }
+            // The file part.
+            let mime = clean_content_type(content_type.as_deref().or(field.content_type().map(|m| m.as_ref())));
+            if !mime_allowed(t.bucket.allowed_mime_types.as_deref(), &mime) {
+                return Err(StorageError::invalid_mime(&mime));
+            }
+            precheck(state, &t).await?;
+            let written = state.storage.blobs.write(&blob, field, limit, false).await.map_err(write_error)?;
+            let cache = cache_control_value(cache.as_deref());
+            return commit(state, &t, version, written.size, &mime, &cache, metadata.as_ref()).await;
+        }
+        return Err(StorageError::invalid("the multipart form has no file"));
+    }
+    let mime = clean_content_type(Some(ct));
+    if !mime_allowed(t.bucket.allowed_mime_types.as_deref(), &mime) {
+        return Err(StorageError::invalid_mime(&mime));
+    }
+    if let Some(len) = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(StorageError::too_large());
+    }
+    let metadata = metadata_header(headers)?;
+    precheck(state, &t).await?;
+    let written = state.storage.blobs.write(&blob, body.into_data_stream(), limit, false).await.map_err(write_error)?;
+    let cache = cache_control_value(header_str(headers, "cache-control"));
+    commit(state, &t, version, written.size, &mime, &cache, metadata.as_ref()).await
+}
+
+/// Whether `actor` may create objects at all.
+fn writer_of(actor: Actor) -> StorageResult<Option<Uuid>> {
+    match actor {
+        Actor::Service { .. } => Ok(None),
+        Actor::User(u) => Ok(Some(u)),
+        Actor::Anon => Err(StorageError::rls()),
+    }
+}
+
+async fn upload(
+    state: AppState,
+    who: Who,
+    bucket: String,
+    key: String,
+    upsert: bool,
+    req: Request,
+) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    let writer = writer_of(actor)?;
+    let b = bucket_or_404(&state, &bucket).await?;
+    let (parts, body) = req.into_parts();
+    let t = UploadTarget { bucket: &b, key: &key, owner: actor.new_owner(), writer, upsert };
+    let row = receive(&state, t, &parts.headers, body).await?;
+    Ok(axum::Json(json!({ "Id": row.id, "Key": format!("{}/{}", row.bucket_id, row.name) })).into_response())
+}
+
+async fn upload_post(
+    State(state): State<AppState>,
+    who: Who,
+    Path((bucket, key)): Path<(String, String)>,
+    req: Request,
+) -> StorageResult<Response> {
+    let upsert = upsert_header(req.headers());
+    upload(state, who, bucket, key, upsert, req).await
+}
+
+async fn upload_put(
+    State(state): State<AppState>,
+    who: Who,
+    Path((bucket, key)): Path<(String, String)>,
+    req: Request,
+) -> StorageResult<Response> {
+    // `update()` overwrites.
+    upload(state, who, bucket, key, true, req).await
+}
+
+// ---------------------------------------------------------------------------
+// Download
+
+/// Parses a single `bytes=` range against `size`: `Ok(None)` for no (or an
+/// ignorable multi-) range, `Err` when unsatisfiable.
+fn parse_range(raw: Option<&str>, size: u64) -> Result<Option<std::ops::Range<u64>>, ()> {
+    let Some(spec) = raw.and_then(|r| r.trim().strip_prefix("bytes=")) else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        size.saturating_sub(n)..size
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1))
+        };
+        if start >= size || end < start {
+            return Err(());
+        }
+        start..end + 1
+    };
+    Ok(Some(range))
+}
+
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+}
+
+fn content_disposition(download: Option<&str>, key: &str) -> Option<HeaderValue> {
+    let d = download?;
+    let name = if d.is_empty() { return HeaderValue::from_str("attachment;").ok() } else { d };
+    let _ = key;
+    let enc = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string();
+    HeaderValue::from_str(&format!("attachment; filename={enc}; filename*=UTF-8''{enc}")).ok()
+}
+
+/// How a download is answered.
+pub(super) struct Serve<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub download: Option<&'a str>,
+    /// Signed URLs send `Expires` instead of the object's Cache-Control.
+    pub expires: Option<i64>,
+}
+
+/// Answers a download of `row`: 304, 416, 206 or 200, streaming the bytes.
+pub(super) async fn serve(state: &AppState, mut row: ObjectRow, how: Serve<'_>) -> StorageResult<Response> {
+    let size = u64::try_from(row.size).unwrap_or(0);
+    let inm = header_str(how.headers, "if-none-match");
+    let not_modified = match inm {
+        Some(v) => etag_matches(v, &row.etag),
+        None => header_str(how.headers, "if-modified-since")
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since| {
+                std::time::SystemTime::from(row.updated_at.replace_nanosecond(0).unwrap_or(row.updated_at)) <= since
+            }),
+    };
+    let mut res = Response::builder();
+    let h = res.headers_mut().ok_or_else(|| StorageError::internal("response builder"))?;
+    if let Ok(v) = HeaderValue::from_str(&row.etag) {
+        h.insert(header::ETAG, v);
+    }
+    match how.expires {
+        Some(exp) => {
+            let t = OffsetDateTime::from_unix_timestamp(exp).unwrap_or_else(|_| OffsetDateTime::now_utc());
+            if let Ok(v) = HeaderValue::from_str(&http_date(t)) {
+                h.insert(header::EXPIRES, v);
+            }
+        }
+        None => {
+            if let Ok(v) = HeaderValue::from_str(&row.cache_control) {
+                h.insert(header::CACHE_CONTROL, v);
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&http_date(row.updated_at)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert("x-robots-tag", HeaderValue::from_static("none"));
+    if not_modified {
+        return res.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(StorageError::internal);
+    }
+    let range = match parse_range(header_str(how.headers, "range"), size) {
+        Ok(r) => r,
+        Err(()) => {
+            let mut e =
+                StorageError::new(416, "invalid_range", "InvalidRange", "The requested range is not satisfiable")
+                    .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                e.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(e);
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&row.content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(v) = content_disposition(how.download, &row.name) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    let (status, len) = match &range {
+        Some(r) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, r.end - r.start)
+        }
+        None => (StatusCode::OK, size),
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if *how.method == Method::HEAD || len == 0 {
+        return res.status(status).body(Body::empty()).map_err(StorageError::internal);
+    }
+    let stream = match state.storage.blobs.read(&Blobs::blob_path(row.version), range.clone()).await {
+        Ok(s) => s,
+        // Overwritten between reading the row and opening the blob: read the new row once.
+        Err(object_store::Error::NotFound { .. }) => {
+            row = db::object(&state.pool, &row.bucket_id, &row.name, None)
+                .await?
+                .ok_or_else(StorageError::no_such_key)?;
+            if u64::try_from(row.size).unwrap_or(0) != size {
+                return Err(StorageError::new(
+                    412,
+                    "precondition_failed",
+                    "PreconditionFailed",
+                    "the object changed; retry",
+                ));
+            }
+            state.storage.blobs.read(&Blobs::blob_path(row.version), range).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    res.status(status).body(Body::from_stream(stream.map_err(std::io::Error::other))).map_err(StorageError::internal)
+}
+
+async fn download_authenticated(
+    State(state): State<AppState>,
+    who: Who,
+    method: Method,
+    headers: HeaderMap,
+    Path((bucket, key)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> StorageResult<Response> {
+    let b = bucket_or_404(&state, &bucket).await?;
+    // Public buckets are served whatever the credentials, as Supabase does.
+    let actor = if b.public { who.actor().unwrap_or(Actor::Anon) } else { who.actor()? };
+    let row = readable(&state, actor, &b, &key).await?;
+    serve(
+        &state,
+        row,
+        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None },
+    )
+    .await
+}
+
+async fn download_public(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((bucket, key)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> StorageResult<Response> {
+    let b = db::bucket(&state.pool, &bucket).await?.filter(|b| b.public).ok_or_else(StorageError::no_such_bucket)?;
+    let row = readable(&state, Actor::Anon, &b, &key).await?;
+    serve(
+        &state,
+        row,
+        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None },
+    )
+    .await
+}
+
+async fn download_signed(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((bucket, key)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> StorageResult<Response> {
+    let token = q.get("token").ok_or_else(|| StorageError::invalid_signature("querystring must have token"))?;
+    let claims = state.storage.verify(token, &format!("{bucket}/{key}"), "download")?;
+    let row = db::object(&state.pool, &bucket, &key, None).await?.ok_or_else(StorageError::no_such_key)?;
+    serve(
+        &state,
+        row,
+        Serve {
+            method: &method,
+            headers: &headers,
+            download: q.get("download").map(String::as_str),
+            expires: Some(claims.exp),
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Info, delete, list
+
+fn info_json(o: &ObjectRow) -> Value {
+    json!({
+        "id": o.id, "name": o.name, "version": o.version, "bucket_id": o.bucket_id, "size": o.size,
+        "content_type": o.content_type, "cache_control": o.cache_control, "etag": o.etag,
+        "metadata": o.user_metadata, "last_modified": ts(o.updated_at), "created_at": ts(o.created_at),
+    })
+}
+
+fn object_json(o: &ObjectRow) -> Value {
+    json!({
+        "name": o.name, "bucket_id": o.bucket_id, "owner": o.owner_id.map(|u| u.to_string()).unwrap_or_default(),
+        "owner_id": o.owner_id, "id": o.id, "version": o.version,
+        "updated_at": ts(o.updated_at), "created_at": ts(o.created_at), "last_accessed_at": ts(o.last_accessed_at),
+        "metadata": metadata_json(o.size, &o.content_type, &o.cache_control, &o.etag, o.updated_at),
+        "user_metadata": o.user_metadata,
+    })
+}
+
+fn metadata_json(size: i64, mime: &str, cache: &str, etag: &str, modified: OffsetDateTime) -> Value {
+    json!({
+        "eTag": etag, "size": size, "mimetype": mime, "cacheControl": cache,
+        "lastModified": ts(modified), "contentLength": size, "httpStatusCode": 200,
+    })
+}
+
+async fn info(
+    State(state): State<AppState>,
+    who: Who,
+    Path((bucket, key)): Path<(String, String)>,
+) -> StorageResult<Response> {
+    let b = bucket_or_404(&state, &bucket).await?;
+    let actor = if b.public { who.actor().unwrap_or(Actor::Anon) } else { who.actor()? };
+    Ok(axum::Json(info_json(&readable(&state, actor, &b, &key).await?)).into_response())
+}
+
+async fn info_public(
+    State(state): State<AppState>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> StorageResult<Response> {
+    let b = db::bucket(&state.pool, &bucket).await?.filter(|b| b.public).ok_or_else(StorageError::no_such_bucket)?;
+    Ok(axum::Json(info_json(&readable(&state, Actor::Anon, &b, &key).await?)).into_response())
+}
+
+/// Deletes rows (the caller's, or any for a service key), then their blobs.
+async fn remove(state: &AppState, actor: Actor, bucket: &str, names: &[String]) -> StorageResult<Vec<ObjectRow>> {
+    let Some(owner) = actor.owner_filter() else { return Ok(Vec::new()) };
+    bucket_or_404(state, bucket).await?;
+    let rows = db::delete_objects(&state.pool, bucket, names, owner).await?;
+    for r in &rows {
+        if let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(r.version)).await {
+            tracing::warn!(error = %e, "deleting a blob; the sweeper will retry");
+        }
+    }
+    Ok(rows)
+}
+
+async fn delete_one(
+    State(state): State<AppState>,
+    who: Who,
+    Path((bucket, key)): Path<(String, String)>,
+) -> StorageResult<Response> {
+    let rows = remove(&state, who.actor()?, &bucket, std::slice::from_ref(&key)).await?;
+    if rows.is_empty() {
+        return Err(StorageError::no_such_key());
+    }
+    Ok(axum::Json(json!({ "message": "Successfully deleted" })).into_response())
+}
+
+#[derive(Deserialize)]
+struct RemoveBody {
+    prefixes: Vec<Value>,
+}
+
+async fn remove_many(
+    State(state): State<AppState>,
+    who: Who,
+    Path(bucket): Path<String>,
+    SJson(body): SJson<RemoveBody>,
+) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    if body.prefixes.is_empty() || body.prefixes.len() > 1000 {
+        return Err(StorageError::invalid("prefixes must hold 1 to 1000 keys"));
+    }
+    let names: Vec<String> = body
+        .prefixes
+        .iter()
+        .map(|p| match p {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("path").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| StorageError::invalid("prefixes must be keys"))?;
+    let rows = remove(&state, actor, &bucket, &names).await?;
+    Ok(axum::Json(rows.iter().map(object_json).collect::<Vec<_>>()).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct SortBy {
+    column: Option<String>,
+    order: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListV1 {
+    prefix: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+    #[serde(rename = "sortBy", default)]
+    sort_by: Option<SortBy>,
+    search: Option<String>,
+}
+
+fn list_owner(actor: Actor, bucket: &BucketRow) -> Option<Option<Uuid>> {
+    if bucket.public { Some(None) } else { actor.owner_filter() }
+}
+
+async fn list_v1(
+    State(state): State<AppState>,
+    who: Who,
+    Path(bucket): Path<String>,
+    SJson(body): SJson<ListV1>,
+) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    let b = bucket_or_404(&state, &bucket).await?;
+    let prefix = body.prefix.ok_or_else(|| StorageError::invalid("body must have required property 'prefix'"))?;
+    let mut folder = prefix.trim_start_matches('/').to_string();
+    if !folder.is_empty() && !folder.ends_with('/') {
+        folder.push('/');
+    }
+    let Some(owner) = list_owner(actor, &b) else { return Ok(axum::Json(Vec::<Value>::new()).into_response()) };
+    let sort = body.sort_by.unwrap_or_default();
+    let search = body.search.unwrap_or_default();
+    let q = db::ListQuery {
+        bucket: &b.id,
+        folder: &folder,
+        starts_with: &search,
+        delimiter: true,
+        sort: sort.column.as_deref().unwrap_or("name"),
+        desc: sort.order.as_deref().is_some_and(|o| o.eq_ignore_ascii_case("desc")),
+        after: None,
+        limit: body.limit.unwrap_or(100).clamp(1, 1000),
+        offset: body.offset.unwrap_or(0).max(0),
+        owner,
+    };
+    let rows = db::list(&state.pool, &q).await?;
+    let out: Vec<Value> = rows
+        .iter()
+        .map(|e| {
+            if e.folder {
+                json!({"name": e.name, "id": null, "updated_at": null, "created_at": null, "last_accessed_at": null, "metadata": null})
+            } else {
+                entry_json(e)
+            }
+        })
+        .collect();
+    Ok(axum::Json(out).into_response())
+}
+
+fn entry_json(e: &db::ListEntry) -> Value {
+    let modified = e.updated_at.unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    json!({
+        "name": e.name, "key": e.key, "id": e.id,
+        "updated_at": e.updated_at.map(ts), "created_at": e.created_at.map(ts),
+        "last_accessed_at": e.last_accessed_at.map(ts),
+        "metadata": metadata_json(
+            e.size.unwrap_or(0), e.content_type.as_deref().unwrap_or(""), e.cache_control.as_deref().unwrap_or(""),
+            e.etag.as_deref().unwrap_or(""), modified),
+    })
+}
+
+#[derive(Deserialize)]
+struct ListV2 {
+    prefix: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+    with_delimiter: Option<bool>,
+    #[serde(rename = "sortBy", default)]
+    sort_by: Option<SortBy>,
+}
+
+async fn list_v2(
+    State(state): State<AppState>,
+    who: Who,
+    Path(bucket): Path<String>,
+    SJson(body): SJson<ListV2>,
+) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    let b = bucket_or_404(&state, &bucket).await?;
+    let prefix = body.prefix.unwrap_or_default();
+    let prefix = prefix.trim_start_matches('/');
+    // The folder is the prefix up to its last slash; the rest filters names in it.
+    let (folder, starts_with) = match prefix.rfind('/') {
+        Some(i) => (&prefix[..=i], &prefix[i + 1..]),
+        None => ("", prefix),
+    };
+    let after = match body.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| StorageError::invalid("invalid cursor"))?,
+        ),
+        None => None,
+    };
+    let limit = body.limit.unwrap_or(1000).clamp(1, 1000);
+    let sort = body.sort_by.unwrap_or_default();
+    let desc = sort.order.as_deref().is_some_and(|o| o.eq_ignore_ascii_case("desc"));
+    if sort.column.as_deref().is_some_and(|c| c != "name") && after.is_some() {
+        return Err(StorageError::invalid("cursors page by name; sort by name to use one"));
+    }
+    let Some(owner) = list_owner(actor, &b) else {
+        return Ok(axum::Json(json!({"hasNext": false, "folders": [], "objects": []})).into_response());
+    };
+    let q = db::ListQuery {
+        bucket: &b.id,
+        folder,
+        starts_with,
+        delimiter: body.with_delimiter.unwrap_or(false),
+        sort: sort.column.as_deref().unwrap_or("name"),
+        desc,
+        after: after.as_deref(),
+        limit: limit + 1,
+        offset: 0,
+        owner,
+    };
+    let mut rows = db::list(&state.pool, &q).await?;
+    let has_next = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(1000));
+    let next = if has_next {
+        rows.last().map(|e| {
+            let k = e.key.trim_end_matches('/');
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k)
+        })
+    } else {
+        None
+    };
+    let folders: Vec<Value> = rows.iter().filter(|e| e.folder).map(|e| json!({"name": e.name, "key": e.key})).collect();
+    let objects: Vec<Value> = rows.iter().filter(|e| !e.folder).map(entry_json).collect();
+    let mut out = json!({"hasNext": has_next, "folders": folders, "objects": objects});
+    if let Some(n) = next {
+        out["nextCursor"] = json!(n);
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+// ---------------------------------------------------------------------------
+// Move and copy
+
+#[derive(Deserialize)]
+struct MoveCopy {
+    #[serde(rename = "bucketId")]
+    bucket_id: String,
+    #[serde(rename = "sourceKey")]
+    source_key: String,
+    #[serde(rename = "destinationKey")]
+    destination_key: String,
+    #[serde(rename = "destinationBucket")]
+    destination_bucket: Option<String>,
+    #[serde(rename = "copyMetadata")]
+    copy_metadata: Option<bool>,
+    metadata: Option<CopyMetadata>,
+}
+
+#[derive(Deserialize)]
+struct CopyMetadata {
+    #[serde(rename = "cacheControl")]
+    cache_control: Option<String>,
+    mimetype: Option<String>,
+}
+
+async fn move_object(State(state): State<AppState>, who: Who, SJson(m): SJson<MoveCopy>) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    let Some(owner) = actor.owner_filter() else { return Err(StorageError::no_such_key()) };
+    check_key(&m.destination_key)?;
+    let src_bucket = bucket_or_404(&state, &m.bucket_id).await?;
+    let dest_id = m.destination_bucket.clone().unwrap_or_else(|| m.bucket_id.clone());
+    let dest = bucket_or_404(&state, &dest_id).await?;
+    // The destination bucket's rules hold for what is moved into it.
+    if dest.id != src_bucket.id {
+        let src = db::object(&state.pool, &src_bucket.id, &m.source_key, owner)
+            .await?
+            .ok_or_else(StorageError::no_such_key)?;
+        admit(&state, &dest, &src)?;
+    }
+    match db::move_object(&state.pool, (&src_bucket.id, &m.source_key), (&dest.id, &m.destination_key), owner).await? {
+        db::MoveOutcome::Moved => Ok(axum::Json(json!({ "message": "Successfully moved" })).into_response()),
+        db::MoveOutcome::NoSource => Err(StorageError::no_such_key()),
+        db::MoveOutcome::Exists => Err(StorageError::duplicate("KeyAlreadyExists")),
+    }
+}
+
+/// Checks an existing object against a bucket's type and size rules.
+fn admit(state: &AppState, dest: &BucketRow, o: &ObjectRow) -> StorageResult<()> {
+    if !mime_allowed(dest.allowed_mime_types.as_deref(), &o.content_type) {
+        return Err(StorageError::invalid_mime(&o.content_type));
+    }
+    if u64::try_from(o.size).unwrap_or(0) > size_limit(state, dest) {
+        return Err(StorageError::too_large());
+    }
+    Ok(())
+}
+
+async fn copy_object(
+    State(state): State<AppState>,
+    who: Who,
+    headers: HeaderMap,
+    SJson(m): SJson<MoveCopy>,
+) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    let writer = writer_of(actor)?;
+    check_key(&m.destination_key)?;
+    let src_bucket = bucket_or_404(&state, &m.bucket_id).await?;
+    let src = readable(&state, actor, &src_bucket, &m.source_key).await?;
+    let dest_id = m.destination_bucket.clone().unwrap_or_else(|| m.bucket_id.clone());
+    let dest = bucket_or_404(&state, &dest_id).await?;
+    let (content_type, cache_control) = match (&m.metadata, m.copy_metadata.unwrap_or(true)) {
+        (Some(md), _) => (
+            md.mimetype.clone().unwrap_or_else(|| src.content_type.clone()),
+            md.cache_control.as_deref().map_or_else(|| src.cache_control.clone(), |c| cache_control_value(Some(c))),
+        ),
+        (None, _) => (src.content_type.clone(), src.cache_control.clone()),
+    };
+    let mut checked = src.clone();
+    checked.content_type = content_type.clone();
+    admit(&state, &dest, &checked)?;
+    let t = UploadTarget {
+        bucket: &dest,
+        key: &m.destination_key,
+        owner: actor.new_owner(),
+        writer,
+        upsert: upsert_header(&headers),
+    };
+    precheck(&state, &t).await?;
+    let version = Uuid::now_v7();
+    state.storage.blobs.copy(&Blobs::blob_path(src.version), &Blobs::blob_path(version)).await?;
+    let metadata = if m.copy_metadata.unwrap_or(true) { src.user_metadata.clone() } else { None };
+    let row = commit(
+        &state,
+        &t,
+        version,
+        u64::try_from(src.size).unwrap_or(0),
+        &content_type,
+        &cache_control,
+        metadata.as_ref(),
+    )
+    .await?;
+    let mut out = object_json(&row);
+    out["Id"] = json!(row.id);
+    out["Key"] = json!(format!("{}/{}", row.bucket_id, row.name));
+    Ok(axum::Json(out).into_response())
+}
+
+// ---------------------------------------------------------------------------
+// Signed URLs
+
+#[derive(Deserialize)]
+struct SignOne {
+    #[serde(rename = "expiresIn")]
+    expires_in: i64,
+    transform: Option<Value>,
+}
+
+fn signed_claims(url: String, scope: &str, expires_in: i64) -> StorageResult<UrlClaims> {
+    if !(1..=10 * 365 * 86_400).contains(&expires_in) {
+        return Err(StorageError::invalid("expiresIn must be a positive number of seconds"));
+    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    Ok(UrlClaims {
+        url,
+        scope: scope.into(),
+        exp: now + expires_in,
+        iat: now,
+        owner: None,
+        upsert: None,
+        transformations: None,
+    })
+}
+
+async fn sign_one(
+    State(state): State<AppState>,
+    who: Who,
+    Path((bucket, key)): Path<(String, String)>,
+    SJson(body): SJson<SignOne>,
+) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    let b = bucket_or_404(&state, &bucket).await?;
+    readable(&state, actor, &b, &key).await?;
+    let mut claims = signed_claims(format!("{bucket}/{key}"), "download", body.expires_in)?;
+    if let Some(t) = body.transform.as_ref().and_then(Value::as_object).filter(|t| !t.is_empty()) {
+        let mut parts: Vec<String> = t
+            .iter()
+            .map(|(k, v)| format!("{k}:{}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect();
+        parts.sort();
+        claims.transformations = Some(parts.join(","));
+    }
+    let token = state.storage.sign(&claims)?;
+    let route = if claims.transformations.is_some() { "render/image/sign" } else { "object/sign" };
+    Ok(axum::Json(json!({ "signedURL": format!("/{route}/{bucket}/{key}?token={token}") })).into_response())
+}
+
+#[derive(Deserialize)]
+struct SignMany {
+    #[serde(rename = "expiresIn")]
+    expires_in: i64,
+    paths: Vec<String>,
+}
+
+async fn sign_many(
+    State(state): State<AppState>,
+    who: Who,
+    Path(bucket): Path<String>,
+    SJson(body): SJson<SignMany>,
+) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    if body.paths.is_empty() || body.paths.len() > 1000 {
+        return Err(StorageError::invalid("paths must hold 1 to 1000 keys"));
+    }
+    let b = bucket_or_404(&state, &bucket).await?;
+    let mut out = Vec::with_capacity(body.paths.len());
+    for path in &body.paths {
+        match readable(&state, actor, &b, path).await {
+            Ok(_) => {
+                let claims = signed_claims(format!("{bucket}/{path}"), "download", body.expires_in)?;
+                let token = state.storage.sign(&claims)?;
+                out.push(json!({"error": null, "path": path, "signedURL": format!("/object/sign/{bucket}/{path}?token={token}")}));
+            }
+            Err(e) if e.code == "NoSuchKey" => out.push(
+                json!({"error": "Either the object does not exist or you do not have access to it", "path": path, "signedURL": null}),
+            ),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+async fn sign_upload(
+    State(state): State<AppState>,
+    who: Who,
+    headers: HeaderMap,
+    Path((bucket, key)): Path<(String, String)>,
+) -> StorageResult<Response> {
+    let actor = who.actor()?;
+    let writer = writer_of(actor)?;
+    check_key(&key)?;
+    let b = bucket_or_404(&state, &bucket).await?;
+    let upsert = upsert_header(&headers);
+    precheck(&state, &UploadTarget { bucket: &b, key: &key, owner: actor.new_owner(), writer, upsert }).await?;
+    let ttl = i64::try_from(state.config.storage_upload_url_ttl.as_secs()).unwrap_or(7200);
+    let mut claims = signed_claims(format!("{bucket}/{key}"), "upload", ttl)?;
+    claims.owner = actor.new_owner();
+    claims.upsert = Some(upsert);
+    let token = state.storage.sign(&claims)?;
+    Ok(axum::Json(json!({ "url": format!("/object/upload/sign/{bucket}/{key}?token={token}"), "token": token }))
+        .into_response())
+}
+
+async fn upload_signed(
+    State(state): State<AppState>,
+    Path((bucket, key)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> StorageResult<Response> {
+    let token = q.get("token").ok_or_else(|| StorageError::invalid_signature("querystring must have token"))?;
+    let claims = state.storage.verify(token, &format!("{bucket}/{key}"), "upload")?;
+    let b = bucket_or_404(&state, &bucket).await?;
+    let (parts, body) = req.into_parts();
+    // The token carries the rights: its owner, and whether it may overwrite.
+    let t = UploadTarget {
+        bucket: &b,
+        key: &key,
+        owner: claims.owner,
+        writer: claims.owner,
+        upsert: claims.upsert.unwrap_or(false),
+    };
+    let row = receive(&state, t, &parts.headers, body).await?;
+    Ok(axum::Json(json!({ "Id": row.id, "Key": format!("{}/{}", row.bucket_id, row.name) })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        for ok in ["a", "a/b.txt", "folder/", "x y/ü.png", "a/.hidden"] {
+            assert!(valid_key(ok), "{ok}");
+        }
+        for bad in ["", "/a", "a//b", "../a", "a/../b", "a/./b", "a\u{0}b", "a\\b", "a\nb", &"x".repeat(1025)] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mimes() {
+        let l = vec!["image/*".to_string(), "application/pdf".to_string()];
+        assert!(mime_allowed(Some(&l), "image/png"));
+        assert!(mime_allowed(Some(&l), "application/pdf; charset=binary"));
+        assert!(!mime_allowed(Some(&l), "text/plain"));
+        assert!(!mime_allowed(Some(&l), "imagex/png"));
+        assert!(mime_allowed(None, "text/plain"));
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some(0..10)));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some(90..100)));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some(90..100)));
+        assert_eq!(parse_range(Some("bytes=50-1000"), 100), Ok(Some(50..100)));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert_eq!(parse_range(None, 100), Ok(None));
+    }
+}

@@ -49,6 +49,8 @@ pub struct Written {
 #[derive(Clone, Debug)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
+    /// The directory, for the local store (its staging files need sweeping).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl Blobs {
@@ -57,9 +59,12 @@ impl Blobs {
         let store: Arc<dyn ObjectStore> = match backend {
             StorageBackend::Fs { root } => {
                 std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+                // fsync before a write returns: the row that follows must never point
+                // at bytes a power cut could lose.
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(root)
-                    .map_err(|e| format!("opening {}: {e}", root.display()))?;
-                Arc::new(fs)
+                    .map_err(|e| format!("opening {}: {e}", root.display()))?
+                    .with_fsync(true);
+                return Ok(Blobs { store: Arc::new(fs), local_root: Some(root.clone()) });
             }
             StorageBackend::S3(s3) => {
                 let mut b = object_store::aws::AmazonS3Builder::new()
@@ -78,7 +83,7 @@ impl Blobs {
                 Arc::new(b.build().map_err(|e| format!("configuring S3: {e}"))?)
             }
         };
-        Ok(Blobs { store })
+        Ok(Blobs { store, local_root: None })
     }
 
     /// Where the bytes of object version `v` live.
@@ -212,6 +217,44 @@ impl Blobs {
     /// Everything under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, object_store::Error> {
         self.store.list(Some(&Path::from(prefix))).try_collect().await
+    }
+
+    /// Removes the local store's staging files (`name#123`, invisible to listings)
+    /// older than `min_age`: what a process killed mid-write leaves. Returns how many.
+    pub async fn sweep_staging(&self, min_age: std::time::Duration) -> std::io::Result<usize> {
+        let Some(root) = self.local_root.clone() else { return Ok(0) };
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            let mut dirs = vec![root.join("blobs"), root.join("uploads")];
+            while let Some(dir) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let meta = entry.metadata()?;
+                    if meta.is_dir() {
+                        dirs.push(entry.path());
+                        continue;
+                    }
+                    let name = entry.file_name();
+                    let staging = name
+                        .to_str()
+                        .and_then(|n| n.split_once('#'))
+                        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                    let old = meta.modified()?.elapsed().is_ok_and(|age| age >= min_age);
+                    if staging && old {
+                        std::fs::remove_file(entry.path())?;
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Checks the store answers (for readiness and `doctor`).

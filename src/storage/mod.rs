@@ -176,6 +176,8 @@ pub struct SweepReport {
     pub orphan_blobs: usize,
     /// Expired or abandoned resumable uploads removed.
     pub uploads: usize,
+    /// Half-written staging files of the local store removed.
+    pub staging_files: usize,
 }
 
 /// Removes blobs no row points at that are older than `min_age` (a crash between
@@ -184,6 +186,7 @@ pub struct SweepReport {
 pub async fn sweep(pool: &sqlx::PgPool, blobs: &Blobs, min_age: Duration) -> Result<SweepReport, String> {
     let mut report = SweepReport::default();
     let cutoff = chrono_cutoff(min_age);
+    report.staging_files = blobs.sweep_staging(min_age).await.map_err(|e| e.to_string())?;
     let metas = blobs.list("blobs").await.map_err(|e| e.to_string())?;
     let old: Vec<(Uuid, object_store::path::Path)> = metas
         .into_iter()
@@ -244,7 +247,12 @@ pub fn spawn_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
             }
             match sweep(&state.pool, &state.storage.blobs, Duration::from_secs(3600)).await {
                 Ok(r) if r != SweepReport::default() => {
-                    tracing::info!(orphan_blobs = r.orphan_blobs, uploads = r.uploads, "storage sweep");
+                    tracing::info!(
+                        orphan_blobs = r.orphan_blobs,
+                        uploads = r.uploads,
+                        staging_files = r.staging_files,
+                        "storage sweep"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "storage sweep failed"),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_carmenta");
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -26,13 +26,13 @@ fn carmenta(dir: &Path, port: u16) -> Command {
 }
 
 /// A spawned server whose standard error is collected.
-struct Server {
-    child: Child,
+pub(crate) struct Server {
+    pub(crate) child: Child,
     log: Arc<Mutex<String>>,
 }
 
 impl Server {
-    fn spawn(mut cmd: Command) -> Server {
+    pub(crate) fn spawn(mut cmd: Command) -> Server {
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -46,10 +46,10 @@ impl Server {
         });
         Server { child, log }
     }
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 }
@@ -61,7 +61,7 @@ impl Drop for Server {
     }
 }
 
-async fn wait_ready(port: u16, server: &mut Server) {
+pub(crate) async fn wait_ready(port: u16, server: &mut Server) {
     let client = crate::harness::client();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
@@ -95,7 +95,7 @@ fn postmaster_pid(dir: &Path) -> Option<i32> {
     std::fs::read_to_string(dir.join("postgres/postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
 }
 

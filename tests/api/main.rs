@@ -15,3 +15,4 @@ mod hosted;
 mod ops;
 mod shutdown;
 mod storage;
+mod storage_process;

@@ -316,6 +316,11 @@ pub async fn serve(
         shutdown.await;
         let _ = tx.send(());
     };
+    // No Nagle: a streamed body goes out in several writes, and waiting for the
+    // ACK of the headers (delayed by the peer) costs ~40 ms per response.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = std::future::IntoFuture::into_future(
         axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(signalled),

@@ -10,15 +10,20 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
+};
 use uuid::Uuid;
 
 use crate::config::StorageBackend;
 
 /// Size of the pieces an upload is sent to the store in (S3's minimum part is 5 MiB).
 const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Size of the pieces a local file is read in.
+const READ_CHUNK: usize = 256 * 1024;
 /// Parts in flight at once per upload.
 const PART_CONCURRENCY: usize = 2;
 
@@ -177,14 +182,43 @@ impl Blobs {
         Ok(Written { size, interrupted })
     }
 
-    /// Streams `path`, or the byte `range` of it.
+    /// Streams `path`, or the byte `range` of it. A local file is read in 256 KiB
+    /// pieces (`object_store`'s own file stream reads 8 KiB per blocking call).
     pub async fn read(
         &self,
         path: &Path,
         range: Option<Range<u64>>,
-    ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>> + Send + use<>, object_store::Error> {
+    ) -> Result<BoxStream<'static, Result<Bytes, object_store::Error>>, object_store::Error> {
         let opts = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
-        Ok(self.store.get_opts(path, opts).await?.into_stream())
+        let got = self.store.get_opts(path, opts).await?;
+        let range = got.range.clone();
+        match got.payload {
+            GetResultPayload::File(file, _) => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let mut f = tokio::fs::File::from_std(file);
+                f.set_max_buf_size(READ_CHUNK);
+                f.seek(std::io::SeekFrom::Start(range.start))
+                    .await
+                    .map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?;
+                let reader = f.take(range.end - range.start);
+                Ok(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK)
+                    .map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })
+                    .boxed())
+            }
+            GetResultPayload::Stream(s) => Ok(s),
+        }
+    }
+
+    /// [`Blobs::read`] of a whole blob as an owned, boxed future (for stream combinators).
+    pub fn read_owned(
+        &self,
+        path: Path,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<BoxStream<'static, Result<Bytes, object_store::Error>>, object_store::Error>,
+    > {
+        let me = self.clone();
+        Box::pin(async move { me.read(&path, None).await })
     }
 
     /// Copies `from` to `to` inside the store.

@@ -407,12 +407,9 @@ async fn finish(state: &AppState, u: &UploadRow, rights: &Rights) -> Result<(), 
         blobs.rename(&pieces[0], &blob).await?;
     } else {
         let reader = blobs.clone();
-        let joined = futures::stream::iter(pieces)
-            .then(move |p| {
-                let r = reader.clone();
-                async move { r.read(&p, None).await }
-            })
-            .try_flatten();
+        // Futures made up front but polled one at a time, in order.
+        let opens: Vec<_> = pieces.into_iter().map(|p| reader.read_owned(p)).collect();
+        let joined = futures::stream::iter(opens).buffered(1).try_flatten();
         let len = u64::try_from(u.upload_length).unwrap_or(0);
         blobs.write(&blob, joined, len, false).await.map_err(|e| StorageError::internal(e.to_string()))?;
     }

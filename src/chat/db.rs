@@ -441,3 +441,65 @@ pub async fn search_messages(
     .fetch_all(pool)
     .await
 }
+
+/// The ids of the storage objects named by `refs` that `owner` owns, in order;
+/// `None` when any is missing or someone else's.
+pub async fn owned_objects(
+    pool: &PgPool,
+    owner: Uuid,
+    refs: &[crate::chat::types::AttachmentRef],
+) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
+    let buckets: Vec<&str> = refs.iter().map(|r| r.bucket.as_str()).collect();
+    let keys: Vec<&str> = refs.iter().map(|r| r.key.as_str()).collect();
+    let found: Vec<(i32, Uuid)> = sqlx::query_as(
+        "SELECT r.ord::int, o.id FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS r(bucket, key, ord) \
+         JOIN storage_objects o ON o.bucket_id = r.bucket AND o.name = r.key AND o.owner_id = $1 ORDER BY r.ord",
+    )
+    .bind(owner)
+    .bind(&buckets)
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
+    Ok((found.len() == refs.len()).then(|| found.into_iter().map(|(_, id)| id).collect()))
+}
+
+/// Replaces the attachments of a message.
+pub async fn set_attachments(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: Uuid,
+    message_id: &str,
+    objects: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM message_attachments WHERE owner_id = $1 AND message_id = $2")
+        .bind(owner)
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO message_attachments (owner_id, message_id, object_id, position) \
+         SELECT $1, $2, o, p::int FROM unnest($3::uuid[]) WITH ORDINALITY AS t(o, p) ON CONFLICT DO NOTHING",
+    )
+    .bind(owner)
+    .bind(message_id)
+    .bind(objects)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The attachments of `owner`'s messages `ids`, in position order.
+pub async fn attachments_for(
+    pool: &PgPool,
+    owner: Uuid,
+    ids: &[String],
+) -> Result<Vec<crate::chat::types::Attachment>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.message_id, o.id AS object_id, o.bucket_id AS bucket, o.name AS key, o.content_type, o.size \
+         FROM message_attachments a JOIN storage_objects o ON o.id = a.object_id \
+         WHERE a.owner_id = $1 AND a.message_id = ANY($2) ORDER BY a.message_id, a.position",
+    )
+    .bind(owner)
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}

@@ -195,8 +195,23 @@ pub async fn append(
     for m in &messages {
         validate_message(m, max)?;
     }
-    // One new message (the chat UI's usual call): a single statement.
-    if let [m] = messages.as_slice() {
+    // Attachments must name objects the caller owns; someone else's look missing.
+    let mut links: Vec<Option<Vec<Uuid>>> = Vec::with_capacity(messages.len());
+    for m in &messages {
+        links.push(match &m.attachments {
+            None => None,
+            Some(refs) if refs.len() > 100 => {
+                return Err(unprocessable("invalid_attachments", "at most 100 attachments per message"));
+            }
+            Some(refs) => Some(db::owned_objects(&state.pool, owner, refs).await?.ok_or_else(|| {
+                ApiError::not_found("an attachment names no storage object of yours").with_code("attachment_not_found")
+            })?),
+        });
+    }
+    // One new message without attachments (the chat UI's usual call): a single statement.
+    if let [m] = messages.as_slice()
+        && m.attachments.is_none()
+    {
         let metadata = m.metadata.as_ref().filter(|v| !v.is_null());
         if let Some(row) =
             db::insert_new_message(&state.pool, owner, conversation, &m.id, &m.role, &m.parts, metadata).await?
@@ -207,11 +222,14 @@ pub async fn append(
     db::own_conversation(&state.pool, conversation, owner).await?.ok_or_else(not_found)?;
     let mut tx = state.pool.begin().await?;
     let mut out = AppendResult { data: Vec::with_capacity(messages.len()), created: 0, replaced: 0, unchanged: 0 };
-    for m in &messages {
+    for (m, link) in messages.iter().zip(&links) {
         let metadata = m.metadata.as_ref().filter(|v| !v.is_null());
         if let Some(row) =
             db::insert_new_message(&mut *tx, owner, conversation, &m.id, &m.role, &m.parts, metadata).await?
         {
+            if let Some(objects) = link {
+                db::set_attachments(&mut tx, owner, &m.id, objects).await?;
+            }
             out.created += 1;
             out.data.push(UiMessage::of(row, None));
             continue;
@@ -228,12 +246,22 @@ pub async fn append(
                 ));
             }
         }
+        if let Some(objects) = link {
+            db::set_attachments(&mut tx, owner, &m.id, objects).await?;
+        }
         out.data.push(UiMessage::of(row, None));
     }
     if out.replaced > 0 {
         db::touch_conversation(&mut tx, conversation).await?;
     }
     tx.commit().await?;
+    if messages.iter().any(|m| m.attachments.is_some()) {
+        let ids: Vec<String> = out.data.iter().map(|m| m.id.clone()).collect();
+        let all = db::attachments_for(&state.pool, owner, &ids).await?;
+        for m in &mut out.data {
+            m.attachments = all.iter().filter(|a| a.message_id == m.id).cloned().collect();
+        }
+    }
     Ok(out)
 }
 
@@ -297,11 +325,15 @@ pub async fn messages(
     } else {
         Vec::new()
     };
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let attachments = db::attachments_for(&state.pool, conv.owner_id, &ids).await?;
     let data = rows
         .into_iter()
         .map(|r| {
             let fb = feedback.iter().find(|(id, _)| *id == r.id).map(|(_, v)| v.clone());
-            UiMessage::of(r, fb)
+            let mut m = UiMessage::of(r, fb);
+            m.attachments = attachments.iter().filter(|a| a.message_id == m.id).cloned().collect();
+            m
         })
         .collect();
     Ok(MessageList { data, next_cursor, before_cursor, after_cursor })

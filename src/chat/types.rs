@@ -109,6 +109,37 @@ pub struct UiMessageIn {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// Storage objects of the caller's to link to the message (not part of the
+    /// `UIMessage`; absent leaves existing links alone, `[]` clears them).
+    #[serde(default)]
+    pub attachments: Option<Vec<AttachmentRef>>,
+}
+
+/// A storage object named by bucket and key.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+pub struct AttachmentRef {
+    /// Bucket id.
+    pub bucket: String,
+    /// Object key.
+    pub key: String,
+}
+
+/// An attachment as returned with a message.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Attachment {
+    /// The message it belongs to (not serialised).
+    #[serde(skip)]
+    pub message_id: String,
+    /// The storage object's id.
+    pub object_id: Uuid,
+    /// Bucket id.
+    pub bucket: String,
+    /// Object key.
+    pub key: String,
+    /// Content type.
+    pub content_type: String,
+    /// Bytes.
+    pub size: i64,
 }
 
 /// `POST /v1/conversations/{id}/messages`: one message, or `{"messages": [...]}`.
@@ -143,6 +174,9 @@ pub struct UiMessage {
     /// Feedback given on it (`up` / `down`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feedback: Option<String>,
+    /// Storage objects linked to it (download them through `/storage/v1`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -161,6 +195,7 @@ impl UiMessage {
             metadata: row.metadata,
             conversation_id: row.conversation_id,
             feedback,
+            attachments: Vec::new(),
             created_at: row.created_at,
             updated_at: row.updated_at,
         }

@@ -436,3 +436,78 @@ async fn feedback_search_and_bad_input() {
         .unwrap();
     assert_eq!(envelope(r).await.1, "invalid_visibility");
 }
+
+#[tokio::test]
+async fn attachments_link_my_storage_objects() {
+    let app = TestApp::spawn().await;
+    let a = sign_up(&app, "att-a@example.com").await;
+    let b = sign_up(&app, "att-b@example.com").await;
+    let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "k", true).await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/storage/v1/bucket"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "uploads"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (user, name) in [(&a, "a/photo.png"), (&a, "a/notes.pdf"), (&b, "b/secret.png")] {
+        let r = app
+            .client
+            .post(app.url(&format!("/storage/v1/object/uploads/{name}")))
+            .bearer_auth(&user.jwt)
+            .header("content-type", "image/png")
+            .body("bytes")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let conv = create(&app, &a, json!({})).await["id"].as_str().unwrap().to_string();
+    let mut m = text_message("m1", "look at these");
+    m["attachments"] =
+        json!([{"bucket": "uploads", "key": "a/photo.png"}, {"bucket": "uploads", "key": "a/notes.pdf"}]);
+    let r = append(&app, &a, &conv, &m).await;
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let body: Value = r.json().await.unwrap();
+    let keys: Vec<&str> =
+        body["data"][0]["attachments"].as_array().unwrap().iter().map(|x| x["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a/photo.png", "a/notes.pdf"]);
+    assert_eq!(body["data"][0]["attachments"][0]["size"], 5);
+    // Someone else's object, or none at all: a 404 that does not tell them apart; nothing stored.
+    for bad in [json!({"bucket": "uploads", "key": "b/secret.png"}), json!({"bucket": "uploads", "key": "nope.png"})] {
+        let mut m = text_message("m2", "sneaky");
+        m["attachments"] = json!([bad]);
+        let r = append(&app, &a, &conv, &m).await;
+        let (status, code, _, _) = envelope(r).await;
+        assert_eq!((status, code.as_str()), (404, "attachment_not_found"));
+    }
+    // The listing carries them; a resend without `attachments` keeps them; `[]` clears.
+    let page: Value = list(&app, Some(&a.jwt), &conv, "").await.json().await.unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    assert_eq!(page["data"][0]["attachments"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        append(&app, &a, &conv, &text_message("m1", "look at these")).await.status(),
+        200,
+        "an unchanged resend"
+    );
+    let page: Value = list(&app, Some(&a.jwt), &conv, "").await.json().await.unwrap();
+    assert_eq!(page["data"][0]["attachments"].as_array().unwrap().len(), 2);
+    // Deleting the object removes the link.
+    let r =
+        app.client.delete(app.url("/storage/v1/object/uploads/a/notes.pdf")).bearer_auth(&a.jwt).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = list(&app, Some(&a.jwt), &conv, "").await.json().await.unwrap();
+    assert_eq!(page["data"][0]["attachments"].as_array().unwrap().len(), 1);
+    let mut m = text_message("m1", "look at these");
+    m["attachments"] = json!([]);
+    assert_eq!(append(&app, &a, &conv, &m).await.status(), 200);
+    let page: Value = list(&app, Some(&a.jwt), &conv, "").await.json().await.unwrap();
+    assert!(page["data"][0].get("attachments").is_none(), "{page}");
+    // B cannot attach to A's conversation at all.
+    let mut m = text_message("m9", "x");
+    m["attachments"] = json!([{"bucket": "uploads", "key": "b/secret.png"}]);
+    let (status, _, _, _) = envelope(append(&app, &b, &conv, &m).await).await;
+    assert_eq!(status, 404);
+}

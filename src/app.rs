@@ -71,7 +71,12 @@ impl AppState {
     pub fn spawn_cache_listener(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
-            let cache = &state.auth.cache;
+            let auth = &state.auth.cache;
+            let storage = &state.storage.cache;
+            let set = |on: bool| {
+                auth.set_listening(on);
+                storage.set_listening(on);
+            };
             while !state.pool.is_closed() {
                 let mut listener = match sqlx::postgres::PgListener::connect_with(&state.pool).await {
                     Ok(l) => l,
@@ -80,23 +85,24 @@ impl AppState {
                         continue;
                     }
                 };
-                if listener.listen(crate::auth::cache::CHANNEL).await.is_err() {
+                if listener.listen_all([crate::auth::cache::CHANNEL, crate::storage::cache::CHANNEL]).await.is_err() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                cache.set_listening(true);
+                set(true);
                 loop {
                     match listener.try_recv().await {
-                        Ok(Some(n)) => cache.apply(n.payload()),
+                        Ok(Some(n)) if n.channel() == crate::storage::cache::CHANNEL => storage.apply(n.payload()),
+                        Ok(Some(n)) => auth.apply(n.payload()),
                         // The connection dropped: notifications may have been missed.
                         Ok(None) | Err(_) => {
-                            cache.set_listening(false);
+                            set(false);
                             break;
                         }
                     }
                 }
             }
-            cache.set_listening(false);
+            set(false);
         })
     }
 

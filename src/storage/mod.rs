@@ -8,6 +8,7 @@
 //! most an orphan blob, which [`sweep`] removes once it is an hour old.
 
 pub mod blobs;
+pub mod cache;
 pub mod db;
 pub mod error;
 mod routes;
@@ -32,6 +33,8 @@ pub use routes::router;
 pub struct Storage {
     /// The object store.
     pub blobs: Blobs,
+    /// Public object rows and small objects' bytes.
+    pub cache: cache::StorageCache,
     signing: Vec<[u8; 32]>,
 }
 
@@ -60,7 +63,11 @@ pub struct UrlClaims {
 impl Storage {
     /// Opens the object store and derives the URL-signing keys from the keyring.
     pub fn open(config: &crate::config::Config, keyring: &crate::crypto::Keyring) -> Result<Storage, String> {
-        Ok(Storage { blobs: Blobs::open(&config.storage)?, signing: keyring.derive("carmenta storage url signing") })
+        Ok(Storage {
+            blobs: Blobs::open(&config.storage)?,
+            cache: cache::StorageCache::default(),
+            signing: keyring.derive("carmenta storage url signing"),
+        })
     }
 
     /// Signs URL claims (HS256 under the primary key's derived secret).

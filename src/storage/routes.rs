@@ -134,6 +134,11 @@ pub(super) fn size_limit(state: &AppState, bucket: &BucketRow) -> u64 {
     bucket.file_size_limit.and_then(|l| u64::try_from(l).ok()).map_or(global, |l| l.min(global))
 }
 
+/// Evicts cached public rows here and on every replica.
+async fn invalidate(state: &AppState, payload: String) {
+    super::cache::invalidate(&state.pool, &state.storage.cache, payload).await;
+}
+
 pub(super) async fn bucket_or_404(state: &AppState, id: &str) -> StorageResult<BucketRow> {
     db::bucket(&state.pool, id).await?.ok_or_else(StorageError::no_such_bucket)
 }
@@ -289,13 +294,17 @@ async fn update_bucket(
     if !db::update_bucket(&state.pool, &id, public, limit, mimes).await? {
         return Err(StorageError::no_such_bucket());
     }
+    invalidate(&state, format!("b:{id}")).await;
     Ok(axum::Json(json!({ "message": "Successfully updated" })).into_response())
 }
 
 async fn delete_bucket(State(state): State<AppState>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
     require_service(who.signed_in()?)?;
     match db::delete_bucket(&state.pool, &id).await? {
-        db::BucketDelete::Deleted => Ok(axum::Json(json!({ "message": "Successfully deleted" })).into_response()),
+        db::BucketDelete::Deleted => {
+            invalidate(&state, format!("b:{id}")).await;
+            Ok(axum::Json(json!({ "message": "Successfully deleted" })).into_response())
+        }
         db::BucketDelete::NotEmpty => Err(StorageError::new(
             409,
             "Bucket not empty",
@@ -315,12 +324,14 @@ async fn empty_bucket(State(state): State<AppState>, who: Who, Path(id): Path<St
         if versions.is_empty() {
             break;
         }
+        invalidate(&state, format!("b:{id}")).await;
         for v in versions {
             if let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(v)).await {
                 tracing::warn!(error = %e, "deleting a blob while emptying a bucket; the sweeper will retry");
             }
         }
     }
+    invalidate(&state, format!("b:{id}")).await;
     Ok(axum::Json(json!({ "message": "Successfully emptied" })).into_response())
 }
 
@@ -425,6 +436,9 @@ pub(super) async fn commit(
     };
     match outcome {
         PutOutcome::Stored { row, replaced } => {
+            if t.bucket.public {
+                invalidate(state, format!("o:{}/{}", row.bucket_id, row.name)).await;
+            }
             if let Some(old) = replaced
                 && let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(old)).await
             {
@@ -619,6 +633,36 @@ pub(super) struct Serve<'a> {
     pub expires: Option<i64>,
 }
 
+/// Opens the blob of `row`. When it was overwritten between reading the row and
+/// opening the blob (its old bytes deleted), reads the new row once: the new
+/// version is served if it has the same size (headers are already computed), else
+/// the client is asked to retry.
+async fn open_blob(
+    state: &AppState,
+    row: &mut ObjectRow,
+    range: Option<std::ops::Range<u64>>,
+) -> StorageResult<futures::stream::BoxStream<'static, Result<axum::body::Bytes, object_store::Error>>> {
+    match state.storage.blobs.read(&Blobs::blob_path(row.version), range.clone()).await {
+        Ok(s) => Ok(s),
+        Err(object_store::Error::NotFound { .. }) => {
+            let fresh = db::object(&state.pool, &row.bucket_id, &row.name, None)
+                .await?
+                .ok_or_else(StorageError::no_such_key)?;
+            if fresh.size != row.size {
+                return Err(StorageError::new(
+                    412,
+                    "precondition_failed",
+                    "PreconditionFailed",
+                    "the object changed; retry",
+                ));
+            }
+            *row = fresh;
+            Ok(state.storage.blobs.read(&Blobs::blob_path(row.version), range).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Answers a download of `row`: 304, 416, 206 or 200, streaming the bytes.
 pub(super) async fn serve(state: &AppState, mut row: ObjectRow, how: Serve<'_>) -> StorageResult<Response> {
     let size = u64::try_from(row.size).unwrap_or(0);
@@ -687,6 +731,25 @@ pub(super) async fn serve(state: &AppState, mut row: ObjectRow, how: Serve<'_>) 
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if *how.method == Method::HEAD || len == 0 {
         return res.status(status).body(Body::empty()).map_err(StorageError::internal);
+    }
+    if size <= super::cache::MAX_CACHED_OBJECT {
+        let bytes = match state.storage.cache.bytes(row.version) {
+            Some(b) => b,
+            None => {
+                let chunks: Vec<axum::body::Bytes> = open_blob(state, &mut row, None).await?.try_collect().await?;
+                let all = axum::body::Bytes::from(chunks.concat());
+                if all.len() as u64 != size {
+                    return Err(StorageError::internal("blob size differs from its row"));
+                }
+                state.storage.cache.put_bytes(row.version, all.clone());
+                all
+            }
+        };
+        let body = match &range {
+            Some(r) => bytes.slice(usize::try_from(r.start).unwrap_or(0)..usize::try_from(r.end).unwrap_or(0)),
+            None => bytes,
+        };
+        return res.status(status).body(Body::from(body)).map_err(StorageError::internal);
     }
     let stream = match state.storage.blobs.read(&Blobs::blob_path(row.version), range.clone()).await {
         Ok(s) => s,
@@ -819,8 +882,15 @@ async fn info_public(
 /// Deletes rows (the caller's, or any for a service key), then their blobs.
 async fn remove(state: &AppState, actor: Actor, bucket: &str, names: &[String]) -> StorageResult<Vec<ObjectRow>> {
     let Some(owner) = actor.owner_filter() else { return Ok(Vec::new()) };
-    bucket_or_404(state, bucket).await?;
+    let b = bucket_or_404(state, bucket).await?;
     let rows = db::delete_objects(&state.pool, bucket, names, owner).await?;
+    if b.public && !rows.is_empty() {
+        let payload = match rows.as_slice() {
+            [one] => format!("o:{}/{}", one.bucket_id, one.name),
+            _ => format!("b:{bucket}"),
+        };
+        invalidate(state, payload).await;
+    }
     for r in &rows {
         if let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(r.version)).await {
             tracing::warn!(error = %e, "deleting a blob; the sweeper will retry");
@@ -1060,7 +1130,12 @@ async fn move_object(State(state): State<AppState>, who: Who, SJson(m): SJson<Mo
         admit(&state, &dest, &src)?;
     }
     match db::move_object(&state.pool, (&src_bucket.id, &m.source_key), (&dest.id, &m.destination_key), owner).await? {
-        db::MoveOutcome::Moved => Ok(axum::Json(json!({ "message": "Successfully moved" })).into_response()),
+        db::MoveOutcome::Moved => {
+            if src_bucket.public {
+                invalidate(&state, format!("o:{}/{}", src_bucket.id, m.source_key)).await;
+            }
+            Ok(axum::Json(json!({ "message": "Successfully moved" })).into_response())
+        }
         db::MoveOutcome::NoSource => Err(StorageError::no_such_key()),
         db::MoveOutcome::Exists => Err(StorageError::duplicate("KeyAlreadyExists")),
     }

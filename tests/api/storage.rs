@@ -839,3 +839,73 @@ async fn tus_resume(backend: Backend) {
     assert_eq!(blob_count(&st).await, v["objects"].as_u64().unwrap() as usize);
     assert!(st.app.state.storage.blobs.list("uploads").await.unwrap().is_empty(), "pieces are removed");
 }
+
+/// Two replicas on one database and one store: a public object cached by one is
+/// re-read after the other overwrites or deletes it (NOTIFY invalidation).
+#[tokio::test]
+async fn public_object_cache_follows_writes_on_other_replicas() {
+    let st = St::new(Backend::Fs).await;
+    st.bucket("pub", json!({"public": true})).await;
+    let root = match &st.app.state.config.storage {
+        carmenta::config::StorageBackend::Fs { root } => root.clone(),
+        other => panic!("{other:?}"),
+    };
+    let keys = st.app.state.config.encryption_keys.clone();
+    let other = TestApp::builder()
+        .config(|c| {
+            c.storage = carmenta::config::StorageBackend::Fs { root };
+            c.encryption_keys = keys;
+        })
+        .same_database_as(&st.app)
+        .spawn()
+        .await;
+    // Wait for both replicas' invalidation listeners.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let read = |app: &TestApp| {
+        let url = app.url("/storage/v1/object/public/pub/logo.txt");
+        let client = app.client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(st.put(&st.a.jwt, "pub", "logo.txt", b"version one", "text/plain").await.status(), 200);
+    assert_eq!(read(&other).await, (200, "version one".to_string()));
+    assert_eq!(read(&other).await, (200, "version one".to_string()), "served from the cache");
+    let r = st.req(Method::PUT, "/object/pub/logo.txt", &st.a.jwt).body("version two").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = read(&other).await;
+    for _ in 0..50 {
+        if seen.1 == "version two" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        seen = read(&other).await;
+    }
+    assert_eq!(seen, (200, "version two".to_string()));
+    let r = st.req(Method::DELETE, "/object/pub/logo.txt", &st.a.jwt).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut status = read(&other).await.0;
+    for _ in 0..50 {
+        if status == 400 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = read(&other).await.0;
+    }
+    assert_eq!(status, 400, "deleted object still served by the other replica");
+    // Making the bucket private drops its cached rows everywhere.
+    assert_eq!(st.put(&st.a.jwt, "pub", "logo.txt", b"three", "text/plain").await.status(), 200);
+    assert_eq!(read(&other).await.0, 200);
+    let r = st.req(Method::PUT, "/bucket/pub", &st.key).json(&json!({"public": false})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut status = read(&other).await.0;
+    for _ in 0..50 {
+        if status == 400 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = read(&other).await.0;
+    }
+    assert_eq!(status, 400, "a bucket made private is no longer served publicly");
+}

@@ -28,10 +28,13 @@ const MAX_ROWS: usize = 100_000;
 pub const MAX_CACHED_OBJECT: u64 = 64 * 1024;
 const MAX_CACHED_BYTES: usize = 64 * 1024 * 1024;
 
+/// Cached rows by (bucket, key), with when they were read.
+type Rows = HashMap<(String, String), (Instant, Arc<ObjectRow>)>;
+
 /// The cache.
 #[derive(Debug, Default)]
 pub struct StorageCache {
-    rows: RwLock<HashMap<(String, String), (Instant, Arc<ObjectRow>)>>,
+    rows: RwLock<Rows>,
     bytes: RwLock<HashMap<Uuid, Bytes>>,
     bytes_total: AtomicUsize,
     generation: AtomicU64,

@@ -781,16 +781,21 @@ async fn download_authenticated(
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> StorageResult<Response> {
+    let how =
+        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None };
+    // Only public buckets' objects are cached; they are served whatever the
+    // credentials, as Supabase does.
+    if let Some(row) = state.storage.cache.public_row(&bucket, &key) {
+        return serve(&state, (*row).clone(), how).await;
+    }
+    let at = state.storage.cache.generation();
     let b = bucket_or_404(&state, &bucket).await?;
-    // Public buckets are served whatever the credentials, as Supabase does.
     let actor = if b.public { who.actor().unwrap_or(Actor::Anon) } else { who.actor()? };
     let row = readable(&state, actor, &b, &key).await?;
-    serve(
-        &state,
-        row,
-        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None },
-    )
-    .await
+    if b.public {
+        state.storage.cache.put_public_row(at, std::sync::Arc::new(row.clone()));
+    }
+    serve(&state, row, how).await
 }
 
 async fn download_public(
@@ -800,14 +805,16 @@ async fn download_public(
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> StorageResult<Response> {
+    let how =
+        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None };
+    if let Some(row) = state.storage.cache.public_row(&bucket, &key) {
+        return serve(&state, (*row).clone(), how).await;
+    }
+    let at = state.storage.cache.generation();
     let b = db::bucket(&state.pool, &bucket).await?.filter(|b| b.public).ok_or_else(StorageError::no_such_bucket)?;
     let row = readable(&state, Actor::Anon, &b, &key).await?;
-    serve(
-        &state,
-        row,
-        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None },
-    )
-    .await
+    state.storage.cache.put_public_row(at, std::sync::Arc::new(row.clone()));
+    serve(&state, row, how).await
 }
 
 async fn download_signed(

@@ -871,6 +871,7 @@ async fn public_object_cache_follows_writes_on_other_replicas() {
     };
     assert_eq!(st.put(&st.a.jwt, "pub", "logo.txt", b"version one", "text/plain").await.status(), 200);
     assert_eq!(read(&other).await, (200, "version one".to_string()));
+    assert!(other.state.storage.cache.public_row("pub", "logo.txt").is_some(), "the row is cached");
     assert_eq!(read(&other).await, (200, "version one".to_string()), "served from the cache");
     let r = st.req(Method::PUT, "/object/pub/logo.txt", &st.a.jwt).body("version two").send().await.unwrap();
     assert_eq!(r.status(), 200);

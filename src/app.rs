@@ -45,6 +45,8 @@ pub struct AppState {
     pub mailer: Mailer,
     /// Object storage.
     pub storage: Arc<crate::storage::Storage>,
+    /// The provider catalog (built-in plus `CARMENTA_PROVIDERS_FILE`).
+    pub catalog: Arc<crate::connections::Catalog>,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
         let auth = AuthState::load(&pool, &keyring, &config).await?;
         let mailer = Mailer::from_config(&config)?;
         let storage = Arc::new(crate::storage::Storage::open(&config, &keyring)?);
+        let catalog = Arc::new(crate::connections::catalog::load_configured(&config)?);
         // Off the start-up path: the dummy hash is ready long before the first sign-in.
         tokio::spawn(crate::auth::password::warm_up());
         Ok(AppState {
@@ -63,6 +66,7 @@ impl AppState {
             auth,
             mailer,
             storage,
+            catalog,
         })
     }
 
@@ -135,7 +139,7 @@ impl AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Carmenta API", description = "Self-hosted backend for AI-assistant products."),
-    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"), (name = "chat", description = "Conversations and messages"))
+    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"), (name = "chat", description = "Conversations and messages"), (name = "connections", description = "Provider catalog and integrations"))
 )]
 pub struct ApiDoc;
 
@@ -145,6 +149,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(crate::ops::routes())
         .merge(crate::auth::routes())
         .merge(crate::chat::routes())
+        .merge(crate::connections::routes())
 }
 
 /// Builds the complete router for `state`.

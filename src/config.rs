@@ -154,6 +154,8 @@ pub struct Config {
     pub storage_max_file_size: u64,
     /// How long a signed upload URL stays valid (`CARMENTA_STORAGE_UPLOAD_URL_TTL`, seconds).
     pub storage_upload_url_ttl: Duration,
+    /// A JSON file of provider entries added to or overriding the built-in catalog.
+    pub providers_file: Option<PathBuf>,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -204,6 +206,7 @@ struct FileConfig {
     s3_access_key_id: Option<String>,
     s3_secret_access_key: Option<String>,
     s3_path_style: Option<bool>,
+    providers_file: Option<PathBuf>,
 }
 
 /// The object store behind storage.
@@ -587,6 +590,13 @@ impl Config {
                 .map_or_else(|| data_dir.join("storage"), |r| PathBuf::from(r.value)),
             },
         };
+        let providers_file = pick(
+            env,
+            &["CARMENTA_PROVIDERS_FILE"],
+            "providers_file",
+            fc.providers_file.map(|p| p.to_string_lossy().into_owned()),
+        )
+        .map(|r| PathBuf::from(r.value));
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -656,6 +666,7 @@ impl Config {
             storage,
             storage_max_file_size,
             storage_upload_url_ttl,
+            providers_file,
             config_file: path,
         })
     }
@@ -748,6 +759,10 @@ impl Config {
                         if s.secret_access_key.is_some() { ", secret [redacted]" } else { "" }
                     ),
                 },
+            ),
+            (
+                "providers_file".into(),
+                self.providers_file.as_ref().map_or("(built-in catalog only)".into(), |p| p.display().to_string()),
             ),
             ("storage_max_file_size".into(), self.storage_max_file_size.to_string()),
             ("storage_upload_url_ttl".into(), format!("{}s", self.storage_upload_url_ttl.as_secs())),

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod connections;
 pub mod crypto;
 pub mod db;
 pub mod doctor;

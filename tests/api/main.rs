@@ -7,6 +7,7 @@ mod auth;
 mod chat;
 mod cli;
 mod config;
+mod connections;
 mod email;
 mod embedded;
 mod errors;

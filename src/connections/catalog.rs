@@ -1,0 +1,300 @@
+//! The provider catalog: how to talk OAuth to each service and where its API lives.
+//! Entries use Nango's field names (`auth_mode`, `authorization_url`, `token_url`,
+//! `authorization_params`, `token_params`, `refresh_params`, `default_scopes`,
+//! `scope_separator`, `disable_pkce`, `authorization_method`,
+//! `token_request_auth_method`, `body_format`, `alternate_access_token_response_path`,
+//! `token_response_metadata`, `connection_config`, `proxy.base_url`, `proxy.headers`,
+//! `proxy.retry`, `alias`, …) so entries port mechanically.
+//!
+//! The built-in catalog (`providers.json`) is compiled into the binary; a file named
+//! by `CARMENTA_PROVIDERS_FILE` adds entries or overrides fields of existing ones.
+//! `alias` inherits from another entry by a *deep* merge (Nango merges shallowly, so
+//! an alias overriding one proxy field loses the parent's other proxy fields). The
+//! merged catalog is validated at start; errors name the entry and the field.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The catalog compiled into the binary.
+pub const BUILTIN: &str = include_str!("providers.json");
+
+/// Auth modes the broker knows.
+const AUTH_MODES: [&str; 6] = ["OAUTH2", "OAUTH2_CC", "API_KEY", "BASIC", "CUSTOM", "APP"];
+
+/// A provider after alias resolution, as raw JSON plus the fields the broker reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Provider {
+    /// Its name (`google-mail`).
+    pub name: String,
+    /// `OAUTH2`, `API_KEY`, `BASIC`, …
+    pub auth_mode: String,
+    /// The resolved entry, every field (aliases merged in).
+    pub raw: Value,
+}
+
+impl Provider {
+    /// A string field.
+    pub fn str(&self, field: &str) -> Option<&str> {
+        self.raw.get(field).and_then(Value::as_str)
+    }
+    /// The API base URL (`proxy.base_url`).
+    pub fn proxy_base_url(&self) -> Option<&str> {
+        self.raw.get("proxy").and_then(|p| p.get("base_url")).and_then(Value::as_str)
+    }
+    /// Scopes requested when an integration names none.
+    pub fn default_scopes(&self) -> Vec<String> {
+        self.raw
+            .get("default_scopes")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The resolved, validated catalog.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    providers: BTreeMap<String, Provider>,
+}
+
+/// Merges `over` into `base`: objects recursively, anything else replaced.
+pub fn deep_merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => deep_merge(existing, v),
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+fn entries(text: &str, source: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(format!("{source}: expected a JSON object of provider entries")),
+        Err(e) => Err(format!("{source}: {e}")),
+    }
+}
+
+impl Catalog {
+    /// The built-in catalog, with `overrides` (the text of an override file) merged
+    /// on top: a new name adds an entry, an existing one overrides its fields.
+    pub fn load(overrides: Option<(&str, &str)>) -> Result<Catalog, String> {
+        let mut raw = entries(BUILTIN, "built-in providers.json")?;
+        if let Some((source, text)) = overrides {
+            for (name, entry) in entries(text, source)? {
+                if !entry.is_object() {
+                    return Err(format!("{source}: entry {name:?}: expected an object"));
+                }
+                match raw.get_mut(&name) {
+                    Some(existing) => deep_merge(existing, &entry),
+                    None => {
+                        raw.insert(name, entry);
+                    }
+                }
+            }
+        }
+        let mut providers = BTreeMap::new();
+        for name in raw.keys() {
+            let resolved = resolve(&raw, name, &mut Vec::new())?;
+            let p = validate(name, resolved)?;
+            providers.insert(name.clone(), p);
+        }
+        Ok(Catalog { providers })
+    }
+
+    /// A provider by name.
+    pub fn get(&self, name: &str) -> Option<&Provider> {
+        self.providers.get(name)
+    }
+
+    /// Every provider, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Provider> {
+        self.providers.values()
+    }
+}
+
+/// The catalog the configuration asks for: built-in, plus `providers_file` if set.
+pub fn load_configured(config: &crate::config::Config) -> Result<Catalog, String> {
+    match &config.providers_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Catalog::load(Some((&path.display().to_string(), &text)))
+        }
+        None => Catalog::load(None),
+    }
+}
+
+/// Resolves `name`'s alias chain into one entry (parent first, child merged on top).
+fn resolve(raw: &Map<String, Value>, name: &str, seen: &mut Vec<String>) -> Result<Value, String> {
+    if seen.iter().any(|s| s == name) {
+        return Err(format!("provider {name:?}: field \"alias\": alias cycle through {}", seen.join(" -> ")));
+    }
+    seen.push(name.to_string());
+    let entry = raw.get(name).ok_or_else(|| format!("provider {name:?} is not in the catalog"))?;
+    match entry.get("alias") {
+        None => Ok(entry.clone()),
+        Some(Value::String(parent)) => {
+            if !raw.contains_key(parent) {
+                return Err(format!("provider {name:?}: field \"alias\": no provider named {parent:?}"));
+            }
+            let mut base = resolve(raw, parent, seen)?;
+            deep_merge(&mut base, entry);
+            Ok(base)
+        }
+        Some(_) => Err(format!("provider {name:?}: field \"alias\": expected a provider name")),
+    }
+}
+
+fn url_like(v: &str) -> bool {
+    // Templated URLs (`https://${connectionConfig.hostname}/…`, `A || B`) are checked by shape.
+    v.split("||").map(str::trim).all(|u| {
+        let concrete = u.replace("${", "x").replace('}', "x");
+        concrete.starts_with("https://") || concrete.starts_with("http://") || u.starts_with("${")
+    })
+}
+
+fn validate(name: &str, raw: Value) -> Result<Provider, String> {
+    let err = |field: &str, msg: &str| format!("provider {name:?}: field {field:?}: {msg}");
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') || name.is_empty() {
+        return Err(format!("provider {name:?}: names are lowercase letters, digits, '-' and '_'"));
+    }
+    let auth_mode = raw.get("auth_mode").and_then(Value::as_str).ok_or_else(|| err("auth_mode", "missing"))?;
+    if !AUTH_MODES.contains(&auth_mode) {
+        return Err(err("auth_mode", &format!("{auth_mode:?} is not one of {AUTH_MODES:?}")));
+    }
+    if matches!(auth_mode, "OAUTH2" | "CUSTOM" | "OAUTH2_CC") {
+        for field in ["authorization_url", "token_url"] {
+            if auth_mode == "OAUTH2_CC" && field == "authorization_url" {
+                continue;
+            }
+            match raw.get(field) {
+                Some(Value::String(u)) if url_like(u) => {}
+                Some(Value::Object(m)) if m.values().all(|v| v.as_str().is_some_and(url_like)) => {}
+                Some(_) => return Err(err(field, "expected an http(s) URL")),
+                None => return Err(err(field, "missing (required for OAuth)")),
+            }
+        }
+    }
+    if let Some(v) = raw.get("refresh_url")
+        && !v.as_str().is_some_and(url_like)
+    {
+        return Err(err("refresh_url", "expected an http(s) URL"));
+    }
+    for (field, allowed) in [
+        ("body_format", &["form", "json"][..]),
+        ("authorization_method", &["body", "header"][..]),
+        ("token_request_auth_method", &["basic", "custom", "private_key_jwt"][..]),
+    ] {
+        if let Some(v) = raw.get(field) {
+            match v.as_str() {
+                Some(s) if allowed.contains(&s) => {}
+                _ => return Err(err(field, &format!("expected one of {allowed:?}"))),
+            }
+        }
+    }
+    for field in ["authorization_params", "token_params", "refresh_params"] {
+        if let Some(v) = raw.get(field)
+            && !v.as_object().is_some_and(|m| m.values().all(Value::is_string))
+        {
+            return Err(err(field, "expected an object of string values"));
+        }
+    }
+    if let Some(v) = raw.get("default_scopes")
+        && !v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+    {
+        return Err(err("default_scopes", "expected an array of strings"));
+    }
+    if let Some(v) = raw.get("scope_separator")
+        && !v.is_string()
+    {
+        return Err(err("scope_separator", "expected a string"));
+    }
+    if let Some(v) = raw.get("disable_pkce")
+        && !v.is_boolean()
+    {
+        return Err(err("disable_pkce", "expected true or false"));
+    }
+    if let Some(v) = raw.get("token_expiration_buffer")
+        && v.as_u64().is_none_or(|n| n > 86_400)
+    {
+        return Err(err("token_expiration_buffer", "expected seconds (0 to 86400)"));
+    }
+    match raw.get("proxy") {
+        Some(Value::Object(p)) => {
+            match p.get("base_url") {
+                Some(Value::String(u)) if url_like(u) => {}
+                Some(_) => return Err(err("proxy.base_url", "expected an http(s) URL")),
+                None => return Err(err("proxy.base_url", "missing")),
+            }
+            if let Some(h) = p.get("headers")
+                && !h.as_object().is_some_and(|m| m.values().all(Value::is_string))
+            {
+                return Err(err("proxy.headers", "expected an object of string values"));
+            }
+        }
+        Some(_) => return Err(err("proxy", "expected an object")),
+        None => return Err(err("proxy.base_url", "missing")),
+    }
+    Ok(Provider { name: name.to_string(), auth_mode: auth_mode.to_string(), raw })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_resolves_and_aliases_merge_deeply() {
+        let c = Catalog::load(None).unwrap();
+        assert!(c.all().count() >= 20);
+        let drive = c.get("google-drive").unwrap();
+        // Inherited from google and kept beside the alias's own proxy.retry.
+        assert_eq!(drive.proxy_base_url(), Some("https://www.googleapis.com"));
+        assert!(drive.raw["proxy"]["retry"]["in_body"].is_object());
+        assert_eq!(drive.raw["authorization_params"]["access_type"], "offline");
+        assert_eq!(c.get("google-mail").unwrap().proxy_base_url(), Some("https://gmail.googleapis.com"));
+        assert_eq!(c.get("outlook").unwrap().str("token_url"), c.get("microsoft").unwrap().str("token_url"));
+        assert_eq!(c.get("notion").unwrap().str("authorization_method"), Some("header"));
+        assert_eq!(c.get("slack").unwrap().raw["disable_pkce"], true);
+    }
+
+    #[test]
+    fn overrides_add_and_replace_fields() {
+        let over = r#"{"notion": {"proxy": {"headers": {"notion-version": "2025-09-03"}}},
+                       "acme": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://api.acme.test"}}}"#;
+        let c = Catalog::load(Some(("providers.override.json", over))).unwrap();
+        let notion = c.get("notion").unwrap();
+        assert_eq!(notion.raw["proxy"]["headers"]["notion-version"], "2025-09-03");
+        assert_eq!(notion.proxy_base_url(), Some("https://api.notion.com"), "other proxy fields kept");
+        assert_eq!(c.get("acme").unwrap().auth_mode, "API_KEY");
+    }
+
+    #[test]
+    fn errors_name_entry_and_field() {
+        let cases = [
+            (r#"{"x": {"auth_mode": "OAUTH9", "proxy": {"base_url": "https://a"}}}"#, "\"x\": field \"auth_mode\""),
+            (
+                r#"{"x": {"auth_mode": "OAUTH2", "token_url": "https://t", "proxy": {"base_url": "https://a"}}}"#,
+                "field \"authorization_url\": missing",
+            ),
+            (r#"{"x": {"alias": "nope"}}"#, "\"x\": field \"alias\": no provider named \"nope\""),
+            (r#"{"x": {"alias": "y"}, "y": {"alias": "x"}}"#, "alias cycle"),
+            (r#"{"notion": {"body_format": "xml"}}"#, "\"notion\": field \"body_format\""),
+            (r#"{"x": {"auth_mode": "API_KEY", "proxy": {"base_url": "ftp://a"}}}"#, "field \"proxy.base_url\""),
+            (r#"{"x": {"auth_mode": "API_KEY"}}"#, "\"x\": field \"proxy.base_url\": missing"),
+            (r#"[1]"#, "expected a JSON object"),
+        ];
+        for (text, want) in cases {
+            let e = Catalog::load(Some(("over.json", text))).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+}

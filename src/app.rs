@@ -170,6 +170,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(api)
         .merge(extra)
         .merge(crate::hosted::routes())
+        .merge(crate::connections::connect::browser_routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(fallback)
         .layer(

@@ -4,7 +4,9 @@
 //! `scope_separator`, `disable_pkce`, `authorization_method`,
 //! `token_request_auth_method`, `body_format`, `alternate_access_token_response_path`,
 //! `token_response_metadata`, `connection_config`, `proxy.base_url`, `proxy.headers`,
-//! `proxy.retry`, `alias`, …) so entries port mechanically.
+//! `proxy.retry`, `alias`, …) so entries port mechanically. Carmenta adds where the
+//! external account id comes from: `account_id_path` (a dotted path into the token
+//! response) or `identity: {url, id_path}` (an endpoint called with the new token).
 //!
 //! The built-in catalog (`providers.json`) is compiled into the binary; a file named
 //! by `CARMENTA_PROVIDERS_FILE` adds entries or overrides fields of existing ones.
@@ -227,6 +229,20 @@ fn validate(name: &str, raw: Value) -> Result<Provider, String> {
         && v.as_u64().is_none_or(|n| n > 86_400)
     {
         return Err(err("token_expiration_buffer", "expected seconds (0 to 86400)"));
+    }
+    // Carmenta's additions: where the external account id comes from.
+    if let Some(v) = raw.get("account_id_path")
+        && !v.is_string()
+    {
+        return Err(err("account_id_path", "expected a dotted path such as authed_user.id"));
+    }
+    if let Some(v) = raw.get("identity") {
+        if !v.get("url").and_then(Value::as_str).is_some_and(url_like) {
+            return Err(err("identity.url", "expected an http(s) URL"));
+        }
+        if v.get("id_path").is_some_and(|p| !p.is_string()) {
+            return Err(err("identity.id_path", "expected a dotted path"));
+        }
     }
     match raw.get("proxy") {
         Some(Value::Object(p)) => {

@@ -57,17 +57,27 @@ async fn list_providers(State(state): State<AppState>, _caller: Caller) -> ApiJs
     )
 }
 
+/// An integration row (the secret still sealed).
 #[derive(Debug, Clone, FromRow)]
-struct Row {
-    id: Uuid,
-    unique_key: String,
-    provider: String,
-    client_id: Option<String>,
-    client_secret: Option<Vec<u8>>,
-    scopes: Vec<String>,
-    authorization_params: serde_json::Value,
-    created_at: OffsetDateTime,
-    updated_at: OffsetDateTime,
+pub struct Row {
+    /// Id.
+    pub id: Uuid,
+    /// The app's key.
+    pub unique_key: String,
+    /// Catalog provider.
+    pub provider: String,
+    /// Client id.
+    pub client_id: Option<String>,
+    /// Sealed client secret.
+    pub client_secret: Option<Vec<u8>>,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Authorization parameter overrides.
+    pub authorization_params: serde_json::Value,
+    /// Created.
+    pub created_at: OffsetDateTime,
+    /// Updated.
+    pub updated_at: OffsetDateTime,
 }
 
 const COLS: &str =
@@ -176,6 +186,13 @@ fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An integration by id.
+pub async fn fetch_id(state: &AppState, id: Uuid) -> Result<Row, ApiError> {
+    let sql = format!("SELECT {COLS} FROM integrations WHERE id = $1");
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&state.pool).await?;
+    row.ok_or_else(|| ApiError::not_found("integration not found"))
+}
+
 /// Create an integration.
 #[utoipa::path(post, path = "/v1/integrations", tag = "connections", request_body = CreateIntegration,
     responses((status = 201, body = Integration), (status = 409, description = "integration_exists"), (status = 422)))]
@@ -249,7 +266,8 @@ async fn list_integrations(
     Ok(ApiJson(rows.into_iter().map(Integration::from).collect()))
 }
 
-async fn fetch(state: &AppState, key: &str) -> Result<Row, ApiError> {
+/// An integration by key, or 404.
+pub async fn fetch(state: &AppState, key: &str) -> Result<Row, ApiError> {
     let sql = format!("SELECT {COLS} FROM integrations WHERE unique_key = $1");
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(key).fetch_optional(&state.pool).await?;
     row.ok_or_else(|| ApiError::not_found("integration not found"))

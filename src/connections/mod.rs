@@ -1,10 +1,16 @@
 //! Connections (the OAuth broker that replaces Nango). So far: the provider catalog
-//! (`catalog.rs`) and the app's integrations (a provider plus the app's client id,
-//! encrypted client secret, scopes and authorization parameter overrides). The
-//! connect flow, the vault of user tokens, refresh and the proxy are still to come.
+//! (`catalog.rs`), the app's integrations (`integrations.rs`: a provider plus the
+//! app's client id, encrypted client secret, scopes and authorization parameter
+//! overrides), and the connect flow with the connections API (`connect.rs`). Token
+//! refresh, the proxy and webhooks are still to come.
 
 pub mod catalog;
+pub mod connect;
 pub mod integrations;
 
 pub use catalog::Catalog;
-pub use integrations::routes;
+
+/// The JSON API routes of connections.
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<crate::app::AppState> {
+    integrations::routes().merge(connect::routes())
+}

@@ -159,3 +159,357 @@ async fn a_providers_file_overrides_and_is_validated() {
     assert!(e.contains("\"slack\"") && e.contains("token_url"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A local OAuth provider: `/basic/token` wants HTTP Basic client auth and a JSON
+/// body (as Notion), `/slack/token` answers HTTP 200 with `ok:false` or nests the
+/// user token under `authed_user` (as Slack), `/userinfo` names the account. Both
+/// check PKCE against the challenge the browser was sent with.
+mod fake {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Form, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use base64::Engine;
+    use serde_json::{Value, json};
+    use sha2::{Digest, Sha256};
+
+    #[derive(Clone, Default)]
+    pub struct Fake {
+        /// code → PKCE challenge.
+        pub challenges: Arc<Mutex<HashMap<String, String>>>,
+        pub token_calls: Arc<Mutex<u32>>,
+    }
+
+    fn pkce_ok(f: &Fake, code: &str, verifier: Option<&str>) -> bool {
+        let want = f.challenges.lock().unwrap().get(code).cloned();
+        match (want, verifier) {
+            (Some(c), Some(v)) => {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())) == c
+            }
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    async fn basic_token(State(f): State<Fake>, headers: HeaderMap, Json(b): Json<Value>) -> (StatusCode, Json<Value>) {
+        *f.token_calls.lock().unwrap() += 1;
+        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("basic-client:basic-secret"));
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str())
+            || b.get("client_secret").is_some()
+        {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"})));
+        }
+        let code = b["code"].as_str().unwrap_or_default();
+        if b["grant_type"] != "authorization_code" || !pkce_ok(&f, code, b["code_verifier"].as_str()) {
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})));
+        }
+        (
+            StatusCode::OK,
+            Json(
+                json!({"access_token": format!("tok-{code}"), "refresh_token": format!("rt-{code}"), "expires_in": "3600", "token_type": "bearer"}),
+            ),
+        )
+    }
+
+    async fn slack_token(State(f): State<Fake>, Form(b): Form<HashMap<String, String>>) -> Json<Value> {
+        *f.token_calls.lock().unwrap() += 1;
+        let code = b.get("code").cloned().unwrap_or_default();
+        if b.get("client_secret").map(String::as_str) != Some("slack-secret") || code == "bad" {
+            return Json(json!({"ok": false, "error": "invalid_code"}));
+        }
+        Json(
+            json!({"ok": true, "team": {"id": "T1"}, "authed_user": {"id": format!("U-{code}"), "access_token": format!("xoxp-{code}")}}),
+        )
+    }
+
+    async fn userinfo(headers: HeaderMap) -> (StatusCode, Json<Value>) {
+        match headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer tok-")) {
+            Some(code) => (StatusCode::OK, Json(json!({"sub": format!("acct-{code}")}))),
+            None => (StatusCode::UNAUTHORIZED, Json(json!({}))),
+        }
+    }
+
+    pub async fn start() -> (String, Fake) {
+        let f = Fake::default();
+        let router = Router::new()
+            .route("/basic/token", post(basic_token))
+            .route("/slack/token", post(slack_token))
+            .route("/userinfo", get(userinfo))
+            .with_state(f.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, router).await });
+        (base, f)
+    }
+}
+
+struct Flow {
+    app: TestApp,
+    key: String,
+    fake: fake::Fake,
+}
+
+impl Flow {
+    async fn new() -> Flow {
+        let (base, fake) = fake::start().await;
+        let dir = crate::harness::temp_dir("carmenta-fake-providers-");
+        let file = dir.join("providers.json");
+        let providers = json!({
+            "fake-basic": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/basic/token"),
+                           "authorization_method": "header", "body_format": "json", "authorization_params": {"owner": "user"},
+                           "identity": {"url": format!("{base}/userinfo"), "id_path": "sub"}, "proxy": {"base_url": format!("{base}/api")}},
+            "fake-slack": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/slack/token"),
+                           "disable_pkce": true, "scope_separator": ",", "alternate_access_token_response_path": "authed_user",
+                           "account_id_path": "authed_user.id", "proxy": {"base_url": format!("{base}/api")}}
+        });
+        std::fs::write(&file, providers.to_string()).unwrap();
+        let app = TestApp::builder().config(|c| c.providers_file = Some(file)).spawn().await;
+        let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
+        for (k, p, id, secret) in [
+            ("basic", "fake-basic", "basic-client", "basic-secret"),
+            ("slack", "fake-slack", "slack-client", "slack-secret"),
+        ] {
+            let r = app
+                .client
+                .post(app.url("/v1/integrations"))
+                .bearer_auth(&key)
+                .json(&json!({"unique_key": k, "provider": p, "client_id": id, "client_secret": secret, "scopes": ["read", "write"]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        Flow { app, key, fake }
+    }
+
+    /// Starts a flow for `user` on `integration`; returns (the provider URL the
+    /// browser is sent to, its query).
+    async fn start(
+        &self,
+        user: &crate::auth::User,
+        integration: &str,
+    ) -> (url::Url, std::collections::HashMap<String, String>) {
+        let r = self
+            .app
+            .client
+            .post(self.app.url("/v1/connect/sessions"))
+            .bearer_auth(&user.jwt)
+            .json(&json!({"allowed_integrations": [integration], "return_url": "/done"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let s: Value = r.json().await.unwrap();
+        let link = s["links"][integration].as_str().unwrap().to_string();
+        let r = self.app.client.get(&link).send().await.unwrap();
+        assert_eq!(r.status(), 302, "{:?}", r.text().await);
+        let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+        let q = to.query_pairs().into_owned().collect();
+        (to, q)
+    }
+
+    /// The provider sends the browser back with `query`; returns the final Location.
+    async fn callback(&self, query: &str) -> (u16, String) {
+        let r = self.app.client.get(self.app.url(&format!("/oauth/callback?{query}"))).send().await.unwrap();
+        let status = r.status().as_u16();
+        let loc = r.headers().get("location").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        (status, loc)
+    }
+
+    /// A whole successful flow; returns the connection id.
+    async fn connect(&self, user: &crate::auth::User, integration: &str, code: &str) -> String {
+        let (_, q) = self.start(user, integration).await;
+        if let Some(ch) = q.get("code_challenge") {
+            self.fake.challenges.lock().unwrap().insert(code.to_string(), ch.clone());
+        }
+        let (status, loc) = self.callback(&format!("code={code}&state={}", q["state"])).await;
+        assert_eq!(status, 302);
+        assert!(loc.starts_with(&format!("/done?result=success&integration={integration}&connection_id=")), "{loc}");
+        loc.rsplit('=').next().unwrap().to_string()
+    }
+}
+
+#[tokio::test]
+async fn connect_flow_with_provider_quirks() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "ca@example.com").await;
+    let b = sign_up(&f.app, "cb@example.com").await;
+    // The authorization redirect: client id, callback, state, PKCE S256, scopes, provider params.
+    let (to, q) = f.start(&a, "basic").await;
+    assert_eq!(to.path(), "/authorize");
+    assert_eq!(q["client_id"], "basic-client");
+    assert_eq!(q["redirect_uri"], f.app.url("/oauth/callback"));
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["scope"], "read write");
+    assert_eq!(q["owner"], "user");
+    assert_eq!(q["response_type"], "code");
+    // Basic auth + JSON body + PKCE + identity endpoint; two accounts for one user.
+    let c1 = f.connect(&a, "basic", "one").await;
+    let c2 = f.connect(&a, "basic", "two").await;
+    assert_ne!(c1, c2);
+    let again = f.connect(&a, "basic", "one").await;
+    assert_eq!(again, c1, "the same account updates its connection");
+    let list: Value = f
+        .app
+        .client
+        .get(f.app.url("/v1/connections?integration=basic"))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let accounts: Vec<&str> =
+        list.as_array().unwrap().iter().map(|c| c["external_account_id"].as_str().unwrap()).collect();
+    assert_eq!(accounts, ["acct-one", "acct-two"]);
+    assert!(list[0]["expires_at"].is_string());
+    let tok: Value = f
+        .app
+        .client
+        .get(f.app.url(&format!("/v1/connections/{c1}/token")))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tok["access_token"], "tok-one");
+    // Slack's shape: 200 with ok:false is a failure; the user token is nested.
+    let s1 = f.connect(&a, "slack", "good").await;
+    let one: Value = f
+        .app
+        .client
+        .get(f.app.url(&format!("/v1/connections/{s1}")))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["external_account_id"], "U-good");
+    let tok: Value = f
+        .app
+        .client
+        .get(f.app.url(&format!("/v1/connections/{s1}/token")))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tok["access_token"], "xoxp-good");
+    let (_, q) = f.start(&a, "slack").await;
+    assert!(!q.contains_key("code_challenge"), "PKCE off where the provider cannot");
+    let (status, loc) = f.callback(&format!("code=bad&state={}", q["state"])).await;
+    assert_eq!((status, loc.as_str()), (302, "/done?result=error&error=token_exchange_failed"));
+    // Denied consent; replayed, unknown and expired states: a clear result, no connection.
+    let (_, q) = f.start(&a, "basic").await;
+    let (_, loc) = f.callback(&format!("error=access_denied&state={}", q["state"])).await;
+    assert_eq!(loc, "/done?result=error&error=access_denied");
+    let (status, _) = f.callback(&format!("code=one&state={}", q["state"])).await;
+    assert_eq!(status, 400, "a state is single-use");
+    let (status, _) = f.callback("code=one&state=made-up").await;
+    assert_eq!(status, 400);
+    let (_, q) = f.start(&a, "basic").await;
+    sqlx::query("UPDATE oauth_states SET expires_at = now() - interval '1 second' WHERE used_at IS NULL")
+        .execute(&f.app.pool)
+        .await
+        .unwrap();
+    let (status, _) = f.callback(&format!("code=one&state={}", q["state"])).await;
+    assert_eq!(status, 400, "an expired state is refused");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM connections").fetch_one(&f.app.pool).await.unwrap();
+    assert_eq!(count, 3);
+    // A session only opens the integrations it allows.
+    let r = f
+        .app
+        .client
+        .post(f.app.url("/v1/connect/sessions"))
+        .bearer_auth(&a.jwt)
+        .json(&json!({"allowed_integrations": ["basic"]}))
+        .send()
+        .await
+        .unwrap();
+    let s: Value = r.json().await.unwrap();
+    let r = f
+        .app
+        .client
+        .get(f.app.url(&format!("/oauth/connect/slack?session={}", s["token"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = f
+        .app
+        .client
+        .post(f.app.url("/v1/connect/sessions"))
+        .bearer_auth(&a.jwt)
+        .json(&json!({"return_url": "https://evil.example/steal"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "return URLs are allow-listed");
+    // The vault: no token in plaintext.
+    let sealed: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT credentials FROM connections").fetch_all(&f.app.pool).await.unwrap();
+    for s in &sealed {
+        for needle in ["tok-one", "tok-two", "rt-one", "xoxp-good"] {
+            assert!(!s.windows(needle.len()).any(|w| w == needle.as_bytes()), "plaintext {needle} at rest");
+        }
+    }
+    // User B: not found, everywhere.
+    for path in [format!("/v1/connections/{c1}"), format!("/v1/connections/{c1}/token")] {
+        let r = f.app.client.get(f.app.url(&path)).bearer_auth(&b.jwt).send().await.unwrap();
+        assert_eq!(envelope(r).await.0, 404, "{path}");
+    }
+    let r = f
+        .app
+        .client
+        .patch(f.app.url(&format!("/v1/connections/{c1}")))
+        .bearer_auth(&b.jwt)
+        .json(&json!({"metadata": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(envelope(r).await.0, 404);
+    let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c1}"))).bearer_auth(&b.jwt).send().await.unwrap();
+    assert_eq!(envelope(r).await.0, 404);
+    let list: Value =
+        f.app.client.get(f.app.url("/v1/connections")).bearer_auth(&b.jwt).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list, json!([]));
+    // A service key acting for A sees A's.
+    let list: Value = f
+        .app
+        .client
+        .get(f.app.url("/v1/connections"))
+        .bearer_auth(&f.key)
+        .header("x-carmenta-user-id", a.id.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    // Metadata, delete.
+    let r = f
+        .app
+        .client
+        .patch(f.app.url(&format!("/v1/connections/{c1}")))
+        .bearer_auth(&a.jwt)
+        .json(&json!({"metadata": {"label": "work"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["metadata"]["label"], "work");
+    let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c1}"))).bearer_auth(&a.jwt).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = f.app.client.get(f.app.url(&format!("/v1/connections/{c1}"))).bearer_auth(&a.jwt).send().await.unwrap();
+    assert_eq!(envelope(r).await.0, 404);
+}

@@ -47,6 +47,8 @@ pub struct AppState {
     pub storage: Arc<crate::storage::Storage>,
     /// The provider catalog (built-in plus `CARMENTA_PROVIDERS_FILE`).
     pub catalog: Arc<crate::connections::Catalog>,
+    /// Per-connection refresh queues of this process.
+    pub refresh_locks: Arc<crate::connections::refresh::Locks>,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl AppState {
             mailer,
             storage,
             catalog,
+            refresh_locks: Arc::default(),
         })
     }
 

@@ -342,7 +342,7 @@ async fn callback(State(state): State<AppState>, Query(q): Query<CallbackQuery>)
     if let Some(v) = verifier {
         params.push(("code_verifier".into(), v));
     }
-    let tokens = match exchange(&state, &provider, &integ, params).await {
+    let tokens = match exchange(&state, &provider, &integ, params, false).await {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(integration = %integ.unique_key, error = %e.detail, "token exchange failed");
@@ -416,15 +416,20 @@ pub async fn exchange(
     provider: &Provider,
     integ: &IntegrationRow,
     mut params: Vec<(String, String)>,
+    refresh: bool,
 ) -> Result<Tokens, ExchangeError> {
     let fail = |code: &'static str, detail: String| ExchangeError { code, detail };
-    let token_url = match provider.raw.get("token_url") {
+    let url_field = if refresh && provider.raw.get("refresh_url").is_some() { "refresh_url" } else { "token_url" };
+    let token_url = match provider.raw.get(url_field) {
         Some(Value::String(u)) => concrete_url(u),
         Some(Value::Object(m)) => m.get("OAUTH2").and_then(Value::as_str).and_then(concrete_url),
         _ => None,
     }
     .ok_or_else(|| fail("provider_needs_connection_config", "no usable token_url".into()))?;
-    if let Some(extra) = provider.raw.get("token_params").and_then(Value::as_object) {
+    // Refreshes send `refresh_params`, falling back to `token_params` (as Nango does).
+    let extra_field =
+        if refresh && provider.raw.get("refresh_params").is_some() { "refresh_params" } else { "token_params" };
+    if let Some(extra) = provider.raw.get(extra_field).and_then(Value::as_object) {
         for (k, v) in extra {
             if let Some(v) = v.as_str()
                 && !params.iter().any(|(pk, _)| pk == k)
@@ -474,11 +479,13 @@ pub async fn exchange(
         || (provider_error.is_some() && body.get("access_token").is_none())
     {
         let err = provider_error.unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-        let code = if matches!(err.as_str(), "invalid_grant" | "invalid_client" | "unauthorized_client") {
-            "invalid_grant"
-        } else {
-            "token_exchange_failed"
-        };
+        // Permanent: the grant or the client is no good; retrying cannot help.
+        let permanent =
+            matches!(err.as_str(), "invalid_grant" | "invalid_client" | "unauthorized_client" | "invalid_request")
+                || (status.is_client_error()
+                    && status != StatusCode::TOO_MANY_REQUESTS
+                    && status != StatusCode::REQUEST_TIMEOUT);
+        let code = if permanent && !status.is_server_error() { "invalid_grant" } else { "token_exchange_failed" };
         return Err(fail(code, format!("HTTP {}: {err}", status.as_u16())));
     }
     // Tokens may sit in a nested object (Slack's `authed_user` for user tokens).
@@ -526,20 +533,26 @@ async fn account_id(provider: &Provider, tokens: &Tokens) -> Result<String, Stri
 }
 
 /// Sealed credentials: what the vault stores for a connection.
-#[derive(Debug, Serialize, Deserialize)]
-struct Credentials {
-    access_token: String,
-    refresh_token: Option<String>,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    /// Access token.
+    pub access_token: String,
+    /// Refresh token.
+    pub refresh_token: Option<String>,
+    /// Access token expiry.
     #[serde(with = "time::serde::rfc3339::option")]
-    expires_at: Option<OffsetDateTime>,
-    raw: Value,
+    pub expires_at: Option<OffsetDateTime>,
+    /// The provider's last token response.
+    pub raw: Value,
 }
 
-fn seal(state: &AppState, id: Uuid, c: &Credentials) -> Vec<u8> {
+/// Seals credentials with the connection id as associated data.
+pub fn seal(state: &AppState, id: Uuid, c: &Credentials) -> Vec<u8> {
     state.keyring.encrypt(&serde_json::to_vec(c).unwrap_or_default(), id.as_bytes())
 }
 
-fn unseal(state: &AppState, id: Uuid, sealed: &[u8]) -> Result<Credentials, ApiError> {
+/// Opens sealed credentials.
+pub fn unseal(state: &AppState, id: Uuid, sealed: &[u8]) -> Result<Credentials, ApiError> {
     let plain = state.keyring.decrypt(sealed, id.as_bytes()).map_err(ApiError::internal)?;
     serde_json::from_slice(&plain).map_err(ApiError::internal)
 }
@@ -607,7 +620,6 @@ struct ConnRow {
     provider: String,
     external_account_id: String,
     status: String,
-    credentials: Vec<u8>,
     scopes: Vec<String>,
     expires_at: Option<OffsetDateTime>,
     last_refresh_at: Option<OffsetDateTime>,
@@ -617,7 +629,7 @@ struct ConnRow {
 }
 
 const CONN_SQL: &str = "SELECT c.id, i.unique_key AS integration, i.provider, c.external_account_id, c.status, \
-    c.credentials, c.scopes, c.expires_at, c.last_refresh_at, c.last_error, c.metadata, c.created_at \
+    c.scopes, c.expires_at, c.last_refresh_at, c.last_error, c.metadata, c.created_at \
     FROM connections c JOIN integrations i ON i.id = c.integration_id";
 
 /// A connection as returned (never a token).
@@ -768,16 +780,27 @@ pub struct TokenView {
     pub expires_at: Option<OffsetDateTime>,
 }
 
-/// The access token of one of my connections, for apps that call the API themselves.
-#[utoipa::path(get, path = "/v1/connections/{id}/token", tag = "connections", params(("id" = Uuid, Path)),
-    responses((status = 200, body = TokenView), (status = 404)))]
+/// Query of the token route.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct TokenQuery {
+    /// Refresh now even if the token is still fresh.
+    #[serde(default)]
+    force: bool,
+}
+
+/// The access token of one of my connections, for apps that call the API
+/// themselves: refreshed first when it expires within 10 minutes (or on `force`).
+#[utoipa::path(get, path = "/v1/connections/{id}/token", tag = "connections", params(("id" = Uuid, Path), TokenQuery),
+    responses((status = 200, body = TokenView), (status = 404), (status = 409, description = "needs_reauth"),
+    (status = 503, description = "refresh_failed (retry after the cooldown)")))]
 async fn connection_token(
     State(state): State<AppState>,
     user: CurrentUser,
     Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
     let row = mine(&state, user.user_id, &id).await?;
-    let creds = unseal(&state, row.id, &row.credentials)?;
+    let creds = super::refresh::fresh_token(&state, row.id, q.force).await?;
     let mut res = ApiJson(TokenView { access_token: creds.access_token, expires_at: creds.expires_at }).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)

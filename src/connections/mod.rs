@@ -1,12 +1,13 @@
 //! Connections (the OAuth broker that replaces Nango). So far: the provider catalog
 //! (`catalog.rs`), the app's integrations (`integrations.rs`: a provider plus the
 //! app's client id, encrypted client secret, scopes and authorization parameter
-//! overrides), and the connect flow with the connections API (`connect.rs`). Token
-//! refresh, the proxy and webhooks are still to come.
+//! overrides), the connect flow with the connections API (`connect.rs`) and token
+//! refresh (`refresh.rs`). The proxy and webhooks are still to come.
 
 pub mod catalog;
 pub mod connect;
 pub mod integrations;
+pub mod refresh;
 
 pub use catalog::Catalog;
 

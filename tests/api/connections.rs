@@ -181,6 +181,15 @@ mod fake {
         /// code → PKCE challenge.
         pub challenges: Arc<Mutex<HashMap<String, String>>>,
         pub token_calls: Arc<Mutex<u32>>,
+        /// Refresh behaviour: "" or "rotate" (new refresh token each time, a reused
+        /// one refused), "down" (503), "revoked" (invalid_grant).
+        pub refresh_mode: Arc<Mutex<String>>,
+        pub refresh_calls: Arc<Mutex<u32>>,
+        /// Refresh tokens still valid → the account code.
+        pub valid_refresh: Arc<Mutex<HashMap<String, String>>>,
+        /// Refresh tokens presented after they were used.
+        pub reused: Arc<Mutex<u32>>,
+        pub used: Arc<Mutex<Vec<String>>>,
     }
 
     fn pkce_ok(f: &Fake, code: &str, verifier: Option<&str>) -> bool {
@@ -202,15 +211,48 @@ mod fake {
         {
             return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"})));
         }
+        if b["grant_type"] == "refresh_token" {
+            return refresh(&f, b["refresh_token"].as_str().unwrap_or_default()).await;
+        }
         let code = b["code"].as_str().unwrap_or_default();
         if b["grant_type"] != "authorization_code" || !pkce_ok(&f, code, b["code_verifier"].as_str()) {
             return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})));
         }
+        f.valid_refresh.lock().unwrap().insert(format!("rt-{code}"), code.to_string());
+        let body = json!({"access_token": format!("tok-{code}"), "refresh_token": format!("rt-{code}"),
+                          "expires_in": "3600", "token_type": "bearer"});
+        (StatusCode::OK, Json(body))
+    }
+
+    /// Refresh: each use of a refresh token retires it and issues a new one; a
+    /// retired one presented again is counted and refused.
+    async fn refresh(f: &Fake, rt: &str) -> (StatusCode, Json<Value>) {
+        let n = {
+            let mut c = f.refresh_calls.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        let mode = f.refresh_mode.lock().unwrap().clone();
+        match mode.as_str() {
+            "down" => return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "temporarily_unavailable"}))),
+            "revoked" => return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))),
+            _ => {}
+        }
+        // A slow provider, so concurrent callers pile up behind the first.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let code = f.valid_refresh.lock().unwrap().remove(rt);
+        let Some(code) = code else {
+            if f.used.lock().unwrap().iter().any(|u| u == rt) {
+                *f.reused.lock().unwrap() += 1;
+            }
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})));
+        };
+        f.used.lock().unwrap().push(rt.to_string());
+        let new_rt = format!("rt-{code}-r{n}");
+        f.valid_refresh.lock().unwrap().insert(new_rt.clone(), code.clone());
         (
             StatusCode::OK,
-            Json(
-                json!({"access_token": format!("tok-{code}"), "refresh_token": format!("rt-{code}"), "expires_in": "3600", "token_type": "bearer"}),
-            ),
+            Json(json!({"access_token": format!("tok-{code}-r{n}"), "refresh_token": new_rt, "expires_in": 3600})),
         )
     }
 
@@ -250,6 +292,7 @@ struct Flow {
     app: TestApp,
     key: String,
     fake: fake::Fake,
+    providers: std::path::PathBuf,
 }
 
 impl Flow {
@@ -266,7 +309,7 @@ impl Flow {
                            "account_id_path": "authed_user.id", "proxy": {"base_url": format!("{base}/api")}}
         });
         std::fs::write(&file, providers.to_string()).unwrap();
-        let app = TestApp::builder().config(|c| c.providers_file = Some(file)).spawn().await;
+        let app = TestApp::builder().config(|c| c.providers_file = Some(file.clone())).spawn().await;
         let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
         for (k, p, id, secret) in [
             ("basic", "fake-basic", "basic-client", "basic-secret"),
@@ -282,7 +325,53 @@ impl Flow {
                 .unwrap();
             assert_eq!(r.status(), 201);
         }
-        Flow { app, key, fake }
+        Flow { app, key, fake, providers: file }
+    }
+
+    /// A second replica on the same database, keys and catalog.
+    async fn replica(&self) -> TestApp {
+        let keys = self.app.state.config.encryption_keys.clone();
+        let file = self.providers.clone();
+        TestApp::builder()
+            .config(|c| {
+                c.encryption_keys = keys;
+                c.providers_file = Some(file);
+            })
+            .same_database_as(&self.app)
+            .spawn()
+            .await
+    }
+
+    /// Makes a connection's access token expire (as if an hour had passed).
+    async fn expire(&self, id: &str) {
+        let id: uuid::Uuid = id.parse().unwrap();
+        let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.app.pool)
+            .await
+            .unwrap();
+        let mut c = carmenta::connections::connect::unseal(&self.app.state, id, &sealed).unwrap();
+        c.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
+        let sealed = carmenta::connections::connect::seal(&self.app.state, id, &c);
+        sqlx::query("UPDATE connections SET credentials = $2, expires_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(sealed)
+            .bind(c.expires_at)
+            .execute(&self.app.pool)
+            .await
+            .unwrap();
+    }
+
+    async fn token(&self, app: &TestApp, user: &crate::auth::User, id: &str, force: bool) -> (u16, Value) {
+        let r = app
+            .client
+            .get(app.url(&format!("/v1/connections/{id}/token?force={force}")))
+            // The session token: valid on every replica (access tokens name one issuer URL).
+            .bearer_auth(&user.session)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
     }
 
     /// Starts a flow for `user` on `integration`; returns (the provider URL the
@@ -512,4 +601,135 @@ async fn connect_flow_with_provider_quirks() {
     assert_eq!(r.status(), 204);
     let r = f.app.client.get(f.app.url(&format!("/v1/connections/{c1}"))).bearer_auth(&a.jwt).send().await.unwrap();
     assert_eq!(envelope(r).await.0, 404);
+}
+
+#[tokio::test]
+async fn refresh_is_single_flight_across_replicas_and_never_reuses_a_refresh_token() {
+    let f = Flow::new().await;
+    let other = f.replica().await;
+    let a = sign_up(&f.app, "r@example.com").await;
+    let c = f.connect(&a, "basic", "acc").await;
+    f.expire(&c).await;
+    // 100 concurrent callers on an expired token, over two server processes sharing
+    // one database: one token request.
+    let mut calls = Vec::new();
+    for i in 0..100 {
+        let app = if i % 2 == 0 { &f.app } else { &other };
+        calls.push(f.token(app, &a, &c, false));
+    }
+    let results = futures::future::join_all(calls).await;
+    let tokens: std::collections::BTreeSet<String> = results
+        .iter()
+        .map(|(s, v)| {
+            assert_eq!(*s, 200, "{v}");
+            v["access_token"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 1, "exactly one refresh request");
+    assert_eq!(tokens.len(), 1, "everyone got the refreshed token: {tokens:?}");
+    assert_eq!(tokens.iter().next().unwrap(), "tok-acc-r1");
+    // A provider that rotates refresh tokens and refuses a reused one: forced
+    // refreshes in a row and at once never present a used token.
+    for _ in 0..3 {
+        assert_eq!(f.token(&other, &a, &c, true).await.0, 200);
+    }
+    let burst =
+        futures::future::join_all((0..10).map(|i| f.token(if i % 2 == 0 { &f.app } else { &other }, &a, &c, true)))
+            .await;
+    assert!(burst.iter().all(|(s, _)| *s == 200), "{burst:?}");
+    assert_eq!(*f.fake.reused.lock().unwrap(), 0, "a used refresh token was presented again");
+    let conn: Value = f
+        .app
+        .client
+        .get(f.app.url(&format!("/v1/connections/{c}")))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conn["status"], "connected");
+    assert_eq!(conn["last_error"], Value::Null);
+}
+
+#[tokio::test]
+async fn refresh_failures_back_off_or_ask_for_reauth() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "rf@example.com").await;
+    let c = f.connect(&a, "basic", "acc").await;
+    // The token endpoint is down: the connection stays connected, the error and a
+    // cooldown are stored, and nobody hammers the endpoint during the cooldown.
+    *f.fake.refresh_mode.lock().unwrap() = "down".into();
+    f.expire(&c).await;
+    let (status, body) = f.token(&f.app, &a, &c, false).await;
+    let row: (String, Option<String>, i32) =
+        sqlx::query_as("SELECT status, last_error, refresh_failures FROM connections")
+            .fetch_one(&f.app.pool)
+            .await
+            .unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("refresh_failed")), "{body} {row:?}");
+    let (status, _) = f.token(&f.app, &a, &c, false).await;
+    assert_eq!(status, 503);
+    assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 1, "no retry inside the cooldown");
+    let conn: Value = f
+        .app
+        .client
+        .get(f.app.url(&format!("/v1/connections/{c}")))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conn["status"], "connected");
+    assert!(conn["last_error"].as_str().unwrap().contains("503"), "{conn}");
+    // After the cooldown, it is retried and recovers.
+    *f.fake.refresh_mode.lock().unwrap() = "rotate".into();
+    sqlx::query("UPDATE connections SET next_refresh_at = now() - interval '1 second'")
+        .execute(&f.app.pool)
+        .await
+        .unwrap();
+    let (status, body) = f.token(&f.app, &a, &c, false).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 2);
+    // A revoked grant: needs_reauth, with an event; no further token requests.
+    *f.fake.refresh_mode.lock().unwrap() = "revoked".into();
+    let (status, body) = f.token(&f.app, &a, &c, true).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("needs_reauth")), "{body}");
+    let (status, _) = f.token(&f.app, &a, &c, true).await;
+    assert_eq!(status, 409);
+    assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 3);
+    let conn: Value = f
+        .app
+        .client
+        .get(f.app.url(&format!("/v1/connections/{c}")))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conn["status"], "needs_reauth");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM connection_events WHERE kind = 'refresh_failed'")
+        .fetch_one(&f.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+    // Reconnecting the same account makes it connected again.
+    assert_eq!(f.connect(&a, "basic", "acc").await, c);
+    let conn: Value = f
+        .app
+        .client
+        .get(f.app.url(&format!("/v1/connections/{c}")))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conn["status"], "connected");
 }

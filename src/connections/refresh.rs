@@ -1,0 +1,185 @@
+//! Token refresh, safe across replicas and concurrent callers (where Nango's users
+//! get hurt): a token is refreshed when it expires within 10 minutes, under a lock
+//! on the connection's row (`SELECT … FOR UPDATE`), re-reading inside the lock so a
+//! refresh another process just did is used, not repeated. A rotated refresh token
+//! is stored in the same transaction before the new access token is handed out; an
+//! absent one keeps the old. Permanent errors (`invalid_grant` and kin) mark the
+//! connection `needs_reauth` and record an event; transient ones (network, 5xx,
+//! 429) record the error and a cooldown (exponential, up to 10 minutes) before the
+//! next attempt, and the connection stays connected.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use sqlx::FromRow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::connect::{Credentials, exchange, seal, unseal};
+use super::integrations;
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Per-connection locks inside one process: callers of one replica queue here, so
+/// at most one of its pool connections waits on the row lock per connection.
+#[derive(Debug, Default)]
+pub struct Locks(std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+
+impl Locks {
+    fn get(&self, id: Uuid) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 10_000 {
+            m.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+        }
+        m.entry(id).or_default().clone()
+    }
+}
+
+/// Refresh when the access token expires within this.
+pub const MARGIN: Duration = Duration::from_secs(600);
+const MAX_COOLDOWN_SECS: i64 = 600;
+
+#[derive(Debug, FromRow)]
+struct Locked {
+    owner_id: Uuid,
+    integration_id: Uuid,
+    status: String,
+    credentials: Vec<u8>,
+    refresh_failures: i32,
+    next_refresh_at: Option<OffsetDateTime>,
+}
+
+fn due(c: &Credentials) -> bool {
+    c.expires_at.is_some_and(|e| e - OffsetDateTime::now_utc() < time::Duration::seconds(MARGIN.as_secs() as i64))
+}
+
+fn needs_reauth() -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "needs_reauth", "the user must reconnect this account")
+}
+
+/// The connection's credentials with a usable access token, refreshing first when
+/// it is due (or when `force`).
+pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Credentials, ApiError> {
+    // Fast path, no lock: fresh enough.
+    let row: Option<(String, Vec<u8>)> = sqlx::query_as("SELECT status, credentials FROM connections WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?;
+    let (status, sealed) = row.ok_or_else(|| ApiError::not_found("connection not found"))?;
+    if status == "needs_reauth" {
+        return Err(needs_reauth());
+    }
+    let current = unseal(state, id, &sealed)?;
+    if !force && !due(&current) {
+        return Ok(current);
+    }
+    let seen_token = current.access_token;
+    let local = state.refresh_locks.get(id);
+    let _queued = local.lock().await;
+
+    let mut tx = state.pool.begin().await?;
+    let locked: Option<Locked> = sqlx::query_as(
+        "SELECT owner_id, integration_id, status, credentials, refresh_failures, next_refresh_at \
+         FROM connections WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = locked.ok_or_else(|| ApiError::not_found("connection not found"))?;
+    if row.status == "needs_reauth" {
+        return Err(needs_reauth());
+    }
+    let creds = unseal(state, id, &row.credentials)?;
+    // Someone refreshed while we waited for the lock: use theirs.
+    if creds.access_token != seen_token && !due(&creds) {
+        return Ok(creds);
+    }
+    // In a cooldown after a transient failure: the old token while it lasts.
+    if let Some(next) = row.next_refresh_at
+        && next > OffsetDateTime::now_utc()
+    {
+        let still_valid = creds.expires_at.is_none_or(|e| e > OffsetDateTime::now_utc());
+        if still_valid {
+            return Ok(creds);
+        }
+        let wait = (next - OffsetDateTime::now_utc()).whole_seconds().max(1);
+        return Err(
+            ApiError::unavailable(format!("refreshing failed; retrying after {wait} s")).with_code("refresh_failed")
+        );
+    }
+    let Some(refresh_token) = creds.refresh_token.clone() else {
+        // Nothing to refresh with: the token is what it is (providers without expiry).
+        return Ok(creds);
+    };
+    let integ = integrations::fetch_id(state, row.integration_id).await?;
+    let provider = state
+        .catalog
+        .get(&integ.provider)
+        .cloned()
+        .ok_or_else(|| ApiError::internal(format!("provider {} left the catalog", integ.provider)))?;
+    let params = vec![
+        ("grant_type".to_string(), "refresh_token".to_string()),
+        ("refresh_token".to_string(), refresh_token.clone()),
+    ];
+    match exchange(state, &provider, &integ, params, true).await {
+        Ok(t) => {
+            let new = Credentials {
+                access_token: t.access_token,
+                // A rotated refresh token replaces the old; none keeps the old.
+                refresh_token: t.refresh_token.or(Some(refresh_token)),
+                expires_at: t.expires_at,
+                raw: t.raw,
+            };
+            sqlx::query(
+                "UPDATE connections SET credentials = $2, expires_at = $3, last_refresh_at = now(), last_error = NULL, \
+                 refresh_failures = 0, next_refresh_at = NULL, updated_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(seal(state, id, &new))
+            .bind(new.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(new)
+        }
+        Err(e) if e.code == "invalid_grant" => {
+            sqlx::query(
+                "UPDATE connections SET status = 'needs_reauth', last_error = $2, updated_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(&e.detail)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO connection_events (connection_id, owner_id, kind, detail) VALUES ($1, $2, 'refresh_failed', $3)")
+                .bind(id)
+                .bind(row.owner_id)
+                .bind(serde_json::json!({"error": e.detail, "permanent": true}))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Err(needs_reauth())
+        }
+        Err(e) => {
+            let failures = row.refresh_failures.saturating_add(1);
+            let cooldown = (1i64 << failures.clamp(0, 10)).min(MAX_COOLDOWN_SECS);
+            sqlx::query(
+                "UPDATE connections SET last_error = $2, refresh_failures = $3, \
+                 next_refresh_at = now() + make_interval(secs => $4), updated_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(&e.detail)
+            .bind(failures)
+            .bind(cooldown as f64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(connection = %id, error = %e.detail, cooldown_secs = cooldown, "token refresh failed; will retry");
+            if creds.expires_at.is_none_or(|x| x > OffsetDateTime::now_utc()) {
+                Ok(creds)
+            } else {
+                Err(ApiError::unavailable(format!("refreshing failed; retrying after {cooldown} s"))
+                    .with_code("refresh_failed"))
+            }
+        }
+    }
+}

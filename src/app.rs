@@ -183,8 +183,11 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 .layer(RequestBodyLimitLayer::new(body_limit))
                 .layer(DefaultBodyLimit::max(body_limit)),
         );
+    // The API proxy streams both ways too.
+    let proxy = crate::connections::proxy::router().layer(DefaultBodyLimit::disable());
     Router::new()
         .nest("/storage/v1", storage)
+        .merge(proxy)
         .merge(rest)
         .with_state(state)
         .layer(ServiceBuilder::new().layer(ObserveLayer).layer(CatchPanicLayer::custom(panic_response)))

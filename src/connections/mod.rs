@@ -2,11 +2,13 @@
 //! (`catalog.rs`), the app's integrations (`integrations.rs`: a provider plus the
 //! app's client id, encrypted client secret, scopes and authorization parameter
 //! overrides), the connect flow with the connections API (`connect.rs`) and token
-//! refresh (`refresh.rs`). The proxy and webhooks are still to come.
+//! refresh (`refresh.rs`) and the API proxy (`proxy.rs`). Webhooks to the app are
+//! still to come.
 
 pub mod catalog;
 pub mod connect;
 pub mod integrations;
+pub mod proxy;
 pub mod refresh;
 
 pub use catalog::Catalog;

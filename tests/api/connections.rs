@@ -190,6 +190,7 @@ mod fake {
         /// Refresh tokens presented after they were used.
         pub reused: Arc<Mutex<u32>>,
         pub used: Arc<Mutex<Vec<String>>>,
+        pub flaky_calls: Arc<Mutex<u32>>,
     }
 
     fn pkce_ok(f: &Fake, code: &str, verifier: Option<&str>) -> bool {
@@ -274,12 +275,80 @@ mod fake {
         }
     }
 
+    /// The provider's API, behind `proxy.base_url` = `{base}/api`.
+    async fn echo(
+        method: axum::http::Method,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Json<Value> {
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Json(json!({
+            "method": method.as_str(), "path": uri.path(), "query": uri.query(), "authorization": h("authorization"),
+            "cookie": h("cookie"), "connection_id": h("connection-id"), "x_custom": h("x-custom"), "notion_version": h("notion-version"),
+            "body": String::from_utf8_lossy(&body),
+        }))
+    }
+
+    async fn flaky(State(f): State<Fake>) -> (StatusCode, HeaderMap, &'static str) {
+        let n = {
+            let mut c = f.flaky_calls.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        let mut h = HeaderMap::new();
+        if n == 1 {
+            h.insert("retry-after", "0".parse().unwrap());
+            return (StatusCode::TOO_MANY_REQUESTS, h, "slow down");
+        }
+        (StatusCode::OK, h, "finally")
+    }
+
+    /// Refuses the first access token it sees (as if revoked), accepts refreshed ones.
+    async fn picky(headers: HeaderMap) -> (StatusCode, &'static str) {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if auth.contains("-r") {
+            (StatusCode::OK, "fresh token accepted")
+        } else {
+            (StatusCode::UNAUTHORIZED, "token revoked")
+        }
+    }
+
+    async fn big_up(body: axum::body::Body) -> Json<Value> {
+        use futures::StreamExt;
+        let mut s = body.into_data_stream();
+        let mut n = 0usize;
+        let mut h = Sha256::new();
+        while let Some(c) = s.next().await {
+            let c = c.unwrap();
+            n += c.len();
+            h.update(&c);
+        }
+        Json(json!({"bytes": n, "sha256": format!("{:x}", h.finalize())}))
+    }
+
+    async fn big_down() -> axum::body::Body {
+        let chunk = axum::body::Bytes::from(vec![7u8; 1 << 20]);
+        axum::body::Body::from_stream(futures::stream::iter(
+            (0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+        ))
+    }
+
+    async fn elsewhere() -> (StatusCode, [(&'static str, &'static str); 1]) {
+        (StatusCode::FOUND, [("location", "http://evil.example/steal")])
+    }
+
     pub async fn start() -> (String, Fake) {
         let f = Fake::default();
         let router = Router::new()
             .route("/basic/token", post(basic_token))
             .route("/slack/token", post(slack_token))
             .route("/userinfo", get(userinfo))
+            .route("/api/echo/{*rest}", axum::routing::any(echo))
+            .route("/api/flaky", get(flaky).post(flaky))
+            .route("/api/picky", get(picky))
+            .route("/api/big", post(big_up).get(big_down))
+            .route("/api/elsewhere", get(elsewhere))
             .with_state(f.clone());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
@@ -303,7 +372,8 @@ impl Flow {
         let providers = json!({
             "fake-basic": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/basic/token"),
                            "authorization_method": "header", "body_format": "json", "authorization_params": {"owner": "user"},
-                           "identity": {"url": format!("{base}/userinfo"), "id_path": "sub"}, "proxy": {"base_url": format!("{base}/api")}},
+                           "identity": {"url": format!("{base}/userinfo"), "id_path": "sub"},
+                           "proxy": {"base_url": format!("{base}/api"), "headers": {"notion-version": "2022-06-28"}}},
             "fake-slack": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/slack/token"),
                            "disable_pkce": true, "scope_separator": ",", "alternate_access_token_response_path": "authed_user",
                            "account_id_path": "authed_user.id", "proxy": {"base_url": format!("{base}/api")}}
@@ -732,4 +802,111 @@ async fn refresh_failures_back_off_or_ask_for_reauth() {
         .await
         .unwrap();
     assert_eq!(conn["status"], "connected");
+}
+
+#[tokio::test]
+async fn proxy_injects_credentials_stays_on_the_base_url_and_streams() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "px@example.com").await;
+    let b = sign_up(&f.app, "pxb@example.com").await;
+    let c = f.connect(&a, "basic", "acc").await;
+    let call = |method: reqwest::Method, path: &str, user: &crate::auth::User| {
+        f.app
+            .client
+            .request(method, f.app.url(&format!("/v1/proxy/{path}")))
+            .bearer_auth(&user.jwt)
+            .header("connection-id", c.as_str())
+            .header("provider-config-key", "basic")
+    };
+    // The credential and template headers go up; the caller's own do not.
+    let r = call(reqwest::Method::POST, "echo/users/me?page=2", &a)
+        .header("cookie", "carmenta_session=secret")
+        .header("x-custom", "kept")
+        .body("hello upstream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["path"], "/api/echo/users/me");
+    assert_eq!(v["query"], "page=2");
+    assert_eq!(v["authorization"], "Bearer tok-acc");
+    assert_eq!(v["notion_version"], "2022-06-28");
+    assert_eq!(v["x_custom"], "kept");
+    assert_eq!(v["cookie"], Value::Null);
+    assert_eq!(v["connection_id"], Value::Null);
+    assert_eq!(v["body"], "hello upstream");
+    // Nothing but the base URL is reachable. (The HTTP client itself resolves a
+    // literal or %2e-encoded `..` before sending, which then matches no route here:
+    // our own 404, never the provider.)
+    let calls_before = *f.fake.token_calls.lock().unwrap();
+    for path in [
+        "../basic/token",
+        "echo/..%2F..%2Fuserinfo",
+        "%2e%2e/userinfo",
+        "@evil.example/x",
+        "http:%2F%2Fevil.example/x",
+        "echo%2F..%2F..%2Fuserinfo",
+        "echo/%5C..%5Cuserinfo",
+    ] {
+        let r = call(reqwest::Method::GET, path, &a).send().await.unwrap();
+        let (status, code, _, _) = envelope(r).await;
+        assert!(
+            matches!((status, code.as_str()), (400, "invalid_proxy_path") | (404, "not_found")),
+            "{path}: {status} {code}"
+        );
+    }
+    assert_eq!(*f.fake.token_calls.lock().unwrap(), calls_before);
+    let r = call(reqwest::Method::GET, "elsewhere", &a).send().await.unwrap();
+    assert_eq!(r.status(), 302, "a redirect is handed back, not followed");
+    // 429 with Retry-After: retried for GET; not for POST unless `Retries` asks.
+    let r = call(reqwest::Method::GET, "flaky", &a).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "finally".to_string()));
+    *f.fake.flaky_calls.lock().unwrap() = 0;
+    let r = call(reqwest::Method::POST, "flaky", &a).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    *f.fake.flaky_calls.lock().unwrap() = 0;
+    let r = call(reqwest::Method::POST, "flaky", &a).header("retries", "2").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A 401 forces one refresh and one retry.
+    let r = call(reqwest::Method::GET, "picky", &a).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "fresh token accepted".to_string()));
+    assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 1);
+    // 100 MB each way, streamed.
+    let chunk = vec![9u8; 1 << 20];
+    let want = {
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        for _ in 0..100 {
+            sha2::Digest::update(&mut h, &chunk);
+        }
+        format!("{:x}", sha2::Digest::finalize(h))
+    };
+    let up = futures::stream::iter((0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let r = call(reqwest::Method::POST, "big", &a).body(reqwest::Body::wrap_stream(up)).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["bytes"].as_u64(), v["sha256"].as_str()), (Some(100 << 20), Some(want.as_str())));
+    let r = call(reqwest::Method::GET, "big", &a).send().await.unwrap();
+    let mut n = 0usize;
+    let mut s = r.bytes_stream();
+    while let Some(c) = futures::StreamExt::next(&mut s).await {
+        n += c.unwrap().len();
+    }
+    assert_eq!(n, 100 << 20);
+    // Someone else's connection, a wrong key, missing headers.
+    let r = call(reqwest::Method::GET, "echo/x", &b).send().await.unwrap();
+    assert_eq!(envelope(r).await.0, 404);
+    let r = f
+        .app
+        .client
+        .get(f.app.url("/v1/proxy/echo/x"))
+        .bearer_auth(&a.jwt)
+        .header("connection-id", c.as_str())
+        .header("provider-config-key", "slack")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(envelope(r).await.0, 404);
+    let r = f.app.client.get(f.app.url("/v1/proxy/echo/x")).bearer_auth(&a.jwt).send().await.unwrap();
+    let (status, code, _, _) = envelope(r).await;
+    assert_eq!((status, code.as_str()), (400, "missing_connection_id"));
 }

@@ -808,7 +808,12 @@ async fn storage_js_client(backend: Backend) {
 }
 
 async fn tus_resume(backend: Backend) {
-    let st = St::new(backend).await;
+    // A relay in front of the server that cuts the first connection mid-body; the
+    // server's public URL is the relay's, so every request (and TUS `Location`) uses it.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let st = St::with(backend, |c| c.public_url = format!("http://{relay_addr}").parse().unwrap()).await;
+    tokio::spawn(cutting_relay(relay, st.app.addr, 6 * 1024 * 1024));
     st.bucket("tus", json!({})).await;
     let dir = crate::harness::temp_dir("carmenta-tus-");
     let file = dir.join("upload.bin");
@@ -816,7 +821,7 @@ async fn tus_resume(backend: Backend) {
     let out = node(
         "tus-resume.mjs",
         &[
-            ("STORAGE_URL", st.url("")),
+            ("STORAGE_URL", format!("http://{relay_addr}/storage/v1")),
             ("TOKEN", st.a.jwt.clone()),
             ("OTHER_TOKEN", st.b.jwt.clone()),
             ("FILE", file.display().to_string()),
@@ -909,4 +914,42 @@ async fn public_object_cache_follows_writes_on_other_replicas() {
         status = read(&other).await.0;
     }
     assert_eq!(status, 400, "a bucket made private is no longer served publicly");
+}
+
+/// Forwards connections to `to`; the first connection is cut (both ways) once
+/// `cut_after` bytes of request have passed, as a network failure would.
+async fn cutting_relay(listener: tokio::net::TcpListener, to: std::net::SocketAddr, cut_after: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = true;
+    while let Ok((mut client, _)) = listener.accept().await {
+        let Ok(mut server) = tokio::net::TcpStream::connect(to).await else { continue };
+        let cut = std::mem::replace(&mut first, false);
+        tokio::spawn(async move {
+            let (mut cr, mut cw) = client.split();
+            let (mut sr, mut sw) = server.split();
+            let up = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut sent = 0usize;
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if cut && sent + n > cut_after {
+                        break;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+            };
+            let down = tokio::io::copy(&mut sr, &mut cw);
+            // Whichever side ends first ends the connection (a cut ends both).
+            tokio::select! {
+                _ = up => {}
+                _ = down => {}
+            }
+        });
+    }
 }

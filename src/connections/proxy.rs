@@ -1,0 +1,310 @@
+//! The API proxy: `ANY /v1/proxy/{path}` with Nango's `Connection-Id` and
+//! `Provider-Config-Key` headers. The caller's connection is checked against its
+//! owner, its access token refreshed if due and injected, the provider's template
+//! headers applied, hop-by-hop and caller credentials dropped, and only URLs under
+//! the provider's `proxy.base_url` are reachable (redirects are handed back, never
+//! followed). Bodies stream both ways. 429 and 5xx are retried honouring
+//! `Retry-After` for idempotent methods (or when the `Retries` header asks), and a
+//! 401 triggers one forced refresh and one retry, when the request body is small
+//! enough to replay.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use futures::TryStreamExt;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::CurrentUser;
+use crate::error::ApiError;
+
+/// Request bodies up to this size are buffered so a retry can replay them.
+const REPLAYABLE: usize = 1024 * 1024;
+/// Longest `Retry-After` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// The proxy route (mounted outside the body-limit layer: bodies stream).
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/v1/proxy/{*path}", axum::routing::any(proxy))
+}
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        crate::install_tls_provider();
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+/// Headers never forwarded upstream: hop-by-hop ones, and the caller's own
+/// credentials and proxy controls.
+const DROP_UP: [&str; 16] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "cookie",
+    "connection-id",
+    "provider-config-key",
+    "retries",
+    "x-carmenta-user-id",
+];
+const DROP_DOWN: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "set-cookie",
+];
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(code, message)
+}
+
+/// The upstream URL for `path` under `base`, or an error if it would leave it.
+pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Result<url::Url, ApiError> {
+    let base = url::Url::parse(base.trim_end_matches('/')).map_err(|_| ApiError::internal("invalid proxy base URL"))?;
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let refuse = || bad("invalid_proxy_path", "the path must stay under the provider's API base URL");
+    if decoded.contains("..")
+        || decoded.contains('@')
+        || decoded.contains('\\')
+        || decoded.contains("://")
+        || decoded.starts_with('/')
+        || path.to_ascii_lowercase().contains("%2f")
+        || path.to_ascii_lowercase().contains("%5c")
+        || decoded.chars().any(char::is_control)
+    {
+        return Err(refuse());
+    }
+    let mut joined = format!("{}/{}", base.as_str().trim_end_matches('/'), path);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        joined.push('?');
+        joined.push_str(q);
+    }
+    let url = url::Url::parse(&joined).map_err(|_| refuse())?;
+    let same_origin = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default();
+    if !same_origin || !url.path().starts_with(base.path().trim_end_matches('/')) || !url.username().is_empty() {
+        return Err(refuse());
+    }
+    Ok(url)
+}
+
+/// Fills `${accessToken}` and `${connectionConfig.x}` in a template header value.
+fn fill(template: &str, token: &str, config: &serde_json::Value) -> String {
+    let mut out = template.replace("${accessToken}", token).replace("${apiKey}", token);
+    while let Some(start) = out.find("${connectionConfig.") {
+        let Some(end) = out[start..].find('}') else { break };
+        let key = &out[start + "${connectionConfig.".len()..start + end];
+        let value = config.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        out.replace_range(start..start + end + 1, &value);
+    }
+    out
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    let secs = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.trim().parse::<u64>().ok().or_else(|| {
+                httpdate::parse_http_date(v)
+                    .ok()
+                    .map(|t| t.duration_since(std::time::SystemTime::now()).map_or(0, |d| d.as_secs()))
+            })
+        })
+        .unwrap_or(1);
+    Duration::from_secs(secs).min(MAX_WAIT)
+}
+
+async fn proxy(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(path): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let h = &parts.headers;
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty());
+    let conn_id = text("connection-id").ok_or_else(|| bad("missing_connection_id", "send the Connection-Id header"))?;
+    let key = text("provider-config-key")
+        .ok_or_else(|| bad("missing_provider_config_key", "send the Provider-Config-Key header"))?;
+    let conn_id = Uuid::parse_str(conn_id).map_err(|_| ApiError::not_found("connection not found"))?;
+    let row: Option<(Uuid, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT c.id, i.provider, c.connection_config FROM connections c JOIN integrations i ON i.id = c.integration_id \
+         WHERE c.id = $1 AND c.owner_id = $2 AND i.unique_key = $3",
+    )
+    .bind(conn_id)
+    .bind(user.user_id)
+    .bind(key)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (conn_id, provider_name, config) = row.ok_or_else(|| ApiError::not_found("connection not found"))?;
+    let provider =
+        state.catalog.get(&provider_name).cloned().ok_or_else(|| ApiError::internal("provider left the catalog"))?;
+    let base = provider
+        .proxy_base_url()
+        .and_then(|b| b.split("||").map(str::trim).find(|u| !u.contains("${")))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "proxy_unavailable",
+                "this provider's API URL needs connection configuration",
+            )
+        })?;
+    let url = target_url(base, &path, parts.uri.query())?;
+    let idempotent =
+        matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+    let max_retries: u32 = match text("retries") {
+        Some(v) => v.parse::<u32>().map_err(|_| bad("invalid_retries", "Retries must be a number"))?.min(5),
+        None if idempotent => 2,
+        None => 0,
+    };
+    // Small bodies are buffered (replayable for retries); large ones stream once.
+    let declared = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let chunked = h.contains_key(header::TRANSFER_ENCODING);
+    let mut streaming: Option<Body> = None;
+    let buffered: Option<Bytes> = if chunked || declared.is_some_and(|n| n > REPLAYABLE) {
+        streaming = Some(body);
+        None
+    } else {
+        Some(
+            axum::body::to_bytes(body, REPLAYABLE)
+                .await
+                .map_err(|_| bad("invalid_body", "reading the request body failed"))?,
+        )
+    };
+    let template: Vec<(String, String)> = provider
+        .raw
+        .get("proxy")
+        .and_then(|p| p.get("headers"))
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    let mut creds = super::refresh::fresh_token(&state, conn_id, false).await?;
+    let mut refreshed = false;
+    let mut attempt = 0u32;
+    loop {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in h {
+            if !DROP_UP.contains(&k.as_str()) {
+                headers.append(k.clone(), v.clone());
+            }
+        }
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", creds.access_token)).map_err(ApiError::internal)?,
+        );
+        for (k, v) in &template {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::try_from(k.as_str()), HeaderValue::from_str(&fill(v, &creds.access_token, &config)))
+            {
+                headers.insert(name, value);
+            }
+        }
+        let body = match (&buffered, streaming.take()) {
+            (Some(b), _) => reqwest::Body::from(b.clone()),
+            (None, Some(s)) => reqwest::Body::wrap_stream(s.into_data_stream()),
+            (None, None) => return Err(ApiError::internal("request body already sent")),
+        };
+        let res = client().request(parts.method.clone(), url.clone()).headers(headers).body(body).send().await;
+        let replayable = buffered.is_some();
+        let res = match res {
+            Ok(r) => r,
+            Err(e) if replayable && attempt < max_retries && (e.is_connect() || e.is_timeout()) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.without_url(), "proxy upstream failed");
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    "the provider's API did not answer",
+                ));
+            }
+        };
+        let status = res.status();
+        if status == StatusCode::UNAUTHORIZED && !refreshed && replayable {
+            // The token may have been revoked or rotated elsewhere: one forced refresh, one retry.
+            refreshed = true;
+            if let Ok(c) = super::refresh::fresh_token(&state, conn_id, true).await {
+                creds = c;
+                continue;
+            }
+        }
+        if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()) && replayable && attempt < max_retries
+        {
+            attempt += 1;
+            tokio::time::sleep(retry_after(res.headers())).await;
+            continue;
+        }
+        let mut out = Response::builder().status(status);
+        if let Some(hm) = out.headers_mut() {
+            for (k, v) in res.headers() {
+                if !DROP_DOWN.contains(&k.as_str()) {
+                    hm.append(k.clone(), v.clone());
+                }
+            }
+        }
+        return out
+            .body(Body::from_stream(res.bytes_stream().map_err(std::io::Error::other)))
+            .map_err(ApiError::internal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_url;
+
+    #[test]
+    fn paths_stay_under_the_base() {
+        let base = "https://api.example.com/v2";
+        assert_eq!(
+            target_url(base, "users/me", Some("a=1")).unwrap().as_str(),
+            "https://api.example.com/v2/users/me?a=1"
+        );
+        for bad in [
+            "../admin",
+            "a/../../x",
+            "%2e%2e/x",
+            "a%2Fb",
+            "@evil.com/x",
+            "http://evil.com/x",
+            "/x",
+            "a\\b",
+            "x%5c..%5cy",
+        ] {
+            assert!(target_url(base, bad, None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn headers_are_filled() {
+        let cfg = serde_json::json!({"tenant": "t1"});
+        assert_eq!(super::fill("Bearer ${accessToken} ${connectionConfig.tenant}", "tok", &cfg), "Bearer tok t1");
+    }
+}

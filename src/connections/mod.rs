@@ -10,6 +10,7 @@ pub mod connect;
 pub mod integrations;
 pub mod proxy;
 pub mod refresh;
+pub mod upkeep;
 
 pub use catalog::Catalog;
 

@@ -910,3 +910,53 @@ async fn proxy_injects_credentials_stays_on_the_base_url_and_streams() {
     let (status, code, _, _) = envelope(r).await;
     assert_eq!((status, code.as_str()), (400, "missing_connection_id"));
 }
+
+#[tokio::test]
+async fn idle_connections_are_refreshed_and_secrets_follow_key_rotation() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "idle@example.com").await;
+    let c = f.connect(&a, "basic", "idle").await;
+    // Nobody uses it; its token nears expiry; the sweeper refreshes it.
+    assert_eq!(carmenta::connections::upkeep::refresh_idle(&f.app.state, std::time::Duration::ZERO).await.unwrap(), 0);
+    f.expire(&c).await;
+    assert_eq!(carmenta::connections::upkeep::refresh_idle(&f.app.state, std::time::Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 1);
+    let (status, tok) = f.token(&f.app, &a, &c, false).await;
+    assert_eq!((status, tok["access_token"].as_str()), (200, Some("tok-idle-r1")));
+    // A new primary key (the old one kept for reading): rows are re-sealed under it,
+    // after which the old key can go.
+    let old = f.app.state.config.encryption_keys[0].clone();
+    let new = carmenta::config::Secret::new(carmenta::crypto::generate_key());
+    let file = f.providers.clone();
+    let (n1, o1, file1) = (new.clone(), old.clone(), file.clone());
+    let rotated = TestApp::builder()
+        .config(move |cfg| {
+            cfg.encryption_keys = vec![n1, o1];
+            cfg.providers_file = Some(file1);
+        })
+        .same_database_as(&f.app)
+        .spawn()
+        .await;
+    let n = carmenta::connections::upkeep::reencrypt(&rotated.state).await.unwrap();
+    assert!(n >= 4, "two integration secrets, one connection, the signing key(s): {n}");
+    assert_eq!(carmenta::connections::upkeep::reencrypt(&rotated.state).await.unwrap(), 0);
+    let only_new = TestApp::builder()
+        .config(move |cfg| {
+            cfg.encryption_keys = vec![new];
+            cfg.providers_file = Some(file);
+        })
+        .same_database_as(&f.app)
+        .spawn()
+        .await;
+    let (status, tok) = f.token(&only_new, &a, &c, false).await;
+    assert_eq!((status, tok["access_token"].as_str()), (200, Some("tok-idle-r1")), "{tok}");
+    let (id, sealed): (uuid::Uuid, Vec<u8>) =
+        sqlx::query_as("SELECT id, client_secret FROM integrations WHERE unique_key = 'basic'")
+            .fetch_one(&f.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        carmenta::connections::integrations::client_secret(&only_new.state, id, &sealed).unwrap(),
+        "basic-secret"
+    );
+}

@@ -156,6 +156,10 @@ pub struct Config {
     pub storage_upload_url_ttl: Duration,
     /// A JSON file of provider entries added to or overriding the built-in catalog.
     pub providers_file: Option<PathBuf>,
+    /// Where connection events are POSTed (Standard Webhooks), if anywhere.
+    pub webhook_url: Option<Url>,
+    /// The `whsec_…` secret signing them.
+    pub webhook_secret: Option<Secret>,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -207,6 +211,8 @@ struct FileConfig {
     s3_secret_access_key: Option<String>,
     s3_path_style: Option<bool>,
     providers_file: Option<PathBuf>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
 }
 
 /// The object store behind storage.
@@ -597,6 +603,31 @@ impl Config {
             fc.providers_file.map(|p| p.to_string_lossy().into_owned()),
         )
         .map(|r| PathBuf::from(r.value));
+        let webhook_url = match pick(env, &["CARMENTA_WEBHOOK_URL"], "webhook_url", fc.webhook_url) {
+            Some(r) => match Url::parse(r.value.trim()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+                _ => return Err(invalid(&r, "expected an http(s) URL")),
+            },
+            None => None,
+        };
+        let webhook_secret = match pick(env, &["CARMENTA_WEBHOOK_SECRET"], "webhook_secret", fc.webhook_secret) {
+            Some(r) => {
+                let ok = r.value.strip_prefix("whsec_").is_some_and(|b| {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).is_ok_and(|k| k.len() >= 16)
+                });
+                if !ok {
+                    return Err(invalid(&r, "expected whsec_ followed by base64 of at least 16 bytes"));
+                }
+                Some(Secret::new(r.value))
+            }
+            None => None,
+        };
+        if webhook_url.is_some() != webhook_secret.is_some() {
+            return Err(ConfigError::Value {
+                key: "CARMENTA_WEBHOOK_SECRET".into(),
+                message: "CARMENTA_WEBHOOK_URL and CARMENTA_WEBHOOK_SECRET go together".into(),
+            });
+        }
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -667,6 +698,8 @@ impl Config {
             storage_max_file_size,
             storage_upload_url_ttl,
             providers_file,
+            webhook_url,
+            webhook_secret,
             config_file: path,
         })
     }
@@ -763,6 +796,11 @@ impl Config {
             (
                 "providers_file".into(),
                 self.providers_file.as_ref().map_or("(built-in catalog only)".into(), |p| p.display().to_string()),
+            ),
+            ("webhook_url".into(), self.webhook_url.as_ref().map_or("(none)".into(), |u| u.to_string())),
+            (
+                "webhook_secret".into(),
+                if self.webhook_secret.is_some() { "[redacted]".into() } else { "(none)".into() },
             ),
             ("storage_max_file_size".into(), self.storage_max_file_size.to_string()),
             ("storage_upload_url_ttl".into(), format!("{}s", self.storage_upload_url_ttl.as_secs())),

@@ -57,6 +57,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let cache_listener = state.spawn_cache_listener();
     let sweeper = crate::storage::spawn_sweeper(&state);
     let connections_upkeep = crate::connections::upkeep::spawn(&state);
+    let webhooks = crate::connections::webhooks::spawn(&state);
     let router = app::router(state);
     tracing::info!(%addr, %public_url, "carmenta listening");
     let result = app::serve(listener, router, app::shutdown_signal(), drain).await;
@@ -64,6 +65,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     cache_listener.abort();
     sweeper.abort();
     connections_upkeep.abort();
+    webhooks.abort();
     database.close().await;
     tracing::info!("carmenta stopped");
     result.context("serving HTTP")

@@ -604,6 +604,14 @@ async fn upsert_connection(
         .fetch_optional(&state.pool)
         .await?;
         if let Some(id) = done {
+            let mut conn = state.pool.acquire().await?;
+            super::webhooks::emit(
+                &mut conn,
+                "connection.created",
+                serde_json::json!({"connection_id": id, "owner_id": owner, "integration": integ.unique_key,
+                                   "provider": integ.provider, "external_account_id": account, "reconnected": existing.is_some()}),
+            )
+            .await?;
             return Ok(id);
         }
     }
@@ -762,11 +770,20 @@ async fn delete_connection(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let row = mine(&state, user.user_id, &id).await?;
+    let mut tx = state.pool.begin().await?;
     sqlx::query("DELETE FROM connections WHERE id = $1 AND owner_id = $2")
         .bind(row.id)
         .bind(user.user_id)
-        .execute(&state.pool)
+        .execute(&mut *tx)
         .await?;
+    super::webhooks::emit(
+        &mut tx,
+        "connection.deleted",
+        serde_json::json!({"connection_id": row.id, "owner_id": user.user_id, "integration": row.integration,
+                           "provider": row.provider, "external_account_id": row.external_account_id}),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,8 +2,8 @@
 //! (`catalog.rs`), the app's integrations (`integrations.rs`: a provider plus the
 //! app's client id, encrypted client secret, scopes and authorization parameter
 //! overrides), the connect flow with the connections API (`connect.rs`) and token
-//! refresh (`refresh.rs`) and the API proxy (`proxy.rs`). Webhooks to the app are
-//! still to come.
+//! refresh (`refresh.rs`), the API proxy (`proxy.rs`), upkeep (`upkeep.rs`) and
+//! webhooks to the app (`webhooks.rs`).
 
 pub mod catalog;
 pub mod connect;
@@ -11,6 +11,7 @@ pub mod integrations;
 pub mod proxy;
 pub mod refresh;
 pub mod upkeep;
+pub mod webhooks;
 
 pub use catalog::Catalog;
 

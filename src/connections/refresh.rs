@@ -156,6 +156,13 @@ pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Cred
                 .bind(serde_json::json!({"error": e.detail, "permanent": true}))
                 .execute(&mut *tx)
                 .await?;
+            super::webhooks::emit(
+                &mut tx,
+                "connection.refresh_failed",
+                serde_json::json!({"connection_id": id, "owner_id": row.owner_id, "integration": integ.unique_key,
+                                   "provider": integ.provider, "error": e.detail, "status": "needs_reauth"}),
+            )
+            .await?;
             tx.commit().await?;
             Err(needs_reauth())
         }

@@ -366,6 +366,10 @@ struct Flow {
 
 impl Flow {
     async fn new() -> Flow {
+        Self::new_with(|_| {}).await
+    }
+
+    async fn new_with(extra: impl FnOnce(&mut carmenta::config::Config)) -> Flow {
         let (base, fake) = fake::start().await;
         let dir = crate::harness::temp_dir("carmenta-fake-providers-");
         let file = dir.join("providers.json");
@@ -379,7 +383,13 @@ impl Flow {
                            "account_id_path": "authed_user.id", "proxy": {"base_url": format!("{base}/api")}}
         });
         std::fs::write(&file, providers.to_string()).unwrap();
-        let app = TestApp::builder().config(|c| c.providers_file = Some(file.clone())).spawn().await;
+        let app = TestApp::builder()
+            .config(|c| {
+                c.providers_file = Some(file.clone());
+                extra(c);
+            })
+            .spawn()
+            .await;
         let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
         for (k, p, id, secret) in [
             ("basic", "fake-basic", "basic-client", "basic-secret"),
@@ -959,4 +969,101 @@ async fn idle_connections_are_refreshed_and_secrets_follow_key_rotation() {
         carmenta::connections::integrations::client_secret(&only_new.state, id, &sealed).unwrap(),
         "basic-secret"
     );
+}
+
+/// A webhook receiver that checks Standard Webhooks signatures itself and fails
+/// its first delivery.
+mod receiver {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use base64::Engine;
+    use hmac::Mac;
+
+    #[derive(Clone)]
+    pub struct Receiver {
+        pub secret: Vec<u8>,
+        pub got: Arc<Mutex<Vec<serde_json::Value>>>,
+        pub attempts: Arc<Mutex<u32>>,
+        pub bad_signatures: Arc<Mutex<u32>>,
+    }
+
+    async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+        let n = {
+            let mut a = r.attempts.lock().unwrap();
+            *a += 1;
+            *a
+        };
+        let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let (id, ts, sig) = (h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"));
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&r.secret).unwrap();
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(&body);
+        let want = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+        let fresh = ts.parse::<i64>().is_ok_and(|t| (time::OffsetDateTime::now_utc().unix_timestamp() - t).abs() < 300);
+        if !sig.split(' ').any(|s| s == want) || !fresh || id.is_empty() {
+            *r.bad_signatures.lock().unwrap() += 1;
+            return StatusCode::UNAUTHORIZED;
+        }
+        if n == 1 {
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        r.got.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+        StatusCode::NO_CONTENT
+    }
+
+    pub async fn start(secret: Vec<u8>) -> (String, Receiver) {
+        let r = Receiver {
+            secret,
+            got: Default::default(),
+            attempts: Default::default(),
+            bad_signatures: Default::default(),
+        };
+        let router = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(r.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, router).await });
+        (url, r)
+    }
+}
+
+#[tokio::test]
+async fn connection_events_reach_the_app_as_signed_webhooks() {
+    let key: [u8; 24] = rand::random();
+    let (url, recv) = receiver::start(key.to_vec()).await;
+    let secret = format!("whsec_{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key));
+    let f = Flow::new_with(|c| {
+        c.webhook_url = Some(url.parse().unwrap());
+        c.webhook_secret = Some(carmenta::config::Secret::new(secret));
+    })
+    .await;
+    let a = sign_up(&f.app, "wh@example.com").await;
+    let c = f.connect(&a, "basic", "wh").await;
+    *f.fake.refresh_mode.lock().unwrap() = "revoked".into();
+    assert_eq!(f.token(&f.app, &a, &c, true).await.0, 409);
+    let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c}"))).bearer_auth(&a.jwt).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    // The first delivery fails (HTTP 500) and is retried after its backoff.
+    let worker = carmenta::connections::webhooks::spawn(&f.app.state);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while recv.got.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    worker.abort();
+    // A failed delivery is retried later, so arrival order is not event order.
+    let mut got = recv.got.lock().unwrap().clone();
+    got.sort_by_key(|e| e["timestamp"].as_str().unwrap().to_string());
+    let types: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["connection.created", "connection.refresh_failed", "connection.deleted"], "{got:?}");
+    assert_eq!(got[0]["data"]["connection_id"], c.as_str());
+    assert_eq!(got[0]["data"]["external_account_id"], "acct-wh");
+    assert_eq!(got[1]["data"]["status"], "needs_reauth");
+    assert_eq!(*recv.bad_signatures.lock().unwrap(), 0);
+    assert!(*recv.attempts.lock().unwrap() >= 4, "one failed attempt, then three deliveries");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL")
+        .fetch_one(&f.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }

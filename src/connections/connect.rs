@@ -48,7 +48,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The browser routes (redirects, not JSON).
 pub fn browser_routes() -> Router<AppState> {
-    Router::new().route("/oauth/connect/{integration}", get(connect)).route("/oauth/callback", get(callback))
+    Router::new()
+        .route("/oauth/connect", get(connect_page))
+        .route("/oauth/connect/{integration}", get(connect))
+        .route("/oauth/callback", get(callback))
 }
 
 fn http() -> &'static reqwest::Client {
@@ -183,6 +186,73 @@ fn finish(return_url: Option<&str>, result: Result<(&str, Uuid), &str>) -> Respo
         }
         (None, Err(code)) => result_page(StatusCode::BAD_REQUEST, "Connection failed", code),
     }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// The hosted connect page: the integrations the session allows, each with the
+/// user's existing connections and a link to connect (another) account.
+async fn connect_page(State(state): State<AppState>, Query(q): Query<ConnectQuery>) -> Response {
+    let Some(token) = q.session.filter(|t| !t.is_empty()) else {
+        return result_page(StatusCode::BAD_REQUEST, "Connection failed", "missing connect session");
+    };
+    let session: Option<SessionRow> = match sqlx::query_as(
+        "SELECT owner_id, allowed_integrations, return_url FROM connect_sessions WHERE token_hash = $1 AND expires_at > now()",
+    )
+    .bind(hash_token(&token))
+    .fetch_optional(&state.pool)
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let Some(session) = session else {
+        return result_page(StatusCode::BAD_REQUEST, "Connection failed", "unknown or expired connect session");
+    };
+    let rows: Vec<(String, String, Option<String>, Option<String>)> = match sqlx::query_as(
+        "SELECT i.unique_key, i.provider, c.external_account_id, c.status FROM integrations i \
+         LEFT JOIN connections c ON c.integration_id = i.id AND c.owner_id = $1 \
+         WHERE $2::text[] IS NULL OR i.unique_key = ANY($2) ORDER BY i.unique_key, c.created_at",
+    )
+    .bind(session.owner_id)
+    .bind(&session.allowed_integrations)
+    .fetch_all(&state.pool)
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut items = String::new();
+    let mut last: Option<String> = None;
+    for (key, provider, account, status) in &rows {
+        if last.as_deref() != Some(key) {
+            if last.is_some() {
+                items.push_str("</ul></li>");
+            }
+            items.push_str(&format!(
+                "<li><strong>{k}</strong> <small>({p})</small> <a href=\"/oauth/connect/{k}?session={t}\">Connect an account</a><ul>",
+                k = esc(key),
+                p = esc(provider),
+                t = esc(&token)
+            ));
+            last = Some(key.clone());
+        }
+        if let (Some(a), Some(st)) = (account, status) {
+            items.push_str(&format!("<li>{} — {}</li>", esc(a), esc(st)));
+        }
+    }
+    if last.is_some() {
+        items.push_str("</ul></li>");
+    }
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connect your accounts</title></head>\
+         <body><h1>Connect your accounts</h1><ul>{items}</ul></body></html>"
+    );
+    let mut res = (StatusCode::OK, Html(body)).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 #[derive(Debug, FromRow)]

@@ -1067,3 +1067,31 @@ async fn connection_events_reach_the_app_as_signed_webhooks() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn hosted_connect_page_lists_allowed_integrations_and_my_accounts() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "page@example.com").await;
+    let b = sign_up(&f.app, "page-b@example.com").await;
+    f.connect(&a, "basic", "mine").await;
+    f.connect(&b, "basic", "theirs").await;
+    let r = f
+        .app
+        .client
+        .post(f.app.url("/v1/connect/sessions"))
+        .bearer_auth(&a.jwt)
+        .json(&json!({"allowed_integrations": ["basic"]}))
+        .send()
+        .await
+        .unwrap();
+    let token = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let r = f.app.client.get(f.app.url(&format!("/oauth/connect?session={token}"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("basic") && html.contains("acct-mine") && html.contains("connected"), "{html}");
+    assert!(!html.contains("acct-theirs"), "another user's account is not shown");
+    assert!(!html.contains("slack"), "integrations outside the session are not shown");
+    assert!(html.contains(&format!("/oauth/connect/basic?session={token}")));
+    let r = f.app.client.get(f.app.url("/oauth/connect?session=nope")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+}

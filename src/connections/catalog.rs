@@ -6,7 +6,8 @@
 //! `token_response_metadata`, `connection_config`, `proxy.base_url`, `proxy.headers`,
 //! `proxy.retry`, `alias`, …) so entries port mechanically. Carmenta adds where the
 //! external account id comes from: `account_id_path` (a dotted path into the token
-//! response) or `identity: {url, id_path}` (an endpoint called with the new token).
+//! response) or `identity: {url, id_path}` (an endpoint called with the new token),
+//! and `revoke_url` (RFC 7009) where a deleted connection's token is revoked.
 //!
 //! The built-in catalog (`providers.json`) is compiled into the binary; a file named
 //! by `CARMENTA_PROVIDERS_FILE` adds entries or overrides fields of existing ones.
@@ -186,10 +187,12 @@ fn validate(name: &str, raw: Value) -> Result<Provider, String> {
             }
         }
     }
-    if let Some(v) = raw.get("refresh_url")
-        && !v.as_str().is_some_and(url_like)
-    {
-        return Err(err("refresh_url", "expected an http(s) URL"));
+    for field in ["refresh_url", "revoke_url"] {
+        if let Some(v) = raw.get(field)
+            && !v.as_str().is_some_and(url_like)
+        {
+            return Err(err(field, "expected an http(s) URL"));
+        }
     }
     for (field, allowed) in [
         ("body_format", &["form", "json"][..]),

@@ -41,7 +41,7 @@ const STATE_TTL_SECS: i64 = 15 * 60;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_session))
-        .routes(routes!(list_connections))
+        .routes(routes!(list_connections, create_key_connection))
         .routes(routes!(get_connection, patch_connection, delete_connection))
         .routes(routes!(connection_token))
 }
@@ -831,6 +831,100 @@ async fn patch_connection(
     mine(&state, user.user_id, &id).await.map(|r| ApiJson(r.into()))
 }
 
+/// Revokes the connection's token at the provider when it offers an endpoint for
+/// it (`revoke_url`, RFC 7009: `token=…` with the client's credentials). Best
+/// effort: a failure is logged and the connection is deleted anyway.
+async fn revoke(state: &AppState, row: &ConnRow) {
+    let Some(provider) = state.catalog.get(&row.provider) else { return };
+    let Some(url) = provider.str("revoke_url").and_then(concrete_url) else { return };
+    let result = async {
+        let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
+            .bind(row.id)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let creds = unseal(state, row.id, &sealed).map_err(|e| e.message)?;
+        let integ = integrations::fetch(state, &row.integration).await.map_err(|e| e.message)?;
+        let secret = match &integ.client_secret {
+            Some(s) => integrations::client_secret(state, integ.id, s).map_err(|e| e.message)?,
+            None => String::new(),
+        };
+        let token = creds.refresh_token.unwrap_or(creds.access_token);
+        let form = [
+            ("token", token.as_str()),
+            ("client_id", integ.client_id.as_deref().unwrap_or("")),
+            ("client_secret", &secret),
+        ];
+        let res = http().post(&url).form(&form).send().await.map_err(|e| e.without_url().to_string())?;
+        if res.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", res.status().as_u16())) }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(connection = %row.id, error = %e, "revoking at the provider failed; deleting anyway");
+    }
+}
+
+/// `POST /v1/connections`: credentials for an API-key or basic-auth provider.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyConnection {
+    /// Integration key.
+    pub integration: String,
+    /// The API key (API_KEY providers).
+    pub api_key: Option<String>,
+    /// Username (BASIC providers).
+    pub username: Option<String>,
+    /// Password (BASIC providers).
+    pub password: Option<String>,
+    /// Which external account this is (default `default`).
+    pub external_account_id: Option<String>,
+}
+
+/// Store API-key or basic credentials for a provider that uses them.
+#[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = CreateKeyConnection,
+    responses((status = 201, body = Connection), (status = 422)))]
+async fn create_key_connection(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiJson(req): ApiJson<CreateKeyConnection>,
+) -> Result<Response, ApiError> {
+    let integ = integrations::fetch(&state, &req.integration)
+        .await
+        .map_err(|_| unprocessable("unknown_integration", format!("no integration {:?}", req.integration)))?;
+    let provider = state.catalog.get(&integ.provider).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
+    let text_ok = |v: &str| !v.is_empty() && v.len() <= 4096 && !v.chars().any(char::is_control);
+    let secret = match (provider.auth_mode.as_str(), &req.api_key, &req.username, &req.password) {
+        ("API_KEY", Some(k), None, None) if text_ok(k) => k.clone(),
+        ("BASIC", None, Some(u), Some(p)) if text_ok(u) && !u.contains(':') && p.len() <= 4096 => {
+            B64.encode(format!("{u}:{p}"))
+        }
+        ("API_KEY", ..) => return Err(unprocessable("invalid_credentials", "this provider takes `api_key` alone")),
+        ("BASIC", ..) => {
+            return Err(unprocessable("invalid_credentials", "this provider takes `username` and `password`"));
+        }
+        (mode, ..) => {
+            return Err(unprocessable(
+                "wrong_auth_mode",
+                format!("{} uses {mode}: connect it through /oauth/connect", provider.name),
+            ));
+        }
+    };
+    let account = req.external_account_id.unwrap_or_else(|| "default".into());
+    if !text_ok(&account) || account.len() > 255 {
+        return Err(unprocessable("invalid_account", "external_account_id must be 1 to 255 characters"));
+    }
+    let tokens = Tokens {
+        access_token: secret,
+        refresh_token: None,
+        expires_at: None,
+        scope: None,
+        raw: serde_json::json!({"type": provider.auth_mode}),
+    };
+    let id = upsert_connection(&state, user.user_id, &integ, &account, &tokens).await?;
+    let conn = mine(&state, user.user_id, &id.to_string()).await?;
+    Ok((StatusCode::CREATED, ApiJson(Connection::from(conn))).into_response())
+}
+
 /// Delete one of my connections.
 #[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404)))]
@@ -840,6 +934,7 @@ async fn delete_connection(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let row = mine(&state, user.user_id, &id).await?;
+    revoke(&state, &row).await;
     let mut tx = state.pool.begin().await?;
     sqlx::query("DELETE FROM connections WHERE id = $1 AND owner_id = $2")
         .bind(row.id)

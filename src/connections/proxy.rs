@@ -213,10 +213,16 @@ async fn proxy(
                 headers.append(k.clone(), v.clone());
             }
         }
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {}", creds.access_token)).map_err(ApiError::internal)?,
-        );
+        // OAuth and API keys as a bearer, basic credentials as Basic, unless the
+        // provider's template headers carry the credential themselves.
+        let scheme = if provider.auth_mode == "BASIC" { "Basic" } else { "Bearer" };
+        let templated = template.iter().any(|(_, v)| v.contains("${accessToken}") || v.contains("${apiKey}"));
+        if !templated {
+            headers.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("{scheme} {}", creds.access_token)).map_err(ApiError::internal)?,
+            );
+        }
         for (k, v) in &template {
             if let (Ok(name), Ok(value)) =
                 (HeaderName::try_from(k.as_str()), HeaderValue::from_str(&fill(v, &creds.access_token, &config)))

@@ -191,6 +191,8 @@ mod fake {
         pub reused: Arc<Mutex<u32>>,
         pub used: Arc<Mutex<Vec<String>>>,
         pub flaky_calls: Arc<Mutex<u32>>,
+        /// Tokens revoked through `/revoke`.
+        pub revoked: Arc<Mutex<Vec<String>>>,
     }
 
     fn pkce_ok(f: &Fake, code: &str, verifier: Option<&str>) -> bool {
@@ -286,6 +288,7 @@ mod fake {
         Json(json!({
             "method": method.as_str(), "path": uri.path(), "query": uri.query(), "authorization": h("authorization"),
             "cookie": h("cookie"), "connection_id": h("connection-id"), "x_custom": h("x-custom"), "notion_version": h("notion-version"),
+            "x_api_key": h("x-api-key"),
             "body": String::from_utf8_lossy(&body),
         }))
     }
@@ -334,6 +337,14 @@ mod fake {
         ))
     }
 
+    async fn revoke(State(f): State<Fake>, Form(b): Form<HashMap<String, String>>) -> StatusCode {
+        if b.get("client_secret").map(String::as_str) != Some("basic-secret") {
+            return StatusCode::UNAUTHORIZED;
+        }
+        f.revoked.lock().unwrap().push(b.get("token").cloned().unwrap_or_default());
+        StatusCode::OK
+    }
+
     async fn elsewhere() -> (StatusCode, [(&'static str, &'static str); 1]) {
         (StatusCode::FOUND, [("location", "http://evil.example/steal")])
     }
@@ -349,6 +360,7 @@ mod fake {
             .route("/api/picky", get(picky))
             .route("/api/big", post(big_up).get(big_down))
             .route("/api/elsewhere", get(elsewhere))
+            .route("/revoke", post(revoke))
             .with_state(f.clone());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
@@ -377,7 +389,10 @@ impl Flow {
             "fake-basic": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/basic/token"),
                            "authorization_method": "header", "body_format": "json", "authorization_params": {"owner": "user"},
                            "identity": {"url": format!("{base}/userinfo"), "id_path": "sub"},
+                           "revoke_url": format!("{base}/revoke"),
                            "proxy": {"base_url": format!("{base}/api"), "headers": {"notion-version": "2022-06-28"}}},
+            "fake-key": {"auth_mode": "API_KEY", "proxy": {"base_url": format!("{base}/api"), "headers": {"x-api-key": "${apiKey}"}}},
+            "fake-basicauth": {"auth_mode": "BASIC", "proxy": {"base_url": format!("{base}/api")}},
             "fake-slack": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/slack/token"),
                            "disable_pkce": true, "scope_separator": ",", "alternate_access_token_response_path": "authed_user",
                            "account_id_path": "authed_user.id", "proxy": {"base_url": format!("{base}/api")}}
@@ -1094,4 +1109,65 @@ async fn hosted_connect_page_lists_allowed_integrations_and_my_accounts() {
     assert!(html.contains(&format!("/oauth/connect/basic?session={token}")));
     let r = f.app.client.get(f.app.url("/oauth/connect?session=nope")).send().await.unwrap();
     assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn api_key_and_basic_credentials_and_revocation_on_delete() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "keys@example.com").await;
+    for (k, p) in [("keyed", "fake-key"), ("pw", "fake-basicauth")] {
+        let r = f
+            .app
+            .client
+            .post(f.app.url("/v1/integrations"))
+            .bearer_auth(&f.key)
+            .json(&json!({"unique_key": k, "provider": p}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let create = |body: Value| f.app.client.post(f.app.url("/v1/connections")).bearer_auth(&a.jwt).json(&body).send();
+    let r = create(json!({"integration": "keyed", "api_key": "k-123"})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let keyed: Value = r.json().await.unwrap();
+    let r =
+        create(json!({"integration": "pw", "username": "ann", "password": "hunter2", "external_account_id": "ann"}))
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 201);
+    let pw: Value = r.json().await.unwrap();
+    assert_eq!(pw["external_account_id"], "ann");
+    for (body, code) in [
+        (json!({"integration": "keyed", "username": "x", "password": "y"}), "invalid_credentials"),
+        (json!({"integration": "pw", "api_key": "x"}), "invalid_credentials"),
+        (json!({"integration": "basic", "api_key": "x"}), "wrong_auth_mode"),
+        (json!({"integration": "nope", "api_key": "x"}), "unknown_integration"),
+    ] {
+        let (status, c, _, _) = envelope(create(body.clone()).await.unwrap()).await;
+        assert_eq!((status, c.as_str()), (422, code), "{body}");
+    }
+    let proxied = |conn: &Value, key: &str| {
+        f.app
+            .client
+            .get(f.app.url("/v1/proxy/echo/x"))
+            .bearer_auth(&a.jwt)
+            .header("connection-id", conn["id"].as_str().unwrap())
+            .header("provider-config-key", key)
+            .send()
+    };
+    let v: Value = proxied(&keyed, "keyed").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (v["x_api_key"].as_str(), v["authorization"].as_str()),
+        (Some("k-123"), None),
+        "the template carries the key"
+    );
+    let v: Value = proxied(&pw, "pw").await.unwrap().json().await.unwrap();
+    let want = format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ann:hunter2"));
+    assert_eq!(v["authorization"].as_str(), Some(want.as_str()));
+    // Deleting an OAuth connection revokes its token at the provider first.
+    let c = f.connect(&a, "basic", "gone").await;
+    let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c}"))).bearer_auth(&a.jwt).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(*f.fake.revoked.lock().unwrap(), ["rt-gone"]);
 }

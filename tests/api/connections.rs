@@ -707,22 +707,37 @@ async fn refresh_is_single_flight_across_replicas_and_never_reuses_a_refresh_tok
     f.expire(&c).await;
     // 100 concurrent callers on an expired token, over two server processes sharing
     // one database: one token request.
+    // 100 concurrent proxy calls on an expired token, over two server processes
+    // sharing one database: one token request, and every call carries the new token.
     let mut calls = Vec::new();
     for i in 0..100 {
         let app = if i % 2 == 0 { &f.app } else { &other };
-        calls.push(f.token(app, &a, &c, false));
+        let req = app
+            .client
+            .get(app.url("/v1/proxy/echo/x"))
+            // The session token: valid on every replica (access tokens name one issuer URL).
+            .bearer_auth(&a.session)
+            .header("connection-id", c.as_str())
+            .header("provider-config-key", "basic");
+        calls.push(async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        });
     }
     let results = futures::future::join_all(calls).await;
     let tokens: std::collections::BTreeSet<String> = results
         .iter()
         .map(|(s, v)| {
             assert_eq!(*s, 200, "{v}");
-            v["access_token"].as_str().unwrap().to_string()
+            v["authorization"].as_str().unwrap().to_string()
         })
         .collect();
     assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 1, "exactly one refresh request");
-    assert_eq!(tokens.len(), 1, "everyone got the refreshed token: {tokens:?}");
-    assert_eq!(tokens.iter().next().unwrap(), "tok-acc-r1");
+    assert_eq!(tokens.len(), 1, "every call carried the refreshed token: {tokens:?}");
+    assert_eq!(tokens.iter().next().unwrap(), "Bearer tok-acc-r1");
+    let (status, tok) = f.token(&other, &a, &c, false).await;
+    assert_eq!((status, tok["access_token"].as_str()), (200, Some("tok-acc-r1")));
+
     // A provider that rotates refresh tokens and refuses a reused one: forced
     // refreshes in a row and at once never present a used token.
     for _ in 0..3 {

@@ -46,7 +46,8 @@ pub struct StorageCache {
 pub struct Generation(u64);
 
 impl StorageCache {
-    fn enabled(&self) -> bool {
+    /// Whether the cache is in use (its invalidation listener is connected).
+    pub fn enabled(&self) -> bool {
         self.listening.load(Ordering::Acquire)
     }
 

@@ -864,8 +864,12 @@ async fn public_object_cache_follows_writes_on_other_replicas() {
         .same_database_as(&st.app)
         .spawn()
         .await;
-    // Wait for both replicas' invalidation listeners.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Wait for both replicas' invalidation listeners (the cache is off until then).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(st.app.state.storage.cache.enabled() && other.state.storage.cache.enabled()) {
+        assert!(std::time::Instant::now() < deadline, "invalidation listeners did not connect");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let read = |app: &TestApp| {
         let url = app.url("/storage/v1/object/public/pub/logo.txt");
         let client = app.client.clone();
@@ -875,8 +879,17 @@ async fn public_object_cache_follows_writes_on_other_replicas() {
         }
     };
     assert_eq!(st.put(&st.a.jwt, "pub", "logo.txt", b"version one", "text/plain").await.status(), 200);
-    assert_eq!(read(&other).await, (200, "version one".to_string()));
-    assert!(other.state.storage.cache.public_row("pub", "logo.txt").is_some(), "the row is cached");
+    // A read fills the cache, unless an invalidation (the upload's own NOTIFY) lands
+    // while it runs: then the next read does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert_eq!(read(&other).await, (200, "version one".to_string()));
+        if other.state.storage.cache.public_row("pub", "logo.txt").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the row is never cached");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(read(&other).await, (200, "version one".to_string()), "served from the cache");
     let r = st.req(Method::PUT, "/object/pub/logo.txt", &st.a.jwt).body("version two").send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -98,7 +98,8 @@ fn main() {
     let jwt = json(&b)["access_token"].as_str().expect("jwt").to_string();
     let bearer = format!("Bearer {jwt}");
     let (s, b) =
-        request(port, "POST", "/v1/connect/sessions", &[ct, ("Authorization", &bearer)], "{}").expect("session");
+        request(port, "POST", "/v1/connect/sessions", &[ct, ("Authorization", &bearer)], r#"{"return_url":"/done"}"#)
+            .expect("session");
     assert_eq!(s, 201, "{b}");
     let link = json(&b)["links"]["bench"].as_str().expect("link").to_string();
     let path = link.split_once(&format!("127.0.0.1:{port}")).expect("local link").1.to_string();

@@ -54,19 +54,26 @@ pub fn browser_routes() -> Router<AppState> {
         .route("/oauth/callback", get(callback))
 }
 
-fn http() -> &'static reqwest::Client {
+/// The one outgoing HTTP client of connections (token endpoints, identity,
+/// revocation, the proxy, webhooks): redirects never followed; callers set their
+/// own request timeouts.
+pub(super) fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         crate::install_tls_provider();
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
             .build()
             .unwrap_or_default()
     })
 }
 
-fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+/// Timeout of calls to token, identity and revocation endpoints.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub(super) fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
@@ -152,7 +159,6 @@ struct ConnectQuery {
 
 /// A page answering the browser when there is nowhere to send it back to.
 fn result_page(status: StatusCode, title: &str, detail: &str) -> Response {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
          <body><h1>{t}</h1><p>{d}</p></body></html>",
@@ -192,24 +198,30 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-/// The hosted connect page: the integrations the session allows, each with the
-/// user's existing connections and a link to connect (another) account.
-async fn connect_page(State(state): State<AppState>, Query(q): Query<ConnectQuery>) -> Response {
-    let Some(token) = q.session.filter(|t| !t.is_empty()) else {
-        return result_page(StatusCode::BAD_REQUEST, "Connection failed", "missing connect session");
+/// The live connect session named by `?session=`, or the page saying why not.
+async fn live_session(state: &AppState, token: Option<String>) -> Result<(String, SessionRow), Response> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(result_page(StatusCode::BAD_REQUEST, "Connection failed", "missing connect session"));
     };
-    let session: Option<SessionRow> = match sqlx::query_as(
+    let session: Option<SessionRow> = sqlx::query_as(
         "SELECT owner_id, allowed_integrations, return_url FROM connect_sessions WHERE token_hash = $1 AND expires_at > now()",
     )
     .bind(hash_token(&token))
     .fetch_optional(&state.pool)
     .await
-    {
-        Ok(s) => s,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let Some(session) = session else {
-        return result_page(StatusCode::BAD_REQUEST, "Connection failed", "unknown or expired connect session");
+    .map_err(|e| ApiError::from(e).into_response())?;
+    match session {
+        Some(s) => Ok((token, s)),
+        None => Err(result_page(StatusCode::BAD_REQUEST, "Connection failed", "unknown or expired connect session")),
+    }
+}
+
+/// The hosted connect page: the integrations the session allows, each with the
+/// user's existing connections and a link to connect (another) account.
+async fn connect_page(State(state): State<AppState>, Query(q): Query<ConnectQuery>) -> Response {
+    let (token, session) = match live_session(&state, q.session).await {
+        Ok(t) => t,
+        Err(page) => return page,
     };
     let rows: Vec<(String, String, Option<String>, Option<String>)> = match sqlx::query_as(
         "SELECT i.unique_key, i.provider, c.external_account_id, c.status FROM integrations i \
@@ -269,21 +281,9 @@ fn concrete_url(raw: &str) -> Option<String> {
 }
 
 async fn connect(State(state): State<AppState>, Path(key): Path<String>, Query(q): Query<ConnectQuery>) -> Response {
-    let Some(token) = q.session.filter(|t| !t.is_empty()) else {
-        return result_page(StatusCode::BAD_REQUEST, "Connection failed", "missing connect session");
-    };
-    let session: Option<SessionRow> = match sqlx::query_as(
-        "SELECT owner_id, allowed_integrations, return_url FROM connect_sessions WHERE token_hash = $1 AND expires_at > now()",
-    )
-    .bind(hash_token(&token))
-    .fetch_optional(&state.pool)
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let Some(session) = session else {
-        return result_page(StatusCode::BAD_REQUEST, "Connection failed", "unknown or expired connect session");
+    let (_, session) = match live_session(&state, q.session).await {
+        Ok(t) => t,
+        Err(page) => return page,
     };
     let ret = session.return_url.as_deref();
     if session.allowed_integrations.as_ref().is_some_and(|a| !a.contains(&key)) {
@@ -521,7 +521,7 @@ pub async fn exchange(
         params.push(("client_id".into(), client_id.clone()));
         params.push(("client_secret".into(), secret.clone()));
     }
-    let mut req = http().post(&token_url).header(header::ACCEPT, "application/json");
+    let mut req = http().post(&token_url).timeout(PROVIDER_TIMEOUT).header(header::ACCEPT, "application/json");
     if header_auth || basic_too {
         req = req.header(header::AUTHORIZATION, format!("Basic {}", B64.encode(format!("{client_id}:{secret}"))));
     }
@@ -589,6 +589,7 @@ async fn account_id(provider: &Provider, tokens: &Tokens) -> Result<String, Stri
     let path = identity.get("id_path").and_then(Value::as_str).unwrap_or("id");
     let res = http()
         .get(url)
+        .timeout(PROVIDER_TIMEOUT)
         .bearer_auth(&tokens.access_token)
         .header(header::ACCEPT, "application/json")
         .header(header::USER_AGENT, "carmenta")
@@ -855,7 +856,13 @@ async fn revoke(state: &AppState, row: &ConnRow) {
             ("client_id", integ.client_id.as_deref().unwrap_or("")),
             ("client_secret", &secret),
         ];
-        let res = http().post(&url).form(&form).send().await.map_err(|e| e.without_url().to_string())?;
+        let res = http()
+            .post(&url)
+            .timeout(PROVIDER_TIMEOUT)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
         if res.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", res.status().as_u16())) }
     }
     .await;

@@ -165,9 +165,7 @@ fn require_service(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
+use super::connect::unprocessable;
 
 fn check_text(field: &str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
     match v {

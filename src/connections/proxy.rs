@@ -8,7 +8,6 @@
 //! 401 triggers one forced refresh and one retry, when the request body is small
 //! enough to replay.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -30,19 +29,6 @@ const MAX_WAIT: Duration = Duration::from_secs(10);
 /// The proxy route (mounted outside the body-limit layer: bodies stream).
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new().route("/v1/proxy/{*path}", axum::routing::any(proxy))
-}
-
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        crate::install_tls_provider();
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap_or_default()
-    })
 }
 
 /// Headers never forwarded upstream: hop-by-hop ones, and the caller's own
@@ -235,7 +221,8 @@ async fn proxy(
             (None, Some(s)) => reqwest::Body::wrap_stream(s.into_data_stream()),
             (None, None) => return Err(ApiError::internal("request body already sent")),
         };
-        let res = client().request(parts.method.clone(), url.clone()).headers(headers).body(body).send().await;
+        let res =
+            super::connect::http().request(parts.method.clone(), url.clone()).headers(headers).body(body).send().await;
         let replayable = buffered.is_some();
         let res = match res {
             Ok(r) => r,

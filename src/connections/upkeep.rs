@@ -32,54 +32,38 @@ pub async fn refresh_idle(state: &AppState, ahead: Duration) -> Result<usize, sq
 /// are not sealed with the primary key (after `CARMENTA_ENCRYPTION_KEY` gained a new first key);
 /// returns how many rows were rewritten.
 pub async fn reencrypt(state: &AppState) -> Result<usize, sqlx::Error> {
+    let by_id = |k: &str| Uuid::parse_str(k).ok().map(|u| u.as_bytes().to_vec());
+    let by_text = |k: &str| Some(k.as_bytes().to_vec());
+    Ok(reseal(state, "integrations", "id", "uuid", "client_secret", by_id).await?
+        // The auth signing keys are sealed with the same keyring (their kid as associated data).
+        + reseal(state, "auth_signing_keys", "kid", "text", "private_key", by_text).await?
+        + reseal(state, "connections", "id", "uuid", "credentials", by_id).await?)
+}
+
+/// Re-seals `table.column` (associated data from the row's `key`) where it is not
+/// sealed with the primary key; only rows unchanged meanwhile are rewritten (a
+/// refresh may have re-sealed a credential already).
+async fn reseal(
+    state: &AppState,
+    table: &str,
+    key: &str,
+    key_type: &str,
+    column: &str,
+    aad: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<usize, sqlx::Error> {
+    let select = format!("SELECT {key}::text, {column} FROM {table} WHERE {column} IS NOT NULL");
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(select)).fetch_all(&state.pool).await?;
+    let update = format!("UPDATE {table} SET {column} = $2 WHERE {key} = $1::{key_type} AND {column} = $3");
     let mut done = 0;
-    let secrets: Vec<(Uuid, Vec<u8>)> =
-        sqlx::query_as("SELECT id, client_secret FROM integrations WHERE client_secret IS NOT NULL")
-            .fetch_all(&state.pool)
-            .await?;
-    for (id, sealed) in secrets {
+    for (k, sealed) in rows {
         if !state.keyring.needs_reencrypt(&sealed) {
             continue;
         }
-        let Ok(plain) = state.keyring.decrypt(&sealed, id.as_bytes()) else { continue };
-        let resealed = state.keyring.encrypt(&plain, id.as_bytes());
-        sqlx::query("UPDATE integrations SET client_secret = $2 WHERE id = $1 AND client_secret = $3")
-            .bind(id)
-            .bind(resealed)
-            .bind(&sealed)
-            .execute(&state.pool)
-            .await?;
-        done += 1;
-    }
-    // The auth signing keys are sealed with the same keyring (their kid as associated data).
-    let keys: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT kid, private_key FROM auth_signing_keys").fetch_all(&state.pool).await?;
-    for (kid, sealed) in keys {
-        if !state.keyring.needs_reencrypt(&sealed) {
-            continue;
-        }
-        let Ok(plain) = state.keyring.decrypt(&sealed, kid.as_bytes()) else { continue };
-        let resealed = state.keyring.encrypt(&plain, kid.as_bytes());
-        sqlx::query("UPDATE auth_signing_keys SET private_key = $2 WHERE kid = $1 AND private_key = $3")
-            .bind(&kid)
-            .bind(resealed)
-            .bind(&sealed)
-            .execute(&state.pool)
-            .await?;
-        done += 1;
-    }
-    let creds: Vec<(Uuid, Vec<u8>)> =
-        sqlx::query_as("SELECT id, credentials FROM connections").fetch_all(&state.pool).await?;
-    for (id, sealed) in creds {
-        if !state.keyring.needs_reencrypt(&sealed) {
-            continue;
-        }
-        let Ok(plain) = state.keyring.decrypt(&sealed, id.as_bytes()) else { continue };
-        let resealed = state.keyring.encrypt(&plain, id.as_bytes());
-        // Only if unchanged meanwhile (a refresh may have re-sealed it already).
-        sqlx::query("UPDATE connections SET credentials = $2 WHERE id = $1 AND credentials = $3")
-            .bind(id)
-            .bind(resealed)
+        let Some(ad) = aad(&k) else { continue };
+        let Ok(plain) = state.keyring.decrypt(&sealed, &ad) else { continue };
+        sqlx::query(sqlx::AssertSqlSafe(update.clone()))
+            .bind(&k)
+            .bind(state.keyring.encrypt(&plain, &ad))
             .bind(&sealed)
             .execute(&state.pool)
             .await?;

@@ -67,8 +67,9 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, sqlx::Error> {
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let msg_id = format!("msg_{}", d.id.simple());
         let Some(signature) = sign(secret.expose(), &msg_id, ts, &body) else { break };
-        let res = client()
+        let res = super::connect::http()
             .post(url.clone())
+            .timeout(Duration::from_secs(10))
             .header("content-type", "application/json")
             .header("webhook-id", &msg_id)
             .header("webhook-timestamp", ts.to_string())
@@ -109,18 +110,6 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, sqlx::Error> {
     }
     tx.commit().await?;
     Ok(delivered)
-}
-
-fn client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        crate::install_tls_provider();
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default()
-    })
 }
 
 /// Delivers every second. Ends when the pool closes.

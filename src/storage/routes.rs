@@ -781,21 +781,14 @@ async fn download_authenticated(
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> StorageResult<Response> {
-    let how =
-        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None };
-    // Only public buckets' objects are cached; they are served whatever the
-    // credentials, as Supabase does.
-    if let Some(row) = state.storage.cache.public_row(&bucket, &key) {
-        return serve(&state, (*row).clone(), how).await;
-    }
-    let at = state.storage.cache.generation();
-    let b = bucket_or_404(&state, &bucket).await?;
-    let actor = if b.public { who.actor().unwrap_or(Actor::Anon) } else { who.actor()? };
-    let row = readable(&state, actor, &b, &key).await?;
-    if b.public {
-        state.storage.cache.put_public_row(at, std::sync::Arc::new(row.clone()));
-    }
-    serve(&state, row, how).await
+    download(
+        &state,
+        Some(&who),
+        &bucket,
+        &key,
+        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None },
+    )
+    .await
 }
 
 async fn download_public(
@@ -805,16 +798,43 @@ async fn download_public(
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> StorageResult<Response> {
-    let how =
-        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None };
-    if let Some(row) = state.storage.cache.public_row(&bucket, &key) {
-        return serve(&state, (*row).clone(), how).await;
+    download(
+        &state,
+        None,
+        &bucket,
+        &key,
+        Serve { method: &method, headers: &headers, download: q.get("download").map(String::as_str), expires: None },
+    )
+    .await
+}
+
+/// A download by the caller `who`, or anonymously through the public route
+/// (`None`: only public buckets exist there). Public buckets' rows are cached and
+/// served whatever the credentials, as Supabase does.
+async fn download(
+    state: &AppState,
+    who: Option<&Who>,
+    bucket: &str,
+    key: &str,
+    how: Serve<'_>,
+) -> StorageResult<Response> {
+    if let Some(row) = state.storage.cache.public_row(bucket, key) {
+        return serve(state, (*row).clone(), how).await;
     }
     let at = state.storage.cache.generation();
-    let b = db::bucket(&state.pool, &bucket).await?.filter(|b| b.public).ok_or_else(StorageError::no_such_bucket)?;
-    let row = readable(&state, Actor::Anon, &b, &key).await?;
-    state.storage.cache.put_public_row(at, std::sync::Arc::new(row.clone()));
-    serve(&state, row, how).await
+    let b = match who {
+        Some(_) => bucket_or_404(state, bucket).await?,
+        None => db::bucket(&state.pool, bucket).await?.filter(|b| b.public).ok_or_else(StorageError::no_such_bucket)?,
+    };
+    let actor = match who {
+        Some(w) if !b.public => w.actor()?,
+        _ => Actor::Anon,
+    };
+    let row = readable(state, actor, &b, key).await?;
+    if b.public {
+        state.storage.cache.put_public_row(at, std::sync::Arc::new(row.clone()));
+    }
+    serve(state, row, how).await
 }
 
 async fn download_signed(

@@ -49,6 +49,8 @@ pub struct AppState {
     pub catalog: Arc<crate::connections::Catalog>,
     /// Per-connection refresh queues of this process.
     pub refresh_locks: Arc<crate::connections::refresh::Locks>,
+    /// The proxy's connection rows (sealed credentials), invalidated by NOTIFY.
+    pub connection_cache: Arc<crate::connections::cache::ConnectionCache>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             storage,
             catalog,
             refresh_locks: Arc::default(),
+            connection_cache: Arc::default(),
         })
     }
 
@@ -80,9 +83,11 @@ impl AppState {
         tokio::spawn(async move {
             let auth = &state.auth.cache;
             let storage = &state.storage.cache;
+            let connections = &state.connection_cache;
             let set = |on: bool| {
                 auth.set_listening(on);
                 storage.set_listening(on);
+                connections.set_listening(on);
             };
             while !state.pool.is_closed() {
                 let mut listener = match sqlx::postgres::PgListener::connect_with(&state.pool).await {
@@ -92,7 +97,14 @@ impl AppState {
                         continue;
                     }
                 };
-                if listener.listen_all([crate::auth::cache::CHANNEL, crate::storage::cache::CHANNEL]).await.is_err() {
+                if listener
+                    .listen_all([
+                        crate::auth::cache::CHANNEL,
+                        crate::storage::cache::CHANNEL,
+                        crate::connections::cache::CHANNEL,
+                    ])
+                    .await
+                    .is_err() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -100,6 +112,9 @@ impl AppState {
                 loop {
                     match listener.try_recv().await {
                         Ok(Some(n)) if n.channel() == crate::storage::cache::CHANNEL => storage.apply(n.payload()),
+                        Ok(Some(n)) if n.channel() == crate::connections::cache::CHANNEL => {
+                            connections.apply(n.payload())
+                        }
                         Ok(Some(n)) => auth.apply(n.payload()),
                         // The connection dropped: notifications may have been missed.
                         Ok(None) | Err(_) => {

@@ -138,18 +138,10 @@ async fn proxy(
     let key = text("provider-config-key")
         .ok_or_else(|| bad("missing_provider_config_key", "send the Provider-Config-Key header"))?;
     let conn_id = Uuid::parse_str(conn_id).map_err(|_| ApiError::not_found("connection not found"))?;
-    let row: Option<(Uuid, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT c.id, i.provider, c.connection_config FROM connections c JOIN integrations i ON i.id = c.integration_id \
-         WHERE c.id = $1 AND c.owner_id = $2 AND i.unique_key = $3",
-    )
-    .bind(conn_id)
-    .bind(user.user_id)
-    .bind(key)
-    .fetch_optional(&state.pool)
-    .await?;
-    let (conn_id, provider_name, config) = row.ok_or_else(|| ApiError::not_found("connection not found"))?;
+    let row = super::cache::lookup(&state, conn_id, user.user_id, key).await?;
+    let (provider_name, config) = (&row.provider, &row.connection_config);
     let provider =
-        state.catalog.get(&provider_name).cloned().ok_or_else(|| ApiError::internal("provider left the catalog"))?;
+        state.catalog.get(provider_name).cloned().ok_or_else(|| ApiError::internal("provider left the catalog"))?;
     let base = provider
         .proxy_base_url()
         .and_then(|b| b.split("||").map(str::trim).find(|u| !u.contains("${")))
@@ -189,7 +181,7 @@ async fn proxy(
         .and_then(|m| m.as_object())
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
         .unwrap_or_default();
-    let mut creds = super::refresh::fresh_token(&state, conn_id, false).await?;
+    let mut creds = super::refresh::fresh_token_from(&state, conn_id, &row.status, &row.credentials, false).await?;
     let mut refreshed = false;
     let mut attempt = 0u32;
     loop {
@@ -211,7 +203,7 @@ async fn proxy(
         }
         for (k, v) in &template {
             if let (Ok(name), Ok(value)) =
-                (HeaderName::try_from(k.as_str()), HeaderValue::from_str(&fill(v, &creds.access_token, &config)))
+                (HeaderName::try_from(k.as_str()), HeaderValue::from_str(&fill(v, &creds.access_token, config)))
             {
                 headers.insert(name, value);
             }

@@ -60,16 +60,28 @@ fn needs_reauth() -> ApiError {
 /// The connection's credentials with a usable access token, refreshing first when
 /// it is due (or when `force`).
 pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Credentials, ApiError> {
-    // Fast path, no lock: fresh enough.
     let row: Option<(String, Vec<u8>)> = sqlx::query_as("SELECT status, credentials FROM connections WHERE id = $1")
         .bind(id)
         .fetch_optional(&state.pool)
         .await?;
     let (status, sealed) = row.ok_or_else(|| ApiError::not_found("connection not found"))?;
+    fresh_token_from(state, id, &status, &sealed, force).await
+}
+
+/// As [`fresh_token`], starting from a status and sealed credentials the caller
+/// already read (the proxy's cached row): no query unless a refresh is due.
+pub async fn fresh_token_from(
+    state: &AppState,
+    id: Uuid,
+    status: &str,
+    sealed: &[u8],
+    force: bool,
+) -> Result<Credentials, ApiError> {
+    // Fast path, no lock: fresh enough.
     if status == "needs_reauth" {
         return Err(needs_reauth());
     }
-    let current = unseal(state, id, &sealed)?;
+    let current = unseal(state, id, sealed)?;
     if !force && !due(&current) {
         return Ok(current);
     }
@@ -140,6 +152,8 @@ pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Cred
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            // Other replicas hear the trigger's NOTIFY; this one need not wait for it.
+            state.connection_cache.apply(&id.to_string());
             Ok(new)
         }
         Err(e) if e.code == "invalid_grant" => {
@@ -164,6 +178,8 @@ pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Cred
             )
             .await?;
             tx.commit().await?;
+            // Other replicas hear the trigger's NOTIFY; this one need not wait for it.
+            state.connection_cache.apply(&id.to_string());
             Err(needs_reauth())
         }
         Err(e) => {
@@ -180,6 +196,8 @@ pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Cred
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            // Other replicas hear the trigger's NOTIFY; this one need not wait for it.
+            state.connection_cache.apply(&id.to_string());
             tracing::warn!(connection = %id, error = %e.detail, cooldown_secs = cooldown, "token refresh failed; will retry");
             if creds.expires_at.is_none_or(|x| x > OffsetDateTime::now_utc()) {
                 Ok(creds)

@@ -1,0 +1,184 @@
+//! An in-memory cache of what the API proxy reads per call: the connection's owner,
+//! integration key, provider, configuration, status and **sealed** credentials (the
+//! plaintext never sits in the cache; it is opened per call inside the vault code).
+//! With it a proxied call on a fresh token needs no database round trip.
+//!
+//! Invalidation cannot depend on every writer remembering it: triggers on
+//! `connections` and `integrations` (migration `…_connection_cache.sql`) send
+//! `NOTIFY carmenta_connections` with the connection id (or `*` for an integration
+//! change) on every update and delete, cascades included, at commit. Every replica
+//! listens and evicts. While the listener is disconnected the cache is off and
+//! empty; entries expire after a short TTL anyway, and a generation counter keeps a
+//! read that raced an eviction from re-inserting the stale row.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+/// The notification channel the triggers send on.
+pub const CHANNEL: &str = "carmenta_connections";
+const TTL: Duration = Duration::from_secs(10);
+const MAX_ENTRIES: usize = 100_000;
+
+/// One connection as the proxy needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProxyRow {
+    /// The connection id.
+    pub id: Uuid,
+    /// Its owner.
+    pub owner_id: Uuid,
+    /// The integration's unique key (`Provider-Config-Key`).
+    pub unique_key: String,
+    /// The provider's catalog name.
+    pub provider: String,
+    /// `connection_config` (template values).
+    pub connection_config: serde_json::Value,
+    /// `connected` or `needs_reauth`.
+    pub status: String,
+    /// The sealed credentials (AES-256-GCM, the id as associated data).
+    pub credentials: Vec<u8>,
+}
+
+/// The cache.
+#[derive(Debug, Default)]
+pub struct ConnectionCache {
+    rows: RwLock<HashMap<Uuid, (Instant, Arc<ProxyRow>)>>,
+    generation: AtomicU64,
+    listening: AtomicBool,
+}
+
+/// A token proving no eviction happened between a read and the fill that follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation(u64);
+
+impl ConnectionCache {
+    /// Whether the cache is in use (its invalidation listener is connected).
+    pub fn enabled(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// Marks the listener (dis)connected; either way the cache starts empty.
+    pub fn set_listening(&self, on: bool) {
+        self.apply("*");
+        self.listening.store(on, Ordering::Release);
+    }
+
+    /// The current generation, taken before reading the database.
+    pub fn generation(&self) -> Generation {
+        Generation(self.generation.load(Ordering::Acquire))
+    }
+
+    /// A cached, unexpired row.
+    pub fn get(&self, id: Uuid) -> Option<Arc<ProxyRow>> {
+        if !self.enabled() {
+            return None;
+        }
+        let g = self.rows.read().ok()?;
+        g.get(&id).filter(|(at, _)| at.elapsed() < TTL).map(|(_, r)| r.clone())
+    }
+
+    /// Caches a row read at generation `at` (dropped if an eviction came since).
+    pub fn put(&self, at: Generation, row: Arc<ProxyRow>) {
+        if !self.enabled() || self.generation().0 != at.0 {
+            return;
+        }
+        if let Ok(mut g) = self.rows.write() {
+            // Re-check under the write lock: an eviction bumps the generation first.
+            if self.generation().0 != at.0 {
+                return;
+            }
+            if g.len() >= MAX_ENTRIES {
+                g.clear();
+            }
+            g.insert(row.id, (Instant::now(), row));
+        }
+    }
+
+    /// Applies an invalidation: a connection id evicts it; anything else clears all.
+    pub fn apply(&self, payload: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let Ok(mut g) = self.rows.write() else { return };
+        match Uuid::parse_str(payload) {
+            Ok(id) => {
+                g.remove(&id);
+            }
+            Err(_) => g.clear(),
+        }
+    }
+}
+
+/// The connection `id` of `owner` under the integration `key`, from the cache or
+/// (on a miss) from one query that also brings its sealed credentials.
+pub async fn lookup(
+    state: &crate::app::AppState,
+    id: Uuid,
+    owner: Uuid,
+    key: &str,
+) -> Result<Arc<ProxyRow>, crate::error::ApiError> {
+    let cache = &state.connection_cache;
+    if let Some(row) = cache.get(id) {
+        // One answer for "no such connection", "not yours" and "another integration's".
+        return if row.owner_id == owner && row.unique_key == key {
+            Ok(row)
+        } else {
+            Err(crate::error::ApiError::not_found("connection not found"))
+        };
+    }
+    let at = cache.generation();
+    let row: Option<ProxyRow> = sqlx::query_as(
+        "SELECT c.id, c.owner_id, i.unique_key, i.provider, c.connection_config, c.status, c.credentials \
+         FROM connections c JOIN integrations i ON i.id = c.integration_id \
+         WHERE c.id = $1 AND c.owner_id = $2 AND i.unique_key = $3",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(key)
+    .fetch_optional(&state.pool)
+    .await?;
+    let row = Arc::new(row.ok_or_else(|| crate::error::ApiError::not_found("connection not found"))?);
+    cache.put(at, row.clone());
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: Uuid) -> Arc<ProxyRow> {
+        Arc::new(ProxyRow {
+            id,
+            owner_id: Uuid::nil(),
+            unique_key: "k".into(),
+            provider: "p".into(),
+            connection_config: serde_json::json!({}),
+            status: "connected".into(),
+            credentials: vec![1],
+        })
+    }
+
+    #[test]
+    fn stale_fills_are_dropped_and_evictions_apply() {
+        let c = ConnectionCache::default();
+        let id = Uuid::new_v4();
+        let g = c.generation();
+        c.put(g, row(id));
+        assert!(c.get(id).is_none(), "off until the listener is connected");
+        c.set_listening(true);
+        let g = c.generation();
+        c.apply(&Uuid::new_v4().to_string());
+        c.put(g, row(id));
+        assert!(c.get(id).is_none(), "a fill that raced an eviction is dropped");
+        let g = c.generation();
+        c.put(g, row(id));
+        assert!(c.get(id).is_some());
+        c.apply(&id.to_string());
+        assert!(c.get(id).is_none());
+        let g = c.generation();
+        c.put(g, row(id));
+        c.apply("*");
+        assert!(c.get(id).is_none());
+    }
+}

@@ -104,7 +104,8 @@ impl AppState {
                         crate::connections::cache::CHANNEL,
                     ])
                     .await
-                    .is_err() {
+                    .is_err()
+                {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }

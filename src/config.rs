@@ -154,6 +154,13 @@ pub struct Config {
     pub storage_max_file_size: u64,
     /// How long a signed upload URL stays valid (`CARMENTA_STORAGE_UPLOAD_URL_TTL`, seconds).
     pub storage_upload_url_ttl: Duration,
+    /// Image transforms run at once (`CARMENTA_IMAGING_WORKERS`, default 2 × cores).
+    pub imaging_workers: usize,
+    /// Transforms that may wait for a worker before new ones get 503
+    /// (`CARMENTA_IMAGING_QUEUE`, default 4 × workers).
+    pub imaging_queue: usize,
+    /// Longest a transform may take (`CARMENTA_IMAGING_TIMEOUT`, seconds, default 30).
+    pub imaging_timeout: Duration,
     /// A JSON file of provider entries added to or overriding the built-in catalog.
     pub providers_file: Option<PathBuf>,
     /// Where connection events are POSTed (Standard Webhooks), if anywhere.
@@ -204,6 +211,9 @@ struct FileConfig {
     storage_dir: Option<PathBuf>,
     storage_max_file_size: Option<toml::Value>,
     storage_upload_url_ttl: Option<u64>,
+    imaging_workers: Option<u64>,
+    imaging_queue: Option<u64>,
+    imaging_timeout: Option<u64>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_bucket: Option<String>,
@@ -542,6 +552,14 @@ impl Config {
             )?
             .unwrap_or(7200),
         );
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let imaging_workers = num(&["CARMENTA_IMAGING_WORKERS"], "imaging_workers", fc.imaging_workers, 1, 1024)?
+            .map_or(2 * cores, |n| n as usize);
+        let imaging_queue = num(&["CARMENTA_IMAGING_QUEUE"], "imaging_queue", fc.imaging_queue, 0, 100_000)?
+            .map_or(4 * imaging_workers, |n| n as usize);
+        let imaging_timeout = Duration::from_secs(
+            num(&["CARMENTA_IMAGING_TIMEOUT"], "imaging_timeout", fc.imaging_timeout, 1, 3600)?.unwrap_or(30),
+        );
         let storage = match pick(env, &["CARMENTA_STORAGE_BACKEND"], "storage_backend", fc.storage_backend) {
             Some(r) if r.value.trim() == "s3" => {
                 let endpoint = match pick(env, &["CARMENTA_S3_ENDPOINT"], "s3_endpoint", fc.s3_endpoint) {
@@ -697,6 +715,9 @@ impl Config {
             storage,
             storage_max_file_size,
             storage_upload_url_ttl,
+            imaging_workers,
+            imaging_queue,
+            imaging_timeout,
             providers_file,
             webhook_url,
             webhook_secret,
@@ -804,6 +825,9 @@ impl Config {
             ),
             ("storage_max_file_size".into(), self.storage_max_file_size.to_string()),
             ("storage_upload_url_ttl".into(), format!("{}s", self.storage_upload_url_ttl.as_secs())),
+            ("imaging_workers".into(), self.imaging_workers.to_string()),
+            ("imaging_queue".into(), self.imaging_queue.to_string()),
+            ("imaging_timeout".into(), format!("{}s", self.imaging_timeout.as_secs())),
             ("clerk_webhook_secret".into(), format!("{} secret(s) [redacted]", self.clerk_webhook_secrets.len())),
         ]
     }

@@ -13,6 +13,7 @@
 //! - [`chat`]: conversations and messages (AI SDK UIMessages).
 //! - [`pagination`]: cursors and limits for list endpoints.
 //! - [`hosted`]: server-rendered auth pages.
+//! - [`imaging`]: image transformations (libvips) and their variant cache.
 //! - [`mail`]: outgoing mail (SMTP or the outbox).
 //! - [`doctor`]: environment checks behind `carmenta doctor`.
 
@@ -27,6 +28,7 @@ pub mod db;
 pub mod doctor;
 pub mod error;
 pub mod hosted;
+pub mod imaging;
 pub mod mail;
 pub mod ops;
 pub mod pagination;

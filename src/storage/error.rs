@@ -1,6 +1,6 @@
 //! Storage errors, shaped as Supabase Storage shapes them, because
-//! `@supabase/storage-js` reads them: HTTP 400 for every logical 4xx (403 and 416
-//! keep their status), a body `{statusCode: "404", error, message, code}`.
+//! `@supabase/storage-js` reads them: HTTP 400 for every logical 4xx (403, 416 and
+//! the image transformations' 422 keep their status), a body `{statusCode: "404", error, message, code}`.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,8 @@ impl StorageError {
         let http = match status {
             403 => StatusCode::FORBIDDEN,
             416 => StatusCode::RANGE_NOT_SATISFIABLE,
+            // Image transformations: a source that cannot be transformed.
+            422 => StatusCode::UNPROCESSABLE_ENTITY,
             429 => StatusCode::TOO_MANY_REQUESTS,
             s if s >= 500 => StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             _ => StatusCode::BAD_REQUEST,

@@ -11,6 +11,7 @@ pub mod blobs;
 pub mod cache;
 pub mod db;
 pub mod error;
+mod render;
 mod routes;
 mod tus;
 
@@ -35,6 +36,8 @@ pub struct Storage {
     pub blobs: Blobs,
     /// Public object rows and small objects' bytes.
     pub cache: cache::StorageCache,
+    /// The image transformation engine behind `/render/image`.
+    pub imaging: crate::imaging::Imaging,
     signing: Vec<[u8; 32]>,
 }
 
@@ -66,6 +69,7 @@ impl Storage {
         Ok(Storage {
             blobs: Blobs::open(&config.storage)?,
             cache: cache::StorageCache::default(),
+            imaging: crate::imaging::Imaging::new(config.imaging_workers, config.imaging_queue, config.imaging_timeout),
             signing: keyring.derive("carmenta storage url signing"),
         })
     }
@@ -185,6 +189,8 @@ pub struct SweepReport {
     pub uploads: usize,
     /// Half-written staging files of the local store removed.
     pub staging_files: usize,
+    /// Image variants removed (their object was overwritten or deleted).
+    pub variants: usize,
 }
 
 /// Removes blobs no row points at that are older than `min_age` (a crash between
@@ -213,6 +219,7 @@ pub async fn sweep(pool: &sqlx::PgPool, blobs: &Blobs, min_age: Duration) -> Res
             }
         }
     }
+    report.variants = crate::imaging::sweep(pool, blobs, min_age).await?;
     for id in db::expired_uploads(pool).await.map_err(|e| e.to_string())? {
         blobs.delete_prefix(&Blobs::upload_dir(id)).await.map_err(|e| e.to_string())?;
         report.uploads += 1;
@@ -258,6 +265,7 @@ pub fn spawn_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
                         orphan_blobs = r.orphan_blobs,
                         uploads = r.uploads,
                         staging_files = r.staging_files,
+                        variants = r.variants,
                         "storage sweep"
                     );
                 }

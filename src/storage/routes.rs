@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
             post(upload_post).put(upload_put).get(download_authenticated).delete(delete_one),
         )
         .merge(super::tus::router())
+        .merge(super::render::router())
         .fallback(fallback)
 }
 
@@ -82,7 +83,7 @@ fn ts(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
-fn http_date(t: OffsetDateTime) -> String {
+pub(super) fn http_date(t: OffsetDateTime) -> String {
     httpdate::fmt_http_date(std::time::SystemTime::from(t))
 }
 
@@ -338,7 +339,7 @@ async fn empty_bucket(State(state): State<AppState>, who: Who, Path(id): Path<St
 // ---------------------------------------------------------------------------
 // Upload
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
 }
 
@@ -612,11 +613,11 @@ fn parse_range(raw: Option<&str>, size: u64) -> Result<Option<std::ops::Range<u6
     Ok(Some(range))
 }
 
-fn etag_matches(header: &str, etag: &str) -> bool {
+pub(super) fn etag_matches(header: &str, etag: &str) -> bool {
     header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
-fn content_disposition(download: Option<&str>, key: &str) -> Option<HeaderValue> {
+pub(super) fn content_disposition(download: Option<&str>, key: &str) -> Option<HeaderValue> {
     let d = download?;
     let name = if d.is_empty() { return HeaderValue::from_str("attachment;").ok() } else { d };
     let _ = key;
@@ -798,6 +799,10 @@ async fn download_public(
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> StorageResult<Response> {
+    // Transformation parameters on a public URL render it, as on /render/image/public.
+    if method == Method::GET && crate::imaging::params::NAMES.iter().any(|n| q.contains_key(*n)) {
+        return super::render::public_with(&state, &headers, &bucket, &key, &q).await;
+    }
     download(
         &state,
         None,
@@ -818,8 +823,15 @@ async fn download(
     key: &str,
     how: Serve<'_>,
 ) -> StorageResult<Response> {
+    let row = visible(state, who, bucket, key).await?;
+    serve(state, row, how).await
+}
+
+/// The object `who` may read (or anyone, through a public route: `None`). Public
+/// buckets' rows are cached and served whatever the credentials, as Supabase does.
+pub(super) async fn visible(state: &AppState, who: Option<&Who>, bucket: &str, key: &str) -> StorageResult<ObjectRow> {
     if let Some(row) = state.storage.cache.public_row(bucket, key) {
-        return serve(state, (*row).clone(), how).await;
+        return Ok((*row).clone());
     }
     let at = state.storage.cache.generation();
     let b = match who {
@@ -834,7 +846,7 @@ async fn download(
     if b.public {
         state.storage.cache.put_public_row(at, std::sync::Arc::new(row.clone()));
     }
-    serve(state, row, how).await
+    Ok(row)
 }
 
 async fn download_signed(

@@ -13,6 +13,7 @@ mod embedded;
 mod errors;
 mod external;
 mod hosted;
+mod imaging;
 mod ops;
 mod shutdown;
 mod storage;

@@ -1,0 +1,244 @@
+//! Image transformations (what imgproxy does behind Supabase Storage): the
+//! parameters (`params.rs`), the libvips work (`transform.rs`), the variant rows
+//! (`db.rs`), and here the engine around them: a worker pool of bounded size with
+//! a bounded queue (overload is refused, not queued without end), coalescing of
+//! identical concurrent requests into one transform, a per-transform timeout, and
+//! the variant cache in the object store (`variants/…`, one row per variant).
+//! The HTTP surface is storage's (`storage/render.rs`).
+
+pub mod db;
+pub mod params;
+pub mod transform;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use sqlx::PgPool;
+use tokio::sync::{OnceCell, Semaphore};
+use uuid::Uuid;
+
+pub use params::{Format, Transform};
+
+use crate::storage::Blobs;
+
+/// A refusal or failure of a transformation, with a stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageError {
+    /// HTTP-like status (400, 422, 503, 500).
+    pub status: u16,
+    /// Stable code (`InvalidRequest`, `ImageTooLarge`, `ImageResolutionTooLarge`,
+    /// `UnsupportedImageFormat`, `InvalidImage`, `Overloaded`, `TransformTimeout`).
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ImageError {
+    /// An error.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ImageError {
+        ImageError { status, code, message: message.into() }
+    }
+    /// A server-side failure; the cause is logged, not sent.
+    pub fn internal(cause: impl std::fmt::Display) -> ImageError {
+        tracing::error!(error = %cause, "imaging internal error");
+        ImageError::new(500, "InternalError", "Internal Server Error")
+    }
+}
+
+impl From<sqlx::Error> for ImageError {
+    fn from(e: sqlx::Error) -> Self {
+        ImageError::internal(e)
+    }
+}
+
+/// A transformed image, ready to send.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Encoded bytes.
+    pub bytes: Bytes,
+    /// MIME type.
+    pub content_type: String,
+    /// The normalised parameters (`X-Transformations`).
+    pub params: String,
+    /// Whether it came from the variant cache.
+    pub cached: bool,
+}
+
+type Shared = Arc<OnceCell<Result<Arc<Output>, ImageError>>>;
+
+/// The engine: one per process.
+#[derive(Debug)]
+pub struct Imaging {
+    workers: Arc<Semaphore>,
+    admitted: AtomicUsize,
+    capacity: usize,
+    timeout: Duration,
+    inflight: Mutex<HashMap<String, Shared>>,
+    transforms: AtomicU64,
+}
+
+/// Where variant `id`'s bytes live.
+pub fn variant_path(id: Uuid) -> Path {
+    let s = id.simple().to_string();
+    Path::from(format!("variants/{}/{s}", &s[..2]))
+}
+
+async fn read_all(blobs: &Blobs, path: &Path) -> Result<Bytes, object_store::Error> {
+    let chunks: Vec<Bytes> = blobs.read(path, None).await?.try_collect().await?;
+    Ok(if chunks.len() == 1 { chunks.into_iter().next().unwrap_or_default() } else { Bytes::from(chunks.concat()) })
+}
+
+/// Releases an admission when dropped.
+struct Admission<'a>(&'a AtomicUsize);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Imaging {
+    /// `workers` transforms at once, `queue` more waiting, each at most `timeout`.
+    pub fn new(workers: usize, queue: usize, timeout: Duration) -> Imaging {
+        let workers = workers.max(1);
+        Imaging {
+            workers: Arc::new(Semaphore::new(workers)),
+            admitted: AtomicUsize::new(0),
+            capacity: workers + queue,
+            timeout,
+            inflight: Mutex::new(HashMap::new()),
+            transforms: AtomicU64::new(0),
+        }
+    }
+
+    /// How many transforms this process has run (not counting cache hits and
+    /// coalesced requests).
+    pub fn transforms_run(&self) -> u64 {
+        self.transforms.load(Ordering::Acquire)
+    }
+
+    /// The variant of object version `version` (of `size` bytes) for `t` and the
+    /// resolved output `out`: from the cache, else made once however many ask at
+    /// the same time, stored, and returned.
+    pub async fn variant(
+        &self,
+        pool: &PgPool,
+        blobs: &Blobs,
+        version: Uuid,
+        size: i64,
+        t: &Transform,
+        out: Option<Format>,
+    ) -> Result<Arc<Output>, ImageError> {
+        let params = t.normalised(out);
+        if let Some(v) = db::find(pool, version, &params).await? {
+            match read_all(blobs, &variant_path(v.id)).await {
+                Ok(bytes) => {
+                    return Ok(Arc::new(Output { bytes, content_type: v.content_type, params, cached: true }));
+                }
+                // Bytes gone (a sweep raced us, or a lost write): make it again.
+                Err(object_store::Error::NotFound { .. }) => db::delete(pool, v.id).await?,
+                Err(e) => return Err(ImageError::internal(e)),
+            }
+        }
+        if u64::try_from(size).unwrap_or(u64::MAX) > transform::MAX_SOURCE_BYTES {
+            return Err(transform::too_big_file());
+        }
+        let key = format!("{version}|{params}");
+        let cell: Shared = {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(key.clone()).or_default().clone()
+        };
+        let result = cell.get_or_init(|| self.produce(pool, blobs, version, t, out, &params)).await.clone();
+        {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if m.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                m.remove(&key);
+            }
+        }
+        result
+    }
+
+    async fn produce(
+        &self,
+        pool: &PgPool,
+        blobs: &Blobs,
+        version: Uuid,
+        t: &Transform,
+        out: Option<Format>,
+        params: &str,
+    ) -> Result<Arc<Output>, ImageError> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(ImageError::new(503, "Overloaded", "too many image transformations at once; retry shortly"));
+        }
+        let _admission = Admission(&self.admitted);
+        let src = read_all(blobs, &Blobs::blob_path(version)).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => ImageError::new(404, "NoSuchKey", "Object not found"),
+            other => ImageError::internal(other),
+        })?;
+        let permit = self.workers.clone().acquire_owned().await.map_err(ImageError::internal)?;
+        self.transforms.fetch_add(1, Ordering::AcqRel);
+        metrics::counter!("carmenta_image_transforms_total").increment(1);
+        let t2 = t.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            // The worker slot is held for as long as libvips runs, even past a timeout.
+            let _permit = permit;
+            let (kind, w, h) = transform::probe(&src, t2.page)?;
+            transform::render(&src, kind, (w, h), &t2, out.unwrap_or(kind.origin()))
+        });
+        let rendered = match tokio::time::timeout(self.timeout, work).await {
+            Err(_) => return Err(ImageError::new(503, "TransformTimeout", "Image request timed out")),
+            Ok(Err(join)) => return Err(ImageError::internal(join)),
+            Ok(Ok(r)) => r?,
+        };
+        let id = Uuid::now_v7();
+        let bytes = Bytes::from(rendered.bytes);
+        let content_type = rendered.format.mime().to_string();
+        let body = futures::stream::once(std::future::ready(Ok::<_, std::io::Error>(bytes.clone())));
+        blobs.write(&variant_path(id), body, u64::MAX, false).await.map_err(|e| ImageError::internal(e.to_string()))?;
+        let row = db::NewVariant {
+            id,
+            source_version: version,
+            params,
+            content_type: &content_type,
+            size: bytes.len() as i64,
+            width: rendered.width as i32,
+            height: rendered.height as i32,
+        };
+        if !db::insert(pool, &row).await? {
+            // Another replica stored it first, or the object changed meanwhile.
+            let _ = blobs.delete(&variant_path(id)).await;
+        }
+        Ok(Arc::new(Output { bytes, content_type, params: params.to_string(), cached: false }))
+    }
+}
+
+/// Removes variant rows whose object version is gone, and variant bytes no row
+/// points at that are older than `min_age`. Returns how many blobs were removed.
+pub async fn sweep(pool: &PgPool, blobs: &Blobs, min_age: Duration) -> Result<usize, String> {
+    db::delete_stale(pool).await.map_err(|e| e.to_string())?;
+    let cutoff = time::OffsetDateTime::now_utc().unix_timestamp() - i64::try_from(min_age.as_secs()).unwrap_or(0);
+    let metas = blobs.list("variants").await.map_err(|e| e.to_string())?;
+    let old: Vec<(Uuid, Path)> = metas
+        .into_iter()
+        .filter(|m| m.last_modified.timestamp() <= cutoff)
+        .filter_map(|m| Some((Uuid::parse_str(m.location.filename()?).ok()?, m.location)))
+        .collect();
+    let mut removed = 0;
+    for chunk in old.chunks(500) {
+        let ids: Vec<Uuid> = chunk.iter().map(|(v, _)| *v).collect();
+        let live = db::live(pool, &ids).await.map_err(|e| e.to_string())?;
+        for (id, path) in chunk {
+            if !live.contains(id) {
+                blobs.delete(path).await.map_err(|e| e.to_string())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,358 @@
+//! The libvips work, synchronous (it runs on the blocking pool, one operation per
+//! worker): recognising the source by its first bytes, refusing what is too large
+//! from the header alone, `thumbnail_buffer` with shrink-on-load (EXIF orientation
+//! applied), the crop, and the encoder with metadata stripped.
+
+use std::sync::OnceLock;
+
+use rs_vips::VipsImage;
+use rs_vips::voption::{Setter, VOption};
+
+use super::ImageError;
+use super::params::{Format, Gravity, MAX_SIDE, Resize, Transform};
+
+/// Largest source accepted, in bytes.
+pub const MAX_SOURCE_BYTES: u64 = 25 * 1024 * 1024;
+/// Largest source accepted, in pixels.
+pub const MAX_SOURCE_PIXELS: u64 = 50_000_000;
+
+/// A source format we decode (everything else is refused before libvips sees it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// JPEG.
+    Jpeg,
+    /// PNG.
+    Png,
+    /// WebP.
+    Webp,
+    /// GIF.
+    Gif,
+    /// AVIF or HEIF.
+    Heif,
+    /// TIFF.
+    Tiff,
+    /// PDF (page thumbnails).
+    Pdf,
+}
+
+impl Source {
+    /// Recognises a source by its signature.
+    pub fn sniff(b: &[u8]) -> Option<Source> {
+        if b.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Some(Source::Jpeg)
+        } else if b.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Some(Source::Png)
+        } else if b.len() >= 12 && &b[..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+            Some(Source::Webp)
+        } else if b.starts_with(b"GIF87a") || b.starts_with(b"GIF89a") {
+            Some(Source::Gif)
+        } else if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") {
+            Some(Source::Tiff)
+        } else if b.starts_with(b"%PDF-") {
+            Some(Source::Pdf)
+        } else if b.len() >= 12 && &b[4..8] == b"ftyp" {
+            let brand = &b[8..12];
+            [b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1"]
+                .iter()
+                .any(|x| brand == *x)
+                .then_some(Source::Heif)
+        } else {
+            None
+        }
+    }
+
+    /// The output format `format=origin` means for this source (browsers cannot
+    /// show TIFF or PDF, so those become PNG).
+    pub fn origin(self) -> Format {
+        match self {
+            Source::Jpeg => Format::Jpeg,
+            Source::Webp => Format::Webp,
+            Source::Gif => Format::Gif,
+            Source::Heif => Format::Avif,
+            Source::Png | Source::Tiff | Source::Pdf => Format::Png,
+        }
+    }
+
+    fn paged(self) -> bool {
+        matches!(self, Source::Pdf | Source::Tiff | Source::Gif | Source::Heif)
+    }
+}
+
+/// An encoded result.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The encoded bytes.
+    pub bytes: Vec<u8>,
+    /// Their format.
+    pub format: Format,
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+}
+
+/// The loader classes libvips may use; every other loader is blocked.
+const ALLOWED_LOADERS: [&str; 8] = [
+    "VipsForeignLoadJpeg",
+    "VipsForeignLoadPng",
+    "VipsForeignLoadWebp",
+    "VipsForeignLoadNsgif",
+    "VipsForeignLoadGif",
+    "VipsForeignLoadHeif",
+    "VipsForeignLoadTiff",
+    "VipsForeignLoadPdf",
+];
+
+/// Starts libvips once per process: one thread per operation (our worker pool is
+/// the parallelism), the operation cache off (each transform is new work, and the
+/// cache would pin source buffers), and only the loaders we need.
+pub fn init() -> Result<(), ImageError> {
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| {
+        rs_vips::Vips::init("carmenta").map_err(|e| e.to_string())?;
+        rs_vips::Vips::concurrency_set(1);
+        rs_vips::Vips::cache_set_max(0);
+        rs_vips::Vips::cache_set_max_mem(0);
+        rs_vips::Vips::cache_set_max_files(0);
+        let block = |name: &str, on: bool| {
+            if let Ok(c) = std::ffi::CString::new(name) {
+                // SAFETY: a NUL-terminated class name; libvips copies what it needs.
+                unsafe { rs_vips::bindings::vips_operation_block_set(c.as_ptr(), i32::from(on)) };
+            }
+        };
+        block("VipsForeignLoad", true);
+        for l in ALLOWED_LOADERS {
+            block(l, false);
+        }
+        Ok(())
+    })
+    .clone()
+    .map_err(|e| ImageError::new(500, "InternalError", format!("libvips did not start: {e}")))
+}
+
+fn undecodable(e: impl std::fmt::Display) -> ImageError {
+    let text = e.to_string();
+    tracing::debug!(error = %text, "image not decodable");
+    ImageError::new(422, "InvalidImage", "the image could not be decoded (corrupt or truncated)")
+}
+
+/// Checks a source's format and declared size without decoding pixels: the
+/// format, the pixel count (≤ 50 MP) and, for paged sources, the page.
+pub fn probe(src: &[u8], page: u32) -> Result<(Source, u32, u32), ImageError> {
+    if src.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(too_big_file());
+    }
+    let kind = Source::sniff(src).ok_or_else(|| {
+        ImageError::new(
+            422,
+            "UnsupportedImageFormat",
+            "the object is not an image Carmenta transforms (JPEG, PNG, WebP, GIF, AVIF/HEIF, TIFF, PDF)",
+        )
+    })?;
+    if page > 1 && !kind.paged() {
+        return Err(ImageError::new(400, "InvalidRequest", "page applies to PDF and other multi-page sources"));
+    }
+    init()?;
+    // A header read: libvips loads lazily, so no pixel is decoded here.
+    let head = VipsImage::new_from_buffer(src, "").map_err(undecodable)?;
+    if kind.paged() {
+        let pages = head.get_int("n-pages").unwrap_or(1).max(1) as u32;
+        if page > pages {
+            return Err(ImageError::new(
+                400,
+                "InvalidRequest",
+                format!("page {page} is beyond the document's {pages} page(s)"),
+            ));
+        }
+    }
+    let (w, h) = (head.get_width().max(0) as u64, head.get_height().max(0) as u64);
+    if w * h > MAX_SOURCE_PIXELS {
+        return Err(ImageError::new(
+            422,
+            "ImageResolutionTooLarge",
+            format!("The source image resolution is too large to process ({w}×{h}; at most 50 megapixels)"),
+        ));
+    }
+    let swapped = matches!(head.get_int("orientation").unwrap_or(1), 5..=8);
+    let (w, h) = if swapped { (h, w) } else { (w, h) };
+    Ok((kind, w as u32, h as u32))
+}
+
+/// The refusal for a source over 25 MB.
+pub fn too_big_file() -> ImageError {
+    ImageError::new(422, "ImageTooLarge", "The source image file is too large to process (at most 25 MB)")
+}
+
+/// Renders `src` (already probed as `kind`, `w0` × `h0` upright) into `out`.
+pub fn render(
+    src: &[u8],
+    kind: Source,
+    (w0, h0): (u32, u32),
+    t: &Transform,
+    out: Format,
+) -> Result<Rendered, ImageError> {
+    init()?;
+    // Loader options go in the option string: 8.14's thumbnail_buffer does not
+    // hand its own `fail_on` to the loader (a truncated file would render grey).
+    let loader = if kind.paged() && t.page > 1 {
+        format!("fail_on=truncated,page={}", t.page - 1)
+    } else {
+        "fail_on=truncated".to_string()
+    };
+    let base = || VOption::new().set("option_string", loader.as_str());
+    let max = MAX_SIDE as i32;
+    let image = match (t.width, t.height, t.resize) {
+        (Some(w), Some(h), Resize::Fill) => {
+            VipsImage::thumbnail_buffer_with_opts(src, w as i32, base().set("height", h as i32).set("size", "force"))
+        }
+        (Some(w), Some(h), Resize::Cover) => match t.gravity {
+            Gravity::Auto | Gravity::Centre => {
+                let crop = if t.gravity == Gravity::Auto { "attention" } else { "centre" };
+                VipsImage::thumbnail_buffer_with_opts(
+                    src,
+                    w as i32,
+                    base().set("height", h as i32).set("crop", crop).set("size", "both"),
+                )
+            }
+            Gravity::Compass(x, y) => {
+                // Scale to cover the box, then cut the box at the anchor.
+                let s = (f64::from(w) / f64::from(w0.max(1))).max(f64::from(h) / f64::from(h0.max(1)));
+                let tw = (f64::from(w0) * s).ceil().max(f64::from(w)) as i32;
+                let th = (f64::from(h0) * s).ceil().max(f64::from(h)) as i32;
+                VipsImage::thumbnail_buffer_with_opts(src, tw, base().set("height", th).set("size", "both")).and_then(
+                    |img| {
+                        let (iw, ih) = (img.get_width(), img.get_height());
+                        let (cw, ch) = ((w as i32).min(iw), (h as i32).min(ih));
+                        let left = (i32::from(x) + 1) * (iw - cw) / 2;
+                        let top = (i32::from(y) + 1) * (ih - ch) / 2;
+                        img.extract_area(left, top, cw, ch)
+                    },
+                )
+            }
+        },
+        // Contain, or a single side given: fit inside the box (the missing side is
+        // bounded by the output limit).
+        (Some(_), Some(_), Resize::Contain) | (Some(_), None, _) | (None, Some(_), _) => {
+            VipsImage::thumbnail_buffer_with_opts(
+                src,
+                t.width.map_or(max, |w| w as i32),
+                base().set("height", t.height.map_or(max, |h| h as i32)).set("size", "both"),
+            )
+        }
+        // No size: the picture as it is, down to the output limit.
+        (None, None, _) => {
+            VipsImage::thumbnail_buffer_with_opts(src, max, base().set("height", max).set("size", "down"))
+        }
+    }
+    .map_err(undecodable)?;
+    encode(image, t.quality, out)
+}
+
+fn encode(mut image: VipsImage, quality: u8, out: Format) -> Result<Rendered, ImageError> {
+    let q = i32::from(quality);
+    if out == Format::Jpeg && image.hasalpha() {
+        image = image
+            .flatten_with_opts(VOption::new().set("background", &[255.0, 255.0, 255.0][..]))
+            .map_err(undecodable)?;
+    }
+    let (width, height) = (image.get_width().max(0) as u32, image.get_height().max(0) as u32);
+    // Decoding is lazy: a truncated source fails here, while pixels are pulled.
+    let bytes = match out {
+        Format::Webp => image.webpsave_buffer_with_opts(VOption::new().set("Q", q).set("strip", true)),
+        Format::Avif => image.heifsave_buffer_with_opts(
+            VOption::new().set("Q", q).set("compression", "av1").set("strip", true).set("effort", 2),
+        ),
+        Format::Jpeg => {
+            image.jpegsave_buffer_with_opts(VOption::new().set("Q", q).set("strip", true).set("optimize_coding", true))
+        }
+        Format::Png => image.pngsave_buffer_with_opts(VOption::new().set("strip", true).set("compression", 6)),
+        Format::Gif => image.gifsave_buffer_with_opts(VOption::new().set("strip", true)),
+    }
+    .map_err(undecodable)?;
+    // libvips 8.14's webpsave writes EXIF even when told to strip.
+    let bytes = if out == Format::Webp { strip_webp_metadata(bytes) } else { bytes };
+    Ok(Rendered { bytes, format: out, width, height })
+}
+
+/// Drops the `EXIF` and `XMP ` chunks of a WebP file (and their flags in `VP8X`).
+/// Anything that is not a well-formed RIFF/WebP container is returned unchanged.
+pub fn strip_webp_metadata(b: Vec<u8>) -> Vec<u8> {
+    if b.len() < 12 || &b[..4] != b"RIFF" || &b[8..12] != b"WEBP" {
+        return b;
+    }
+    let mut out = Vec::with_capacity(b.len());
+    out.extend_from_slice(&b[..12]);
+    let mut i = 12;
+    while i + 8 <= b.len() {
+        let len = u32::from_le_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
+        let end = i + 8 + len + (len & 1);
+        if i + 8 + len > b.len() {
+            return b;
+        }
+        let fourcc = &b[i..i + 4];
+        if fourcc != b"EXIF" && fourcc != b"XMP " {
+            let start = out.len();
+            out.extend_from_slice(&b[i..end.min(b.len())]);
+            if fourcc == b"VP8X" && len >= 1 {
+                out[start + 8] &= !(0x08 | 0x04);
+            }
+        }
+        i = end;
+    }
+    let size = (out.len() - 8) as u32;
+    out[4..8].copy_from_slice(&size.to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_signatures() {
+        assert_eq!(Source::sniff(b"\xFF\xD8\xFF\xE0rest"), Some(Source::Jpeg));
+        assert_eq!(Source::sniff(b"\x89PNG\r\n\x1a\nrest"), Some(Source::Png));
+        assert_eq!(Source::sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(Source::Webp));
+        assert_eq!(Source::sniff(b"\0\0\0\x1cftypavif"), Some(Source::Heif));
+        assert_eq!(Source::sniff(b"%PDF-1.7"), Some(Source::Pdf));
+        assert_eq!(Source::sniff(b"<svg"), None);
+        assert_eq!(Source::sniff(b"BM\0\0"), None);
+    }
+
+    #[test]
+    fn only_the_allowed_loaders_run() {
+        init().expect("libvips");
+        // libvips has an SVG loader (librsvg) and a magick one; both are blocked.
+        let svg =
+            br#"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>"#;
+        assert!(VipsImage::new_from_buffer(svg, "").is_err());
+        let png = VipsImage::black(4, 4).and_then(|i| i.pngsave_buffer()).expect("png");
+        assert!(VipsImage::new_from_buffer(&png, "").is_ok());
+    }
+
+    #[test]
+    fn webp_metadata_chunks_are_dropped() {
+        let chunk = |cc: &[u8], data: &[u8]| {
+            let mut c = cc.to_vec();
+            c.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            c.extend_from_slice(data);
+            if data.len() % 2 == 1 {
+                c.push(0);
+            }
+            c
+        };
+        let mut body = b"WEBP".to_vec();
+        body.extend(chunk(b"VP8X", &[0x08 | 0x04 | 0x10, 0, 0, 0, 1, 0, 0, 1, 0, 0]));
+        body.extend(chunk(b"VP8 ", &[1, 2, 3]));
+        body.extend(chunk(b"EXIF", b"gps here"));
+        body.extend(chunk(b"XMP ", b"<x/>"));
+        let mut file = b"RIFF".to_vec();
+        file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        file.extend(body);
+        let out = strip_webp_metadata(file);
+        assert!(!out.windows(4).any(|w| w == b"EXIF" || w == b"XMP "));
+        assert_eq!(out[20], 0x10, "only the alpha flag is left");
+        assert_eq!(u32::from_le_bytes([out[4], out[5], out[6], out[7]]) as usize, out.len() - 8);
+        assert!(out.windows(4).any(|w| w == b"VP8 "));
+    }
+}

@@ -185,3 +185,69 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// Starts nginx (2 workers, `sendfile on`) serving `root` on a free port, with its
+/// files in `work`; returns it once it accepts connections.
+pub fn nginx(root: &Path, work: &Path) -> (Child, u16) {
+    let port = free_port();
+    let conf = work.join("nginx.conf");
+    let user = if nix::unistd::Uid::effective().is_root() { "user root;" } else { "" };
+    std::fs::write(
+        &conf,
+        format!(
+            "{user}\nworker_processes 2;\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;\n\
+               client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp; fastcgi_temp_path {w}/tmp;\n\
+               uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp;\n\
+               server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            pid = work.join("nginx.pid").display(),
+            err = work.join("error.log").display(),
+            w = work.display(),
+            root = root.display(),
+        ),
+    )
+    .expect("nginx.conf");
+    std::fs::create_dir_all(work.join("tmp")).expect("tmp");
+    let child = Command::new("nginx")
+        .args(["-c", &conf.display().to_string(), "-p", &work.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx (scripts/bootstrap installs nginx-light)");
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+/// Stops nginx gracefully.
+pub fn stop_nginx(child: &mut Child) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGQUIT);
+    let _ = child.wait();
+}
+
+/// A service key made by the CLI beside the running server on `data`.
+pub fn service_key(bin: &str, data: &Path) -> String {
+    let out = Command::new(bin)
+        .args(["key", "create", "--name", "bench"])
+        .env("CARMENTA_DATA_DIR", data)
+        .env("CARMENTA_CONFIG", "/dev/null")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("key create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+}
+
+/// Peak resident set size of a process, in KiB.
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

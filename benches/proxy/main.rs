@@ -9,7 +9,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{free_port, get_request, load, quantile, request, spawn_carmenta, stop, wait_ready};
@@ -66,14 +65,7 @@ fn main() {
         &[("CARMENTA_PROVIDERS_FILE", &providers_env), ("CARMENTA_ACCESS_TOKEN_TTL", "3600")],
     ));
     wait_ready(port, "/readyz", &mut server.0);
-    let out = Command::new(bin)
-        .args(["key", "create", "--name", "bench"])
-        .env("CARMENTA_DATA_DIR", &data)
-        .env("CARMENTA_CONFIG", "/dev/null")
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("key create");
-    let key = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
+    let key = common::service_key(bin, &data);
     let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("json");
     let ct = ("Content-Type", "application/json");
     let bearer_key = format!("Bearer {key}");

@@ -14,7 +14,6 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, get_request, load, spawn_carmenta, stop, wait_ready};
@@ -95,34 +94,6 @@ async fn over_http(base: &str, key: &str, data: &[u8], n: usize, tag: &str) -> (
     (up, mb_per_s(total, start.elapsed()))
 }
 
-fn nginx(root: &Path, port: u16, work: &Path) -> std::process::Child {
-    let conf = work.join("nginx.conf");
-    let user = if nix::unistd::Uid::effective().is_root() { "user root;" } else { "" };
-    std::fs::write(
-        &conf,
-        format!(
-            "{user}\nworker_processes 2;\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;\n\
-               client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp; fastcgi_temp_path {w}/tmp;\n\
-               uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp;\n\
-               server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
-            pid = work.join("nginx.pid").display(),
-            err = work.join("error.log").display(),
-            w = work.display(),
-            root = root.display(),
-        ),
-    )
-    .expect("nginx.conf");
-    std::fs::create_dir_all(work.join("tmp")).expect("tmp");
-    Command::new("nginx")
-        .args(["-c", &conf.display().to_string(), "-p", &work.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nginx (scripts/bootstrap installs nginx-light)")
-}
-
 fn main() {
     carmenta::install_tls_provider();
     let bin = env!("CARGO_BIN_EXE_carmenta");
@@ -132,15 +103,7 @@ fn main() {
     let mut server = Guard(spawn_carmenta(bin, &data_dir, port, &[("CARMENTA_STORAGE_MAX_FILE_SIZE", "1GB")]));
     wait_ready(port, "/readyz", &mut server.0);
     // A service key, made by the CLI beside the running server.
-    let out = Command::new(bin)
-        .args(["key", "create", "--name", "bench"])
-        .env("CARMENTA_DATA_DIR", &data_dir)
-        .env("CARMENTA_CONFIG", "/dev/null")
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("key create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
+    let key = common::service_key(bin, &data_dir);
     let base = format!("http://127.0.0.1:{port}/storage/v1");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     rt.block_on(async {
@@ -191,13 +154,7 @@ fn main() {
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).expect("www");
     std::fs::write(www.join("small.bin"), &small).expect("small file");
-    let nginx_port = free_port();
-    let mut ng = nginx(&www, nginx_port, dir.path());
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", nginx_port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "nginx did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut ng, nginx_port) = common::nginx(&www, dir.path());
     let ours = SocketAddr::from(([127, 0, 0, 1], port));
     let theirs = SocketAddr::from(([127, 0, 0, 1], nginx_port));
     let ours_req = get_request("/storage/v1/object/public/bench/small.bin", &[]);
@@ -214,8 +171,7 @@ fn main() {
     println!("  carmenta {c:8.0} req/s   nginx {g:8.0} req/s   ({:5.1} %; target ≥ 50 %)", 100.0 * c / g);
     let rss = common::rss_kb(server.0.id());
     println!("server RSS after the run: {} MB", rss / 1024);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(ng.id() as i32), nix::sys::signal::Signal::SIGQUIT);
-    let _ = ng.wait();
+    common::stop_nginx(&mut ng);
     stop(&mut server.0);
 }
 

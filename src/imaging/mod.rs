@@ -12,7 +12,7 @@ pub mod transform;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,7 +80,14 @@ pub struct Imaging {
     timeout: Duration,
     inflight: Mutex<HashMap<String, Shared>>,
     transforms: AtomicU64,
+    /// Recent variants' bytes by (version, params). A version's variant never
+    /// changes, so entries need no invalidation: a new version is a new key.
+    recent: RwLock<HashMap<String, Arc<Output>>>,
+    recent_bytes: AtomicUsize,
 }
+
+/// Bytes of variants kept in memory (the rest are read from the object store).
+const RECENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// Where variant `id`'s bytes live.
 pub fn variant_path(id: Uuid) -> Path {
@@ -113,6 +120,8 @@ impl Imaging {
             timeout,
             inflight: Mutex::new(HashMap::new()),
             transforms: AtomicU64::new(0),
+            recent: RwLock::new(HashMap::new()),
+            recent_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -135,10 +144,16 @@ impl Imaging {
         out: Option<Format>,
     ) -> Result<Arc<Output>, ImageError> {
         let params = t.normalised(out);
+        let key = format!("{version}|{params}");
+        if let Some(hit) = self.recent.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(hit);
+        }
         if let Some(v) = db::find(pool, version, &params).await? {
             match read_all(blobs, &variant_path(v.id)).await {
                 Ok(bytes) => {
-                    return Ok(Arc::new(Output { bytes, content_type: v.content_type, params, cached: true }));
+                    let hit = Arc::new(Output { bytes, content_type: v.content_type, params, cached: true });
+                    self.remember(&key, &hit);
+                    return Ok(hit);
                 }
                 // Bytes gone (a sweep raced us, or a lost write): make it again.
                 Err(object_store::Error::NotFound { .. }) => db::delete(pool, v.id).await?,
@@ -148,7 +163,6 @@ impl Imaging {
         if u64::try_from(size).unwrap_or(u64::MAX) > transform::MAX_SOURCE_BYTES {
             return Err(transform::too_big_file());
         }
-        let key = format!("{version}|{params}");
         let cell: Shared = {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(key.clone()).or_default().clone()
@@ -160,7 +174,22 @@ impl Imaging {
                 m.remove(&key);
             }
         }
+        if let Ok(made) = &result {
+            self.remember(&key, &Arc::new(Output { cached: true, ..(**made).clone() }));
+        }
         result
+    }
+
+    /// Keeps a variant in memory, emptying the map when it would exceed its budget.
+    fn remember(&self, key: &str, v: &Arc<Output>) {
+        let Ok(mut m) = self.recent.write() else { return };
+        if self.recent_bytes.load(Ordering::Relaxed) + v.bytes.len() > RECENT_BYTES {
+            m.clear();
+            self.recent_bytes.store(0, Ordering::Relaxed);
+        }
+        if m.insert(key.to_string(), v.clone()).is_none() {
+            self.recent_bytes.fetch_add(v.bytes.len(), Ordering::Relaxed);
+        }
     }
 
     async fn produce(

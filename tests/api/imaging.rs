@@ -410,3 +410,25 @@ async fn overload_is_answered_503() {
         assert!(r.headers().contains_key("retry-after"));
     }
 }
+
+#[tokio::test]
+async fn storage_js_transforms() {
+    let st = setup().await;
+    let dir = crate::harness::temp_dir("carmenta-imaging-js");
+    let image = dir.join("p.png");
+    std::fs::write(&image, picture(400, 200, None).pngsave_buffer().unwrap()).unwrap();
+    let out = crate::storage::node(
+        "storage-js-transform.mjs",
+        &[
+            ("STORAGE_URL", st.url("")),
+            ("SERVICE_KEY", st.key.clone()),
+            ("USER_A", st.a.jwt.clone()),
+            ("USER_B", st.b.jwt.clone()),
+            ("IMAGE", image.display().to_string()),
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let done = out.lines().find_map(|l| l.strip_prefix("done ")).unwrap_or_else(|| panic!("no summary:\n{out}"));
+    assert_eq!(done, "10", "{out}");
+}

@@ -1,0 +1,232 @@
+//! Imaging benchmark, in one run, on a generated 12-megapixel JPEG (4000 × 3000):
+//! a 300 px wide WebP and a 300 × 300 attention-cropped WebP,
+//! - uncached over HTTP (`/storage/v1/render/image/public/…`) with 2 and 4
+//!   concurrent clients (every request a cache miss: each names a quality not asked
+//!   before, on one of several copies of the picture),
+//! - next to libvips called in-process in a plain loop with the same operation
+//!   (`thumbnail_buffer` + `webpsave_buffer`, one libvips thread per image), one
+//!   and two loops at once (two is this machine's practical limit),
+//! - and next to `sharp` from npm in its own loop (Node.js, one and two streams);
+//!
+//! then a cached variant at 32 connections next to nginx serving the same bytes,
+//! and the server's peak RSS.
+//!
+//! Run: `cargo bench --bench imaging` (see benches/README.md; needs Node.js and
+//! npm for the sharp anchor, which it installs into `benches/imaging/sharp/`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{free_port, get_request, load, load_with, spawn_carmenta, stop, wait_ready};
+use rs_vips::VipsImage;
+use rs_vips::voption::{Setter, VOption};
+
+const SECS: u64 = 5;
+const COPIES: u64 = 6;
+
+/// A photo-like 12 MP picture: smooth colour gradients, a few shapes, film grain.
+fn source_jpeg() -> Vec<u8> {
+    carmenta::imaging::transform::init().expect("libvips");
+    let (w, h) = (4000, 3000);
+    let xy = VipsImage::xyz(w, h).expect("xyz");
+    let x = xy.extract_band(0).expect("x");
+    let y = xy.extract_band(1).expect("y");
+    let r = x.linear(&[255.0 / 4000.0], &[0.0]).expect("r");
+    let g = y.linear(&[255.0 / 3000.0], &[0.0]).expect("g");
+    let b = (x.linear(&[3.0], &[0.0]).expect("b").math(rs_vips::enums::OperationMath::Sin).expect("sin"))
+        .linear(&[100.0], &[128.0])
+        .expect("b2");
+    let noise =
+        VipsImage::gaussnoise_with_opts(w, h, VOption::new().set("sigma", 10.0).set("mean", 0.0)).expect("noise");
+    let rgb = VipsImage::bandjoin(&[r, g, b]).expect("join");
+    let mut img = (rgb + noise).cast(rs_vips::enums::BandFormat::Uchar).expect("cast");
+    img.draw_circle_with_opts(&[230.0, 40.0, 40.0], 3100, 900, 500, VOption::new().set("fill", true)).expect("disc");
+    img.jpegsave_buffer_with_opts(VOption::new().set("Q", 85)).expect("jpeg")
+}
+
+/// libvips in-process: `streams` threads each running the operation for `SECS`.
+fn in_process(src: &Arc<Vec<u8>>, crop: bool, streams: usize) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(SECS);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..streams)
+        .map(|_| {
+            let src = src.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let opts = VOption::new().set("height", if crop { 300 } else { 10_000_000 });
+                    let opts = if crop { opts.set("crop", "attention") } else { opts };
+                    let img = VipsImage::thumbnail_buffer_with_opts(&src, 300, opts).expect("thumbnail");
+                    let out = img.webpsave_buffer_with_opts(VOption::new().set("Q", 80)).expect("webp");
+                    assert!(!out.is_empty());
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let n: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// sharp in Node.js, `streams` concurrent loops; None when Node.js or npm is missing.
+fn sharp(file: &std::path::Path, crop: bool, streams: usize) -> Option<(f64, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/imaging/sharp");
+    if !dir.join("node_modules/sharp").exists() {
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+    }
+    let out = Command::new("node")
+        .arg("run.js")
+        .arg(file)
+        .arg(if crop { "crop" } else { "width" })
+        .arg(SECS.to_string())
+        .arg(streams.to_string())
+        .env("UV_THREADPOOL_SIZE", streams.max(1).to_string())
+        .current_dir(&dir)
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let version = format!("sharp {} / libvips {}", v["version"]["sharp"], v["version"]["vips"]).replace('"', "");
+    Some((v["per_sec"].as_f64()?, version))
+}
+
+fn main() {
+    carmenta::install_tls_provider();
+    let bin = env!("CARGO_BIN_EXE_carmenta");
+    let dir = tempfile::Builder::new().prefix("carmenta-bench-imaging-").tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let src = Arc::new(source_jpeg());
+    let src_file = dir.path().join("source.jpg");
+    std::fs::write(&src_file, src.as_slice()).expect("source file");
+    println!(
+        "carmenta imaging benchmark ({} cores), source 4000×3000 JPEG of {:.1} MB, libvips {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        src.len() as f64 / 1e6,
+        rs_vips::Vips::version_string().unwrap_or_default()
+    );
+
+    let port = free_port();
+    let mut server = Guard(spawn_carmenta(bin, &data, port, &[]));
+    wait_ready(port, "/readyz", &mut server.0);
+    let key = common::service_key(bin, &data);
+    let base = format!("http://127.0.0.1:{port}/storage/v1");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let r = c
+            .post(format!("{base}/bucket"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"name": "img", "public": true}))
+            .send()
+            .await
+            .expect("bucket");
+        assert_eq!(r.status(), 200);
+        for i in 0..COPIES {
+            let r = c
+                .post(format!("{base}/object/img/p{i}.jpg"))
+                .bearer_auth(&key)
+                .header("content-type", "image/jpeg")
+                .body(src.as_ref().clone())
+                .send()
+                .await
+                .expect("upload");
+            assert_eq!(r.status(), 200);
+        }
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Every request a new (copy, quality) pair: never a variant-cache hit.
+    let next = Arc::new(AtomicU64::new(0));
+
+    for (label, crop) in [("300 px wide WebP", false), ("300×300 smart-crop WebP", true)] {
+        let one = in_process(&src, crop, 1);
+        let two = in_process(&src, crop, 2);
+        let sharp1 = sharp(&src_file, crop, 1);
+        let sharp2 = sharp(&src_file, crop, 2);
+        println!("{label}:");
+        println!("  libvips in-process  1 loop {one:6.1}/s ({:5.1} ms)   2 loops {two:6.1}/s", 1000.0 / one);
+        match (&sharp1, &sharp2) {
+            (Some((s1, v)), Some((s2, _))) => {
+                println!(
+                    "  sharp               1 loop {s1:6.1}/s ({:5.1} ms)   2 loops {s2:6.1}/s   [{v}]",
+                    1000.0 / s1
+                )
+            }
+            _ => println!("  sharp               (not run: Node.js/npm unavailable)"),
+        }
+        for clients in [2usize, 4] {
+            let next = next.clone();
+            let shape = if crop { "width=300&height=300&resize=cover&gravity=auto" } else { "width=300" };
+            let ours = rt.block_on(load_with(addr, clients, SECS, move |_, _| {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let (copy, q) = (n % COPIES, 20 + (n / COPIES) % 81);
+                assert!(n < COPIES * 81, "ran out of distinct variants");
+                get_request(
+                    &format!("/storage/v1/render/image/public/img/p{copy}.jpg?{shape}&quality={q}"),
+                    &[("Accept", "image/webp")],
+                )
+            }));
+            let vs_sharp =
+                sharp2.as_ref().map_or(String::from("n/a"), |(s2, _)| format!("{:5.1} %", 100.0 * ours / s2));
+            println!(
+                "  HTTP, {clients} clients, uncached {ours:6.1}/s   = {:5.1} % of in-process (2 loops; target ≥ 90 %), {vs_sharp} of sharp (2 loops; target ≥ 100 %)",
+                100.0 * ours / two
+            );
+        }
+    }
+
+    // A cached variant next to nginx serving the same bytes from disk.
+    let path = "/storage/v1/render/image/public/img/p0.jpg?width=300";
+    let variant = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let r = c
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .header("accept", "image/webp")
+            .send()
+            .await
+            .expect("variant");
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("bytes")
+    });
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("v.webp"), &variant).expect("variant file");
+    let (mut ng, nginx_port) = common::nginx(&www, dir.path());
+    let theirs = SocketAddr::from(([127, 0, 0, 1], nginx_port));
+    let ours_req = get_request(path, &[("Accept", "image/webp")]);
+    let theirs_req = get_request("/v.webp", &[]);
+    let (mut c, mut g) = (0.0f64, 0.0f64);
+    for _ in 0..2 {
+        c = c.max(rt.block_on(load(addr, ours_req.clone(), 32, SECS)));
+        g = g.max(rt.block_on(load(theirs, theirs_req.clone(), 32, SECS)));
+    }
+    println!(
+        "cached variant ({} bytes), 32 connections (best of 2): carmenta {c:8.0} req/s   nginx {g:8.0} req/s   ({:5.1} %; target ≥ 50 %)",
+        variant.len(),
+        100.0 * c / g
+    );
+    println!("server peak RSS: {} MB", common::peak_rss_kb(server.0.id()) / 1024);
+    common::stop_nginx(&mut ng);
+    stop(&mut server.0);
+}
+
+/// Stops the server however `main` ends (a failed assertion included).
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}

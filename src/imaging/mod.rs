@@ -1,12 +1,13 @@
 //! Image transformations (what imgproxy does behind Supabase Storage): the
 //! parameters (`params.rs`), the libvips work (`transform.rs`), the variant rows
-//! (`db.rs`), and here the engine around them: a worker pool of bounded size with
+//! (`db.rs`), scaled JPEG decoding (`jpeg.rs`), and here the engine around them: a worker pool of bounded size with
 //! a bounded queue (overload is refused, not queued without end), coalescing of
 //! identical concurrent requests into one transform, a per-transform timeout, and
 //! the variant cache in the object store (`variants/…`, one row per variant).
 //! The HTTP surface is storage's (`storage/render.rs`).
 
 pub mod db;
+pub mod jpeg;
 pub mod params;
 pub mod transform;
 
@@ -217,8 +218,8 @@ impl Imaging {
         let work = tokio::task::spawn_blocking(move || {
             // The worker slot is held for as long as libvips runs, even past a timeout.
             let _permit = permit;
-            let (kind, w, h) = transform::probe(&src, t2.page)?;
-            transform::render(&src, kind, (w, h), &t2, out.unwrap_or(kind.origin()))
+            let probe = transform::probe(&src, t2.page)?;
+            transform::render(&src, &probe, &t2, out.unwrap_or(probe.kind.origin()))
         });
         let rendered = match tokio::time::timeout(self.timeout, work).await {
             Err(_) => return Err(ImageError::new(503, "TransformTimeout", "Image request timed out")),

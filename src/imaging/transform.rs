@@ -136,9 +136,22 @@ fn undecodable(e: impl std::fmt::Display) -> ImageError {
     ImageError::new(422, "InvalidImage", "the image could not be decoded (corrupt or truncated)")
 }
 
+/// What [`probe`] learnt from a source's header.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    /// The format.
+    pub kind: Source,
+    /// Width once upright (EXIF orientation applied).
+    pub width: u32,
+    /// Height once upright.
+    pub height: u32,
+    /// The EXIF orientation (1–8).
+    pub orientation: i32,
+}
+
 /// Checks a source's format and declared size without decoding pixels: the
 /// format, the pixel count (≤ 50 MP) and, for paged sources, the page.
-pub fn probe(src: &[u8], page: u32) -> Result<(Source, u32, u32), ImageError> {
+pub fn probe(src: &[u8], page: u32) -> Result<Probe, ImageError> {
     if src.len() as u64 > MAX_SOURCE_BYTES {
         return Err(too_big_file());
     }
@@ -173,9 +186,9 @@ pub fn probe(src: &[u8], page: u32) -> Result<(Source, u32, u32), ImageError> {
             format!("The source image resolution is too large to process ({w}×{h}; at most 50 megapixels)"),
         ));
     }
-    let swapped = matches!(head.get_int("orientation").unwrap_or(1), 5..=8);
-    let (w, h) = if swapped { (h, w) } else { (w, h) };
-    Ok((kind, w as u32, h as u32))
+    let orientation = head.get_int("orientation").unwrap_or(1);
+    let (w, h) = if matches!(orientation, 5..=8) { (h, w) } else { (w, h) };
+    Ok(Probe { kind, width: w as u32, height: h as u32, orientation })
 }
 
 /// The refusal for a source over 25 MB.
@@ -183,14 +196,9 @@ pub fn too_big_file() -> ImageError {
     ImageError::new(422, "ImageTooLarge", "The source image file is too large to process (at most 25 MB)")
 }
 
-/// Renders `src` (already probed as `kind`, `w0` × `h0` upright) into `out`.
-pub fn render(
-    src: &[u8],
-    kind: Source,
-    (w0, h0): (u32, u32),
-    t: &Transform,
-    out: Format,
-) -> Result<Rendered, ImageError> {
+/// Renders `src` (already probed) into `out`.
+pub fn render(src: &[u8], p: &Probe, t: &Transform, out: Format) -> Result<Rendered, ImageError> {
+    let (kind, w0, h0) = (p.kind, p.width, p.height);
     init()?;
     // Loader options go in the option string: 8.14's thumbnail_buffer does not
     // hand its own `fail_on` to the loader (a truncated file would render grey).
@@ -199,53 +207,113 @@ pub fn render(
     } else {
         "fail_on=truncated".to_string()
     };
-    let base = || VOption::new().set("option_string", loader.as_str());
+    let (sw, sh) = (f64::from(w0.max(1)), f64::from(h0.max(1)));
     let max = MAX_SIDE as i32;
-    let image = match (t.width, t.height, t.resize) {
-        (Some(w), Some(h), Resize::Fill) => {
-            VipsImage::thumbnail_buffer_with_opts(src, w as i32, base().set("height", h as i32).set("size", "force"))
-        }
-        (Some(w), Some(h), Resize::Cover) => match t.gravity {
-            Gravity::Auto | Gravity::Centre => {
-                let crop = if t.gravity == Gravity::Auto { "attention" } else { "centre" };
-                VipsImage::thumbnail_buffer_with_opts(
-                    src,
-                    w as i32,
-                    base().set("height", h as i32).set("crop", crop).set("size", "both"),
-                )
-            }
-            Gravity::Compass(x, y) => {
+    let o = VOption::new;
+    // (thumbnail width, its options, source pixels per output pixel, a compass cut)
+    let (width, opts, shrink, cut) = match (t.width, t.height, t.resize) {
+        (Some(w), Some(h), Resize::Fill) => (
+            w as i32,
+            o().set("height", h as i32).set("size", "force"),
+            (sw / f64::from(w)).min(sh / f64::from(h)),
+            None,
+        ),
+        (Some(w), Some(h), Resize::Cover) => {
+            let shrink = (sw / f64::from(w)).min(sh / f64::from(h));
+            match t.gravity {
+                Gravity::Centre => {
+                    (w as i32, o().set("height", h as i32).set("crop", "centre").set("size", "both"), shrink, None)
+                }
                 // Scale to cover the box, then cut the box at the anchor.
-                let s = (f64::from(w) / f64::from(w0.max(1))).max(f64::from(h) / f64::from(h0.max(1)));
-                let tw = (f64::from(w0) * s).ceil().max(f64::from(w)) as i32;
-                let th = (f64::from(h0) * s).ceil().max(f64::from(h)) as i32;
-                VipsImage::thumbnail_buffer_with_opts(src, tw, base().set("height", th).set("size", "both")).and_then(
-                    |img| {
-                        let (iw, ih) = (img.get_width(), img.get_height());
-                        let (cw, ch) = ((w as i32).min(iw), (h as i32).min(ih));
-                        let left = (i32::from(x) + 1) * (iw - cw) / 2;
-                        let top = (i32::from(y) + 1) * (ih - ch) / 2;
-                        img.extract_area(left, top, cw, ch)
-                    },
-                )
+                Gravity::Auto | Gravity::Compass(..) => {
+                    let tw = (sw / shrink).ceil().max(f64::from(w)) as i32;
+                    let th = (sh / shrink).ceil().max(f64::from(h)) as i32;
+                    (tw, o().set("height", th).set("size", "both"), shrink, Some((t.gravity, w as i32, h as i32)))
+                }
             }
-        },
+        }
         // Contain, or a single side given: fit inside the box (the missing side is
         // bounded by the output limit).
         (Some(_), Some(_), Resize::Contain) | (Some(_), None, _) | (None, Some(_), _) => {
-            VipsImage::thumbnail_buffer_with_opts(
-                src,
-                t.width.map_or(max, |w| w as i32),
-                base().set("height", t.height.map_or(max, |h| h as i32)).set("size", "both"),
-            )
+            let (bw, bh) = (t.width.map_or(max, |w| w as i32), t.height.map_or(max, |h| h as i32));
+            (bw, o().set("height", bh).set("size", "both"), (sw / f64::from(bw)).max(sh / f64::from(bh)), None)
         }
         // No size: the picture as it is, down to the output limit.
         (None, None, _) => {
-            VipsImage::thumbnail_buffer_with_opts(src, max, base().set("height", max).set("size", "down"))
+            (max, o().set("height", max).set("size", "down"), (sw / f64::from(max)).max(sh / f64::from(max)), None)
         }
+    };
+    let mut image = thumbnail(src, p, &loader, width, opts, shrink)?;
+    if let Some((gravity, w, h)) = cut {
+        let (iw, ih) = (image.get_width(), image.get_height());
+        let (cw, ch) = (w.min(iw), h.min(ih));
+        let (left, top) = match gravity {
+            Gravity::Compass(x, y) => ((i32::from(x) + 1) * (iw - cw) / 2, (i32::from(y) + 1) * (ih - ch) / 2),
+            _ => {
+                image = image.copy_memory().map_err(undecodable)?;
+                let (ax, ay) = attention(&image, cw, ch).map_err(undecodable)?;
+                ((ax - cw / 2).clamp(0, iw - cw), (ay - ch / 2).clamp(0, ih - ch))
+            }
+        };
+        image = image.extract_area(left, top, cw, ch).map_err(undecodable)?;
     }
-    .map_err(undecodable)?;
     encode(image, t.quality, out)
+}
+
+/// The centre of attention of `image` for a `cw` × `ch` crop, by libvips'
+/// attention measure (edges, skin tones, saturation). libvips analyses a copy it
+/// resamples to about 32 pixels, and 8.14 builds its resampling kernels afresh for
+/// every call, which costs more for a larger shrink than the analysis itself; so it
+/// is handed a copy box-shrunk to about 64 pixels first.
+fn attention(image: &VipsImage, cw: i32, ch: i32) -> rs_vips::Result<(i32, i32)> {
+    let k = (image.get_width().min(image.get_height()) / 64).max(1);
+    let small = if k > 1 { image.shrink(f64::from(k), f64::from(k))?.copy_memory()? } else { image.copy_memory()? };
+    let (sw, sh) = (small.get_width(), small.get_height());
+    let (mut ax, mut ay) = (sw / 2, sh / 2);
+    small.smartcrop_with_opts(
+        (cw / k).clamp(1, sw),
+        (ch / k).clamp(1, sh),
+        VOption::new().set("interesting", "attention").set("attention_x", &mut ax).set("attention_y", &mut ay),
+    )?;
+    Ok((ax * k + k / 2, ay * k + k / 2))
+}
+
+/// `thumbnail_buffer`, except for JPEGs: libvips 8.14 shrinks those on load only to
+/// twice the target size and resamples the rest, through Debian's libjpeg-turbo
+/// 2.1. We decode them with libjpeg-turbo 3 at the whole power-of-two factor (as
+/// sharp's `fastShrinkOnLoad` does) and let `thumbnail_image` finish; JPEGs that
+/// decoder does not take go to libvips at that factor.
+fn thumbnail<'a>(
+    src: &'a [u8],
+    p: &Probe,
+    loader: &'a str,
+    width: i32,
+    opts: VOption<'a>,
+    shrink: f64,
+) -> Result<VipsImage, ImageError> {
+    if p.kind != Source::Jpeg {
+        return VipsImage::thumbnail_buffer_with_opts(src, width, opts.set("option_string", loader))
+            .map_err(undecodable);
+    }
+    let factor = [8u32, 4, 2].into_iter().find(|s| f64::from(*s) <= shrink).unwrap_or(1);
+    let loaded = match super::jpeg::decode(src, factor).map_err(undecodable)? {
+        Some(d) => {
+            let mut img = VipsImage::new_from_memory_copy(
+                &d.pixels,
+                d.width,
+                d.height,
+                d.bands,
+                rs_vips::enums::BandFormat::Uchar,
+            )
+            .map_err(undecodable)?;
+            if p.orientation > 1 {
+                img.set_int("orientation", p.orientation).map_err(undecodable)?;
+            }
+            img
+        }
+        None => VipsImage::new_from_buffer(src, &format!("{loader},shrink={factor}")).map_err(undecodable)?,
+    };
+    loaded.thumbnail_image_with_opts(width, opts).map_err(undecodable)
 }
 
 fn encode(mut image: VipsImage, quality: u8, out: Format) -> Result<Rendered, ImageError> {

@@ -3,10 +3,12 @@
 //! - uncached over HTTP (`/storage/v1/render/image/public/…`) with 2 and 4
 //!   concurrent clients (every request a cache miss: each names a quality not asked
 //!   before, on one of several copies of the picture),
-//! - next to libvips called in-process in a plain loop with the same operation
-//!   (`thumbnail_buffer` + `webpsave_buffer`, one libvips thread per image), one
-//!   and two loops at once (two is this machine's practical limit),
-//! - and next to `sharp` from npm in its own loop (Node.js, one and two streams);
+//! - next to the same operation called in-process in a plain loop (Carmenta's
+//!   pipeline, `transform::render`, one libvips thread per image) in one, two and
+//!   four loops at once, and a plain libvips `thumbnail_buffer` + `webpsave_buffer`
+//!   loop for reference,
+//! - and next to `sharp` from npm in its own loop (Node.js, one, two and four
+//!   concurrent streams), each HTTP figure compared at the same concurrency;
 //!
 //! then a cached variant at 32 connections next to nginx serving the same bytes,
 //! and the server's peak RSS.
@@ -181,11 +183,12 @@ fn main() {
         };
         // Rounds interleaved, best of each kept: loopback figures on a shared
         // 2-core machine move by ±10 % from one run to the next.
-        let mut best = [0.0f64; 7];
+        let mut best = [0.0f64; 9];
         let mut version = String::new();
         for _ in 0..ROUNDS {
             let sharp1 = sharp(&src_file, crop, 1);
             let sharp2 = sharp(&src_file, crop, 2);
+            let sharp4 = sharp(&src_file, crop, 4);
             if let Some((_, v)) = &sharp1 {
                 version = v.clone();
             }
@@ -193,8 +196,10 @@ fn main() {
                 in_process(&src, crop, 1, false),
                 in_process(&src, crop, 1, true),
                 in_process(&src, crop, 2, true),
+                in_process(&src, crop, 4, true),
                 sharp1.map_or(0.0, |s| s.0),
                 sharp2.map_or(0.0, |s| s.0),
+                sharp4.map_or(0.0, |s| s.0),
                 http(2),
                 http(4),
             ];
@@ -202,26 +207,26 @@ fn main() {
                 *b = b.max(r);
             }
         }
-        let [plain1, one, two, sharp1, sharp2, http2, http4] = best;
+        let [plain1, one, two, four, sharp1, sharp2, sharp4, http2, http4] = best;
         println!("{label} (best of {ROUNDS} rounds, {SECS} s each):");
         println!("  libvips thumbnail_buffer, in-process   1 loop {plain1:6.1}/s ({:5.1} ms)", 1000.0 / plain1);
         println!(
-            "  Carmenta's pipeline, in-process        1 loop {one:6.1}/s ({:5.1} ms)   2 loops {two:6.1}/s",
+            "  Carmenta's pipeline, in-process        1 loop {one:6.1}/s ({:5.1} ms)   2 loops {two:6.1}/s   4 loops {four:6.1}/s",
             1000.0 / one
         );
         if sharp1 > 0.0 {
             println!(
-                "  sharp, Node.js                         1 loop {sharp1:6.1}/s ({:5.1} ms)   2 loops {sharp2:6.1}/s   [{version}]",
+                "  sharp, Node.js                         1 loop {sharp1:6.1}/s ({:5.1} ms)   2 loops {sharp2:6.1}/s   4 loops {sharp4:6.1}/s   [{version}]",
                 1000.0 / sharp1
             );
         } else {
             println!("  sharp: not run (Node.js/npm unavailable)");
         }
-        for (clients, ours) in [(2, http2), (4, http4)] {
-            let vs_sharp = if sharp2 > 0.0 { format!("{:5.1} %", 100.0 * ours / sharp2) } else { "n/a".into() };
+        for (clients, ours, inproc, theirs) in [(2, http2, two, sharp2), (4, http4, four, sharp4)] {
+            let vs_sharp = if theirs > 0.0 { format!("{:5.1} %", 100.0 * ours / theirs) } else { "n/a".into() };
             println!(
-                "  HTTP, {clients} clients, uncached   {ours:6.1}/s = {:5.1} % of in-process (2 loops; target ≥ 90 %), {vs_sharp} of sharp (2 streams; target ≥ 100 %)",
-                100.0 * ours / two
+                "  HTTP, {clients} clients, uncached   {ours:6.1}/s = {:5.1} % of in-process ({clients} loops; target ≥ 90 %), {vs_sharp} of sharp ({clients} loops; target ≥ 100 %)",
+                100.0 * ours / inproc
             );
         }
     }

@@ -10,8 +10,9 @@
 //! - and next to `sharp` from npm in its own loop (Node.js, one, two and four
 //!   concurrent streams), each HTTP figure compared at the same concurrency;
 //!
-//! then a cached variant at 32 connections next to nginx serving the same bytes,
-//! and the server's peak RSS.
+//! then a decompression bomb (latency of the refusal, RSS around it), a cached
+//! variant at 32 connections next to nginx serving the same bytes, and the
+//! server's peak RSS.
 //!
 //! Run: `cargo bench --bench imaging` (see benches/README.md; needs Node.js and
 //! npm for the sharp anchor, which it installs into `benches/imaging/sharp/`).
@@ -230,6 +231,47 @@ fn main() {
             );
         }
     }
+
+    // A decompression bomb (60 MP of PNG in a few hundred KB): refused from its
+    // header; how long that takes, and what it does to the server's memory.
+    let bomb = VipsImage::black(10_000, 6_000)
+        .and_then(|i| i.pngsave_buffer_with_opts(VOption::new().set("compression", 9)))
+        .expect("bomb");
+    let bomb_len = bomb.len();
+    let rss_before = common::rss_kb(server.0.id());
+    let mut times = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let r = c
+            .post(format!("{base}/object/img/bomb.png"))
+            .bearer_auth(&key)
+            .header("content-type", "image/png")
+            .body(bomb)
+            .send()
+            .await
+            .expect("upload bomb");
+        assert_eq!(r.status(), 200);
+        let mut times = Vec::new();
+        for q in 20..=100 {
+            let start = Instant::now();
+            let r = c
+                .get(format!("{base}/render/image/public/img/bomb.png?width=300&quality={q}"))
+                .send()
+                .await
+                .expect("bomb render");
+            assert_eq!(r.status(), 422);
+            times.push(start.elapsed());
+        }
+        times
+    });
+    times.sort();
+    println!(
+        "decompression bomb (10000×6000 PNG, {} KB), 81 distinct requests: 422 in p50 {:.2} ms, p99 {:.2} ms; server RSS {} → {} MB",
+        bomb_len / 1024,
+        common::quantile(&times, 0.5).as_secs_f64() * 1000.0,
+        common::quantile(&times, 0.99).as_secs_f64() * 1000.0,
+        rss_before / 1024,
+        common::rss_kb(server.0.id()) / 1024
+    );
 
     // A cached variant next to nginx serving the same bytes from disk.
     let path = "/storage/v1/render/image/public/img/p0.jpg?width=300";

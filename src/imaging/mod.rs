@@ -181,6 +181,14 @@ impl Imaging {
         result
     }
 
+    /// Drops the in-memory variants (later reads go to the stored ones).
+    pub fn forget_recent(&self) {
+        if let Ok(mut m) = self.recent.write() {
+            m.clear();
+            self.recent_bytes.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Keeps a variant in memory, emptying the map when it would exceed its budget.
     fn remember(&self, key: &str, v: &Arc<Output>) {
         let Ok(mut m) = self.recent.write() else { return };
@@ -226,26 +234,43 @@ impl Imaging {
             Ok(Err(join)) => return Err(ImageError::internal(join)),
             Ok(Ok(r)) => r?,
         };
-        let id = Uuid::now_v7();
         let bytes = Bytes::from(rendered.bytes);
         let content_type = rendered.format.mime().to_string();
-        let body = futures::stream::once(std::future::ready(Ok::<_, std::io::Error>(bytes.clone())));
-        blobs.write(&variant_path(id), body, u64::MAX, false).await.map_err(|e| ImageError::internal(e.to_string()))?;
-        let row = db::NewVariant {
-            id,
-            source_version: version,
-            params,
-            content_type: &content_type,
-            size: bytes.len() as i64,
-            width: rendered.width as i32,
-            height: rendered.height as i32,
-        };
-        if !db::insert(pool, &row).await? {
-            // Another replica stored it first, or the object changed meanwhile.
-            let _ = blobs.delete(&variant_path(id)).await;
-        }
+        // Stored off the request path: the variant is a cache, and the caller (and
+        // the in-memory map) already have it; a store lost to a crash is made again.
+        let store = (pool.clone(), blobs.clone(), params.to_string(), content_type.clone(), bytes.clone());
+        let (w, h) = (rendered.width as i32, rendered.height as i32);
+        tokio::spawn(async move {
+            let (pool, blobs, params, content_type, bytes) = store;
+            if let Err(e) = save(&pool, &blobs, version, &params, &content_type, bytes, (w, h)).await {
+                tracing::warn!(error = %e, "image variant not stored");
+            }
+        });
         Ok(Arc::new(Output { bytes, content_type, params: params.to_string(), cached: false }))
     }
+}
+
+/// Writes a variant's bytes, then its row (only while its version is an object's);
+/// the bytes are removed again when the row is not inserted.
+async fn save(
+    pool: &PgPool,
+    blobs: &Blobs,
+    version: Uuid,
+    params: &str,
+    content_type: &str,
+    bytes: Bytes,
+    (width, height): (i32, i32),
+) -> Result<(), String> {
+    let id = Uuid::now_v7();
+    let size = bytes.len() as i64;
+    let body = futures::stream::once(std::future::ready(Ok::<_, std::io::Error>(bytes)));
+    blobs.write(&variant_path(id), body, u64::MAX, false).await.map_err(|e| e.to_string())?;
+    let row = db::NewVariant { id, source_version: version, params, content_type, size, width, height };
+    if !db::insert(pool, &row).await.map_err(|e| e.to_string())? {
+        // Another replica stored it first, or the object changed meanwhile.
+        blobs.delete(&variant_path(id)).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Removes variant rows whose object version is gone, and variant bytes no row

@@ -97,6 +97,19 @@ async fn variant_rows(st: &St) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM storage_variants").fetch_one(&st.app.pool).await.unwrap()
 }
 
+/// Waits for the variants stored in the background to reach `n` rows.
+async fn wait_rows(st: &St, n: i64) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = variant_rows(st).await;
+        if got == n {
+            return;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "{got} variant rows, expected {n}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn setup() -> St {
     let st = St::new(Backend::Fs).await;
     st.bucket("pub", json!({"public": true})).await;
@@ -286,7 +299,7 @@ async fn identical_concurrent_requests_run_one_transform() {
     let outs = futures::future::join_all(reqs).await;
     assert!(outs.windows(2).all(|w| w[0] == w[1]), "every caller got the same bytes");
     assert_eq!(st.app.state.storage.imaging.transforms_run() - before, 1, "one transform for 20 requests");
-    assert_eq!(variant_rows(&st).await, 1);
+    wait_rows(&st, 1).await;
 }
 
 #[tokio::test]
@@ -312,11 +325,18 @@ async fn variants_are_cached_revalidated_and_dropped() {
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
     assert_eq!(r.bytes().await.unwrap(), first);
     assert_eq!(st.app.state.storage.imaging.transforms_run(), ran, "served from the variant cache");
+    // From the stored variant too (another replica, or after a restart).
+    wait_rows(&st, 1).await;
+    st.app.state.storage.imaging.forget_recent();
+    let r = get(&st, path, "", "image/webp").await;
+    assert_eq!(r.headers()["x-variant-cache"], "hit");
+    assert_eq!(r.bytes().await.unwrap(), first);
+    assert_eq!(st.app.state.storage.imaging.transforms_run(), ran, "served from the stored variant");
     // Another Accept is another variant, with another ETag.
     let r = get(&st, path, "", "image/jpeg").await;
     assert_eq!(r.headers()["content-type"], "image/jpeg");
     assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
-    assert_eq!(variant_rows(&st).await, 2);
+    wait_rows(&st, 2).await;
     // Revalidation.
     let r = st
         .req(Method::GET, path, "")
@@ -333,7 +353,7 @@ async fn variants_are_cached_revalidated_and_dropped() {
     assert_eq!(r.headers()["x-variant-cache"], "miss");
     let (_, w, h, _) = decode(&r.bytes().await.unwrap());
     assert_eq!((w, h), (100, 200));
-    assert_eq!(variant_rows(&st).await, 1);
+    wait_rows(&st, 1).await;
     // Deleting it drops them too; the sweeper removes their bytes.
     let r = st.req(Method::DELETE, "/object/pub/v.jpg", &st.a.jwt).send().await.unwrap();
     assert_eq!(r.status(), 200);

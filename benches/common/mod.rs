@@ -251,3 +251,12 @@ pub fn peak_rss_kb(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A server process, stopped however `main` ends (a failed assertion included).
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{free_port, get_request, load, load_with, spawn_carmenta, stop, wait_ready};
+use common::{Guard, free_port, get_request, load, load_with, spawn_carmenta, stop, wait_ready};
 use rs_vips::VipsImage;
 use rs_vips::voption::{Setter, VOption};
 
@@ -306,13 +306,4 @@ fn main() {
     println!("server peak RSS: {} MB", common::peak_rss_kb(server.0.id()) / 1024);
     common::stop_nginx(&mut ng);
     stop(&mut server.0);
-}
-
-/// Stops the server however `main` ends (a failed assertion included).
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        stop(&mut self.0);
-    }
 }

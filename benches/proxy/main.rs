@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{free_port, get_request, load, quantile, request, spawn_carmenta, stop, wait_ready};
+use common::{Guard, free_port, get_request, load, quantile, request, spawn_carmenta, stop, wait_ready};
 
 const CONNECTIONS: usize = 64;
 const LOAD_SECS: u64 = 5;
@@ -178,13 +178,4 @@ fn main() {
         ms(quantile(&pl, 0.99)) - ms(quantile(&dl, 0.99))
     );
     stop(&mut server.0);
-}
-
-/// Stops the server however `main` ends.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        stop(&mut self.0);
-    }
 }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_port, get_request, load, spawn_carmenta, stop, wait_ready};
+use common::{Guard, free_port, get_request, load, spawn_carmenta, stop, wait_ready};
 use futures::StreamExt;
 
 const CONNECTIONS: usize = 32;
@@ -173,13 +173,4 @@ fn main() {
     println!("server RSS after the run: {} MB", rss / 1024);
     common::stop_nginx(&mut ng);
     stop(&mut server.0);
-}
-
-/// Stops the server however `main` ends (a failed assertion included).
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        stop(&mut self.0);
-    }
 }

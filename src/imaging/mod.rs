@@ -277,23 +277,5 @@ async fn save(
 /// points at that are older than `min_age`. Returns how many blobs were removed.
 pub async fn sweep(pool: &PgPool, blobs: &Blobs, min_age: Duration) -> Result<usize, String> {
     db::delete_stale(pool).await.map_err(|e| e.to_string())?;
-    let cutoff = time::OffsetDateTime::now_utc().unix_timestamp() - i64::try_from(min_age.as_secs()).unwrap_or(0);
-    let metas = blobs.list("variants").await.map_err(|e| e.to_string())?;
-    let old: Vec<(Uuid, Path)> = metas
-        .into_iter()
-        .filter(|m| m.last_modified.timestamp() <= cutoff)
-        .filter_map(|m| Some((Uuid::parse_str(m.location.filename()?).ok()?, m.location)))
-        .collect();
-    let mut removed = 0;
-    for chunk in old.chunks(500) {
-        let ids: Vec<Uuid> = chunk.iter().map(|(v, _)| *v).collect();
-        let live = db::live(pool, &ids).await.map_err(|e| e.to_string())?;
-        for (id, path) in chunk {
-            if !live.contains(id) {
-                blobs.delete(path).await.map_err(|e| e.to_string())?;
-                removed += 1;
-            }
-        }
-    }
-    Ok(removed)
+    blobs.sweep_unreferenced("variants", min_age, |ids| async move { db::live(pool, &ids).await }).await
 }

@@ -248,6 +248,43 @@ impl Blobs {
         Ok(())
     }
 
+    /// Deletes the blobs under `prefix`, named by a UUID, older than `min_age`, that
+    /// `live` (given batches of ids) does not report as referenced. Returns how
+    /// many were deleted.
+    pub async fn sweep_unreferenced<F, Fut, E>(
+        &self,
+        prefix: &str,
+        min_age: std::time::Duration,
+        live: F,
+    ) -> Result<usize, String>
+    where
+        F: Fn(Vec<Uuid>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Uuid>, E>>,
+        E: std::fmt::Display,
+    {
+        let cutoff =
+            time::OffsetDateTime::now_utc().unix_timestamp() - i64::try_from(min_age.as_secs()).unwrap_or(i64::MAX / 2);
+        let old: Vec<(Uuid, Path)> = self
+            .list(prefix)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|m| m.last_modified.timestamp() <= cutoff)
+            .filter_map(|m| Some((Uuid::parse_str(m.location.filename()?).ok()?, m.location)))
+            .collect();
+        let mut removed = 0;
+        for chunk in old.chunks(500) {
+            let referenced = live(chunk.iter().map(|(id, _)| *id).collect()).await.map_err(|e| e.to_string())?;
+            for (id, path) in chunk {
+                if !referenced.contains(id) {
+                    self.delete(path).await.map_err(|e| e.to_string())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Everything under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, object_store::Error> {
         self.store.list(Some(&Path::from(prefix))).try_collect().await

@@ -200,25 +200,8 @@ pub async fn sweep(pool: &sqlx::PgPool, blobs: &Blobs, min_age: Duration) -> Res
     let mut report = SweepReport::default();
     let cutoff = chrono_cutoff(min_age);
     report.staging_files = blobs.sweep_staging(min_age).await.map_err(|e| e.to_string())?;
-    let metas = blobs.list("blobs").await.map_err(|e| e.to_string())?;
-    let old: Vec<(Uuid, object_store::path::Path)> = metas
-        .into_iter()
-        .filter(|m| m.last_modified.timestamp() <= cutoff)
-        .filter_map(|m| {
-            let v = Uuid::parse_str(m.location.filename()?).ok()?;
-            Some((v, m.location))
-        })
-        .collect();
-    for chunk in old.chunks(500) {
-        let ids: Vec<Uuid> = chunk.iter().map(|(v, _)| *v).collect();
-        let live = db::live_versions(pool, &ids).await.map_err(|e| e.to_string())?;
-        for (v, path) in chunk {
-            if !live.contains(v) {
-                blobs.delete(path).await.map_err(|e| e.to_string())?;
-                report.orphan_blobs += 1;
-            }
-        }
-    }
+    report.orphan_blobs =
+        blobs.sweep_unreferenced("blobs", min_age, |ids| async move { db::live_versions(pool, &ids).await }).await?;
     report.variants = crate::imaging::sweep(pool, blobs, min_age).await?;
     for id in db::expired_uploads(pool).await.map_err(|e| e.to_string())? {
         blobs.delete_prefix(&Blobs::upload_dir(id)).await.map_err(|e| e.to_string())?;

@@ -14,10 +14,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sha2::Digest;
-use time::OffsetDateTime;
 
 use super::db::ObjectRow;
-use super::routes::{content_disposition, etag_matches, header_str, http_date, visible};
+use super::routes::{content_disposition, etag_matches, header_str, validators, visible};
 use super::{StorageError, StorageResult, Who};
 use crate::app::AppState;
 use crate::imaging::{ImageError, Transform};
@@ -108,30 +107,11 @@ async fn render(
     let etag = format!("\"{}-{tag}\"", row.etag.trim_matches('"'));
     let mut res = Response::builder();
     let h = res.headers_mut().ok_or_else(|| StorageError::internal("response builder"))?;
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
-    }
-    match expires {
-        Some(exp) => {
-            let t = OffsetDateTime::from_unix_timestamp(exp).unwrap_or_else(|_| OffsetDateTime::now_utc());
-            if let Ok(v) = HeaderValue::from_str(&http_date(t)) {
-                h.insert(header::EXPIRES, v);
-            }
-        }
-        None => {
-            if let Ok(v) = HeaderValue::from_str(&row.cache_control) {
-                h.insert(header::CACHE_CONTROL, v);
-            }
-        }
-    }
+    validators(h, &etag, &row, expires);
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
     if let Ok(v) = HeaderValue::from_str(&params) {
         h.insert("x-transformations", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&http_date(row.updated_at)) {
-        h.insert(header::LAST_MODIFIED, v);
-    }
-    h.insert("x-robots-tag", HeaderValue::from_static("none"));
     if header_str(headers, "if-none-match").is_some_and(|v| etag_matches(v, &etag)) {
         return res.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(StorageError::internal);
     }

@@ -83,7 +83,7 @@ fn ts(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
-pub(super) fn http_date(t: OffsetDateTime) -> String {
+fn http_date(t: OffsetDateTime) -> String {
     httpdate::fmt_http_date(std::time::SystemTime::from(t))
 }
 
@@ -664,24 +664,13 @@ async fn open_blob(
     }
 }
 
-/// Answers a download of `row`: 304, 416, 206 or 200, streaming the bytes.
-pub(super) async fn serve(state: &AppState, mut row: ObjectRow, how: Serve<'_>) -> StorageResult<Response> {
-    let size = u64::try_from(row.size).unwrap_or(0);
-    let inm = header_str(how.headers, "if-none-match");
-    let not_modified = match inm {
-        Some(v) => etag_matches(v, &row.etag),
-        None => header_str(how.headers, "if-modified-since")
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-            .is_some_and(|since| {
-                std::time::SystemTime::from(row.updated_at.replace_nanosecond(0).unwrap_or(row.updated_at)) <= since
-            }),
-    };
-    let mut res = Response::builder();
-    let h = res.headers_mut().ok_or_else(|| StorageError::internal("response builder"))?;
-    if let Ok(v) = HeaderValue::from_str(&row.etag) {
+/// The headers a download and a render share: `ETag`, the object's
+/// `Cache-Control` (or `Expires` for a signed URL), `Last-Modified`, `X-Robots-Tag`.
+pub(super) fn validators(h: &mut HeaderMap, etag: &str, row: &ObjectRow, expires: Option<i64>) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
-    match how.expires {
+    match expires {
         Some(exp) => {
             let t = OffsetDateTime::from_unix_timestamp(exp).unwrap_or_else(|_| OffsetDateTime::now_utc());
             if let Ok(v) = HeaderValue::from_str(&http_date(t)) {
@@ -697,8 +686,25 @@ pub(super) async fn serve(state: &AppState, mut row: ObjectRow, how: Serve<'_>) 
     if let Ok(v) = HeaderValue::from_str(&http_date(row.updated_at)) {
         h.insert(header::LAST_MODIFIED, v);
     }
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert("x-robots-tag", HeaderValue::from_static("none"));
+}
+
+/// Answers a download of `row`: 304, 416, 206 or 200, streaming the bytes.
+pub(super) async fn serve(state: &AppState, mut row: ObjectRow, how: Serve<'_>) -> StorageResult<Response> {
+    let size = u64::try_from(row.size).unwrap_or(0);
+    let inm = header_str(how.headers, "if-none-match");
+    let not_modified = match inm {
+        Some(v) => etag_matches(v, &row.etag),
+        None => header_str(how.headers, "if-modified-since")
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since| {
+                std::time::SystemTime::from(row.updated_at.replace_nanosecond(0).unwrap_or(row.updated_at)) <= since
+            }),
+    };
+    let mut res = Response::builder();
+    let h = res.headers_mut().ok_or_else(|| StorageError::internal("response builder"))?;
+    validators(h, &row.etag, &row, how.expires);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if not_modified {
         return res.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(StorageError::internal);
     }

@@ -4,23 +4,14 @@
 // node's Accept, so the source's format) whose IHDR gives its size. Prints
 // `ok <name>` per check and `done <count>`; exits 1 at the first failure.
 import fs from 'node:fs';
-import { StorageClient } from '@supabase/storage-js';
+import { client as connect, check, done } from './checks.mjs';
 
 const { STORAGE_URL, SERVICE_KEY, USER_A, USER_B, IMAGE } = process.env;
-const client = (token) => new StorageClient(STORAGE_URL, { apikey: token, Authorization: `Bearer ${token}` });
+const client = (token) => connect(STORAGE_URL, token);
 const admin = client(SERVICE_KEY);
 const a = client(USER_A);
 const b = client(USER_B);
 
-let n = 0;
-function check(name, cond, detail) {
-  if (!cond) {
-    console.log(`FAIL ${name}: ${JSON.stringify(detail)}`);
-    process.exit(1);
-  }
-  n++;
-  console.log(`ok ${name}`);
-}
 async function pngSize(blobOrResponse) {
   const buf = Buffer.from(await blobOrResponse.arrayBuffer());
   if (buf.subarray(1, 4).toString() !== 'PNG') return null;
@@ -49,4 +40,4 @@ check('createSignedUrl with transform', !signed.error && signed.data.signedUrl.i
 r = await fetch(signed.data.signedUrl);
 check('signed render URL', r.status === 200 && JSON.stringify(await pngSize(r)) === '[60,30]', r.status);
 
-console.log(`done ${n}`);
+done();

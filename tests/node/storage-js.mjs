@@ -1,28 +1,13 @@
 // Calls every storage method of the real @supabase/storage-js against a running
 // Carmenta (STORAGE_URL = http://host/storage/v1) and checks each result. Prints
 // `ok <name>` per check and `done <count>`; exits 1 at the first failure.
-import { StorageClient } from '@supabase/storage-js';
+import { client as connect, check, ok, code, done } from './checks.mjs';
 
 const { STORAGE_URL, SERVICE_KEY, USER_A, USER_B } = process.env;
-const client = (token) => new StorageClient(STORAGE_URL, { apikey: token, Authorization: `Bearer ${token}` });
+const client = (token) => connect(STORAGE_URL, token);
 const admin = client(SERVICE_KEY);
 const a = client(USER_A);
 const b = client(USER_B);
-
-let n = 0;
-function check(name, cond, detail) {
-  if (!cond) {
-    console.log(`FAIL ${name}: ${JSON.stringify(detail)}`);
-    process.exit(1);
-  }
-  n++;
-  console.log(`ok ${name}`);
-}
-function ok(name, res, pred = () => true) {
-  check(name, !res.error && pred(res.data), res.error ?? res.data);
-  return res.data;
-}
-const code = (res) => res.error && res.error.statusCode;
 
 // Buckets.
 ok('createBucket', await admin.createBucket('files', { public: false, fileSizeLimit: '10MB', allowedMimeTypes: ['text/*', 'image/png'] }), (d) => d.name === 'files');
@@ -100,4 +85,4 @@ ok('deleteBucket', await admin.deleteBucket('pub'), (d) => d.message === 'Succes
 ok('deleteBucket files', await admin.deleteBucket('files'));
 check('getBucket (deleted)', code(await admin.getBucket('files')) === '404');
 
-console.log(`done ${n}`);
+done();

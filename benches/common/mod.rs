@@ -189,6 +189,12 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 /// Starts nginx (2 workers, `sendfile on`) serving `root` on a free port, with its
 /// files in `work`; returns it once it accepts connections.
 pub fn nginx(root: &Path, work: &Path) -> (Child, u16) {
+    nginx_with(work, "", &format!("root {};", root.display()))
+}
+
+/// Starts nginx with `http_extra` in its `http` block and `server_body` in its one
+/// `server` block (on a free port), its files in `work`.
+pub fn nginx_with(work: &Path, http_extra: &str, server_body: &str) -> (Child, u16) {
     let port = free_port();
     let conf = work.join("nginx.conf");
     let user = if nix::unistd::Uid::effective().is_root() { "user root;" } else { "" };
@@ -200,11 +206,11 @@ pub fn nginx(root: &Path, work: &Path) -> (Child, u16) {
              http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;\n\
                client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp; fastcgi_temp_path {w}/tmp;\n\
                uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp;\n\
-               server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+               {http_extra}\n\
+               server {{ listen 127.0.0.1:{port}; {server_body} }} }}\n",
             pid = work.join("nginx.pid").display(),
             err = work.join("error.log").display(),
             w = work.display(),
-            root = root.display(),
         ),
     )
     .expect("nginx.conf");

@@ -215,11 +215,12 @@ impl Imaging {
             return Err(ImageError::new(503, "Overloaded", "too many image transformations at once; retry shortly"));
         }
         let _admission = Admission(&self.admitted);
+        // The source is read once a worker is free, so waiting requests hold no bytes.
+        let permit = self.workers.clone().acquire_owned().await.map_err(ImageError::internal)?;
         let src = read_all(blobs, &Blobs::blob_path(version)).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => ImageError::new(404, "NoSuchKey", "Object not found"),
             other => ImageError::internal(other),
         })?;
-        let permit = self.workers.clone().acquire_owned().await.map_err(ImageError::internal)?;
         self.transforms.fetch_add(1, Ordering::AcqRel);
         metrics::counter!("carmenta_image_transforms_total").increment(1);
         let t2 = t.clone();

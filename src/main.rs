@@ -74,6 +74,7 @@ enum KeyCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    carmenta::limit_malloc_arenas();
     carmenta::install_tls_provider();
     let config = match Config::load() {
         Ok(c) => c,

@@ -13,11 +13,10 @@ pub mod transform;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::path::Path;
 use sqlx::PgPool;
 use tokio::sync::{OnceCell, Semaphore};
@@ -76,6 +75,7 @@ type Shared = Arc<OnceCell<Result<Arc<Output>, ImageError>>>;
 #[derive(Debug)]
 pub struct Imaging {
     workers: Arc<Semaphore>,
+    pool: Workers,
     admitted: AtomicUsize,
     capacity: usize,
     timeout: Duration,
@@ -96,9 +96,47 @@ pub fn variant_path(id: Uuid) -> Path {
     Path::from(format!("variants/{}/{s}", &s[..2]))
 }
 
-async fn read_all(blobs: &Blobs, path: &Path) -> Result<Bytes, object_store::Error> {
-    let chunks: Vec<Bytes> = blobs.read(path, None).await?.try_collect().await?;
-    Ok(if chunks.len() == 1 { chunks.into_iter().next().unwrap_or_default() } else { Bytes::from(chunks.concat()) })
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The threads libvips runs on: a fixed set, started on first use, so libvips'
+/// per-thread buffers are made once per thread (threads that come and go, as a
+/// general blocking pool's do, would leave theirs behind) and stay warm. A job is
+/// only handed over by a holder of a worker permit, so one is always idle for it.
+/// The threads end when the engine is dropped.
+#[derive(Debug)]
+struct Workers {
+    count: usize,
+    jobs: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>>,
+}
+
+impl Workers {
+    fn run(&self, job: Job) -> Result<(), ImageError> {
+        let jobs = self.jobs.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..self.count {
+                let rx = rx.clone();
+                let spawned = std::thread::Builder::new().name(format!("carmenta-imaging-{i}")).spawn(move || {
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match next {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                    rs_vips::Vips::thread_shutdown();
+                });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "imaging worker thread not started");
+                }
+            }
+            Mutex::new(tx)
+        });
+        jobs.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| ImageError::internal("imaging workers are gone"))
+    }
 }
 
 /// Releases an admission when dropped.
@@ -116,6 +154,7 @@ impl Imaging {
         let workers = workers.max(1);
         Imaging {
             workers: Arc::new(Semaphore::new(workers)),
+            pool: Workers { count: workers, jobs: OnceLock::new() },
             admitted: AtomicUsize::new(0),
             capacity: workers + queue,
             timeout,
@@ -150,7 +189,7 @@ impl Imaging {
             return Ok(hit);
         }
         if let Some(v) = db::find(pool, version, &params).await? {
-            match read_all(blobs, &variant_path(v.id)).await {
+            match blobs.read_all(&variant_path(v.id)).await {
                 Ok(bytes) => {
                     let hit = Arc::new(Output { bytes, content_type: v.content_type, params, cached: true });
                     self.remember(&key, &hit);
@@ -217,22 +256,24 @@ impl Imaging {
         let _admission = Admission(&self.admitted);
         // The source is read once a worker is free, so waiting requests hold no bytes.
         let permit = self.workers.clone().acquire_owned().await.map_err(ImageError::internal)?;
-        let src = read_all(blobs, &Blobs::blob_path(version)).await.map_err(|e| match e {
+        let src = blobs.read_all(&Blobs::blob_path(version)).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => ImageError::new(404, "NoSuchKey", "Object not found"),
             other => ImageError::internal(other),
         })?;
         self.transforms.fetch_add(1, Ordering::AcqRel);
         metrics::counter!("carmenta_image_transforms_total").increment(1);
         let t2 = t.clone();
-        let work = tokio::task::spawn_blocking(move || {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.pool.run(Box::new(move || {
             // The worker slot is held for as long as libvips runs, even past a timeout.
             let _permit = permit;
-            let probe = transform::probe(&src, t2.page)?;
-            transform::render(&src, &probe, &t2, out.unwrap_or(probe.kind.origin()))
-        });
-        let rendered = match tokio::time::timeout(self.timeout, work).await {
+            let rendered = transform::probe(&src, t2.page)
+                .and_then(|probe| transform::render(&src, &probe, &t2, out.unwrap_or(probe.kind.origin())));
+            let _ = done.send(rendered);
+        }))?;
+        let rendered = match tokio::time::timeout(self.timeout, result).await {
             Err(_) => return Err(ImageError::new(503, "TransformTimeout", "Image request timed out")),
-            Ok(Err(join)) => return Err(ImageError::internal(join)),
+            Ok(Err(_)) => return Err(ImageError::internal("an imaging worker stopped")),
             Ok(Ok(r)) => r?,
         };
         let bytes = Bytes::from(rendered.bytes);

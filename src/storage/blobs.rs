@@ -209,6 +209,11 @@ impl Blobs {
         }
     }
 
+    /// A whole blob in one buffer (one allocation, no joining of pieces).
+    pub async fn read_all(&self, path: &Path) -> Result<Bytes, object_store::Error> {
+        self.store.get(path).await?.bytes().await
+    }
+
     /// [`Blobs::read`] of a whole blob as an owned, boxed future (for stream combinators).
     pub fn read_owned(
         &self,

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::path::Path;
 use sqlx::PgPool;
 use tokio::sync::{OnceCell, Semaphore};
 use uuid::Uuid;
@@ -63,8 +62,6 @@ pub struct Output {
     pub bytes: Bytes,
     /// MIME type.
     pub content_type: String,
-    /// The normalised parameters (`X-Transformations`).
-    pub params: String,
     /// Whether it came from the variant cache.
     pub cached: bool,
 }
@@ -89,12 +86,6 @@ pub struct Imaging {
 
 /// Bytes of variants kept in memory (the rest are read from the object store).
 const RECENT_BYTES: usize = 64 * 1024 * 1024;
-
-/// Where variant `id`'s bytes live.
-pub fn variant_path(id: Uuid) -> Path {
-    let s = id.simple().to_string();
-    Path::from(format!("variants/{}/{s}", &s[..2]))
-}
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -172,26 +163,25 @@ impl Imaging {
     }
 
     /// The variant of object version `version` (of `size` bytes) for `t` and the
-    /// resolved output `out`: from the cache, else made once however many ask at
-    /// the same time, stored, and returned.
+    /// resolved output `out`, whose normalised form is `params`: from the cache,
+    /// else made once however many ask at the same time, stored, and returned.
     pub async fn variant(
         &self,
         pool: &PgPool,
         blobs: &Blobs,
-        version: Uuid,
-        size: i64,
+        (version, size): (Uuid, i64),
         t: &Transform,
         out: Option<Format>,
+        params: &str,
     ) -> Result<Arc<Output>, ImageError> {
-        let params = t.normalised(out);
         let key = format!("{version}|{params}");
         if let Some(hit) = self.recent.read().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(hit);
         }
-        if let Some(v) = db::find(pool, version, &params).await? {
-            match blobs.read_all(&variant_path(v.id)).await {
+        if let Some(v) = db::find(pool, version, params).await? {
+            match blobs.read_all(&Blobs::variant_path(v.id)).await {
                 Ok(bytes) => {
-                    let hit = Arc::new(Output { bytes, content_type: v.content_type, params, cached: true });
+                    let hit = Arc::new(Output { bytes, content_type: v.content_type, cached: true });
                     self.remember(&key, &hit);
                     return Ok(hit);
                 }
@@ -207,7 +197,7 @@ impl Imaging {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(key.clone()).or_default().clone()
         };
-        let result = cell.get_or_init(|| self.produce(pool, blobs, version, t, out, &params)).await.clone();
+        let result = cell.get_or_init(|| self.produce(pool, blobs, version, t, out, params)).await.clone();
         {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             if m.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
@@ -288,7 +278,7 @@ impl Imaging {
                 tracing::warn!(error = %e, "image variant not stored");
             }
         });
-        Ok(Arc::new(Output { bytes, content_type, params: params.to_string(), cached: false }))
+        Ok(Arc::new(Output { bytes, content_type, cached: false }))
     }
 }
 
@@ -306,11 +296,11 @@ async fn save(
     let id = Uuid::now_v7();
     let size = bytes.len() as i64;
     let body = futures::stream::once(std::future::ready(Ok::<_, std::io::Error>(bytes)));
-    blobs.write(&variant_path(id), body, u64::MAX, false).await.map_err(|e| e.to_string())?;
+    blobs.write(&Blobs::variant_path(id), body, u64::MAX, false).await.map_err(|e| e.to_string())?;
     let row = db::NewVariant { id, source_version: version, params, content_type, size, width, height };
     if !db::insert(pool, &row).await.map_err(|e| e.to_string())? {
         // Another replica stored it first, or the object changed meanwhile.
-        blobs.delete(&variant_path(id)).await.map_err(|e| e.to_string())?;
+        blobs.delete(&Blobs::variant_path(id)).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

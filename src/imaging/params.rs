@@ -120,17 +120,20 @@ fn invalid(message: String) -> ImageError {
     ImageError::new(400, "InvalidRequest", message)
 }
 
+/// A whole number of `name` within `lo..=hi`.
+fn number(name: &str, v: &str, lo: u32, hi: u32) -> Result<u32, ImageError> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|n| (lo..=hi).contains(n))
+        .ok_or_else(|| invalid(format!("{name} must be a whole number between {lo} and {hi}")))
+}
+
 fn side(name: &str, v: &str) -> Result<Option<u32>, ImageError> {
-    let n: u32 =
-        v.trim().parse().map_err(|_| invalid(format!("{name} must be a whole number between 1 and {MAX_SIDE}")))?;
     // storage-js sends 0 for "unset" in some versions; Supabase treats it as absent.
-    if n == 0 {
+    if v == "0" {
         return Ok(None);
     }
-    if n > MAX_SIDE {
-        return Err(invalid(format!("{name} must be a whole number between 1 and {MAX_SIDE}")));
-    }
-    Ok(Some(n))
+    number(name, v, 1, MAX_SIDE).map(Some)
 }
 
 impl Transform {
@@ -151,13 +154,7 @@ impl Transform {
                         _ => return Err(invalid("resize must be cover, contain or fill".into())),
                     }
                 }
-                "quality" => {
-                    t.quality = v
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|q| (20..=100).contains(q))
-                        .ok_or_else(|| invalid("quality must be a whole number between 20 and 100".into()))?
-                }
+                "quality" => t.quality = number("quality", v, 20, 100)? as u8,
                 "format" => {
                     t.format = match v.to_ascii_lowercase().as_str() {
                         "origin" => Wanted::Origin,
@@ -187,13 +184,7 @@ impl Transform {
                         }
                     }
                 }
-                "page" => {
-                    t.page = v
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|p| (1..=100_000).contains(p))
-                        .ok_or_else(|| invalid("page must be a whole number from 1".into()))?
-                }
+                "page" => t.page = number("page", v, 1, 100_000)?,
                 _ => {}
             }
         }

@@ -91,10 +91,20 @@ impl Blobs {
         Ok(Blobs { store, local_root: None })
     }
 
+    /// `<folder>/<first two hex digits>/<id>`: ids spread over 256 folders.
+    fn sharded(folder: &str, id: Uuid) -> Path {
+        let s = id.simple().to_string();
+        Path::from(format!("{folder}/{}/{s}", &s[..2]))
+    }
+
     /// Where the bytes of object version `v` live.
     pub fn blob_path(v: Uuid) -> Path {
-        let s = v.simple().to_string();
-        Path::from(format!("blobs/{}/{s}", &s[..2]))
+        Self::sharded("blobs", v)
+    }
+
+    /// Where the bytes of image variant `id` live.
+    pub fn variant_path(id: Uuid) -> Path {
+        Self::sharded("variants", id)
     }
 
     /// The folder holding the pieces of resumable upload `id`.

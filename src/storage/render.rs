@@ -115,16 +115,20 @@ async fn render(
     if header_str(headers, "if-none-match").is_some_and(|v| etag_matches(v, &etag)) {
         return res.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(StorageError::internal);
     }
-    let variant =
-        match state.storage.imaging.variant(&state.pool, &state.storage.blobs, row.version, row.size, t, out).await {
-            Ok(v) => v,
-            Err(e) if e.status == 503 => {
-                let mut r = storage_error(e).into_response();
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Ok(r);
-            }
-            Err(e) => return Err(storage_error(e)),
-        };
+    let variant = match state
+        .storage
+        .imaging
+        .variant(&state.pool, &state.storage.blobs, (row.version, row.size), t, out, &params)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) if e.status == 503 => {
+            let mut r = storage_error(e).into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(r);
+        }
+        Err(e) => return Err(storage_error(e)),
+    };
     if let Ok(v) = HeaderValue::from_str(&variant.content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }

@@ -50,9 +50,65 @@ fn error(h: tj::tjhandle) -> String {
     unsafe { CStr::from_ptr(tj::tj3GetErrorStr(h)) }.to_string_lossy().into_owned()
 }
 
-/// Decodes `src` at `1/shrink` (1, 2, 4 or 8). `Ok(None)` when this decoder does
-/// not take the file; an error when it is corrupt or truncated (warnings stop it).
+/// A JPEG's declared width, height and EXIF orientation (1–8), read from its
+/// header segments without decoding or copying anything; `None` when the header
+/// is not well formed (libvips then reads it, and reports what is wrong).
+pub fn dimensions(src: &[u8]) -> Option<(u32, u32, i32)> {
+    let (mut size, mut orientation) = (None, 1);
+    for (marker, seg, _) in super::dc::segments(src) {
+        match marker {
+            0xE1 if seg.starts_with(b"Exif\0\0") => {
+                orientation = seg.get(6..).and_then(exif_orientation).unwrap_or(1);
+            }
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF if size.is_none() => {
+                let (h, w) = (super::dc::be16(seg, 1)?, super::dc::be16(seg, 3)?);
+                size = Some((w as u32, h as u32)).filter(|(w, h)| *w > 0 && *h > 0);
+            }
+            0xDA => return size.map(|(w, h)| (w, h, orientation)),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The Orientation tag (0x0112) of an EXIF block's first IFD.
+fn exif_orientation(tiff: &[u8]) -> Option<i32> {
+    let little = match tiff.get(0..2)? {
+        b"II" => true,
+        b"MM" => false,
+        _ => return None,
+    };
+    let u16_at = |o: usize| -> Option<usize> {
+        let b = [*tiff.get(o)?, *tiff.get(o + 1)?];
+        Some(usize::from(if little { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) }))
+    };
+    let offset = [*tiff.get(4)?, *tiff.get(5)?, *tiff.get(6)?, *tiff.get(7)?];
+    let ifd = if little { u32::from_le_bytes(offset) } else { u32::from_be_bytes(offset) } as usize;
+    for e in 0..u16_at(ifd)? {
+        let at = ifd + 2 + 12 * e;
+        if u16_at(at)? == 0x0112 {
+            let v = u16_at(at + 8)? as i32;
+            return (1..=8).contains(&v).then_some(v);
+        }
+    }
+    None
+}
+
+/// Decodes `src` at `1/shrink` (1, 2, 4 or 8): at 1/8 from the DC coefficients
+/// alone when [`super::dc`] takes the file, else with libjpeg-turbo. `Ok(None)`
+/// when neither takes it; an error when it is corrupt or truncated.
 pub fn decode(src: &[u8], shrink: u32) -> Result<Option<Decoded>, String> {
+    if shrink == 8
+        && let Some(d) = super::dc::decode(src)
+    {
+        return Ok(Some(d));
+    }
+    decode_turbo(src, shrink)
+}
+
+/// Decodes `src` at `1/shrink` with libjpeg-turbo. `Ok(None)` when it does not
+/// take the file; an error when it is corrupt or truncated (warnings stop it).
+pub fn decode_turbo(src: &[u8], shrink: u32) -> Result<Option<Decoded>, String> {
     HANDLE.with(|cell| {
         let result = decode_with(cell.borrow().0, src, shrink);
         // A failed decompression may leave state behind: the next file gets a new handle.
@@ -103,6 +159,23 @@ fn decode_with(h: tj::tjhandle, src: &[u8], shrink: u32) -> Result<Option<Decode
 mod tests {
     use rs_vips::VipsImage;
     use rs_vips::voption::{Setter, VOption};
+
+    #[test]
+    fn reads_size_and_orientation_from_the_header_as_libvips_does() {
+        crate::imaging::transform::init().expect("libvips");
+        for orientation in [1, 3, 6, 8] {
+            let mut img = VipsImage::black_with_opts(40, 20, VOption::new().set("bands", 3)).expect("black");
+            img.set_int("orientation", orientation).expect("orientation");
+            let jpeg = img.jpegsave_buffer().expect("jpeg");
+            let theirs = VipsImage::new_from_buffer(&jpeg, "").expect("libvips reads it");
+            assert_eq!(theirs.get_int("orientation").unwrap_or(1), orientation);
+            assert_eq!(super::dimensions(&jpeg), Some((40, 20, orientation)));
+        }
+        let plain = VipsImage::black(7, 5).and_then(|i| i.jpegsave_buffer()).expect("jpeg");
+        assert_eq!(super::dimensions(&plain), Some((7, 5, 1)));
+        assert_eq!(super::dimensions(&plain[..4]), None);
+        assert_eq!(super::dimensions(b"\xFF\xD8\xFF\xC0\x00\x01"), None);
+    }
 
     #[test]
     fn decodes_at_a_scale_and_refuses_truncation() {

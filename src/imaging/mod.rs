@@ -1,12 +1,13 @@
 //! Image transformations (what imgproxy does behind Supabase Storage): the
 //! parameters (`params.rs`), the libvips work (`transform.rs`), the variant rows
-//! (`db.rs`), scaled JPEG decoding (`jpeg.rs`), and here the engine around them: a worker pool of bounded size with
+//! (`db.rs`), scaled JPEG decoding (`jpeg.rs`, and `dc.rs` at 1/8), and here the engine around them: a worker pool of bounded size with
 //! a bounded queue (overload is refused, not queued without end), coalescing of
 //! identical concurrent requests into one transform, a per-transform timeout, and
 //! the variant cache in the object store (`variants/…`, one row per variant).
 //! The HTTP surface is storage's (`storage/render.rs`).
 
 pub mod db;
+pub mod dc;
 pub mod jpeg;
 pub mod params;
 pub mod transform;

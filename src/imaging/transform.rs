@@ -150,7 +150,8 @@ pub struct Probe {
 }
 
 /// Checks a source's format and declared size without decoding pixels: the
-/// format, the pixel count (≤ 50 MP) and, for paged sources, the page.
+/// format, the pixel count (≤ 50 MP) and, for paged sources, the page. A JPEG's
+/// header is read here; other formats' by libvips.
 pub fn probe(src: &[u8], page: u32) -> Result<Probe, ImageError> {
     if src.len() as u64 > MAX_SOURCE_BYTES {
         return Err(too_big_file());
@@ -164,6 +165,16 @@ pub fn probe(src: &[u8], page: u32) -> Result<Probe, ImageError> {
     })?;
     if page > 1 && !kind.paged() {
         return Err(ImageError::new(400, "InvalidRequest", "page applies to PDF and other multi-page sources"));
+    }
+    if kind == Source::Jpeg
+        && let Some((w, h, orientation)) = super::jpeg::dimensions(src)
+    {
+        let (w, h) = (u64::from(w), u64::from(h));
+        if w * h > MAX_SOURCE_PIXELS {
+            return Err(too_many_pixels(w, h));
+        }
+        let (w, h) = if matches!(orientation, 5..=8) { (h, w) } else { (w, h) };
+        return Ok(Probe { kind, width: w as u32, height: h as u32, orientation });
     }
     init()?;
     // A header read: libvips loads lazily, so no pixel is decoded here.
@@ -180,15 +191,19 @@ pub fn probe(src: &[u8], page: u32) -> Result<Probe, ImageError> {
     }
     let (w, h) = (head.get_width().max(0) as u64, head.get_height().max(0) as u64);
     if w * h > MAX_SOURCE_PIXELS {
-        return Err(ImageError::new(
-            422,
-            "ImageResolutionTooLarge",
-            format!("The source image resolution is too large to process ({w}×{h}; at most 50 megapixels)"),
-        ));
+        return Err(too_many_pixels(w, h));
     }
     let orientation = head.get_int("orientation").unwrap_or(1);
     let (w, h) = if matches!(orientation, 5..=8) { (h, w) } else { (w, h) };
     Ok(Probe { kind, width: w as u32, height: h as u32, orientation })
+}
+
+fn too_many_pixels(w: u64, h: u64) -> ImageError {
+    ImageError::new(
+        422,
+        "ImageResolutionTooLarge",
+        format!("The source image resolution is too large to process ({w}×{h}; at most 50 megapixels)"),
+    )
 }
 
 /// The refusal for a source over 25 MB.

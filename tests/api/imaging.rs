@@ -432,6 +432,19 @@ async fn overload_is_answered_503() {
 }
 
 #[tokio::test]
+async fn a_transform_past_its_timeout_is_answered_503_and_nothing_is_stored() {
+    let st = St::with(Backend::Fs, |c| c.imaging_timeout = std::time::Duration::from_millis(1)).await;
+    st.bucket("pub", json!({"public": true})).await;
+    put(&st, &st.a.jwt, "pub", "big.jpg", jpeg(&picture(2400, 1800, Some((1200, 900, 600)))), "image/jpeg").await;
+    // A full-size AVIF takes far longer than a millisecond.
+    let r = st.app.client.get(st.url("/render/image/public/pub/big.jpg?format=avif")).send().await.unwrap();
+    err(r, 503, "503", "TransformTimeout").await;
+    // The worker finishes in the background; no variant is stored for it.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(variant_rows(&st).await, 0);
+}
+
+#[tokio::test]
 async fn storage_js_transforms() {
     let st = setup().await;
     let dir = crate::harness::temp_dir("carmenta-imaging-js");

@@ -28,9 +28,20 @@ use crate::crypto::Keyring;
 use crate::error::{self, ApiError, REQUEST_ID};
 use crate::mail::Mailer;
 
-/// State shared by every handler; cheap to clone.
+/// State shared by every handler: one reference-counted pointer, so the clone
+/// every extractor and middleware makes is a single atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points at.
+pub struct Shared {
     /// The resolved configuration.
     pub config: Arc<Config>,
     /// The database pool.
@@ -62,7 +73,7 @@ impl AppState {
         let catalog = Arc::new(crate::connections::catalog::load_configured(&config)?);
         // Off the start-up path: the dummy hash is ready long before the first sign-in.
         tokio::spawn(crate::auth::password::warm_up());
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             config: Arc::new(config),
             pool,
             keyring: Arc::new(keyring),
@@ -73,7 +84,7 @@ impl AppState {
             catalog,
             refresh_locks: Arc::default(),
             connection_cache: Arc::default(),
-        })
+        })))
     }
 
     /// Starts the listener that applies other replicas' auth-cache invalidations;

@@ -67,9 +67,26 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
 }
 
+/// `base` parsed, once per distinct base URL (there is one per catalog entry).
+fn parsed_base(base: &str) -> Result<url::Url, ApiError> {
+    static BASES: std::sync::OnceLock<std::sync::RwLock<std::collections::HashMap<String, url::Url>>> =
+        std::sync::OnceLock::new();
+    let bases = BASES.get_or_init(Default::default);
+    if let Some(u) = bases.read().ok().and_then(|m| m.get(base).cloned()) {
+        return Ok(u);
+    }
+    let u = url::Url::parse(base.trim_end_matches('/')).map_err(|_| ApiError::internal("invalid proxy base URL"))?;
+    if let Ok(mut m) = bases.write()
+        && m.len() < 10_000
+    {
+        m.insert(base.to_string(), u.clone());
+    }
+    Ok(u)
+}
+
 /// The upstream URL for `path` under `base`, or an error if it would leave it.
 pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Result<url::Url, ApiError> {
-    let base = url::Url::parse(base.trim_end_matches('/')).map_err(|_| ApiError::internal("invalid proxy base URL"))?;
+    let base = parsed_base(base)?;
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let refuse = || bad("invalid_proxy_path", "the path must stay under the provider's API base URL");
     if decoded.contains("..")
@@ -83,12 +100,10 @@ pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Result<url::Ur
     {
         return Err(refuse());
     }
-    let mut joined = format!("{}/{}", base.as_str().trim_end_matches('/'), path);
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        joined.push('?');
-        joined.push_str(q);
-    }
-    let url = url::Url::parse(&joined).map_err(|_| refuse())?;
+    // Only the path and query of the base are replaced: the origin cannot change.
+    let mut url = base.clone();
+    url.set_path(&format!("{}/{}", base.path().trim_end_matches('/'), path));
+    url.set_query(query.filter(|q| !q.is_empty()));
     let same_origin = url.scheme() == base.scheme()
         && url.host_str() == base.host_str()
         && url.port_or_known_default() == base.port_or_known_default();
@@ -140,8 +155,7 @@ async fn proxy(
     let conn_id = Uuid::parse_str(conn_id).map_err(|_| ApiError::not_found("connection not found"))?;
     let row = super::cache::lookup(&state, conn_id, user.user_id, key).await?;
     let (provider_name, config) = (&row.provider, &row.connection_config);
-    let provider =
-        state.catalog.get(provider_name).cloned().ok_or_else(|| ApiError::internal("provider left the catalog"))?;
+    let provider = state.catalog.get(provider_name).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
     let base = provider
         .proxy_base_url()
         .and_then(|b| b.split("||").map(str::trim).find(|u| !u.contains("${")))
@@ -174,12 +188,12 @@ async fn proxy(
                 .map_err(|_| bad("invalid_body", "reading the request body failed"))?,
         )
     };
-    let template: Vec<(String, String)> = provider
+    let template: Vec<(&str, &str)> = provider
         .raw
         .get("proxy")
         .and_then(|p| p.get("headers"))
         .and_then(|m| m.as_object())
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))).collect())
         .unwrap_or_default();
     let mut creds = super::refresh::fresh_token_from(&state, conn_id, &row.status, &row.credentials, false).await?;
     let mut refreshed = false;
@@ -203,7 +217,7 @@ async fn proxy(
         }
         for (k, v) in &template {
             if let (Ok(name), Ok(value)) =
-                (HeaderName::try_from(k.as_str()), HeaderValue::from_str(&fill(v, &creds.access_token, config)))
+                (HeaderName::try_from(*k), HeaderValue::from_str(&fill(v, &creds.access_token, config)))
             {
                 headers.insert(name, value);
             }

@@ -54,17 +54,18 @@ fn error(h: tj::tjhandle) -> String {
 /// header segments without decoding or copying anything; `None` when the header
 /// is not well formed (libvips then reads it, and reports what is wrong).
 pub fn dimensions(src: &[u8]) -> Option<(u32, u32, i32)> {
-    let (mut size, mut orientation) = (None, 1);
+    let (mut size, mut orientation) = (None, None);
     for (marker, seg, _) in super::dc::segments(src) {
         match marker {
-            0xE1 if seg.starts_with(b"Exif\0\0") => {
-                orientation = seg.get(6..).and_then(exif_orientation).unwrap_or(1);
+            // The first EXIF block counts, as for libvips.
+            0xE1 if seg.starts_with(b"Exif\0\0") && orientation.is_none() => {
+                orientation = Some(seg.get(6..).and_then(exif_orientation).unwrap_or(1));
             }
             0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF if size.is_none() => {
                 let (h, w) = (super::dc::be16(seg, 1)?, super::dc::be16(seg, 3)?);
                 size = Some((w as u32, h as u32)).filter(|(w, h)| *w > 0 && *h > 0);
             }
-            0xDA => return size.map(|(w, h)| (w, h, orientation)),
+            0xDA => return size.map(|(w, h)| (w, h, orientation.unwrap_or(1))),
             _ => {}
         }
     }
@@ -173,6 +174,21 @@ mod tests {
         }
         let plain = VipsImage::black(7, 5).and_then(|i| i.jpegsave_buffer()).expect("jpeg");
         assert_eq!(super::dimensions(&plain), Some((7, 5, 1)));
+        // Both EXIF byte orders, written by hand: one IFD entry, Orientation = 6.
+        for tiff in [
+            b"II\x2a\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00".to_vec(),
+            b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00".to_vec(),
+        ] {
+            let mut app1 = b"Exif\0\0".to_vec();
+            app1.extend(tiff);
+            let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1];
+            jpeg.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+            jpeg.extend(app1);
+            jpeg.extend_from_slice(&plain[2..]);
+            let theirs = VipsImage::new_from_buffer(&jpeg, "").expect("libvips reads it");
+            assert_eq!(theirs.get_int("orientation").unwrap_or(1), 6, "libvips");
+            assert_eq!(super::dimensions(&jpeg), Some((7, 5, 6)));
+        }
         assert_eq!(super::dimensions(&plain[..4]), None);
         assert_eq!(super::dimensions(b"\xFF\xD8\xFF\xC0\x00\x01"), None);
     }

@@ -13,7 +13,9 @@
 //! 12-bit, CMYK, RGB, several scans) and anything malformed or truncated returns
 //! `None`, and the caller decodes with libjpeg-turbo, which reports the error.
 
-use super::jpeg::Decoded;
+use std::borrow::Cow;
+
+use super::jpeg::{Decoded, be16, segments};
 
 /// Bits looked up at once.
 const LOOKUP: u32 = 11;
@@ -26,7 +28,8 @@ struct Table {
     /// Next `LOOKUP` bits → as many whole AC symbols (code and magnitude bits) as
     /// they hold: bits consumed (bits 0–4), coefficients advanced (5–11, 64 at
     /// an end of block), and 1 + the largest coefficient index the run may start
-    /// at (12–18; 0 when not even one symbol fits: the slow path).
+    /// at (12–18; 0 when not even one symbol fits: the slow path). Empty for DC
+    /// tables.
     skip: Vec<u32>,
     /// Largest code of each length (−1 when none), index = length.
     maxcode: [i32; 17],
@@ -37,11 +40,11 @@ struct Table {
 
 impl Table {
     /// Builds a table from a DHT segment's counts and symbols (None when the
-    /// code lengths do not make a prefix code).
-    fn new(counts: &[u8], symbols: &[u8]) -> Option<Table> {
+    /// code lengths do not make a prefix code); `ac` tables get the step-over table.
+    fn new(counts: &[u8], symbols: &[u8], ac: bool) -> Option<Table> {
         let mut t = Table {
             fast: vec![0; 1 << LOOKUP],
-            skip: vec![0; 1 << LOOKUP],
+            skip: Vec::new(),
             maxcode: [-1; 17],
             valoff: [0; 17],
             symbols: symbols.to_vec(),
@@ -70,8 +73,8 @@ impl Table {
             }
             code <<= 1;
         }
-        for index in 0..1usize << LOOKUP {
-            t.skip[index] = t.steps(index);
+        if ac {
+            t.skip = (0..1usize << LOOKUP).map(|index| t.steps(index)).collect();
         }
         Some(t)
     }
@@ -265,11 +268,6 @@ struct Component {
     ac: usize,
 }
 
-/// The big-endian 16-bit number at `i`.
-pub(super) fn be16(b: &[u8], i: usize) -> Option<usize> {
-    Some(usize::from(*b.get(i)?) << 8 | usize::from(*b.get(i + 1)?))
-}
-
 /// The header, up to the start of the scan.
 struct Header {
     width: usize,
@@ -280,37 +278,6 @@ struct Header {
     ac: [Option<Table>; 4],
     restart: usize,
     scan: usize,
-}
-
-/// The marker segments of a JPEG's header, in order, up to and including the
-/// start of scan: (marker, segment contents, offset just past the segment). Ends
-/// early, without an error, where the header is malformed.
-pub fn segments(src: &[u8]) -> impl Iterator<Item = (u8, &[u8], usize)> {
-    let mut i = if src.starts_with(&[0xFF, 0xD8]) { 2 } else { usize::MAX };
-    std::iter::from_fn(move || {
-        loop {
-            if src.get(i) != Some(&0xFF) {
-                return None;
-            }
-            while src.get(i) == Some(&0xFF) {
-                i += 1;
-            }
-            let marker = *src.get(i)?;
-            i += 1;
-            if matches!(marker, 0x01 | 0xD0..=0xD8) {
-                continue;
-            }
-            let len = be16(src, i).filter(|l| *l >= 2 && marker != 0xD9)?;
-            let seg = src.get(i + 2..i + len)?;
-            i += len;
-            let at = i;
-            if marker == 0xDA {
-                // Nothing after the start of scan is a header.
-                i = usize::MAX;
-            }
-            return Some((marker, seg, at));
-        }
-    })
 }
 
 fn header(src: &[u8]) -> Option<Header> {
@@ -352,11 +319,10 @@ fn header(src: &[u8]) -> Option<Header> {
                     let counts = seg.get(j + 1..j + 17)?;
                     let total: usize = counts.iter().map(|c| usize::from(*c)).sum();
                     let symbols = seg.get(j + 17..j + 17 + total)?;
-                    let table = Some(Table::new(counts, symbols)?);
                     let slot = usize::from(class & 3);
                     match class >> 4 {
-                        0 => h.dc[slot] = table,
-                        1 => h.ac[slot] = table,
+                        0 => h.dc[slot] = Some(Table::new(counts, symbols, false)?),
+                        1 => h.ac[slot] = Some(Table::new(counts, symbols, true)?),
                         _ => return None,
                     }
                     j += 17 + total;
@@ -418,6 +384,12 @@ pub fn decode(src: &[u8]) -> Option<Decoded> {
     let mut bits = Bits { data: src.get(h.scan..)?, pos: 0, acc: 0, n: 0, fake: 0 };
     let mut pred = [0i32; 3];
     let mut todo = h.restart;
+    // Each component's DC and AC tables and DC quantiser (`header` checked them).
+    let tables = h
+        .comps
+        .iter()
+        .map(|c| Some((h.dc[c.dc].as_ref()?, h.ac[c.ac].as_ref()?, h.q0[c.tq])))
+        .collect::<Option<Vec<_>>>()?;
     for my in 0..mcuy {
         for mx in 0..mcux {
             if h.restart > 0 {
@@ -428,9 +400,7 @@ pub fn decode(src: &[u8]) -> Option<Decoded> {
                 }
                 todo -= 1;
             }
-            for (c, comp) in h.comps.iter().enumerate() {
-                let (dc, ac) = (h.dc[comp.dc].as_ref()?, h.ac[comp.ac].as_ref()?);
-                let q = h.q0[comp.tq];
+            for (c, (comp, &(dc, ac, q))) in h.comps.iter().zip(&tables).enumerate() {
                 for by in 0..comp.v {
                     for bx in 0..comp.h {
                         let s = u32::from(bits.symbol(dc)?);
@@ -488,8 +458,8 @@ pub fn decode(src: &[u8]) -> Option<Decoded> {
 /// A chroma plane brought to the luma grid (×1 or ×2 each way) by the triangle
 /// filter libjpeg's "fancy" upsampling uses (¾ of the nearer sample, ¼ of the
 /// farther).
-fn upsample(p: &[u8], w: usize, h: usize, fx: usize, fy: usize) -> Option<Vec<u8>> {
-    let mut rows = p.to_vec();
+fn upsample(p: &[u8], w: usize, h: usize, fx: usize, fy: usize) -> Option<Cow<'_, [u8]>> {
+    let mut rows = Cow::Borrowed(p);
     let mut width = w;
     if fx == 2 {
         let mut out = Vec::with_capacity(w * 2 * h);
@@ -501,7 +471,7 @@ fn upsample(p: &[u8], w: usize, h: usize, fx: usize, fy: usize) -> Option<Vec<u8
                 out.push(((3 * u16::from(cur) + u16::from(next) + 2) >> 2) as u8);
             }
         }
-        rows = out;
+        rows = Cow::Owned(out);
         width = w * 2;
     }
     if fy == 2 {
@@ -513,7 +483,7 @@ fn upsample(p: &[u8], w: usize, h: usize, fx: usize, fy: usize) -> Option<Vec<u8
                 out.extend(a.iter().zip(b).map(|(&a, &b)| ((3 * u16::from(a) + u16::from(b) + 2) >> 2) as u8));
             }
         }
-        rows = out;
+        rows = Cow::Owned(out);
     }
     Some(rows)
 }

@@ -1,5 +1,6 @@
-//! JPEG decoding at a DCT scale with libjpeg-turbo 3 (built from the source that
-//! `turbojpeg-sys` bundles, statically linked). Decoding a large JPEG dominates a
+//! JPEG headers (marker segments, size, EXIF orientation) and decoding at a DCT
+//! scale: at 1/8 by `dc.rs` when it takes the file, else with libjpeg-turbo 3
+//! (built from the source that `turbojpeg-sys` bundles, statically linked). Decoding a large JPEG dominates a
 //! thumbnail's cost, and libjpeg-turbo 3's decoder is faster than the 2.1 that
 //! Debian's libvips links; at 1/8 scale it also skips most of the inverse DCT. The
 //! small image is handed to libvips for the rest. Sources this path does not
@@ -50,19 +51,55 @@ fn error(h: tj::tjhandle) -> String {
     unsafe { CStr::from_ptr(tj::tj3GetErrorStr(h)) }.to_string_lossy().into_owned()
 }
 
+/// The marker segments of a JPEG's header, in order, up to and including the
+/// start of scan: (marker, segment contents, offset just past the segment). Ends
+/// early, without an error, where the header is malformed.
+pub fn segments(src: &[u8]) -> impl Iterator<Item = (u8, &[u8], usize)> {
+    let mut i = if src.starts_with(&[0xFF, 0xD8]) { 2 } else { usize::MAX };
+    std::iter::from_fn(move || {
+        loop {
+            if src.get(i) != Some(&0xFF) {
+                return None;
+            }
+            while src.get(i) == Some(&0xFF) {
+                i += 1;
+            }
+            let marker = *src.get(i)?;
+            i += 1;
+            if matches!(marker, 0x01 | 0xD0..=0xD8) {
+                continue;
+            }
+            let len = be16(src, i).filter(|l| *l >= 2 && marker != 0xD9)?;
+            let seg = src.get(i + 2..i + len)?;
+            i += len;
+            let at = i;
+            if marker == 0xDA {
+                // Nothing after the start of scan is a header.
+                i = usize::MAX;
+            }
+            return Some((marker, seg, at));
+        }
+    })
+}
+
+/// The big-endian 16-bit number at `i`.
+pub fn be16(b: &[u8], i: usize) -> Option<usize> {
+    Some(usize::from(*b.get(i)?) << 8 | usize::from(*b.get(i + 1)?))
+}
+
 /// A JPEG's declared width, height and EXIF orientation (1–8), read from its
 /// header segments without decoding or copying anything; `None` when the header
 /// is not well formed (libvips then reads it, and reports what is wrong).
 pub fn dimensions(src: &[u8]) -> Option<(u32, u32, i32)> {
     let (mut size, mut orientation) = (None, None);
-    for (marker, seg, _) in super::dc::segments(src) {
+    for (marker, seg, _) in segments(src) {
         match marker {
             // The first EXIF block counts, as for libvips.
             0xE1 if seg.starts_with(b"Exif\0\0") && orientation.is_none() => {
                 orientation = Some(seg.get(6..).and_then(exif_orientation).unwrap_or(1));
             }
             0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF if size.is_none() => {
-                let (h, w) = (super::dc::be16(seg, 1)?, super::dc::be16(seg, 3)?);
+                let (h, w) = (be16(seg, 1)?, be16(seg, 3)?);
                 size = Some((w as u32, h as u32)).filter(|(w, h)| *w > 0 && *h > 0);
             }
             0xDA => return size.map(|(w, h)| (w, h, orientation.unwrap_or(1))),

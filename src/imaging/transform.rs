@@ -166,44 +166,36 @@ pub fn probe(src: &[u8], page: u32) -> Result<Probe, ImageError> {
     if page > 1 && !kind.paged() {
         return Err(ImageError::new(400, "InvalidRequest", "page applies to PDF and other multi-page sources"));
     }
-    if kind == Source::Jpeg
-        && let Some((w, h, orientation)) = super::jpeg::dimensions(src)
-    {
-        let (w, h) = (u64::from(w), u64::from(h));
-        if w * h > MAX_SOURCE_PIXELS {
-            return Err(too_many_pixels(w, h));
+    let jpeg = if kind == Source::Jpeg { super::jpeg::dimensions(src) } else { None };
+    let (w, h, orientation) = match jpeg {
+        Some((w, h, orientation)) => (u64::from(w), u64::from(h), orientation),
+        None => {
+            init()?;
+            // A header read: libvips loads lazily, so no pixel is decoded here.
+            let head = VipsImage::new_from_buffer(src, "").map_err(undecodable)?;
+            if kind.paged() {
+                let pages = head.get_int("n-pages").unwrap_or(1).max(1) as u32;
+                if page > pages {
+                    return Err(ImageError::new(
+                        400,
+                        "InvalidRequest",
+                        format!("page {page} is beyond the document's {pages} page(s)"),
+                    ));
+                }
+            }
+            let (w, h) = (head.get_width().max(0) as u64, head.get_height().max(0) as u64);
+            (w, h, head.get_int("orientation").unwrap_or(1))
         }
-        let (w, h) = if matches!(orientation, 5..=8) { (h, w) } else { (w, h) };
-        return Ok(Probe { kind, width: w as u32, height: h as u32, orientation });
-    }
-    init()?;
-    // A header read: libvips loads lazily, so no pixel is decoded here.
-    let head = VipsImage::new_from_buffer(src, "").map_err(undecodable)?;
-    if kind.paged() {
-        let pages = head.get_int("n-pages").unwrap_or(1).max(1) as u32;
-        if page > pages {
-            return Err(ImageError::new(
-                400,
-                "InvalidRequest",
-                format!("page {page} is beyond the document's {pages} page(s)"),
-            ));
-        }
-    }
-    let (w, h) = (head.get_width().max(0) as u64, head.get_height().max(0) as u64);
+    };
     if w * h > MAX_SOURCE_PIXELS {
-        return Err(too_many_pixels(w, h));
+        return Err(ImageError::new(
+            422,
+            "ImageResolutionTooLarge",
+            format!("The source image resolution is too large to process ({w}×{h}; at most 50 megapixels)"),
+        ));
     }
-    let orientation = head.get_int("orientation").unwrap_or(1);
     let (w, h) = if matches!(orientation, 5..=8) { (h, w) } else { (w, h) };
     Ok(Probe { kind, width: w as u32, height: h as u32, orientation })
-}
-
-fn too_many_pixels(w: u64, h: u64) -> ImageError {
-    ImageError::new(
-        422,
-        "ImageResolutionTooLarge",
-        format!("The source image resolution is too large to process ({w}×{h}; at most 50 megapixels)"),
-    )
 }
 
 /// The refusal for a source over 25 MB.

@@ -35,6 +35,11 @@ pub struct Provider {
     pub auth_mode: String,
     /// The resolved entry, every field (aliases merged in).
     pub raw: Value,
+    /// The proxy's base URL: the first `proxy.base_url` alternative without a
+    /// `${…}` template, parsed at load; `None` when every one needs connection
+    /// configuration.
+    #[serde(skip)]
+    pub proxy_base: Option<url::Url>,
 }
 
 impl Provider {
@@ -263,7 +268,18 @@ fn validate(name: &str, raw: Value) -> Result<Provider, String> {
         Some(_) => return Err(err("proxy", "expected an object")),
         None => return Err(err("proxy.base_url", "missing")),
     }
-    Ok(Provider { name: name.to_string(), auth_mode: auth_mode.to_string(), raw })
+    let proxy_base = match raw
+        .get("proxy")
+        .and_then(|p| p.get("base_url"))
+        .and_then(Value::as_str)
+        .and_then(|b| b.split("||").map(str::trim).find(|u| !u.contains("${")))
+    {
+        Some(u) => Some(
+            url::Url::parse(u.trim_end_matches('/')).map_err(|_| err("proxy.base_url", "expected an http(s) URL"))?,
+        ),
+        None => None,
+    };
+    Ok(Provider { name: name.to_string(), auth_mode: auth_mode.to_string(), raw, proxy_base })
 }
 
 #[cfg(test)]

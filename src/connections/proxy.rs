@@ -67,26 +67,8 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, message)
 }
 
-/// `base` parsed, once per distinct base URL (there is one per catalog entry).
-fn parsed_base(base: &str) -> Result<url::Url, ApiError> {
-    static BASES: std::sync::OnceLock<std::sync::RwLock<std::collections::HashMap<String, url::Url>>> =
-        std::sync::OnceLock::new();
-    let bases = BASES.get_or_init(Default::default);
-    if let Some(u) = bases.read().ok().and_then(|m| m.get(base).cloned()) {
-        return Ok(u);
-    }
-    let u = url::Url::parse(base.trim_end_matches('/')).map_err(|_| ApiError::internal("invalid proxy base URL"))?;
-    if let Ok(mut m) = bases.write()
-        && m.len() < 10_000
-    {
-        m.insert(base.to_string(), u.clone());
-    }
-    Ok(u)
-}
-
 /// The upstream URL for `path` under `base`, or an error if it would leave it.
-pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Result<url::Url, ApiError> {
-    let base = parsed_base(base)?;
+pub fn target_url(base: &url::Url, path: &str, query: Option<&str>) -> Result<url::Url, ApiError> {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let refuse = || bad("invalid_proxy_path", "the path must stay under the provider's API base URL");
     if decoded.contains("..")
@@ -156,16 +138,13 @@ async fn proxy(
     let row = super::cache::lookup(&state, conn_id, user.user_id, key).await?;
     let (provider_name, config) = (&row.provider, &row.connection_config);
     let provider = state.catalog.get(provider_name).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
-    let base = provider
-        .proxy_base_url()
-        .and_then(|b| b.split("||").map(str::trim).find(|u| !u.contains("${")))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "proxy_unavailable",
-                "this provider's API URL needs connection configuration",
-            )
-        })?;
+    let base = provider.proxy_base.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "proxy_unavailable",
+            "this provider's API URL needs connection configuration",
+        )
+    })?;
     let url = target_url(base, &path, parts.uri.query())?;
     let idempotent =
         matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
@@ -195,6 +174,10 @@ async fn proxy(
         .and_then(|m| m.as_object())
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))).collect())
         .unwrap_or_default();
+    // OAuth and API keys as a bearer, basic credentials as Basic, unless the
+    // provider's template headers carry the credential themselves.
+    let scheme = if provider.auth_mode == "BASIC" { "Basic" } else { "Bearer" };
+    let templated = template.iter().any(|(_, v)| v.contains("${accessToken}") || v.contains("${apiKey}"));
     let mut creds = super::refresh::fresh_token_from(&state, conn_id, &row.status, &row.credentials, false).await?;
     let mut refreshed = false;
     let mut attempt = 0u32;
@@ -205,10 +188,6 @@ async fn proxy(
                 headers.append(k.clone(), v.clone());
             }
         }
-        // OAuth and API keys as a bearer, basic credentials as Basic, unless the
-        // provider's template headers carry the credential themselves.
-        let scheme = if provider.auth_mode == "BASIC" { "Basic" } else { "Bearer" };
-        let templated = template.iter().any(|(_, v)| v.contains("${accessToken}") || v.contains("${apiKey}"));
         if !templated {
             headers.insert(
                 header::AUTHORIZATION,
@@ -281,7 +260,7 @@ mod tests {
 
     #[test]
     fn paths_stay_under_the_base() {
-        let base = "https://api.example.com/v2";
+        let base = &url::Url::parse("https://api.example.com/v2").unwrap();
         assert_eq!(
             target_url(base, "users/me", Some("a=1")).unwrap().as_str(),
             "https://api.example.com/v2/users/me?a=1"

@@ -47,8 +47,12 @@ pub fn install_tls_provider() {
 /// transformations (a decoded source is megabytes) stay in all of them: under a
 /// steady transform load the server's RSS kept growing (142 → 229 MB over 650
 /// transforms), with two arenas it stays flat (≈ 100 MB). Called first in `main`,
-/// before any thread starts; a no-op elsewhere than glibc.
+/// before any thread starts; a no-op elsewhere than glibc, and when glibc's own
+/// `MALLOC_ARENA_MAX` is set (the operator's choice wins).
 pub fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
     unsafe {

@@ -122,8 +122,30 @@ fn sharp(file: &std::path::Path, crop: bool, streams: usize) -> Option<(f64, Str
     Some((v["per_sec"].as_f64()?, version))
 }
 
+/// The server's `carmenta_image_stage_seconds` summaries: stage → (sum, count).
+fn stages(port: u16) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some((_, text)) = common::request(port, "GET", "/metrics", &[], "") else { return out };
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("carmenta_image_stage_seconds_") else { continue };
+        let (field, rest) = rest.split_once('{').unwrap_or((rest, ""));
+        let Some(name) = rest.split("stage=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let e = out.entry(name.to_string()).or_insert((0.0, 0.0));
+        match field {
+            "sum" => e.0 = value,
+            "count" => e.1 = value,
+            _ => {}
+        }
+    }
+    out
+}
+
 fn main() {
     carmenta::install_tls_provider();
+    // `cargo bench --bench imaging -- http`: only the HTTP figures and where their
+    // time goes (no in-process loops, no sharp), for quick comparisons.
+    let http_only = std::env::args().skip(1).any(|a| a == "http");
     let bin = env!("CARGO_BIN_EXE_carmenta");
     let dir = tempfile::Builder::new().prefix("carmenta-bench-imaging-").tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -170,9 +192,12 @@ fn main() {
         // Every request a new (copy, quality) pair: never a variant-cache hit.
         let next = Arc::new(AtomicU64::new(0));
         let shape = if crop { "width=300&height=300&resize=cover&gravity=auto" } else { "width=300" };
+        // Server stage times over this shape's HTTP runs: (clients, stage) → (sum, count).
+        let spent = std::cell::RefCell::new(std::collections::BTreeMap::<(usize, String), (f64, f64)>::new());
         let http = |clients: usize| {
             let next = next.clone();
-            rt.block_on(load_with(addr, clients, SECS, move |_, _| {
+            let before = stages(port);
+            let rate = rt.block_on(load_with(addr, clients, SECS, move |_, _| {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let (copy, q) = (n % COPIES, 20 + (n / COPIES) % 81);
                 assert!(n < COPIES * 81, "ran out of distinct variants");
@@ -180,24 +205,36 @@ fn main() {
                     &format!("/storage/v1/render/image/public/img/p{copy}.jpg?{shape}&quality={q}"),
                     &[("Accept", "image/webp")],
                 )
-            }))
+            }));
+            for (name, (sum, count)) in stages(port) {
+                let (s0, n0) = before.get(&name).copied().unwrap_or_default();
+                let mut spent = spent.borrow_mut();
+                let e = spent.entry((clients, name)).or_default();
+                e.0 += sum - s0;
+                e.1 += count - n0;
+            }
+            rate
         };
         // Rounds interleaved, best of each kept: loopback figures on a shared
         // 2-core machine move by ±10 % from one run to the next.
         let mut best = [0.0f64; 9];
         let mut version = String::new();
         for _ in 0..ROUNDS {
-            let sharp1 = sharp(&src_file, crop, 1);
-            let sharp2 = sharp(&src_file, crop, 2);
-            let sharp4 = sharp(&src_file, crop, 4);
+            let (sharp1, sharp2, sharp4) = if http_only {
+                (None, None, None)
+            } else {
+                (sharp(&src_file, crop, 1), sharp(&src_file, crop, 2), sharp(&src_file, crop, 4))
+            };
             if let Some((_, v)) = &sharp1 {
                 version = v.clone();
             }
+            let inproc =
+                |loops: usize, ours: bool| if http_only { f64::NAN } else { in_process(&src, crop, loops, ours) };
             let round = [
-                in_process(&src, crop, 1, false),
-                in_process(&src, crop, 1, true),
-                in_process(&src, crop, 2, true),
-                in_process(&src, crop, 4, true),
+                inproc(1, false),
+                inproc(1, true),
+                inproc(2, true),
+                inproc(4, true),
                 sharp1.map_or(0.0, |s| s.0),
                 sharp2.map_or(0.0, |s| s.0),
                 sharp4.map_or(0.0, |s| s.0),
@@ -210,26 +247,54 @@ fn main() {
         }
         let [plain1, one, two, four, sharp1, sharp2, sharp4, http2, http4] = best;
         println!("{label} (best of {ROUNDS} rounds, {SECS} s each):");
-        println!("  libvips thumbnail_buffer, in-process   1 loop {plain1:6.1}/s ({:5.1} ms)", 1000.0 / plain1);
-        println!(
-            "  Carmenta's pipeline, in-process        1 loop {one:6.1}/s ({:5.1} ms)   2 loops {two:6.1}/s   4 loops {four:6.1}/s",
-            1000.0 / one
-        );
-        if sharp1 > 0.0 {
+        if http_only {
             println!(
-                "  sharp, Node.js                         1 loop {sharp1:6.1}/s ({:5.1} ms)   2 loops {sharp2:6.1}/s   4 loops {sharp4:6.1}/s   [{version}]",
-                1000.0 / sharp1
+                "  HTTP, uncached: 2 clients {http2:6.1}/s   4 clients {http4:6.1}/s (in-process and sharp not run)"
             );
         } else {
-            println!("  sharp: not run (Node.js/npm unavailable)");
-        }
-        for (clients, ours, inproc, theirs) in [(2, http2, two, sharp2), (4, http4, four, sharp4)] {
-            let vs_sharp = if theirs > 0.0 { format!("{:5.1} %", 100.0 * ours / theirs) } else { "n/a".into() };
+            println!("  libvips thumbnail_buffer, in-process   1 loop {plain1:6.1}/s ({:5.1} ms)", 1000.0 / plain1);
             println!(
-                "  HTTP, {clients} clients, uncached   {ours:6.1}/s = {:5.1} % of in-process ({clients} loops; target ≥ 90 %), {vs_sharp} of sharp ({clients} loops; target ≥ 100 %)",
-                100.0 * ours / inproc
+                "  Carmenta's pipeline, in-process        1 loop {one:6.1}/s ({:5.1} ms)   2 loops {two:6.1}/s   4 loops {four:6.1}/s",
+                1000.0 / one
+            );
+            if sharp1 > 0.0 {
+                println!(
+                    "  sharp, Node.js                         1 loop {sharp1:6.1}/s ({:5.1} ms)   2 loops {sharp2:6.1}/s   4 loops {sharp4:6.1}/s   [{version}]",
+                    1000.0 / sharp1
+                );
+            } else {
+                println!("  sharp: not run (Node.js/npm unavailable)");
+            }
+            for (clients, ours, inproc, theirs) in [(2, http2, two, sharp2), (4, http4, four, sharp4)] {
+                let vs_sharp = if theirs > 0.0 { format!("{:5.1} %", 100.0 * ours / theirs) } else { "n/a".into() };
+                println!(
+                    "  HTTP, {clients} clients, uncached   {ours:6.1}/s = {:5.1} % of in-process ({clients} loops; target ≥ 90 %), {vs_sharp} of sharp ({clients} loops; target ≥ 100 %)",
+                    100.0 * ours / inproc
+                );
+            }
+        }
+        // Where an uncached request's time went on the server (means over this
+        // shape's HTTP runs; `store` runs after the response).
+        let spent = spent.into_inner();
+        for clients in [2, 4] {
+            let mean = |name: &str| match spent.get(&(clients, name.to_string())) {
+                Some((sum, n)) if *n > 0.0 => format!("{:.2} ms", 1000.0 * sum / n),
+                _ => "n/a".into(),
+            };
+            println!(
+                "  server stages, {clients} clients: lookup {}, queue {}, handover {}, read {}, transform {}; stored after the response in {}",
+                mean("lookup"),
+                mean("queue"),
+                mean("handover"),
+                mean("read"),
+                mean("transform"),
+                mean("store")
             );
         }
+    }
+    if http_only {
+        stop(&mut server.0);
+        return;
     }
 
     // A decompression bomb (60 MP of PNG in a few hundred KB): refused from its

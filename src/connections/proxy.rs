@@ -8,13 +8,15 @@
 //! 401 triggers one forced refresh and one retry, when the request body is small
 //! enough to replay.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
-use futures::TryStreamExt;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -25,6 +27,36 @@ use crate::error::ApiError;
 const REPLAYABLE: usize = 1024 * 1024;
 /// Longest `Retry-After` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// The upstream client: hyper's pooled HTTP/1 client over rustls (the platform's
+/// roots), redirects never followed.
+type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// The process's one upstream client (keep-alive connections pooled per host).
+fn upstream() -> &'static Upstream {
+    static CLIENT: OnceLock<Upstream> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        crate::install_tls_provider();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let tls = hyper_rustls::HttpsConnectorBuilder::new().try_with_platform_verifier().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no platform certificate verifier: the proxy reaches no HTTPS API");
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        });
+        let https = tls.https_or_http().enable_http1().wrap_connector(http);
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .build(https)
+    })
+}
 
 /// The proxy route (mounted outside the body-limit layer: bodies stream).
 pub fn router() -> axum::Router<AppState> {
@@ -107,7 +139,7 @@ fn fill(template: &str, token: &str, config: &serde_json::Value) -> String {
     out
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+fn retry_after(headers: &HeaderMap) -> Duration {
     let secs = headers
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -178,46 +210,49 @@ async fn proxy(
     // provider's template headers carry the credential themselves.
     let scheme = if provider.auth_mode == "BASIC" { "Basic" } else { "Bearer" };
     let templated = template.iter().any(|(_, v)| v.contains("${accessToken}") || v.contains("${apiKey}"));
-    let mut creds = super::refresh::fresh_token_from(&state, conn_id, &row.status, &row.credentials, false).await?;
+    let mut token = super::refresh::access_token_from(&state, conn_id, &row.status, &row.credentials).await?;
     let mut refreshed = false;
     let mut attempt = 0u32;
-    loop {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in h {
-            if !DROP_UP.contains(&k.as_str()) {
-                headers.append(k.clone(), v.clone());
-            }
+    let uri = Uri::try_from(url.as_str()).map_err(|_| bad("invalid_proxy_path", "the upstream URL is not valid"))?;
+    let mut forwarded = HeaderMap::with_capacity(h.len() + 1 + template.len());
+    for (k, v) in h {
+        if !DROP_UP.contains(&k.as_str()) {
+            forwarded.append(k.clone(), v.clone());
         }
+    }
+    loop {
+        let mut headers = forwarded.clone();
         if !templated {
             headers.insert(
                 header::AUTHORIZATION,
-                HeaderValue::from_str(&format!("{scheme} {}", creds.access_token)).map_err(ApiError::internal)?,
+                HeaderValue::from_str(&format!("{scheme} {token}")).map_err(ApiError::internal)?,
             );
         }
         for (k, v) in &template {
-            if let (Ok(name), Ok(value)) =
-                (HeaderName::try_from(*k), HeaderValue::from_str(&fill(v, &creds.access_token, config)))
-            {
+            if let (Ok(name), Ok(value)) = (HeaderName::try_from(*k), HeaderValue::from_str(&fill(v, &token, config))) {
                 headers.insert(name, value);
             }
         }
         let body = match (&buffered, streaming.take()) {
-            (Some(b), _) => reqwest::Body::from(b.clone()),
-            (None, Some(s)) => reqwest::Body::wrap_stream(s.into_data_stream()),
+            (Some(b), _) => Body::from(b.clone()),
+            (None, Some(s)) => s,
             (None, None) => return Err(ApiError::internal("request body already sent")),
         };
-        let res =
-            super::connect::http().request(parts.method.clone(), url.clone()).headers(headers).body(body).send().await;
+        let mut up = axum::http::Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri.clone();
+        *up.headers_mut() = headers;
+        let res = upstream().request(up).await;
         let replayable = buffered.is_some();
         let res = match res {
             Ok(r) => r,
-            Err(e) if replayable && attempt < max_retries && (e.is_connect() || e.is_timeout()) => {
+            Err(e) if replayable && attempt < max_retries && e.is_connect() => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 continue;
             }
             Err(e) => {
-                tracing::warn!(error = %e.without_url(), "proxy upstream failed");
+                tracing::warn!(error = %e, "proxy upstream failed");
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
@@ -230,7 +265,7 @@ async fn proxy(
             // The token may have been revoked or rotated elsewhere: one forced refresh, one retry.
             refreshed = true;
             if let Ok(c) = super::refresh::fresh_token(&state, conn_id, true).await {
-                creds = c;
+                token = c.access_token;
                 continue;
             }
         }
@@ -240,17 +275,13 @@ async fn proxy(
             tokio::time::sleep(retry_after(res.headers())).await;
             continue;
         }
-        let mut out = Response::builder().status(status);
-        if let Some(hm) = out.headers_mut() {
-            for (k, v) in res.headers() {
-                if !DROP_DOWN.contains(&k.as_str()) {
-                    hm.append(k.clone(), v.clone());
-                }
-            }
+        // The upstream's response as it is, less hop-by-hop headers and cookies;
+        // its body streams through (its length, when known, is kept).
+        let (mut head, incoming) = res.into_parts();
+        for name in DROP_DOWN {
+            head.headers.remove(name);
         }
-        return out
-            .body(Body::from_stream(res.bytes_stream().map_err(std::io::Error::other)))
-            .map_err(ApiError::internal);
+        return Ok(Response::from_parts(head, Body::new(incoming)));
     }
 }
 

@@ -50,11 +50,40 @@ struct Locked {
 }
 
 fn due(c: &Credentials) -> bool {
-    c.expires_at.is_some_and(|e| e - OffsetDateTime::now_utc() < time::Duration::seconds(MARGIN.as_secs() as i64))
+    c.expires_at.is_some_and(expiring)
+}
+
+/// Whether an access token expiring at `e` is within the refresh margin.
+fn expiring(e: OffsetDateTime) -> bool {
+    e - OffsetDateTime::now_utc() < time::Duration::seconds(MARGIN.as_secs() as i64)
 }
 
 fn needs_reauth() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "needs_reauth", "the user must reconnect this account")
+}
+
+/// What the proxy needs of sealed credentials: the access token and its expiry
+/// (the refresh token and the provider's raw answer are skipped, not built).
+#[derive(serde::Deserialize)]
+struct Access {
+    access_token: String,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    expires_at: Option<OffsetDateTime>,
+}
+
+/// A usable access token of a connection from its status and sealed credentials
+/// (the proxy's cached row): opened and returned when fresh enough, else as
+/// [`fresh_token_from`] gives it after a refresh.
+pub async fn access_token_from(state: &AppState, id: Uuid, status: &str, sealed: &[u8]) -> Result<String, ApiError> {
+    if status == "needs_reauth" {
+        return Err(needs_reauth());
+    }
+    let plain = state.keyring.decrypt(sealed, id.as_bytes()).map_err(ApiError::internal)?;
+    let access: Access = serde_json::from_slice(&plain).map_err(ApiError::internal)?;
+    if !access.expires_at.is_some_and(expiring) {
+        return Ok(access.access_token);
+    }
+    fresh_token_from(state, id, status, sealed, false).await.map(|c| c.access_token)
 }
 
 /// The connection's credentials with a usable access token, refreshing first when

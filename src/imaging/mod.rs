@@ -15,7 +15,7 @@ pub mod transform;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sqlx::PgPool;
@@ -179,7 +179,10 @@ impl Imaging {
         if let Some(hit) = self.recent.read().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(hit);
         }
-        if let Some(v) = db::find(pool, version, params).await? {
+        let looked_up = Instant::now();
+        let stored = db::find(pool, version, params).await?;
+        stage("lookup", looked_up);
+        if let Some(v) = stored {
             match blobs.read_all(&Blobs::variant_path(v.id)).await {
                 Ok(bytes) => {
                     let hit = Arc::new(Output { bytes, content_type: v.content_type, cached: true });
@@ -246,20 +249,40 @@ impl Imaging {
         }
         let _admission = Admission(&self.admitted);
         // The source is read once a worker is free, so waiting requests hold no bytes.
+        let queued = Instant::now();
         let permit = self.workers.clone().acquire_owned().await.map_err(ImageError::internal)?;
-        let src = blobs.read_all(&Blobs::blob_path(version)).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => ImageError::new(404, "NoSuchKey", "Object not found"),
-            other => ImageError::internal(other),
-        })?;
+        stage("queue", queued);
+        // On the local store the worker reads the file itself, into a buffer it
+        // keeps (no hop through the blocking pool, no fresh pages per source);
+        // elsewhere the bytes are fetched here first.
+        let source = match blobs.local_file(&Blobs::blob_path(version)) {
+            Some(file) => Source::File(file),
+            None => {
+                let reading = Instant::now();
+                let bytes = blobs.read_all(&Blobs::blob_path(version)).await.map_err(|e| match e {
+                    object_store::Error::NotFound { .. } => not_found(),
+                    other => ImageError::internal(other),
+                })?;
+                stage("read", reading);
+                Source::Bytes(bytes)
+            }
+        };
         self.transforms.fetch_add(1, Ordering::AcqRel);
         metrics::counter!("carmenta_image_transforms_total").increment(1);
         let t2 = t.clone();
         let (done, result) = tokio::sync::oneshot::channel();
+        let handed = Instant::now();
         self.pool.run(Box::new(move || {
             // The worker slot is held for as long as libvips runs, even past a timeout.
             let _permit = permit;
-            let rendered = transform::probe(&src, t2.page)
-                .and_then(|probe| transform::render(&src, &probe, &t2, out.unwrap_or(probe.kind.origin())));
+            stage("handover", handed);
+            let rendered = source.with(|src| {
+                let started = Instant::now();
+                let r = transform::probe(src, t2.page)
+                    .and_then(|probe| transform::render(src, &probe, &t2, out.unwrap_or(probe.kind.origin())));
+                stage("transform", started);
+                r
+            });
             let _ = done.send(rendered);
         }))?;
         let rendered = match tokio::time::timeout(self.timeout, result).await {
@@ -275,12 +298,73 @@ impl Imaging {
         let (w, h) = (rendered.width as i32, rendered.height as i32);
         tokio::spawn(async move {
             let (pool, blobs, params, content_type, bytes) = store;
-            if let Err(e) = save(&pool, &blobs, version, &params, &content_type, bytes, (w, h)).await {
+            let storing = Instant::now();
+            let saved = save(&pool, &blobs, version, &params, &content_type, bytes, (w, h)).await;
+            stage("store", storing);
+            if let Err(e) = saved {
                 tracing::warn!(error = %e, "image variant not stored");
             }
         });
         Ok(Arc::new(Output { bytes, content_type, cached: false }))
     }
+}
+
+fn not_found() -> ImageError {
+    ImageError::new(404, "NoSuchKey", "Object not found")
+}
+
+/// A source picture: a file of the local store, read by the worker, or bytes
+/// already fetched from a remote store.
+enum Source {
+    File(std::path::PathBuf),
+    Bytes(Bytes),
+}
+
+/// A worker's source buffer is kept for the next source unless it grew past this.
+const KEPT_BUFFER: usize = 8 * 1024 * 1024;
+
+thread_local! {
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Source {
+    /// Runs `f` on the source's bytes (on an imaging worker thread).
+    fn with<T>(self, f: impl FnOnce(&[u8]) -> Result<T, ImageError>) -> Result<T, ImageError> {
+        let file = match self {
+            Source::Bytes(b) => return f(&b),
+            Source::File(file) => file,
+        };
+        BUFFER.with(|cell| {
+            let mut buf = cell.take();
+            buf.clear();
+            let reading = Instant::now();
+            let read = std::fs::File::open(&file).and_then(|f| {
+                use std::io::Read;
+                // The row's size was checked; this bounds a file that grew anyway.
+                f.take(transform::MAX_SOURCE_BYTES + 1).read_to_end(&mut buf)
+            });
+            stage("read", reading);
+            let out = match read {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found()),
+                Err(e) => Err(ImageError::internal(e)),
+                Ok(n) if n as u64 > transform::MAX_SOURCE_BYTES => Err(transform::too_big_file()),
+                Ok(_) => f(&buf),
+            };
+            if buf.capacity() <= KEPT_BUFFER {
+                cell.replace(buf);
+            }
+            out
+        })
+    }
+}
+
+/// Records how long a stage of an uncached render took, from `since`:
+/// `carmenta_image_stage_seconds{stage}` with `lookup` (the stored-variant query),
+/// `queue` (waiting for a worker), `handover` (to the worker thread), `read` (the
+/// source's bytes), `transform` (libvips and the encoders) and `store` (the
+/// variant's bytes and row, after the response).
+fn stage(name: &'static str, since: Instant) {
+    metrics::histogram!("carmenta_image_stage_seconds", "stage" => name).record(since.elapsed().as_secs_f64());
 }
 
 /// Writes a variant's bytes, then its row (only while its version is an object's);

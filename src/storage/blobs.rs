@@ -107,6 +107,16 @@ impl Blobs {
         Self::sharded("variants", id)
     }
 
+    /// The file holding blob `path` when the store is the local filesystem (for
+    /// readers that do their own blocking I/O on a thread of their own), else `None`.
+    pub fn local_file(&self, path: &Path) -> Option<std::path::PathBuf> {
+        let root = self.local_root.as_ref()?;
+        Some(path.parts().fold(root.clone(), |mut file, part| {
+            file.push(part.as_ref());
+            file
+        }))
+    }
+
     /// The folder holding the pieces of resumable upload `id`.
     pub fn upload_dir(id: Uuid) -> Path {
         Path::from(format!("uploads/{}", id.simple()))

@@ -465,3 +465,32 @@ async fn storage_js_transforms() {
     let done = out.lines().find_map(|l| l.strip_prefix("done ")).unwrap_or_else(|| panic!("no summary:\n{out}"));
     assert_eq!(done, "10", "{out}");
 }
+
+#[tokio::test]
+async fn a_source_whose_bytes_are_gone_is_not_found_and_stages_are_timed() {
+    let st = setup().await;
+    put(&st, &st.a.jwt, "pub", "g.jpg", jpeg(&picture(400, 300, None)), "image/jpeg").await;
+    // A render read by the worker from the local store, timed stage by stage.
+    let r = get(&st, "/render/image/public/pub/g.jpg?width=100", "", "image/webp").await;
+    assert_eq!(r.status(), 200);
+    let (_, w, _, _) = decode(&r.bytes().await.unwrap());
+    assert_eq!(w, 100);
+    let metrics = st.app.client.get(st.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for stage in ["lookup", "queue", "handover", "read", "transform"] {
+        assert!(
+            metrics.contains(&format!("carmenta_image_stage_seconds_count{{stage=\"{stage}\"}}")),
+            "stage {stage} missing from /metrics"
+        );
+    }
+    // The blob vanishes under the row (a lost disk file): the next render says
+    // NoSuchKey (HTTP 400 with statusCode 404, as Supabase answers), not a server error.
+    let version: uuid::Uuid = sqlx::query_scalar("SELECT version FROM storage_objects WHERE name = 'g.jpg'")
+        .fetch_one(&st.app.pool)
+        .await
+        .unwrap();
+    let blobs = &st.app.state.storage.blobs;
+    let file = blobs.local_file(&carmenta::storage::Blobs::blob_path(version)).expect("a local store");
+    std::fs::remove_file(&file).unwrap();
+    let r = get(&st, "/render/image/public/pub/g.jpg?width=101", "", "image/webp").await;
+    err(r, 400, "404", "NoSuchKey").await;
+}

@@ -228,8 +228,7 @@ fn main() {
             if let Some((_, v)) = &sharp1 {
                 version = v.clone();
             }
-            let inproc =
-                |loops: usize, ours: bool| if http_only { f64::NAN } else { in_process(&src, crop, loops, ours) };
+            let inproc = |loops: usize, ours: bool| if http_only { 0.0 } else { in_process(&src, crop, loops, ours) };
             let round = [
                 inproc(1, false),
                 inproc(1, true),

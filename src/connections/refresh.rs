@@ -72,8 +72,8 @@ struct Access {
 }
 
 /// A usable access token of a connection from its status and sealed credentials
-/// (the proxy's cached row): opened and returned when fresh enough, else as
-/// [`fresh_token_from`] gives it after a refresh.
+/// (the proxy's cached row): opened and returned when fresh enough, else
+/// refreshed first. No query unless a refresh is due.
 pub async fn access_token_from(state: &AppState, id: Uuid, status: &str, sealed: &[u8]) -> Result<String, ApiError> {
     if status == "needs_reauth" {
         return Err(needs_reauth());
@@ -83,7 +83,7 @@ pub async fn access_token_from(state: &AppState, id: Uuid, status: &str, sealed:
     if !access.expires_at.is_some_and(expiring) {
         return Ok(access.access_token);
     }
-    fresh_token_from(state, id, status, sealed, false).await.map(|c| c.access_token)
+    refresh(state, id, access.access_token).await.map(|c| c.access_token)
 }
 
 /// The connection's credentials with a usable access token, refreshing first when
@@ -94,27 +94,20 @@ pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Cred
         .fetch_optional(&state.pool)
         .await?;
     let (status, sealed) = row.ok_or_else(|| ApiError::not_found("connection not found"))?;
-    fresh_token_from(state, id, &status, &sealed, force).await
-}
-
-/// As [`fresh_token`], starting from a status and sealed credentials the caller
-/// already read (the proxy's cached row): no query unless a refresh is due.
-pub async fn fresh_token_from(
-    state: &AppState,
-    id: Uuid,
-    status: &str,
-    sealed: &[u8],
-    force: bool,
-) -> Result<Credentials, ApiError> {
     // Fast path, no lock: fresh enough.
     if status == "needs_reauth" {
         return Err(needs_reauth());
     }
-    let current = unseal(state, id, sealed)?;
+    let current = unseal(state, id, &sealed)?;
     if !force && !due(&current) {
         return Ok(current);
     }
-    let seen_token = current.access_token;
+    refresh(state, id, current.access_token).await
+}
+
+/// Refreshes connection `id` under its locks, unless someone else replaced
+/// `seen_token` (the access token the caller found due) meanwhile.
+async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Credentials, ApiError> {
     let local = state.refresh_locks.get(id);
     let _queued = local.lock().await;
 

@@ -255,11 +255,12 @@ impl Imaging {
         // On the local store the worker reads the file itself, into a buffer it
         // keeps (no hop through the blocking pool, no fresh pages per source);
         // elsewhere the bytes are fetched here first.
-        let source = match blobs.local_file(&Blobs::blob_path(version)) {
+        let blob = Blobs::blob_path(version);
+        let source = match blobs.local_file(&blob) {
             Some(file) => Source::File(file),
             None => {
                 let reading = Instant::now();
-                let bytes = blobs.read_all(&Blobs::blob_path(version)).await.map_err(|e| match e {
+                let bytes = blobs.read_all(&blob).await.map_err(|e| match e {
                     object_store::Error::NotFound { .. } => not_found(),
                     other => ImageError::internal(other),
                 })?;

@@ -54,8 +54,9 @@ pub struct Written {
 #[derive(Clone, Debug)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
-    /// The directory, for the local store (its staging files need sweeping).
-    local_root: Option<std::path::PathBuf>,
+    /// The same store when it is the local filesystem: its files can be named
+    /// (staging files need sweeping; imaging workers read sources themselves).
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
 }
 
 impl Blobs {
@@ -69,7 +70,8 @@ impl Blobs {
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(root)
                     .map_err(|e| format!("opening {}: {e}", root.display()))?
                     .with_fsync(true);
-                return Ok(Blobs { store: Arc::new(fs), local_root: Some(root.clone()) });
+                let fs = Arc::new(fs);
+                return Ok(Blobs { store: fs.clone(), local: Some(fs) });
             }
             StorageBackend::S3(s3) => {
                 let mut b = object_store::aws::AmazonS3Builder::new()
@@ -88,7 +90,7 @@ impl Blobs {
                 Arc::new(b.build().map_err(|e| format!("configuring S3: {e}"))?)
             }
         };
-        Ok(Blobs { store, local_root: None })
+        Ok(Blobs { store, local: None })
     }
 
     /// `<folder>/<first two hex digits>/<id>`: ids spread over 256 folders.
@@ -110,11 +112,7 @@ impl Blobs {
     /// The file holding blob `path` when the store is the local filesystem (for
     /// readers that do their own blocking I/O on a thread of their own), else `None`.
     pub fn local_file(&self, path: &Path) -> Option<std::path::PathBuf> {
-        let root = self.local_root.as_ref()?;
-        Some(path.parts().fold(root.clone(), |mut file, part| {
-            file.push(part.as_ref());
-            file
-        }))
+        self.local.as_ref()?.path_to_filesystem(path).ok()
     }
 
     /// The folder holding the pieces of resumable upload `id`.
@@ -318,10 +316,13 @@ impl Blobs {
     /// Removes the local store's staging files (`name#123`, invisible to listings)
     /// older than `min_age`: what a process killed mid-write leaves. Returns how many.
     pub async fn sweep_staging(&self, min_age: std::time::Duration) -> std::io::Result<usize> {
-        let Some(root) = self.local_root.clone() else { return Ok(0) };
+        let Some(local) = &self.local else { return Ok(0) };
+        let mut dirs = Vec::new();
+        for folder in ["blobs", "uploads"] {
+            dirs.push(local.path_to_filesystem(&Path::from(folder)).map_err(std::io::Error::other)?);
+        }
         tokio::task::spawn_blocking(move || {
             let mut removed = 0;
-            let mut dirs = vec![root.join("blobs"), root.join("uploads")];
             while let Some(dir) = dirs.pop() {
                 let entries = match std::fs::read_dir(&dir) {
                     Ok(e) => e,

@@ -31,7 +31,7 @@ use rs_vips::VipsImage;
 use rs_vips::voption::{Setter, VOption};
 
 const SECS: u64 = 5;
-const COPIES: u64 = 12;
+const COPIES: u64 = 48;
 const ROUNDS: usize = 2;
 
 /// A photo-like 12 MP picture: smooth colour gradients, a few shapes, film grain.

@@ -33,6 +33,10 @@ use rs_vips::voption::{Setter, VOption};
 const SECS: u64 = 5;
 const COPIES: u64 = 48;
 const ROUNDS: usize = 2;
+/// HTTP against in-process at equal concurrency: this many back-to-back pairs of
+/// `SLICE`-second runs, so that both sides see the same state of a shared machine.
+const PAIRS: usize = 5;
+const SLICE: u64 = 2;
 
 /// A photo-like 12 MP picture: smooth colour gradients, a few shapes, film grain.
 fn source_jpeg() -> Vec<u8> {
@@ -54,29 +58,37 @@ fn source_jpeg() -> Vec<u8> {
     img.jpegsave_buffer_with_opts(VOption::new().set("Q", 85)).expect("jpeg")
 }
 
-/// libvips in-process: `streams` threads each running the operation for `SECS`,
+/// libvips in-process: `streams` threads each running the operation for `secs`,
 /// either Carmenta's own pipeline (`transform::render`, what the server runs) or a
-/// plain `thumbnail_buffer` + `webpsave_buffer`.
-fn in_process(src: &Arc<Vec<u8>>, crop: bool, streams: usize, ours: bool) -> f64 {
+/// plain `thumbnail_buffer` + `webpsave_buffer`. With `spread`, Carmenta's pipeline
+/// goes through qualities 20–100 as the HTTP runs' requests do; else quality 80.
+fn in_process(src: &Arc<Vec<u8>>, crop: bool, streams: usize, ours: bool, secs: u64, spread: bool) -> f64 {
     use carmenta::imaging::{Format, Transform, transform};
     let query: &[(&str, &str)] = if crop {
         &[("width", "300"), ("height", "300"), ("resize", "cover"), ("gravity", "auto"), ("format", "webp")]
     } else {
         &[("width", "300"), ("format", "webp")]
     };
-    let t = Transform::parse(query.iter().copied()).expect("transform");
-    let deadline = Instant::now() + Duration::from_secs(SECS);
+    let qualities: Vec<String> = if spread { (20..=100).map(|q| q.to_string()).collect() } else { vec!["80".into()] };
+    let ts: Arc<Vec<Transform>> = Arc::new(
+        qualities
+            .iter()
+            .map(|q| Transform::parse(query.iter().copied().chain([("quality", q.as_str())])).expect("transform"))
+            .collect(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let handles: Vec<_> = (0..streams)
-        .map(|_| {
+        .map(|stream| {
             let src = src.clone();
-            let t = t.clone();
+            let ts = ts.clone();
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     let len = if ours {
+                        let t = &ts[(stream * 41 + n as usize) % ts.len()];
                         let probe = transform::probe(&src, 1).expect("probe");
-                        transform::render(&src, &probe, &t, Format::Webp).expect("render").bytes.len()
+                        transform::render(&src, &probe, t, Format::Webp).expect("render").bytes.len()
                     } else {
                         let opts = VOption::new().set("height", if crop { 300 } else { 10_000_000 });
                         let opts = if crop { opts.set("crop", "attention") } else { opts };
@@ -197,7 +209,7 @@ fn main() {
         let http = |clients: usize| {
             let next = next.clone();
             let before = stages(port);
-            let rate = rt.block_on(load_with(addr, clients, SECS, move |_, _| {
+            let rate = rt.block_on(load_with(addr, clients, SLICE, move |_, _| {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let (copy, q) = (n % COPIES, 20 + (n / COPIES) % 81);
                 assert!(n < COPIES * 81, "ran out of distinct variants");
@@ -215,37 +227,44 @@ fn main() {
             }
             rate
         };
-        // Rounds interleaved, best of each kept: loopback figures on a shared
-        // 2-core machine move by ±10 % from one run to the next.
-        let mut best = [0.0f64; 9];
+        // The single-stream and sharp figures: rounds interleaved, best of each kept
+        // (loopback figures on a shared 2-core machine move by ±10 % between runs).
+        let mut best = [0.0f64; 5];
         let mut version = String::new();
-        for _ in 0..ROUNDS {
-            let (sharp1, sharp2, sharp4) = if http_only {
-                (None, None, None)
-            } else {
-                (sharp(&src_file, crop, 1), sharp(&src_file, crop, 2), sharp(&src_file, crop, 4))
-            };
-            if let Some((_, v)) = &sharp1 {
-                version = v.clone();
-            }
-            let inproc = |loops: usize, ours: bool| if http_only { 0.0 } else { in_process(&src, crop, loops, ours) };
-            let round = [
-                inproc(1, false),
-                inproc(1, true),
-                inproc(2, true),
-                inproc(4, true),
-                sharp1.map_or(0.0, |s| s.0),
-                sharp2.map_or(0.0, |s| s.0),
-                sharp4.map_or(0.0, |s| s.0),
-                http(2),
-                http(4),
-            ];
-            for (b, r) in best.iter_mut().zip(round) {
-                *b = b.max(r);
+        if !http_only {
+            for _ in 0..ROUNDS {
+                let (s1, s2, s4) = (sharp(&src_file, crop, 1), sharp(&src_file, crop, 2), sharp(&src_file, crop, 4));
+                if let Some((_, v)) = &s1 {
+                    version = v.clone();
+                }
+                let round = [
+                    in_process(&src, crop, 1, false, SECS, false),
+                    in_process(&src, crop, 1, true, SECS, false),
+                    s1.map_or(0.0, |s| s.0),
+                    s2.map_or(0.0, |s| s.0),
+                    s4.map_or(0.0, |s| s.0),
+                ];
+                for (b, r) in best.iter_mut().zip(round) {
+                    *b = b.max(r);
+                }
             }
         }
-        let [plain1, one, two, four, sharp1, sharp2, sharp4, http2, http4] = best;
-        println!("{label} (best of {ROUNDS} rounds, {SECS} s each):");
+        let [plain1, one, sharp1, sharp2, sharp4] = best;
+        // HTTP against in-process at 2 and 4: short runs alternated back to back and
+        // averaged, so a slow phase of the machine falls on both sides alike.
+        let mut paired = [(0.0f64, 0.0f64); 2];
+        for (slot, clients) in paired.iter_mut().zip([2usize, 4]) {
+            for _ in 0..PAIRS {
+                if !http_only {
+                    slot.0 += in_process(&src, crop, clients, true, SLICE, true) / PAIRS as f64;
+                }
+                slot.1 += http(clients) / PAIRS as f64;
+            }
+        }
+        let [(two, http2), (four, http4)] = paired;
+        println!(
+            "{label} (1 loop and sharp: best of {ROUNDS} rounds of {SECS} s; 2 and 4 loops against HTTP: {PAIRS} alternated pairs of {SLICE} s, means):"
+        );
         if http_only {
             println!(
                 "  HTTP, uncached: 2 clients {http2:6.1}/s   4 clients {http4:6.1}/s (in-process and sharp not run)"

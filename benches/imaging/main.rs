@@ -32,6 +32,10 @@ use rs_vips::voption::{Setter, VOption};
 
 const SECS: u64 = 5;
 const COPIES: u64 = 48;
+/// The qualities uncached requests go through (`QUALITY_LOW..QUALITY_LOW + QUALITIES`),
+/// one per (copy, quality) pair over HTTP, and in the paired in-process loops.
+const QUALITY_LOW: u64 = 20;
+const QUALITIES: u64 = 81;
 const ROUNDS: usize = 2;
 /// HTTP against in-process at equal concurrency: this many back-to-back pairs of
 /// `SLICE`-second runs, so that both sides see the same state of a shared machine.
@@ -61,7 +65,7 @@ fn source_jpeg() -> Vec<u8> {
 /// libvips in-process: `streams` threads each running the operation for `secs`,
 /// either Carmenta's own pipeline (`transform::render`, what the server runs) or a
 /// plain `thumbnail_buffer` + `webpsave_buffer`. With `spread`, Carmenta's pipeline
-/// goes through qualities 20–100 as the HTTP runs' requests do; else quality 80.
+/// goes through the same qualities as the HTTP runs' requests; else quality 80.
 fn in_process(src: &Arc<Vec<u8>>, crop: bool, streams: usize, ours: bool, secs: u64, spread: bool) -> f64 {
     use carmenta::imaging::{Format, Transform, transform};
     let query: &[(&str, &str)] = if crop {
@@ -69,7 +73,11 @@ fn in_process(src: &Arc<Vec<u8>>, crop: bool, streams: usize, ours: bool, secs: 
     } else {
         &[("width", "300"), ("format", "webp")]
     };
-    let qualities: Vec<String> = if spread { (20..=100).map(|q| q.to_string()).collect() } else { vec!["80".into()] };
+    let qualities: Vec<String> = if spread {
+        (QUALITY_LOW..QUALITY_LOW + QUALITIES).map(|q| q.to_string()).collect()
+    } else {
+        vec!["80".into()]
+    };
     let ts: Arc<Vec<Transform>> = Arc::new(
         qualities
             .iter()
@@ -86,7 +94,8 @@ fn in_process(src: &Arc<Vec<u8>>, crop: bool, streams: usize, ours: bool, secs: 
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     let len = if ours {
-                        let t = &ts[(stream * 41 + n as usize) % ts.len()];
+                        // Streams start spread over the qualities, not in step.
+                        let t = &ts[(stream * ts.len() / streams + n as usize) % ts.len()];
                         let probe = transform::probe(&src, 1).expect("probe");
                         transform::render(&src, &probe, t, Format::Webp).expect("render").bytes.len()
                     } else {
@@ -211,8 +220,8 @@ fn main() {
             let before = stages(port);
             let rate = rt.block_on(load_with(addr, clients, SLICE, move |_, _| {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                let (copy, q) = (n % COPIES, 20 + (n / COPIES) % 81);
-                assert!(n < COPIES * 81, "ran out of distinct variants");
+                let (copy, q) = (n % COPIES, QUALITY_LOW + (n / COPIES) % QUALITIES);
+                assert!(n < COPIES * QUALITIES, "ran out of distinct variants");
                 get_request(
                     &format!("/storage/v1/render/image/public/img/p{copy}.jpg?{shape}&quality={q}"),
                     &[("Accept", "image/webp")],
@@ -334,7 +343,7 @@ fn main() {
             .expect("upload bomb");
         assert_eq!(r.status(), 200);
         let mut times = Vec::new();
-        for q in 20..=100 {
+        for q in QUALITY_LOW..QUALITY_LOW + QUALITIES {
             let start = Instant::now();
             let r = c
                 .get(format!("{base}/render/image/public/img/bomb.png?width=300&quality={q}"))
@@ -348,7 +357,7 @@ fn main() {
     });
     times.sort();
     println!(
-        "decompression bomb (10000×6000 PNG, {} KB), 81 distinct requests: 422 in p50 {:.2} ms, p99 {:.2} ms; server RSS {} → {} MB",
+        "decompression bomb (10000×6000 PNG, {} KB), {QUALITIES} distinct requests: 422 in p50 {:.2} ms, p99 {:.2} ms; server RSS {} → {} MB",
         bomb_len / 1024,
         common::quantile(&times, 0.5).as_secs_f64() * 1000.0,
         common::quantile(&times, 0.99).as_secs_f64() * 1000.0,

@@ -45,10 +45,14 @@ pub struct NewVariant<'a> {
 
 /// Records a variant if its source version is still an object's and no other
 /// replica recorded the same one first. Returns whether the row was inserted.
+/// The commit does not wait for the WAL flush (`synchronous_commit` off for this
+/// one transaction): a variant row lost to a crash only costs a transform.
 pub async fn insert(pool: &PgPool, v: &NewVariant<'_>) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO storage_variants (id, source_version, params, content_type, size, width, height) \
-         SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM storage_objects WHERE version = $2) \
+        "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) \
+         INSERT INTO storage_variants (id, source_version, params, content_type, size, width, height) \
+         SELECT $1, $2, $3, $4, $5, $6, $7 FROM relaxed \
+         WHERE EXISTS (SELECT 1 FROM storage_objects WHERE version = $2) \
          ON CONFLICT (source_version, params) DO NOTHING",
     )
     .bind(v.id)

@@ -103,13 +103,29 @@ const ALLOWED_LOADERS: [&str; 8] = [
     "VipsForeignLoadPdf",
 ];
 
+// Not in rs-vips' bindings; exported by every libvips 8.x this links against.
+unsafe extern "C" {
+    fn vips_vector_set_enabled(enabled: std::ffi::c_int);
+    fn vips_vector_isenabled() -> std::ffi::c_int;
+}
+
 /// Starts libvips once per process: one thread per operation (our worker pool is
 /// the parallelism), the operation cache off (each transform is new work, and the
-/// cache would pin source buffers), and only the loaders we need.
+/// cache would pin source buffers), liborc's run-time compiled vector paths off,
+/// and only the loaders we need.
+///
+/// liborc is off because libvips 8.14 compiles a fresh orc program for each
+/// resize it builds, and with several transforms at once liborc 0.4.33 crashed the
+/// process (a SIGSEGV in `liborc`, seen twice in the imaging bench's in-process
+/// loops). The plain C paths are as fast here: the resize that follows the
+/// scaled JPEG decode works on a small image, and the per-transform compile goes.
 pub fn init() -> Result<(), ImageError> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
     INIT.get_or_init(|| {
         rs_vips::Vips::init("carmenta").map_err(|e| e.to_string())?;
+        // SAFETY: a flag libvips reads when it builds an operation; set once, right
+        // after vips_init and before any operation runs.
+        unsafe { vips_vector_set_enabled(0) };
         rs_vips::Vips::concurrency_set(1);
         rs_vips::Vips::cache_set_max(0);
         rs_vips::Vips::cache_set_max_mem(0);
@@ -128,6 +144,12 @@ pub fn init() -> Result<(), ImageError> {
     })
     .clone()
     .map_err(|e| ImageError::new(500, "InternalError", format!("libvips did not start: {e}")))
+}
+
+/// Whether libvips would use liborc's compiled vector paths (false once [`init`] ran).
+pub fn vector_paths_enabled() -> bool {
+    // SAFETY: reads a libvips flag.
+    unsafe { vips_vector_isenabled() != 0 }
 }
 
 fn undecodable(e: impl std::fmt::Display) -> ImageError {

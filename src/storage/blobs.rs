@@ -57,6 +57,10 @@ pub struct Blobs {
     /// The same store when it is the local filesystem: its files can be named
     /// (staging files need sweeping; imaging workers read sources themselves).
     local: Option<Arc<object_store::local::LocalFileSystem>>,
+    /// Where caches (image variants) are written: the same store, but on the local
+    /// filesystem without the fsync, since a cache entry lost to a power cut is
+    /// made again (readers check its length against its row).
+    cache: Arc<dyn ObjectStore>,
 }
 
 impl Blobs {
@@ -71,7 +75,9 @@ impl Blobs {
                     .map_err(|e| format!("opening {}: {e}", root.display()))?
                     .with_fsync(true);
                 let fs = Arc::new(fs);
-                return Ok(Blobs { store: fs.clone(), local: Some(fs) });
+                let cache = object_store::local::LocalFileSystem::new_with_prefix(root)
+                    .map_err(|e| format!("opening {}: {e}", root.display()))?;
+                return Ok(Blobs { store: fs.clone(), local: Some(fs), cache: Arc::new(cache) });
             }
             StorageBackend::S3(s3) => {
                 let mut b = object_store::aws::AmazonS3Builder::new()
@@ -90,7 +96,7 @@ impl Blobs {
                 Arc::new(b.build().map_err(|e| format!("configuring S3: {e}"))?)
             }
         };
-        Ok(Blobs { store, local: None })
+        Ok(Blobs { cache: store.clone(), store, local: None })
     }
 
     /// `<folder>/<first two hex digits>/<id>`: ids spread over 256 folders.
@@ -198,6 +204,13 @@ impl Blobs {
         }
         w.finish().await?;
         Ok(Written { size, interrupted })
+    }
+
+    /// Writes a cache entry (an image variant) in one piece. It is not synced to
+    /// disk before this returns: after a power cut it may be missing or short, so
+    /// its reader compares its length with the size it recorded.
+    pub async fn write_cache(&self, path: &Path, bytes: Bytes) -> Result<(), object_store::Error> {
+        self.cache.put(path, PutPayload::from(bytes)).await.map(|_| ())
     }
 
     /// Streams `path`, or the byte `range` of it. A local file is read in 256 KiB

@@ -66,7 +66,7 @@ fn source_jpeg() -> Vec<u8> {
 /// either Carmenta's own pipeline (`transform::render`, what the server runs) or a
 /// plain `thumbnail_buffer` + `webpsave_buffer`. With `spread`, Carmenta's pipeline
 /// goes through the same qualities as the HTTP runs' requests; else quality 80.
-fn in_process(src: &Arc<Vec<u8>>, crop: bool, streams: usize, ours: bool, secs: u64, spread: bool) -> f64 {
+fn in_process(srcs: &[Arc<Vec<u8>>], crop: bool, streams: usize, ours: bool, secs: u64, spread: bool) -> f64 {
     use carmenta::imaging::{Format, Transform, transform};
     let query: &[(&str, &str)] = if crop {
         &[("width", "300"), ("height", "300"), ("resize", "cover"), ("gravity", "auto"), ("format", "webp")]
@@ -88,20 +88,21 @@ fn in_process(src: &Arc<Vec<u8>>, crop: bool, streams: usize, ours: bool, secs: 
     let start = Instant::now();
     let handles: Vec<_> = (0..streams)
         .map(|stream| {
-            let src = src.clone();
+            let srcs: Vec<Arc<Vec<u8>>> = srcs.to_vec();
             let ts = ts.clone();
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
+                    let src = &srcs[(stream + n as usize * streams) % srcs.len()];
                     let len = if ours {
                         // Streams start spread over the qualities, not in step.
                         let t = &ts[(stream * ts.len() / streams + n as usize) % ts.len()];
-                        let probe = transform::probe(&src, 1).expect("probe");
-                        transform::render(&src, &probe, t, Format::Webp).expect("render").bytes.len()
+                        let probe = transform::probe(src, 1).expect("probe");
+                        transform::render(src, &probe, t, Format::Webp).expect("render").bytes.len()
                     } else {
                         let opts = VOption::new().set("height", if crop { 300 } else { 10_000_000 });
                         let opts = if crop { opts.set("crop", "attention") } else { opts };
-                        let img = VipsImage::thumbnail_buffer_with_opts(&src, 300, opts).expect("thumbnail");
+                        let img = VipsImage::thumbnail_buffer_with_opts(src, 300, opts).expect("thumbnail");
                         img.webpsave_buffer_with_opts(VOption::new().set("Q", 80)).expect("webp").len()
                     };
                     assert!(len > 0);
@@ -180,6 +181,27 @@ fn main() {
         rs_vips::Vips::version_string().unwrap_or_default()
     );
 
+    let one_src = [src.clone()];
+    // `-- copies`: the in-process pipeline on one source buffer (hot in the CPU's
+    // last-level cache after the first pass) against the same bytes in COPIES
+    // buffers taken in turn (as the server reads COPIES files), 2 loops, paired.
+    if std::env::args().skip(1).any(|a| a == "copies") {
+        let copies: Vec<Arc<Vec<u8>>> = (0..COPIES).map(|_| Arc::new(src.as_ref().clone())).collect();
+        for crop in [false, true] {
+            let (mut hot, mut cold) = (0.0, 0.0);
+            for _ in 0..PAIRS {
+                hot += in_process(&one_src, crop, 2, true, SLICE, true) / PAIRS as f64;
+                cold += in_process(&copies, crop, 2, true, SLICE, true) / PAIRS as f64;
+            }
+            println!(
+                "{}: in-process 2 loops, one buffer {hot:6.1}/s, {COPIES} copies {cold:6.1}/s ({:5.1} %)",
+                if crop { "smart crop" } else { "300 px WebP" },
+                100.0 * cold / hot
+            );
+        }
+        return;
+    }
+
     let port = free_port();
     let mut server = Guard(spawn_carmenta(bin, &data, port, &[]));
     wait_ready(port, "/readyz", &mut server.0);
@@ -247,8 +269,8 @@ fn main() {
                     version = v.clone();
                 }
                 let round = [
-                    in_process(&src, crop, 1, false, SECS, false),
-                    in_process(&src, crop, 1, true, SECS, false),
+                    in_process(&one_src, crop, 1, false, SECS, false),
+                    in_process(&one_src, crop, 1, true, SECS, false),
                     s1.map_or(0.0, |s| s.0),
                     s2.map_or(0.0, |s| s.0),
                     s4.map_or(0.0, |s| s.0),
@@ -265,7 +287,7 @@ fn main() {
         for (slot, clients) in paired.iter_mut().zip([2usize, 4]) {
             for _ in 0..PAIRS {
                 if !http_only {
-                    slot.0 += in_process(&src, crop, clients, true, SLICE, true) / PAIRS as f64;
+                    slot.0 += in_process(&one_src, crop, clients, true, SLICE, true) / PAIRS as f64;
                 }
                 slot.1 += http(clients) / PAIRS as f64;
             }

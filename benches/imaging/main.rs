@@ -167,7 +167,8 @@ fn main() {
     carmenta::install_tls_provider();
     // `cargo bench --bench imaging -- http`: only the HTTP figures and where their
     // time goes (no in-process loops, no sharp), for quick comparisons.
-    let http_only = std::env::args().skip(1).any(|a| a == "http");
+    let mode = |name: &str| std::env::args().skip(1).any(|a| a == name);
+    let http_only = mode("http");
     let bin = env!("CARGO_BIN_EXE_carmenta");
     let dir = tempfile::Builder::new().prefix("carmenta-bench-imaging-").tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -185,7 +186,7 @@ fn main() {
     // `-- copies`: the in-process pipeline on one source buffer (hot in the CPU's
     // last-level cache after the first pass) against the same bytes in COPIES
     // buffers taken in turn (as the server reads COPIES files), 2 loops, paired.
-    if std::env::args().skip(1).any(|a| a == "copies") {
+    if mode("copies") {
         let copies: Vec<Arc<Vec<u8>>> = (0..COPIES).map(|_| Arc::new(src.as_ref().clone())).collect();
         for crop in [false, true] {
             let (mut hot, mut cold) = (0.0, 0.0);

@@ -183,21 +183,20 @@ impl Imaging {
         let stored = db::find(pool, version, params).await?;
         stage("lookup", looked_up);
         if let Some(v) = stored {
-            match blobs.read_all(&Blobs::variant_path(v.id)).await {
-                // Variant bytes are not synced when written: after a power cut they
-                // can be short. Such a one is dropped and made again.
-                Ok(bytes) if bytes.len() as i64 != v.size => {
-                    tracing::warn!(variant = %v.id, "image variant shorter than recorded; making it again");
-                    db::delete(pool, v.id).await?;
-                    let _ = blobs.delete(&Blobs::variant_path(v.id)).await;
-                }
-                Ok(bytes) => {
+            let path = Blobs::variant_path(v.id);
+            match blobs.read_all(&path).await {
+                Ok(bytes) if bytes.len() as i64 == v.size => {
                     let hit = Arc::new(Output { bytes, content_type: v.content_type, cached: true });
                     self.remember(&key, &hit);
                     return Ok(hit);
                 }
-                // Bytes gone (a sweep raced us, or a lost write): make it again.
-                Err(object_store::Error::NotFound { .. }) => db::delete(pool, v.id).await?,
+                // Bytes gone or short (a sweep raced us, a lost write, or a power cut
+                // before the unsynced bytes reached the disk): drop them, make it again.
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                    tracing::debug!(variant = %v.id, "stored image variant missing or short; making it again");
+                    db::delete(pool, v.id).await?;
+                    let _ = blobs.delete(&path).await;
+                }
                 Err(e) => return Err(ImageError::internal(e)),
             }
         }
@@ -321,7 +320,7 @@ fn not_found() -> ImageError {
     ImageError::new(404, "NoSuchKey", "Object not found")
 }
 
-/// A source picture: a file of the local store, read by the worker, or bytes
+/// A source picture: a file of the local store, mapped by the worker, or bytes
 /// already fetched from a remote store.
 enum Source {
     File(std::path::PathBuf),
@@ -338,37 +337,25 @@ impl Source {
             Source::File(file) => file,
         };
         let reading = Instant::now();
-        let mapped = std::fs::File::open(&file).and_then(|f| {
-            let len = f.metadata()?.len();
-            // The row's size was checked; this bounds a file that grew anyway.
-            if len > transform::MAX_SOURCE_BYTES {
-                return Ok(None);
-            }
-            if len == 0 {
-                return Ok(Some(Mapped::Empty));
-            }
-            // SAFETY: a blob file is written under a staging name and renamed into
-            // place, and never opened for writing again (a new version is a new
-            // file; a delete unlinks it, which leaves a mapping intact), so the
-            // mapped bytes cannot change or shrink while they are read.
-            let map = unsafe { memmap2::MmapOptions::new().populate().map(&f) }?;
-            Ok(Some(Mapped::Map(map)))
-        });
-        stage("read", reading);
-        match mapped {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found()),
-            Err(e) => Err(ImageError::internal(e)),
-            Ok(None) => Err(transform::too_big_file()),
-            Ok(Some(Mapped::Empty)) => f(&[]),
-            Ok(Some(Mapped::Map(map))) => f(&map),
+        let opened = std::fs::File::open(&file).and_then(|f| Ok((f.metadata()?.len(), f)));
+        let (len, opened) = match opened {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(ImageError::internal(e)),
+            Ok(o) => o,
+        };
+        // The row's size was checked; this bounds a file that grew anyway.
+        if len > transform::MAX_SOURCE_BYTES {
+            return Err(transform::too_big_file());
         }
+        // SAFETY: a blob file is written under a staging name and renamed into
+        // place, and never opened for writing again (a new version is a new file;
+        // a delete unlinks it, which leaves a mapping intact), so the mapped bytes
+        // cannot change or shrink while they are read. (memmap2 maps an empty file
+        // as an empty slice.)
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&opened) }.map_err(ImageError::internal)?;
+        stage("read", reading);
+        f(&map)
     }
-}
-
-/// A mapped source file (an empty file cannot be mapped).
-enum Mapped {
-    Empty,
-    Map(memmap2::Mmap),
 }
 
 /// Records how long a stage of an uncached render took, from `since`:

@@ -161,6 +161,9 @@ pub struct Config {
     pub imaging_queue: usize,
     /// Longest a transform may take (`CARMENTA_IMAGING_TIMEOUT`, seconds, default 30).
     pub imaging_timeout: Duration,
+    /// The CPU scheduling class of the imaging workers (`CARMENTA_IMAGING_PRIORITY`,
+    /// `idle` by default: they yield the CPU to request handling and the database).
+    pub imaging_priority: crate::imaging::Priority,
     /// A JSON file of provider entries added to or overriding the built-in catalog.
     pub providers_file: Option<PathBuf>,
     /// Where connection events are POSTed (Standard Webhooks), if anywhere.
@@ -214,6 +217,7 @@ struct FileConfig {
     imaging_workers: Option<u64>,
     imaging_queue: Option<u64>,
     imaging_timeout: Option<u64>,
+    imaging_priority: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_bucket: Option<String>,
@@ -560,6 +564,15 @@ impl Config {
         let imaging_timeout = Duration::from_secs(
             num(&["CARMENTA_IMAGING_TIMEOUT"], "imaging_timeout", fc.imaging_timeout, 1, 3600)?.unwrap_or(30),
         );
+        let imaging_priority = match pick(env, &["CARMENTA_IMAGING_PRIORITY"], "imaging_priority", fc.imaging_priority)
+        {
+            None => crate::imaging::Priority::Idle,
+            Some(r) => match r.value.trim() {
+                "idle" => crate::imaging::Priority::Idle,
+                "normal" => crate::imaging::Priority::Normal,
+                _ => return Err(invalid(&r, "expected idle or normal")),
+            },
+        };
         let storage = match pick(env, &["CARMENTA_STORAGE_BACKEND"], "storage_backend", fc.storage_backend) {
             Some(r) if r.value.trim() == "s3" => {
                 let endpoint = match pick(env, &["CARMENTA_S3_ENDPOINT"], "s3_endpoint", fc.s3_endpoint) {
@@ -718,6 +731,7 @@ impl Config {
             imaging_workers,
             imaging_queue,
             imaging_timeout,
+            imaging_priority,
             providers_file,
             webhook_url,
             webhook_secret,
@@ -828,6 +842,7 @@ impl Config {
             ("imaging_workers".into(), self.imaging_workers.to_string()),
             ("imaging_queue".into(), self.imaging_queue.to_string()),
             ("imaging_timeout".into(), format!("{}s", self.imaging_timeout.as_secs())),
+            ("imaging_priority".into(), self.imaging_priority.as_str().into()),
             ("clerk_webhook_secret".into(), format!("{} secret(s) [redacted]", self.clerk_webhook_secrets.len())),
         ]
     }
@@ -869,6 +884,20 @@ mod tests {
         assert!(parse_size("MB").is_err());
         assert!(parse_size("10 parsecs").is_err());
         assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn imaging_priority() {
+        let with = |v: Option<&str>| {
+            let env: BTreeMap<String, String> =
+                v.map(|v| ("CARMENTA_IMAGING_PRIORITY".to_string(), v.to_string())).into_iter().collect();
+            Config::from_sources(&env, None)
+        };
+        assert_eq!(with(None).unwrap().imaging_priority, crate::imaging::Priority::Idle);
+        assert_eq!(with(Some("normal")).unwrap().imaging_priority, crate::imaging::Priority::Normal);
+        assert_eq!(with(Some(" idle ")).unwrap().imaging_priority, crate::imaging::Priority::Idle);
+        let e = with(Some("realtime")).unwrap_err().to_string();
+        assert!(e.contains("CARMENTA_IMAGING_PRIORITY") && e.contains("idle or normal"), "{e}");
     }
 
     #[test]

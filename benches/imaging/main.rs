@@ -10,12 +10,15 @@
 //! - and next to `sharp` from npm in its own loop (Node.js, one, two and four
 //!   concurrent streams), each HTTP figure compared at the same concurrency;
 //!
-//! then a decompression bomb (latency of the refusal, RSS around it), a cached
-//! variant at 32 connections next to nginx serving the same bytes, and the
-//! server's peak RSS.
+//! with the whole machine's CPU per image and its idle share on each side of the
+//! HTTP/in-process pairs; then the request path (a cached variant's latency) on
+//! the idle server and under 4 rendering clients, a decompression bomb (latency
+//! of the refusal, RSS around it), a cached variant at 32 connections next to
+//! nginx serving the same bytes, and the server's peak RSS.
 //!
-//! Run: `cargo bench --bench imaging` (see benches/README.md; needs Node.js and
-//! npm for the sharp anchor, which it installs into `benches/imaging/sharp/`).
+//! Run: `cargo bench --bench imaging` (see benches/README.md for the `http`,
+//! `paired` and `copies` modes; needs Node.js and npm for the sharp anchor, which
+//! it installs into `benches/imaging/sharp/`).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -116,6 +119,32 @@ fn in_process(srcs: &[Arc<Vec<u8>>], crop: bool, streams: usize, ours: bool, sec
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The machine's CPU time so far from `/proc/stat`, in clock ticks: (busy, idle,
+/// stolen by the hypervisor).
+fn machine_cpu() -> [f64; 3] {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal
+    [at(0) + at(1) + at(2) + at(5) + at(6), at(3) + at(4), at(7)]
+}
+
+/// Runs `f` (which returns a rate over `SLICE` seconds) and adds to `acc` the
+/// machine's busy CPU per item (ms) and its idle and stolen shares (%).
+fn measured(acc: &mut [f64; 3], f: impl FnOnce() -> f64) -> f64 {
+    let before = machine_cpu();
+    let rate = f();
+    let after = machine_cpu();
+    let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let total = (d[0] + d[1] + d[2]).max(1.0);
+    let tick_ms = 10.0; // USER_HZ = 100
+    acc[0] += d[0] * tick_ms / (rate * SLICE as f64).max(1.0) / PAIRS as f64;
+    acc[1] += 100.0 * d[1] / total / PAIRS as f64;
+    acc[2] += 100.0 * d[2] / total / PAIRS as f64;
+    rate
+}
+
 /// sharp in Node.js, `streams` concurrent loops; None when Node.js or npm is missing.
 fn sharp(file: &std::path::Path, crop: bool, streams: usize) -> Option<(f64, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/imaging/sharp");
@@ -144,6 +173,21 @@ fn sharp(file: &std::path::Path, crop: bool, streams: usize) -> Option<(f64, Str
     Some((v["per_sec"].as_f64()?, version))
 }
 
+/// A cached variant (answered from the server's memory: the request path alone)
+/// fetched back to back for `secs`: the latencies, sorted.
+fn probe(port: u16, path: &str, secs: f64) -> Vec<Duration> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut times = Vec::new();
+    while Instant::now() < deadline {
+        let start = Instant::now();
+        let answer = common::request(port, "GET", path, &[("Accept", "image/webp")], "");
+        assert_eq!(answer.map(|a| a.0), Some(200), "cached variant");
+        times.push(start.elapsed());
+    }
+    times.sort();
+    times
+}
+
 /// The server's `carmenta_image_stage_seconds` summaries: stage → (sum, count).
 fn stages(port: u16) -> std::collections::BTreeMap<String, (f64, f64)> {
     let mut out = std::collections::BTreeMap::new();
@@ -166,9 +210,12 @@ fn stages(port: u16) -> std::collections::BTreeMap<String, (f64, f64)> {
 fn main() {
     carmenta::install_tls_provider();
     // `cargo bench --bench imaging -- http`: only the HTTP figures and where their
-    // time goes (no in-process loops, no sharp), for quick comparisons.
+    // time goes (no in-process loops, no sharp), for quick comparisons;
+    // `-- paired`: the HTTP runs and their paired in-process loops only (no single
+    // loop, no sharp, no bomb, no nginx).
     let mode = |name: &str| std::env::args().skip(1).any(|a| a == name);
     let http_only = mode("http");
+    let paired_only = mode("paired");
     let bin = env!("CARGO_BIN_EXE_carmenta");
     let dir = tempfile::Builder::new().prefix("carmenta-bench-imaging-").tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -263,7 +310,7 @@ fn main() {
         // (loopback figures on a shared 2-core machine move by ±10 % between runs).
         let mut best = [0.0f64; 5];
         let mut version = String::new();
-        if !http_only {
+        if !http_only && !paired_only {
             for _ in 0..ROUNDS {
                 let (s1, s2, s4) = (sharp(&src_file, crop, 1), sharp(&src_file, crop, 2), sharp(&src_file, crop, 4));
                 if let Some((_, v)) = &s1 {
@@ -285,12 +332,15 @@ fn main() {
         // HTTP against in-process at 2 and 4: short runs alternated back to back and
         // averaged, so a slow phase of the machine falls on both sides alike.
         let mut paired = [(0.0f64, 0.0f64); 2];
-        for (slot, clients) in paired.iter_mut().zip([2usize, 4]) {
+        // Machine CPU per image and idle and stolen shares: [in-process, HTTP] per concurrency.
+        let mut machine = [[[0.0f64; 3]; 2]; 2];
+        for ((slot, machine), clients) in paired.iter_mut().zip(machine.iter_mut()).zip([2usize, 4]) {
             for _ in 0..PAIRS {
                 if !http_only {
-                    slot.0 += in_process(&one_src, crop, clients, true, SLICE, true) / PAIRS as f64;
+                    slot.0 += measured(&mut machine[0], || in_process(&one_src, crop, clients, true, SLICE, true))
+                        / PAIRS as f64;
                 }
-                slot.1 += http(clients) / PAIRS as f64;
+                slot.1 += measured(&mut machine[1], || http(clients)) / PAIRS as f64;
             }
         }
         let [(two, http2), (four, http4)] = paired;
@@ -302,17 +352,21 @@ fn main() {
                 "  HTTP, uncached: 2 clients {http2:6.1}/s   4 clients {http4:6.1}/s (in-process and sharp not run)"
             );
         } else {
-            println!("  libvips thumbnail_buffer, in-process   1 loop {plain1:6.1}/s ({:5.1} ms)", 1000.0 / plain1);
-            println!(
-                "  Carmenta's pipeline, in-process        1 loop {one:6.1}/s ({:5.1} ms)   2 loops {two:6.1}/s   4 loops {four:6.1}/s",
-                1000.0 / one
-            );
+            if !paired_only {
+                println!("  libvips thumbnail_buffer, in-process   1 loop {plain1:6.1}/s ({:5.1} ms)", 1000.0 / plain1);
+                println!(
+                    "  Carmenta's pipeline, in-process        1 loop {one:6.1}/s ({:5.1} ms)   2 loops {two:6.1}/s   4 loops {four:6.1}/s",
+                    1000.0 / one
+                );
+            } else {
+                println!("  Carmenta's pipeline, in-process        2 loops {two:6.1}/s   4 loops {four:6.1}/s");
+            }
             if sharp1 > 0.0 {
                 println!(
                     "  sharp, Node.js                         1 loop {sharp1:6.1}/s ({:5.1} ms)   2 loops {sharp2:6.1}/s   4 loops {sharp4:6.1}/s   [{version}]",
                     1000.0 / sharp1
                 );
-            } else {
+            } else if !paired_only {
                 println!("  sharp: not run (Node.js/npm unavailable)");
             }
             for (clients, ours, inproc, theirs) in [(2, http2, two, sharp2), (4, http4, four, sharp4)] {
@@ -320,6 +374,16 @@ fn main() {
                 println!(
                     "  HTTP, {clients} clients, uncached   {ours:6.1}/s = {:5.1} % of in-process ({clients} loops; target ≥ 90 %), {vs_sharp} of sharp ({clients} loops; target ≥ 100 %)",
                     100.0 * ours / inproc
+                );
+            }
+        }
+        // The whole machine's CPU per image, and how much of it sat idle or was
+        // taken by the hypervisor, on each side of the pairs.
+        if !http_only {
+            for (clients, [inproc, http]) in [2, 4].into_iter().zip(machine) {
+                println!(
+                    "  machine, {clients} at once: in-process {:.1} ms CPU per image, idle {:.1} %, stolen {:.1} %; HTTP {:.1} ms CPU per image, idle {:.1} %, stolen {:.1} %",
+                    inproc[0], inproc[1], inproc[2], http[0], http[1], http[2]
                 );
             }
         }
@@ -342,7 +406,33 @@ fn main() {
             );
         }
     }
-    if http_only {
+    // The request path while transforms keep both cores busy: a cached variant's
+    // latency, on the idle server and under 4 clients of uncached 200 px renders.
+    let cached = "/storage/v1/render/image/public/img/p0.jpg?width=300";
+    probe(port, cached, 0.2);
+    let quiet = probe(port, cached, 2.0);
+    let next = Arc::new(AtomicU64::new(0));
+    let renders = rt.spawn(load_with(addr, 4, 3, move |_, _| {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let (copy, q) = (n % COPIES, QUALITY_LOW + (n / COPIES) % QUALITIES);
+        get_request(
+            &format!("/storage/v1/render/image/public/img/p{copy}.jpg?width=200&quality={q}"),
+            &[("Accept", "image/webp")],
+        )
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = probe(port, cached, 2.4);
+    let renders = rt.block_on(renders).unwrap_or(0.0);
+    let ms = |t: &[Duration], q: f64| common::quantile(t, q).as_secs_f64() * 1000.0;
+    println!(
+        "request path (a cached variant, back to back): idle server p50 {:.2} ms, p99 {:.2} ms; while 4 clients render uncached ({renders:.1}/s) p50 {:.2} ms, p99 {:.2} ms [imaging priority: {}]",
+        ms(&quiet, 0.5),
+        ms(&quiet, 0.99),
+        ms(&busy, 0.5),
+        ms(&busy, 0.99),
+        std::env::var("CARMENTA_IMAGING_PRIORITY").unwrap_or_else(|_| "idle".into())
+    );
+    if http_only || paired_only {
         stop(&mut server.0);
         return;
     }

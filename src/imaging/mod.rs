@@ -1,7 +1,9 @@
 //! Image transformations (what imgproxy does behind Supabase Storage): the
 //! parameters (`params.rs`), the libvips work (`transform.rs`), the variant rows
-//! (`db.rs`), scaled JPEG decoding (`jpeg.rs`, and `dc.rs` at 1/8), and here the engine around them: a worker pool of bounded size with
-//! a bounded queue (overload is refused, not queued without end), coalescing of
+//! (`db.rs`), scaled JPEG decoding (`jpeg.rs`, and `dc.rs` at 1/8), and here the
+//! engine around them: a worker pool of bounded size (its threads in `SCHED_IDLE`
+//! by default, so request handling gets a core ahead of any transform) with a bounded
+//! queue (overload is refused, not queued without end), coalescing of
 //! identical concurrent requests into one transform, a per-transform timeout, and
 //! the variant cache in the object store (`variants/…`, one row per variant).
 //! The HTTP surface is storage's (`storage/render.rs`).
@@ -90,6 +92,48 @@ const RECENT_BYTES: usize = 64 * 1024 * 1024;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// The CPU scheduling class the imaging workers run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Linux `SCHED_IDLE` (the default): a worker gets a core whenever nothing
+    /// else wants it, and gives it up at once when a request-handling thread or
+    /// the database wakes. Transforms still use every idle cycle, but they no
+    /// longer delay the short work around them (theirs included).
+    Idle,
+    /// The ordinary time-sharing class, as every other thread.
+    Normal,
+}
+
+impl Priority {
+    /// The configuration value (`idle`, `normal`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Idle => "idle",
+            Priority::Normal => "normal",
+        }
+    }
+
+    /// Puts the calling thread (and the threads it starts later, libvips' own
+    /// among them) in this class. A failure is logged, and the thread runs on.
+    /// (Linux only; elsewhere the workers stay in the normal class.)
+    fn apply(self) {
+        #[cfg(target_os = "linux")]
+        if self == Priority::Idle {
+            Priority::sched_idle();
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn sched_idle() {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler with pid 0 changes only the calling thread and
+        // reads `param`, which lives across the call.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "imaging worker left in the normal scheduling class");
+        }
+    }
+}
+
 /// The threads libvips runs on: a fixed set, started on first use, so libvips'
 /// per-thread buffers are made once per thread (threads that come and go, as a
 /// general blocking pool's do, would leave theirs behind) and stay warm. A job is
@@ -98,6 +142,7 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 #[derive(Debug)]
 struct Workers {
     count: usize,
+    priority: Priority,
     jobs: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>>,
 }
 
@@ -108,7 +153,9 @@ impl Workers {
             let rx = Arc::new(Mutex::new(rx));
             for i in 0..self.count {
                 let rx = rx.clone();
+                let priority = self.priority;
                 let spawned = std::thread::Builder::new().name(format!("carmenta-imaging-{i}")).spawn(move || {
+                    priority.apply();
                     loop {
                         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         match next {
@@ -141,12 +188,13 @@ impl Drop for Admission<'_> {
 }
 
 impl Imaging {
-    /// `workers` transforms at once, `queue` more waiting, each at most `timeout`.
-    pub fn new(workers: usize, queue: usize, timeout: Duration) -> Imaging {
+    /// `workers` transforms at once, `queue` more waiting, each at most `timeout`,
+    /// on worker threads in the scheduling class `priority`.
+    pub fn new(workers: usize, queue: usize, timeout: Duration, priority: Priority) -> Imaging {
         let workers = workers.max(1);
         Imaging {
             workers: Arc::new(Semaphore::new(workers)),
-            pool: Workers { count: workers, jobs: OnceLock::new() },
+            pool: Workers { count: workers, priority, jobs: OnceLock::new() },
             admitted: AtomicUsize::new(0),
             capacity: workers + queue,
             timeout,
@@ -284,10 +332,11 @@ impl Imaging {
             let _permit = permit;
             stage("handover", handed);
             let rendered = source.with(|src| {
-                let started = Instant::now();
+                let (started, cpu) = (Instant::now(), thread_cpu_time());
                 let r = transform::probe(src, t2.page)
                     .and_then(|probe| transform::render(src, &probe, &t2, out.unwrap_or(probe.kind.origin())));
                 stage("transform", started);
+                record("transform_cpu", thread_cpu_time().saturating_sub(cpu));
                 r
             });
             let _ = done.send(rendered);
@@ -362,9 +411,21 @@ impl Source {
 /// `carmenta_image_stage_seconds{stage}` with `lookup` (the stored-variant query),
 /// `queue` (waiting for a worker), `handover` (to the worker thread), `read` (the
 /// source's bytes), `transform` (libvips and the encoders) and `store` (the
-/// variant's bytes and row, after the response).
+/// variant's bytes and row, after the response); and `transform_cpu`, the CPU
+/// time the worker thread spent in `transform` (wall time above it is time the
+/// thread waited for a core).
 fn stage(name: &'static str, since: Instant) {
-    metrics::histogram!("carmenta_image_stage_seconds", "stage" => name).record(since.elapsed().as_secs_f64());
+    record(name, since.elapsed());
+}
+
+fn record(name: &'static str, spent: Duration) {
+    metrics::histogram!("carmenta_image_stage_seconds", "stage" => name).record(spent.as_secs_f64());
+}
+
+/// The CPU time the calling thread has used so far (zero where the clock is
+/// unavailable).
+pub fn thread_cpu_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map(Duration::from).unwrap_or_default()
 }
 
 /// Writes a variant's bytes, then its row (only while its version is an object's);

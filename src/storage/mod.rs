@@ -69,7 +69,12 @@ impl Storage {
         Ok(Storage {
             blobs: Blobs::open(&config.storage)?,
             cache: cache::StorageCache::default(),
-            imaging: crate::imaging::Imaging::new(config.imaging_workers, config.imaging_queue, config.imaging_timeout),
+            imaging: crate::imaging::Imaging::new(
+                config.imaging_workers,
+                config.imaging_queue,
+                config.imaging_timeout,
+                config.imaging_priority,
+            ),
             signing: keyring.derive("carmenta storage url signing"),
         })
     }

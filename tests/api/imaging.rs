@@ -308,6 +308,39 @@ async fn identical_concurrent_requests_run_one_transform() {
     wait_rows(&st, 1).await;
 }
 
+/// The scheduling policy of each of this process's threads whose name starts
+/// with `prefix` (field 41 of `/proc/self/task/<tid>/stat`).
+fn policies(prefix: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // "tid (comm) state …": the comm may hold spaces, so split after its ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        // Fields after the comm start at field 3; the policy is field 41.
+        let policy = stat[close + 2..].split(' ').nth(41 - 3).and_then(|p| p.parse().ok()).unwrap();
+        out.push(policy);
+    }
+    out
+}
+
+#[tokio::test]
+async fn workers_yield_the_cpu_to_request_handling() {
+    let st = setup().await;
+    put(&st, &st.a.jwt, "pub", "y.jpg", jpeg(&picture(400, 300, None)), "image/jpeg").await;
+    let r = get(&st, "/render/image/public/pub/y.jpg?width=100", "", "image/webp").await;
+    assert_eq!(r.status(), 200);
+    // Every engine in this test process runs with the default `idle` class.
+    let workers = policies("carmenta-imagin");
+    assert!(!workers.is_empty(), "the imaging workers are running");
+    assert!(workers.iter().all(|p| *p == libc::SCHED_IDLE as u32), "workers' policies: {workers:?}");
+    // The thread that handled the request (this test's runtime) stays in the normal class.
+    let me = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+    assert_eq!(policies(me.trim()), vec![libc::SCHED_OTHER as u32], "the test thread ({me}) is not an imaging worker");
+}
+
 #[tokio::test]
 async fn variants_are_cached_revalidated_and_dropped() {
     let st = setup().await;

@@ -332,11 +332,10 @@ impl Imaging {
             let _permit = permit;
             stage("handover", handed);
             let rendered = source.with(|src| {
-                let (started, cpu) = (Instant::now(), thread_cpu_time());
+                let started = Instant::now();
                 let r = transform::probe(src, t2.page)
                     .and_then(|probe| transform::render(src, &probe, &t2, out.unwrap_or(probe.kind.origin())));
                 stage("transform", started);
-                record("transform_cpu", thread_cpu_time().saturating_sub(cpu));
                 r
             });
             let _ = done.send(rendered);
@@ -411,21 +410,9 @@ impl Source {
 /// `carmenta_image_stage_seconds{stage}` with `lookup` (the stored-variant query),
 /// `queue` (waiting for a worker), `handover` (to the worker thread), `read` (the
 /// source's bytes), `transform` (libvips and the encoders) and `store` (the
-/// variant's bytes and row, after the response); and `transform_cpu`, the CPU
-/// time the worker thread spent in `transform` (wall time above it is time the
-/// thread waited for a core).
+/// variant's bytes and row, after the response).
 fn stage(name: &'static str, since: Instant) {
-    record(name, since.elapsed());
-}
-
-fn record(name: &'static str, spent: Duration) {
-    metrics::histogram!("carmenta_image_stage_seconds", "stage" => name).record(spent.as_secs_f64());
-}
-
-/// The CPU time the calling thread has used so far (zero where the clock is
-/// unavailable).
-pub fn thread_cpu_time() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map(Duration::from).unwrap_or_default()
+    metrics::histogram!("carmenta_image_stage_seconds", "stage" => name).record(since.elapsed().as_secs_f64());
 }
 
 /// Writes a variant's bytes, then its row (only while its version is an object's);

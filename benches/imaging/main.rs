@@ -138,7 +138,9 @@ fn measured(acc: &mut [f64; 3], f: impl FnOnce() -> f64) -> f64 {
     let after = machine_cpu();
     let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     let total = (d[0] + d[1] + d[2]).max(1.0);
-    let tick_ms = 10.0; // USER_HZ = 100
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let tick_ms = 1000.0 / ticks_per_sec;
     acc[0] += d[0] * tick_ms / (rate * SLICE as f64).max(1.0) / PAIRS as f64;
     acc[1] += 100.0 * d[1] / total / PAIRS as f64;
     acc[2] += 100.0 * d[2] / total / PAIRS as f64;

@@ -567,11 +567,8 @@ impl Config {
         let imaging_priority = match pick(env, &["CARMENTA_IMAGING_PRIORITY"], "imaging_priority", fc.imaging_priority)
         {
             None => crate::imaging::Priority::Idle,
-            Some(r) => match r.value.trim() {
-                "idle" => crate::imaging::Priority::Idle,
-                "normal" => crate::imaging::Priority::Normal,
-                _ => return Err(invalid(&r, "expected idle or normal")),
-            },
+            Some(r) => crate::imaging::Priority::from_name(r.value.trim())
+                .ok_or_else(|| invalid(&r, "expected idle or normal"))?,
         };
         let storage = match pick(env, &["CARMENTA_STORAGE_BACKEND"], "storage_backend", fc.storage_backend) {
             Some(r) if r.value.trim() == "s3" => {

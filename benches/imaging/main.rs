@@ -190,6 +190,18 @@ fn probe(port: u16, path: &str, secs: f64) -> Vec<Duration> {
     times
 }
 
+/// The next request of a run that must never hit the variant cache: the `n`-th
+/// (copy, quality) pair, taken from `next`, rendered as `shape`.
+fn uncached(next: &AtomicU64, shape: &str) -> Vec<u8> {
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    assert!(n < COPIES * QUALITIES, "ran out of distinct variants");
+    let (copy, q) = (n % COPIES, QUALITY_LOW + (n / COPIES) % QUALITIES);
+    get_request(
+        &format!("/storage/v1/render/image/public/img/p{copy}.jpg?{shape}&quality={q}"),
+        &[("Accept", "image/webp")],
+    )
+}
+
 /// The server's `carmenta_image_stage_seconds` summaries: stage → (sum, count).
 fn stages(port: u16) -> std::collections::BTreeMap<String, (f64, f64)> {
     let mut out = std::collections::BTreeMap::new();
@@ -214,7 +226,7 @@ fn main() {
     // `cargo bench --bench imaging -- http`: only the HTTP figures and where their
     // time goes (no in-process loops, no sharp), for quick comparisons;
     // `-- paired`: the HTTP runs and their paired in-process loops only (no single
-    // loop, no sharp, no bomb, no nginx).
+    // loop, no sharp, no bomb, no nginx). Both end with the request-path probe.
     let mode = |name: &str| std::env::args().skip(1).any(|a| a == name);
     let http_only = mode("http");
     let paired_only = mode("paired");
@@ -290,15 +302,7 @@ fn main() {
         let http = |clients: usize| {
             let next = next.clone();
             let before = stages(port);
-            let rate = rt.block_on(load_with(addr, clients, SLICE, move |_, _| {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let (copy, q) = (n % COPIES, QUALITY_LOW + (n / COPIES) % QUALITIES);
-                assert!(n < COPIES * QUALITIES, "ran out of distinct variants");
-                get_request(
-                    &format!("/storage/v1/render/image/public/img/p{copy}.jpg?{shape}&quality={q}"),
-                    &[("Accept", "image/webp")],
-                )
-            }));
+            let rate = rt.block_on(load_with(addr, clients, SLICE, move |_, _| uncached(&next, shape)));
             for (name, (sum, count)) in stages(port) {
                 let (s0, n0) = before.get(&name).copied().unwrap_or_default();
                 let mut spent = spent.borrow_mut();
@@ -414,14 +418,7 @@ fn main() {
     probe(port, cached, 0.2);
     let quiet = probe(port, cached, 2.0);
     let next = Arc::new(AtomicU64::new(0));
-    let renders = rt.spawn(load_with(addr, 4, 3, move |_, _| {
-        let n = next.fetch_add(1, Ordering::Relaxed);
-        let (copy, q) = (n % COPIES, QUALITY_LOW + (n / COPIES) % QUALITIES);
-        get_request(
-            &format!("/storage/v1/render/image/public/img/p{copy}.jpg?width=200&quality={q}"),
-            &[("Accept", "image/webp")],
-        )
-    }));
+    let renders = rt.spawn(load_with(addr, 4, 3, move |_, _| uncached(&next, "width=200")));
     std::thread::sleep(Duration::from_millis(300));
     let busy = probe(port, cached, 2.4);
     let renders = rt.block_on(renders).unwrap_or(0.0);

@@ -105,6 +105,8 @@ pub enum Priority {
 }
 
 impl Priority {
+    const ALL: [Priority; 2] = [Priority::Idle, Priority::Normal];
+
     /// The configuration value (`idle`, `normal`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -113,23 +115,23 @@ impl Priority {
         }
     }
 
+    /// The class a configuration value names, if any.
+    pub fn from_name(name: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
     /// Puts the calling thread (and the threads it starts later, libvips' own
     /// among them) in this class. A failure is logged, and the thread runs on.
     /// (Linux only; elsewhere the workers stay in the normal class.)
     fn apply(self) {
         #[cfg(target_os = "linux")]
         if self == Priority::Idle {
-            Priority::sched_idle();
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    fn sched_idle() {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler with pid 0 changes only the calling thread and
-        // reads `param`, which lives across the call.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "imaging worker left in the normal scheduling class");
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sched_setscheduler with pid 0 changes only the calling thread
+            // and reads `param`, which lives across the call.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "imaging worker left in the normal scheduling class");
+            }
         }
     }
 }

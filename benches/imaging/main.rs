@@ -41,9 +41,37 @@ const QUALITY_LOW: u64 = 20;
 const QUALITIES: u64 = 81;
 const ROUNDS: usize = 2;
 /// HTTP against in-process at equal concurrency: this many back-to-back pairs of
-/// `SLICE`-second runs, so that both sides see the same state of a shared machine.
-const PAIRS: usize = 5;
+/// `SLICE`-second runs (unless `CARMENTA_BENCH_PAIRS` says otherwise, 2–15: more would run out of distinct variants), so
+/// that both sides see the same state of a shared machine.
+const PAIRS: usize = 10;
 const SLICE: u64 = 2;
+
+/// The number of HTTP/in-process pairs per concurrency.
+fn pairs() -> usize {
+    static PAIRS_SET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAIRS_SET.get_or_init(|| match std::env::var("CARMENTA_BENCH_PAIRS") {
+        Ok(v) => {
+            v.trim().parse().ok().filter(|n| (2..=15).contains(n)).expect("CARMENTA_BENCH_PAIRS: a number from 2 to 15")
+        }
+        Err(_) => PAIRS,
+    })
+}
+
+/// The mean of `ratios` and the half-width of its 95 % confidence interval
+/// (Student's t), in the ratios' unit.
+fn mean_ci(ratios: &[f64]) -> (f64, f64) {
+    const T95: [f64; 30] = [
+        12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13, 2.12, 2.11, 2.10,
+        2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04,
+    ];
+    let n = ratios.len();
+    let mean = ratios.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (mean, T95[(n - 2).min(29)] * (var / n as f64).sqrt())
+}
 
 /// A photo-like 12 MP picture: smooth colour gradients, a few shapes, film grain.
 fn source_jpeg() -> Vec<u8> {
@@ -141,9 +169,10 @@ fn measured(acc: &mut [f64; 3], f: impl FnOnce() -> f64) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let tick_ms = 1000.0 / ticks_per_sec;
-    acc[0] += d[0] * tick_ms / (rate * SLICE as f64).max(1.0) / PAIRS as f64;
-    acc[1] += 100.0 * d[1] / total / PAIRS as f64;
-    acc[2] += 100.0 * d[2] / total / PAIRS as f64;
+    let pairs = pairs() as f64;
+    acc[0] += d[0] * tick_ms / (rate * SLICE as f64).max(1.0) / pairs;
+    acc[1] += 100.0 * d[1] / total / pairs;
+    acc[2] += 100.0 * d[2] / total / pairs;
     rate
 }
 
@@ -251,9 +280,9 @@ fn main() {
         let copies: Vec<Arc<Vec<u8>>> = (0..COPIES).map(|_| Arc::new(src.as_ref().clone())).collect();
         for crop in [false, true] {
             let (mut hot, mut cold) = (0.0, 0.0);
-            for _ in 0..PAIRS {
-                hot += in_process(&one_src, crop, 2, true, SLICE, true) / PAIRS as f64;
-                cold += in_process(&copies, crop, 2, true, SLICE, true) / PAIRS as f64;
+            for _ in 0..pairs() {
+                hot += in_process(&one_src, crop, 2, true, SLICE, true) / pairs() as f64;
+                cold += in_process(&copies, crop, 2, true, SLICE, true) / pairs() as f64;
             }
             println!(
                 "{}: in-process 2 loops, one buffer {hot:6.1}/s, {COPIES} copies {cold:6.1}/s ({:5.1} %)",
@@ -338,20 +367,31 @@ fn main() {
         // HTTP against in-process at 2 and 4: short runs alternated back to back and
         // averaged, so a slow phase of the machine falls on both sides alike.
         let mut paired = [(0.0f64, 0.0f64); 2];
+        // Each pair's HTTP rate over its in-process rate, per concurrency.
+        let mut ratios: [Vec<f64>; 2] = Default::default();
         // Machine CPU per image and idle and stolen shares: [in-process, HTTP] per concurrency.
         let mut machine = [[[0.0f64; 3]; 2]; 2];
-        for ((slot, machine), clients) in paired.iter_mut().zip(machine.iter_mut()).zip([2usize, 4]) {
-            for _ in 0..PAIRS {
-                if !http_only {
-                    slot.0 += measured(&mut machine[0], || in_process(&one_src, crop, clients, true, SLICE, true))
-                        / PAIRS as f64;
+        let pairs = pairs();
+        for (((slot, machine), ratios), clients) in
+            paired.iter_mut().zip(machine.iter_mut()).zip(ratios.iter_mut()).zip([2usize, 4])
+        {
+            for _ in 0..pairs {
+                let inproc = if http_only {
+                    0.0
+                } else {
+                    measured(&mut machine[0], || in_process(&one_src, crop, clients, true, SLICE, true))
+                };
+                let over_http = measured(&mut machine[1], || http(clients));
+                if inproc > 0.0 {
+                    ratios.push(100.0 * over_http / inproc);
                 }
-                slot.1 += measured(&mut machine[1], || http(clients)) / PAIRS as f64;
+                slot.0 += inproc / pairs as f64;
+                slot.1 += over_http / pairs as f64;
             }
         }
         let [(two, http2), (four, http4)] = paired;
         println!(
-            "{label} (1 loop and sharp: best of {ROUNDS} rounds of {SECS} s; 2 and 4 loops against HTTP: {PAIRS} alternated pairs of {SLICE} s, means):"
+            "{label} (1 loop and sharp: best of {ROUNDS} rounds of {SECS} s; 2 and 4 loops against HTTP: {pairs} alternated pairs of {SLICE} s, means):"
         );
         if http_only {
             println!(
@@ -375,11 +415,20 @@ fn main() {
             } else if !paired_only {
                 println!("  sharp: not run (Node.js/npm unavailable)");
             }
-            for (clients, ours, inproc, theirs) in [(2, http2, two, sharp2), (4, http4, four, sharp4)] {
+            for ((clients, ours, inproc, theirs), ratios) in
+                [(2, http2, two, sharp2), (4, http4, four, sharp4)].into_iter().zip(&ratios)
+            {
                 let vs_sharp = if theirs > 0.0 { format!("{:5.1} %", 100.0 * ours / theirs) } else { "n/a".into() };
                 println!(
                     "  HTTP, {clients} clients, uncached   {ours:6.1}/s = {:5.1} % of in-process ({clients} loops; target ≥ 90 %), {vs_sharp} of sharp ({clients} loops; target ≥ 100 %)",
                     100.0 * ours / inproc
+                );
+                // The spread of the pairs: how far one run's figure can be trusted.
+                let (mean, half) = mean_ci(ratios);
+                let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+                println!(
+                    "    the {} pairs one by one: {lo:5.1}–{hi:5.1} %, mean {mean:5.1} ± {half:.1} % (95 % confidence)",
+                    ratios.len()
                 );
             }
         }

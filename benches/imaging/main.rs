@@ -41,36 +41,39 @@ const QUALITY_LOW: u64 = 20;
 const QUALITIES: u64 = 81;
 const ROUNDS: usize = 2;
 /// HTTP against in-process at equal concurrency: this many back-to-back pairs of
-/// `SLICE`-second runs (unless `CARMENTA_BENCH_PAIRS` says otherwise, 2–15: more would run out of distinct variants), so
-/// that both sides see the same state of a shared machine.
+/// `SLICE`-second runs, so that both sides see the same state of a shared machine
+/// (`CARMENTA_BENCH_PAIRS` sets it, up to `MAX_PAIRS`: more would run out of
+/// distinct variants).
 const PAIRS: usize = 10;
+const MAX_PAIRS: usize = 15;
 const SLICE: u64 = 2;
 
-/// The number of HTTP/in-process pairs per concurrency.
+/// The number of HTTP/in-process pairs per concurrency (read once, in `main`).
 fn pairs() -> usize {
-    static PAIRS_SET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PAIRS_SET.get_or_init(|| match std::env::var("CARMENTA_BENCH_PAIRS") {
-        Ok(v) => {
-            v.trim().parse().ok().filter(|n| (2..=15).contains(n)).expect("CARMENTA_BENCH_PAIRS: a number from 2 to 15")
-        }
+    match std::env::var("CARMENTA_BENCH_PAIRS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (2..=MAX_PAIRS).contains(n))
+            .expect("CARMENTA_BENCH_PAIRS: a number from 2 to 15"),
         Err(_) => PAIRS,
-    })
+    }
 }
 
 /// The mean of `ratios` and the half-width of its 95 % confidence interval
 /// (Student's t), in the ratios' unit.
 fn mean_ci(ratios: &[f64]) -> (f64, f64) {
-    const T95: [f64; 30] = [
-        12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13, 2.12, 2.11, 2.10,
-        2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04,
-    ];
+    // Two-sided 95 % quantiles for 1 to MAX_PAIRS - 1 degrees of freedom.
+    const T95: [f64; MAX_PAIRS - 1] =
+        [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14];
     let n = ratios.len();
     let mean = ratios.iter().sum::<f64>() / n.max(1) as f64;
     if n < 2 {
         return (mean, f64::NAN);
     }
     let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    (mean, T95[(n - 2).min(29)] * (var / n as f64).sqrt())
+    (mean, T95[(n - 2).min(T95.len() - 1)] * (var / n as f64).sqrt())
 }
 
 /// A photo-like 12 MP picture: smooth colour gradients, a few shapes, film grain.
@@ -159,7 +162,8 @@ fn machine_cpu() -> [f64; 3] {
 }
 
 /// Runs `f` (which returns a rate over `SLICE` seconds) and adds to `acc` the
-/// machine's busy CPU per item (ms) and its idle and stolen shares (%).
+/// machine's busy CPU per item (ms) and its idle and stolen shares (%), summed
+/// over the runs (the caller divides by their number).
 fn measured(acc: &mut [f64; 3], f: impl FnOnce() -> f64) -> f64 {
     let before = machine_cpu();
     let rate = f();
@@ -169,10 +173,9 @@ fn measured(acc: &mut [f64; 3], f: impl FnOnce() -> f64) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let tick_ms = 1000.0 / ticks_per_sec;
-    let pairs = pairs() as f64;
-    acc[0] += d[0] * tick_ms / (rate * SLICE as f64).max(1.0) / pairs;
-    acc[1] += 100.0 * d[1] / total / pairs;
-    acc[2] += 100.0 * d[2] / total / pairs;
+    acc[0] += d[0] * tick_ms / (rate * SLICE as f64).max(1.0);
+    acc[1] += 100.0 * d[1] / total;
+    acc[2] += 100.0 * d[2] / total;
     rate
 }
 
@@ -259,6 +262,7 @@ fn main() {
     let mode = |name: &str| std::env::args().skip(1).any(|a| a == name);
     let http_only = mode("http");
     let paired_only = mode("paired");
+    let pairs = pairs();
     let bin = env!("CARGO_BIN_EXE_carmenta");
     let dir = tempfile::Builder::new().prefix("carmenta-bench-imaging-").tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -280,9 +284,9 @@ fn main() {
         let copies: Vec<Arc<Vec<u8>>> = (0..COPIES).map(|_| Arc::new(src.as_ref().clone())).collect();
         for crop in [false, true] {
             let (mut hot, mut cold) = (0.0, 0.0);
-            for _ in 0..pairs() {
-                hot += in_process(&one_src, crop, 2, true, SLICE, true) / pairs() as f64;
-                cold += in_process(&copies, crop, 2, true, SLICE, true) / pairs() as f64;
+            for _ in 0..pairs {
+                hot += in_process(&one_src, crop, 2, true, SLICE, true) / pairs as f64;
+                cold += in_process(&copies, crop, 2, true, SLICE, true) / pairs as f64;
             }
             println!(
                 "{}: in-process 2 loops, one buffer {hot:6.1}/s, {COPIES} copies {cold:6.1}/s ({:5.1} %)",
@@ -371,7 +375,6 @@ fn main() {
         let mut ratios: [Vec<f64>; 2] = Default::default();
         // Machine CPU per image and idle and stolen shares: [in-process, HTTP] per concurrency.
         let mut machine = [[[0.0f64; 3]; 2]; 2];
-        let pairs = pairs();
         for (((slot, machine), ratios), clients) in
             paired.iter_mut().zip(machine.iter_mut()).zip(ratios.iter_mut()).zip([2usize, 4])
         {
@@ -436,6 +439,7 @@ fn main() {
         // taken by the hypervisor, on each side of the pairs.
         if !http_only {
             for (clients, [inproc, http]) in [2, 4].into_iter().zip(machine) {
+                let (inproc, http) = (inproc.map(|v| v / pairs as f64), http.map(|v| v / pairs as f64));
                 println!(
                     "  machine, {clients} at once: in-process {:.1} ms CPU per image, idle {:.1} %, stolen {:.1} %; HTTP {:.1} ms CPU per image, idle {:.1} %, stolen {:.1} %",
                     inproc[0], inproc[1], inproc[2], http[0], http[1], http[2]

@@ -17,7 +17,7 @@
 //! nginx serving the same bytes, and the server's peak RSS.
 //!
 //! Run: `cargo bench --bench imaging` (see benches/README.md for the `http`,
-//! `paired` and `copies` modes; needs Node.js and npm for the sharp anchor, which
+//! `paired`, `copies` and `cached` modes; needs Node.js and npm for the sharp anchor, which
 //! it installs into `benches/imaging/sharp/`).
 
 #[path = "../common/mod.rs"]
@@ -262,6 +262,7 @@ fn main() {
     let mode = |name: &str| std::env::args().skip(1).any(|a| a == name);
     let http_only = mode("http");
     let paired_only = mode("paired");
+    let cached_only = mode("cached");
     let pairs = pairs();
     let bin = env!("CARGO_BIN_EXE_carmenta");
     let dir = tempfile::Builder::new().prefix("carmenta-bench-imaging-").tempdir().expect("tempdir");
@@ -326,7 +327,9 @@ fn main() {
         }
     });
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    for (label, crop) in [("300 px wide WebP", false), ("300×300 smart-crop WebP", true)] {
+    let shapes =
+        if cached_only { vec![] } else { vec![("300 px wide WebP", false), ("300×300 smart-crop WebP", true)] };
+    for (label, crop) in shapes {
         // Every request a new (copy, quality) pair: never a variant-cache hit.
         let next = Arc::new(AtomicU64::new(0));
         let shape = if crop { "width=300&height=300&resize=cover&gravity=auto" } else { "width=300" };
@@ -465,71 +468,73 @@ fn main() {
             );
         }
     }
-    // The request path while transforms keep both cores busy: a cached variant's
-    // latency, on the idle server and under 4 clients of uncached 200 px renders.
-    let cached = "/storage/v1/render/image/public/img/p0.jpg?width=300";
-    probe(port, cached, 0.2);
-    let quiet = probe(port, cached, 2.0);
-    let next = Arc::new(AtomicU64::new(0));
-    let renders = rt.spawn(load_with(addr, 4, 3, move |_, _| uncached(&next, "width=200")));
-    std::thread::sleep(Duration::from_millis(300));
-    let busy = probe(port, cached, 2.4);
-    let renders = rt.block_on(renders).unwrap_or(0.0);
-    let ms = |t: &[Duration], q: f64| common::quantile(t, q).as_secs_f64() * 1000.0;
-    println!(
-        "request path (a cached variant, back to back): idle server p50 {:.2} ms, p99 {:.2} ms; while 4 clients render uncached ({renders:.1}/s) p50 {:.2} ms, p99 {:.2} ms [imaging priority: {}]",
-        ms(&quiet, 0.5),
-        ms(&quiet, 0.99),
-        ms(&busy, 0.5),
-        ms(&busy, 0.99),
-        std::env::var("CARMENTA_IMAGING_PRIORITY").unwrap_or_else(|_| "idle".into())
-    );
+    if !cached_only {
+        // The request path while transforms keep both cores busy: a cached variant's
+        // latency, on the idle server and under 4 clients of uncached 200 px renders.
+        let cached = "/storage/v1/render/image/public/img/p0.jpg?width=300";
+        probe(port, cached, 0.2);
+        let quiet = probe(port, cached, 2.0);
+        let next = Arc::new(AtomicU64::new(0));
+        let renders = rt.spawn(load_with(addr, 4, 3, move |_, _| uncached(&next, "width=200")));
+        std::thread::sleep(Duration::from_millis(300));
+        let busy = probe(port, cached, 2.4);
+        let renders = rt.block_on(renders).unwrap_or(0.0);
+        let ms = |t: &[Duration], q: f64| common::quantile(t, q).as_secs_f64() * 1000.0;
+        println!(
+            "request path (a cached variant, back to back): idle server p50 {:.2} ms, p99 {:.2} ms; while 4 clients render uncached ({renders:.1}/s) p50 {:.2} ms, p99 {:.2} ms [imaging priority: {}]",
+            ms(&quiet, 0.5),
+            ms(&quiet, 0.99),
+            ms(&busy, 0.5),
+            ms(&busy, 0.99),
+            std::env::var("CARMENTA_IMAGING_PRIORITY").unwrap_or_else(|_| "idle".into())
+        );
+    }
     if http_only || paired_only {
         stop(&mut server.0);
         return;
     }
-
-    // A decompression bomb (60 MP of PNG in a few hundred KB): refused from its
-    // header; how long that takes, and what it does to the server's memory.
-    let bomb = VipsImage::black(10_000, 6_000)
-        .and_then(|i| i.pngsave_buffer_with_opts(VOption::new().set("compression", 9)))
-        .expect("bomb");
-    let bomb_len = bomb.len();
-    let rss_before = common::rss_kb(server.0.id());
-    let mut times = rt.block_on(async {
-        let c = reqwest::Client::new();
-        let r = c
-            .post(format!("{base}/object/img/bomb.png"))
-            .bearer_auth(&key)
-            .header("content-type", "image/png")
-            .body(bomb)
-            .send()
-            .await
-            .expect("upload bomb");
-        assert_eq!(r.status(), 200);
-        let mut times = Vec::new();
-        for q in QUALITY_LOW..QUALITY_LOW + QUALITIES {
-            let start = Instant::now();
+    if !cached_only {
+        // A decompression bomb (60 MP of PNG in a few hundred KB): refused from its
+        // header; how long that takes, and what it does to the server's memory.
+        let bomb = VipsImage::black(10_000, 6_000)
+            .and_then(|i| i.pngsave_buffer_with_opts(VOption::new().set("compression", 9)))
+            .expect("bomb");
+        let bomb_len = bomb.len();
+        let rss_before = common::rss_kb(server.0.id());
+        let mut times = rt.block_on(async {
+            let c = reqwest::Client::new();
             let r = c
-                .get(format!("{base}/render/image/public/img/bomb.png?width=300&quality={q}"))
+                .post(format!("{base}/object/img/bomb.png"))
+                .bearer_auth(&key)
+                .header("content-type", "image/png")
+                .body(bomb)
                 .send()
                 .await
-                .expect("bomb render");
-            assert_eq!(r.status(), 422);
-            times.push(start.elapsed());
-        }
-        times
-    });
-    times.sort();
-    println!(
-        "decompression bomb (10000×6000 PNG, {} KB), {QUALITIES} distinct requests: 422 in p50 {:.2} ms, p99 {:.2} ms; server RSS {} → {} MB",
-        bomb_len / 1024,
-        common::quantile(&times, 0.5).as_secs_f64() * 1000.0,
-        common::quantile(&times, 0.99).as_secs_f64() * 1000.0,
-        rss_before / 1024,
-        common::rss_kb(server.0.id()) / 1024
-    );
-
+                .expect("upload bomb");
+            assert_eq!(r.status(), 200);
+            let mut times = Vec::new();
+            for q in QUALITY_LOW..QUALITY_LOW + QUALITIES {
+                let start = Instant::now();
+                let r = c
+                    .get(format!("{base}/render/image/public/img/bomb.png?width=300&quality={q}"))
+                    .send()
+                    .await
+                    .expect("bomb render");
+                assert_eq!(r.status(), 422);
+                times.push(start.elapsed());
+            }
+            times
+        });
+        times.sort();
+        println!(
+            "decompression bomb (10000×6000 PNG, {} KB), {QUALITIES} distinct requests: 422 in p50 {:.2} ms, p99 {:.2} ms; server RSS {} → {} MB",
+            bomb_len / 1024,
+            common::quantile(&times, 0.5).as_secs_f64() * 1000.0,
+            common::quantile(&times, 0.99).as_secs_f64() * 1000.0,
+            rss_before / 1024,
+            common::rss_kb(server.0.id()) / 1024
+        );
+    }
     // A cached variant next to nginx serving the same bytes from disk.
     let path = "/storage/v1/render/image/public/img/p0.jpg?width=300";
     let variant = rt.block_on(async {

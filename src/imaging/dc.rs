@@ -16,6 +16,7 @@
 use std::borrow::Cow;
 
 use super::jpeg::{Decoded, be16, segments};
+use super::scratch;
 
 /// Bits looked up at once.
 const LOOKUP: u32 = 11;
@@ -380,7 +381,7 @@ pub fn decode(src: &[u8]) -> Option<Decoded> {
     let (hmax, vmax) = (h.comps[0].h, h.comps[0].v);
     let (mcux, mcuy) = (h.width.div_ceil(8 * hmax), h.height.div_ceil(8 * vmax));
     let planes_w: Vec<usize> = h.comps.iter().map(|c| mcux * c.h).collect();
-    let mut planes: Vec<Vec<u8>> = h.comps.iter().map(|c| vec![0u8; mcux * c.h * mcuy * c.v]).collect();
+    let mut planes: Vec<Vec<u8>> = h.comps.iter().map(|c| scratch::zeroed(mcux * c.h * mcuy * c.v)).collect();
     let mut bits = Bits { data: src.get(h.scan..)?, pos: 0, acc: 0, n: 0, fake: 0 };
     let mut pred = [0i32; 3];
     let mut todo = h.restart;
@@ -428,10 +429,11 @@ pub fn decode(src: &[u8]) -> Option<Decoded> {
     }
     let (ow, oh) = (h.width.div_ceil(8), h.height.div_ceil(8));
     if h.comps.len() == 1 {
-        let mut pixels = Vec::with_capacity(ow * oh);
+        let mut pixels = scratch::empty(ow * oh);
         for y in 0..oh {
             pixels.extend_from_slice(planes[0].get(y * planes_w[0]..y * planes_w[0] + ow)?);
         }
+        planes.into_iter().for_each(scratch::give_back);
         return Some(Decoded { pixels, width: ow as i32, height: oh as i32, bands: 1 });
     }
     let (lw, lh) = (planes_w[0], mcuy * vmax);
@@ -440,7 +442,7 @@ pub fn decode(src: &[u8]) -> Option<Decoded> {
     if cb.len() != lw * lh || cr.len() != lw * lh {
         return None;
     }
-    let mut pixels = vec![0u8; ow * oh * 3];
+    let mut pixels = scratch::zeroed(ow * oh * 3);
     for y in 0..oh {
         let row = y * lw;
         let (ys, cbs, crs) = (planes[0].get(row..row + ow)?, cb.get(row..row + ow)?, cr.get(row..row + ow)?);
@@ -452,6 +454,12 @@ pub fn decode(src: &[u8]) -> Option<Decoded> {
             px[2] = (l + ((116_130 * b + 32_768) >> 16)).clamp(0, 255) as u8;
         }
     }
+    for spent in [cb, cr] {
+        if let Cow::Owned(b) = spent {
+            scratch::give_back(b);
+        }
+    }
+    planes.into_iter().for_each(scratch::give_back);
     Some(Decoded { pixels, width: ow as i32, height: oh as i32, bands: 3 })
 }
 
@@ -462,7 +470,7 @@ fn upsample(p: &[u8], w: usize, h: usize, fx: usize, fy: usize) -> Option<Cow<'_
     let mut rows = Cow::Borrowed(p);
     let mut width = w;
     if fx == 2 {
-        let mut out = Vec::with_capacity(w * 2 * h);
+        let mut out = scratch::empty(w * 2 * h);
         for y in 0..h {
             let r = rows.get(y * w..(y + 1) * w)?;
             for x in 0..w {
@@ -475,7 +483,7 @@ fn upsample(p: &[u8], w: usize, h: usize, fx: usize, fy: usize) -> Option<Cow<'_
         width = w * 2;
     }
     if fy == 2 {
-        let mut out = Vec::with_capacity(width * h * 2);
+        let mut out = scratch::empty(width * h * 2);
         for y in 0..h {
             let (prev, cur, next) = (y.saturating_sub(1), y, (y + 1).min(h - 1));
             for (near, far) in [(cur, prev), (cur, next)] {
@@ -483,7 +491,9 @@ fn upsample(p: &[u8], w: usize, h: usize, fx: usize, fy: usize) -> Option<Cow<'_
                 out.extend(a.iter().zip(b).map(|(&a, &b)| ((3 * u16::from(a) + u16::from(b) + 2) >> 2) as u8));
             }
         }
-        rows = Cow::Owned(out);
+        if let Cow::Owned(spent) = std::mem::replace(&mut rows, Cow::Owned(out)) {
+            scratch::give_back(spent);
+        }
     }
     Some(rows)
 }

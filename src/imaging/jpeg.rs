@@ -184,7 +184,7 @@ fn decode_with(h: tj::tjhandle, src: &[u8], shrink: u32) -> Result<Option<Decode
             }
             let (sw, sh) = ((w + shrink - 1) / shrink, (hh + shrink - 1) / shrink);
             let (format, bands) = if grey { (tj::TJPF_TJPF_GRAY, 1) } else { (tj::TJPF_TJPF_RGB, 3) };
-            let mut pixels = vec![0u8; (sw as usize) * (sh as usize) * bands as usize];
+            let mut pixels = super::scratch::zeroed((sw as usize) * (sh as usize) * bands as usize);
             if tj::tj3Decompress8(h, src.as_ptr(), src.len() as _, pixels.as_mut_ptr(), 0, format) != 0 {
                 return Err(error(h));
             }

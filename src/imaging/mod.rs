@@ -1,6 +1,7 @@
 //! Image transformations (what imgproxy does behind Supabase Storage): the
 //! parameters (`params.rs`), the libvips work (`transform.rs`), the variant rows
-//! (`db.rs`), scaled JPEG decoding (`jpeg.rs`, and `dc.rs` at 1/8), and here the
+//! (`db.rs`), scaled JPEG decoding (`jpeg.rs`, and `dc.rs` at 1/8; their buffers
+//! reused per thread by `scratch.rs`), and here the
 //! engine around them: a worker pool of bounded size (its threads in `SCHED_IDLE`
 //! by default, so request handling gets a core ahead of any transform) with a bounded
 //! queue (overload is refused, not queued without end), coalescing of
@@ -12,6 +13,7 @@ pub mod db;
 pub mod dc;
 pub mod jpeg;
 pub mod params;
+pub mod scratch;
 pub mod transform;
 
 use std::collections::HashMap;

@@ -328,7 +328,7 @@ fn thumbnail<'a>(
     let loaded = match super::jpeg::decode(src, factor).map_err(undecodable)? {
         Some(d) => {
             let interpretation = if d.bands == 1 { "b-w" } else { "srgb" };
-            let mut img = VipsImage::new_from_memory_copy(
+            let img = VipsImage::new_from_memory_copy(
                 &d.pixels,
                 d.width,
                 d.height,
@@ -336,7 +336,10 @@ fn thumbnail<'a>(
                 rs_vips::enums::BandFormat::Uchar,
             )
             .and_then(|i| i.copy_with_opts(VOption::new().set("interpretation", interpretation)))
-            .map_err(undecodable)?;
+            .map_err(undecodable);
+            // libvips copied the pixels; the buffer serves the next decode on this thread.
+            super::scratch::give_back(d.pixels);
+            let mut img = img?;
             if p.orientation > 1 {
                 img.set_int("orientation", p.orientation).map_err(undecodable)?;
             }

@@ -79,26 +79,9 @@ enum KeyCmd {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its place in `mi_option_t`, mimalloc 3.3;
-/// `libmimalloc-sys` names no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Has mimalloc return freed pages to the system at once, not after its default
-/// delay of a second: a GiB streamed through the server otherwise leaves ~20 MB
-/// more resident at its peak. `MIMALLOC_PURGE_DELAY` (read by mimalloc itself)
-/// overrides it. (Transparent huge pages are off for mimalloc's memory: the
-/// `no_thp` build feature; with them a small heap is held in 2 MB pages.)
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set only stores an option value, read on later purges.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
+    carmenta::tune_allocators();
     let cli = Cli::parse();
-    carmenta::limit_malloc_arenas();
     carmenta::install_tls_provider();
     let config = match Config::load() {
         Ok(c) => c,

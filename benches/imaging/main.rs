@@ -56,7 +56,7 @@ fn pairs() -> usize {
             .parse()
             .ok()
             .filter(|n| (2..=MAX_PAIRS).contains(n))
-            .expect("CARMENTA_BENCH_PAIRS: a number from 2 to 15"),
+            .unwrap_or_else(|| panic!("CARMENTA_BENCH_PAIRS: a number from 2 to {MAX_PAIRS}")),
         Err(_) => PAIRS,
     }
 }
@@ -314,7 +314,8 @@ fn main() {
             .await
             .expect("bucket");
         assert_eq!(r.status(), 200);
-        for i in 0..COPIES {
+        // `-- cached` only fetches p0's variant.
+        for i in 0..if cached_only { 1 } else { COPIES } {
             let r = c
                 .post(format!("{base}/object/img/p{i}.jpg"))
                 .bearer_auth(&key)

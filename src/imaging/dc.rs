@@ -454,11 +454,7 @@ pub fn decode(src: &[u8]) -> Option<Decoded> {
             px[2] = (l + ((116_130 * b + 32_768) >> 16)).clamp(0, 255) as u8;
         }
     }
-    for spent in [cb, cr] {
-        if let Cow::Owned(b) = spent {
-            scratch::give_back(b);
-        }
-    }
+    [cb, cr].into_iter().for_each(scratch::give_back_cow);
     planes.into_iter().for_each(scratch::give_back);
     Some(Decoded { pixels, width: ow as i32, height: oh as i32, bands: 3 })
 }
@@ -491,9 +487,7 @@ fn upsample(p: &[u8], w: usize, h: usize, fx: usize, fy: usize) -> Option<Cow<'_
                 out.extend(a.iter().zip(b).map(|(&a, &b)| ((3 * u16::from(a) + u16::from(b) + 2) >> 2) as u8));
             }
         }
-        if let Cow::Owned(spent) = std::mem::replace(&mut rows, Cow::Owned(out)) {
-            scratch::give_back(spent);
-        }
+        scratch::give_back_cow(std::mem::replace(&mut rows, Cow::Owned(out)));
     }
     Some(rows)
 }

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 
 /// The most bytes of spare buffers one thread keeps.
-pub const KEEP_BYTES: usize = 2 << 20;
+const KEEP_BYTES: usize = 2 << 20;
 
 /// The most spare buffers one thread keeps.
 const KEEP_COUNT: usize = 8;
@@ -43,6 +43,13 @@ pub fn empty(capacity: usize) -> Vec<u8> {
             v
         }
         None => Vec::with_capacity(capacity),
+    }
+}
+
+/// Hands back a buffer that is owned (a borrowed one belongs to someone else).
+pub fn give_back_cow(c: std::borrow::Cow<'_, [u8]>) {
+    if let std::borrow::Cow::Owned(v) = c {
+        give_back(v);
     }
 }
 

@@ -51,6 +51,11 @@ impl Provider {
     pub fn proxy_base_url(&self) -> Option<&str> {
         self.raw.get("proxy").and_then(|p| p.get("base_url")).and_then(Value::as_str)
     }
+    /// `token_expiration_buffer`: how long before expiry its access tokens are
+    /// refreshed, when the entry says.
+    pub fn expiration_buffer(&self) -> Option<u64> {
+        self.raw.get("token_expiration_buffer").and_then(Value::as_u64)
+    }
     /// Scopes requested when an integration names none.
     pub fn default_scopes(&self) -> Vec<String> {
         self.raw

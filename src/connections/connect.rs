@@ -447,6 +447,8 @@ pub struct Tokens {
     pub refresh_token: Option<String>,
     /// Expiry, when the provider said.
     pub expires_at: Option<OffsetDateTime>,
+    /// The access token's lifetime in seconds (`expires_in`), when the provider said.
+    pub lifetime_secs: Option<i64>,
     /// Granted scopes, when the provider said.
     pub scope: Option<String>,
     /// The whole token response.
@@ -567,11 +569,15 @@ pub async fn exchange(
         .get("access_token")
         .and_then(as_text)
         .ok_or_else(|| fail("token_exchange_failed", "no access_token in the response".into()))?;
-    let expires_in = holder.get("expires_in").and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
+    let expires_in = holder
+        .get("expires_in")
+        .and_then(|v| v.as_i64().or_else(|| v.as_str()?.trim().parse().ok()))
+        .filter(|s| *s > 0);
     Ok(Tokens {
         access_token,
         refresh_token: holder.get("refresh_token").and_then(as_text),
-        expires_at: expires_in.filter(|s| *s > 0).map(|s| OffsetDateTime::now_utc() + time::Duration::seconds(s)),
+        expires_at: expires_in.map(|s| OffsetDateTime::now_utc() + time::Duration::seconds(s)),
+        lifetime_secs: expires_in,
         scope: holder.get("scope").and_then(as_text),
         raw: body,
     })
@@ -613,6 +619,10 @@ pub struct Credentials {
     /// Access token expiry.
     #[serde(with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
+    /// The access token's lifetime when it was issued, in seconds (remembered so
+    /// the refresh margin fits the token; absent in credentials stored before it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_secs: Option<i64>,
     /// The provider's last token response.
     pub raw: Value,
 }
@@ -643,6 +653,7 @@ async fn upsert_connection(
         access_token: t.access_token.clone(),
         refresh_token: t.refresh_token.clone(),
         expires_at: t.expires_at,
+        lifetime_secs: t.lifetime_secs,
         raw: t.raw.clone(),
     };
     // The id is the associated data of the sealed credentials, so it must be the
@@ -924,6 +935,7 @@ async fn create_key_connection(
         access_token: secret,
         refresh_token: None,
         expires_at: None,
+        lifetime_secs: None,
         scope: None,
         raw: serde_json::json!({"type": provider.auth_mode}),
     };
@@ -978,7 +990,7 @@ pub struct TokenQuery {
 }
 
 /// The access token of one of my connections, for apps that call the API
-/// themselves: refreshed first when it expires within 10 minutes (or on `force`).
+/// themselves: refreshed first when it expires within its margin (or on `force`).
 #[utoipa::path(get, path = "/v1/connections/{id}/token", tag = "connections", params(("id" = Uuid, Path), TokenQuery),
     responses((status = 200, body = TokenView), (status = 404), (status = 409, description = "needs_reauth"),
     (status = 503, description = "refresh_failed (retry after the cooldown)")))]

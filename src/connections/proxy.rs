@@ -210,7 +210,9 @@ async fn proxy(
     // provider's template headers carry the credential themselves.
     let scheme = if provider.auth_mode == "BASIC" { "Basic" } else { "Bearer" };
     let templated = template.iter().any(|(_, v)| v.contains("${accessToken}") || v.contains("${apiKey}"));
-    let mut token = super::refresh::access_token_from(&state, conn_id, &row.status, &row.credentials).await?;
+    let mut token =
+        super::refresh::access_token_from(&state, conn_id, &row.status, &row.credentials, provider.expiration_buffer())
+            .await?;
     let mut refreshed = false;
     let mut attempt = 0u32;
     let uri = Uri::try_from(url.as_str()).map_err(|_| bad("invalid_proxy_path", "the upstream URL is not valid"))?;
@@ -264,7 +266,7 @@ async fn proxy(
         if status == StatusCode::UNAUTHORIZED && !refreshed && replayable {
             // The token may have been revoked or rotated elsewhere: one forced refresh, one retry.
             refreshed = true;
-            if let Ok(c) = super::refresh::fresh_token(&state, conn_id, true).await {
+            if let Ok(c) = super::refresh::replace_rejected(&state, conn_id, token.clone()).await {
                 token = c.access_token;
                 continue;
             }

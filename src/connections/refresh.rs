@@ -1,7 +1,10 @@
 //! Token refresh, safe across replicas and concurrent callers (where Nango's users
-//! get hurt): a token is refreshed when it expires within 10 minutes, under a lock
-//! on the connection's row (`SELECT … FOR UPDATE`), re-reading inside the lock so a
-//! refresh another process just did is used, not repeated. A rotated refresh token
+//! get hurt): a token is refreshed when it expires within its margin (the provider
+//! entry's `token_expiration_buffer`, else the smaller of 10 minutes and half the
+//! token's lifetime), under a lock on the connection's row (`SELECT … FOR UPDATE`),
+//! re-reading inside the lock: a token other than the one the caller found due is
+//! someone else's fresh refresh and is used while it has not expired, so one
+//! expiry costs one refresh however many callers and replicas queue. A rotated refresh token
 //! is stored in the same transaction before the new access token is handed out; an
 //! absent one keeps the old. Permanent errors (`invalid_grant` and kin) mark the
 //! connection `needs_reauth` and record an event; transient ones (network, 5xx,
@@ -35,8 +38,9 @@ impl Locks {
     }
 }
 
-/// Refresh when the access token expires within this.
-pub const MARGIN: Duration = Duration::from_secs(600);
+/// The widest refresh margin: no token is refreshed earlier than this before it
+/// expires unless its provider entry's `token_expiration_buffer` says so.
+pub const MAX_MARGIN: Duration = Duration::from_secs(600);
 const MAX_COOLDOWN_SECS: i64 = 600;
 
 #[derive(Debug, FromRow)]
@@ -49,60 +53,112 @@ struct Locked {
     next_refresh_at: Option<OffsetDateTime>,
 }
 
-fn due(c: &Credentials) -> bool {
-    c.expires_at.is_some_and(expiring)
+/// How long before its expiry a token is refreshed: the provider entry's
+/// `token_expiration_buffer` when it has one; otherwise the smaller of 10 minutes
+/// and half the token's lifetime (so a 5-minute token is refreshed in its last
+/// 150 s, an 8-second one in its last 4 s); 10 minutes when the lifetime is unknown.
+pub fn margin(buffer_secs: Option<u64>, lifetime_secs: Option<i64>) -> time::Duration {
+    let max = MAX_MARGIN.as_secs() as i64;
+    let secs = match (buffer_secs, lifetime_secs) {
+        (Some(b), _) => b.min(86_400) as i64,
+        (None, Some(l)) if l > 0 => (l / 2).min(max),
+        _ => max,
+    };
+    time::Duration::seconds(secs)
 }
 
-/// Whether an access token expiring at `e` is within the refresh margin.
-fn expiring(e: OffsetDateTime) -> bool {
-    e - OffsetDateTime::now_utc() < time::Duration::seconds(MARGIN.as_secs() as i64)
+/// Whether a token expiring at `expires_at` is due for a refresh with `margin`.
+fn due_at(expires_at: Option<OffsetDateTime>, margin: time::Duration) -> bool {
+    expires_at.is_some_and(|e| e - OffsetDateTime::now_utc() < margin)
+}
+
+/// Whether a token expiring at `expires_at` may still be used (it has not expired).
+fn unexpired(expires_at: Option<OffsetDateTime>) -> bool {
+    expires_at.is_none_or(|e| e > OffsetDateTime::now_utc())
 }
 
 fn needs_reauth() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "needs_reauth", "the user must reconnect this account")
 }
 
-/// What the proxy needs of sealed credentials: the access token and its expiry
-/// (the refresh token and the provider's raw answer are skipped, not built).
+/// What the proxy needs of sealed credentials: the access token, its expiry and
+/// lifetime (the refresh token and the provider's raw answer are skipped, not built).
 #[derive(serde::Deserialize)]
 struct Access {
     access_token: String,
     #[serde(with = "time::serde::rfc3339::option", default)]
     expires_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    lifetime_secs: Option<i64>,
 }
 
 /// A usable access token of a connection from its status and sealed credentials
 /// (the proxy's cached row): opened and returned when fresh enough, else
-/// refreshed first. No query unless a refresh is due.
-pub async fn access_token_from(state: &AppState, id: Uuid, status: &str, sealed: &[u8]) -> Result<String, ApiError> {
+/// refreshed first (`buffer_secs`: the provider entry's `token_expiration_buffer`).
+/// No query unless a refresh is due.
+pub async fn access_token_from(
+    state: &AppState,
+    id: Uuid,
+    status: &str,
+    sealed: &[u8],
+    buffer_secs: Option<u64>,
+) -> Result<String, ApiError> {
     if status == "needs_reauth" {
         return Err(needs_reauth());
     }
     let plain = state.keyring.decrypt(sealed, id.as_bytes()).map_err(ApiError::internal)?;
     let access: Access = serde_json::from_slice(&plain).map_err(ApiError::internal)?;
-    if !access.expires_at.is_some_and(expiring) {
+    if !due_at(access.expires_at, margin(buffer_secs, access.lifetime_secs)) {
         return Ok(access.access_token);
     }
     refresh(state, id, access.access_token).await.map(|c| c.access_token)
 }
 
+/// A connection's status, credentials and its provider's `token_expiration_buffer`.
+async fn load(state: &AppState, id: Uuid) -> Result<(String, Credentials, Option<u64>), ApiError> {
+    let row: Option<(String, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT c.status, c.credentials, i.provider FROM connections c \
+         JOIN integrations i ON i.id = c.integration_id WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (status, sealed, provider) = row.ok_or_else(|| ApiError::not_found("connection not found"))?;
+    let creds = unseal(state, id, &sealed)?;
+    let buffer = state.catalog.get(&provider).and_then(|p| p.expiration_buffer());
+    Ok((status, creds, buffer))
+}
+
 /// The connection's credentials with a usable access token, refreshing first when
 /// it is due (or when `force`).
 pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Credentials, ApiError> {
-    let row: Option<(String, Vec<u8>)> = sqlx::query_as("SELECT status, credentials FROM connections WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&state.pool)
-        .await?;
-    let (status, sealed) = row.ok_or_else(|| ApiError::not_found("connection not found"))?;
+    let (status, current, buffer) = load(state, id).await?;
     // Fast path, no lock: fresh enough.
     if status == "needs_reauth" {
         return Err(needs_reauth());
     }
-    let current = unseal(state, id, &sealed)?;
-    if !force && !due(&current) {
+    if !force && !due_at(current.expires_at, margin(buffer, current.lifetime_secs)) {
         return Ok(current);
     }
     refresh(state, id, current.access_token).await
+}
+
+/// After the provider refused `rejected` (revoked or rotated elsewhere): a
+/// replacement, refreshing only if nobody has replaced that token yet (so a burst
+/// of refused calls costs one refresh, not one each).
+pub async fn replace_rejected(state: &AppState, id: Uuid, rejected: String) -> Result<Credentials, ApiError> {
+    refresh(state, id, rejected).await
+}
+
+/// For the sweeper: refreshes connection `id` when its token is due by the same
+/// rule as a caller's (its own margin), through the same lock; returns whether a
+/// refresh was due.
+pub async fn refresh_if_due(state: &AppState, id: Uuid) -> Result<bool, ApiError> {
+    let (status, current, buffer) = load(state, id).await?;
+    if status == "needs_reauth" || !due_at(current.expires_at, margin(buffer, current.lifetime_secs)) {
+        return Ok(false);
+    }
+    refresh(state, id, current.access_token).await.map(|_| true)
 }
 
 /// Refreshes connection `id` under its locks, unless someone else replaced
@@ -124,16 +180,17 @@ async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Crede
         return Err(needs_reauth());
     }
     let creds = unseal(state, id, &row.credentials)?;
-    // Someone refreshed while we waited for the lock: use theirs.
-    if creds.access_token != seen_token && !due(&creds) {
+    // Someone (a caller here, another replica, the sweeper) refreshed while we
+    // waited for the lock: use theirs while it has not expired, whatever the
+    // margin says, so one expiry costs one refresh.
+    if creds.access_token != seen_token && unexpired(creds.expires_at) {
         return Ok(creds);
     }
     // In a cooldown after a transient failure: the old token while it lasts.
     if let Some(next) = row.next_refresh_at
         && next > OffsetDateTime::now_utc()
     {
-        let still_valid = creds.expires_at.is_none_or(|e| e > OffsetDateTime::now_utc());
-        if still_valid {
+        if unexpired(creds.expires_at) {
             return Ok(creds);
         }
         let wait = (next - OffsetDateTime::now_utc()).whole_seconds().max(1);
@@ -162,6 +219,7 @@ async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Crede
                 // A rotated refresh token replaces the old; none keeps the old.
                 refresh_token: t.refresh_token.or(Some(refresh_token)),
                 expires_at: t.expires_at,
+                lifetime_secs: t.lifetime_secs,
                 raw: t.raw,
             };
             sqlx::query(
@@ -221,12 +279,33 @@ async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Crede
             // Other replicas hear the trigger's NOTIFY; this one need not wait for it.
             state.connection_cache.apply(&id.to_string());
             tracing::warn!(connection = %id, error = %e.detail, cooldown_secs = cooldown, "token refresh failed; will retry");
-            if creds.expires_at.is_none_or(|x| x > OffsetDateTime::now_utc()) {
+            if unexpired(creds.expires_at) {
                 Ok(creds)
             } else {
                 Err(ApiError::unavailable(format!("refreshing failed; retrying after {cooldown} s"))
                     .with_code("refresh_failed"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::margin;
+
+    #[test]
+    fn the_margin_fits_the_token() {
+        let s = time::Duration::seconds;
+        // An hour-long token: 10 minutes; a 5-minute one: half its life; 8 s: 4 s.
+        assert_eq!(margin(None, Some(3600)), s(600));
+        assert_eq!(margin(None, Some(300)), s(150));
+        assert_eq!(margin(None, Some(8)), s(4));
+        // Unknown lifetime (credentials stored before it was remembered): 10 minutes.
+        assert_eq!(margin(None, None), s(600));
+        assert_eq!(margin(None, Some(0)), s(600));
+        // The provider entry's token_expiration_buffer wins either way.
+        assert_eq!(margin(Some(30), Some(300)), s(30));
+        assert_eq!(margin(Some(900), Some(3600)), s(900));
+        assert_eq!(margin(Some(0), None), s(0));
     }
 }

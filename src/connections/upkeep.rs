@@ -9,23 +9,29 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 
-/// Refreshes connections whose access token expires within the refresh margin plus
-/// `ahead`, that are not cooling down after a failure; returns how many were tried.
+/// Refreshes connections whose access token is due by the callers' rule (its own
+/// margin), among those expiring within the widest margin plus `ahead` that are
+/// not cooling down after a failure; returns how many were due and tried.
 pub async fn refresh_idle(state: &AppState, ahead: Duration) -> Result<usize, sqlx::Error> {
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM connections WHERE status = 'connected' AND expires_at IS NOT NULL \
          AND expires_at < now() + make_interval(secs => $1) \
          AND (next_refresh_at IS NULL OR next_refresh_at < now()) ORDER BY expires_at LIMIT 200",
     )
-    .bind((super::refresh::MARGIN + ahead).as_secs_f64())
+    .bind((super::refresh::MAX_MARGIN + ahead).as_secs_f64())
     .fetch_all(&state.pool)
     .await?;
+    let mut tried = 0;
     for id in &ids {
-        if let Err(e) = super::refresh::fresh_token(state, *id, false).await {
-            tracing::info!(connection = %id, code = e.code, "idle refresh did not succeed");
+        match super::refresh::refresh_if_due(state, *id).await {
+            Ok(due) => tried += usize::from(due),
+            Err(e) => {
+                tried += 1;
+                tracing::info!(connection = %id, code = e.code, "idle refresh did not succeed");
+            }
         }
     }
-    Ok(ids.len())
+    Ok(tried)
 }
 
 /// Re-seals integration secrets, connection credentials and auth signing keys that

@@ -193,6 +193,15 @@ mod fake {
         pub flaky_calls: Arc<Mutex<u32>>,
         /// Tokens revoked through `/revoke`.
         pub revoked: Arc<Mutex<Vec<String>>>,
+        /// `expires_in` of the access tokens it issues, in seconds (0: an hour).
+        pub lifetime: Arc<Mutex<i64>>,
+    }
+
+    fn lifetime(f: &Fake) -> i64 {
+        match *f.lifetime.lock().unwrap() {
+            0 => 3600,
+            n => n,
+        }
     }
 
     fn pkce_ok(f: &Fake, code: &str, verifier: Option<&str>) -> bool {
@@ -223,7 +232,7 @@ mod fake {
         }
         f.valid_refresh.lock().unwrap().insert(format!("rt-{code}"), code.to_string());
         let body = json!({"access_token": format!("tok-{code}"), "refresh_token": format!("rt-{code}"),
-                          "expires_in": "3600", "token_type": "bearer"});
+                          "expires_in": lifetime(&f).to_string(), "token_type": "bearer"});
         (StatusCode::OK, Json(body))
     }
 
@@ -255,7 +264,9 @@ mod fake {
         f.valid_refresh.lock().unwrap().insert(new_rt.clone(), code.clone());
         (
             StatusCode::OK,
-            Json(json!({"access_token": format!("tok-{code}-r{n}"), "refresh_token": new_rt, "expires_in": 3600})),
+            Json(
+                json!({"access_token": format!("tok-{code}-r{n}"), "refresh_token": new_rt, "expires_in": lifetime(f)}),
+            ),
         )
     }
 
@@ -391,6 +402,10 @@ impl Flow {
                            "identity": {"url": format!("{base}/userinfo"), "id_path": "sub"},
                            "revoke_url": format!("{base}/revoke"),
                            "proxy": {"base_url": format!("{base}/api"), "headers": {"notion-version": "2022-06-28"}}},
+            "fake-buffered": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/basic/token"),
+                           "authorization_method": "header", "body_format": "json", "token_expiration_buffer": 30,
+                           "identity": {"url": format!("{base}/userinfo"), "id_path": "sub"},
+                           "proxy": {"base_url": format!("{base}/api")}},
             "fake-key": {"auth_mode": "API_KEY", "proxy": {"base_url": format!("{base}/api"), "headers": {"x-api-key": "${apiKey}"}}},
             "fake-basicauth": {"auth_mode": "BASIC", "proxy": {"base_url": format!("{base}/api")}},
             "fake-slack": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/slack/token"),
@@ -439,6 +454,12 @@ impl Flow {
 
     /// Makes a connection's access token expire (as if an hour had passed).
     async fn expire(&self, id: &str) {
+        self.expire_in(id, -60).await
+    }
+
+    /// Makes a connection's access token expire `secs` from now (its remembered
+    /// lifetime unchanged).
+    async fn expire_in(&self, id: &str, secs: i64) {
         let id: uuid::Uuid = id.parse().unwrap();
         let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
             .bind(id)
@@ -446,7 +467,7 @@ impl Flow {
             .await
             .unwrap();
         let mut c = carmenta::connections::connect::unseal(&self.app.state, id, &sealed).unwrap();
-        c.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
+        c.expires_at = Some(time::OffsetDateTime::now_utc() + time::Duration::seconds(secs));
         let sealed = carmenta::connections::connect::seal(&self.app.state, id, &c);
         sqlx::query("UPDATE connections SET credentials = $2, expires_at = $3 WHERE id = $1")
             .bind(id)
@@ -761,6 +782,138 @@ async fn refresh_is_single_flight_across_replicas_and_never_reuses_a_refresh_tok
         .unwrap();
     assert_eq!(conn["status"], "connected");
     assert_eq!(conn["last_error"], Value::Null);
+}
+
+/// `n` concurrent proxy calls on connection `c`, alternating between `apps`; every
+/// one must succeed; returns the distinct tokens they carried.
+async fn proxy_burst(
+    apps: &[&TestApp],
+    user: &crate::auth::User,
+    c: &str,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    let calls = (0..n).map(|i| {
+        let app = apps[i % apps.len()];
+        let req = app
+            .client
+            .get(app.url("/v1/proxy/echo/x"))
+            // The session token: valid on every replica (access tokens name one issuer URL).
+            .bearer_auth(&user.session)
+            .header("connection-id", c)
+            .header("provider-config-key", "basic");
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(s, v)| {
+            assert_eq!(s, 200, "{v}");
+            v["authorization"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tokens_of_a_few_seconds_are_refreshed_once_per_expiry() {
+    let f = Flow::new().await;
+    // A provider whose access tokens live 2 s (margin 1 s) and whose refresh
+    // tokens rotate, a reused one refused.
+    *f.fake.lifetime.lock().unwrap() = 2;
+    let other = f.replica().await;
+    let a = sign_up(&f.app, "short@example.com").await;
+    let c = f.connect(&a, "basic", "short").await;
+    let grants = || *f.fake.refresh_calls.lock().unwrap();
+    // Expired: 100 concurrent proxy calls over two replicas make exactly one grant.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let tokens = proxy_burst(&[&f.app, &other], &a, &c, 100).await;
+    assert_eq!(grants(), 1, "one grant for 100 callers on an expired token");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    // Nine more expiries, each met by 20 concurrent calls: one grant each.
+    for round in 2..=10 {
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let tokens = proxy_burst(&[&f.app, &other], &a, &c, 20).await;
+        assert_eq!(grants(), round, "round {round}");
+        assert_eq!(tokens.len(), 1, "round {round}: {tokens:?}");
+    }
+    assert_eq!(*f.fake.reused.lock().unwrap(), 0, "a used refresh token was presented again");
+    let conn: Value = f
+        .app
+        .client
+        .get(f.app.url(&format!("/v1/connections/{c}")))
+        .bearer_auth(&a.jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((conn["status"].as_str(), &conn["last_error"]), (Some("connected"), &Value::Null));
+}
+
+#[tokio::test]
+async fn five_minute_tokens_are_not_refreshed_on_every_call() {
+    let f = Flow::new().await;
+    *f.fake.lifetime.lock().unwrap() = 300;
+    let other = f.replica().await;
+    let a = sign_up(&f.app, "five@example.com").await;
+    let c = f.connect(&a, "basic", "five").await;
+    let grants = || *f.fake.refresh_calls.lock().unwrap();
+    // Early in the token's life: sequential calls and token reads make no grant.
+    for i in 0..20 {
+        assert_eq!(proxy_burst(&[if i % 2 == 0 { &f.app } else { &other }], &a, &c, 1).await.len(), 1);
+    }
+    let (status, tok) = f.token(&other, &a, &c, false).await;
+    assert_eq!((status, tok["access_token"].as_str()), (200, Some("tok-five")));
+    assert_eq!(grants(), 0, "a 5-minute token is not refreshed early in its life");
+    // 100 s left: inside the margin (half of 300 s), not expired. 100 concurrent
+    // calls over two replicas: at most one grant, and the later callers use it.
+    f.expire_in(&c, 100).await;
+    let tokens = proxy_burst(&[&f.app, &other], &a, &c, 100).await;
+    assert!(grants() <= 1, "{} grants inside the margin", grants());
+    assert!(tokens.len() <= 2, "{tokens:?}");
+    let after = grants();
+    for _ in 0..10 {
+        proxy_burst(&[&f.app, &other], &a, &c, 1).await;
+    }
+    assert_eq!(grants(), after, "the refreshed token is used, not refreshed again");
+    // force=true still forces exactly one refresh.
+    let (status, forced) = f.token(&f.app, &a, &c, true).await;
+    assert_eq!(status, 200);
+    assert_eq!(grants(), after + 1);
+    assert_ne!(forced["access_token"], tok["access_token"]);
+    assert_eq!(*f.fake.reused.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_providers_token_expiration_buffer_sets_the_margin() {
+    let f = Flow::new().await;
+    *f.fake.lifetime.lock().unwrap() = 300;
+    let r = f
+        .app
+        .client
+        .post(f.app.url("/v1/integrations"))
+        .bearer_auth(&f.key)
+        .json(&json!({"unique_key": "buffered", "provider": "fake-buffered", "client_id": "basic-client", "client_secret": "basic-secret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let a = sign_up(&f.app, "buffer@example.com").await;
+    let c = f.connect(&a, "buffered", "buf").await;
+    let grants = || *f.fake.refresh_calls.lock().unwrap();
+    // 100 s left: inside the default margin (150 s) but outside the entry's 30 s.
+    f.expire_in(&c, 100).await;
+    let (status, tok) = f.token(&f.app, &a, &c, false).await;
+    assert_eq!((status, tok["access_token"].as_str(), grants()), (200, Some("tok-buf"), 0));
+    assert_eq!(carmenta::connections::upkeep::refresh_idle(&f.app.state, std::time::Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(grants(), 0, "the sweeper follows the same margin");
+    // 20 s left: inside it.
+    f.expire_in(&c, 20).await;
+    let (status, tok) = f.token(&f.app, &a, &c, false).await;
+    assert_eq!((status, tok["access_token"].as_str(), grants()), (200, Some("tok-buf-r1"), 1));
 }
 
 #[tokio::test]

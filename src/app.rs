@@ -67,6 +67,7 @@ pub struct Shared {
 impl AppState {
     /// Builds the state from its parts, loading (or creating) the signing keys.
     pub async fn build(config: Config, pool: PgPool, keyring: Keyring) -> Result<AppState, String> {
+        crate::http_client::allow_link_local(config.allow_link_local_urls);
         let auth = AuthState::load(&pool, &keyring, &config).await?;
         let mailer = Mailer::from_config(&config)?;
         let storage = Arc::new(crate::storage::Storage::open(&config, &keyring)?);
@@ -87,61 +88,22 @@ impl AppState {
         })))
     }
 
-    /// Starts the listener that applies other replicas' auth-cache invalidations;
-    /// the cache is used only while it is connected. Ends when the pool closes.
-    pub fn spawn_cache_listener(&self) -> tokio::task::JoinHandle<()> {
-        let state = self.clone();
-        tokio::spawn(async move {
-            let auth = &state.auth.cache;
-            let storage = &state.storage.cache;
-            let connections = &state.connection_cache;
-            let set = |on: bool| {
-                auth.set_listening(on);
-                storage.set_listening(on);
-                connections.set_listening(on);
-            };
-            while !state.pool.is_closed() {
-                let mut listener = match sqlx::postgres::PgListener::connect_with(&state.pool).await {
-                    Ok(l) => l,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                if listener
-                    .listen_all([
-                        crate::auth::cache::CHANNEL,
-                        crate::storage::cache::CHANNEL,
-                        crate::connections::cache::CHANNEL,
-                    ])
-                    .await
-                    .is_err()
-                {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                set(true);
-                loop {
-                    match listener.try_recv().await {
-                        Ok(Some(n)) if n.channel() == crate::storage::cache::CHANNEL => storage.apply(n.payload()),
-                        Ok(Some(n)) if n.channel() == crate::connections::cache::CHANNEL => {
-                            connections.apply(n.payload())
-                        }
-                        Ok(Some(n)) => auth.apply(n.payload()),
-                        // The connection dropped: notifications may have been missed.
-                        Ok(None) | Err(_) => {
-                            set(false);
-                            break;
-                        }
-                    }
-                }
-            }
-            set(false);
-        })
+    /// The NOTIFY channels this process listens on, each with its cache.
+    pub fn cache_channels(&self) -> crate::cache::Channels {
+        crate::cache::Channels::default()
+            .register(crate::auth::cache::CHANNEL, self.auth.cache.clone())
+            .register(crate::storage::cache::CHANNEL, self.storage.cache.clone())
+            .register(crate::connections::cache::CHANNEL, self.connection_cache.clone())
     }
 
-    /// Starts background upkeep: periodic signing-key refresh (to pick up another
-    /// replica's rotation) and pruning of old rate-limit windows.
+    /// Starts the listener that applies every replica's cache invalidations; each
+    /// cache is used only while it is connected. Ends when the pool closes.
+    pub fn spawn_cache_listener(&self) -> tokio::task::JoinHandle<()> {
+        self.cache_channels().spawn_listener(self.pool.clone())
+    }
+
+    /// Starts this process's signing-key refresh (every minute, to pick up another
+    /// replica's rotation). Not a job: every replica refreshes its own memory.
     pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
@@ -156,9 +118,6 @@ impl AppState {
                 }
                 if let Err(e) = state.auth.keys.refresh(&state.pool, &state.keyring).await {
                     tracing::warn!(error = %e, "refreshing signing keys");
-                }
-                if let Err(e) = crate::auth::db::prune_windows(&state.pool).await {
-                    tracing::warn!(error = %e, "pruning rate windows");
                 }
             }
         })

@@ -105,6 +105,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Maximum connections in the database pool (`CARMENTA_DB_MAX_CONNECTIONS`).
     pub db_max_connections: u32,
+    /// Background jobs this process runs at once (`CARMENTA_JOB_WORKERS`, default 2).
+    pub job_workers: usize,
+    /// Whether outgoing requests to user- or app-supplied URLs may reach link-local
+    /// and cloud-metadata addresses (`CARMENTA_ALLOW_LINK_LOCAL_URLS`, default false).
+    pub allow_link_local_urls: bool,
+    /// How long a job's claim holds without a heartbeat; a crashed worker's job is
+    /// run again after it (`CARMENTA_JOB_LEASE`, seconds, default 60).
+    pub job_lease: Duration,
     /// Access token (JWT) lifetime (`CARMENTA_ACCESS_TOKEN_TTL`, seconds, default 300).
     pub access_token_ttl: Duration,
     /// `aud` of access tokens (`CARMENTA_JWT_AUDIENCE`, default `carmenta`).
@@ -191,6 +199,9 @@ struct FileConfig {
     request_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     db_max_connections: Option<u32>,
+    job_workers: Option<u64>,
+    allow_link_local_urls: Option<bool>,
+    job_lease: Option<u64>,
     access_token_ttl: Option<u64>,
     jwt_audience: Option<String>,
     session_ttl: Option<u64>,
@@ -265,6 +276,16 @@ struct Raw {
 }
 
 /// Picks the environment variable if set, else the file key.
+/// A true/false environment variable (`true`/`1`, `false`/`0`), if set.
+fn flag(env: &BTreeMap<String, String>, var: &str) -> Result<Option<bool>, ConfigError> {
+    match env.get(var).map(|v| v.trim()) {
+        None => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(_) => Err(ConfigError::Value { key: var.into(), message: "expected true or false".into() }),
+    }
+}
+
 fn pick(env: &BTreeMap<String, String>, vars: &[&str], file_key: &str, file: Option<String>) -> Option<Raw> {
     for var in vars {
         if let Some(v) = env.get(*var) {
@@ -431,6 +452,11 @@ impl Config {
         };
         let request_timeout = secs(&["CARMENTA_REQUEST_TIMEOUT"], "request_timeout", fc.request_timeout, 30)?;
         let shutdown_timeout = secs(&["CARMENTA_SHUTDOWN_TIMEOUT"], "shutdown_timeout", fc.shutdown_timeout, 10)?;
+        let allow_link_local_urls =
+            flag(env, "CARMENTA_ALLOW_LINK_LOCAL_URLS")?.or(fc.allow_link_local_urls).unwrap_or(false);
+        let job_workers = num(&["CARMENTA_JOB_WORKERS"], "job_workers", fc.job_workers, 1, 64)?.unwrap_or(2) as usize;
+        let job_lease =
+            Duration::from_secs(num(&["CARMENTA_JOB_LEASE"], "job_lease", fc.job_lease, 2, 3600)?.unwrap_or(60));
         let year = 366 * 86_400;
         let access_token_ttl = Duration::from_secs(
             num(&["CARMENTA_ACCESS_TOKEN_TTL"], "access_token_ttl", fc.access_token_ttl, 10, 86_400)?.unwrap_or(300),
@@ -583,19 +609,8 @@ impl Config {
                         key: "CARMENTA_S3_BUCKET".into(),
                         message: "must be set when CARMENTA_STORAGE_BACKEND=s3".into(),
                     })?;
-                let path_style = match env.get("CARMENTA_S3_PATH_STYLE") {
-                    Some(v) => match v.trim() {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => {
-                            return Err(ConfigError::Value {
-                                key: "CARMENTA_S3_PATH_STYLE".into(),
-                                message: "expected true or false".into(),
-                            });
-                        }
-                    },
-                    None => fc.s3_path_style.unwrap_or(endpoint.is_some()),
-                };
+                let path_style =
+                    flag(env, "CARMENTA_S3_PATH_STYLE")?.or(fc.s3_path_style).unwrap_or(endpoint.is_some());
                 StorageBackend::S3(S3Config {
                     endpoint,
                     region: pick(env, &["CARMENTA_S3_REGION", "AWS_REGION"], "s3_region", fc.s3_region)
@@ -703,6 +718,9 @@ impl Config {
             request_timeout,
             shutdown_timeout,
             db_max_connections,
+            job_workers,
+            allow_link_local_urls,
+            job_lease,
             access_token_ttl,
             jwt_audience,
             session_ttl,
@@ -785,6 +803,9 @@ impl Config {
             ("request_timeout".into(), format!("{}s", self.request_timeout.as_secs())),
             ("shutdown_timeout".into(), format!("{}s", self.shutdown_timeout.as_secs())),
             ("db_max_connections".into(), self.db_max_connections.to_string()),
+            ("job_workers".into(), self.job_workers.to_string()),
+            ("allow_link_local_urls".into(), self.allow_link_local_urls.to_string()),
+            ("job_lease".into(), format!("{}s", self.job_lease.as_secs())),
             ("access_token_ttl".into(), format!("{}s", self.access_token_ttl.as_secs())),
             ("jwt_audience".into(), self.jwt_audience.clone()),
             ("session_ttl".into(), format!("{}s", self.session_ttl.as_secs())),

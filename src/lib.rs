@@ -4,7 +4,10 @@
 //! - [`config`]: typed configuration from `CARMENTA_*` and `carmenta.toml`.
 //! - [`app`]: shared state, the router and its middleware, `serve`.
 //! - [`error`]: the API error envelope.
+//! - [`cache`]: the one NOTIFY-invalidated cache type and its listener.
 //! - [`db`]: the pool, migrations, and the embedded PostgreSQL manager.
+//! - [`jobs`]: the durable job queue (PostgreSQL, `SKIP LOCKED`), schedules, workers.
+//! - [`background`]: the server's job kinds and periodic schedules.
 //! - [`crypto`]: AES-256-GCM envelope encryption with key ids.
 //! - [`telemetry`]: logs and metrics.
 //! - [`ops`]: health, readiness, metrics endpoints.
@@ -12,6 +15,7 @@
 //! - [`audit`]: the audit log.
 //! - [`chat`]: conversations and messages (AI SDK UIMessages).
 //! - [`pagination`]: cursors and limits for list endpoints.
+//! - [`http_client`]: the one outgoing HTTP client, with its guard against link-local and metadata addresses.
 //! - [`hosted`]: server-rendered auth pages.
 //! - [`imaging`]: image transformations (libvips) and their variant cache.
 //! - [`mail`]: outgoing mail (SMTP or the outbox).
@@ -20,6 +24,8 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod background;
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod connections;
@@ -28,7 +34,9 @@ pub mod db;
 pub mod doctor;
 pub mod error;
 pub mod hosted;
+pub mod http_client;
 pub mod imaging;
+pub mod jobs;
 pub mod mail;
 pub mod ops;
 pub mod pagination;

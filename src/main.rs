@@ -47,6 +47,38 @@ enum Cmd {
     /// Manage service keys and access-token signing keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Inspect and steer background jobs (works while the server runs).
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCmd {
+    /// List jobs, newest first: id, kind, state, attempts, due time, last error.
+    List {
+        /// Only failed jobs (with their last error).
+        #[arg(long, conflicts_with = "state")]
+        failed: bool,
+        /// Only jobs in this state: queued, running, done, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a failed or cancelled job again, with fresh attempts.
+    Retry {
+        /// The job's id.
+        id: String,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +157,13 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Cmd::Jobs(cmd) => match jobs(config, cmd).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("carmenta: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
             Cmd::Key(cmd) => match key(config, cmd).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -168,6 +207,66 @@ async fn key(config: Config, cmd: KeyCmd) -> anyhow::Result<()> {
             }
         }
         Ok(())
+    }
+    .await;
+    database.close().await;
+    result
+}
+
+async fn jobs(config: Config, cmd: JobsCmd) -> anyhow::Result<()> {
+    use carmenta::jobs;
+    let parse_id = |id: &str| uuid::Uuid::parse_str(id.trim()).map_err(|_| anyhow::anyhow!("`{id}` is not a job id"));
+    // Checked before the database is opened: a typo costs nothing.
+    let id = match &cmd {
+        JobsCmd::Retry { id } | JobsCmd::Cancel { id } => Some(parse_id(id)?),
+        JobsCmd::List { state: Some(s), .. }
+            if !["queued", "running", "done", "failed", "cancelled"].contains(&s.as_str()) =>
+        {
+            anyhow::bail!("--state must be queued, running, done, failed or cancelled")
+        }
+        JobsCmd::List { .. } => None,
+    };
+    let database = carmenta::db::open(&config, carmenta::db::OpenMode::Client).await?;
+    let pool = database.pool.clone();
+    let result = async {
+        match (cmd, id) {
+            (JobsCmd::List { failed, state, limit, json }, _) => {
+                let state = if failed { Some("failed".to_string()) } else { state };
+                let rows = jobs::db::list(&pool, state.as_deref(), limit.clamp(1, 10_000)).await?;
+                if rows.is_empty() {
+                    eprintln!("no jobs");
+                }
+                for r in rows {
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        let error = r.last_error.as_deref().unwrap_or("").replace('\n', " ");
+                        println!(
+                            "{}  {:<26} {:<9} {}/{}  {}  {}",
+                            r.id, r.kind, r.state, r.attempts, r.max_attempts, r.run_at, error
+                        );
+                    }
+                }
+                Ok(())
+            }
+            (JobsCmd::Retry { .. }, Some(id)) => {
+                anyhow::ensure!(
+                    jobs::retry(&pool, id).await?,
+                    "job {id} is not failed or cancelled (or does not exist, or the same job is queued already)"
+                );
+                eprintln!("job {id} queued again");
+                Ok(())
+            }
+            (JobsCmd::Cancel { .. }, Some(id)) => {
+                anyhow::ensure!(
+                    jobs::cancel(&pool, id).await?,
+                    "job {id} is not queued or running (or does not exist)"
+                );
+                eprintln!("job {id} cancelled");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
     .await;
     database.close().await;

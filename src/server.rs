@@ -55,17 +55,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let upkeep = state.spawn_upkeep();
     let cache_listener = state.spawn_cache_listener();
-    let sweeper = crate::storage::spawn_sweeper(&state);
-    let connections_upkeep = crate::connections::upkeep::spawn(&state);
-    let webhooks = crate::connections::webhooks::spawn(&state);
+    let jobs = match crate::background::start(&state).await {
+        Ok(r) => r,
+        Err(e) => {
+            upkeep.abort();
+            cache_listener.abort();
+            database.close().await;
+            anyhow::bail!("starting the job runner: {e}");
+        }
+    };
     let router = app::router(state);
     tracing::info!(%addr, %public_url, "carmenta listening");
     let result = app::serve(listener, router, app::shutdown_signal(), drain).await;
+    // In-flight jobs finish within the drain time or are released for another replica.
+    jobs.shutdown().await;
     upkeep.abort();
     cache_listener.abort();
-    sweeper.abort();
-    connections_upkeep.abort();
-    webhooks.abort();
     database.close().await;
     tracing::info!("carmenta stopped");
     result.context("serving HTTP")

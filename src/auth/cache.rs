@@ -7,14 +7,13 @@
 //! and entries expire after a short TTL in any case. A generation counter keeps a
 //! read that raced an eviction from re-inserting the stale row.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
 use super::db::{SessionRow, UserRow};
+use crate::cache::{Invalidate, Notified};
 
 /// The notification channel.
 pub const CHANNEL: &str = "carmenta_auth";
@@ -22,123 +21,84 @@ const USER_TTL: Duration = Duration::from_secs(30);
 const SESSION_TTL: Duration = Duration::from_secs(10);
 const MAX_ENTRIES: usize = 100_000;
 
-/// The cache.
-#[derive(Debug, Default)]
+/// The cache: users by id, live sessions by token hash.
+#[derive(Debug)]
 pub struct AuthCache {
-    users: RwLock<HashMap<Uuid, (Instant, UserRow)>>,
-    sessions: RwLock<HashMap<Vec<u8>, (Instant, SessionRow)>>,
-    generation: AtomicU64,
-    listening: AtomicBool,
+    users: Notified<Uuid, UserRow>,
+    sessions: Notified<Vec<u8>, SessionRow>,
+}
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        AuthCache { users: Notified::new(USER_TTL, MAX_ENTRIES), sessions: Notified::new(SESSION_TTL, MAX_ENTRIES) }
+    }
 }
 
 /// A token proving no eviction happened between a read and the fill that follows.
 #[derive(Debug, Clone, Copy)]
-pub struct Generation(u64);
+pub struct Generation(crate::cache::Generation, crate::cache::Generation);
 
 impl AuthCache {
     /// Whether the cache may be used (the invalidation listener is connected).
     pub fn enabled(&self) -> bool {
-        self.listening.load(Ordering::Acquire)
-    }
-
-    /// Marks the listener (dis)connected; either way the cache starts empty.
-    pub fn set_listening(&self, on: bool) {
-        self.clear();
-        self.listening.store(on, Ordering::Release);
+        self.users.enabled()
     }
 
     /// The current generation, taken before reading the database.
     pub fn generation(&self) -> Generation {
-        Generation(self.generation.load(Ordering::Acquire))
-    }
-
-    fn bump(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        Generation(self.users.generation(), self.sessions.generation())
     }
 
     /// A cached user.
     pub fn user(&self, id: Uuid) -> Option<UserRow> {
-        if !self.enabled() {
-            return None;
-        }
-        let g = self.users.read().ok()?;
-        g.get(&id).filter(|(at, _)| at.elapsed() < USER_TTL).map(|(_, u)| u.clone())
+        self.users.get(&id).map(|u| (*u).clone())
     }
 
-    /// Caches a user read at generation `gen`.
+    /// Caches a user read at generation `gen_at_read`.
     pub fn put_user(&self, gen_at_read: Generation, user: UserRow) {
-        if !self.enabled() || self.generation().0 != gen_at_read.0 {
-            return;
-        }
-        if let Ok(mut g) = self.users.write() {
-            if g.len() >= MAX_ENTRIES {
-                g.clear();
-            }
-            g.insert(user.id, (Instant::now(), user));
-        }
+        self.users.put(gen_at_read.0, user.id, Arc::new(user));
     }
 
     /// A cached live session for a token hash (expiry re-checked here).
     pub fn session(&self, token_hash: &[u8], idle: Option<Duration>) -> Option<SessionRow> {
-        if !self.enabled() {
-            return None;
-        }
-        let g = self.sessions.read().ok()?;
-        let (at, s) = g.get(token_hash)?;
+        let s = self.sessions.get(token_hash)?;
         let now = time::OffsetDateTime::now_utc();
         let idle_ok = idle.is_none_or(|d| now - s.last_active_at < d);
-        (at.elapsed() < SESSION_TTL && s.expires_at > now && idle_ok).then(|| s.clone())
+        (s.expires_at > now && idle_ok).then(|| (*s).clone())
     }
 
-    /// Caches a live session read at generation `gen`.
+    /// Caches a live session read at generation `gen_at_read`.
     pub fn put_session(&self, gen_at_read: Generation, token_hash: Vec<u8>, s: SessionRow) {
-        if !self.enabled() || self.generation().0 != gen_at_read.0 {
-            return;
-        }
-        if let Ok(mut g) = self.sessions.write() {
-            if g.len() >= MAX_ENTRIES {
-                g.clear();
-            }
-            g.insert(token_hash, (Instant::now(), s));
-        }
+        self.sessions.put(gen_at_read.1, token_hash, Arc::new(s));
     }
 
     /// Applies an invalidation message: `u:<id>` (user changed or deleted, with
     /// their sessions), `s:<id>` (a session ended); anything else clears all.
     pub fn apply(&self, payload: &str) {
-        self.bump();
+        let id = |s: &str| Uuid::parse_str(s).ok();
         match payload.split_once(':') {
-            Some(("u", id)) => match Uuid::parse_str(id) {
-                Ok(id) => {
-                    if let Ok(mut g) = self.users.write() {
-                        g.remove(&id);
-                    }
-                    if let Ok(mut g) = self.sessions.write() {
-                        g.retain(|_, (_, s)| s.user_id != id);
-                    }
-                }
-                Err(_) => self.clear(),
-            },
-            Some(("s", id)) => match Uuid::parse_str(id) {
-                Ok(id) => {
-                    if let Ok(mut g) = self.sessions.write() {
-                        g.retain(|_, (_, s)| s.id != id);
-                    }
-                }
-                Err(_) => self.clear(),
-            },
+            Some(("u", u)) if let Some(u) = id(u) => {
+                self.users.evict(&u);
+                self.sessions.retain(|_, s| s.user_id != u);
+            }
+            Some(("s", sid)) if let Some(sid) = id(sid) => self.sessions.retain(|_, s| s.id != sid),
             _ => self.clear(),
         }
     }
 
     /// Empties the cache.
     pub fn clear(&self) {
-        self.bump();
-        if let Ok(mut g) = self.users.write() {
-            g.clear();
-        }
-        if let Ok(mut g) = self.sessions.write() {
-            g.clear();
-        }
+        self.users.clear();
+        self.sessions.clear();
+    }
+}
+
+impl Invalidate for AuthCache {
+    fn apply(&self, payload: &str) {
+        AuthCache::apply(self, payload)
+    }
+    fn set_listening(&self, on: bool) {
+        self.users.set_listening(on);
+        self.sessions.set_listening(on);
     }
 }

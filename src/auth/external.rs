@@ -59,7 +59,6 @@ pub struct ExternalIssuer {
     keys: RwLock<KeyMap>,
     fetched_at: Mutex<Option<Instant>>,
     fetch_lock: tokio::sync::Mutex<()>,
-    client: reqwest::Client,
     provisioned: Mutex<HashSet<Uuid>>,
 }
 
@@ -122,11 +121,6 @@ impl ExternalIssuer {
                     .map_err(|e| format!("CARMENTA_EXTERNAL_ISSUER: {e}"))?,
             ),
         };
-        crate::install_tls_provider();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Some(ExternalIssuer {
             namespace: Uuid::new_v5(&Uuid::NAMESPACE_URL, issuer.as_bytes()),
             issuer,
@@ -137,7 +131,6 @@ impl ExternalIssuer {
             keys: RwLock::new(HashMap::new()),
             fetched_at: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
-            client,
             provisioned: Mutex::new(HashSet::new()),
         }))
     }
@@ -187,7 +180,13 @@ impl ExternalIssuer {
             return;
         }
         let result = async {
-            let res = self.client.get(url.clone()).send().await.map_err(|e| e.to_string())?;
+            crate::http_client::check_url(url).map_err(|e| e.to_string())?;
+            let res = crate::http_client::client()
+                .get(url.clone())
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             if !res.status().is_success() {
                 return Err(format!("HTTP {}", res.status()));
             }

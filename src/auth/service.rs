@@ -30,7 +30,7 @@ pub struct AuthState {
     /// The external issuer (Clerk or another OIDC provider), when configured.
     pub external: Option<super::external::ExternalIssuer>,
     /// Cached profiles and sessions, invalidated across replicas by NOTIFY.
-    pub cache: super::cache::AuthCache,
+    pub cache: std::sync::Arc<super::cache::AuthCache>,
 }
 
 impl AuthState {

@@ -11,12 +11,12 @@
 //! empty; entries expire after a short TTL anyway, and a generation counter keeps a
 //! read that raced an eviction from re-inserting the stale row.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
+
+use crate::cache::{Generation, Invalidate, Notified};
 
 /// The notification channel the triggers send on.
 pub const CHANNEL: &str = "carmenta_connections";
@@ -43,70 +43,58 @@ pub struct ProxyRow {
 }
 
 /// The cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionCache {
-    rows: RwLock<HashMap<Uuid, (Instant, Arc<ProxyRow>)>>,
-    generation: AtomicU64,
-    listening: AtomicBool,
+    rows: Notified<Uuid, ProxyRow>,
 }
 
-/// A token proving no eviction happened between a read and the fill that follows.
-#[derive(Debug, Clone, Copy)]
-pub struct Generation(u64);
+impl Default for ConnectionCache {
+    fn default() -> Self {
+        ConnectionCache { rows: Notified::new(TTL, MAX_ENTRIES) }
+    }
+}
 
 impl ConnectionCache {
     /// Whether the cache is in use (its invalidation listener is connected).
     pub fn enabled(&self) -> bool {
-        self.listening.load(Ordering::Acquire)
+        self.rows.enabled()
     }
 
     /// Marks the listener (dis)connected; either way the cache starts empty.
     pub fn set_listening(&self, on: bool) {
-        self.apply("*");
-        self.listening.store(on, Ordering::Release);
+        self.rows.set_listening(on);
     }
 
     /// The current generation, taken before reading the database.
     pub fn generation(&self) -> Generation {
-        Generation(self.generation.load(Ordering::Acquire))
+        self.rows.generation()
     }
 
     /// A cached, unexpired row.
     pub fn get(&self, id: Uuid) -> Option<Arc<ProxyRow>> {
-        if !self.enabled() {
-            return None;
-        }
-        let g = self.rows.read().ok()?;
-        g.get(&id).filter(|(at, _)| at.elapsed() < TTL).map(|(_, r)| r.clone())
+        self.rows.get(&id)
     }
 
     /// Caches a row read at generation `at` (dropped if an eviction came since).
     pub fn put(&self, at: Generation, row: Arc<ProxyRow>) {
-        if !self.enabled() || self.generation().0 != at.0 {
-            return;
-        }
-        if let Ok(mut g) = self.rows.write() {
-            // Re-check under the write lock: an eviction bumps the generation first.
-            if self.generation().0 != at.0 {
-                return;
-            }
-            if g.len() >= MAX_ENTRIES {
-                g.clear();
-            }
-            g.insert(row.id, (Instant::now(), row));
-        }
+        self.rows.put(at, row.id, row);
     }
 
     /// Applies an invalidation: a connection id evicts it; anything else clears all.
     pub fn apply(&self, payload: &str) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let Ok(mut g) = self.rows.write() else { return };
         match Uuid::parse_str(payload) {
-            Ok(id) => {
-                g.remove(&id);
-            }
-            Err(_) => g.clear(),
+            Ok(id) => self.rows.evict(&id),
+            Err(_) => self.rows.clear(),
         }
+    }
+}
+
+impl Invalidate for ConnectionCache {
+    fn apply(&self, payload: &str) {
+        ConnectionCache::apply(self, payload)
+    }
+    fn set_listening(&self, on: bool) {
+        ConnectionCache::set_listening(self, on)
     }
 }
 

@@ -7,9 +7,6 @@
 //! credentials with the connection id as associated data, upserts the connection on
 //! (owner, integration, account) and redirects to the session's return URL.
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -33,6 +30,7 @@ use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::auth::tokens::{hash_token, random_token};
 use crate::error::{ApiError, ApiJson};
+use crate::http_client::{PROVIDER_TIMEOUT, client as http};
 
 const SESSION_TTL_SECS: i64 = 30 * 60;
 const STATE_TTL_SECS: i64 = 15 * 60;
@@ -53,25 +51,6 @@ pub fn browser_routes() -> Router<AppState> {
         .route("/oauth/connect/{integration}", get(connect))
         .route("/oauth/callback", get(callback))
 }
-
-/// The one outgoing HTTP client of connections (token endpoints, identity,
-/// revocation, the proxy, webhooks): redirects never followed; callers set their
-/// own request timeouts.
-pub(super) fn http() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        crate::install_tls_provider();
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap_or_default()
-    })
-}
-
-/// Timeout of calls to token, identity and revocation endpoints.
-const PROVIDER_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub(super) fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
@@ -523,6 +502,7 @@ pub async fn exchange(
         params.push(("client_id".into(), client_id.clone()));
         params.push(("client_secret".into(), secret.clone()));
     }
+    crate::http_client::check_str(&token_url).map_err(|e| fail("provider_url_refused", e.to_string()))?;
     let mut req = http().post(&token_url).timeout(PROVIDER_TIMEOUT).header(header::ACCEPT, "application/json");
     if header_auth || basic_too {
         req = req.header(header::AUTHORIZATION, format!("Basic {}", B64.encode(format!("{client_id}:{secret}"))));
@@ -592,6 +572,7 @@ async fn account_id(provider: &Provider, tokens: &Tokens) -> Result<String, Stri
     }
     let Some(identity) = provider.raw.get("identity") else { return Ok("default".into()) };
     let url = identity.get("url").and_then(Value::as_str).ok_or("identity.url missing")?;
+    crate::http_client::check_str(url).map_err(|e| e.to_string())?;
     let path = identity.get("id_path").and_then(Value::as_str).unwrap_or("id");
     let res = http()
         .get(url)
@@ -867,6 +848,7 @@ async fn revoke(state: &AppState, row: &ConnRow) {
             ("client_id", integ.client_id.as_deref().unwrap_or("")),
             ("client_secret", &secret),
         ];
+        crate::http_client::check_str(&url).map_err(|e| e.to_string())?;
         let res = http()
             .post(&url)
             .timeout(PROVIDER_TIMEOUT)

@@ -77,29 +77,3 @@ async fn reseal(
     }
     Ok(done)
 }
-
-/// Runs both every five minutes (re-encryption once at start too). Ends when the pool closes.
-pub fn spawn(state: &AppState) -> tokio::task::JoinHandle<()> {
-    let state = state.clone();
-    tokio::spawn(async move {
-        match reencrypt(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "re-encrypted connection secrets under the primary key"),
-            Err(e) => tracing::warn!(error = %e, "re-encrypting connection secrets"),
-        }
-        let mut tick = tokio::time::interval(Duration::from_secs(300));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if state.pool.is_closed() {
-                return;
-            }
-            if let Err(e) = refresh_idle(&state, Duration::from_secs(600)).await {
-                tracing::warn!(error = %e, "refreshing idle connections");
-            }
-            if let Err(e) = reencrypt(&state).await {
-                tracing::warn!(error = %e, "re-encrypting connection secrets");
-            }
-        }
-    })
-}

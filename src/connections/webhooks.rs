@@ -2,8 +2,10 @@
 //! (in the same transaction as what it reports, where there is one) and POSTed to
 //! `CARMENTA_WEBHOOK_URL` with `webhook-id`, `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` under the
-//! `whsec_` secret. Failed deliveries are retried with exponential backoff (2ⁿ s, up
-//! to an hour, 12 attempts) by whichever replica claims them (`SKIP LOCKED`).
+//! `whsec_` secret. Delivery is a job ([`Deliver`], queued with each event, once
+//! per pending batch): failed deliveries are retried with exponential backoff (2ⁿ
+//! s, up to an hour, 12 attempts), the job queueing itself again for the earliest
+//! retry; whichever replica claims an outbox row delivers it (`SKIP LOCKED`).
 
 use std::time::Duration;
 
@@ -18,7 +20,30 @@ use crate::app::AppState;
 
 const MAX_ATTEMPTS: i32 = 12;
 
-/// Records an event for delivery (within `conn`, e.g. a transaction).
+/// The job that delivers the outbox's due events.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Deliver {}
+
+impl crate::jobs::Job for Deliver {
+    const KIND: &'static str = "webhooks.deliver";
+    const MAX_ATTEMPTS: i32 = 5;
+}
+
+/// The unique key of the delivery job queued with events.
+const DELIVER_KEY: &str = "outbox";
+
+/// Queues the delivery job at `run_at` (now when `None`), unless one is queued for
+/// earlier already.
+async fn queue_delivery(
+    conn: &mut sqlx::PgConnection,
+    run_at: Option<time::OffsetDateTime>,
+) -> Result<(), crate::jobs::JobError> {
+    let options = crate::jobs::Options { run_at, unique_key: Some(DELIVER_KEY.into()) };
+    crate::jobs::enqueue(conn, &Deliver {}, options).await.map(|_| ())
+}
+
+/// Records an event for delivery (within `conn`, e.g. a transaction, so the event
+/// and its delivery job exist exactly when the change they report commits).
 pub async fn emit(conn: &mut sqlx::PgConnection, event_type: &str, data: Value) -> Result<(), sqlx::Error> {
     let id = Uuid::now_v7();
     let payload = serde_json::json!({
@@ -30,9 +55,12 @@ pub async fn emit(conn: &mut sqlx::PgConnection, event_type: &str, data: Value) 
         .bind(id)
         .bind(event_type)
         .bind(payload)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
-    Ok(())
+    queue_delivery(conn, None).await.map_err(|e| match e {
+        crate::jobs::JobError::Db(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    })
 }
 
 /// The Standard Webhooks signature of `body` for message `id` at `timestamp`.
@@ -67,7 +95,11 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, sqlx::Error> {
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let msg_id = format!("msg_{}", d.id.simple());
         let Some(signature) = sign(secret.expose(), &msg_id, ts, &body) else { break };
-        let res = super::connect::http()
+        if let Err(e) = crate::http_client::check_url(url) {
+            tracing::warn!(error = %e, "webhook URL refused; nothing delivered");
+            break;
+        }
+        let res = crate::http_client::client()
             .post(url.clone())
             .timeout(Duration::from_secs(10))
             .header("content-type", "application/json")
@@ -112,20 +144,26 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, sqlx::Error> {
     Ok(delivered)
 }
 
-/// Delivers every second. Ends when the pool closes.
-pub fn spawn(state: &AppState) -> tokio::task::JoinHandle<()> {
-    let state = state.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if state.pool.is_closed() {
-                return;
-            }
-            if let Err(e) = deliver_due(&state).await {
-                tracing::warn!(error = %e, "delivering webhooks");
-            }
+/// The delivery job: delivers what is due until nothing is, then queues itself for
+/// the earliest pending retry.
+pub async fn deliver_all_due(state: &AppState) -> Result<(), crate::jobs::JobError> {
+    if state.config.webhook_url.is_none() || state.config.webhook_secret.is_none() {
+        return Ok(());
+    }
+    // Bounded: a receiver that accepts slowly must not hold the job forever.
+    for _ in 0..50 {
+        if deliver_due(state).await? == 0 {
+            break;
         }
-    })
+    }
+    let next: Option<time::OffsetDateTime> = sqlx::query_scalar(
+        "SELECT min(next_attempt_at) FROM webhook_outbox WHERE delivered_at IS NULL AND failed_at IS NULL",
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    if let Some(at) = next {
+        let mut conn = state.pool.acquire().await?;
+        queue_delivery(&mut conn, Some(at)).await?;
+    }
+    Ok(())
 }

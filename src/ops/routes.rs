@@ -58,6 +58,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("db_pool_connections", "state" => "idle").set(f64::from(idle));
     metrics::gauge!("db_pool_connections", "state" => "in_use").set(f64::from(size.saturating_sub(idle)));
     metrics::gauge!("db_pool_max_connections").set(f64::from(state.pool.options().get_max_connections()));
+    // Jobs by kind and state: one grouped count, bounded so a slow database cannot stall a scrape.
+    match tokio::time::timeout(Duration::from_secs(2), crate::jobs::record_gauges(&state.pool)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "counting jobs for /metrics"),
+        Err(_) => tracing::warn!("counting jobs for /metrics timed out"),
+    }
     state.metrics.run_upkeep();
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -11,14 +11,15 @@
 //! that raced an eviction from re-inserting the stale row.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use uuid::Uuid;
 
 use super::db::ObjectRow;
+use crate::cache::{Generation, Invalidate, Notified};
 
 /// The notification channel.
 pub const CHANNEL: &str = "carmenta_storage";
@@ -28,61 +29,44 @@ const MAX_ROWS: usize = 100_000;
 pub const MAX_CACHED_OBJECT: u64 = 64 * 1024;
 const MAX_CACHED_BYTES: usize = 64 * 1024 * 1024;
 
-/// Cached rows by (bucket, key), with when they were read.
-type Rows = HashMap<(String, String), (Instant, Arc<ObjectRow>)>;
-
 /// The cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StorageCache {
-    rows: RwLock<Rows>,
+    rows: Notified<(String, String), ObjectRow>,
     bytes: RwLock<HashMap<Uuid, Bytes>>,
     bytes_total: AtomicUsize,
-    generation: AtomicU64,
-    listening: AtomicBool,
 }
 
-/// A token proving no eviction happened between a read and the fill that follows.
-#[derive(Debug, Clone, Copy)]
-pub struct Generation(u64);
+impl Default for StorageCache {
+    fn default() -> Self {
+        StorageCache {
+            rows: Notified::new(ROW_TTL, MAX_ROWS),
+            bytes: RwLock::default(),
+            bytes_total: AtomicUsize::new(0),
+        }
+    }
+}
 
 impl StorageCache {
     /// Whether the cache is in use (its invalidation listener is connected).
     pub fn enabled(&self) -> bool {
-        self.listening.load(Ordering::Acquire)
-    }
-
-    /// Marks the listener (dis)connected; either way the row cache starts empty.
-    pub fn set_listening(&self, on: bool) {
-        self.clear();
-        self.listening.store(on, Ordering::Release);
+        self.rows.enabled()
     }
 
     /// The current generation, taken before reading the database.
     pub fn generation(&self) -> Generation {
-        Generation(self.generation.load(Ordering::Acquire))
+        self.rows.generation()
     }
 
     /// The cached row of a public object.
     pub fn public_row(&self, bucket: &str, key: &str) -> Option<Arc<ObjectRow>> {
-        if !self.enabled() {
-            return None;
-        }
-        let g = self.rows.read().ok()?;
         // A tuple of Strings needs owned keys to look up; objects keys are short.
-        g.get(&(bucket.to_string(), key.to_string())).filter(|(at, _)| at.elapsed() < ROW_TTL).map(|(_, r)| r.clone())
+        self.rows.get(&(bucket.to_string(), key.to_string()))
     }
 
     /// Caches the row of an object in a public bucket, read at `at`.
     pub fn put_public_row(&self, at: Generation, row: Arc<ObjectRow>) {
-        if !self.enabled() || self.generation().0 != at.0 {
-            return;
-        }
-        if let Ok(mut g) = self.rows.write() {
-            if g.len() >= MAX_ROWS {
-                g.clear();
-            }
-            g.insert((row.bucket_id.clone(), row.name.clone()), (Instant::now(), row));
-        }
+        self.rows.put(at, (row.bucket_id.clone(), row.name.clone()), row);
     }
 
     /// The cached bytes of a version.
@@ -105,33 +89,34 @@ impl StorageCache {
     /// Applies an invalidation: `o:<bucket>/<key>` (one object), `b:<bucket>` (a
     /// whole bucket); anything else clears the rows.
     pub fn apply(&self, payload: &str) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let Ok(mut g) = self.rows.write() else { return };
         match payload.split_once(':') {
-            Some(("o", path)) => match path.split_once('/') {
-                Some((b, k)) => {
-                    g.remove(&(b.to_string(), k.to_string()));
-                }
-                None => g.clear(),
-            },
-            Some(("b", bucket)) => g.retain(|(b, _), _| b != bucket),
-            _ => g.clear(),
+            Some(("o", path)) if let Some((b, k)) = path.split_once('/') => {
+                self.rows.evict(&(b.to_string(), k.to_string()));
+            }
+            Some(("b", bucket)) => self.rows.retain(|(b, _), _| b != bucket),
+            _ => self.rows.clear(),
         }
     }
 
     /// Empties the row cache.
     pub fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut g) = self.rows.write() {
-            g.clear();
-        }
+        self.rows.clear();
+    }
+}
+
+impl Invalidate for StorageCache {
+    fn apply(&self, payload: &str) {
+        StorageCache::apply(self, payload)
+    }
+    fn set_listening(&self, on: bool) {
+        self.rows.set_listening(on);
     }
 }
 
 /// Evicts here and tells every replica (best effort: the TTL bounds a lost message).
 pub async fn invalidate(pool: &sqlx::PgPool, cache: &StorageCache, payload: String) {
     cache.apply(&payload);
-    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(&payload).execute(pool).await {
+    if let Err(e) = crate::cache::notify(pool, CHANNEL, &payload).await {
         tracing::warn!(error = %e, "storage cache invalidation not sent");
     }
 }

@@ -35,7 +35,7 @@ pub struct Storage {
     /// The object store.
     pub blobs: Blobs,
     /// Public object rows and small objects' bytes.
-    pub cache: cache::StorageCache,
+    pub cache: std::sync::Arc<cache::StorageCache>,
     /// The image transformation engine behind `/render/image`.
     pub imaging: crate::imaging::Imaging,
     signing: Vec<[u8; 32]>,
@@ -68,7 +68,7 @@ impl Storage {
     pub fn open(config: &crate::config::Config, keyring: &crate::crypto::Keyring) -> Result<Storage, String> {
         Ok(Storage {
             blobs: Blobs::open(&config.storage)?,
-            cache: cache::StorageCache::default(),
+            cache: std::sync::Arc::default(),
             imaging: crate::imaging::Imaging::new(
                 config.imaging_workers,
                 config.imaging_queue,
@@ -234,32 +234,4 @@ pub async fn sweep(pool: &sqlx::PgPool, blobs: &Blobs, min_age: Duration) -> Res
 fn chrono_cutoff(min_age: Duration) -> i64 {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     now - i64::try_from(min_age.as_secs()).unwrap_or(i64::MAX / 2)
-}
-
-/// Runs [`sweep`] every ten minutes (orphans older than an hour). Ends when the pool closes.
-pub fn spawn_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
-    let state = state.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(600));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if state.pool.is_closed() {
-                return;
-            }
-            match sweep(&state.pool, &state.storage.blobs, Duration::from_secs(3600)).await {
-                Ok(r) if r != SweepReport::default() => {
-                    tracing::info!(
-                        orphan_blobs = r.orphan_blobs,
-                        uploads = r.uploads,
-                        staging_files = r.staging_files,
-                        variants = r.variants,
-                        "storage sweep"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "storage sweep failed"),
-            }
-        }
-    })
 }

@@ -406,6 +406,9 @@ impl Flow {
                            "authorization_method": "header", "body_format": "json", "token_expiration_buffer": 30,
                            "identity": {"url": format!("{base}/userinfo"), "id_path": "sub"},
                            "proxy": {"base_url": format!("{base}/api")}},
+            "fake-metadata": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"),
+                           "token_url": "http://169.254.169.254/latest/meta-data/iam/token",
+                           "proxy": {"base_url": format!("{base}/api")}},
             "fake-key": {"auth_mode": "API_KEY", "proxy": {"base_url": format!("{base}/api"), "headers": {"x-api-key": "${apiKey}"}}},
             "fake-basicauth": {"auth_mode": "BASIC", "proxy": {"base_url": format!("{base}/api")}},
             "fake-slack": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/slack/token"),
@@ -421,21 +424,24 @@ impl Flow {
             .spawn()
             .await;
         let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
-        for (k, p, id, secret) in [
-            ("basic", "fake-basic", "basic-client", "basic-secret"),
-            ("slack", "fake-slack", "slack-client", "slack-secret"),
-        ] {
-            let r = app
-                .client
-                .post(app.url("/v1/integrations"))
-                .bearer_auth(&key)
-                .json(&json!({"unique_key": k, "provider": p, "client_id": id, "client_secret": secret, "scopes": ["read", "write"]}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-        }
-        Flow { app, key, fake, providers: file }
+        let f = Flow { app, key, fake, providers: file };
+        f.integration("basic", "fake-basic", "basic-client", "basic-secret").await;
+        f.integration("slack", "fake-slack", "slack-client", "slack-secret").await;
+        f
+    }
+
+    /// Creates integration `key` of `provider` with a client id and secret.
+    async fn integration(&self, key: &str, provider: &str, id: &str, secret: &str) {
+        let r = self
+            .app
+            .client
+            .post(self.app.url("/v1/integrations"))
+            .bearer_auth(&self.key)
+            .json(&json!({"unique_key": key, "provider": provider, "client_id": id, "client_secret": secret, "scopes": ["read", "write"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
     }
 
     /// A second replica on the same database, keys and catalog.
@@ -891,16 +897,7 @@ async fn five_minute_tokens_are_not_refreshed_on_every_call() {
 async fn a_providers_token_expiration_buffer_sets_the_margin() {
     let f = Flow::new().await;
     *f.fake.lifetime.lock().unwrap() = 300;
-    let r = f
-        .app
-        .client
-        .post(f.app.url("/v1/integrations"))
-        .bearer_auth(&f.key)
-        .json(&json!({"unique_key": "buffered", "provider": "fake-buffered", "client_id": "basic-client", "client_secret": "basic-secret"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    f.integration("buffered", "fake-buffered", "basic-client", "basic-secret").await;
     let a = sign_up(&f.app, "buffer@example.com").await;
     let c = f.connect(&a, "buffered", "buf").await;
     let grants = || *f.fake.refresh_calls.lock().unwrap();
@@ -914,6 +911,18 @@ async fn a_providers_token_expiration_buffer_sets_the_margin() {
     f.expire_in(&c, 20).await;
     let (status, tok) = f.token(&f.app, &a, &c, false).await;
     assert_eq!((status, tok["access_token"].as_str(), grants()), (200, Some("tok-buf-r1"), 1));
+}
+
+#[tokio::test]
+async fn provider_urls_on_cloud_metadata_addresses_are_refused() {
+    let f = Flow::new().await;
+    f.integration("meta", "fake-metadata", "c", "s").await;
+    let a = sign_up(&f.app, "ssrf@example.com").await;
+    let (_, q) = f.start(&a, "meta").await;
+    let started = std::time::Instant::now();
+    let (status, loc) = f.callback(&format!("code=x&state={}", q["state"])).await;
+    assert_eq!((status, loc.as_str()), (302, "/done?result=error&error=provider_url_refused"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused before any connection attempt");
 }
 
 #[tokio::test]
@@ -1156,7 +1165,7 @@ async fn idle_connections_are_refreshed_and_secrets_follow_key_rotation() {
 
 /// A webhook receiver that checks Standard Webhooks signatures itself and fails
 /// its first delivery.
-mod receiver {
+pub(crate) mod receiver {
     use std::sync::{Arc, Mutex};
 
     use axum::extract::State;
@@ -1228,12 +1237,13 @@ async fn connection_events_reach_the_app_as_signed_webhooks() {
     let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c}"))).bearer_auth(&a.jwt).send().await.unwrap();
     assert_eq!(r.status(), 204);
     // The first delivery fails (HTTP 500) and is retried after its backoff.
-    let worker = carmenta::connections::webhooks::spawn(&f.app.state);
+    // Delivery is a job, queued with each event; the server's job runner runs it.
+    let worker = carmenta::background::start(&f.app.state).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while recv.got.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    worker.abort();
+    worker.shutdown().await;
     // A failed delivery is retried later, so arrival order is not event order.
     let mut got = recv.got.lock().unwrap().clone();
     got.sort_by_key(|e| e["timestamp"].as_str().unwrap().to_string());

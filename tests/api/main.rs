@@ -14,6 +14,7 @@ mod errors;
 mod external;
 mod hosted;
 mod imaging;
+mod jobs;
 mod ops;
 mod shutdown;
 mod storage;

@@ -197,7 +197,7 @@ impl Channels {
 
 /// Sends `payload` on `channel` to every replica (this one included).
 pub async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(pool).await.map(|_| ())
+    crate::db::notify(pool, channel, payload).await
 }
 
 #[cfg(test)]

@@ -627,6 +627,5 @@ pub async fn forget_webhook(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> 
 
 /// Tells every replica's auth cache that something changed (see `auth::cache`).
 pub async fn notify_auth(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)").bind(super::cache::CHANNEL).bind(payload).execute(pool).await?;
-    Ok(())
+    crate::db::notify(pool, super::cache::CHANNEL, payload).await
 }

@@ -19,3 +19,4 @@ mod ops;
 mod shutdown;
 mod storage;
 mod storage_process;
+mod tidy;

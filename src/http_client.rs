@@ -14,6 +14,7 @@
 //! Loopback and private ranges stay allowed: a local Ollama or a provider on the
 //! LAN is a normal self-hosted setup.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,22 +86,49 @@ pub fn check_str(url: &str) -> Result<(), UrlError> {
     }
 }
 
-/// Resolves names with the system resolver, dropping refused addresses.
+/// Resolves `host` with the system resolver, dropping refused addresses; an error
+/// when every address it has is refused.
+async fn resolve_guarded(host: &str) -> std::io::Result<Vec<SocketAddr>> {
+    let all: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let allowed: Vec<SocketAddr> = all.iter().copied().filter(|a| !refused(a.ip())).collect();
+    match all.first() {
+        Some(first) if allowed.is_empty() => {
+            Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, UrlError::Refused(first.ip())))
+        }
+        _ => Ok(allowed),
+    }
+}
+
+/// The guard as reqwest's resolver.
 struct GuardedResolver;
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = all.iter().copied().filter(|a| !refused(a.ip())).collect();
-            if allowed.is_empty()
-                && let Some(first) = all.first()
-            {
-                return Err(Box::new(UrlError::Refused(first.ip())) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+            let addrs = resolve_guarded(&host).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+/// The guard as hyper's resolver (the API proxy's upstream connector; its pooled
+/// connections resolve once each, so the guard costs nothing per call).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuardedDns;
+
+impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for GuardedDns {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let host = name.as_str().to_string();
+        Box::pin(async move { resolve_guarded(&host).await.map(Vec::into_iter) })
     }
 }
 

@@ -30,14 +30,15 @@ const MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// The upstream client: hyper's pooled HTTP/1 client over rustls (the platform's
 /// roots), redirects never followed.
-type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector<crate::http_client::GuardedDns>>, Body>;
 
 /// The process's one upstream client (keep-alive connections pooled per host).
 fn upstream() -> &'static Upstream {
     static CLIENT: OnceLock<Upstream> = OnceLock::new();
     CLIENT.get_or_init(|| {
         crate::install_tls_provider();
-        let mut http = HttpConnector::new();
+        // Names resolving only to link-local or metadata addresses are refused.
+        let mut http = HttpConnector::new_with_resolver(crate::http_client::GuardedDns);
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -177,6 +178,10 @@ async fn proxy(
             "this provider's API URL needs connection configuration",
         )
     })?;
+    // A literal link-local or metadata address in the catalog's base URL is refused
+    // here (names are refused by the connector's resolver).
+    crate::http_client::check_url(base)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "provider_url_refused", e.to_string()))?;
     let url = target_url(base, &path, parts.uri.query())?;
     let idempotent =
         matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);

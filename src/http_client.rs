@@ -6,8 +6,8 @@
 //! URLs a user, an app or an operator's data file supplies (webhook targets,
 //! provider URLs, model endpoints) must not reach the machine's own cloud
 //! metadata service or other link-local addresses (the classic SSRF to steal
-//! instance credentials). The guard works at both ends: [`check_url`] refuses a
-//! literal address before a request is built, and the client's resolver drops such
+//! instance credentials). The guard works at both ends: [`request`] (through
+//! [`check_url`]) refuses a literal address before a request is built, and the client's resolver drops such
 //! addresses from every name it resolves (so a DNS name pointing at
 //! 169.254.169.254 is refused too, with no window between check and connect).
 //! `CARMENTA_ALLOW_LINK_LOCAL_URLS=true` lifts it (a lab on link-local addresses).
@@ -77,13 +77,13 @@ pub fn check_url(url: &url::Url) -> Result<(), UrlError> {
     if refused(ip) { Err(UrlError::Refused(ip)) } else { Ok(()) }
 }
 
-/// The same check for a URL given as text (a parse failure is not this guard's
-/// to report: the request builder reports it).
-pub fn check_str(url: &str) -> Result<(), UrlError> {
-    match url::Url::parse(url) {
-        Ok(u) => check_url(&u),
-        Err(_) => Ok(()),
+/// A request on the [`client`] to `url`, once the guard has checked it (a URL
+/// that does not parse is left to the request, which reports it when sent).
+pub fn request(method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, UrlError> {
+    if let Ok(parsed) = url::Url::parse(url) {
+        check_url(&parsed)?;
     }
+    Ok(client().request(method, url))
 }
 
 /// Resolves `host` with the system resolver, dropping refused addresses; an error

@@ -180,9 +180,8 @@ impl ExternalIssuer {
             return;
         }
         let result = async {
-            crate::http_client::check_url(url).map_err(|e| e.to_string())?;
-            let res = crate::http_client::client()
-                .get(url.clone())
+            let res = crate::http_client::request(reqwest::Method::GET, url.as_str())
+                .map_err(|e| e.to_string())?
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await

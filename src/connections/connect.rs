@@ -30,7 +30,7 @@ use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::auth::tokens::{hash_token, random_token};
 use crate::error::{ApiError, ApiJson};
-use crate::http_client::{PROVIDER_TIMEOUT, client as http};
+use crate::http_client::{PROVIDER_TIMEOUT, request};
 
 const SESSION_TTL_SECS: i64 = 30 * 60;
 const STATE_TTL_SECS: i64 = 15 * 60;
@@ -502,8 +502,10 @@ pub async fn exchange(
         params.push(("client_id".into(), client_id.clone()));
         params.push(("client_secret".into(), secret.clone()));
     }
-    crate::http_client::check_str(&token_url).map_err(|e| fail("provider_url_refused", e.to_string()))?;
-    let mut req = http().post(&token_url).timeout(PROVIDER_TIMEOUT).header(header::ACCEPT, "application/json");
+    let mut req = request(reqwest::Method::POST, &token_url)
+        .map_err(|e| fail("provider_url_refused", e.to_string()))?
+        .timeout(PROVIDER_TIMEOUT)
+        .header(header::ACCEPT, "application/json");
     if header_auth || basic_too {
         req = req.header(header::AUTHORIZATION, format!("Basic {}", B64.encode(format!("{client_id}:{secret}"))));
     }
@@ -572,10 +574,9 @@ async fn account_id(provider: &Provider, tokens: &Tokens) -> Result<String, Stri
     }
     let Some(identity) = provider.raw.get("identity") else { return Ok("default".into()) };
     let url = identity.get("url").and_then(Value::as_str).ok_or("identity.url missing")?;
-    crate::http_client::check_str(url).map_err(|e| e.to_string())?;
     let path = identity.get("id_path").and_then(Value::as_str).unwrap_or("id");
-    let res = http()
-        .get(url)
+    let res = request(reqwest::Method::GET, url)
+        .map_err(|e| e.to_string())?
         .timeout(PROVIDER_TIMEOUT)
         .bearer_auth(&tokens.access_token)
         .header(header::ACCEPT, "application/json")
@@ -848,9 +849,8 @@ async fn revoke(state: &AppState, row: &ConnRow) {
             ("client_id", integ.client_id.as_deref().unwrap_or("")),
             ("client_secret", &secret),
         ];
-        crate::http_client::check_str(&url).map_err(|e| e.to_string())?;
-        let res = http()
-            .post(&url)
+        let res = request(reqwest::Method::POST, &url)
+            .map_err(|e| e.to_string())?
             .timeout(PROVIDER_TIMEOUT)
             .form(&form)
             .send()

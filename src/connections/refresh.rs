@@ -67,9 +67,9 @@ pub fn margin(buffer_secs: Option<u64>, lifetime_secs: Option<i64>) -> time::Dur
     time::Duration::seconds(secs)
 }
 
-/// Whether a token expiring at `expires_at` is due for a refresh with `margin`.
-fn due_at(expires_at: Option<OffsetDateTime>, margin: time::Duration) -> bool {
-    expires_at.is_some_and(|e| e - OffsetDateTime::now_utc() < margin)
+/// Whether a token expiring at `expires_at` is within its margin (see [`margin`]).
+fn due(expires_at: Option<OffsetDateTime>, buffer_secs: Option<u64>, lifetime_secs: Option<i64>) -> bool {
+    expires_at.is_some_and(|e| e - OffsetDateTime::now_utc() < margin(buffer_secs, lifetime_secs))
 }
 
 /// Whether a token expiring at `expires_at` may still be used (it has not expired).
@@ -108,7 +108,7 @@ pub async fn access_token_from(
     }
     let plain = state.keyring.decrypt(sealed, id.as_bytes()).map_err(ApiError::internal)?;
     let access: Access = serde_json::from_slice(&plain).map_err(ApiError::internal)?;
-    if !due_at(access.expires_at, margin(buffer_secs, access.lifetime_secs)) {
+    if !due(access.expires_at, buffer_secs, access.lifetime_secs) {
         return Ok(access.access_token);
     }
     refresh(state, id, access.access_token).await.map(|c| c.access_token)
@@ -129,18 +129,24 @@ async fn load(state: &AppState, id: Uuid) -> Result<(String, Credentials, Option
     Ok((status, creds, buffer))
 }
 
-/// The connection's credentials with a usable access token, refreshing first when
-/// it is due (or when `force`).
-pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Credentials, ApiError> {
+/// Loads connection `id` and refreshes it first when it is due (or when `force`);
+/// returns its usable credentials and whether a refresh was due.
+async fn ensure(state: &AppState, id: Uuid, force: bool) -> Result<(Credentials, bool), ApiError> {
     let (status, current, buffer) = load(state, id).await?;
-    // Fast path, no lock: fresh enough.
     if status == "needs_reauth" {
         return Err(needs_reauth());
     }
-    if !force && !due_at(current.expires_at, margin(buffer, current.lifetime_secs)) {
-        return Ok(current);
+    // Fast path, no lock: fresh enough.
+    if !force && !due(current.expires_at, buffer, current.lifetime_secs) {
+        return Ok((current, false));
     }
-    refresh(state, id, current.access_token).await
+    refresh(state, id, current.access_token).await.map(|c| (c, true))
+}
+
+/// The connection's credentials with a usable access token, refreshing first when
+/// it is due (or when `force`).
+pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Credentials, ApiError> {
+    ensure(state, id, force).await.map(|(c, _)| c)
 }
 
 /// After the provider refused `rejected` (revoked or rotated elsewhere): a
@@ -152,13 +158,12 @@ pub async fn replace_rejected(state: &AppState, id: Uuid, rejected: String) -> R
 
 /// For the sweeper: refreshes connection `id` when its token is due by the same
 /// rule as a caller's (its own margin), through the same lock; returns whether a
-/// refresh was due.
+/// refresh was due (a connection that needs reauthorisation is not).
 pub async fn refresh_if_due(state: &AppState, id: Uuid) -> Result<bool, ApiError> {
-    let (status, current, buffer) = load(state, id).await?;
-    if status == "needs_reauth" || !due_at(current.expires_at, margin(buffer, current.lifetime_secs)) {
-        return Ok(false);
+    match ensure(state, id, false).await {
+        Err(e) if e.code == "needs_reauth" => Ok(false),
+        r => r.map(|(_, was_due)| was_due),
     }
-    refresh(state, id, current.access_token).await.map(|_| true)
 }
 
 /// Refreshes connection `id` under its locks, unless someone else replaced

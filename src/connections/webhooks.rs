@@ -37,7 +37,7 @@ const DELIVER_KEY: &str = "outbox";
 async fn queue_delivery(
     conn: &mut sqlx::PgConnection,
     run_at: Option<time::OffsetDateTime>,
-) -> Result<(), crate::jobs::JobError> {
+) -> Result<(), sqlx::Error> {
     let options = crate::jobs::Options { run_at, unique_key: Some(DELIVER_KEY.into()) };
     crate::jobs::enqueue(conn, &Deliver {}, options).await.map(|_| ())
 }
@@ -57,10 +57,7 @@ pub async fn emit(conn: &mut sqlx::PgConnection, event_type: &str, data: Value) 
         .bind(payload)
         .execute(&mut *conn)
         .await?;
-    queue_delivery(conn, None).await.map_err(|e| match e {
-        crate::jobs::JobError::Db(e) => e,
-        other => sqlx::Error::Protocol(other.to_string()),
-    })
+    queue_delivery(conn, None).await
 }
 
 /// The Standard Webhooks signature of `body` for message `id` at `timestamp`.
@@ -95,12 +92,14 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, sqlx::Error> {
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let msg_id = format!("msg_{}", d.id.simple());
         let Some(signature) = sign(secret.expose(), &msg_id, ts, &body) else { break };
-        if let Err(e) = crate::http_client::check_url(url) {
-            tracing::warn!(error = %e, "webhook URL refused; nothing delivered");
-            break;
-        }
-        let res = crate::http_client::client()
-            .post(url.clone())
+        let req = match crate::http_client::request(reqwest::Method::POST, url.as_str()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook URL refused; nothing delivered");
+                break;
+            }
+        };
+        let res = req
             .timeout(Duration::from_secs(10))
             .header("content-type", "application/json")
             .header("webhook-id", &msg_id)

@@ -233,11 +233,19 @@ pub async fn list(pool: &PgPool, state: Option<&str>, limit: i64) -> Result<Vec<
     .await
 }
 
-/// Job counts by kind and state.
+/// Job counts by kind and state: every state of every kind that has jobs or a
+/// schedule, zeros included (a gauge whose state emptied must read 0, not keep its
+/// last count).
 pub async fn counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state ORDER BY kind, state")
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(
+        "WITH kinds AS (SELECT DISTINCT kind FROM jobs UNION SELECT kind FROM job_schedules), \
+              n AS (SELECT kind, state, count(*) AS n FROM jobs GROUP BY kind, state) \
+         SELECT k.kind, s.state, coalesce(n.n, 0) FROM kinds k \
+         CROSS JOIN unnest(ARRAY['queued', 'running', 'done', 'failed', 'cancelled']) AS s(state) \
+         LEFT JOIN n ON n.kind = k.kind AND n.state = s.state ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Deletes done and cancelled jobs finished before `older_than_secs` ago.
@@ -274,39 +282,33 @@ pub async fn upsert_schedule(
     Ok(())
 }
 
-/// Turns due schedules among `names` into jobs, once across all replicas: each
-/// due schedule row is locked (others skip it), moved to its next period and its
-/// job inserted in one transaction. Returns how many jobs were queued.
-pub async fn fire_schedules(pool: &PgPool, names: &[String]) -> Result<usize, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let due: Vec<(String, String, Value, OffsetDateTime)> = sqlx::query_as(
-        "WITH due AS (SELECT name, next_run_at FROM job_schedules WHERE name = ANY($1) AND next_run_at <= now() \
-                      FOR UPDATE SKIP LOCKED) \
-         UPDATE job_schedules s SET next_run_at = \
-             greatest(due.next_run_at + make_interval(secs => s.every_secs), now()) \
-         FROM due WHERE s.name = due.name RETURNING s.name, s.kind, s.payload, due.next_run_at",
-    )
-    .bind(names)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut queued = 0;
-    for (name, kind, mut payload, slot) in due {
-        if let Value::Object(m) = &mut payload {
-            m.insert("scheduled_for".into(), Value::from(slot.unix_timestamp_nanos() as f64 / 1e9));
-        }
-        let key = format!("schedule:{name}");
-        if insert(&mut tx, &kind, &payload, None, 1, Some(&key)).await?.1 {
-            queued += 1;
-        }
-    }
-    tx.commit().await?;
-    Ok(queued)
-}
-
-/// Seconds until the earliest of `names`' schedules is due (None: none registered).
-pub async fn next_schedule_in(pool: &PgPool, names: &[String]) -> Result<Option<f64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT greatest(extract(epoch FROM min(next_run_at) - now()), 0)::float8 FROM job_schedules WHERE name = ANY($1)",
+/// Turns due schedules among `names` into jobs, once across all replicas, in one
+/// statement: each due schedule row is locked (others skip it), moved to its next
+/// period, and its job queued (payload plus `scheduled_for`, the period's start in
+/// Unix seconds; one attempt, the next period being the retry). Returns how many
+/// jobs were queued and the seconds until the earliest schedule is due next.
+pub async fn fire_schedules(pool: &PgPool, names: &[String]) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "WITH due AS (SELECT name, next_run_at FROM job_schedules \
+                      WHERE name = ANY($1) AND next_run_at <= now() FOR UPDATE SKIP LOCKED), \
+              moved AS (UPDATE job_schedules s \
+                        SET next_run_at = greatest(due.next_run_at + make_interval(secs => s.every_secs), now()) \
+                        FROM due WHERE s.name = due.name \
+                        RETURNING s.name, s.kind, s.payload, due.next_run_at AS slot, s.next_run_at AS next), \
+              queued AS (INSERT INTO jobs (id, kind, payload, max_attempts, unique_key) \
+                         SELECT gen_random_uuid(), kind, \
+                                CASE WHEN jsonb_typeof(payload) = 'object' \
+                                     THEN payload || jsonb_build_object('scheduled_for', extract(epoch FROM slot)) \
+                                     ELSE payload END, \
+                                1, 'schedule:' || name FROM moved \
+                         ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state = 'queued' \
+                         DO UPDATE SET run_at = least(jobs.run_at, excluded.run_at) \
+                         RETURNING (xmax = 0) AS inserted) \
+         SELECT (SELECT count(*) FROM queued WHERE inserted), \
+                coalesce(greatest(extract(epoch FROM least( \
+                    (SELECT min(next) FROM moved), \
+                    (SELECT min(next_run_at) FROM job_schedules \
+                     WHERE name = ANY($1) AND name NOT IN (SELECT name FROM moved))) - now()), 0), 1)::float8",
     )
     .bind(names)
     .fetch_one(pool)

@@ -80,14 +80,15 @@ pub struct Options {
 
 /// Queues `job` on `conn` (a pool connection or the caller's transaction, so the
 /// job exists exactly when the change that asked for it commits). Returns the job's
-/// id and whether it was new (false: the same unique job was already queued).
+/// id and whether it was new (false: the same unique job was already queued). A
+/// payload that cannot be serialised is an encoding error, as for any bound value.
 pub async fn enqueue<J: Job>(
     conn: &mut sqlx::PgConnection,
     job: &J,
     options: Options,
-) -> Result<(Uuid, bool), JobError> {
-    let payload = serde_json::to_value(job)?;
-    Ok(db::insert(conn, J::KIND, &payload, options.run_at, J::MAX_ATTEMPTS, options.unique_key.as_deref()).await?)
+) -> Result<(Uuid, bool), sqlx::Error> {
+    let payload = serde_json::to_value(job).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    db::insert(conn, J::KIND, &payload, options.run_at, J::MAX_ATTEMPTS, options.unique_key.as_deref()).await
 }
 
 /// Cancels a queued or running job; false when it had finished or does not exist.
@@ -263,11 +264,6 @@ impl Runner {
         self.wake.notify_one();
     }
 
-    /// A handle that wakes this runner's workers.
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
-    }
-
     /// Stops claiming; waits for in-flight jobs up to the drain time, after which
     /// they are released to be run again.
     pub async fn shutdown(self) {
@@ -318,7 +314,7 @@ async fn worker<C: Clone + Send + Sync + 'static>(shared: Arc<Shared<C>>, ctx: C
 async fn run_one<C: Clone + Send + Sync + 'static>(
     shared: &Shared<C>,
     ctx: C,
-    job: db::Claimed,
+    mut job: db::Claimed,
     stopped: &mut watch::Receiver<bool>,
 ) {
     let kind = job.kind.clone();
@@ -339,7 +335,7 @@ async fn run_one<C: Clone + Send + Sync + 'static>(
     }
     let Some(handler) = shared.handlers.get(kind.as_str()).cloned() else { return };
     let attempt = Attempt { id: job.id, number: job.attempts, max: job.max_attempts };
-    let mut run = handler(ctx, job.payload.clone(), attempt);
+    let mut run = handler(ctx, std::mem::take(&mut job.payload), attempt);
     let lease = shared.config.lease;
     let mut beat = tokio::time::interval(lease / 3);
     beat.tick().await;
@@ -399,17 +395,21 @@ fn lost_error(n: i32) -> String {
 
 async fn scheduler<C>(shared: Arc<Shared<C>>, mut stopped: watch::Receiver<bool>) {
     while !*stopped.borrow() {
-        match db::fire_schedules(&shared.pool, &shared.schedules).await {
-            Ok(n) if n > 0 => shared.wake.notify_one(),
-            Ok(_) => {}
+        let next = match db::fire_schedules(&shared.pool, &shared.schedules).await {
+            Ok((queued, next)) => {
+                if queued > 0 {
+                    shared.wake.notify_one();
+                }
+                next
+            }
             Err(e) => {
                 if shared.pool.is_closed() {
                     return;
                 }
                 tracing::warn!(error = %e, "firing job schedules");
+                1.0
             }
-        }
-        let next = db::next_schedule_in(&shared.pool, &shared.schedules).await.ok().flatten().unwrap_or(1.0);
+        };
         // Wake at the next due time, but look again at least every second (another
         // replica may have moved it, or a new schedule appeared).
         let wait = Duration::from_secs_f64(next.clamp(0.05, 1.0));

@@ -431,6 +431,20 @@ impl Flow {
         f
     }
 
+    /// `GET /v1/connections/{id}` as `user`, which must answer 200.
+    async fn connection(&self, user: &crate::auth::User, id: &str) -> Value {
+        let r = self
+            .app
+            .client
+            .get(self.app.url(&format!("/v1/connections/{id}")))
+            .bearer_auth(&user.jwt)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
     /// Creates integration `key` of `provider` with a client id and secret.
     async fn integration(&self, key: &str, provider: &str, id: &str, secret: &str) {
         let r = self
@@ -733,33 +747,9 @@ async fn refresh_is_single_flight_across_replicas_and_never_reuses_a_refresh_tok
     let a = sign_up(&f.app, "r@example.com").await;
     let c = f.connect(&a, "basic", "acc").await;
     f.expire(&c).await;
-    // 100 concurrent callers on an expired token, over two server processes sharing
-    // one database: one token request.
     // 100 concurrent proxy calls on an expired token, over two server processes
     // sharing one database: one token request, and every call carries the new token.
-    let mut calls = Vec::new();
-    for i in 0..100 {
-        let app = if i % 2 == 0 { &f.app } else { &other };
-        let req = app
-            .client
-            .get(app.url("/v1/proxy/echo/x"))
-            // The session token: valid on every replica (access tokens name one issuer URL).
-            .bearer_auth(&a.session)
-            .header("connection-id", c.as_str())
-            .header("provider-config-key", "basic");
-        calls.push(async move {
-            let r = req.send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        });
-    }
-    let results = futures::future::join_all(calls).await;
-    let tokens: std::collections::BTreeSet<String> = results
-        .iter()
-        .map(|(s, v)| {
-            assert_eq!(*s, 200, "{v}");
-            v["authorization"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let tokens = proxy_burst(&[&f.app, &other], &a, &c, 100).await;
     assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 1, "exactly one refresh request");
     assert_eq!(tokens.len(), 1, "every call carried the refreshed token: {tokens:?}");
     assert_eq!(tokens.iter().next().unwrap(), "Bearer tok-acc-r1");
@@ -776,17 +766,7 @@ async fn refresh_is_single_flight_across_replicas_and_never_reuses_a_refresh_tok
             .await;
     assert!(burst.iter().all(|(s, _)| *s == 200), "{burst:?}");
     assert_eq!(*f.fake.reused.lock().unwrap(), 0, "a used refresh token was presented again");
-    let conn: Value = f
-        .app
-        .client
-        .get(f.app.url(&format!("/v1/connections/{c}")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conn = f.connection(&a, &c).await;
     assert_eq!(conn["status"], "connected");
     assert_eq!(conn["last_error"], Value::Null);
 }
@@ -846,17 +826,7 @@ async fn tokens_of_a_few_seconds_are_refreshed_once_per_expiry() {
         assert_eq!(tokens.len(), 1, "round {round}: {tokens:?}");
     }
     assert_eq!(*f.fake.reused.lock().unwrap(), 0, "a used refresh token was presented again");
-    let conn: Value = f
-        .app
-        .client
-        .get(f.app.url(&format!("/v1/connections/{c}")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conn = f.connection(&a, &c).await;
     assert_eq!((conn["status"].as_str(), &conn["last_error"]), (Some("connected"), &Value::Null));
 }
 
@@ -979,17 +949,7 @@ async fn refresh_failures_back_off_or_ask_for_reauth() {
     let (status, _) = f.token(&f.app, &a, &c, false).await;
     assert_eq!(status, 503);
     assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 1, "no retry inside the cooldown");
-    let conn: Value = f
-        .app
-        .client
-        .get(f.app.url(&format!("/v1/connections/{c}")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conn = f.connection(&a, &c).await;
     assert_eq!(conn["status"], "connected");
     assert!(conn["last_error"].as_str().unwrap().contains("503"), "{conn}");
     // After the cooldown, it is retried and recovers.
@@ -1008,17 +968,7 @@ async fn refresh_failures_back_off_or_ask_for_reauth() {
     let (status, _) = f.token(&f.app, &a, &c, true).await;
     assert_eq!(status, 409);
     assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 3);
-    let conn: Value = f
-        .app
-        .client
-        .get(f.app.url(&format!("/v1/connections/{c}")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conn = f.connection(&a, &c).await;
     assert_eq!(conn["status"], "needs_reauth");
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM connection_events WHERE kind = 'refresh_failed'")
         .fetch_one(&f.app.pool)
@@ -1027,17 +977,7 @@ async fn refresh_failures_back_off_or_ask_for_reauth() {
     assert_eq!(events, 1);
     // Reconnecting the same account makes it connected again.
     assert_eq!(f.connect(&a, "basic", "acc").await, c);
-    let conn: Value = f
-        .app
-        .client
-        .get(f.app.url(&format!("/v1/connections/{c}")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conn = f.connection(&a, &c).await;
     assert_eq!(conn["status"], "connected");
 }
 

@@ -381,6 +381,10 @@ async fn jobs_list_failed_and_retry_from_the_command_line() {
     let (code, _, err) = cli(&["jobs", "retry", &id.to_string()]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(state_of(&app.pool, id).await.state, "queued");
+    // The metrics' counts: an emptied state reads 0, not its last count.
+    let counts = jobs::db::counts(&app.pool).await.unwrap();
+    let of = |state: &str| counts.iter().find(|(k, s, _)| k == "test.flaky" && s == state).map(|c| c.2);
+    assert_eq!((of("failed"), of("queued"), of("done")), (Some(0), Some(1), Some(0)), "{counts:?}");
     let (code, _, err) = cli(&["jobs", "retry", &id.to_string()]);
     assert_ne!(code, Some(0), "a queued job is not retried: {err}");
     let (code, _, err) = cli(&["jobs", "retry", "not-a-uuid"]);

@@ -56,12 +56,8 @@ pub struct Shared {
     pub mailer: Mailer,
     /// Object storage.
     pub storage: Arc<crate::storage::Storage>,
-    /// The provider catalog (built-in plus `CARMENTA_PROVIDERS_FILE`).
-    pub catalog: Arc<crate::connections::Catalog>,
-    /// Per-connection refresh queues of this process.
-    pub refresh_locks: Arc<crate::connections::refresh::Locks>,
-    /// The proxy's connection rows (sealed credentials), invalidated by NOTIFY.
-    pub connection_cache: Arc<crate::connections::cache::ConnectionCache>,
+    /// Connections: catalog, vault, refresh locks, proxy cache, webhooks.
+    pub connections: Arc<crate::connections::Connections>,
 }
 
 impl AppState {
@@ -71,20 +67,19 @@ impl AppState {
         let auth = AuthState::load(&pool, &keyring, &config).await?;
         let mailer = Mailer::from_config(&config)?;
         let storage = Arc::new(crate::storage::Storage::open(&config, &keyring)?);
-        let catalog = Arc::new(crate::connections::catalog::load_configured(&config)?);
+        let keyring = Arc::new(keyring);
+        let connections = Arc::new(crate::connections::Connections::open(&config, pool.clone(), keyring.clone())?);
         // Off the start-up path: the dummy hash is ready long before the first sign-in.
         tokio::spawn(crate::auth::password::warm_up());
         Ok(AppState(Arc::new(Shared {
             config: Arc::new(config),
             pool,
-            keyring: Arc::new(keyring),
+            keyring,
             metrics: crate::telemetry::metrics_handle(),
             auth,
             mailer,
             storage,
-            catalog,
-            refresh_locks: Arc::default(),
-            connection_cache: Arc::default(),
+            connections,
         })))
     }
 
@@ -93,7 +88,7 @@ impl AppState {
         crate::cache::Channels::default()
             .register(crate::auth::cache::CHANNEL, self.auth.cache.clone())
             .register(crate::storage::cache::CHANNEL, self.storage.cache.clone())
-            .register(crate::connections::cache::CHANNEL, self.connection_cache.clone())
+            .register(crate::connections::cache::CHANNEL, self.connections.cache.clone())
     }
 
     /// Starts the listener that applies every replica's cache invalidations; each
@@ -159,7 +154,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(api)
         .merge(extra)
         .merge(crate::hosted::routes())
-        .merge(crate::connections::connect::browser_routes())
+        .merge(crate::connections::routes::browser_routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(fallback)
         .layer(

@@ -15,17 +15,5 @@ pub async fn record(
     detail: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     let request_id = crate::error::current_request_id();
-    sqlx::query(
-        "INSERT INTO audit_log (actor, on_behalf_of, action, target, request_id, detail)
-         VALUES ($1, (SELECT id FROM users WHERE id = $2), $3, $4, NULLIF($5, ''), $6)",
-    )
-    .bind(actor)
-    .bind(on_behalf_of)
-    .bind(action)
-    .bind(target)
-    .bind(request_id)
-    .bind(detail)
-    .execute(pool)
-    .await?;
-    Ok(())
+    crate::db::shared::insert_audit(pool, actor, on_behalf_of, action, target, &request_id, detail).await
 }

@@ -88,18 +88,18 @@ pub fn registry() -> Registry<AppState> {
             Ok(())
         })
         .handle(|s: AppState, _: RefreshIdleConnections, _| async move {
-            crate::connections::upkeep::refresh_idle(&s, Duration::from_secs(600)).await?;
+            crate::connections::upkeep::refresh_idle(&s.connections, Duration::from_secs(600)).await?;
             Ok(())
         })
         .handle(|s: AppState, _: Reencrypt, _| async move {
-            let n = crate::connections::upkeep::reencrypt(&s).await?;
+            let n = crate::db::shared::reencrypt_all(&s.pool, &s.keyring).await?;
             if n > 0 {
                 tracing::info!(rows = n, "re-encrypted secrets under the primary key");
             }
             Ok(())
         })
         .handle(|s: AppState, _: crate::connections::webhooks::Deliver, _| async move {
-            crate::connections::webhooks::deliver_all_due(&s).await
+            crate::connections::webhooks::deliver_all_due(&s.connections).await
         })
         .handle(|s: AppState, j: PruneJobs, _| async move {
             jobs::db::prune(&s.pool, j.older_than_secs as f64).await?;

@@ -141,6 +141,27 @@ impl Keyring {
     pub fn needs_reencrypt(&self, envelope: &[u8]) -> bool {
         envelope.len() < 5 || envelope[1..5] != self.keys[0].id
     }
+
+    /// The envelope re-encrypted under the primary key (same `aad`), or `None` when
+    /// it already is, or cannot be opened (no key of this ring made it).
+    pub fn reseal(&self, envelope: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        if !self.needs_reencrypt(envelope) {
+            return None;
+        }
+        let plain = self.decrypt(envelope, aad).ok()?;
+        Some(self.encrypt(&plain, aad))
+    }
+
+    /// Seals an auth signing key's seed (its key id as associated data).
+    pub fn seal_signing_seed(&self, kid: &str, seed: &[u8; 32]) -> Vec<u8> {
+        self.encrypt(seed, kid.as_bytes())
+    }
+
+    /// Opens a seed sealed by [`Keyring::seal_signing_seed`].
+    pub fn open_signing_seed(&self, kid: &str, sealed: &[u8]) -> Result<[u8; 32], CryptoError> {
+        let plain = self.decrypt(sealed, kid.as_bytes())?;
+        plain.as_slice().try_into().map_err(|_| CryptoError::Malformed)
+    }
 }
 
 /// Reads the key file in the data directory, creating it (mode 0600) with a fresh

@@ -113,13 +113,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
                 Ok(Ok(mut conn)) => {
                     checks.push(pass("database", "connected"));
                     for (name, fix) in crate::db::REQUIRED_EXTENSIONS {
-                        let v: Option<String> =
-                            sqlx::query_scalar("SELECT default_version FROM pg_available_extensions WHERE name = $1")
-                                .bind(name)
-                                .fetch_optional(&mut conn)
-                                .await
-                                .ok()
-                                .flatten();
+                        let v = crate::db::shared::available_extension(&mut conn, name).await.ok().flatten();
                         checks.push(match v {
                             Some(v) => pass(&format!("extension {name}"), format!("available ({v})")),
                             None => fail(&format!("extension {name}"), "not available on the server", *fix),

@@ -74,12 +74,7 @@ impl Mailer {
                 Ok(())
             }
             None => {
-                sqlx::query("INSERT INTO mail_outbox (user_id, to_addr, subject, body) VALUES ($1, $2, $3, $4)")
-                    .bind(mail.user_id)
-                    .bind(&mail.to)
-                    .bind(&mail.subject)
-                    .bind(&mail.body)
-                    .execute(pool)
+                crate::db::shared::insert_outbox_mail(pool, mail.user_id, &mail.to, &mail.subject, &mail.body)
                     .await
                     .map_err(|e| e.to_string())?;
                 // The embedded default has no SMTP: the operator follows the link from here.
@@ -107,12 +102,5 @@ pub struct OutboxMail {
 
 /// The newest outbox messages, optionally for one recipient.
 pub async fn outbox(pool: &PgPool, to: Option<&str>, limit: i64) -> Result<Vec<OutboxMail>, sqlx::Error> {
-    sqlx::query_as::<_, OutboxMail>(
-        "SELECT id, to_addr, subject, body, created_at FROM mail_outbox
-         WHERE $1::text IS NULL OR lower(to_addr) = lower($1) ORDER BY id DESC LIMIT $2",
-    )
-    .bind(to)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    crate::db::shared::outbox_mail(pool, to, limit).await
 }

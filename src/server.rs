@@ -79,9 +79,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// Applies pending migrations and returns the applied versions.
 pub async fn migrate(config: Config) -> anyhow::Result<Vec<i64>> {
     let database = db::open(&config, OpenMode::Client).await?;
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-        .fetch_all(&database.pool)
-        .await?;
+    let versions = db::shared::migration_versions(&database.pool).await?;
     database.close().await;
     Ok(versions)
 }

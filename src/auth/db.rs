@@ -214,12 +214,22 @@ pub async fn session_is_live(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Erro
 }
 
 /// The owner's live sessions, newest first.
-pub async fn list_sessions(pool: &PgPool, user_id: Uuid) -> Result<Vec<SessionRow>, sqlx::Error> {
+pub async fn list_sessions(
+    pool: &PgPool,
+    user_id: Uuid,
+    before: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<SessionRow>, sqlx::Error> {
     sqlx::query_as::<_, SessionRow>(
         "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions
-         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now() ORDER BY created_at DESC, id DESC",
+         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()
+         AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4",
     )
     .bind(user_id)
+    .bind(before.map(|b| b.0))
+    .bind(before.map(|b| b.1))
+    .bind(limit)
     .fetch_all(pool)
     .await
 }

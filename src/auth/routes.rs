@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use super::service::{self, ClientInfo, Principal, Via};
 use super::types::*;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson};
+use crate::pagination::{Page, PageQuery};
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "carmenta_session";
@@ -312,9 +313,14 @@ async fn change_password(
 }
 
 /// The caller's live sessions.
-#[utoipa::path(get, path = "/v1/me/sessions", tag = "auth", responses((status = 200, body = SessionList)))]
-async fn list_sessions(State(state): State<AppState>, Caller(p): Caller) -> Result<ApiJson<SessionList>, ApiError> {
-    service::sessions(&state, &p).await.map(ApiJson)
+#[utoipa::path(get, path = "/v1/me/sessions", tag = "auth", params(PageQuery),
+    responses((status = 200, body = Page<SessionView>), (status = 400, description = "invalid_limit, invalid_cursor")))]
+async fn list_sessions(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Query(page): Query<PageQuery>,
+) -> Result<ApiJson<SessionList>, ApiError> {
+    service::sessions(&state, &p, &page).await.map(ApiJson)
 }
 
 /// Revoke one of the caller's sessions.

@@ -15,6 +15,7 @@ use super::types::*;
 use crate::app::AppState;
 use crate::audit;
 use crate::error::ApiError;
+use crate::pagination::{Page, PageQuery};
 use http::StatusCode;
 
 /// Largest serialised size of one metadata object.
@@ -522,14 +523,17 @@ pub async fn change_password(
 }
 
 /// Lists the caller's sessions.
-pub async fn sessions(state: &AppState, principal: &Principal) -> Result<SessionList, ApiError> {
+pub async fn sessions(state: &AppState, principal: &Principal, page: &PageQuery) -> Result<SessionList, ApiError> {
     let id = require_user(principal)?;
     let current = match principal {
         Principal::User { session_id, .. } => Some(*session_id),
         _ => None,
     };
-    let rows = db::list_sessions(&state.pool, id).await?;
-    Ok(SessionList { data: rows.into_iter().map(|r| SessionView::of(r, current)).collect() })
+    let limit = page.limit()?;
+    let before = page.cursor_text()?.map(|t| crate::pagination::parse_time_id(&t)).transpose()?;
+    let rows = db::list_sessions(&state.pool, id, before, limit + 1).await?;
+    let page = Page::from_rows(rows, limit, |r| crate::pagination::time_id_cursor(r.created_at, r.id));
+    Ok(page.map(|r| SessionView::of(r, current)))
 }
 
 /// Revokes one of the caller's sessions; someone else's is "not found".

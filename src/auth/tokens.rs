@@ -172,7 +172,7 @@ pub fn generate_signing_key(keyring: &Keyring) -> (String, Vec<u8>, serde_json::
     let jwk = serde_json::json!({
         "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": B64URL.encode(public),
     });
-    let sealed = keyring.encrypt(&seed, kid.as_bytes());
+    let sealed = keyring.seal_signing_seed(&kid, &seed);
     (kid, sealed, jwk)
 }
 
@@ -214,10 +214,8 @@ impl KeyStore {
             keys.jwks.push(row.public_jwk.clone());
             if row.active && keys.signer.is_none() {
                 let seed = keyring
-                    .decrypt(&row.private_key, row.kid.as_bytes())
+                    .open_signing_seed(&row.kid, &row.private_key)
                     .map_err(|e| format!("signing key {}: {e}", row.kid))?;
-                let seed: [u8; 32] =
-                    seed.as_slice().try_into().map_err(|_| format!("signing key {}: bad length", row.kid))?;
                 let key = EncodingKey::from_ed_der(&ed25519_pkcs8(&seed));
                 keys.signer = Some(Signer { kid: row.kid.clone(), key });
             }

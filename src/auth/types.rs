@@ -199,12 +199,8 @@ impl SessionView {
     }
 }
 
-/// A list of sessions.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SessionList {
-    /// The sessions, newest first.
-    pub data: Vec<SessionView>,
-}
+/// A page of sessions, newest first.
+pub type SessionList = crate::pagination::Page<SessionView>;
 
 /// `POST /v1/auth/magic-link` and `POST /v1/auth/password/forgot`.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -68,16 +68,11 @@ pub async fn create(state: &AppState, owner: Uuid, req: CreateConversation) -> R
 }
 
 fn conversation_cursor(row: &Conversation) -> String {
-    pagination::encode(&format!("{}|{}", row.last_activity_at.unix_timestamp_nanos(), row.id))
+    pagination::time_id_cursor(row.last_activity_at, row.id)
 }
 
 fn parse_conversation_cursor(c: &str) -> Result<(OffsetDateTime, Uuid), ApiError> {
-    let text = pagination::decode(c)?;
-    let bad = || ApiError::bad_request("invalid_cursor", "cursor is malformed");
-    let (t, id) = text.split_once('|').ok_or_else(bad)?;
-    let nanos: i128 = t.parse().map_err(|_| bad())?;
-    let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?;
-    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+    pagination::parse_time_id(&pagination::decode(c)?)
 }
 
 /// Lists the owner's conversations, newest activity first.

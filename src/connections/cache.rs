@@ -23,24 +23,7 @@ pub const CHANNEL: &str = "carmenta_connections";
 const TTL: Duration = Duration::from_secs(10);
 const MAX_ENTRIES: usize = 100_000;
 
-/// One connection as the proxy needs it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ProxyRow {
-    /// The connection id.
-    pub id: Uuid,
-    /// Its owner.
-    pub owner_id: Uuid,
-    /// The integration's unique key (`Provider-Config-Key`).
-    pub unique_key: String,
-    /// The provider's catalog name.
-    pub provider: String,
-    /// `connection_config` (template values).
-    pub connection_config: serde_json::Value,
-    /// `connected` or `needs_reauth`.
-    pub status: String,
-    /// The sealed credentials (AES-256-GCM, the id as associated data).
-    pub credentials: Vec<u8>,
-}
+pub use super::db::ProxyRow;
 
 /// The cache.
 #[derive(Debug)]
@@ -101,33 +84,19 @@ impl Invalidate for ConnectionCache {
 /// The connection `id` of `owner` under the integration `key`, from the cache or
 /// (on a miss) from one query that also brings its sealed credentials.
 pub async fn lookup(
-    state: &crate::app::AppState,
+    c: &super::Connections,
     id: Uuid,
     owner: Uuid,
     key: &str,
 ) -> Result<Arc<ProxyRow>, crate::error::ApiError> {
-    let cache = &state.connection_cache;
-    if let Some(row) = cache.get(id) {
+    let not_found = || crate::error::ApiError::not_found("connection not found");
+    if let Some(row) = c.cache.get(id) {
         // One answer for "no such connection", "not yours" and "another integration's".
-        return if row.owner_id == owner && row.unique_key == key {
-            Ok(row)
-        } else {
-            Err(crate::error::ApiError::not_found("connection not found"))
-        };
+        return if row.owner_id == owner && row.unique_key == key { Ok(row) } else { Err(not_found()) };
     }
-    let at = cache.generation();
-    let row: Option<ProxyRow> = sqlx::query_as(
-        "SELECT c.id, c.owner_id, i.unique_key, i.provider, c.connection_config, c.status, c.credentials \
-         FROM connections c JOIN integrations i ON i.id = c.integration_id \
-         WHERE c.id = $1 AND c.owner_id = $2 AND i.unique_key = $3",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(key)
-    .fetch_optional(&state.pool)
-    .await?;
-    let row = Arc::new(row.ok_or_else(|| crate::error::ApiError::not_found("connection not found"))?);
-    cache.put(at, row.clone());
+    let at = c.cache.generation();
+    let row = Arc::new(super::db::proxy_row(&c.pool, id, owner, key).await?.ok_or_else(not_found)?);
+    c.cache.put(at, row.clone());
     Ok(row)
 }
 

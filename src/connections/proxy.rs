@@ -168,9 +168,10 @@ async fn proxy(
     let key = text("provider-config-key")
         .ok_or_else(|| bad("missing_provider_config_key", "send the Provider-Config-Key header"))?;
     let conn_id = Uuid::parse_str(conn_id).map_err(|_| ApiError::not_found("connection not found"))?;
-    let row = super::cache::lookup(&state, conn_id, user.user_id, key).await?;
+    let c = &state.connections;
+    let row = super::cache::lookup(c, conn_id, user.user_id, key).await?;
     let (provider_name, config) = (&row.provider, &row.connection_config);
-    let provider = state.catalog.get(provider_name).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
+    let provider = c.catalog.get(provider_name).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
     let base = provider.proxy_base.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -216,7 +217,7 @@ async fn proxy(
     let scheme = if provider.auth_mode == "BASIC" { "Basic" } else { "Bearer" };
     let templated = template.iter().any(|(_, v)| v.contains("${accessToken}") || v.contains("${apiKey}"));
     let mut token =
-        super::refresh::access_token_from(&state, conn_id, &row.status, &row.credentials, provider.expiration_buffer())
+        super::refresh::access_token_from(c, conn_id, &row.status, &row.credentials, provider.expiration_buffer())
             .await?;
     let mut refreshed = false;
     let mut attempt = 0u32;
@@ -271,7 +272,7 @@ async fn proxy(
         if status == StatusCode::UNAUTHORIZED && !refreshed && replayable {
             // The token may have been revoked or rotated elsewhere: one forced refresh, one retry.
             refreshed = true;
-            if let Ok(c) = super::refresh::replace_rejected(&state, conn_id, token.clone()).await {
+            if let Ok(c) = super::refresh::replace_rejected(c, conn_id, token.clone()).await {
                 token = c.access_token;
                 continue;
             }

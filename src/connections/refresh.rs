@@ -13,14 +13,13 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use sqlx::FromRow;
+use http::StatusCode;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::connect::{Credentials, exchange, seal, unseal};
-use super::integrations;
-use crate::app::AppState;
+use super::db;
+use super::vault::Credentials;
+use super::{Connections, integrations, oauth};
 use crate::error::ApiError;
 
 /// Per-connection locks inside one process: callers of one replica queue here, so
@@ -42,16 +41,6 @@ impl Locks {
 /// expires unless its provider entry's `token_expiration_buffer` says so.
 pub const MAX_MARGIN: Duration = Duration::from_secs(600);
 const MAX_COOLDOWN_SECS: i64 = 600;
-
-#[derive(Debug, FromRow)]
-struct Locked {
-    owner_id: Uuid,
-    integration_id: Uuid,
-    status: String,
-    credentials: Vec<u8>,
-    refresh_failures: i32,
-    next_refresh_at: Option<OffsetDateTime>,
-}
 
 /// How long before its expiry a token is refreshed: the provider entry's
 /// `token_expiration_buffer` when it has one; otherwise the smaller of 10 minutes
@@ -81,23 +70,12 @@ fn needs_reauth() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "needs_reauth", "the user must reconnect this account")
 }
 
-/// What the proxy needs of sealed credentials: the access token, its expiry and
-/// lifetime (the refresh token and the provider's raw answer are skipped, not built).
-#[derive(serde::Deserialize)]
-struct Access {
-    access_token: String,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    expires_at: Option<OffsetDateTime>,
-    #[serde(default)]
-    lifetime_secs: Option<i64>,
-}
-
 /// A usable access token of a connection from its status and sealed credentials
 /// (the proxy's cached row): opened and returned when fresh enough, else
 /// refreshed first (`buffer_secs`: the provider entry's `token_expiration_buffer`).
 /// No query unless a refresh is due.
 pub async fn access_token_from(
-    state: &AppState,
+    c: &Connections,
     id: Uuid,
     status: &str,
     sealed: &[u8],
@@ -106,33 +84,26 @@ pub async fn access_token_from(
     if status == "needs_reauth" {
         return Err(needs_reauth());
     }
-    let plain = state.keyring.decrypt(sealed, id.as_bytes()).map_err(ApiError::internal)?;
-    let access: Access = serde_json::from_slice(&plain).map_err(ApiError::internal)?;
+    let access = c.vault.open_access(id, sealed)?;
     if !due(access.expires_at, buffer_secs, access.lifetime_secs) {
         return Ok(access.access_token);
     }
-    refresh(state, id, access.access_token).await.map(|c| c.access_token)
+    refresh(c, id, access.access_token).await.map(|c| c.access_token)
 }
 
 /// A connection's status, credentials and its provider's `token_expiration_buffer`.
-async fn load(state: &AppState, id: Uuid) -> Result<(String, Credentials, Option<u64>), ApiError> {
-    let row: Option<(String, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT c.status, c.credentials, i.provider FROM connections c \
-         JOIN integrations i ON i.id = c.integration_id WHERE c.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?;
+async fn load(c: &Connections, id: Uuid) -> Result<(String, Credentials, Option<u64>), ApiError> {
+    let row = db::sealed_credentials(&c.pool, id).await?;
     let (status, sealed, provider) = row.ok_or_else(|| ApiError::not_found("connection not found"))?;
-    let creds = unseal(state, id, &sealed)?;
-    let buffer = state.catalog.get(&provider).and_then(|p| p.expiration_buffer());
+    let creds = c.vault.open_credentials(id, &sealed)?;
+    let buffer = c.catalog.get(&provider).and_then(|p| p.expiration_buffer());
     Ok((status, creds, buffer))
 }
 
 /// Loads connection `id` and refreshes it first when it is due (or when `force`);
 /// returns its usable credentials and whether a refresh was due.
-async fn ensure(state: &AppState, id: Uuid, force: bool) -> Result<(Credentials, bool), ApiError> {
-    let (status, current, buffer) = load(state, id).await?;
+async fn ensure(c: &Connections, id: Uuid, force: bool) -> Result<(Credentials, bool), ApiError> {
+    let (status, current, buffer) = load(c, id).await?;
     if status == "needs_reauth" {
         return Err(needs_reauth());
     }
@@ -140,27 +111,27 @@ async fn ensure(state: &AppState, id: Uuid, force: bool) -> Result<(Credentials,
     if !force && !due(current.expires_at, buffer, current.lifetime_secs) {
         return Ok((current, false));
     }
-    refresh(state, id, current.access_token).await.map(|c| (c, true))
+    refresh(c, id, current.access_token).await.map(|c| (c, true))
 }
 
 /// The connection's credentials with a usable access token, refreshing first when
 /// it is due (or when `force`).
-pub async fn fresh_token(state: &AppState, id: Uuid, force: bool) -> Result<Credentials, ApiError> {
-    ensure(state, id, force).await.map(|(c, _)| c)
+pub async fn fresh_token(c: &Connections, id: Uuid, force: bool) -> Result<Credentials, ApiError> {
+    ensure(c, id, force).await.map(|(c, _)| c)
 }
 
 /// After the provider refused `rejected` (revoked or rotated elsewhere): a
 /// replacement, refreshing only if nobody has replaced that token yet (so a burst
 /// of refused calls costs one refresh, not one each).
-pub async fn replace_rejected(state: &AppState, id: Uuid, rejected: String) -> Result<Credentials, ApiError> {
-    refresh(state, id, rejected).await
+pub async fn replace_rejected(c: &Connections, id: Uuid, rejected: String) -> Result<Credentials, ApiError> {
+    refresh(c, id, rejected).await
 }
 
 /// For the sweeper: refreshes connection `id` when its token is due by the same
 /// rule as a caller's (its own margin), through the same lock; returns whether a
 /// refresh was due (a connection that needs reauthorisation is not).
-pub async fn refresh_if_due(state: &AppState, id: Uuid) -> Result<bool, ApiError> {
-    match ensure(state, id, false).await {
+pub async fn refresh_if_due(c: &Connections, id: Uuid) -> Result<bool, ApiError> {
+    match ensure(c, id, false).await {
         Err(e) if e.code == "needs_reauth" => Ok(false),
         r => r.map(|(_, was_due)| was_due),
     }
@@ -168,23 +139,16 @@ pub async fn refresh_if_due(state: &AppState, id: Uuid) -> Result<bool, ApiError
 
 /// Refreshes connection `id` under its locks, unless someone else replaced
 /// `seen_token` (the access token the caller found due) meanwhile.
-async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Credentials, ApiError> {
-    let local = state.refresh_locks.get(id);
+async fn refresh(c: &Connections, id: Uuid, seen_token: String) -> Result<Credentials, ApiError> {
+    let local = c.locks.get(id);
     let _queued = local.lock().await;
 
-    let mut tx = state.pool.begin().await?;
-    let locked: Option<Locked> = sqlx::query_as(
-        "SELECT owner_id, integration_id, status, credentials, refresh_failures, next_refresh_at \
-         FROM connections WHERE id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let row = locked.ok_or_else(|| ApiError::not_found("connection not found"))?;
+    let mut tx = c.pool.begin().await?;
+    let row = db::lock_connection(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("connection not found"))?;
     if row.status == "needs_reauth" {
         return Err(needs_reauth());
     }
-    let creds = unseal(state, id, &row.credentials)?;
+    let creds = c.vault.open_credentials(id, &row.credentials)?;
     // Someone (a caller here, another replica, the sweeper) refreshed while we
     // waited for the lock: use theirs while it has not expired, whatever the
     // margin says, so one expiry costs one refresh.
@@ -207,8 +171,8 @@ async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Crede
         // Nothing to refresh with: the token is what it is (providers without expiry).
         return Ok(creds);
     };
-    let integ = integrations::fetch_id(state, row.integration_id).await?;
-    let provider = state
+    let integ = integrations::by_id(c, row.integration_id).await?;
+    let provider = c
         .catalog
         .get(&integ.provider)
         .cloned()
@@ -217,7 +181,8 @@ async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Crede
         ("grant_type".to_string(), "refresh_token".to_string()),
         ("refresh_token".to_string(), refresh_token.clone()),
     ];
-    match exchange(state, &provider, &integ, params, true).await {
+    let client = super::service::client_of(c, &integ)?;
+    match oauth::exchange(&provider, &client, params, true).await {
         Ok(t) => {
             let new = Credentials {
                 access_token: t.access_token,
@@ -227,34 +192,14 @@ async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Crede
                 lifetime_secs: t.lifetime_secs,
                 raw: t.raw,
             };
-            sqlx::query(
-                "UPDATE connections SET credentials = $2, expires_at = $3, last_refresh_at = now(), last_error = NULL, \
-                 refresh_failures = 0, next_refresh_at = NULL, updated_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(seal(state, id, &new))
-            .bind(new.expires_at)
-            .execute(&mut *tx)
-            .await?;
+            db::store_refreshed(&mut tx, id, c.vault.seal_credentials(id, &new), new.expires_at).await?;
             tx.commit().await?;
             // Other replicas hear the trigger's NOTIFY; this one need not wait for it.
-            state.connection_cache.apply(&id.to_string());
+            c.cache.apply(&id.to_string());
             Ok(new)
         }
         Err(e) if e.code == "invalid_grant" => {
-            sqlx::query(
-                "UPDATE connections SET status = 'needs_reauth', last_error = $2, updated_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(&e.detail)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO connection_events (connection_id, owner_id, kind, detail) VALUES ($1, $2, 'refresh_failed', $3)")
-                .bind(id)
-                .bind(row.owner_id)
-                .bind(serde_json::json!({"error": e.detail, "permanent": true}))
-                .execute(&mut *tx)
-                .await?;
+            db::mark_needs_reauth(&mut tx, id, row.owner_id, &e.detail).await?;
             super::webhooks::emit(
                 &mut tx,
                 "connection.refresh_failed",
@@ -264,25 +209,16 @@ async fn refresh(state: &AppState, id: Uuid, seen_token: String) -> Result<Crede
             .await?;
             tx.commit().await?;
             // Other replicas hear the trigger's NOTIFY; this one need not wait for it.
-            state.connection_cache.apply(&id.to_string());
+            c.cache.apply(&id.to_string());
             Err(needs_reauth())
         }
         Err(e) => {
             let failures = row.refresh_failures.saturating_add(1);
             let cooldown = (1i64 << failures.clamp(0, 10)).min(MAX_COOLDOWN_SECS);
-            sqlx::query(
-                "UPDATE connections SET last_error = $2, refresh_failures = $3, \
-                 next_refresh_at = now() + make_interval(secs => $4), updated_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(&e.detail)
-            .bind(failures)
-            .bind(cooldown as f64)
-            .execute(&mut *tx)
-            .await?;
+            db::record_refresh_failure(&mut tx, id, &e.detail, failures, cooldown).await?;
             tx.commit().await?;
             // Other replicas hear the trigger's NOTIFY; this one need not wait for it.
-            state.connection_cache.apply(&id.to_string());
+            c.cache.apply(&id.to_string());
             tracing::warn!(connection = %id, error = %e.detail, cooldown_secs = cooldown, "token refresh failed; will retry");
             if unexpired(creds.expires_at) {
                 Ok(creds)

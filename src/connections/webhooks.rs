@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use super::{Connections, db};
 
 const MAX_ATTEMPTS: i32 = 12;
 
@@ -51,12 +51,7 @@ pub async fn emit(conn: &mut sqlx::PgConnection, event_type: &str, data: Value) 
         "timestamp": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         "data": data,
     });
-    sqlx::query("INSERT INTO webhook_outbox (id, event_type, payload) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(event_type)
-        .bind(payload)
-        .execute(&mut *conn)
-        .await?;
+    db::insert_event(conn, id, event_type, payload).await?;
     queue_delivery(conn, None).await
 }
 
@@ -69,23 +64,12 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<Strin
     Some(format!("v1,{}", B64.encode(mac.finalize().into_bytes())))
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct Due {
-    id: Uuid,
-    payload: Value,
-    attempts: i32,
-}
-
 /// Delivers what is due; returns how many were delivered.
-pub async fn deliver_due(state: &AppState) -> Result<usize, sqlx::Error> {
-    let (Some(url), Some(secret)) = (&state.config.webhook_url, &state.config.webhook_secret) else { return Ok(0) };
-    let mut tx = state.pool.begin().await?;
-    let due: Vec<Due> = sqlx::query_as(
-        "SELECT id, payload, attempts FROM webhook_outbox WHERE delivered_at IS NULL AND failed_at IS NULL \
-         AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 20 FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+pub async fn deliver_due(c: &Connections) -> Result<usize, sqlx::Error> {
+    let Some(target) = &c.webhook else { return Ok(0) };
+    let (url, secret) = (&target.url, &target.secret);
+    let mut tx = c.pool.begin().await?;
+    let due = db::claim_due_events(&mut tx).await?;
     let mut delivered = 0;
     for d in due {
         let body = serde_json::to_vec(&d.payload).unwrap_or_default();
@@ -115,27 +99,13 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, sqlx::Error> {
         };
         match error {
             None => {
-                sqlx::query("UPDATE webhook_outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = $1")
-                    .bind(d.id)
-                    .execute(&mut *tx)
-                    .await?;
+                db::mark_delivered(&mut tx, d.id).await?;
                 delivered += 1;
             }
             Some(e) => {
                 let attempts = d.attempts + 1;
                 let backoff = (1i64 << attempts.clamp(0, 12)).min(3600);
-                sqlx::query(
-                    "UPDATE webhook_outbox SET attempts = $2, last_error = $3, \
-                     next_attempt_at = now() + make_interval(secs => $4), \
-                     failed_at = CASE WHEN $2 >= $5 THEN now() END WHERE id = $1",
-                )
-                .bind(d.id)
-                .bind(attempts)
-                .bind(&e)
-                .bind(backoff as f64)
-                .bind(MAX_ATTEMPTS)
-                .execute(&mut *tx)
-                .await?;
+                db::mark_attempt_failed(&mut tx, d.id, attempts, &e, backoff, MAX_ATTEMPTS).await?;
             }
         }
     }
@@ -145,23 +115,18 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, sqlx::Error> {
 
 /// The delivery job: delivers what is due until nothing is, then queues itself for
 /// the earliest pending retry.
-pub async fn deliver_all_due(state: &AppState) -> Result<(), crate::jobs::JobError> {
-    if state.config.webhook_url.is_none() || state.config.webhook_secret.is_none() {
+pub async fn deliver_all_due(c: &Connections) -> Result<(), crate::jobs::JobError> {
+    if c.webhook.is_none() {
         return Ok(());
     }
     // Bounded: a receiver that accepts slowly must not hold the job forever.
     for _ in 0..50 {
-        if deliver_due(state).await? == 0 {
+        if deliver_due(c).await? == 0 {
             break;
         }
     }
-    let next: Option<time::OffsetDateTime> = sqlx::query_scalar(
-        "SELECT min(next_attempt_at) FROM webhook_outbox WHERE delivered_at IS NULL AND failed_at IS NULL",
-    )
-    .fetch_one(&state.pool)
-    .await?;
-    if let Some(at) = next {
-        let mut conn = state.pool.acquire().await?;
+    if let Some(at) = db::next_event_due(&c.pool).await? {
+        let mut conn = c.pool.acquire().await?;
         queue_delivery(&mut conn, Some(at)).await?;
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! the required extensions with a clear error when one is missing, and migrations.
 
 pub mod embedded;
+pub mod shared;
 
 use std::path::Path;
 use std::time::Duration;

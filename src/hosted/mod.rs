@@ -2,4 +2,4 @@
 
 mod routes;
 
-pub use routes::routes;
+pub use routes::{html_page, routes};

@@ -61,24 +61,30 @@ impl Page {
         Page { title, error: None, message: None, form: None, links: Vec::new() }
     }
     fn respond(self, status: StatusCode) -> Response {
-        let html = match self.render() {
-            Ok(h) => h,
-            Err(e) => return ApiError::internal(e).into_response(),
-        };
-        let mut res = (status, html).into_response();
-        let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            ),
-        );
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        res
+        html_page(status, self.render())
     }
+}
+
+/// A rendered page as the response: HTML with a strict CSP (no scripts, forms
+/// only to this origin), `no-referrer`, no framing and no caching.
+pub fn html_page(status: StatusCode, rendered: Result<String, askama::Error>) -> Response {
+    let html = match rendered {
+        Ok(h) => h,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let mut res = (status, html).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 fn field(

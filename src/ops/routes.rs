@@ -39,7 +39,7 @@ async fn healthz() -> ApiJson<Health> {
     responses((status = 200, body = Health), (status = 503, description = "database unreachable"))
 )]
 async fn readyz(State(state): State<AppState>) -> ApiResult<ApiJson<Health>> {
-    let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
+    let check = crate::db::shared::ping(&state.pool);
     match tokio::time::timeout(Duration::from_secs(2), check).await {
         Ok(Ok(_)) => Ok(ApiJson(Health { status: "ok" })),
         Ok(Err(e)) => {

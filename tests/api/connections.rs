@@ -43,7 +43,10 @@ async fn integrations_crud_with_an_encrypted_secret() {
     let (id, sealed): (uuid::Uuid, Vec<u8>) =
         sqlx::query_as("SELECT id, client_secret FROM integrations").fetch_one(&app.pool).await.unwrap();
     assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_bytes()));
-    assert_eq!(carmenta::connections::integrations::client_secret(&app.state, id, &sealed).unwrap(), secret);
+    assert_eq!(
+        carmenta::connections::integrations::client_secret(&app.state.connections, id, &sealed).unwrap(),
+        secret
+    );
     assert!(app.state.keyring.decrypt(&sealed, uuid::Uuid::nil().as_bytes()).is_err(), "bound to the id");
     // Default scopes when none are given; refusals.
     let r = app
@@ -120,10 +123,14 @@ async fn integrations_crud_with_an_encrypted_secret() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(carmenta::connections::integrations::client_secret(&app.state, id, &sealed).unwrap(), "rotated-secret");
+    assert_eq!(
+        carmenta::connections::integrations::client_secret(&app.state.connections, id, &sealed).unwrap(),
+        "rotated-secret"
+    );
     let list: Value =
         app.client.get(app.url("/v1/integrations")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert!(list["next_cursor"].is_null());
     let r = app.client.delete(app.url("/v1/integrations/gmail-prod")).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let r = app.client.get(app.url("/v1/integrations/gmail-prod")).bearer_auth(&key).send().await.unwrap();
@@ -147,7 +154,7 @@ async fn a_providers_file_overrides_and_is_validated() {
         app.client.get(app.url("/v1/providers")).bearer_auth(&u.jwt).send().await.unwrap().json().await.unwrap();
     let acme = list.as_array().unwrap().iter().find(|p| p["name"] == "acme").unwrap();
     assert_eq!(acme["proxy_base_url"], "https://api.acme.test");
-    let notion = app.state.catalog.get("notion").unwrap();
+    let notion = app.state.connections.catalog.get("notion").unwrap();
     assert_eq!(notion.raw["proxy"]["headers"]["notion-version"], "2025-09-03");
     assert_eq!(notion.proxy_base_url(), Some("https://api.notion.com"));
     // A bad file stops start-up with the entry and field named.
@@ -487,9 +494,9 @@ impl Flow {
             .fetch_one(&self.app.pool)
             .await
             .unwrap();
-        let mut c = carmenta::connections::connect::unseal(&self.app.state, id, &sealed).unwrap();
+        let mut c = self.app.state.connections.vault.open_credentials(id, &sealed).unwrap();
         c.expires_at = Some(time::OffsetDateTime::now_utc() + time::Duration::seconds(secs));
-        let sealed = carmenta::connections::connect::seal(&self.app.state, id, &c);
+        let sealed = self.app.state.connections.vault.seal_credentials(id, &c);
         sqlx::query("UPDATE connections SET credentials = $2, expires_at = $3 WHERE id = $1")
             .bind(id)
             .bind(sealed)
@@ -590,9 +597,9 @@ async fn connect_flow_with_provider_quirks() {
         .await
         .unwrap();
     let accounts: Vec<&str> =
-        list.as_array().unwrap().iter().map(|c| c["external_account_id"].as_str().unwrap()).collect();
+        list["data"].as_array().unwrap().iter().map(|c| c["external_account_id"].as_str().unwrap()).collect();
     assert_eq!(accounts, ["acct-one", "acct-two"]);
-    assert!(list[0]["expires_at"].is_string());
+    assert!(list["data"][0]["expires_at"].is_string());
     let tok: Value = f
         .app
         .client
@@ -708,7 +715,7 @@ async fn connect_flow_with_provider_quirks() {
     assert_eq!(envelope(r).await.0, 404);
     let list: Value =
         f.app.client.get(f.app.url("/v1/connections")).bearer_auth(&b.jwt).send().await.unwrap().json().await.unwrap();
-    assert_eq!(list, json!([]));
+    assert_eq!(list, json!({"data": [], "next_cursor": null}));
     // A service key acting for A sees A's.
     let list: Value = f
         .app
@@ -722,7 +729,7 @@ async fn connect_flow_with_provider_quirks() {
         .json()
         .await
         .unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
     // Metadata, delete.
     let r = f
         .app
@@ -876,7 +883,10 @@ async fn a_providers_token_expiration_buffer_sets_the_margin() {
     f.expire_in(&c, 100).await;
     let (status, tok) = f.token(&f.app, &a, &c, false).await;
     assert_eq!((status, tok["access_token"].as_str(), grants()), (200, Some("tok-buf"), 0));
-    assert_eq!(carmenta::connections::upkeep::refresh_idle(&f.app.state, std::time::Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(
+        carmenta::connections::upkeep::refresh_idle(&f.app.state.connections, std::time::Duration::ZERO).await.unwrap(),
+        0
+    );
     assert_eq!(grants(), 0, "the sweeper follows the same margin");
     // 20 s left: inside it.
     f.expire_in(&c, 20).await;
@@ -1094,9 +1104,15 @@ async fn idle_connections_are_refreshed_and_secrets_follow_key_rotation() {
     let a = sign_up(&f.app, "idle@example.com").await;
     let c = f.connect(&a, "basic", "idle").await;
     // Nobody uses it; its token nears expiry; the sweeper refreshes it.
-    assert_eq!(carmenta::connections::upkeep::refresh_idle(&f.app.state, std::time::Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(
+        carmenta::connections::upkeep::refresh_idle(&f.app.state.connections, std::time::Duration::ZERO).await.unwrap(),
+        0
+    );
     f.expire(&c).await;
-    assert_eq!(carmenta::connections::upkeep::refresh_idle(&f.app.state, std::time::Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        carmenta::connections::upkeep::refresh_idle(&f.app.state.connections, std::time::Duration::ZERO).await.unwrap(),
+        1
+    );
     assert_eq!(*f.fake.refresh_calls.lock().unwrap(), 1);
     let (status, tok) = f.token(&f.app, &a, &c, false).await;
     assert_eq!((status, tok["access_token"].as_str()), (200, Some("tok-idle-r1")));
@@ -1114,9 +1130,9 @@ async fn idle_connections_are_refreshed_and_secrets_follow_key_rotation() {
         .same_database_as(&f.app)
         .spawn()
         .await;
-    let n = carmenta::connections::upkeep::reencrypt(&rotated.state).await.unwrap();
+    let n = carmenta::db::shared::reencrypt_all(&rotated.state.pool, &rotated.state.keyring).await.unwrap();
     assert!(n >= 4, "two integration secrets, one connection, the signing key(s): {n}");
-    assert_eq!(carmenta::connections::upkeep::reencrypt(&rotated.state).await.unwrap(), 0);
+    assert_eq!(carmenta::db::shared::reencrypt_all(&rotated.state.pool, &rotated.state.keyring).await.unwrap(), 0);
     let only_new = TestApp::builder()
         .config(move |cfg| {
             cfg.encryption_keys = vec![new];
@@ -1133,7 +1149,7 @@ async fn idle_connections_are_refreshed_and_secrets_follow_key_rotation() {
             .await
             .unwrap();
     assert_eq!(
-        carmenta::connections::integrations::client_secret(&only_new.state, id, &sealed).unwrap(),
+        carmenta::connections::integrations::client_secret(&only_new.state.connections, id, &sealed).unwrap(),
         "basic-secret"
     );
 }

@@ -1,0 +1,342 @@
+//! The HTTP handlers of connections: the provider catalog and integrations (service
+//! keys), connect sessions, the connections API, and the browser flow
+//! (`/oauth/connect`, `/oauth/connect/{integration}`, `/oauth/callback`) with its
+//! hosted page. Handlers parse and authorise, call `service`/`integrations`, and
+//! map the result.
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::integrations::{self, CreateIntegration, Integration, PatchIntegration, ProviderView};
+use super::service::{self, Callback};
+use super::types::{
+    ConnQuery, Connection, CreateKeyConnection, CreateSession, PatchConnection, SessionView, TokenQuery, TokenView,
+};
+use crate::app::AppState;
+use crate::auth::{Caller, CurrentUser};
+use crate::error::{ApiError, ApiJson};
+use crate::pagination::{Page, PageQuery};
+
+/// The JSON API routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_providers))
+        .routes(routes!(create_integration, list_integrations))
+        .routes(routes!(get_integration, patch_integration, delete_integration))
+        .routes(routes!(create_session))
+        .routes(routes!(list_connections, create_key_connection))
+        .routes(routes!(get_connection, patch_connection, delete_connection))
+        .routes(routes!(connection_token))
+}
+
+/// The browser routes (redirects and the hosted page, not JSON).
+pub fn browser_routes() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/connect", get(connect_page))
+        .route("/oauth/connect/{integration}", get(connect))
+        .route("/oauth/callback", get(callback))
+}
+
+fn require_service(caller: &Caller) -> Result<(), ApiError> {
+    if caller.0.is_service() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("integrations are managed with a service key").with_code("insufficient_scope"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Catalog and integrations
+
+/// The provider catalog.
+#[utoipa::path(get, path = "/v1/providers", tag = "connections", responses((status = 200, body = Vec<ProviderView>)))]
+async fn list_providers(State(state): State<AppState>, _caller: Caller) -> ApiJson<Vec<ProviderView>> {
+    ApiJson(integrations::providers(&state.connections))
+}
+
+/// Create an integration.
+#[utoipa::path(post, path = "/v1/integrations", tag = "connections", request_body = CreateIntegration,
+    responses((status = 201, body = Integration), (status = 409, description = "integration_exists"), (status = 422)))]
+async fn create_integration(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateIntegration>,
+) -> Result<Response, ApiError> {
+    require_service(&caller)?;
+    let created = integrations::create(&state.connections, &caller.0.actor(), req).await?;
+    Ok((StatusCode::CREATED, ApiJson(created)).into_response())
+}
+
+/// List integrations, in key order.
+#[utoipa::path(get, path = "/v1/integrations", tag = "connections", params(PageQuery),
+    responses((status = 200, body = Page<Integration>), (status = 400, description = "invalid_limit, invalid_cursor")))]
+async fn list_integrations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(page): Query<PageQuery>,
+) -> Result<ApiJson<Page<Integration>>, ApiError> {
+    require_service(&caller)?;
+    integrations::list(&state.connections, &page).await.map(ApiJson)
+}
+
+/// One integration.
+#[utoipa::path(get, path = "/v1/integrations/{key}", tag = "connections", params(("key" = String, Path)),
+    responses((status = 200, body = Integration), (status = 404)))]
+async fn get_integration(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<ApiJson<Integration>, ApiError> {
+    require_service(&caller)?;
+    integrations::by_key(&state.connections, &key).await.map(|r| ApiJson(r.into()))
+}
+
+/// Change an integration's credentials, scopes or parameters.
+#[utoipa::path(patch, path = "/v1/integrations/{key}", tag = "connections", params(("key" = String, Path)),
+    request_body = PatchIntegration, responses((status = 200, body = Integration), (status = 404)))]
+async fn patch_integration(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    ApiJson(req): ApiJson<PatchIntegration>,
+) -> Result<ApiJson<Integration>, ApiError> {
+    require_service(&caller)?;
+    integrations::update(&state.connections, &caller.0.actor(), &key, req).await.map(ApiJson)
+}
+
+/// Delete an integration.
+#[utoipa::path(delete, path = "/v1/integrations/{key}", tag = "connections", params(("key" = String, Path)),
+    responses((status = 204), (status = 404)))]
+async fn delete_integration(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_service(&caller)?;
+    integrations::delete(&state.connections, &caller.0.actor(), &key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------
+// Connect sessions and connections
+
+/// Create a connect session for the signed-in user (or the user a service key acts for).
+#[utoipa::path(post, path = "/v1/connect/sessions", tag = "connections", request_body = CreateSession,
+    responses((status = 201, body = SessionView), (status = 422)))]
+async fn create_session(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiJson(req): ApiJson<CreateSession>,
+) -> Result<Response, ApiError> {
+    let return_url = match &req.return_url {
+        Some(u) => Some(crate::auth::service::safe_redirect(&state.config, u)?),
+        None => None,
+    };
+    let s = service::create_session(&state.connections, user.user_id, req.allowed_integrations.as_ref(), return_url)
+        .await?;
+    let view = SessionView { token: s.token, expires_at: s.expires_at, links: s.links };
+    Ok((StatusCode::CREATED, ApiJson(view)).into_response())
+}
+
+/// My connections, oldest first.
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", params(ConnQuery, PageQuery),
+    responses((status = 200, body = Page<Connection>), (status = 400, description = "invalid_limit, invalid_cursor")))]
+async fn list_connections(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(q): Query<ConnQuery>,
+    Query(page): Query<PageQuery>,
+) -> Result<ApiJson<Page<Connection>>, ApiError> {
+    let rows = service::list(&state.connections, user.user_id, q.integration.as_deref(), &page).await?;
+    Ok(ApiJson(rows.map(Connection::from)))
+}
+
+/// One of my connections.
+#[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Connection), (status = 404)))]
+async fn get_connection(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Connection>, ApiError> {
+    service::owned(&state.connections, user.user_id, &id).await.map(|r| ApiJson(r.into()))
+}
+
+/// Set a connection's metadata.
+#[utoipa::path(patch, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
+    request_body = PatchConnection, responses((status = 200, body = Connection), (status = 404)))]
+async fn patch_connection(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PatchConnection>,
+) -> Result<ApiJson<Connection>, ApiError> {
+    service::set_metadata(&state.connections, user.user_id, &id, &req.metadata).await.map(|r| ApiJson(r.into()))
+}
+
+/// Store API-key or basic credentials for a provider that uses them.
+#[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = CreateKeyConnection,
+    responses((status = 201, body = Connection), (status = 422)))]
+async fn create_key_connection(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiJson(req): ApiJson<CreateKeyConnection>,
+) -> Result<Response, ApiError> {
+    let row = service::create_key_connection(&state.connections, user.user_id, req).await?;
+    Ok((StatusCode::CREATED, ApiJson(Connection::from(row))).into_response())
+}
+
+/// Delete one of my connections (its token is revoked at the provider when it offers that).
+#[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404)))]
+async fn delete_connection(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    service::delete(&state.connections, user.user_id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The access token of one of my connections, for apps that call the API
+/// themselves: refreshed first when it expires within its margin (or on `force`).
+#[utoipa::path(get, path = "/v1/connections/{id}/token", tag = "connections", params(("id" = Uuid, Path), TokenQuery),
+    responses((status = 200, body = TokenView), (status = 404), (status = 409, description = "needs_reauth"),
+    (status = 503, description = "refresh_failed (retry after the cooldown)")))]
+async fn connection_token(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    let row = service::owned(&state.connections, user.user_id, &id).await?;
+    let creds = super::refresh::fresh_token(&state.connections, row.id, q.force).await?;
+    let mut res = ApiJson(TokenView { access_token: creds.access_token, expires_at: creds.expires_at }).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+// ---------------------------------------------------------------------------
+// Browser flow
+
+#[derive(Debug, Deserialize)]
+struct ConnectQuery {
+    session: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// One integration on the hosted page, with the user's accounts (account, status).
+struct PageIntegration {
+    key: String,
+    provider: String,
+    accounts: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "connect_page.html")]
+struct ConnectPage {
+    title: &'static str,
+    detail: Option<String>,
+    token: String,
+    integrations: Vec<PageIntegration>,
+}
+
+/// A page answering the browser when there is nowhere to send it back to.
+fn result_page(status: StatusCode, title: &'static str, detail: &str) -> Response {
+    let page = ConnectPage { title, detail: Some(detail.to_string()), token: String::new(), integrations: Vec::new() };
+    crate::hosted::html_page(status, page.render())
+}
+
+fn failed(detail: &str) -> Response {
+    result_page(StatusCode::BAD_REQUEST, "Connection failed", detail)
+}
+
+fn redirect(to: &str) -> Response {
+    match HeaderValue::from_str(to) {
+        Ok(v) => (StatusCode::FOUND, [(header::LOCATION, v)]).into_response(),
+        Err(_) => failed("invalid return URL"),
+    }
+}
+
+/// Ends the flow: back to `return_url` with the result, or a page saying it.
+fn finish(return_url: Option<&str>, result: Result<(&str, Uuid), &str>) -> Response {
+    match (return_url, result) {
+        (Some(url), r) => {
+            let mut u = url.to_string();
+            u.push(if u.contains('?') { '&' } else { '?' });
+            match r {
+                Ok((key, id)) => u.push_str(&format!("result=success&integration={key}&connection_id={id}")),
+                Err(code) => u.push_str(&format!("result=error&error={code}")),
+            }
+            redirect(&u)
+        }
+        (None, Ok((key, _))) => {
+            result_page(StatusCode::OK, "Connected", &format!("{key} is connected. You can close this window."))
+        }
+        (None, Err(code)) => failed(code),
+    }
+}
+
+/// The hosted connect page: the integrations the session allows, each with the
+/// user's existing connections and a link to connect (another) account.
+async fn connect_page(State(state): State<AppState>, Query(q): Query<ConnectQuery>) -> Response {
+    let c = &state.connections;
+    let session = match service::live_session(c, q.session.as_deref()).await {
+        Ok(s) => s,
+        Err(why) => return failed(why),
+    };
+    let lines = match service::page_lines(c, &session).await {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let mut integrations: Vec<PageIntegration> = Vec::new();
+    for line in lines {
+        if integrations.last().is_none_or(|i| i.key != line.unique_key) {
+            integrations.push(PageIntegration { key: line.unique_key, provider: line.provider, accounts: Vec::new() });
+        }
+        if let (Some(a), Some(st), Some(i)) = (line.external_account_id, line.status, integrations.last_mut()) {
+            i.accounts.push((a, st));
+        }
+    }
+    let page = ConnectPage {
+        title: "Connect your accounts",
+        detail: None,
+        token: q.session.unwrap_or_default(),
+        integrations,
+    };
+    crate::hosted::html_page(StatusCode::OK, page.render())
+}
+
+/// Starts connecting one integration: to the provider's authorization URL.
+async fn connect(State(state): State<AppState>, Path(key): Path<String>, Query(q): Query<ConnectQuery>) -> Response {
+    let c = &state.connections;
+    let session = match service::live_session(c, q.session.as_deref()).await {
+        Ok(s) => s,
+        Err(why) => return failed(why),
+    };
+    match service::start(c, &session, &key).await {
+        Ok(url) => redirect(&url),
+        Err(code) => finish(session.return_url.as_deref(), Err(code)),
+    }
+}
+
+/// The provider's redirect back: finish the flow, then to the return URL.
+async fn callback(State(state): State<AppState>, Query(q): Query<CallbackQuery>) -> Response {
+    let cb = Callback { code: q.code, state: q.state, error: q.error };
+    let (ret, result) = service::finish(&state.connections, cb).await;
+    finish(ret.as_deref(), result.as_ref().map(|(k, id)| (k.as_str(), *id)).map_err(|e| *e))
+}

@@ -1,0 +1,121 @@
+//! Statements of the crate-wide pieces too small for a `db.rs` of their own: the
+//! audit log, the mail outbox, readiness and migration checks, and the
+//! re-encryption of sealed columns after a key rotation.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::crypto::Keyring;
+
+/// Writes one audit row.
+pub async fn insert_audit(
+    pool: &PgPool,
+    actor: &str,
+    on_behalf_of: Option<Uuid>,
+    action: &str,
+    target: Option<&str>,
+    request_id: &str,
+    detail: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, on_behalf_of, action, target, request_id, detail)
+         VALUES ($1, (SELECT id FROM users WHERE id = $2), $3, $4, NULLIF($5, ''), $6)",
+    )
+    .bind(actor)
+    .bind(on_behalf_of)
+    .bind(action)
+    .bind(target)
+    .bind(request_id)
+    .bind(detail)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Writes a mail to the outbox.
+pub async fn insert_outbox_mail(
+    pool: &PgPool,
+    user_id: Option<Uuid>,
+    to: &str,
+    subject: &str,
+    body: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO mail_outbox (user_id, to_addr, subject, body) VALUES ($1, $2, $3, $4)")
+        .bind(user_id)
+        .bind(to)
+        .bind(subject)
+        .bind(body)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The newest outbox messages, optionally for one recipient.
+pub async fn outbox_mail(
+    pool: &PgPool,
+    to: Option<&str>,
+    limit: i64,
+) -> Result<Vec<crate::mail::OutboxMail>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, to_addr, subject, body, created_at FROM mail_outbox
+         WHERE $1::text IS NULL OR lower(to_addr) = lower($1) ORDER BY id DESC LIMIT $2",
+    )
+    .bind(to)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One round trip (the readiness check).
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await.map(|_| ())
+}
+
+/// The applied migrations' versions.
+pub async fn migration_versions(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version").fetch_all(pool).await
+}
+
+/// The version of extension `name` the server offers, if any.
+pub async fn available_extension(conn: &mut PgConnection, name: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT default_version FROM pg_available_extensions WHERE name = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Re-seals integration secrets, connection credentials and auth signing keys
+/// that are not sealed with the primary key (after `CARMENTA_ENCRYPTION_KEY`
+/// gained a new first key); returns how many rows were rewritten.
+pub async fn reencrypt_all(pool: &PgPool, keyring: &Keyring) -> Result<usize, sqlx::Error> {
+    let by_id = |k: &str| Uuid::parse_str(k).ok().map(|u| u.as_bytes().to_vec());
+    let by_text = |k: &str| Some(k.as_bytes().to_vec());
+    Ok(reseal(pool, keyring, "integrations", "id", "uuid", "client_secret", by_id).await?
+        // The signing keys are sealed with the same keyring (their kid as associated data).
+        + reseal(pool, keyring, "auth_signing_keys", "kid", "text", "private_key", by_text).await?
+        + reseal(pool, keyring, "connections", "id", "uuid", "credentials", by_id).await?)
+}
+
+/// Re-seals `table.column` (associated data from the row's `key`) where it is not
+/// sealed with the primary key; only rows unchanged meanwhile are rewritten (a
+/// refresh may have re-sealed a credential already).
+async fn reseal(
+    pool: &PgPool,
+    keyring: &Keyring,
+    table: &str,
+    key: &str,
+    key_type: &str,
+    column: &str,
+    aad: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<usize, sqlx::Error> {
+    let select = format!("SELECT {key}::text, {column} FROM {table} WHERE {column} IS NOT NULL");
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(select)).fetch_all(pool).await?;
+    let update = format!("UPDATE {table} SET {column} = $2 WHERE {key} = $1::{key_type} AND {column} = $3");
+    let mut done = 0;
+    for (k, sealed) in rows {
+        let Some(resealed) = aad(&k).and_then(|ad| keyring.reseal(&sealed, &ad)) else { continue };
+        sqlx::query(sqlx::AssertSqlSafe(update.clone())).bind(&k).bind(resealed).bind(&sealed).execute(pool).await?;
+        done += 1;
+    }
+    Ok(done)
+}

@@ -66,7 +66,7 @@ impl AppState {
         crate::http_client::allow_link_local(config.allow_link_local_urls);
         let auth = AuthState::load(&pool, &keyring, &config).await?;
         let mailer = Mailer::from_config(&config)?;
-        let storage = Arc::new(crate::storage::Storage::open(&config, &keyring)?);
+        let storage = Arc::new(crate::storage::Storage::open(&config, &keyring, pool.clone())?);
         let keyring = Arc::new(keyring);
         let connections = Arc::new(crate::connections::Connections::open(&config, pool.clone(), keyring.clone())?);
         // Off the start-up path: the dummy hash is ready long before the first sign-in.
@@ -353,5 +353,11 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<crate::storage::Storage> {
+    fn from_ref(state: &AppState) -> Self {
+        state.storage.clone()
     }
 }

@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use uuid::Uuid;
 
 use super::db::ObjectRow;

@@ -612,3 +612,8 @@ pub async fn expired_uploads(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
 pub async fn live_uploads(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM storage_uploads WHERE id = ANY($1)").bind(ids).fetch_all(pool).await
 }
+
+/// The bucket and key a resumable upload writes to.
+pub async fn upload_target(pool: &PgPool, id: Uuid) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT bucket_id, name FROM storage_uploads WHERE id = $1").bind(id).fetch_optional(pool).await
+}

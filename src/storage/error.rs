@@ -2,8 +2,7 @@
 //! `@supabase/storage-js` reads them: HTTP 400 for every logical 4xx (403, 416 and
 //! the image transformations' 422 keep their status), a body `{statusCode: "404", error, message, code}`.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 
 use crate::error::ApiError;
 
@@ -84,22 +83,6 @@ impl StorageError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "storage internal error");
         Self::new(500, "internal", "InternalError", "Internal Server Error")
-    }
-}
-
-impl IntoResponse for StorageError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "statusCode": self.status.to_string(),
-            "error": self.error,
-            "message": self.message,
-            "code": self.code,
-        });
-        let mut res = (self.http, axum::Json(body)).into_response();
-        if self.status == 404 {
-            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-        res
     }
 }
 

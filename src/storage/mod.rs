@@ -11,27 +11,39 @@ pub mod blobs;
 pub mod cache;
 pub mod db;
 pub mod error;
+pub mod http;
 mod render;
 mod routes;
+mod service;
 mod tus;
 
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::auth::{Caller, service::Principal};
 pub use blobs::Blobs;
 pub use error::{StorageError, StorageResult};
-pub use routes::router;
 
-/// Storage state: the object store and the signed-URL keys.
+/// The storage router, to be nested at `/storage/v1`: the Supabase routes, TUS
+/// resumable uploads and image rendering.
+pub fn router() -> http::Router {
+    routes::router().merge(tus::router()).merge(render::router())
+}
+
+/// Storage state: the database pool, the object store, the signed-URL keys and
+/// the limits the object rules apply.
 #[derive(Debug)]
 pub struct Storage {
+    /// The database pool.
+    pub pool: sqlx::PgPool,
+    /// The global object size limit (`CARMENTA_STORAGE_MAX_FILE_SIZE`).
+    pub max_file_size: u64,
+    /// How long a signed upload URL lives.
+    pub upload_url_ttl: Duration,
+    /// The public base URL without a trailing slash (TUS `Location`).
+    pub public_base: String,
     /// The object store.
     pub blobs: Blobs,
     /// Public object rows and small objects' bytes.
@@ -65,8 +77,16 @@ pub struct UrlClaims {
 
 impl Storage {
     /// Opens the object store and derives the URL-signing keys from the keyring.
-    pub fn open(config: &crate::config::Config, keyring: &crate::crypto::Keyring) -> Result<Storage, String> {
+    pub fn open(
+        config: &crate::config::Config,
+        keyring: &crate::crypto::Keyring,
+        pool: sqlx::PgPool,
+    ) -> Result<Storage, String> {
         Ok(Storage {
+            pool,
+            max_file_size: config.storage_max_file_size,
+            upload_url_ttl: config.storage_upload_url_ttl,
+            public_base: config.public_url.as_str().trim_end_matches('/').to_string(),
             blobs: Blobs::open(&config.storage)?,
             cache: std::sync::Arc::default(),
             imaging: crate::imaging::Imaging::new(
@@ -169,19 +189,6 @@ impl Who {
             Actor::Anon => Err(StorageError::access_denied("authentication required")),
             a => Ok(a),
         }
-    }
-}
-
-impl FromRequestParts<AppState> for Who {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let got = <Caller as axum::extract::OptionalFromRequestParts<AppState>>::from_request_parts(parts, state).await;
-        Ok(Who(match got {
-            Ok(None) => Ok(Actor::Anon),
-            Ok(Some(Caller(Principal::Service { acting_for, .. }))) => Ok(Actor::Service { acting_for }),
-            Ok(Some(Caller(Principal::User { user_id, .. }))) => Ok(Actor::User(user_id)),
-            Err(e) => Err(e.into()),
-        }))
     }
 }
 

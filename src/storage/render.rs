@@ -6,6 +6,7 @@
 //! `X-Transformations`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,8 +17,9 @@ use axum::routing::get;
 use sha2::Digest;
 
 use super::db::ObjectRow;
-use super::routes::{content_disposition, etag_matches, header_str, validators, visible};
-use super::{StorageError, StorageResult, Who};
+use super::http::{content_disposition, etag_matches, header_str, validators};
+use super::service::visible;
+use super::{Storage, StorageError, StorageResult, Who};
 use crate::app::AppState;
 use crate::imaging::{ImageError, Transform};
 
@@ -43,7 +45,7 @@ fn parse(q: &HashMap<String, String>) -> StorageResult<Transform> {
 }
 
 async fn render_public(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     headers: HeaderMap,
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
@@ -53,7 +55,7 @@ async fn render_public(
 
 /// Renders a public object with the query's parameters.
 pub(super) async fn public_with(
-    state: &AppState,
+    state: &Storage,
     headers: &HeaderMap,
     bucket: &str,
     key: &str,
@@ -65,7 +67,7 @@ pub(super) async fn public_with(
 }
 
 async fn render_authenticated(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     headers: HeaderMap,
     Path((bucket, key)): Path<(String, String)>,
@@ -77,13 +79,13 @@ async fn render_authenticated(
 }
 
 async fn render_signed(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     headers: HeaderMap,
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> StorageResult<Response> {
     let token = q.get("token").ok_or_else(|| StorageError::invalid_signature("querystring must have token"))?;
-    let claims = state.storage.verify(token, &format!("{bucket}/{key}"), "download")?;
+    let claims = state.verify(token, &format!("{bucket}/{key}"), "download")?;
     // The transformation is the token's, never the query's.
     let t = Transform::parse_signed(claims.transformations.as_deref().unwrap_or("")).map_err(storage_error)?;
     let row = super::db::object(&state.pool, &bucket, &key, None).await?.ok_or_else(StorageError::no_such_key)?;
@@ -93,7 +95,7 @@ async fn render_signed(
 /// Answers a render of `row`: 304 when the client has this variant, else the
 /// variant's bytes.
 async fn render(
-    state: &AppState,
+    state: &Storage,
     row: ObjectRow,
     t: &Transform,
     headers: &HeaderMap,
@@ -115,11 +117,7 @@ async fn render(
     if header_str(headers, "if-none-match").is_some_and(|v| etag_matches(v, &etag)) {
         return res.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(StorageError::internal);
     }
-    let variant = match state
-        .storage
-        .imaging
-        .variant(&state.pool, &state.storage.blobs, (row.version, row.size), t, out, &params)
-        .await
+    let variant = match state.imaging.variant(&state.pool, &state.blobs, (row.version, row.size), t, out, &params).await
     {
         Ok(v) => v,
         Err(e) if e.status == 503 => {

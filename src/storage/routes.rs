@@ -7,22 +7,23 @@
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use futures::TryStreamExt;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use time::OffsetDateTime;
+
 use uuid::Uuid;
 
-use super::blobs::{Blobs, WriteError};
-use super::db::{self, BucketRow, ObjectRow, PutOutcome};
-use super::{Actor, StorageError, StorageResult, UrlClaims, Who};
+use super::blobs::Blobs;
+use super::db::{self, BucketRow, ObjectRow};
+use super::http::*;
+use super::service::*;
+use super::{Actor, Storage, StorageError, StorageResult, Who};
 use crate::app::AppState;
 
 /// The storage router, to be nested at `/storage/v1`.
@@ -49,8 +50,6 @@ pub fn router() -> Router<AppState> {
             "/object/{bucket}/{*key}",
             post(upload_post).put(upload_put).get(download_authenticated).delete(delete_one),
         )
-        .merge(super::tus::router())
-        .merge(super::render::router())
         .fallback(fallback)
 }
 
@@ -64,92 +63,8 @@ async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
-/// A JSON body whose rejections are storage-shaped.
-pub(super) struct SJson<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for SJson<T> {
-    type Rejection = StorageError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| StorageError::invalid(format!("reading the body: {}", e.body_text())))?;
-        let bytes =
-            if bytes.iter().all(u8::is_ascii_whitespace) { axum::body::Bytes::from_static(b"{}") } else { bytes };
-        serde_json::from_slice(&bytes).map(SJson).map_err(|e| StorageError::invalid(format!("body/{e}")))
-    }
-}
-
-fn ts(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
-fn http_date(t: OffsetDateTime) -> String {
-    httpdate::fmt_http_date(std::time::SystemTime::from(t))
-}
-
 // ---------------------------------------------------------------------------
 // Validation
-
-/// Supabase's bucket-name rule: 1–100 characters from a fixed set, no slashes, no
-/// surrounding whitespace.
-pub(super) fn valid_bucket_name(name: &str) -> bool {
-    // Names the routes use as path segments could never be reached.
-    const RESERVED: [&str; 9] =
-        ["public", "authenticated", "sign", "info", "list", "list-v2", "upload", "move", "copy"];
-    !RESERVED.contains(&name)
-        && (1..=100).contains(&name.chars().count())
-        && name.trim() == name
-        && name.chars().all(|c| c.is_alphanumeric() || c == '_' || "!.*'() &$@=;:+,?-".contains(c))
-}
-
-/// Object keys: 1–1024 bytes, no control characters or backslashes, no empty,
-/// `.` or `..` segments, no leading slash.
-pub(super) fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 1024
-        && !key.chars().any(|c| c.is_control() || c == '\\' || c == '\u{FFFD}')
-        && key.split('/').enumerate().all(|(i, seg)| {
-            // A trailing slash marks a folder placeholder (`folder/`), as Supabase allows.
-            let last = i == key.split('/').count() - 1;
-            (!seg.is_empty() || (last && i > 0)) && seg != "." && seg != ".."
-        })
-}
-
-pub(super) fn check_key(key: &str) -> StorageResult<()> {
-    if valid_key(key) { Ok(()) } else { Err(StorageError::invalid_key(key)) }
-}
-
-/// Whether `mime` is allowed by a bucket's list (`image/*` wildcards).
-pub(super) fn mime_allowed(allowed: Option<&[String]>, mime: &str) -> bool {
-    let Some(list) = allowed.filter(|l| !l.is_empty()) else { return true };
-    let base = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    list.iter().any(|a| {
-        let a = a.trim().to_ascii_lowercase();
-        a == base || a == "*/*" || a.strip_suffix("/*").is_some_and(|t| base.split('/').next() == Some(t))
-    })
-}
-
-/// The effective size limit: the bucket's, capped by the global one.
-pub(super) fn size_limit(state: &AppState, bucket: &BucketRow) -> u64 {
-    let global = state.config.storage_max_file_size;
-    bucket.file_size_limit.and_then(|l| u64::try_from(l).ok()).map_or(global, |l| l.min(global))
-}
-
-/// Evicts cached public rows here and on every replica.
-async fn invalidate(state: &AppState, payload: String) {
-    super::cache::invalidate(&state.pool, &state.storage.cache, payload).await;
-}
-
-pub(super) async fn bucket_or_404(state: &AppState, id: &str) -> StorageResult<BucketRow> {
-    db::bucket(&state.pool, id).await?.ok_or_else(StorageError::no_such_bucket)
-}
-
-/// The object if `actor` may read it: anyone in a public bucket, else the owner or a service key.
-async fn readable(state: &AppState, actor: Actor, bucket: &BucketRow, key: &str) -> StorageResult<ObjectRow> {
-    let filter = if bucket.public { Some(None) } else { actor.owner_filter() };
-    let Some(owner) = filter else { return Err(StorageError::no_such_key()) };
-    db::object(&state.pool, &bucket.id, key, owner).await?.ok_or_else(StorageError::no_such_key)
-}
 
 // ---------------------------------------------------------------------------
 // Buckets
@@ -178,7 +93,7 @@ struct ListBucketsQuery {
 }
 
 async fn list_buckets(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Query(q): Query<ListBucketsQuery>,
 ) -> StorageResult<Response> {
@@ -195,7 +110,7 @@ async fn list_buckets(
     Ok(axum::Json(rows.iter().map(bucket_json).collect::<Vec<_>>()).into_response())
 }
 
-async fn get_bucket(State(state): State<AppState>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
+async fn get_bucket(State(state): State<Arc<Storage>>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
     who.signed_in()?;
     Ok(axum::Json(bucket_json(&bucket_or_404(&state, &id).await?)).into_response())
 }
@@ -252,7 +167,7 @@ struct CreateBucket {
 }
 
 async fn create_bucket(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     SJson(b): SJson<CreateBucket>,
 ) -> StorageResult<Response> {
@@ -275,7 +190,7 @@ async fn create_bucket(
 }
 
 async fn update_bucket(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path(id): Path<String>,
     SJson(b): SJson<serde_json::Map<String, Value>>,
@@ -299,7 +214,7 @@ async fn update_bucket(
     Ok(axum::Json(json!({ "message": "Successfully updated" })).into_response())
 }
 
-async fn delete_bucket(State(state): State<AppState>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
+async fn delete_bucket(State(state): State<Arc<Storage>>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
     require_service(who.signed_in()?)?;
     match db::delete_bucket(&state.pool, &id).await? {
         db::BucketDelete::Deleted => {
@@ -316,7 +231,7 @@ async fn delete_bucket(State(state): State<AppState>, who: Who, Path(id): Path<S
     }
 }
 
-async fn empty_bucket(State(state): State<AppState>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
+async fn empty_bucket(State(state): State<Arc<Storage>>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
     require_service(who.signed_in()?)?;
     bucket_or_404(&state, &id).await?;
     loop {
@@ -327,7 +242,7 @@ async fn empty_bucket(State(state): State<AppState>, who: Who, Path(id): Path<St
         }
         invalidate(&state, format!("b:{id}")).await;
         for v in versions {
-            if let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(v)).await {
+            if let Err(e) = state.blobs.delete(&Blobs::blob_path(v)).await {
                 tracing::warn!(error = %e, "deleting a blob while emptying a bucket; the sweeper will retry");
             }
         }
@@ -339,212 +254,12 @@ async fn empty_bucket(State(state): State<AppState>, who: Who, Path(id): Path<St
 // ---------------------------------------------------------------------------
 // Upload
 
-pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
-}
-
 fn upsert_header(headers: &HeaderMap) -> bool {
     header_str(headers, "x-upsert").is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
-/// `x-metadata`: base64 of a JSON object.
-fn metadata_header(headers: &HeaderMap) -> StorageResult<Option<Value>> {
-    let Some(raw) = header_str(headers, "x-metadata") else { return Ok(None) };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(raw)
-        .map_err(|_| StorageError::invalid("x-metadata must be base64-encoded JSON"))?;
-    parse_metadata(&bytes).map(Some)
-}
-
-pub(super) fn parse_metadata(bytes: &[u8]) -> StorageResult<Value> {
-    if bytes.len() > 8192 {
-        return Err(StorageError::invalid("metadata is larger than 8 KB"));
-    }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        _ => Err(StorageError::invalid("metadata must be a JSON object")),
-    }
-}
-
-/// `cacheControl` as seconds becomes `max-age=N`; a full header value is kept.
-pub(super) fn cache_control_value(raw: Option<&str>) -> String {
-    match raw.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => format!("max-age={s}"),
-        Some(s) if s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => s.to_string(),
-        _ => "no-cache".to_string(),
-    }
-}
-
-pub(super) fn clean_content_type(raw: Option<&str>) -> String {
-    raw.map(str::trim)
-        .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
-        .unwrap_or("application/octet-stream")
-        .to_string()
-}
-
-/// Where an upload goes and on whose behalf.
-pub(super) struct UploadTarget<'a> {
-    pub bucket: &'a BucketRow,
-    pub key: &'a str,
-    /// Owner recorded on a new object.
-    pub owner: Option<Uuid>,
-    /// `None` for a service key; else only this user's object may be overwritten.
-    pub writer: Option<Uuid>,
-    pub upsert: bool,
-}
-
-/// Refuses early what is bound to fail: a key taken (without upsert) or someone else's.
-pub(super) async fn precheck(state: &AppState, t: &UploadTarget<'_>) -> StorageResult<()> {
-    if let Some(existing) = db::object(&state.pool, &t.bucket.id, t.key, None).await? {
-        if t.writer.is_some() && existing.owner_id != t.writer {
-            return Err(StorageError::rls());
-        }
-        if !t.upsert {
-            return Err(StorageError::duplicate("Duplicate"));
-        }
-    }
-    Ok(())
-}
-
-/// Records a written blob as the object's current version; on refusal the blob is
-/// deleted, on success the replaced blob is.
-pub(super) async fn commit(
-    state: &AppState,
-    t: &UploadTarget<'_>,
-    version: Uuid,
-    size: u64,
-    content_type: &str,
-    cache_control: &str,
-    metadata: Option<&Value>,
-) -> StorageResult<ObjectRow> {
-    let new = db::NewObject {
-        bucket: &t.bucket.id,
-        name: t.key,
-        owner: t.owner,
-        version,
-        size: i64::try_from(size).unwrap_or(i64::MAX),
-        content_type,
-        cache_control,
-        user_metadata: metadata,
-    };
-    let blob = Blobs::blob_path(version);
-    let outcome = match db::put_object(&state.pool, &new, t.upsert, t.writer).await {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = state.storage.blobs.delete(&blob).await;
-            return Err(e.into());
-        }
-    };
-    match outcome {
-        PutOutcome::Stored { row, replaced } => {
-            if t.bucket.public {
-                invalidate(state, format!("o:{}/{}", row.bucket_id, row.name)).await;
-            }
-            if let Some(old) = replaced
-                && let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(old)).await
-            {
-                tracing::warn!(error = %e, "deleting a replaced blob; the sweeper will retry");
-            }
-            Ok(*row)
-        }
-        PutOutcome::Exists => {
-            let _ = state.storage.blobs.delete(&blob).await;
-            Err(StorageError::duplicate("Duplicate"))
-        }
-        PutOutcome::Denied => {
-            let _ = state.storage.blobs.delete(&blob).await;
-            Err(StorageError::rls())
-        }
-    }
-}
-
-fn write_error(e: WriteError) -> StorageError {
-    match e {
-        WriteError::TooLarge => StorageError::too_large(),
-        WriteError::Body(m) => StorageError::invalid(format!("the request body ended early: {m}")),
-        WriteError::Store(e) => StorageError::internal(e),
-    }
-}
-
-/// Streams an upload (raw body or multipart form) into a new blob and records it.
-async fn receive(state: &AppState, t: UploadTarget<'_>, headers: &HeaderMap, body: Body) -> StorageResult<ObjectRow> {
-    check_key(t.key)?;
-    let limit = size_limit(state, t.bucket);
-    let ct = header_str(headers, "content-type").unwrap_or("");
-    let version = Uuid::now_v7();
-    let blob = Blobs::blob_path(version);
-    if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
-        let boundary =
-            multer::parse_boundary(ct).map_err(|_| StorageError::invalid("multipart body without a boundary"))?;
-        let mut form = multer::Multipart::with_constraints(
-            body.into_data_stream(),
-            boundary,
-            multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(limit.saturating_add(1))),
-        );
-        let mut cache = None;
-        let mut metadata = None;
-        let mut content_type = None;
-        let mut fields = 0;
-        while let Some(field) = form.next_field().await.map_err(|e| StorageError::invalid(format!("multipart: {e}")))? {
-            fields += 1;
-            if fields > 11 {
-                return Err(StorageError::invalid("too many multipart fields"));
-            }
-            let name = field.name().unwrap_or("").to_string();
-            if field.file_name().is_none()
-                && matches!(
-                    name.as_str(),
-                    "cacheControl" | "metadata" | "userMetadata" | "contentType" | "contentEncoding"
-                )
-            {
-                let text = field.text().await.map_err(|e| StorageError::invalid(format!("multipart: {e}")))?;
-                match name.as_str() {
-                    "cacheControl" => cache = Some(text),
-                    "contentType" => content_type = Some(text),
-                    "contentEncoding" => {}
-                    _ => metadata = Some(parse_metadata(text.as_bytes())?),
-                }
-                continue;
-            }
-            // The file part.
-            let mime = clean_content_type(content_type.as_deref().or(field.content_type().map(|m| m.as_ref())));
-            if !mime_allowed(t.bucket.allowed_mime_types.as_deref(), &mime) {
-                return Err(StorageError::invalid_mime(&mime));
-            }
-            precheck(state, &t).await?;
-            let written = state.storage.blobs.write(&blob, field, limit, false).await.map_err(write_error)?;
-            let cache = cache_control_value(cache.as_deref());
-            return commit(state, &t, version, written.size, &mime, &cache, metadata.as_ref()).await;
-        }
-        return Err(StorageError::invalid("the multipart form has no file"));
-    }
-    let mime = clean_content_type(Some(ct));
-    if !mime_allowed(t.bucket.allowed_mime_types.as_deref(), &mime) {
-        return Err(StorageError::invalid_mime(&mime));
-    }
-    if let Some(len) = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok())
-        && len > limit
-    {
-        return Err(StorageError::too_large());
-    }
-    let metadata = metadata_header(headers)?;
-    precheck(state, &t).await?;
-    let written = state.storage.blobs.write(&blob, body.into_data_stream(), limit, false).await.map_err(write_error)?;
-    let cache = cache_control_value(header_str(headers, "cache-control"));
-    commit(state, &t, version, written.size, &mime, &cache, metadata.as_ref()).await
-}
-
-/// Whether `actor` may create objects at all.
-fn writer_of(actor: Actor) -> StorageResult<Option<Uuid>> {
-    match actor {
-        Actor::Service { .. } => Ok(None),
-        Actor::User(u) => Ok(Some(u)),
-        Actor::Anon => Err(StorageError::rls()),
-    }
-}
-
 async fn upload(
-    state: AppState,
+    state: Arc<Storage>,
     who: Who,
     bucket: String,
     key: String,
@@ -561,7 +276,7 @@ async fn upload(
 }
 
 async fn upload_post(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path((bucket, key)): Path<(String, String)>,
     req: Request,
@@ -571,7 +286,7 @@ async fn upload_post(
 }
 
 async fn upload_put(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path((bucket, key)): Path<(String, String)>,
     req: Request,
@@ -583,205 +298,8 @@ async fn upload_put(
 // ---------------------------------------------------------------------------
 // Download
 
-/// Parses a single `bytes=` range against `size`: `Ok(None)` for no (or an
-/// ignorable multi-) range, `Err` when unsatisfiable.
-fn parse_range(raw: Option<&str>, size: u64) -> Result<Option<std::ops::Range<u64>>, ()> {
-    let Some(spec) = raw.and_then(|r| r.trim().strip_prefix("bytes=")) else { return Ok(None) };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        size.saturating_sub(n)..size
-    } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() {
-            size.saturating_sub(1)
-        } else {
-            b.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1))
-        };
-        if start >= size || end < start {
-            return Err(());
-        }
-        start..end + 1
-    };
-    Ok(Some(range))
-}
-
-pub(super) fn etag_matches(header: &str, etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
-}
-
-pub(super) fn content_disposition(download: Option<&str>, key: &str) -> Option<HeaderValue> {
-    let d = download?;
-    let name = if d.is_empty() { return HeaderValue::from_str("attachment;").ok() } else { d };
-    let _ = key;
-    let enc = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string();
-    HeaderValue::from_str(&format!("attachment; filename={enc}; filename*=UTF-8''{enc}")).ok()
-}
-
-/// How a download is answered.
-pub(super) struct Serve<'a> {
-    pub method: &'a Method,
-    pub headers: &'a HeaderMap,
-    pub download: Option<&'a str>,
-    /// Signed URLs send `Expires` instead of the object's Cache-Control.
-    pub expires: Option<i64>,
-}
-
-/// Opens the blob of `row`. When it was overwritten between reading the row and
-/// opening the blob (its old bytes deleted), reads the new row once: the new
-/// version is served if it has the same size (headers are already computed), else
-/// the client is asked to retry.
-async fn open_blob(
-    state: &AppState,
-    row: &mut ObjectRow,
-    range: Option<std::ops::Range<u64>>,
-) -> StorageResult<futures::stream::BoxStream<'static, Result<axum::body::Bytes, object_store::Error>>> {
-    match state.storage.blobs.read(&Blobs::blob_path(row.version), range.clone()).await {
-        Ok(s) => Ok(s),
-        Err(object_store::Error::NotFound { .. }) => {
-            let fresh = db::object(&state.pool, &row.bucket_id, &row.name, None)
-                .await?
-                .ok_or_else(StorageError::no_such_key)?;
-            if fresh.size != row.size {
-                return Err(StorageError::new(
-                    412,
-                    "precondition_failed",
-                    "PreconditionFailed",
-                    "the object changed; retry",
-                ));
-            }
-            *row = fresh;
-            Ok(state.storage.blobs.read(&Blobs::blob_path(row.version), range).await?)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The headers a download and a render share: `ETag`, the object's
-/// `Cache-Control` (or `Expires` for a signed URL), `Last-Modified`, `X-Robots-Tag`.
-pub(super) fn validators(h: &mut HeaderMap, etag: &str, row: &ObjectRow, expires: Option<i64>) {
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        h.insert(header::ETAG, v);
-    }
-    match expires {
-        Some(exp) => {
-            let t = OffsetDateTime::from_unix_timestamp(exp).unwrap_or_else(|_| OffsetDateTime::now_utc());
-            if let Ok(v) = HeaderValue::from_str(&http_date(t)) {
-                h.insert(header::EXPIRES, v);
-            }
-        }
-        None => {
-            if let Ok(v) = HeaderValue::from_str(&row.cache_control) {
-                h.insert(header::CACHE_CONTROL, v);
-            }
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&http_date(row.updated_at)) {
-        h.insert(header::LAST_MODIFIED, v);
-    }
-    h.insert("x-robots-tag", HeaderValue::from_static("none"));
-}
-
-/// Answers a download of `row`: 304, 416, 206 or 200, streaming the bytes.
-pub(super) async fn serve(state: &AppState, mut row: ObjectRow, how: Serve<'_>) -> StorageResult<Response> {
-    let size = u64::try_from(row.size).unwrap_or(0);
-    let inm = header_str(how.headers, "if-none-match");
-    let not_modified = match inm {
-        Some(v) => etag_matches(v, &row.etag),
-        None => header_str(how.headers, "if-modified-since")
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-            .is_some_and(|since| {
-                std::time::SystemTime::from(row.updated_at.replace_nanosecond(0).unwrap_or(row.updated_at)) <= since
-            }),
-    };
-    let mut res = Response::builder();
-    let h = res.headers_mut().ok_or_else(|| StorageError::internal("response builder"))?;
-    validators(h, &row.etag, &row, how.expires);
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if not_modified {
-        return res.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(StorageError::internal);
-    }
-    let range = match parse_range(header_str(how.headers, "range"), size) {
-        Ok(r) => r,
-        Err(()) => {
-            let mut e =
-                StorageError::new(416, "invalid_range", "InvalidRange", "The requested range is not satisfiable")
-                    .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                e.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(e);
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&row.content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    if let Some(v) = content_disposition(how.download, &row.name) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    let (status, len) = match &range {
-        Some(r) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1)) {
-                h.insert(header::CONTENT_RANGE, v);
-            }
-            (StatusCode::PARTIAL_CONTENT, r.end - r.start)
-        }
-        None => (StatusCode::OK, size),
-    };
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if *how.method == Method::HEAD || len == 0 {
-        return res.status(status).body(Body::empty()).map_err(StorageError::internal);
-    }
-    if size <= super::cache::MAX_CACHED_OBJECT {
-        let bytes = match state.storage.cache.bytes(row.version) {
-            Some(b) => b,
-            None => {
-                let chunks: Vec<axum::body::Bytes> = open_blob(state, &mut row, None).await?.try_collect().await?;
-                let all = axum::body::Bytes::from(chunks.concat());
-                if all.len() as u64 != size {
-                    return Err(StorageError::internal("blob size differs from its row"));
-                }
-                state.storage.cache.put_bytes(row.version, all.clone());
-                all
-            }
-        };
-        let body = match &range {
-            Some(r) => bytes.slice(usize::try_from(r.start).unwrap_or(0)..usize::try_from(r.end).unwrap_or(0)),
-            None => bytes,
-        };
-        return res.status(status).body(Body::from(body)).map_err(StorageError::internal);
-    }
-    let stream = match state.storage.blobs.read(&Blobs::blob_path(row.version), range.clone()).await {
-        Ok(s) => s,
-        // Overwritten between reading the row and opening the blob: read the new row once.
-        Err(object_store::Error::NotFound { .. }) => {
-            row = db::object(&state.pool, &row.bucket_id, &row.name, None)
-                .await?
-                .ok_or_else(StorageError::no_such_key)?;
-            if u64::try_from(row.size).unwrap_or(0) != size {
-                return Err(StorageError::new(
-                    412,
-                    "precondition_failed",
-                    "PreconditionFailed",
-                    "the object changed; retry",
-                ));
-            }
-            state.storage.blobs.read(&Blobs::blob_path(row.version), range).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    res.status(status).body(Body::from_stream(stream.map_err(std::io::Error::other))).map_err(StorageError::internal)
-}
-
 async fn download_authenticated(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     method: Method,
     headers: HeaderMap,
@@ -799,7 +317,7 @@ async fn download_authenticated(
 }
 
 async fn download_public(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     method: Method,
     headers: HeaderMap,
     Path((bucket, key)): Path<(String, String)>,
@@ -823,7 +341,7 @@ async fn download_public(
 /// (`None`: only public buckets exist there). Public buckets' rows are cached and
 /// served whatever the credentials, as Supabase does.
 async fn download(
-    state: &AppState,
+    state: &Storage,
     who: Option<&Who>,
     bucket: &str,
     key: &str,
@@ -833,37 +351,15 @@ async fn download(
     serve(state, row, how).await
 }
 
-/// The object `who` may read (or anyone, through a public route: `None`). Public
-/// buckets' rows are cached and served whatever the credentials, as Supabase does.
-pub(super) async fn visible(state: &AppState, who: Option<&Who>, bucket: &str, key: &str) -> StorageResult<ObjectRow> {
-    if let Some(row) = state.storage.cache.public_row(bucket, key) {
-        return Ok((*row).clone());
-    }
-    let at = state.storage.cache.generation();
-    let b = match who {
-        Some(_) => bucket_or_404(state, bucket).await?,
-        None => db::bucket(&state.pool, bucket).await?.filter(|b| b.public).ok_or_else(StorageError::no_such_bucket)?,
-    };
-    let actor = match who {
-        Some(w) if !b.public => w.actor()?,
-        _ => Actor::Anon,
-    };
-    let row = readable(state, actor, &b, key).await?;
-    if b.public {
-        state.storage.cache.put_public_row(at, std::sync::Arc::new(row.clone()));
-    }
-    Ok(row)
-}
-
 async fn download_signed(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     method: Method,
     headers: HeaderMap,
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> StorageResult<Response> {
     let token = q.get("token").ok_or_else(|| StorageError::invalid_signature("querystring must have token"))?;
-    let claims = state.storage.verify(token, &format!("{bucket}/{key}"), "download")?;
+    let claims = state.verify(token, &format!("{bucket}/{key}"), "download")?;
     let row = db::object(&state.pool, &bucket, &key, None).await?.ok_or_else(StorageError::no_such_key)?;
     serve(
         &state,
@@ -907,7 +403,7 @@ fn metadata_json(size: i64, mime: &str, cache: &str, etag: &str, modified: Offse
 }
 
 async fn info(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path((bucket, key)): Path<(String, String)>,
 ) -> StorageResult<Response> {
@@ -917,35 +413,15 @@ async fn info(
 }
 
 async fn info_public(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     Path((bucket, key)): Path<(String, String)>,
 ) -> StorageResult<Response> {
     let b = db::bucket(&state.pool, &bucket).await?.filter(|b| b.public).ok_or_else(StorageError::no_such_bucket)?;
     Ok(axum::Json(info_json(&readable(&state, Actor::Anon, &b, &key).await?)).into_response())
 }
 
-/// Deletes rows (the caller's, or any for a service key), then their blobs.
-async fn remove(state: &AppState, actor: Actor, bucket: &str, names: &[String]) -> StorageResult<Vec<ObjectRow>> {
-    let Some(owner) = actor.owner_filter() else { return Ok(Vec::new()) };
-    let b = bucket_or_404(state, bucket).await?;
-    let rows = db::delete_objects(&state.pool, bucket, names, owner).await?;
-    if b.public && !rows.is_empty() {
-        let payload = match rows.as_slice() {
-            [one] => format!("o:{}/{}", one.bucket_id, one.name),
-            _ => format!("b:{bucket}"),
-        };
-        invalidate(state, payload).await;
-    }
-    for r in &rows {
-        if let Err(e) = state.storage.blobs.delete(&Blobs::blob_path(r.version)).await {
-            tracing::warn!(error = %e, "deleting a blob; the sweeper will retry");
-        }
-    }
-    Ok(rows)
-}
-
 async fn delete_one(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path((bucket, key)): Path<(String, String)>,
 ) -> StorageResult<Response> {
@@ -962,7 +438,7 @@ struct RemoveBody {
 }
 
 async fn remove_many(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path(bucket): Path<String>,
     SJson(body): SJson<RemoveBody>,
@@ -1001,12 +477,8 @@ struct ListV1 {
     search: Option<String>,
 }
 
-fn list_owner(actor: Actor, bucket: &BucketRow) -> Option<Option<Uuid>> {
-    if bucket.public { Some(None) } else { actor.owner_filter() }
-}
-
 async fn list_v1(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path(bucket): Path<String>,
     SJson(body): SJson<ListV1>,
@@ -1070,7 +542,7 @@ struct ListV2 {
 }
 
 async fn list_v2(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path(bucket): Path<String>,
     SJson(body): SJson<ListV2>,
@@ -1160,7 +632,11 @@ struct CopyMetadata {
     mimetype: Option<String>,
 }
 
-async fn move_object(State(state): State<AppState>, who: Who, SJson(m): SJson<MoveCopy>) -> StorageResult<Response> {
+async fn move_object(
+    State(state): State<Arc<Storage>>,
+    who: Who,
+    SJson(m): SJson<MoveCopy>,
+) -> StorageResult<Response> {
     let actor = who.actor()?;
     let Some(owner) = actor.owner_filter() else { return Err(StorageError::no_such_key()) };
     check_key(&m.destination_key)?;
@@ -1187,18 +663,8 @@ async fn move_object(State(state): State<AppState>, who: Who, SJson(m): SJson<Mo
 }
 
 /// Checks an existing object against a bucket's type and size rules.
-fn admit(state: &AppState, dest: &BucketRow, o: &ObjectRow) -> StorageResult<()> {
-    if !mime_allowed(dest.allowed_mime_types.as_deref(), &o.content_type) {
-        return Err(StorageError::invalid_mime(&o.content_type));
-    }
-    if u64::try_from(o.size).unwrap_or(0) > size_limit(state, dest) {
-        return Err(StorageError::too_large());
-    }
-    Ok(())
-}
-
 async fn copy_object(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     headers: HeaderMap,
     SJson(m): SJson<MoveCopy>,
@@ -1229,7 +695,7 @@ async fn copy_object(
     };
     precheck(&state, &t).await?;
     let version = Uuid::now_v7();
-    state.storage.blobs.copy(&Blobs::blob_path(src.version), &Blobs::blob_path(version)).await?;
+    state.blobs.copy(&Blobs::blob_path(src.version), &Blobs::blob_path(version)).await?;
     let metadata = if m.copy_metadata.unwrap_or(true) { src.user_metadata.clone() } else { None };
     let row = commit(
         &state,
@@ -1257,24 +723,8 @@ struct SignOne {
     transform: Option<Value>,
 }
 
-fn signed_claims(url: String, scope: &str, expires_in: i64) -> StorageResult<UrlClaims> {
-    if !(1..=10 * 365 * 86_400).contains(&expires_in) {
-        return Err(StorageError::invalid("expiresIn must be a positive number of seconds"));
-    }
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    Ok(UrlClaims {
-        url,
-        scope: scope.into(),
-        exp: now + expires_in,
-        iat: now,
-        owner: None,
-        upsert: None,
-        transformations: None,
-    })
-}
-
 async fn sign_one(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path((bucket, key)): Path<(String, String)>,
     SJson(body): SJson<SignOne>,
@@ -1291,7 +741,7 @@ async fn sign_one(
         parts.sort();
         claims.transformations = Some(parts.join(","));
     }
-    let token = state.storage.sign(&claims)?;
+    let token = state.sign(&claims)?;
     let route = if claims.transformations.is_some() { "render/image/sign" } else { "object/sign" };
     Ok(axum::Json(json!({ "signedURL": format!("/{route}/{bucket}/{key}?token={token}") })).into_response())
 }
@@ -1304,7 +754,7 @@ struct SignMany {
 }
 
 async fn sign_many(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     Path(bucket): Path<String>,
     SJson(body): SJson<SignMany>,
@@ -1319,7 +769,7 @@ async fn sign_many(
         match readable(&state, actor, &b, path).await {
             Ok(_) => {
                 let claims = signed_claims(format!("{bucket}/{path}"), "download", body.expires_in)?;
-                let token = state.storage.sign(&claims)?;
+                let token = state.sign(&claims)?;
                 out.push(json!({"error": null, "path": path, "signedURL": format!("/object/sign/{bucket}/{path}?token={token}")}));
             }
             Err(e) if e.code == "NoSuchKey" => out.push(
@@ -1332,7 +782,7 @@ async fn sign_many(
 }
 
 async fn sign_upload(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     who: Who,
     headers: HeaderMap,
     Path((bucket, key)): Path<(String, String)>,
@@ -1343,23 +793,23 @@ async fn sign_upload(
     let b = bucket_or_404(&state, &bucket).await?;
     let upsert = upsert_header(&headers);
     precheck(&state, &UploadTarget { bucket: &b, key: &key, owner: actor.new_owner(), writer, upsert }).await?;
-    let ttl = i64::try_from(state.config.storage_upload_url_ttl.as_secs()).unwrap_or(7200);
+    let ttl = i64::try_from(state.upload_url_ttl.as_secs()).unwrap_or(7200);
     let mut claims = signed_claims(format!("{bucket}/{key}"), "upload", ttl)?;
     claims.owner = actor.new_owner();
     claims.upsert = Some(upsert);
-    let token = state.storage.sign(&claims)?;
+    let token = state.sign(&claims)?;
     Ok(axum::Json(json!({ "url": format!("/object/upload/sign/{bucket}/{key}?token={token}"), "token": token }))
         .into_response())
 }
 
 async fn upload_signed(
-    State(state): State<AppState>,
+    State(state): State<Arc<Storage>>,
     Path((bucket, key)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> StorageResult<Response> {
     let token = q.get("token").ok_or_else(|| StorageError::invalid_signature("querystring must have token"))?;
-    let claims = state.storage.verify(token, &format!("{bucket}/{key}"), "upload")?;
+    let claims = state.verify(token, &format!("{bucket}/{key}"), "upload")?;
     let b = bucket_or_404(&state, &bucket).await?;
     let (parts, body) = req.into_parts();
     // The token carries the rights: its owner, and whether it may overwrite.

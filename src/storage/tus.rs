@@ -19,16 +19,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use base64::Engine;
 use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
 use time::OffsetDateTime;
+
 use uuid::Uuid;
 
 use super::blobs::{Blobs, WriteError};
 use super::db::{self, UploadRow};
-use super::routes::{
-    UploadTarget, bucket_or_404, cache_control_value, check_key, clean_content_type, commit, mime_allowed,
-    parse_metadata, precheck, size_limit,
+use super::http::parse_metadata;
+use super::service::{
+    UploadTarget, bucket_or_404, cache_control_value, check_key, clean_content_type, commit, mime_allowed, precheck,
+    size_limit,
 };
-use super::{Actor, StorageError, Who};
+use super::{Actor, Storage, StorageError, Who};
 use crate::app::AppState;
 
 const TUS_VERSION: &str = "1.0.0";
@@ -130,12 +133,12 @@ fn bearer_rights(who: &Who) -> Result<Rights, StorageError> {
     Ok(Rights { creator: actor.creator(), owner: actor.new_owner(), writer, upsert_allowed: None })
 }
 
-fn signed_rights(state: &AppState, headers: &HeaderMap, url: &str) -> Result<Rights, StorageError> {
+fn signed_rights(state: &Storage, headers: &HeaderMap, url: &str) -> Result<Rights, StorageError> {
     let token = headers
         .get("x-signature")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| StorageError::invalid_signature("x-signature header required"))?;
-    let claims = state.storage.verify(token, url, "upload")?;
+    let claims = state.verify(token, url, "upload")?;
     Ok(Rights {
         creator: format!("signed:{url}"),
         owner: claims.owner,
@@ -144,14 +147,14 @@ fn signed_rights(state: &AppState, headers: &HeaderMap, url: &str) -> Result<Rig
     })
 }
 
-async fn create_bearer(State(state): State<AppState>, who: Who, req: Request) -> Response {
+async fn create_bearer(State(state): State<Arc<Storage>>, who: Who, req: Request) -> Response {
     match bearer_rights(&who) {
         Ok(r) => create(state, r, "/upload/resumable", req).await,
         Err(e) => fail(e),
     }
 }
 
-async fn create_signed(State(state): State<AppState>, req: Request) -> Response {
+async fn create_signed(State(state): State<Arc<Storage>>, req: Request) -> Response {
     create(
         state,
         Rights { creator: String::new(), owner: None, writer: None, upsert_allowed: None },
@@ -161,7 +164,7 @@ async fn create_signed(State(state): State<AppState>, req: Request) -> Response 
     .await
 }
 
-async fn create(state: AppState, rights: Rights, base: &str, req: Request) -> Response {
+async fn create(state: Arc<Storage>, rights: Rights, base: &str, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     if let Some(r) = version_mismatch(&parts.headers) {
         return r;
@@ -229,7 +232,7 @@ async fn create(state: AppState, rights: Rights, base: &str, req: Request) -> Re
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let location = format!("{}/storage/v1{base}/{}", state.config.public_url.as_str().trim_end_matches('/'), row.id);
+    let location = format!("{}/storage/v1{base}/{}", state.public_base, row.id);
     let expires = httpdate::fmt_http_date(std::time::SystemTime::from(row.expires_at));
     let with_body = h
         .get("content-type")
@@ -248,25 +251,20 @@ async fn create(state: AppState, rights: Rights, base: &str, req: Request) -> Re
     empty(StatusCode::CREATED, &[("location", location), ("upload-expires", expires)])
 }
 
-async fn upload_bearer(State(state): State<AppState>, who: Who, Path(id): Path<String>, req: Request) -> Response {
+async fn upload_bearer(State(state): State<Arc<Storage>>, who: Who, Path(id): Path<String>, req: Request) -> Response {
     match bearer_rights(&who) {
         Ok(r) => existing(state, r, id, req).await,
         Err(e) => fail(e),
     }
 }
 
-async fn upload_signed(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+async fn upload_signed(State(state): State<Arc<Storage>>, Path(id): Path<String>, req: Request) -> Response {
     // The token names the object; it must match the upload's.
     let Ok(uuid) = Uuid::parse_str(&id) else { return fail(not_found()) };
-    let row: Option<(String, String)> =
-        match sqlx::query_as("SELECT bucket_id, name FROM storage_uploads WHERE id = $1")
-            .bind(uuid)
-            .fetch_optional(&state.pool)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return fail(e.into()),
-        };
+    let row = match db::upload_target(&state.pool, uuid).await {
+        Ok(r) => r,
+        Err(e) => return fail(e.into()),
+    };
     let Some((bucket, key)) = row else { return fail(not_found()) };
     match signed_rights(&state, req.headers(), &format!("{bucket}/{key}")) {
         Ok(r) => existing(state, r, id, req).await,
@@ -278,7 +276,7 @@ fn not_found() -> StorageError {
     StorageError::new(404, "not_found", "NoSuchUpload", "Upload not found")
 }
 
-async fn existing(state: AppState, rights: Rights, id: String, req: Request) -> Response {
+async fn existing(state: Arc<Storage>, rights: Rights, id: String, req: Request) -> Response {
     if req.method() == Method::OPTIONS {
         return options().await;
     }
@@ -321,7 +319,7 @@ async fn existing(state: AppState, rights: Rights, id: String, req: Request) -> 
             if let Err(e) = db::delete_upload(&state.pool, id).await {
                 return fail(e.into());
             }
-            if let Err(e) = state.storage.blobs.delete_prefix(&Blobs::upload_dir(id)).await {
+            if let Err(e) = state.blobs.delete_prefix(&Blobs::upload_dir(id)).await {
                 tracing::warn!(error = %e, "removing upload pieces; the sweeper will retry");
             }
             empty(StatusCode::NO_CONTENT, &[])
@@ -335,7 +333,7 @@ async fn existing(state: AppState, rights: Rights, id: String, req: Request) -> 
 
 /// Receives bytes at `offset`, keeping what arrives, and finishes the upload when
 /// the last byte is in.
-async fn patch(state: &AppState, id: Uuid, offset: i64, rights: &Rights, body: Body) -> Response {
+async fn patch(state: &Storage, id: Uuid, offset: i64, rights: &Rights, body: Body) -> Response {
     let upload = match db::lease_upload(&state.pool, id, offset).await {
         Ok(Some(u)) => u,
         Ok(None) => {
@@ -361,7 +359,7 @@ async fn patch(state: &AppState, id: Uuid, offset: i64, rights: &Rights, body: B
     };
     let remaining = u64::try_from(upload.upload_length - offset).unwrap_or(0);
     let piece = Blobs::upload_piece(id, u64::try_from(offset).unwrap_or(0));
-    let written = state.storage.blobs.write(&piece, body.into_data_stream(), remaining, true).await;
+    let written = state.blobs.write(&piece, body.into_data_stream(), remaining, true).await;
     let got = match written {
         Ok(w) => i64::try_from(w.size).unwrap_or(0),
         Err(e) => {
@@ -389,15 +387,15 @@ async fn patch(state: &AppState, id: Uuid, offset: i64, rights: &Rights, body: B
         Err(e) => {
             // The bytes are all in; the object could not be recorded (taken, or refused).
             let _ = db::delete_upload(&state.pool, id).await;
-            let _ = state.storage.blobs.delete_prefix(&Blobs::upload_dir(id)).await;
+            let _ = state.blobs.delete_prefix(&Blobs::upload_dir(id)).await;
             fail(e)
         }
     }
 }
 
 /// Joins the pieces into one blob and records the object.
-async fn finish(state: &AppState, u: &UploadRow, rights: &Rights) -> Result<(), StorageError> {
-    let blobs = &state.storage.blobs;
+async fn finish(state: &Storage, u: &UploadRow, rights: &Rights) -> Result<(), StorageError> {
+    let blobs = &state.blobs;
     let dir = Blobs::upload_dir(u.id);
     let mut pieces: Vec<_> = blobs.list(dir.as_ref()).await?.into_iter().map(|m| m.location).collect();
     pieces.sort();

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::jobs::{self, Job, JobError, Registry, Runner, RunnerConfig};
+use crate::state::AppState;
 
 /// Deletes rate-limit windows older than a day.
 #[derive(Debug, Clone, Serialize, Deserialize)]

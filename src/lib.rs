@@ -21,7 +21,6 @@
 //! - [`mail`]: outgoing mail (SMTP or the outbox).
 //! - [`doctor`]: environment checks behind `carmenta doctor`.
 
-pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod background;
@@ -38,9 +37,12 @@ pub mod http_client;
 pub mod imaging;
 pub mod jobs;
 pub mod mail;
+pub mod middleware;
 pub mod ops;
 pub mod pagination;
+pub mod router;
 pub mod server;
+pub mod state;
 pub mod storage;
 pub mod telemetry;
 

@@ -4,10 +4,11 @@
 
 use anyhow::Context;
 
-use crate::app::{self, AppState};
 use crate::config::Config;
 use crate::crypto::{self, Keyring};
 use crate::db::{self, OpenMode};
+use crate::router;
+use crate::state::AppState;
 
 /// Name of the generated key file in the data directory (embedded default only).
 pub const KEY_FILE: &str = "encryption.key";
@@ -64,9 +65,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             anyhow::bail!("starting the job runner: {e}");
         }
     };
-    let router = app::router(state);
+    let app = router::router(state);
     tracing::info!(%addr, %public_url, "carmenta listening");
-    let result = app::serve(listener, router, app::shutdown_signal(), drain).await;
+    let result = router::serve(listener, app, router::shutdown_signal(), drain).await;
     // In-flight jobs finish within the drain time or are released for another replica.
     jobs.shutdown().await;
     upkeep.abort();

@@ -5,12 +5,12 @@
 use http::StatusCode;
 use uuid::Uuid;
 
+use super::AuthState;
 use super::db::{self, EmailTokenKind, UserRow};
 use super::password;
 use super::service::{self, ClientInfo};
 use super::tokens::{self};
 use super::types::{AuthResponse, UserView};
-use crate::app::AppState;
 use crate::audit;
 use crate::error::ApiError;
 use crate::mail::Mail;
@@ -26,7 +26,7 @@ fn invalid_link() -> ApiError {
 }
 
 /// Builds an absolute link on the public URL.
-fn link(state: &AppState, path: &str, token: &str, redirect: Option<&str>) -> String {
+fn link(state: &AuthState, path: &str, token: &str, redirect: Option<&str>) -> String {
     let mut u = state.config.public_url.clone();
     u.set_path(path);
     {
@@ -43,7 +43,7 @@ fn link(state: &AppState, path: &str, token: &str, redirect: Option<&str>) -> St
 /// without an email get nothing).
 #[allow(clippy::too_many_arguments)]
 async fn send_link(
-    state: &AppState,
+    state: &AuthState,
     user: &UserRow,
     kind: EmailTokenKind,
     path: &str,
@@ -68,13 +68,13 @@ async fn send_link(
 }
 
 /// Sends the verification mail to a user.
-pub async fn send_verification(state: &AppState, user: &UserRow) -> Result<(), ApiError> {
+pub async fn send_verification(state: &AuthState, user: &UserRow) -> Result<(), ApiError> {
     let (subject, intro) = ("Confirm your email address", "Confirm your email address by opening this link:");
     send_link(state, user, EmailTokenKind::VerifyEmail, "/auth/verify-email", None, subject, intro).await
 }
 
 /// Resends the verification mail to the caller (no-op if already verified).
-pub async fn resend_verification(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
+pub async fn resend_verification(state: &AuthState, user_id: Uuid) -> Result<(), ApiError> {
     let user = db::user_by_id(&state.pool, user_id).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
     if let Some(email) = &user.email
         && user.email_verified_at.is_none()
@@ -87,7 +87,7 @@ pub async fn resend_verification(state: &AppState, user_id: Uuid) -> Result<(), 
 
 /// Uses up a token of `kind`; following its link proves the address, so the user's
 /// email is marked verified (and caches told).
-async fn consume_proving_email(state: &AppState, kind: EmailTokenKind, token: &str) -> Result<UserRow, ApiError> {
+async fn consume_proving_email(state: &AuthState, kind: EmailTokenKind, token: &str) -> Result<UserRow, ApiError> {
     let (user_id, email) =
         db::consume_email_token(&state.pool, kind, &tokens::hash_token(token)).await?.ok_or_else(invalid_link)?;
     let user = db::mark_email_verified(&state.pool, user_id, &email).await?.ok_or_else(invalid_link)?;
@@ -96,7 +96,7 @@ async fn consume_proving_email(state: &AppState, kind: EmailTokenKind, token: &s
 }
 
 /// Confirms an email address with a token from the verification mail.
-pub async fn verify_email(state: &AppState, token: &str) -> Result<UserView, ApiError> {
+pub async fn verify_email(state: &AuthState, token: &str) -> Result<UserView, ApiError> {
     let user = consume_proving_email(state, EmailTokenKind::VerifyEmail, token).await?;
     let user_id = user.id;
     audit::record(
@@ -111,7 +111,7 @@ pub async fn verify_email(state: &AppState, token: &str) -> Result<UserView, Api
     Ok(UserView::of(user, false))
 }
 
-async fn within_account_budget(state: &AppState, email: &str) -> Result<bool, ApiError> {
+async fn within_account_budget(state: &AuthState, email: &str) -> Result<bool, ApiError> {
     let n = db::hit_window(&state.pool, &format!("mail:{}", email.trim().to_lowercase()), service::IP_WINDOW).await?;
     Ok(n <= PER_ACCOUNT_MAILS)
 }
@@ -119,7 +119,7 @@ async fn within_account_budget(state: &AppState, email: &str) -> Result<bool, Ap
 /// Mails a link of `kind` if the email has an account; answers the same either way.
 #[allow(clippy::too_many_arguments)]
 async fn mail_link(
-    state: &AppState,
+    state: &AuthState,
     email: &str,
     redirect: Option<&str>,
     client: &ClientInfo,
@@ -140,7 +140,7 @@ async fn mail_link(
 
 /// Mails a magic sign-in link if the email has an account; answers the same either way.
 pub async fn request_magic_link(
-    state: &AppState,
+    state: &AuthState,
     email: &str,
     redirect: Option<&str>,
     client: &ClientInfo,
@@ -150,7 +150,7 @@ pub async fn request_magic_link(
 }
 
 /// Signs in with a magic-link token; the email counts as verified.
-pub async fn consume_magic_link(state: &AppState, token: &str, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+pub async fn consume_magic_link(state: &AuthState, token: &str, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
     let user = consume_proving_email(state, EmailTokenKind::MagicLink, token).await?;
     let user_id = user.id;
     audit::record(
@@ -167,7 +167,7 @@ pub async fn consume_magic_link(state: &AppState, token: &str, client: &ClientIn
 
 /// Mails a password-reset link if the email has an account; answers the same either way.
 pub async fn forgot_password(
-    state: &AppState,
+    state: &AuthState,
     email: &str,
     redirect: Option<&str>,
     client: &ClientInfo,
@@ -178,7 +178,7 @@ pub async fn forgot_password(
 }
 
 /// Sets a new password with a reset token; every session is signed out.
-pub async fn reset_password(state: &AppState, token: &str, new_password: String) -> Result<(), ApiError> {
+pub async fn reset_password(state: &AuthState, token: &str, new_password: String) -> Result<(), ApiError> {
     // Check the policy before using up the token, so a weak choice can be retried.
     let hash_token = tokens::hash_token(token);
     let pending = db::live_email_token_email(&state.pool, EmailTokenKind::PasswordReset, &hash_token).await?;

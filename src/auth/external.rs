@@ -19,6 +19,8 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::Sha256;
+
+use crate::auth::AuthState;
 use uuid::Uuid;
 
 use super::tokens::TokenError;
@@ -421,13 +423,13 @@ fn object_or_empty(v: Option<serde_json::Value>) -> serde_json::Value {
 /// `user.updated`, `user.deleted`, which deletes the user's data). Other event
 /// types are acknowledged and ignored.
 pub async fn handle_clerk_webhook(
-    state: &crate::app::AppState,
+    state: &AuthState,
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<serde_json::Value, crate::error::ApiError> {
     use crate::error::ApiError;
     use http::StatusCode;
-    let (Some(ext), false) = (&state.auth.external, state.config.clerk_webhook_secrets.is_empty()) else {
+    let (Some(ext), false) = (&state.external, state.config.clerk_webhook_secrets.is_empty()) else {
         return Err(ApiError::not_found(
             "Clerk webhooks are not configured (CARMENTA_EXTERNAL_ISSUER and CARMENTA_CLERK_WEBHOOK_SECRET)",
         ));
@@ -459,7 +461,7 @@ pub async fn handle_clerk_webhook(
 }
 
 async fn process_clerk_event(
-    state: &crate::app::AppState,
+    state: &AuthState,
     ext: &ExternalIssuer,
     event: &ClerkEvent,
 ) -> Result<serde_json::Value, crate::error::ApiError> {

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,9 @@ use uuid::Uuid;
 use super::email;
 use super::service::{self, ClientInfo, Principal, Via};
 use super::types::*;
-use crate::app::AppState;
+use std::sync::Arc;
+
+use super::AuthState;
 use crate::error::{ApiError, ApiJson};
 use crate::pagination::{Page, PageQuery};
 
@@ -25,7 +27,11 @@ pub const SESSION_COOKIE: &str = "carmenta_session";
 pub const ACT_AS_HEADER: &str = "x-carmenta-user-id";
 
 /// The auth routes.
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<AuthState>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(sign_up))
         .routes(routes!(sign_in))
@@ -79,7 +85,7 @@ fn request_origin(headers: &HeaderMap) -> Option<String> {
 
 /// CSRF protection for cookie-authenticated requests that change state: the
 /// request must come from the public URL's origin or an allowed one.
-fn check_csrf(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_csrf(state: &AuthState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
@@ -94,7 +100,7 @@ fn check_csrf(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<
     }
 }
 
-async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
+async fn authenticate(parts: &mut Parts, state: &AuthState) -> Result<Principal, ApiError> {
     if let Some(p) = parts.extensions.get::<Principal>() {
         return Ok(p.clone());
     }
@@ -144,31 +150,41 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
     Ok(principal)
 }
 
-impl FromRequestParts<AppState> for Caller {
+// The extractors work under any router state that holds the auth state.
+impl<S: Send + Sync> FromRequestParts<S> for Caller
+where
+    Arc<AuthState>: FromRef<S>,
+{
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        authenticate(parts, state).await.map(Caller)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        authenticate(parts, &Arc::<AuthState>::from_ref(state)).await.map(Caller)
     }
 }
 
 /// `Option<Caller>`: `None` when the request carries no credentials at all; bad
 /// credentials are still refused.
-impl axum::extract::OptionalFromRequestParts<AppState> for Caller {
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Caller
+where
+    Arc<AuthState>: FromRef<S>,
+{
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Self::Rejection> {
         let has_credentials =
             parts.headers.contains_key(header::AUTHORIZATION) || cookie_value(&parts.headers, SESSION_COOKIE).is_some();
         if !has_credentials {
             return Ok(None);
         }
-        authenticate(parts, state).await.map(|p| Some(Caller(p)))
+        authenticate(parts, &Arc::<AuthState>::from_ref(state)).await.map(|p| Some(Caller(p)))
     }
 }
 
-impl FromRequestParts<AppState> for CurrentUser {
+impl<S: Send + Sync> FromRequestParts<S> for CurrentUser
+where
+    Arc<AuthState>: FromRef<S>,
+{
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let principal = authenticate(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = authenticate(parts, &Arc::<AuthState>::from_ref(state)).await?;
         let user_id = service::require_user(&principal)?;
         Ok(CurrentUser { user_id, principal })
     }
@@ -195,14 +211,14 @@ pub(crate) fn client_info(parts_headers: &HeaderMap, peer: Option<SocketAddr>) -
     }
 }
 
-pub(crate) fn session_cookie(state: &AppState, token: &str, max_age: i64) -> HeaderValue {
+pub(crate) fn session_cookie(state: &AuthState, token: &str, max_age: i64) -> HeaderValue {
     let secure = if state.config.public_url.scheme() == "https" { "; Secure" } else { "" };
     let v = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("carmenta_session=; Path=/; Max-Age=0"))
 }
 
 /// Login CSRF: a browser posting credentials from a foreign origin is refused.
-pub(crate) fn check_login_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_login_origin(state: &AuthState, headers: &HeaderMap) -> Result<(), ApiError> {
     match request_origin(headers) {
         Some(o) if !state.config.origin_allowed(&o) => {
             Err(ApiError::forbidden("cross-site sign-in refused").with_code("csrf_failed"))
@@ -211,7 +227,7 @@ pub(crate) fn check_login_origin(state: &AppState, headers: &HeaderMap) -> Resul
     }
 }
 
-pub(crate) fn with_session(state: &AppState, status: StatusCode, body: AuthResponse) -> Response {
+pub(crate) fn with_session(state: &AuthState, status: StatusCode, body: AuthResponse) -> Response {
     let max_age = state.config.session_ttl.as_secs() as i64;
     let cookie = session_cookie(state, &body.session_token, max_age);
     let mut res = (status, ApiJson(body)).into_response();
@@ -224,7 +240,7 @@ pub(crate) fn with_session(state: &AppState, status: StatusCode, body: AuthRespo
 #[utoipa::path(post, path = "/v1/auth/sign-up", tag = "auth", request_body = SignUpRequest,
     responses((status = 201, body = AuthResponse), (status = 409, description = "email_taken"), (status = 422, description = "invalid_email, weak_password")))]
 async fn sign_up(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     ApiJson(req): ApiJson<SignUpRequest>,
@@ -238,7 +254,7 @@ async fn sign_up(
 #[utoipa::path(post, path = "/v1/auth/sign-in", tag = "auth", request_body = SignInRequest,
     responses((status = 200, body = AuthResponse), (status = 401, description = "invalid_credentials"), (status = 429, description = "rate_limited, too_many_attempts")))]
 async fn sign_in(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     ApiJson(req): ApiJson<SignInRequest>,
@@ -252,7 +268,7 @@ async fn sign_in(
 #[utoipa::path(post, path = "/v1/auth/sign-out", tag = "auth", request_body(content = SignOutRequest, description = "optional"),
     responses((status = 204), (status = 401)))]
 async fn sign_out(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Caller(p): Caller,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -269,7 +285,7 @@ async fn sign_out(
 
 /// Exchange a session (cookie or bearer session token) for a short-lived access token.
 #[utoipa::path(post, path = "/v1/auth/token", tag = "auth", responses((status = 200, body = TokenResponse), (status = 401)))]
-async fn token(State(state): State<AppState>, Caller(p): Caller) -> Result<Response, ApiError> {
+async fn token(State(state): State<Arc<AuthState>>, Caller(p): Caller) -> Result<Response, ApiError> {
     let body = service::access_token(&state, &p)?;
     let mut res = ApiJson(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -278,14 +294,14 @@ async fn token(State(state): State<AppState>, Caller(p): Caller) -> Result<Respo
 
 /// The caller's profile.
 #[utoipa::path(get, path = "/v1/me", tag = "auth", responses((status = 200, body = UserView), (status = 401)))]
-async fn get_me(State(state): State<AppState>, Caller(p): Caller) -> Result<ApiJson<UserView>, ApiError> {
+async fn get_me(State(state): State<Arc<AuthState>>, Caller(p): Caller) -> Result<ApiJson<UserView>, ApiError> {
     service::me(&state, &p).await.map(ApiJson)
 }
 
 /// Update the caller's profile.
 #[utoipa::path(patch, path = "/v1/me", tag = "auth", request_body = PatchMeRequest, responses((status = 200, body = UserView)))]
 async fn patch_me(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Caller(p): Caller,
     ApiJson(req): ApiJson<PatchMeRequest>,
 ) -> Result<ApiJson<UserView>, ApiError> {
@@ -294,7 +310,7 @@ async fn patch_me(
 
 /// Delete the caller's account and everything it owns.
 #[utoipa::path(delete, path = "/v1/me", tag = "auth", responses((status = 204)))]
-async fn delete_me(State(state): State<AppState>, Caller(p): Caller) -> Result<Response, ApiError> {
+async fn delete_me(State(state): State<Arc<AuthState>>, Caller(p): Caller) -> Result<Response, ApiError> {
     service::delete_me(&state, &p).await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut().insert(header::SET_COOKIE, session_cookie(&state, "", 0));
@@ -304,7 +320,7 @@ async fn delete_me(State(state): State<AppState>, Caller(p): Caller) -> Result<R
 /// Change the caller's password (other sessions are signed out).
 #[utoipa::path(post, path = "/v1/me/password", tag = "auth", request_body = ChangePasswordRequest, responses((status = 204), (status = 401)))]
 async fn change_password(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Caller(p): Caller,
     ApiJson(req): ApiJson<ChangePasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
@@ -316,7 +332,7 @@ async fn change_password(
 #[utoipa::path(get, path = "/v1/me/sessions", tag = "auth", params(PageQuery),
     responses((status = 200, body = Page<SessionView>), (status = 400, description = "invalid_limit, invalid_cursor")))]
 async fn list_sessions(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Caller(p): Caller,
     Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<SessionList>, ApiError> {
@@ -326,7 +342,7 @@ async fn list_sessions(
 /// Revoke one of the caller's sessions.
 #[utoipa::path(delete, path = "/v1/me/sessions/{id}", tag = "auth", params(("id" = Uuid, Path)), responses((status = 204), (status = 404)))]
 async fn revoke_session(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -337,15 +353,15 @@ async fn revoke_session(
 
 /// The public keys that verify access tokens.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "JWK Set")))]
-async fn jwks(State(state): State<AppState>) -> Response {
-    let mut res = axum::Json(state.auth.keys.jwks()).into_response();
+async fn jwks(State(state): State<Arc<AuthState>>) -> Response {
+    let mut res = axum::Json(state.keys.jwks()).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     res
 }
 
 /// OpenID Connect discovery document.
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "auth", responses((status = 200, description = "discovery document")))]
-async fn openid_configuration(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+async fn openid_configuration(State(state): State<Arc<AuthState>>) -> axum::Json<serde_json::Value> {
     let iss = state.config.issuer();
     axum::Json(serde_json::json!({
         "issuer": iss,
@@ -368,7 +384,7 @@ fn accepted() -> Response {
 #[utoipa::path(post, path = "/v1/auth/verify-email", tag = "auth", request_body = TokenRequest,
     responses((status = 200, body = VerifiedResponse), (status = 400, description = "invalid_link")))]
 async fn verify_email(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<ApiJson<VerifiedResponse>, ApiError> {
     let user = email::verify_email(&state, &req.token).await?;
@@ -377,12 +393,12 @@ async fn verify_email(
 
 /// Send the verification mail again to the signed-in user.
 #[utoipa::path(post, path = "/v1/auth/verify-email/resend", tag = "auth", responses((status = 202, body = Accepted)))]
-async fn resend_verification(State(state): State<AppState>, user: CurrentUser) -> Result<Response, ApiError> {
+async fn resend_verification(State(state): State<Arc<AuthState>>, user: CurrentUser) -> Result<Response, ApiError> {
     email::resend_verification(&state, user.user_id).await?;
     Ok(accepted())
 }
 
-fn checked_redirect(state: &AppState, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+fn checked_redirect(state: &AuthState, raw: Option<&str>) -> Result<Option<String>, ApiError> {
     raw.map(|r| service::safe_redirect(&state.config, r)).transpose()
 }
 
@@ -390,7 +406,7 @@ fn checked_redirect(state: &AppState, raw: Option<&str>) -> Result<Option<String
 #[utoipa::path(post, path = "/v1/auth/magic-link", tag = "auth", request_body = EmailLinkRequest,
     responses((status = 202, body = Accepted), (status = 422, description = "invalid_email, invalid_redirect_url")))]
 async fn magic_link(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     ApiJson(req): ApiJson<EmailLinkRequest>,
@@ -404,7 +420,7 @@ async fn magic_link(
 #[utoipa::path(post, path = "/v1/auth/magic-link/verify", tag = "auth", request_body = TokenRequest,
     responses((status = 200, body = AuthResponse), (status = 400, description = "invalid_link")))]
 async fn magic_link_verify(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     ApiJson(req): ApiJson<TokenRequest>,
@@ -418,7 +434,7 @@ async fn magic_link_verify(
 #[utoipa::path(post, path = "/v1/auth/password/forgot", tag = "auth", request_body = EmailLinkRequest,
     responses((status = 202, body = Accepted)))]
 async fn password_forgot(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     ApiJson(req): ApiJson<EmailLinkRequest>,
@@ -432,7 +448,7 @@ async fn password_forgot(
 #[utoipa::path(post, path = "/v1/auth/password/reset", tag = "auth", request_body = ResetPasswordRequest,
     responses((status = 204), (status = 400, description = "invalid_link"), (status = 422, description = "weak_password")))]
 async fn password_reset(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     ApiJson(req): ApiJson<ResetPasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
     email::reset_password(&state, &req.token, req.new_password).await?;
@@ -443,7 +459,7 @@ async fn password_reset(
 #[utoipa::path(post, path = "/v1/webhooks/clerk", tag = "auth", request_body(content = Object, description = "a Clerk event"),
     responses((status = 200, description = "processed, duplicate or ignored"), (status = 401, description = "invalid_signature"), (status = 404, description = "not configured")))]
 async fn clerk_webhook(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<ApiJson<serde_json::Value>, ApiError> {

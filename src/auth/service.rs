@@ -12,7 +12,6 @@ use super::db::{self, ProfilePatch, UserRow};
 use super::password;
 use super::tokens::{self, KeyStore, SERVICE_KEY_PREFIX, SESSION_PREFIX, TokenError};
 use super::types::*;
-use crate::app::AppState;
 use crate::audit;
 use crate::error::ApiError;
 use crate::pagination::{Page, PageQuery};
@@ -23,9 +22,17 @@ pub const METADATA_LIMIT: usize = 8 * 1024;
 /// Window for per-IP sign-in limits.
 pub const IP_WINDOW: Duration = Duration::from_secs(600);
 
-/// Auth state shared by handlers.
+/// The state of auth: what its services need, and nothing of other areas.
 #[derive(Debug)]
 pub struct AuthState {
+    /// The database pool.
+    pub pool: PgPool,
+    /// The resolved configuration (auth reads its session, lockout and URL settings).
+    pub config: Arc<crate::config::Config>,
+    /// Keys for secrets at rest (the signing keys' seeds).
+    pub keyring: Arc<crate::crypto::Keyring>,
+    /// Outgoing mail (verification, magic links, password resets).
+    pub mailer: crate::mail::Mailer,
     /// Signing keys.
     pub keys: KeyStore,
     /// The external issuer (Clerk or another OIDC provider), when configured.
@@ -35,17 +42,19 @@ pub struct AuthState {
 }
 
 impl AuthState {
-    /// Loads (or creates) the signing keys.
+    /// The state, loading (or creating) the signing keys.
     pub async fn load(
-        pool: &PgPool,
-        keyring: &crate::crypto::Keyring,
-        config: &crate::config::Config,
+        pool: PgPool,
+        keyring: Arc<crate::crypto::Keyring>,
+        config: Arc<crate::config::Config>,
+        mailer: crate::mail::Mailer,
     ) -> Result<Arc<AuthState>, String> {
-        let keys = KeyStore::load(pool, keyring, config.issuer(), config.jwt_audience.clone(), config.access_token_ttl)
-            .await?;
+        let keys =
+            KeyStore::load(&pool, &keyring, config.issuer(), config.jwt_audience.clone(), config.access_token_ttl)
+                .await?;
         crate::install_tls_provider();
-        let external = super::external::ExternalIssuer::from_config(config)?;
-        Ok(Arc::new(AuthState { keys, external, cache: Default::default() }))
+        let external = super::external::ExternalIssuer::from_config(&config)?;
+        Ok(Arc::new(AuthState { pool, config, keyring, mailer, keys, external, cache: Default::default() }))
     }
 }
 
@@ -111,7 +120,7 @@ fn token_error(e: TokenError) -> ApiError {
 }
 
 /// Resolves a bearer credential (JWT, session token or service key).
-pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+pub async fn resolve_bearer(state: &AuthState, token: &str) -> Result<Principal, ApiError> {
     if token.starts_with(SERVICE_KEY_PREFIX) {
         let key = db::service_key_by_hash(&state.pool, &tokens::hash_token(token)).await?.ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "unknown or revoked service key")
@@ -121,7 +130,7 @@ pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, 
     if token.starts_with(SESSION_PREFIX) {
         return resolve_session(state, token, Via::SessionBearer).await;
     }
-    if let Some(ext) = &state.auth.external
+    if let Some(ext) = &state.external
         && super::external::unverified_issuer(token).as_deref() == Some(ext.issuer())
     {
         let claims = ext.verify(token).await.map_err(token_error)?;
@@ -132,7 +141,7 @@ pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, 
         }
         return Ok(Principal::User { user_id, session_id: Uuid::nil(), via: Via::External });
     }
-    let keys = &state.auth.keys;
+    let keys = &state.keys;
     let claims = match keys.verify(token) {
         Err(TokenError::UnknownKey) if keys.may_refresh() => {
             // Another replica may have rotated: reload once, then retry.
@@ -147,9 +156,9 @@ pub async fn resolve_bearer(state: &AppState, token: &str) -> Result<Principal, 
 }
 
 /// Resolves a session token (from the cache when it can).
-pub async fn resolve_session(state: &AppState, token: &str, via: Via) -> Result<Principal, ApiError> {
+pub async fn resolve_session(state: &AuthState, token: &str, via: Via) -> Result<Principal, ApiError> {
     let hash = tokens::hash_token(token);
-    let cache = &state.auth.cache;
+    let cache = &state.cache;
     let row = match cache.session(&hash, state.config.session_idle_ttl) {
         Some(row) => row,
         None => {
@@ -166,15 +175,15 @@ pub async fn resolve_session(state: &AppState, token: &str, via: Via) -> Result<
 
 /// Records that a user (`u:<id>`) or a session (`s:<id>`) changed: evicts it from
 /// this replica's cache at once and notifies the others.
-pub async fn changed(state: &AppState, payload: String) -> Result<(), ApiError> {
-    state.auth.cache.apply(&payload);
+pub async fn changed(state: &AuthState, payload: String) -> Result<(), ApiError> {
+    state.cache.apply(&payload);
     db::notify_auth(&state.pool, &payload).await?;
     Ok(())
 }
 
 /// A user row, from the cache when it can.
-async fn cached_user(state: &AppState, id: Uuid) -> Result<Option<UserRow>, ApiError> {
-    let cache = &state.auth.cache;
+async fn cached_user(state: &AuthState, id: Uuid) -> Result<Option<UserRow>, ApiError> {
+    let cache = &state.cache;
     if let Some(u) = cache.user(id) {
         return Ok(Some(u));
     }
@@ -188,7 +197,7 @@ async fn cached_user(state: &AppState, id: Uuid) -> Result<Option<UserRow>, ApiE
 
 /// Makes a service principal act for `user` (who must exist); records it.
 pub async fn act_for(
-    state: &AppState,
+    state: &AuthState,
     principal: Principal,
     user: Uuid,
     method: &str,
@@ -281,7 +290,7 @@ pub struct ClientInfo {
 }
 
 /// Counts an attempt against the caller's IP; 429 past the configured limit.
-pub async fn ip_limit(state: &AppState, client: &ClientInfo) -> Result<(), ApiError> {
+pub async fn ip_limit(state: &AuthState, client: &ClientInfo) -> Result<(), ApiError> {
     let Some(ip) = &client.ip else { return Ok(()) };
     let n = db::hit_window(&state.pool, &format!("signin-ip:{ip}"), IP_WINDOW).await?;
     if n > i32::try_from(state.config.signin_ip_limit).unwrap_or(i32::MAX) {
@@ -295,7 +304,7 @@ pub async fn ip_limit(state: &AppState, client: &ClientInfo) -> Result<(), ApiEr
 }
 
 /// A new session and access token for `user`.
-pub async fn start_session(state: &AppState, user: UserRow, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+pub async fn start_session(state: &AuthState, user: UserRow, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
     let token = tokens::random_token(SESSION_PREFIX);
     let session = db::insert_session(
         &state.pool,
@@ -306,7 +315,7 @@ pub async fn start_session(state: &AppState, user: UserRow, client: &ClientInfo)
         client.user_agent.as_deref(),
     )
     .await?;
-    let (access_token, expires_at) = state.auth.keys.issue(user.id, session.id).map_err(ApiError::internal)?;
+    let (access_token, expires_at) = state.keys.issue(user.id, session.id).map_err(ApiError::internal)?;
     Ok(AuthResponse {
         user: UserView::of(user, false),
         session_token: token,
@@ -317,7 +326,7 @@ pub async fn start_session(state: &AppState, user: UserRow, client: &ClientInfo)
 }
 
 /// Creates an account with email and password and signs it in.
-pub async fn sign_up(state: &AppState, req: SignUpRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+pub async fn sign_up(state: &AuthState, req: SignUpRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
     let email = validate_email(&req.email)?;
     password::check_policy(&req.password, &email, state.config.password_min_length).map_err(policy_error)?;
     check_name(req.name.as_deref())?;
@@ -346,7 +355,7 @@ pub async fn sign_up(state: &AppState, req: SignUpRequest, client: &ClientInfo) 
 }
 
 /// Signs in with email and password.
-pub async fn sign_in(state: &AppState, req: SignInRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+pub async fn sign_in(state: &AuthState, req: SignInRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
     let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "email or password is incorrect");
     if req.email.len() > 254 || req.password.chars().count() > password::MAX_PASSWORD_LEN {
         return Err(invalid());
@@ -395,11 +404,10 @@ pub async fn sign_in(state: &AppState, req: SignInRequest, client: &ClientInfo) 
 }
 
 /// Issues a fresh access token for a session principal.
-pub fn access_token(state: &AppState, principal: &Principal) -> Result<TokenResponse, ApiError> {
+pub fn access_token(state: &AuthState, principal: &Principal) -> Result<TokenResponse, ApiError> {
     match principal {
         Principal::User { user_id, session_id, via: Via::Cookie | Via::SessionBearer } => {
-            let (access_token, expires_at) =
-                state.auth.keys.issue(*user_id, *session_id).map_err(ApiError::internal)?;
+            let (access_token, expires_at) = state.keys.issue(*user_id, *session_id).map_err(ApiError::internal)?;
             Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
         }
         _ => Err(ApiError::bad_request(
@@ -410,7 +418,7 @@ pub fn access_token(state: &AppState, principal: &Principal) -> Result<TokenResp
 }
 
 /// Signs out of the current session, or of all sessions.
-pub async fn sign_out(state: &AppState, principal: &Principal, all: bool) -> Result<u64, ApiError> {
+pub async fn sign_out(state: &AuthState, principal: &Principal, all: bool) -> Result<u64, ApiError> {
     let Principal::User { user_id, session_id, .. } = principal else {
         return Err(ApiError::bad_request("session_required", "sign-out needs a user session"));
     };
@@ -444,14 +452,14 @@ pub fn require_user(principal: &Principal) -> Result<Uuid, ApiError> {
 }
 
 /// The caller's own user record.
-pub async fn me(state: &AppState, principal: &Principal) -> Result<UserView, ApiError> {
+pub async fn me(state: &AuthState, principal: &Principal) -> Result<UserView, ApiError> {
     let id = require_user(principal)?;
     let row = cached_user(state, id).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
     Ok(UserView::of(row, principal.is_service()))
 }
 
 /// Updates the caller's profile.
-pub async fn patch_me(state: &AppState, principal: &Principal, req: PatchMeRequest) -> Result<UserView, ApiError> {
+pub async fn patch_me(state: &AuthState, principal: &Principal, req: PatchMeRequest) -> Result<UserView, ApiError> {
     let id = require_user(principal)?;
     if !principal.is_service() && (req.public_metadata.is_some() || req.private_metadata.is_some()) {
         return Err(ApiError::forbidden("public_metadata and private_metadata can only be set with a service key"));
@@ -491,7 +499,7 @@ pub async fn patch_me(state: &AppState, principal: &Principal, req: PatchMeReque
 
 /// Changes the password after checking the current one; other sessions are revoked.
 pub async fn change_password(
-    state: &AppState,
+    state: &AuthState,
     principal: &Principal,
     req: ChangePasswordRequest,
 ) -> Result<(), ApiError> {
@@ -523,7 +531,7 @@ pub async fn change_password(
 }
 
 /// Lists the caller's sessions.
-pub async fn sessions(state: &AppState, principal: &Principal, page: &PageQuery) -> Result<SessionList, ApiError> {
+pub async fn sessions(state: &AuthState, principal: &Principal, page: &PageQuery) -> Result<SessionList, ApiError> {
     let id = require_user(principal)?;
     let current = match principal {
         Principal::User { session_id, .. } => Some(*session_id),
@@ -537,7 +545,7 @@ pub async fn sessions(state: &AppState, principal: &Principal, page: &PageQuery)
 }
 
 /// Revokes one of the caller's sessions; someone else's is "not found".
-pub async fn revoke_session(state: &AppState, principal: &Principal, session: Uuid) -> Result<(), ApiError> {
+pub async fn revoke_session(state: &AuthState, principal: &Principal, session: Uuid) -> Result<(), ApiError> {
     let id = require_user(principal)?;
     if !db::revoke_session(&state.pool, id, session).await? {
         return Err(ApiError::not_found("session not found"));
@@ -556,7 +564,7 @@ pub async fn revoke_session(state: &AppState, principal: &Principal, session: Uu
 }
 
 /// Deletes the caller's account and everything it owns.
-pub async fn delete_me(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+pub async fn delete_me(state: &AuthState, principal: &Principal) -> Result<(), ApiError> {
     let id = require_user(principal)?;
     audit::record(
         &state.pool,

@@ -8,3 +8,12 @@ pub mod service;
 pub mod types;
 
 pub use routes::routes;
+
+/// The state of chat: the pool and the message size limit.
+#[derive(Debug, Clone)]
+pub struct Chat {
+    /// The database pool.
+    pub pool: sqlx::PgPool,
+    /// Largest serialised message (`CARMENTA_CHAT_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
+}

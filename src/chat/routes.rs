@@ -11,12 +11,19 @@ use uuid::Uuid;
 
 use super::service;
 use super::types::*;
-use crate::app::AppState;
+use std::sync::Arc;
+
+use super::Chat;
 use crate::auth::{Caller, CurrentUser};
 use crate::error::{ApiError, ApiJson};
 
 /// The chat routes.
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Chat>: axum::extract::FromRef<S>,
+    Arc<crate::auth::AuthState>: axum::extract::FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(create_conversation, list_conversations))
         .routes(routes!(get_conversation, patch_conversation, delete_conversation))
@@ -34,7 +41,7 @@ fn conversation_id(raw: &str) -> Result<Uuid, ApiError> {
 #[utoipa::path(post, path = "/v1/conversations", tag = "chat", request_body = CreateConversation,
     responses((status = 201, body = Conversation), (status = 409, description = "conversation_exists")))]
 async fn create_conversation(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     ApiJson(req): ApiJson<CreateConversation>,
 ) -> Result<Response, ApiError> {
@@ -56,7 +63,7 @@ pub struct ListQuery {
 /// List my conversations, newest activity first.
 #[utoipa::path(get, path = "/v1/conversations", tag = "chat", params(ListQuery), responses((status = 200, body = ConversationList)))]
 async fn list_conversations(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Query(q): Query<ListQuery>,
 ) -> Result<ApiJson<ConversationList>, ApiError> {
@@ -67,7 +74,7 @@ async fn list_conversations(
 #[utoipa::path(get, path = "/v1/conversations/{id}", tag = "chat", params(("id" = Uuid, Path)),
     responses((status = 200, body = Conversation), (status = 404)))]
 async fn get_conversation(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     caller: Option<Caller>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Conversation>, ApiError> {
@@ -79,7 +86,7 @@ async fn get_conversation(
 #[utoipa::path(patch, path = "/v1/conversations/{id}", tag = "chat", params(("id" = Uuid, Path)), request_body = PatchConversation,
     responses((status = 200, body = Conversation), (status = 404)))]
 async fn patch_conversation(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PatchConversation>,
@@ -90,7 +97,7 @@ async fn patch_conversation(
 /// Delete a conversation and its messages.
 #[utoipa::path(delete, path = "/v1/conversations/{id}", tag = "chat", params(("id" = Uuid, Path)), responses((status = 204), (status = 404)))]
 async fn delete_conversation(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -103,7 +110,7 @@ async fn delete_conversation(
     responses((status = 201, body = AppendResult), (status = 200, body = AppendResult, description = "nothing new"),
         (status = 409, description = "message_id_conflict"), (status = 413, description = "message_too_large"), (status = 422)))]
 async fn append_messages(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
@@ -135,7 +142,7 @@ pub struct MessagesQuery {
 #[utoipa::path(get, path = "/v1/conversations/{id}/messages", tag = "chat", params(("id" = Uuid, Path), MessagesQuery),
     responses((status = 200, body = MessageList), (status = 404)))]
 async fn list_messages(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     caller: Option<Caller>,
     Path(id): Path<String>,
     Query(q): Query<MessagesQuery>,
@@ -159,7 +166,7 @@ pub struct TruncateQuery {
 #[utoipa::path(delete, path = "/v1/conversations/{id}/messages", tag = "chat", params(("id" = Uuid, Path), TruncateQuery),
     responses((status = 200, description = "{\"deleted\": n}"), (status = 404)))]
 async fn truncate_messages(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Path(id): Path<String>,
     Query(q): Query<TruncateQuery>,
@@ -178,7 +185,7 @@ async fn truncate_messages(
 #[utoipa::path(delete, path = "/v1/conversations/{id}/messages/{message_id}", tag = "chat",
     params(("id" = Uuid, Path), ("message_id" = String, Path)), responses((status = 204), (status = 404)))]
 async fn delete_message(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Path((id, mid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
@@ -191,7 +198,7 @@ async fn delete_message(
     params(("id" = Uuid, Path), ("message_id" = String, Path)), request_body = FeedbackRequest,
     responses((status = 200, body = FeedbackResponse), (status = 404)))]
 async fn put_feedback(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Path((id, mid)): Path<(String, String)>,
     ApiJson(req): ApiJson<FeedbackRequest>,
@@ -213,7 +220,7 @@ pub struct SearchQuery {
 /// Search my messages' text: ranked, highlighted, paginated.
 #[utoipa::path(get, path = "/v1/search/messages", tag = "chat", params(SearchQuery), responses((status = 200, body = SearchResults)))]
 async fn search_messages(
-    State(state): State<AppState>,
+    State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Query(q): Query<SearchQuery>,
 ) -> Result<ApiJson<SearchResults>, ApiError> {

@@ -7,9 +7,9 @@ use http::StatusCode;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::Chat;
 use super::db::{self, ArchivedFilter, ConversationPatch, Page, Upserted};
 use super::types::*;
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::pagination;
 
@@ -50,7 +50,7 @@ fn check_metadata(v: &serde_json::Value) -> Result<(), ApiError> {
 }
 
 /// Creates a conversation for `owner`.
-pub async fn create(state: &AppState, owner: Uuid, req: CreateConversation) -> Result<Conversation, ApiError> {
+pub async fn create(state: &Chat, owner: Uuid, req: CreateConversation) -> Result<Conversation, ApiError> {
     let title = req.title.unwrap_or_default();
     check_title(&title)?;
     let visibility = req.visibility.unwrap_or_else(|| "private".into());
@@ -77,7 +77,7 @@ fn parse_conversation_cursor(c: &str) -> Result<(OffsetDateTime, Uuid), ApiError
 
 /// Lists the owner's conversations, newest activity first.
 pub async fn list(
-    state: &AppState,
+    state: &Chat,
     owner: Uuid,
     archived: Option<&str>,
     cursor: Option<&str>,
@@ -100,13 +100,13 @@ pub async fn list(
 }
 
 /// A conversation the caller may read.
-pub async fn get(state: &AppState, caller: Option<Uuid>, id: Uuid) -> Result<Conversation, ApiError> {
+pub async fn get(state: &Chat, caller: Option<Uuid>, id: Uuid) -> Result<Conversation, ApiError> {
     let row = db::readable_conversation(&state.pool, id, caller).await?.ok_or_else(not_found)?;
     Ok(Conversation::of(row, caller))
 }
 
 /// Renames, archives, changes visibility or metadata of the owner's conversation.
-pub async fn update(state: &AppState, owner: Uuid, id: Uuid, req: PatchConversation) -> Result<Conversation, ApiError> {
+pub async fn update(state: &Chat, owner: Uuid, id: Uuid, req: PatchConversation) -> Result<Conversation, ApiError> {
     if let Some(t) = &req.title {
         check_title(t)?;
     }
@@ -127,7 +127,7 @@ pub async fn update(state: &AppState, owner: Uuid, id: Uuid, req: PatchConversat
 }
 
 /// Deletes the owner's conversation with its messages.
-pub async fn delete(state: &AppState, owner: Uuid, id: Uuid) -> Result<(), ApiError> {
+pub async fn delete(state: &Chat, owner: Uuid, id: Uuid) -> Result<(), ApiError> {
     if db::delete_conversation(&state.pool, id, owner).await? { Ok(()) } else { Err(not_found()) }
 }
 
@@ -171,7 +171,7 @@ fn validate_message(m: &UiMessageIn, max_bytes: Option<usize>) -> Result<(), Api
 /// transaction: the same id with the same content changes nothing, with new
 /// content it replaces the message; an id used in another conversation is 409.
 pub async fn append(
-    state: &AppState,
+    state: &Chat,
     owner: Uuid,
     conversation: Uuid,
     req: AppendMessages,
@@ -184,7 +184,7 @@ pub async fn append(
     if messages.is_empty() || messages.len() > 1000 {
         return Err(unprocessable("invalid_messages", "send 1 to 1000 messages"));
     }
-    let max = state.config.chat_max_message_bytes;
+    let max = state.max_message_bytes;
     // A body within the limit holds no message over it: skip re-measuring each.
     let max = (body_len > max).then_some(max);
     for m in &messages {
@@ -274,7 +274,7 @@ fn parse_seq_cursor(c: &str) -> Result<i64, ApiError> {
 /// A page of a readable conversation's messages (the newest by default; older
 /// with `before`, newer with `after`), oldest first within the page.
 pub async fn messages(
-    state: &AppState,
+    state: &Chat,
     caller: Option<Uuid>,
     conversation: Uuid,
     before: Option<&str>,
@@ -335,7 +335,7 @@ pub async fn messages(
 }
 
 /// Deletes one message of the owner's conversation.
-pub async fn delete_message(state: &AppState, owner: Uuid, conversation: Uuid, id: &str) -> Result<(), ApiError> {
+pub async fn delete_message(state: &Chat, owner: Uuid, conversation: Uuid, id: &str) -> Result<(), ApiError> {
     db::own_conversation(&state.pool, conversation, owner).await?.ok_or_else(not_found)?;
     if db::delete_message(&state.pool, owner, conversation, id).await? {
         Ok(())
@@ -346,7 +346,7 @@ pub async fn delete_message(state: &AppState, owner: Uuid, conversation: Uuid, i
 
 /// Deletes every message after (`inclusive` = from) the message `id`; returns how many.
 pub async fn truncate(
-    state: &AppState,
+    state: &Chat,
     owner: Uuid,
     conversation: Uuid,
     id: &str,
@@ -360,7 +360,7 @@ pub async fn truncate(
 
 /// Sets or clears feedback on a message of the owner's conversation.
 pub async fn feedback(
-    state: &AppState,
+    state: &Chat,
     owner: Uuid,
     conversation: Uuid,
     id: &str,
@@ -383,7 +383,7 @@ pub async fn feedback(
 
 /// Searches the owner's messages.
 pub async fn search(
-    state: &AppState,
+    state: &Chat,
     owner: Uuid,
     q: &str,
     cursor: Option<&str>,

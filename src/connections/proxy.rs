@@ -19,9 +19,14 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use super::Connections;
+use crate::auth::AuthState;
 
 /// Request bodies up to this size are buffered so a retry can replay them.
 const REPLAYABLE: usize = 1024 * 1024;
@@ -60,7 +65,12 @@ fn upstream() -> &'static Upstream {
 }
 
 /// The proxy route (mounted outside the body-limit layer: bodies stream).
-pub fn router() -> axum::Router<AppState> {
+pub fn router<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Connections>: FromRef<S>,
+    Arc<AuthState>: FromRef<S>,
+{
     axum::Router::new().route("/v1/proxy/{*path}", axum::routing::any(proxy))
 }
 
@@ -156,7 +166,7 @@ fn retry_after(headers: &HeaderMap) -> Duration {
 }
 
 async fn proxy(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     user: CurrentUser,
     Path(path): Path<String>,
     req: Request,
@@ -168,8 +178,7 @@ async fn proxy(
     let key = text("provider-config-key")
         .ok_or_else(|| bad("missing_provider_config_key", "send the Provider-Config-Key header"))?;
     let conn_id = Uuid::parse_str(conn_id).map_err(|_| ApiError::not_found("connection not found"))?;
-    let c = &state.connections;
-    let row = super::cache::lookup(c, conn_id, user.user_id, key).await?;
+    let row = super::cache::lookup(&c, conn_id, user.user_id, key).await?;
     let (provider_name, config) = (&row.provider, &row.connection_config);
     let provider = c.catalog.get(provider_name).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
     let base = provider.proxy_base.as_ref().ok_or_else(|| {
@@ -217,7 +226,7 @@ async fn proxy(
     let scheme = if provider.auth_mode == "BASIC" { "Basic" } else { "Bearer" };
     let templated = template.iter().any(|(_, v)| v.contains("${accessToken}") || v.contains("${apiKey}"));
     let mut token =
-        super::refresh::access_token_from(c, conn_id, &row.status, &row.credentials, provider.expiration_buffer())
+        super::refresh::access_token_from(&c, conn_id, &row.status, &row.credentials, provider.expiration_buffer())
             .await?;
     let mut refreshed = false;
     let mut attempt = 0u32;
@@ -272,8 +281,8 @@ async fn proxy(
         if status == StatusCode::UNAUTHORIZED && !refreshed && replayable {
             // The token may have been revoked or rotated elsewhere: one forced refresh, one retry.
             refreshed = true;
-            if let Ok(c) = super::refresh::replace_rejected(c, conn_id, token.clone()).await {
-                token = c.access_token;
+            if let Ok(fresh) = super::refresh::replace_rejected(&c, conn_id, token.clone()).await {
+                token = fresh.access_token;
                 continue;
             }
         }

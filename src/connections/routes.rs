@@ -20,13 +20,23 @@ use super::service::{self, Callback};
 use super::types::{
     ConnQuery, Connection, CreateKeyConnection, CreateSession, PatchConnection, SessionView, TokenQuery, TokenView,
 };
-use crate::app::AppState;
 use crate::auth::{Caller, CurrentUser};
 use crate::error::{ApiError, ApiJson};
 use crate::pagination::{Page, PageQuery};
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use super::Connections;
+use crate::auth::AuthState;
 
 /// The JSON API routes.
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Connections>: FromRef<S>,
+    Arc<AuthState>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(list_providers))
         .routes(routes!(create_integration, list_integrations))
@@ -38,7 +48,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The browser routes (redirects and the hosted page, not JSON).
-pub fn browser_routes() -> Router<AppState> {
+pub fn browser_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Connections>: FromRef<S>,
+    Arc<AuthState>: FromRef<S>,
+{
     Router::new()
         .route("/oauth/connect", get(connect_page))
         .route("/oauth/connect/{integration}", get(connect))
@@ -58,20 +73,20 @@ fn require_service(caller: &Caller) -> Result<(), ApiError> {
 
 /// The provider catalog.
 #[utoipa::path(get, path = "/v1/providers", tag = "connections", responses((status = 200, body = Vec<ProviderView>)))]
-async fn list_providers(State(state): State<AppState>, _caller: Caller) -> ApiJson<Vec<ProviderView>> {
-    ApiJson(integrations::providers(&state.connections))
+async fn list_providers(State(c): State<Arc<Connections>>, _caller: Caller) -> ApiJson<Vec<ProviderView>> {
+    ApiJson(integrations::providers(&c))
 }
 
 /// Create an integration.
 #[utoipa::path(post, path = "/v1/integrations", tag = "connections", request_body = CreateIntegration,
     responses((status = 201, body = Integration), (status = 409, description = "integration_exists"), (status = 422)))]
 async fn create_integration(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateIntegration>,
 ) -> Result<Response, ApiError> {
     require_service(&caller)?;
-    let created = integrations::create(&state.connections, &caller.0.actor(), req).await?;
+    let created = integrations::create(&c, &caller.0.actor(), req).await?;
     Ok((StatusCode::CREATED, ApiJson(created)).into_response())
 }
 
@@ -79,49 +94,49 @@ async fn create_integration(
 #[utoipa::path(get, path = "/v1/integrations", tag = "connections", params(PageQuery),
     responses((status = 200, body = Page<Integration>), (status = 400, description = "invalid_limit, invalid_cursor")))]
 async fn list_integrations(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     caller: Caller,
     Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<Page<Integration>>, ApiError> {
     require_service(&caller)?;
-    integrations::list(&state.connections, &page).await.map(ApiJson)
+    integrations::list(&c, &page).await.map(ApiJson)
 }
 
 /// One integration.
 #[utoipa::path(get, path = "/v1/integrations/{key}", tag = "connections", params(("key" = String, Path)),
     responses((status = 200, body = Integration), (status = 404)))]
 async fn get_integration(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     caller: Caller,
     Path(key): Path<String>,
 ) -> Result<ApiJson<Integration>, ApiError> {
     require_service(&caller)?;
-    integrations::by_key(&state.connections, &key).await.map(|r| ApiJson(r.into()))
+    integrations::by_key(&c, &key).await.map(|r| ApiJson(r.into()))
 }
 
 /// Change an integration's credentials, scopes or parameters.
 #[utoipa::path(patch, path = "/v1/integrations/{key}", tag = "connections", params(("key" = String, Path)),
     request_body = PatchIntegration, responses((status = 200, body = Integration), (status = 404)))]
 async fn patch_integration(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     caller: Caller,
     Path(key): Path<String>,
     ApiJson(req): ApiJson<PatchIntegration>,
 ) -> Result<ApiJson<Integration>, ApiError> {
     require_service(&caller)?;
-    integrations::update(&state.connections, &caller.0.actor(), &key, req).await.map(ApiJson)
+    integrations::update(&c, &caller.0.actor(), &key, req).await.map(ApiJson)
 }
 
 /// Delete an integration.
 #[utoipa::path(delete, path = "/v1/integrations/{key}", tag = "connections", params(("key" = String, Path)),
     responses((status = 204), (status = 404)))]
 async fn delete_integration(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     caller: Caller,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_service(&caller)?;
-    integrations::delete(&state.connections, &caller.0.actor(), &key).await?;
+    integrations::delete(&c, &caller.0.actor(), &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -132,16 +147,16 @@ async fn delete_integration(
 #[utoipa::path(post, path = "/v1/connect/sessions", tag = "connections", request_body = CreateSession,
     responses((status = 201, body = SessionView), (status = 422)))]
 async fn create_session(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
+    State(auth): State<Arc<AuthState>>,
     user: CurrentUser,
     ApiJson(req): ApiJson<CreateSession>,
 ) -> Result<Response, ApiError> {
     let return_url = match &req.return_url {
-        Some(u) => Some(crate::auth::service::safe_redirect(&state.config, u)?),
+        Some(u) => Some(crate::auth::service::safe_redirect(&auth.config, u)?),
         None => None,
     };
-    let s = service::create_session(&state.connections, user.user_id, req.allowed_integrations.as_ref(), return_url)
-        .await?;
+    let s = service::create_session(&c, user.user_id, req.allowed_integrations.as_ref(), return_url).await?;
     let view = SessionView { token: s.token, expires_at: s.expires_at, links: s.links };
     Ok((StatusCode::CREATED, ApiJson(view)).into_response())
 }
@@ -150,12 +165,12 @@ async fn create_session(
 #[utoipa::path(get, path = "/v1/connections", tag = "connections", params(ConnQuery, PageQuery),
     responses((status = 200, body = Page<Connection>), (status = 400, description = "invalid_limit, invalid_cursor")))]
 async fn list_connections(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     user: CurrentUser,
     Query(q): Query<ConnQuery>,
     Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<Page<Connection>>, ApiError> {
-    let rows = service::list(&state.connections, user.user_id, q.integration.as_deref(), &page).await?;
+    let rows = service::list(&c, user.user_id, q.integration.as_deref(), &page).await?;
     Ok(ApiJson(rows.map(Connection::from)))
 }
 
@@ -163,34 +178,34 @@ async fn list_connections(
 #[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
     responses((status = 200, body = Connection), (status = 404)))]
 async fn get_connection(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Connection>, ApiError> {
-    service::owned(&state.connections, user.user_id, &id).await.map(|r| ApiJson(r.into()))
+    service::owned(&c, user.user_id, &id).await.map(|r| ApiJson(r.into()))
 }
 
 /// Set a connection's metadata.
 #[utoipa::path(patch, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
     request_body = PatchConnection, responses((status = 200, body = Connection), (status = 404)))]
 async fn patch_connection(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     user: CurrentUser,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PatchConnection>,
 ) -> Result<ApiJson<Connection>, ApiError> {
-    service::set_metadata(&state.connections, user.user_id, &id, &req.metadata).await.map(|r| ApiJson(r.into()))
+    service::set_metadata(&c, user.user_id, &id, &req.metadata).await.map(|r| ApiJson(r.into()))
 }
 
 /// Store API-key or basic credentials for a provider that uses them.
 #[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = CreateKeyConnection,
     responses((status = 201, body = Connection), (status = 422)))]
 async fn create_key_connection(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     user: CurrentUser,
     ApiJson(req): ApiJson<CreateKeyConnection>,
 ) -> Result<Response, ApiError> {
-    let row = service::create_key_connection(&state.connections, user.user_id, req).await?;
+    let row = service::create_key_connection(&c, user.user_id, req).await?;
     Ok((StatusCode::CREATED, ApiJson(Connection::from(row))).into_response())
 }
 
@@ -198,11 +213,11 @@ async fn create_key_connection(
 #[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404)))]
 async fn delete_connection(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    service::delete(&state.connections, user.user_id, &id).await?;
+    service::delete(&c, user.user_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -212,13 +227,13 @@ async fn delete_connection(
     responses((status = 200, body = TokenView), (status = 404), (status = 409, description = "needs_reauth"),
     (status = 503, description = "refresh_failed (retry after the cooldown)")))]
 async fn connection_token(
-    State(state): State<AppState>,
+    State(c): State<Arc<Connections>>,
     user: CurrentUser,
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    let row = service::owned(&state.connections, user.user_id, &id).await?;
-    let creds = super::refresh::fresh_token(&state.connections, row.id, q.force).await?;
+    let row = service::owned(&c, user.user_id, &id).await?;
+    let creds = super::refresh::fresh_token(&c, row.id, q.force).await?;
     let mut res = ApiJson(TokenView { access_token: creds.access_token, expires_at: creds.expires_at }).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
@@ -293,13 +308,12 @@ fn finish(return_url: Option<&str>, result: Result<(&str, Uuid), &str>) -> Respo
 
 /// The hosted connect page: the integrations the session allows, each with the
 /// user's existing connections and a link to connect (another) account.
-async fn connect_page(State(state): State<AppState>, Query(q): Query<ConnectQuery>) -> Response {
-    let c = &state.connections;
-    let session = match service::live_session(c, q.session.as_deref()).await {
+async fn connect_page(State(c): State<Arc<Connections>>, Query(q): Query<ConnectQuery>) -> Response {
+    let session = match service::live_session(&c, q.session.as_deref()).await {
         Ok(s) => s,
         Err(why) => return failed(why),
     };
-    let lines = match service::page_lines(c, &session).await {
+    let lines = match service::page_lines(&c, &session).await {
         Ok(l) => l,
         Err(e) => return e.into_response(),
     };
@@ -322,21 +336,24 @@ async fn connect_page(State(state): State<AppState>, Query(q): Query<ConnectQuer
 }
 
 /// Starts connecting one integration: to the provider's authorization URL.
-async fn connect(State(state): State<AppState>, Path(key): Path<String>, Query(q): Query<ConnectQuery>) -> Response {
-    let c = &state.connections;
-    let session = match service::live_session(c, q.session.as_deref()).await {
+async fn connect(
+    State(c): State<Arc<Connections>>,
+    Path(key): Path<String>,
+    Query(q): Query<ConnectQuery>,
+) -> Response {
+    let session = match service::live_session(&c, q.session.as_deref()).await {
         Ok(s) => s,
         Err(why) => return failed(why),
     };
-    match service::start(c, &session, &key).await {
+    match service::start(&c, &session, &key).await {
         Ok(url) => redirect(&url),
         Err(code) => finish(session.return_url.as_deref(), Err(code)),
     }
 }
 
 /// The provider's redirect back: finish the flow, then to the return URL.
-async fn callback(State(state): State<AppState>, Query(q): Query<CallbackQuery>) -> Response {
+async fn callback(State(c): State<Arc<Connections>>, Query(q): Query<CallbackQuery>) -> Response {
     let cb = Callback { code: q.code, state: q.state, error: q.error };
-    let (ret, result) = service::finish(&state.connections, cb).await;
+    let (ret, result) = service::finish(&c, cb).await;
     finish(ret.as_deref(), result.as_ref().map(|(k, id)| (k.as_str(), *id)).map_err(|e| *e))
 }

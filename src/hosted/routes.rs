@@ -11,14 +11,20 @@ use axum::routing::get;
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use crate::app::AppState;
+use std::sync::Arc;
+
+use crate::auth::AuthState;
 use crate::auth::service;
 use crate::auth::types::{SignInRequest, SignUpRequest};
 use crate::auth::{Peer, email};
 use crate::error::ApiError;
 
 /// The hosted pages (not in the OpenAPI document: they are HTML for browsers).
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<AuthState>: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/auth/sign-in", get(sign_in_page).post(sign_in_submit))
         .route("/auth/sign-up", get(sign_up_page).post(sign_up_submit))
@@ -104,7 +110,7 @@ struct PageQuery {
 }
 
 /// A validated redirect target (see [`service::safe_redirect`]).
-fn target(state: &AppState, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+fn target(state: &AuthState, raw: Option<&str>) -> Result<Option<String>, ApiError> {
     raw.filter(|r| !r.is_empty()).map(|r| service::safe_redirect(&state.config, r)).transpose()
 }
 
@@ -131,7 +137,7 @@ fn hidden_redirect(redirect: Option<&str>) -> Vec<(String, String)> {
 
 /// Runs a state-changing form action after the login-CSRF origin check.
 async fn guarded<T>(
-    state: &AppState,
+    state: &AuthState,
     headers: &HeaderMap,
     action: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
@@ -140,7 +146,7 @@ async fn guarded<T>(
 }
 
 /// Sets the session cookie and sends the browser on (303) to the target.
-fn signed_in(state: &AppState, session_token: &str, redirect: Option<&str>) -> Response {
+fn signed_in(state: &AuthState, session_token: &str, redirect: Option<&str>) -> Response {
     let to = redirect.unwrap_or("/auth/signed-in");
     let mut res = StatusCode::SEE_OTHER.into_response();
     let max_age = state.config.session_ttl.as_secs() as i64;
@@ -155,7 +161,7 @@ fn signed_in(state: &AppState, session_token: &str, redirect: Option<&str>) -> R
 /// Ends a sign-in or sign-up form: the session cookie and the redirect on success,
 /// the same form again with the error otherwise.
 fn finish_credentials(
-    state: &AppState,
+    state: &AuthState,
     redirect: Option<&str>,
     result: Result<crate::auth::types::AuthResponse, ApiError>,
     form: fn(Option<&str>, &str) -> Page,
@@ -190,7 +196,7 @@ fn sign_in_form(redirect: Option<&str>, email: &str) -> Page {
     p
 }
 
-async fn sign_in_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+async fn sign_in_page(State(state): State<Arc<AuthState>>, Query(q): Query<PageQuery>) -> Response {
     match target(&state, q.redirect_url.as_deref()) {
         Ok(r) => sign_in_form(r.as_deref(), "").respond(StatusCode::OK),
         Err(e) => bad_redirect(e),
@@ -206,7 +212,7 @@ struct CredentialsForm {
 }
 
 async fn sign_in_submit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     Form(f): Form<CredentialsForm>,
@@ -243,7 +249,7 @@ fn sign_up_form(redirect: Option<&str>, email: &str) -> Page {
     p
 }
 
-async fn sign_up_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+async fn sign_up_page(State(state): State<Arc<AuthState>>, Query(q): Query<PageQuery>) -> Response {
     match target(&state, q.redirect_url.as_deref()) {
         Ok(r) => sign_up_form(r.as_deref(), "").respond(StatusCode::OK),
         Err(e) => bad_redirect(e),
@@ -251,7 +257,7 @@ async fn sign_up_page(State(state): State<AppState>, Query(q): Query<PageQuery>)
 }
 
 async fn sign_up_submit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     Form(f): Form<CredentialsForm>,
@@ -280,7 +286,7 @@ fn email_form(title: &'static str, action: &str, submit: &'static str, redirect:
 
 /// Without a token: the form to ask for a link. With one: a button that signs in
 /// (a POST, so mail scanners that prefetch links do not use the token up).
-async fn magic_link_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+async fn magic_link_page(State(state): State<Arc<AuthState>>, Query(q): Query<PageQuery>) -> Response {
     let redirect = match target(&state, q.redirect_url.as_deref()) {
         Ok(r) => r,
         Err(e) => return bad_redirect(e),
@@ -308,7 +314,7 @@ struct EmailForm {
 }
 
 async fn magic_link_submit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     Form(f): Form<EmailForm>,
@@ -350,7 +356,7 @@ struct TokenForm {
 }
 
 async fn magic_link_confirm(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     Form(f): Form<TokenForm>,
@@ -376,7 +382,7 @@ async fn magic_link_confirm(
     }
 }
 
-async fn forgot_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+async fn forgot_page(State(state): State<Arc<AuthState>>, Query(q): Query<PageQuery>) -> Response {
     match target(&state, q.redirect_url.as_deref()) {
         Ok(r) => email_form("Reset your password", "/auth/forgot-password", "Email me a reset link", r.as_deref())
             .respond(StatusCode::OK),
@@ -385,7 +391,7 @@ async fn forgot_page(State(state): State<AppState>, Query(q): Query<PageQuery>) 
 }
 
 async fn forgot_submit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
     headers: HeaderMap,
     Form(f): Form<EmailForm>,
@@ -427,7 +433,7 @@ fn reset_form(token: &str, redirect: Option<&str>) -> Page {
     p
 }
 
-async fn reset_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+async fn reset_page(State(state): State<Arc<AuthState>>, Query(q): Query<PageQuery>) -> Response {
     let redirect = match target(&state, q.redirect_url.as_deref()) {
         Ok(r) => r,
         Err(e) => return bad_redirect(e),
@@ -450,7 +456,7 @@ struct ResetForm {
     redirect_url: Option<String>,
 }
 
-async fn reset_submit(State(state): State<AppState>, headers: HeaderMap, Form(f): Form<ResetForm>) -> Response {
+async fn reset_submit(State(state): State<Arc<AuthState>>, headers: HeaderMap, Form(f): Form<ResetForm>) -> Response {
     let redirect = match target(&state, f.redirect_url.as_deref()) {
         Ok(r) => r,
         Err(e) => return bad_redirect(e),
@@ -478,7 +484,7 @@ async fn reset_submit(State(state): State<AppState>, headers: HeaderMap, Form(f)
     }
 }
 
-async fn verify_email_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+async fn verify_email_page(State(state): State<Arc<AuthState>>, Query(q): Query<PageQuery>) -> Response {
     let redirect = match target(&state, q.redirect_url.as_deref()) {
         Ok(r) => r,
         Err(e) => return bad_redirect(e),

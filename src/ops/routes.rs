@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::state::AppState;
 
 /// The ops routes.
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -21,11 +21,7 @@ use super::service::{
     write_error,
 };
 use super::{Actor, Storage, StorageError, StorageResult, Who};
-use crate::app::AppState;
-use crate::auth::{Caller, service::Principal};
-
-/// A router of storage routes.
-pub type Router = axum::Router<AppState>;
+use crate::auth::{AuthState, Caller, service::Principal};
 
 impl IntoResponse for StorageError {
     fn into_response(self) -> Response {
@@ -43,10 +39,13 @@ impl IntoResponse for StorageError {
     }
 }
 
-impl FromRequestParts<AppState> for Who {
+impl<S: Send + Sync> FromRequestParts<S> for Who
+where
+    std::sync::Arc<AuthState>: axum::extract::FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let got = <Caller as axum::extract::OptionalFromRequestParts<AppState>>::from_request_parts(parts, state).await;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let got = <Caller as axum::extract::OptionalFromRequestParts<S>>::from_request_parts(parts, state).await;
         Ok(Who(match got {
             Ok(None) => Ok(Actor::Anon),
             Ok(Some(Caller(Principal::Service { acting_for, .. }))) => Ok(Actor::Service { acting_for }),

@@ -25,12 +25,7 @@ use uuid::Uuid;
 
 pub use blobs::Blobs;
 pub use error::{StorageError, StorageResult};
-
-/// The storage router, to be nested at `/storage/v1`: the Supabase routes, TUS
-/// resumable uploads and image rendering.
-pub fn router() -> http::Router {
-    routes::router().merge(tus::router()).merge(render::router())
-}
+pub use routes::router;
 
 /// Storage state: the database pool, the object store, the signed-URL keys and
 /// the limits the object rules apply.

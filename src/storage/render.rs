@@ -20,11 +20,17 @@ use super::db::ObjectRow;
 use super::http::{content_disposition, etag_matches, header_str, validators};
 use super::service::visible;
 use super::{Storage, StorageError, StorageResult, Who};
-use crate::app::AppState;
+use crate::auth::AuthState;
 use crate::imaging::{ImageError, Transform};
+use axum::extract::FromRef;
 
 /// The render routes (nested under `/storage/v1` with the rest of storage).
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Storage>: FromRef<S>,
+    Arc<AuthState>: FromRef<S>,
+{
     Router::new()
         .route("/render/image/public/{bucket}/{*key}", get(render_public))
         .route("/render/image/authenticated/{bucket}/{*key}", get(render_authenticated))

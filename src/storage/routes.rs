@@ -24,10 +24,17 @@ use super::db::{self, BucketRow, ObjectRow};
 use super::http::*;
 use super::service::*;
 use super::{Actor, Storage, StorageError, StorageResult, Who};
-use crate::app::AppState;
+use crate::auth::AuthState;
+use axum::extract::FromRef;
 
-/// The storage router, to be nested at `/storage/v1`.
-pub fn router() -> Router<AppState> {
+/// The storage router, to be nested at `/storage/v1`: the Supabase routes, TUS
+/// resumable uploads and image rendering (neither calls back into this file).
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Storage>: FromRef<S>,
+    Arc<AuthState>: FromRef<S>,
+{
     Router::new()
         .route("/bucket", get(list_buckets).post(create_bucket))
         .route("/bucket/", get(list_buckets).post(create_bucket))
@@ -50,6 +57,8 @@ pub fn router() -> Router<AppState> {
             "/object/{bucket}/{*key}",
             post(upload_post).put(upload_put).get(download_authenticated).delete(delete_one),
         )
+        .merge(super::tus::router())
+        .merge(super::render::router())
         .fallback(fallback)
 }
 

@@ -32,14 +32,20 @@ use super::service::{
     size_limit,
 };
 use super::{Actor, Storage, StorageError, Who};
-use crate::app::AppState;
+use crate::auth::AuthState;
+use axum::extract::FromRef;
 
 const TUS_VERSION: &str = "1.0.0";
 /// How long an unfinished upload can be resumed.
 const UPLOAD_TTL_SECS: i64 = 24 * 3600;
 
 /// The TUS routes, relative to `/storage/v1`.
-pub fn router() -> Router<AppState> {
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Storage>: FromRef<S>,
+    Arc<AuthState>: FromRef<S>,
+{
     Router::new()
         .route("/upload/resumable", post(create_bearer).options(options))
         .route("/upload/resumable/", post(create_bearer).options(options))

@@ -10,11 +10,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Router;
-use carmenta::app::{self, AppState};
 use carmenta::config::{Config, Secret};
 use carmenta::crypto::{self, Keyring};
 use carmenta::db::embedded::{EmbeddedOptions, EmbeddedPg};
 use carmenta::db::{self, quote_ident};
+use carmenta::router as app;
+use carmenta::state::AppState;
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::oneshot;

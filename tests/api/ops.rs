@@ -59,7 +59,7 @@ async fn openapi_lists_every_route() {
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     // Every route registered through the API router is documented.
-    let (_, spec) = carmenta::app::api_routes().split_for_parts();
+    let (_, spec) = carmenta::router::api_routes().split_for_parts();
     let registered: Vec<String> = spec.paths.paths.keys().cloned().collect();
     assert!(!registered.is_empty());
     for p in &registered {

@@ -92,3 +92,14 @@ fn secrets_are_sealed_and_opened_only_in_the_vault_and_crypto() {
     );
     check("sealing outside crypto.rs and connections/vault.rs", found, SEALING_DEBTS);
 }
+
+#[test]
+fn areas_take_their_own_state_not_the_app_state() {
+    // The app state holds every area's state; an area that imported it would depend
+    // on every other area (the import cycle issue #21 removed).
+    let found = breaches(
+        |l| l.contains("AppState"),
+        |f| ["src/state.rs", "src/router.rs", "src/server.rs", "src/background.rs", "src/ops/routes.rs"].contains(&f),
+    );
+    check("AppState outside state/router/server/background/ops", found, &[]);
+}

@@ -75,7 +75,7 @@ pub fn registry() -> Registry<AppState> {
         .handle(|s: AppState, j: SweepStorage, _| async move {
             let r = crate::storage::sweep(&s.pool, &s.storage.blobs, Duration::from_secs(j.min_age_secs))
                 .await
-                .map_err(JobError::Failed)?;
+                .map_err(JobError::failed)?;
             if r != crate::storage::SweepReport::default() {
                 tracing::info!(
                     orphan_blobs = r.orphan_blobs,

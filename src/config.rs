@@ -299,16 +299,32 @@ fn invalid(raw: &Raw, message: impl Into<String>) -> ConfigError {
     ConfigError::Value { key: raw.key.clone(), message: message.into() }
 }
 
+/// Why a size was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SizeError {
+    /// Not a number with an optional unit.
+    #[error("{0:?} is not a size (examples: 1048576, 100MB, 1.5GiB)")]
+    NotASize(String),
+    /// An unknown unit.
+    #[error("unknown size unit {unit:?} in {input:?}")]
+    UnknownUnit {
+        /// The unit.
+        unit: String,
+        /// The whole input.
+        input: String,
+    },
+    /// Negative or beyond 2⁶⁴ bytes.
+    #[error("{0:?} is out of range")]
+    OutOfRange(String),
+}
+
 /// Parses a byte size: a plain number of bytes or a number with a unit
 /// (`B`, `KB`, `MB`, `GB`, `TB`, binary `KiB`… too; case-insensitive; KB = 1000).
-pub fn parse_size(input: &str) -> Result<u64, String> {
+pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     let s = input.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!("{input:?} is not a size (examples: 1048576, 100MB, 1.5GiB)"));
-    }
-    let n: f64 = num.parse().map_err(|_| format!("{input:?} is not a size"))?;
+    let n: f64 = num.parse().map_err(|_| SizeError::NotASize(input.to_string()))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -319,11 +335,11 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit {other:?} in {input:?}")),
+        other => return Err(SizeError::UnknownUnit { unit: other.to_string(), input: input.to_string() }),
     };
     let bytes = n * mult;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{input:?} is out of range"));
+        return Err(SizeError::OutOfRange(input.to_string()));
     }
     Ok(bytes.round() as u64)
 }
@@ -434,7 +450,7 @@ impl Config {
             other => other.to_string(),
         });
         let body_limit = match pick(env, &["CARMENTA_BODY_LIMIT"], "body_limit", body_limit_raw) {
-            Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m))?,
+            Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m.to_string()))?,
             None => 10 * 1024 * 1024,
         };
         let num =
@@ -560,7 +576,9 @@ impl Config {
         });
         let chat_max_message_bytes =
             match pick(env, &["CARMENTA_CHAT_MAX_MESSAGE_BYTES"], "chat_max_message_bytes", chat_raw) {
-                Some(r) => usize::try_from(parse_size(&r.value).map_err(|m| invalid(&r, m))?).unwrap_or(usize::MAX),
+                Some(r) => {
+                    usize::try_from(parse_size(&r.value).map_err(|m| invalid(&r, m.to_string()))?).unwrap_or(usize::MAX)
+                }
                 None => 1024 * 1024,
             };
         let size_raw = fc.storage_max_file_size.map(|v| match v {
@@ -569,7 +587,7 @@ impl Config {
         });
         let storage_max_file_size =
             match pick(env, &["CARMENTA_STORAGE_MAX_FILE_SIZE"], "storage_max_file_size", size_raw) {
-                Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m))?,
+                Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m.to_string()))?,
                 None => 50 * 1024 * 1024,
             };
         let storage_upload_url_ttl = Duration::from_secs(

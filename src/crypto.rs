@@ -34,12 +34,27 @@ pub enum CryptoError {
     Decrypt,
 }
 
+/// Why an encryption key was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    /// No key was given.
+    #[error("no encryption key")]
+    Missing,
+    /// The key is not base64.
+    #[error("not valid base64")]
+    NotBase64,
+    /// The key is not 32 bytes.
+    #[error("decodes to {0} bytes, expected 32 (generate one with `openssl rand -base64 32`)")]
+    WrongLength(usize),
+    /// The `n`th key of a list (from 1) is refused.
+    #[error("encryption key #{0}: {1}")]
+    Numbered(usize, Box<KeyError>),
+}
+
 /// Decodes a base64 key and checks it is 32 bytes.
-pub fn decode_key(b64: &str) -> Result<[u8; 32], String> {
-    let bytes = B64.decode(b64.trim()).map_err(|_| "not valid base64".to_string())?;
-    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-        format!("decodes to {} bytes, expected 32 (generate one with `openssl rand -base64 32`)", bytes.len())
-    })
+pub fn decode_key(b64: &str) -> Result<[u8; 32], KeyError> {
+    let bytes = B64.decode(b64.trim()).map_err(|_| KeyError::NotBase64)?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyError::WrongLength(bytes.len()))
 }
 
 /// Generates a new random key, base64-encoded.
@@ -72,16 +87,17 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Keyring {
     /// Builds a keyring from base64 keys; the first is the encrypting key.
-    pub fn from_base64(keys: &[Secret]) -> Result<Keyring, String> {
+    pub fn from_base64(keys: &[Secret]) -> Result<Keyring, KeyError> {
         if keys.is_empty() {
-            return Err("no encryption key".into());
+            return Err(KeyError::Missing);
         }
         let mut out = Vec::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
-            let raw = decode_key(k.expose()).map_err(|m| format!("encryption key #{}: {m}", i + 1))?;
+            let numbered = |e| KeyError::Numbered(i + 1, Box::new(e));
+            let raw = decode_key(k.expose()).map_err(numbered)?;
             let digest = Sha256::digest(raw);
             let id = [digest[0], digest[1], digest[2], digest[3]];
-            let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| "invalid key length".to_string())?;
+            let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| numbered(KeyError::WrongLength(raw.len())))?;
             out.push(Key { id, cipher, raw });
         }
         Ok(Keyring { keys: out })
@@ -237,6 +253,6 @@ mod tests {
     #[test]
     fn bad_keys_rejected() {
         assert!(decode_key("not base64!").is_err());
-        assert!(decode_key(&B64.encode([0u8; 16])).unwrap_err().contains("16 bytes"));
+        assert_eq!(decode_key(&B64.encode([0u8; 16])).unwrap_err(), KeyError::WrongLength(16));
     }
 }

@@ -36,14 +36,42 @@ impl std::fmt::Debug for Mailer {
     }
 }
 
+/// Why mail could not be set up or sent.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// `CARMENTA_MAIL_FROM` or a recipient is not a mailbox.
+    #[error("{what}: {source}")]
+    Address {
+        /// Which address.
+        what: &'static str,
+        /// Why.
+        source: lettre::address::AddressError,
+    },
+    /// `CARMENTA_SMTP_URL` is not usable, or the server refused the mail.
+    #[error("{what}: {source}")]
+    Smtp {
+        /// `CARMENTA_SMTP_URL` or `SMTP`.
+        what: &'static str,
+        /// Why.
+        source: lettre::transport::smtp::Error,
+    },
+    /// The message could not be built.
+    #[error("building the message: {0}")]
+    Build(#[from] lettre::error::Error),
+    /// Writing to the outbox failed.
+    #[error("writing the outbox: {0}")]
+    Outbox(#[from] sqlx::Error),
+}
+
 impl Mailer {
     /// Builds the mailer for `config`.
-    pub fn from_config(config: &Config) -> Result<Mailer, String> {
-        let from: Mailbox = config.mail_from.parse().map_err(|e| format!("CARMENTA_MAIL_FROM: {e}"))?;
+    pub fn from_config(config: &Config) -> Result<Mailer, MailError> {
+        let from: Mailbox =
+            config.mail_from.parse().map_err(|source| MailError::Address { what: "CARMENTA_MAIL_FROM", source })?;
         let smtp = match &config.smtp_url {
             Some(url) => Some(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
-                    .map_err(|e| format!("CARMENTA_SMTP_URL: {e}"))?
+                    .map_err(|source| MailError::Smtp { what: "CARMENTA_SMTP_URL", source })?
                     .timeout(Some(std::time::Duration::from_secs(10)))
                     .build(),
             ),
@@ -58,25 +86,22 @@ impl Mailer {
     }
 
     /// Sends `mail`.
-    pub async fn send(&self, pool: &PgPool, mail: Mail) -> Result<(), String> {
+    pub async fn send(&self, pool: &PgPool, mail: Mail) -> Result<(), MailError> {
         match &self.smtp {
             Some(smtp) => {
-                let to: Mailbox = mail.to.parse().map_err(|e| format!("recipient: {e}"))?;
+                let to: Mailbox = mail.to.parse().map_err(|source| MailError::Address { what: "recipient", source })?;
                 let msg = Message::builder()
                     .from(self.from.clone())
                     .to(to)
                     .subject(mail.subject.clone())
                     .header(lettre::message::header::ContentType::TEXT_PLAIN)
-                    .body(mail.body.clone())
-                    .map_err(|e| e.to_string())?;
-                smtp.send(msg).await.map_err(|e| format!("SMTP: {e}"))?;
+                    .body(mail.body.clone())?;
+                smtp.send(msg).await.map_err(|source| MailError::Smtp { what: "SMTP", source })?;
                 tracing::info!(subject = %mail.subject, "mail sent over SMTP");
                 Ok(())
             }
             None => {
-                crate::db::shared::insert_outbox_mail(pool, mail.user_id, &mail.to, &mail.subject, &mail.body)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                crate::db::shared::insert_outbox_mail(pool, mail.user_id, &mail.to, &mail.subject, &mail.body).await?;
                 // The embedded default has no SMTP: the operator follows the link from here.
                 tracing::info!(to = %mail.to, subject = %mail.subject, link = mail.link.as_deref().unwrap_or(""), "mail written to the outbox (no SMTP configured; read it with `carmenta mail`)");
                 Ok(())

@@ -18,7 +18,7 @@ pub const KEY_FILE: &str = "encryption.key";
 /// with `DATABASE_URL` and no key, an error (replicas must share one key).
 pub fn resolve_keyring(config: &Config) -> anyhow::Result<Keyring> {
     if !config.encryption_keys.is_empty() {
-        return Keyring::from_base64(&config.encryption_keys).map_err(anyhow::Error::msg);
+        return Ok(Keyring::from_base64(&config.encryption_keys)?);
     }
     if !config.embedded_db() {
         anyhow::bail!(

@@ -14,6 +14,23 @@ use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::mail::Mailer;
 
+/// Why the application state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Auth (signing keys, external issuer).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::service::AuthSetupError),
+    /// Mail configuration.
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
+    /// The object store.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::blobs::OpenError),
+    /// The provider catalog.
+    #[error(transparent)]
+    Catalog(#[from] crate::connections::catalog::CatalogError),
+}
+
 /// State shared by every handler: one reference-counted pointer, so the clone
 /// every extractor and middleware makes is a single atomic increment.
 #[derive(Clone)]
@@ -49,7 +66,7 @@ pub struct Shared {
 impl AppState {
     /// Builds the state from its parts: each area's own state, the signing keys
     /// loaded (or created).
-    pub async fn build(config: Config, pool: PgPool, keyring: Keyring) -> Result<AppState, String> {
+    pub async fn build(config: Config, pool: PgPool, keyring: Keyring) -> Result<AppState, StartupError> {
         crate::http_client::allow_link_local(config.allow_link_local_urls);
         let config = Arc::new(config);
         let keyring = Arc::new(keyring);

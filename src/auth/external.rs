@@ -97,9 +97,20 @@ fn jwk_alg(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
     }
 }
 
+/// Why the external issuer's configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ExternalConfigError {
+    /// `CARMENTA_EXTERNAL_JWT_KEY` is not a public key PEM.
+    #[error("CARMENTA_EXTERNAL_JWT_KEY: not an RSA, EC or Ed25519 public key PEM ({0})")]
+    Key(jsonwebtoken::errors::Error),
+    /// `CARMENTA_EXTERNAL_ISSUER` does not make a JWKS URL.
+    #[error("CARMENTA_EXTERNAL_ISSUER: {0}")]
+    Issuer(url::ParseError),
+}
+
 impl ExternalIssuer {
     /// The external issuer configured in `config`, if any.
-    pub fn from_config(config: &Config) -> Result<Option<ExternalIssuer>, String> {
+    pub fn from_config(config: &Config) -> Result<Option<ExternalIssuer>, ExternalConfigError> {
         let Some(issuer) = config.external_issuer.clone() else { return Ok(None) };
         let pinned = match &config.external_jwt_key {
             Some(pem) => {
@@ -108,9 +119,7 @@ impl ExternalIssuer {
                     .map(|k| (k, Algorithm::RS256))
                     .or_else(|_| DecodingKey::from_ec_pem(pem.as_bytes()).map(|k| (k, Algorithm::ES256)))
                     .or_else(|_| DecodingKey::from_ed_pem(pem.as_bytes()).map(|k| (k, Algorithm::EdDSA)))
-                    .map_err(|e| {
-                        format!("CARMENTA_EXTERNAL_JWT_KEY: not an RSA, EC or Ed25519 public key PEM ({e})")
-                    })?;
+                    .map_err(ExternalConfigError::Key)?;
                 Some(key)
             }
             None => None,
@@ -120,7 +129,7 @@ impl ExternalIssuer {
             (None, Some(_)) => None,
             (None, None) => Some(
                 url::Url::parse(&format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')))
-                    .map_err(|e| format!("CARMENTA_EXTERNAL_ISSUER: {e}"))?,
+                    .map_err(ExternalConfigError::Issuer)?,
             ),
         };
         Ok(Some(ExternalIssuer {

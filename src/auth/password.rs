@@ -61,12 +61,23 @@ pub fn check_policy(password: &str, email: &str, min_len: usize) -> Result<(), P
 }
 
 /// Hashes a password (PHC string). CPU-heavy: runs on the blocking pool.
-pub async fn hash(password: String) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || hash_blocking(&password)).await.map_err(|e| e.to_string())?
+pub async fn hash(password: String) -> Result<String, HashError> {
+    tokio::task::spawn_blocking(move || hash_blocking(&password)).await?
 }
 
-fn hash_blocking(password: &str) -> Result<String, String> {
-    argon2().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
+/// Why a password could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Argon2 refused (parameters or output).
+    #[error("argon2: {0}")]
+    Argon2(argon2::password_hash::Error),
+    /// The blocking task did not finish.
+    #[error("hashing task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+fn hash_blocking(password: &str) -> Result<String, HashError> {
+    argon2().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(HashError::Argon2)
 }
 
 /// Verifies `password` against `stored`; with `None` (unknown account or no

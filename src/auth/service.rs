@@ -41,6 +41,17 @@ pub struct AuthState {
     pub cache: std::sync::Arc<super::cache::AuthCache>,
 }
 
+/// Why auth could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// The signing keys could not be loaded or created.
+    #[error(transparent)]
+    Keys(#[from] super::tokens::KeyStoreError),
+    /// The external issuer's configuration is refused.
+    #[error(transparent)]
+    External(#[from] super::external::ExternalConfigError),
+}
+
 impl AuthState {
     /// The state, loading (or creating) the signing keys.
     pub async fn load(
@@ -48,7 +59,7 @@ impl AuthState {
         keyring: Arc<crate::crypto::Keyring>,
         config: Arc<crate::config::Config>,
         mailer: crate::mail::Mailer,
-    ) -> Result<Arc<AuthState>, String> {
+    ) -> Result<Arc<AuthState>, AuthSetupError> {
         let keys =
             KeyStore::load(&pool, &keyring, config.issuer(), config.jwt_audience.clone(), config.access_token_ttl)
                 .await?;

@@ -176,6 +176,31 @@ pub fn generate_signing_key(keyring: &Keyring) -> (String, Vec<u8>, serde_json::
     (kid, sealed, jwk)
 }
 
+/// Why the signing keys could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    /// Reading or writing the keys failed.
+    #[error("signing keys: {0}")]
+    Db(#[from] sqlx::Error),
+    /// An active key's seed could not be opened (another encryption key?).
+    #[error("signing key {kid}: {source}")]
+    Seed {
+        /// The key id.
+        kid: String,
+        /// Why.
+        source: crate::crypto::CryptoError,
+    },
+    /// No key is active.
+    #[error("no active signing key")]
+    NoSigner,
+    /// A thread panicked while holding the keys.
+    #[error("key store poisoned")]
+    Poisoned,
+    /// Signing failed.
+    #[error("signing: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
 impl KeyStore {
     /// Loads the keys, creating the first one if there is none.
     pub async fn load(
@@ -184,7 +209,7 @@ impl KeyStore {
         issuer: String,
         audience: String,
         ttl: Duration,
-    ) -> Result<KeyStore, String> {
+    ) -> Result<KeyStore, KeyStoreError> {
         let store = KeyStore {
             keys: RwLock::new(Keys::default()),
             verified: RwLock::new(HashMap::new()),
@@ -193,15 +218,15 @@ impl KeyStore {
             audience,
             ttl,
         };
-        super::db::ensure_signing_key(pool, keyring).await.map_err(|e| e.to_string())?;
+        super::db::ensure_signing_key(pool, keyring).await?;
         store.refresh(pool, keyring).await?;
         Ok(store)
     }
 
     /// Reloads the published keys from the database.
-    pub async fn refresh(&self, pool: &PgPool, keyring: &Keyring) -> Result<(), String> {
+    pub async fn refresh(&self, pool: &PgPool, keyring: &Keyring) -> Result<(), KeyStoreError> {
         let grace = self.ttl + Duration::from_secs(60);
-        let rows = super::db::published_signing_keys(pool, grace).await.map_err(|e| e.to_string())?;
+        let rows = super::db::published_signing_keys(pool, grace).await?;
         let mut keys = Keys::default();
         for row in rows {
             let Some(x) = row.public_jwk.get("x").and_then(|v| v.as_str()) else {
@@ -215,7 +240,7 @@ impl KeyStore {
             if row.active && keys.signer.is_none() {
                 let seed = keyring
                     .open_signing_seed(&row.kid, &row.private_key)
-                    .map_err(|e| format!("signing key {}: {e}", row.kid))?;
+                    .map_err(|source| KeyStoreError::Seed { kid: row.kid.clone(), source })?;
                 let key = EncodingKey::from_ed_der(&ed25519_pkcs8(&seed));
                 keys.signer = Some(Signer { kid: row.kid.clone(), key });
             }
@@ -255,7 +280,7 @@ impl KeyStore {
     }
 
     /// Signs an access token for `user` and `session`; returns it and its expiry.
-    pub fn issue(&self, user: Uuid, session: Uuid) -> Result<(String, time::OffsetDateTime), String> {
+    pub fn issue(&self, user: Uuid, session: Uuid) -> Result<(String, time::OffsetDateTime), KeyStoreError> {
         let now = time::OffsetDateTime::now_utc();
         let exp = now + self.ttl;
         let claims = Claims {
@@ -268,12 +293,12 @@ impl KeyStore {
             nbf: now.unix_timestamp(),
             jti: Uuid::new_v4().simple().to_string(),
         };
-        let keys = self.keys.read().map_err(|_| "key store poisoned".to_string())?;
-        let signer = keys.signer.as_ref().ok_or("no active signing key")?;
+        let keys = self.keys.read().map_err(|_| KeyStoreError::Poisoned)?;
+        let signer = keys.signer.as_ref().ok_or(KeyStoreError::NoSigner)?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(signer.kid.clone());
         header.typ = Some("JWT".into());
-        let token = jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| e.to_string())?;
+        let token = jsonwebtoken::encode(&header, &claims, &signer.key)?;
         Ok((token, exp))
     }
 

@@ -89,23 +89,68 @@ pub fn deep_merge(base: &mut Value, over: &Value) {
     }
 }
 
-fn entries(text: &str, source: &str) -> Result<Map<String, Value>, String> {
+/// Why the catalog could not be loaded; each names the file, the entry, the field.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The override file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not a JSON object of entries.
+    #[error("{file}: {reason}")]
+    File {
+        /// The file (or "built-in providers.json").
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An entry as a whole is refused.
+    #[error("provider {provider:?}: {reason}")]
+    Entry {
+        /// The entry.
+        provider: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A field of an entry is refused.
+    #[error("provider {provider:?}: field {field:?}: {reason}")]
+    Field {
+        /// The entry.
+        provider: String,
+        /// The field (dotted for nested ones).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn field_error(provider: &str, field: &str, reason: impl Into<String>) -> CatalogError {
+    CatalogError::Field { provider: provider.to_string(), field: field.to_string(), reason: reason.into() }
+}
+
+fn entries(text: &str, source: &str) -> Result<Map<String, Value>, CatalogError> {
+    let file = |reason: String| CatalogError::File { file: source.to_string(), reason };
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(format!("{source}: expected a JSON object of provider entries")),
-        Err(e) => Err(format!("{source}: {e}")),
+        Ok(_) => Err(file("expected a JSON object of provider entries".into())),
+        Err(e) => Err(file(e.to_string())),
     }
 }
 
 impl Catalog {
     /// The built-in catalog, with `overrides` (the text of an override file) merged
     /// on top: a new name adds an entry, an existing one overrides its fields.
-    pub fn load(overrides: Option<(&str, &str)>) -> Result<Catalog, String> {
+    pub fn load(overrides: Option<(&str, &str)>) -> Result<Catalog, CatalogError> {
         let mut raw = entries(BUILTIN, "built-in providers.json")?;
         if let Some((source, text)) = overrides {
             for (name, entry) in entries(text, source)? {
                 if !entry.is_object() {
-                    return Err(format!("{source}: entry {name:?}: expected an object"));
+                    let reason = format!("entry {name:?}: expected an object");
+                    return Err(CatalogError::File { file: source.to_string(), reason });
                 }
                 match raw.get_mut(&name) {
                     Some(existing) => deep_merge(existing, &entry),
@@ -136,10 +181,11 @@ impl Catalog {
 }
 
 /// The catalog the configuration asks for: built-in, plus `providers_file` if set.
-pub fn load_configured(config: &crate::config::Config) -> Result<Catalog, String> {
+pub fn load_configured(config: &crate::config::Config) -> Result<Catalog, CatalogError> {
     match &config.providers_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| CatalogError::Read { path: path.clone(), source })?;
             Catalog::load(Some((&path.display().to_string(), &text)))
         }
         None => Catalog::load(None),
@@ -147,23 +193,25 @@ pub fn load_configured(config: &crate::config::Config) -> Result<Catalog, String
 }
 
 /// Resolves `name`'s alias chain into one entry (parent first, child merged on top).
-fn resolve(raw: &Map<String, Value>, name: &str, seen: &mut Vec<String>) -> Result<Value, String> {
+fn resolve(raw: &Map<String, Value>, name: &str, seen: &mut Vec<String>) -> Result<Value, CatalogError> {
     if seen.iter().any(|s| s == name) {
-        return Err(format!("provider {name:?}: field \"alias\": alias cycle through {}", seen.join(" -> ")));
+        return Err(field_error(name, "alias", format!("alias cycle through {}", seen.join(" -> "))));
     }
     seen.push(name.to_string());
-    let entry = raw.get(name).ok_or_else(|| format!("provider {name:?} is not in the catalog"))?;
+    let entry = raw
+        .get(name)
+        .ok_or_else(|| CatalogError::Entry { provider: name.to_string(), reason: "is not in the catalog".into() })?;
     match entry.get("alias") {
         None => Ok(entry.clone()),
         Some(Value::String(parent)) => {
             if !raw.contains_key(parent) {
-                return Err(format!("provider {name:?}: field \"alias\": no provider named {parent:?}"));
+                return Err(field_error(name, "alias", format!("no provider named {parent:?}")));
             }
             let mut base = resolve(raw, parent, seen)?;
             deep_merge(&mut base, entry);
             Ok(base)
         }
-        Some(_) => Err(format!("provider {name:?}: field \"alias\": expected a provider name")),
+        Some(_) => Err(field_error(name, "alias", "expected a provider name")),
     }
 }
 
@@ -175,10 +223,11 @@ fn url_like(v: &str) -> bool {
     })
 }
 
-fn validate(name: &str, raw: Value) -> Result<Provider, String> {
-    let err = |field: &str, msg: &str| format!("provider {name:?}: field {field:?}: {msg}");
+fn validate(name: &str, raw: Value) -> Result<Provider, CatalogError> {
+    let err = |field: &str, msg: &str| field_error(name, field, msg);
     if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') || name.is_empty() {
-        return Err(format!("provider {name:?}: names are lowercase letters, digits, '-' and '_'"));
+        let reason = "names are lowercase letters, digits, '-' and '_'".to_string();
+        return Err(CatalogError::Entry { provider: name.to_string(), reason });
     }
     let auth_mode = raw.get("auth_mode").and_then(Value::as_str).ok_or_else(|| err("auth_mode", "missing"))?;
     if !AUTH_MODES.contains(&auth_mode) {
@@ -334,7 +383,7 @@ mod tests {
         ];
         for (text, want) in cases {
             let e = Catalog::load(Some(("over.json", text))).unwrap_err();
-            assert!(e.contains(want), "{text}: {e}");
+            assert!(e.to_string().contains(want), "{text}: {e}");
         }
     }
 }

@@ -61,7 +61,7 @@ impl Connections {
         config: &crate::config::Config,
         pool: sqlx::PgPool,
         keyring: Arc<crate::crypto::Keyring>,
-    ) -> Result<Connections, String> {
+    ) -> Result<Connections, catalog::CatalogError> {
         let webhook = match (&config.webhook_url, &config.webhook_secret) {
             (Some(url), Some(secret)) => Some(WebhookTarget { url: url.clone(), secret: secret.clone() }),
             _ => None,

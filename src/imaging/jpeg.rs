@@ -46,9 +46,14 @@ thread_local! {
     static HANDLE: std::cell::RefCell<Handle> = std::cell::RefCell::new(Handle::new());
 }
 
-fn error(h: tj::tjhandle) -> String {
+/// libjpeg-turbo refused a file (corrupt or truncated); its message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("libjpeg-turbo: {0}")]
+pub struct DecodeError(pub String);
+
+fn error(h: tj::tjhandle) -> DecodeError {
     // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
-    unsafe { CStr::from_ptr(tj::tj3GetErrorStr(h)) }.to_string_lossy().into_owned()
+    DecodeError(unsafe { CStr::from_ptr(tj::tj3GetErrorStr(h)) }.to_string_lossy().into_owned())
 }
 
 /// The marker segments of a JPEG's header, in order, up to and including the
@@ -135,7 +140,7 @@ fn exif_orientation(tiff: &[u8]) -> Option<i32> {
 /// Decodes `src` at `1/shrink` (1, 2, 4 or 8): at 1/8 from the DC coefficients
 /// alone when [`super::dc`] takes the file, else with libjpeg-turbo. `Ok(None)`
 /// when neither takes it; an error when it is corrupt or truncated.
-pub fn decode(src: &[u8], shrink: u32) -> Result<Option<Decoded>, String> {
+pub fn decode(src: &[u8], shrink: u32) -> Result<Option<Decoded>, DecodeError> {
     if shrink == 8
         && let Some(d) = super::dc::decode(src)
     {
@@ -146,7 +151,7 @@ pub fn decode(src: &[u8], shrink: u32) -> Result<Option<Decoded>, String> {
 
 /// Decodes `src` at `1/shrink` with libjpeg-turbo. `Ok(None)` when it does not
 /// take the file; an error when it is corrupt or truncated (warnings stop it).
-pub fn decode_turbo(src: &[u8], shrink: u32) -> Result<Option<Decoded>, String> {
+pub fn decode_turbo(src: &[u8], shrink: u32) -> Result<Option<Decoded>, DecodeError> {
     HANDLE.with(|cell| {
         let result = decode_with(cell.borrow().0, src, shrink);
         // A failed decompression may leave state behind: the next file gets a new handle.
@@ -157,7 +162,7 @@ pub fn decode_turbo(src: &[u8], shrink: u32) -> Result<Option<Decoded>, String> 
     })
 }
 
-fn decode_with(h: tj::tjhandle, src: &[u8], shrink: u32) -> Result<Option<Decoded>, String> {
+fn decode_with(h: tj::tjhandle, src: &[u8], shrink: u32) -> Result<Option<Decoded>, DecodeError> {
     {
         if h.is_null() {
             return Ok(None);

@@ -29,6 +29,7 @@ use uuid::Uuid;
 pub use params::{Format, Transform};
 
 use crate::storage::Blobs;
+use crate::storage::blobs::BlobError;
 
 /// A refusal or failure of a transformation, with a stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,21 +430,21 @@ async fn save(
     content_type: &str,
     bytes: Bytes,
     (width, height): (i32, i32),
-) -> Result<(), String> {
+) -> Result<(), BlobError> {
     let id = Uuid::now_v7();
     let size = bytes.len() as i64;
-    blobs.write_cache(&Blobs::variant_path(id), bytes).await.map_err(|e| e.to_string())?;
+    blobs.write_cache(&Blobs::variant_path(id), bytes).await?;
     let row = db::NewVariant { id, source_version: version, params, content_type, size, width, height };
-    if !db::insert(pool, &row).await.map_err(|e| e.to_string())? {
+    if !db::insert(pool, &row).await? {
         // Another replica stored it first, or the object changed meanwhile.
-        blobs.delete(&Blobs::variant_path(id)).await.map_err(|e| e.to_string())?;
+        blobs.delete(&Blobs::variant_path(id)).await?;
     }
     Ok(())
 }
 
 /// Removes variant rows whose object version is gone, and variant bytes no row
 /// points at that are older than `min_age`. Returns how many blobs were removed.
-pub async fn sweep(pool: &PgPool, blobs: &Blobs, min_age: Duration) -> Result<usize, String> {
-    db::delete_stale(pool).await.map_err(|e| e.to_string())?;
+pub async fn sweep(pool: &PgPool, blobs: &Blobs, min_age: Duration) -> Result<usize, BlobError> {
+    db::delete_stale(pool).await?;
     blobs.sweep_unreferenced("variants", min_age, |ids| async move { db::live(pool, &ids).await }).await
 }

@@ -120,9 +120,10 @@ unsafe extern "C" {
 /// loops). The plain C paths are as fast here: the resize that follows the
 /// scaled JPEG decode works on a small image, and the per-transform compile goes.
 pub fn init() -> Result<(), ImageError> {
-    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    // Kept as text: libvips's error is not Clone, and every later call reports it.
+    static INIT: OnceLock<Result<(), std::sync::Arc<str>>> = OnceLock::new();
     INIT.get_or_init(|| {
-        rs_vips::Vips::init("carmenta").map_err(|e| e.to_string())?;
+        rs_vips::Vips::init("carmenta").map_err(|e| std::sync::Arc::<str>::from(e.to_string()))?;
         // SAFETY: a flag libvips reads when it builds an operation; set once, right
         // after vips_init and before any operation runs.
         unsafe { vips_vector_set_enabled(0) };

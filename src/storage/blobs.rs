@@ -63,20 +63,47 @@ pub struct Blobs {
     cache: Arc<dyn ObjectStore>,
 }
 
+/// Why the object store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The local directory could not be created.
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store refused its configuration.
+    #[error("opening the object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// An error of work over blobs and their rows (sweeps, variant writes).
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The local filesystem failed.
+    #[error("filesystem: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 impl Blobs {
     /// Opens the configured store (creating the local directory if needed).
-    pub fn open(backend: &StorageBackend) -> Result<Blobs, String> {
+    pub fn open(backend: &StorageBackend) -> Result<Blobs, OpenError> {
         let store: Arc<dyn ObjectStore> = match backend {
             StorageBackend::Fs { root } => {
-                std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+                std::fs::create_dir_all(root).map_err(|source| OpenError::CreateDir { path: root.clone(), source })?;
                 // fsync before a write returns: the row that follows must never point
                 // at bytes a power cut could lose.
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(root)
-                    .map_err(|e| format!("opening {}: {e}", root.display()))?
-                    .with_fsync(true);
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(root)?.with_fsync(true);
                 let fs = Arc::new(fs);
-                let cache = object_store::local::LocalFileSystem::new_with_prefix(root)
-                    .map_err(|e| format!("opening {}: {e}", root.display()))?;
+                let cache = object_store::local::LocalFileSystem::new_with_prefix(root)?;
                 return Ok(Blobs { store: fs.clone(), local: Some(fs), cache: Arc::new(cache) });
             }
             StorageBackend::S3(s3) => {
@@ -93,7 +120,7 @@ impl Blobs {
                 if let Some(s) = &s3.secret_access_key {
                     b = b.with_secret_access_key(s.expose());
                 }
-                Arc::new(b.build().map_err(|e| format!("configuring S3: {e}"))?)
+                Arc::new(b.build()?)
             }
         };
         Ok(Blobs { cache: store.clone(), store, local: None })
@@ -287,33 +314,31 @@ impl Blobs {
     /// Deletes the blobs under `prefix`, named by a UUID, older than `min_age`, that
     /// `live` (given batches of ids) does not report as referenced. Returns how
     /// many were deleted.
-    pub async fn sweep_unreferenced<F, Fut, E>(
+    pub async fn sweep_unreferenced<F, Fut>(
         &self,
         prefix: &str,
         min_age: std::time::Duration,
         live: F,
-    ) -> Result<usize, String>
+    ) -> Result<usize, BlobError>
     where
         F: Fn(Vec<Uuid>) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<Uuid>, E>>,
-        E: std::fmt::Display,
+        Fut: std::future::Future<Output = Result<Vec<Uuid>, sqlx::Error>>,
     {
         let cutoff =
             time::OffsetDateTime::now_utc().unix_timestamp() - i64::try_from(min_age.as_secs()).unwrap_or(i64::MAX / 2);
         let old: Vec<(Uuid, Path)> = self
             .list(prefix)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .filter(|m| m.last_modified.timestamp() <= cutoff)
             .filter_map(|m| Some((Uuid::parse_str(m.location.filename()?).ok()?, m.location)))
             .collect();
         let mut removed = 0;
         for chunk in old.chunks(500) {
-            let referenced = live(chunk.iter().map(|(id, _)| *id).collect()).await.map_err(|e| e.to_string())?;
+            let referenced = live(chunk.iter().map(|(id, _)| *id).collect()).await?;
             for (id, path) in chunk {
                 if !referenced.contains(id) {
-                    self.delete(path).await.map_err(|e| e.to_string())?;
+                    self.delete(path).await?;
                     removed += 1;
                 }
             }

@@ -76,7 +76,7 @@ impl Storage {
         config: &crate::config::Config,
         keyring: &crate::crypto::Keyring,
         pool: sqlx::PgPool,
-    ) -> Result<Storage, String> {
+    ) -> Result<Storage, blobs::OpenError> {
         Ok(Storage {
             pool,
             max_file_size: config.storage_max_file_size,
@@ -203,19 +203,19 @@ pub struct SweepReport {
 /// Removes blobs no row points at that are older than `min_age` (a crash between
 /// writing bytes and their row, or a failed delete), and expired resumable uploads
 /// with their pieces.
-pub async fn sweep(pool: &sqlx::PgPool, blobs: &Blobs, min_age: Duration) -> Result<SweepReport, String> {
+pub async fn sweep(pool: &sqlx::PgPool, blobs: &Blobs, min_age: Duration) -> Result<SweepReport, blobs::BlobError> {
     let mut report = SweepReport::default();
     let cutoff = chrono_cutoff(min_age);
-    report.staging_files = blobs.sweep_staging(min_age).await.map_err(|e| e.to_string())?;
+    report.staging_files = blobs.sweep_staging(min_age).await?;
     report.orphan_blobs =
         blobs.sweep_unreferenced("blobs", min_age, |ids| async move { db::live_versions(pool, &ids).await }).await?;
     report.variants = crate::imaging::sweep(pool, blobs, min_age).await?;
-    for id in db::expired_uploads(pool).await.map_err(|e| e.to_string())? {
-        blobs.delete_prefix(&Blobs::upload_dir(id)).await.map_err(|e| e.to_string())?;
+    for id in db::expired_uploads(pool).await? {
+        blobs.delete_prefix(&Blobs::upload_dir(id)).await?;
         report.uploads += 1;
     }
     // Pieces whose upload row is gone (finished or terminated by a process that died).
-    let pieces = blobs.list("uploads").await.map_err(|e| e.to_string())?;
+    let pieces = blobs.list("uploads").await?;
     let mut dirs: Vec<Uuid> = pieces
         .iter()
         .filter(|m| m.last_modified.timestamp() <= cutoff)
@@ -224,9 +224,9 @@ pub async fn sweep(pool: &sqlx::PgPool, blobs: &Blobs, min_age: Duration) -> Res
     dirs.sort();
     dirs.dedup();
     if !dirs.is_empty() {
-        let live = db::live_uploads(pool, &dirs).await.map_err(|e| e.to_string())?;
+        let live = db::live_uploads(pool, &dirs).await?;
         for id in dirs.into_iter().filter(|d| !live.contains(d)) {
-            blobs.delete_prefix(&Blobs::upload_dir(id)).await.map_err(|e| e.to_string())?;
+            blobs.delete_prefix(&Blobs::upload_dir(id)).await?;
             report.uploads += 1;
         }
     }

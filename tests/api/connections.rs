@@ -163,6 +163,7 @@ async fn a_providers_file_overrides_and_is_validated() {
     let mut config = carmenta::config::Config::for_data_dir(&dir);
     config.providers_file = Some(bad);
     let e = carmenta::connections::catalog::load_configured(&config).unwrap_err();
+    let e = e.to_string();
     assert!(e.contains("\"slack\"") && e.contains("token_url"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,59 +8,22 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{TestApp, envelope, test_routes};
-
-const PW: &str = "correct horse battery staple";
+use crate::harness::{PASSWORD as PW, TestApp, envelope, sign_up, test_routes};
+use reqwest::Method;
 
 /// A signed-up user.
-pub struct User {
-    pub id: Uuid,
-
-    pub session: String,
-    pub jwt: String,
-}
-
-pub async fn sign_up(app: &TestApp, email: &str) -> User {
-    let r = app
-        .client
-        .post(app.url("/v1/auth/sign-up"))
-        .json(&json!({"email": email, "password": PW}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    let b: Value = r.json().await.unwrap();
-    User {
-        id: b["user"]["id"].as_str().unwrap().parse().unwrap(),
-
-        session: b["session_token"].as_str().unwrap().into(),
-        jwt: b["access_token"].as_str().unwrap().into(),
-    }
-}
-
 async fn sign_in(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
-    app.client
-        .post(app.url("/v1/auth/sign-in"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap()
+    app.call(Method::POST, "/v1/auth/sign-in").json(&json!({"email": email, "password": password})).send().await
 }
 
 async fn me(app: &TestApp, bearer: &str) -> reqwest::Response {
-    app.client.get(app.url("/v1/me")).bearer_auth(bearer).send().await.unwrap()
+    app.call(Method::GET, "/v1/me").by(bearer).send().await
 }
 
 #[tokio::test]
 async fn sign_up_sign_in_and_every_credential_kind() {
     let app = TestApp::spawn().await;
-    let r = app
-        .client
-        .post(app.url("/v1/auth/sign-up"))
-        .json(&json!({"email": "Alice@Example.com", "password": PW, "name": "Alice", "unsafe_metadata": {"theme": "dark"}}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::POST, "/v1/auth/sign-up").json(&json!({"email": "Alice@Example.com", "password": PW, "name": "Alice", "unsafe_metadata": {"theme": "dark"}})).send().await;
     assert_eq!(r.status(), 201);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
@@ -85,17 +48,15 @@ async fn sign_up_sign_in_and_every_credential_kind() {
         assert_eq!(r.json::<Value>().await.unwrap()["name"], "Alice");
     }
     let cookie_pair = cookie.split(';').next().unwrap();
-    let r = app.client.get(app.url("/v1/me")).header("cookie", cookie_pair).send().await.unwrap();
+    let r = app.call(Method::GET, "/v1/me").header("cookie", cookie_pair).send().await;
     assert_eq!(r.status(), 200);
 
     // Emails are unique case-insensitively; sign-in is case-insensitive.
     let r = app
-        .client
-        .post(app.url("/v1/auth/sign-up"))
+        .call(Method::POST, "/v1/auth/sign-up")
         .json(&json!({"email": "alice@EXAMPLE.com", "password": PW}))
         .send()
-        .await
-        .unwrap();
+        .await;
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (409, "email_taken"));
     let r = sign_in(&app, "ALICE@example.com", PW).await;
@@ -104,7 +65,7 @@ async fn sign_up_sign_in_and_every_credential_kind() {
     // No credentials.
     let (s, code, _, _) = envelope(app.get("/v1/me").await).await;
     assert_eq!((s, code.as_str()), (401, "unauthorized"));
-    let r = app.client.get(app.url("/v1/me")).header("authorization", "Basic Zm9vOmJhcg==").send().await.unwrap();
+    let r = app.call(Method::GET, "/v1/me").header("authorization", "Basic Zm9vOmJhcg==").send().await;
     assert_eq!(r.status(), 401);
     // Hashes, not tokens, are stored.
     let stored: Vec<Vec<u8>> =
@@ -128,48 +89,36 @@ async fn bad_input_is_refused_with_stable_codes() {
         "a@-x.com",
         "a\u{0}@x.com",
     ] {
-        let r = app
-            .client
-            .post(app.url("/v1/auth/sign-up"))
-            .json(&json!({"email": email, "password": PW}))
-            .send()
-            .await
-            .unwrap();
+        let r = app.call(Method::POST, "/v1/auth/sign-up").json(&json!({"email": email, "password": PW})).send().await;
         let (s, code, _, _) = envelope(r).await;
         assert_eq!((s, code.as_str()), (422, "invalid_email"), "{email:?}");
     }
     for pw in ["short", "password123", "qwertyuiop", "bob@example.com"] {
         let r = app
-            .client
-            .post(app.url("/v1/auth/sign-up"))
+            .call(Method::POST, "/v1/auth/sign-up")
             .json(&json!({"email": "bob@example.com", "password": pw}))
             .send()
-            .await
-            .unwrap();
+            .await;
         let (s, code, _, _) = envelope(r).await;
         assert_eq!((s, code.as_str()), (422, "weak_password"), "{pw:?}");
     }
     let r = app
-        .client
-        .post(app.url("/v1/auth/sign-up"))
+        .call(Method::POST, "/v1/auth/sign-up")
         .json(&json!({"email": "bob@example.com", "password": PW, "role": "admin"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (422, "invalid_body"), "unknown fields are refused");
     let huge = json!({"email": "bob@example.com", "password": "x".repeat(100_000)});
-    let r = app.client.post(app.url("/v1/auth/sign-up")).json(&huge).send().await.unwrap();
+    let r = app.call(Method::POST, "/v1/auth/sign-up").json(&huge).send().await;
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (413, "payload_too_large"));
     let r = app
-        .client
-        .post(app.url("/v1/auth/sign-in"))
+        .call(Method::POST, "/v1/auth/sign-in")
         .body("not json")
         .header("content-type", "application/json")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(envelope(r).await.1, "invalid_json");
     // A long password at sign-in is refused before hashing, like a wrong one.
     let r = sign_in(&app, "bob@example.com", &"y".repeat(5000)).await;
@@ -226,18 +175,16 @@ async fn sessions_list_revoke_and_sign_out() {
     let app = TestApp::spawn().await;
     let a = sign_up(&app, "erin@example.com").await;
     let r = app
-        .client
-        .post(app.url("/v1/auth/sign-in"))
+        .call(Method::POST, "/v1/auth/sign-in")
         .header("user-agent", "second-device/1.0")
         .json(&json!({"email": "erin@example.com", "password": PW}))
         .send()
-        .await
-        .unwrap();
+        .await;
     let second: Value = r.json().await.unwrap();
     let second_token = second["session_token"].as_str().unwrap().to_string();
 
-    let list: Value =
-        app.client.get(app.url("/v1/me/sessions")).bearer_auth(&a.session).send().await.unwrap().json().await.unwrap();
+    let (status, list) = app.get_as("/v1/me/sessions", &a.session).await;
+    assert_eq!(status, 200, "{list}");
     let data = list["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
     assert_eq!(data.iter().filter(|s| s["current"] == true).count(), 1);
@@ -248,41 +195,29 @@ async fn sessions_list_revoke_and_sign_out() {
 
     // Another user cannot see or revoke it.
     let b = sign_up(&app, "frank@example.com").await;
-    let list_b: Value =
-        app.client.get(app.url("/v1/me/sessions")).bearer_auth(&b.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, list_b) = app.get_as("/v1/me/sessions", &b.jwt).await;
+    assert_eq!(status, 200, "{list_b}");
     assert_eq!(list_b["data"].as_array().unwrap().len(), 1);
-    let r =
-        app.client.delete(app.url(&format!("/v1/me/sessions/{other_id}"))).bearer_auth(&b.jwt).send().await.unwrap();
+    let r = app.call(Method::DELETE, &format!("/v1/me/sessions/{other_id}")).by(&b.jwt).send().await;
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (404, "not_found"));
     assert_eq!(me(&app, &second_token).await.status(), 200);
-    let r = app.client.delete(app.url("/v1/me/sessions/not-a-uuid")).bearer_auth(&a.jwt).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(app.delete_as("/v1/me/sessions/not-a-uuid", &a.jwt).await.0, 404);
 
     // The owner revokes it; its token stops working.
-    let r =
-        app.client.delete(app.url(&format!("/v1/me/sessions/{other_id}"))).bearer_auth(&a.jwt).send().await.unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(app.delete_as(&format!("/v1/me/sessions/{other_id}"), &a.jwt).await.0, 204);
     let (s, code, _, _) = envelope(me(&app, &second_token).await).await;
     assert_eq!((s, code.as_str()), (401, "invalid_session"));
 
     // Sign out of this session.
-    let r = app.client.post(app.url("/v1/auth/sign-out")).bearer_auth(&a.session).send().await.unwrap();
+    let r = app.call(Method::POST, "/v1/auth/sign-out").by(&a.session).send().await;
     assert_eq!(r.status(), 204);
     assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
     assert_eq!(me(&app, &a.session).await.status(), 401);
 
     // Sign out everywhere.
     let s1: Value = sign_in(&app, "frank@example.com", PW).await.json().await.unwrap();
-    let r = app
-        .client
-        .post(app.url("/v1/auth/sign-out"))
-        .bearer_auth(&b.session)
-        .json(&json!({"all": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(app.post_as("/v1/auth/sign-out", &b.session, &json!({"all": true})).await.0, 204);
     assert_eq!(me(&app, &b.session).await.status(), 401);
     assert_eq!(me(&app, s1["session_token"].as_str().unwrap()).await.status(), 401);
 }
@@ -291,21 +226,21 @@ async fn sessions_list_revoke_and_sign_out() {
 async fn token_exchange_and_jwt_without_database() {
     let app = TestApp::builder().routes(test_routes()).spawn().await;
     let u = sign_up(&app, "gina@example.com").await;
-    let r = app.client.post(app.url("/v1/auth/token")).bearer_auth(&u.session).send().await.unwrap();
+    let r = app.call(Method::POST, "/v1/auth/token").by(&u.session).send().await;
     assert_eq!(r.status(), 200);
     let t: Value = r.json().await.unwrap();
     assert_eq!(t["token_type"], "Bearer");
     let jwt = t["access_token"].as_str().unwrap().to_string();
     // An access token cannot mint another.
-    let r = app.client.post(app.url("/v1/auth/token")).bearer_auth(&jwt).send().await.unwrap();
+    let r = app.call(Method::POST, "/v1/auth/token").by(&jwt).send().await;
     assert_eq!(envelope(r).await.1, "session_required");
 
     // With the database gone, a JWT still authenticates (no query); a session cannot.
     app.pool.close().await;
-    let r = app.client.get(app.url("/test/whoami")).bearer_auth(&jwt).send().await.unwrap();
+    let r = app.call(Method::GET, "/test/whoami").by(&jwt).send().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["user_id"], u.id.to_string());
-    let r = app.client.get(app.url("/test/whoami")).bearer_auth(&u.session).send().await.unwrap();
+    let r = app.call(Method::GET, "/test/whoami").by(&u.session).send().await;
     assert!(r.status().is_server_error());
 }
 
@@ -437,8 +372,7 @@ async fn jwks_verifies_with_an_independent_library_and_survives_rotation() {
     let jwks = refreshed_jwks(&app).await;
     let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
     assert!(kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()), "{kids:?}");
-    let t: Value =
-        app.client.post(app.url("/v1/auth/token")).bearer_auth(&u.session).send().await.unwrap().json().await.unwrap();
+    let t: Value = app.call(Method::POST, "/v1/auth/token").by(&u.session).value().await;
     let fresh = t["access_token"].as_str().unwrap().to_string();
     assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.unwrap(), new_kid);
     assert_eq!(me(&app, &u.jwt).await.status(), 200, "old token still verifies");
@@ -462,12 +396,10 @@ async fn jwks_verifies_with_an_independent_library_and_survives_rotation() {
 async fn csrf_protects_cookie_writes() {
     let app = TestApp::spawn().await;
     let r = app
-        .client
-        .post(app.url("/v1/auth/sign-up"))
+        .call(Method::POST, "/v1/auth/sign-up")
         .json(&json!({"email": "jo@example.com", "password": PW}))
         .send()
-        .await
-        .unwrap();
+        .await;
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     let jwt = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
     let patch = |origin: Option<&str>| {
@@ -484,18 +416,15 @@ async fn csrf_protects_cookie_writes() {
     let own = app.state.config.public_url.origin().ascii_serialization();
     assert_eq!(patch(Some(&own)).await.unwrap().status(), 200);
     // Reads with a cookie need no origin; bearer writes need none either.
-    assert_eq!(app.client.get(app.url("/v1/me")).header("cookie", &cookie).send().await.unwrap().status(), 200);
-    let r = app.client.patch(app.url("/v1/me")).bearer_auth(&jwt).json(&json!({"name": "Jo2"})).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.call(Method::GET, "/v1/me").header("cookie", &cookie).send().await.status(), 200);
+    assert_eq!(app.patch_as("/v1/me", &jwt, &json!({"name": "Jo2"})).await.0, 200);
     // Login CSRF: a foreign origin cannot post credentials.
     let r = app
-        .client
-        .post(app.url("/v1/auth/sign-in"))
+        .call(Method::POST, "/v1/auth/sign-in")
         .header("origin", "https://evil.example")
         .json(&json!({"email": "jo@example.com", "password": PW}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(envelope(r).await.1, "csrf_failed");
 }
 
@@ -554,36 +483,23 @@ async fn service_keys_scope_act_as_and_audit() {
     assert_eq!((s, code.as_str()), (400, "invalid_user_id"));
     // Users cannot impersonate.
     let r = app
-        .client
-        .get(app.url("/v1/me"))
-        .bearer_auth(&u.jwt)
+        .call(Method::GET, "/v1/me")
+        .by(&u.jwt)
         .header("x-carmenta-user-id", Uuid::new_v4().to_string())
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 403);
 
     // Service keys may set backend metadata; read-only keys may not write.
     let r = app
-        .client
-        .patch(app.url("/v1/me"))
-        .bearer_auth(&full)
-        .header("x-carmenta-user-id", u.id.to_string())
+        .call(Method::PATCH, "/v1/me")
+        .acting_for(&full, u.id)
         .json(&json!({"public_metadata": {"plan": "pro"}, "private_metadata": {"stripe": "cus_1"}}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(as_user(&read, &u.id.to_string()).await.unwrap().status(), 200);
-    let r = app
-        .client
-        .patch(app.url("/v1/me"))
-        .bearer_auth(&read)
-        .header("x-carmenta-user-id", u.id.to_string())
-        .json(&json!({"name": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::PATCH, "/v1/me").acting_for(&read, u.id).json(&json!({"name": "x"})).send().await;
     let (s, code, _, _) = envelope(r).await;
     assert_eq!((s, code.as_str()), (403, "insufficient_scope"));
     // The user sees public, not private, metadata.
@@ -630,8 +546,7 @@ async fn deleting_the_account_deletes_everything_it_owns() {
     let u = sign_up(&app, "ned@example.com").await;
     let keep = sign_up(&app, "olga@example.com").await;
     sign_in(&app, "ned@example.com", PW).await;
-    let r = app.client.delete(app.url("/v1/me")).bearer_auth(&u.jwt).send().await.unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(app.delete_as("/v1/me", &u.jwt).await.0, 204);
     // Every column that references users, in every table, holds no trace of ned.
     let refs: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.conrelid::regclass::text, a.attname::text FROM pg_constraint c
@@ -660,21 +575,19 @@ async fn audit_log_records_security_events() {
     let u = sign_up(&app, "pia@example.com").await;
     sign_in(&app, "pia@example.com", "wrong password").await;
     let s: Value = sign_in(&app, "pia@example.com", PW).await.json().await.unwrap();
-    let list: Value =
-        app.client.get(app.url("/v1/me/sessions")).bearer_auth(&u.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, list) = app.get_as("/v1/me/sessions", &u.jwt).await;
+    assert_eq!(status, 200, "{list}");
     let sid = list["data"].as_array().unwrap().iter().find(|x| x["current"] == false).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    app.client.delete(app.url(&format!("/v1/me/sessions/{sid}"))).bearer_auth(&u.jwt).send().await.unwrap();
-    app.client
-        .post(app.url("/v1/me/password"))
-        .bearer_auth(&u.session)
+    app.call(Method::DELETE, &format!("/v1/me/sessions/{sid}")).by(&u.jwt).send().await;
+    app.call(Method::POST, "/v1/me/password")
+        .by(&u.session)
         .json(&json!({"current_password": PW, "new_password": "another good passphrase"}))
         .send()
-        .await
-        .unwrap();
-    app.client.post(app.url("/v1/auth/sign-out")).bearer_auth(&u.session).send().await.unwrap();
+        .await;
+    app.call(Method::POST, "/v1/auth/sign-out").by(&u.session).send().await;
     carmenta::auth::service::create_service_key(&app.pool, "k", true).await.unwrap();
     let _ = s;
     let actions: Vec<String> =
@@ -738,13 +651,13 @@ async fn caches_are_invalidated_across_replicas() {
     }
     assert!(b.state.auth.cache.user(u.id).is_some(), "B cached the profile");
     // A change through replica A reaches B's cache.
-    a.client.patch(a.url("/v1/me")).bearer_auth(&u.jwt).json(&json!({"name": "Renamed"})).send().await.unwrap();
+    a.call(Method::PATCH, "/v1/me").by(&u.jwt).json(&json!({"name": "Renamed"})).send().await;
     assert!(
         eventually(|| async { me(&b, &u.session).await.json::<Value>().await.unwrap()["name"] == "Renamed" }).await,
         "B still serves the old profile"
     );
     // A session revoked through A stops working on B.
-    let r = a.client.post(a.url("/v1/auth/sign-out")).bearer_auth(&u.session).send().await.unwrap();
+    let r = a.call(Method::POST, "/v1/auth/sign-out").by(&u.session).send().await;
     assert_eq!(r.status(), 204);
     assert!(
         eventually(|| async { me(&b, &u.session).await.status() == 401 }).await,
@@ -754,6 +667,6 @@ async fn caches_are_invalidated_across_replicas() {
     let t: Value = sign_in(&a, "rep@example.com", PW).await.json().await.unwrap();
     let jwt = t["access_token"].as_str().unwrap().to_string();
     assert_eq!(me(&b, &jwt).await.status(), 200);
-    a.client.delete(a.url("/v1/me")).bearer_auth(&jwt).send().await.unwrap();
+    a.call(Method::DELETE, "/v1/me").by(&jwt).send().await;
     assert!(eventually(|| async { me(&b, &jwt).await.status() == 404 }).await, "B serves a deleted user");
 }

@@ -4,23 +4,17 @@
 
 use serde_json::{Value, json};
 
-use crate::auth::{User, sign_up};
-use crate::harness::{TestApp, envelope};
+use crate::harness::{TestApp, User, envelope, sign_up};
+use reqwest::Method;
 
 async fn create(app: &TestApp, user: &User, body: Value) -> Value {
-    let r = app.client.post(app.url("/v1/conversations")).bearer_auth(&user.jwt).json(&body).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    r.json().await.unwrap()
+    let (status, body) = app.post_as("/v1/conversations", &user.jwt, &body).await;
+    assert_eq!(status, 201, "{body}");
+    body
 }
 
 async fn append(app: &TestApp, user: &User, conv: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .post(app.url(&format!("/v1/conversations/{conv}/messages")))
-        .bearer_auth(&user.jwt)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    app.call(Method::POST, &format!("/v1/conversations/{conv}/messages")).by(&user.jwt).json(body).send().await
 }
 
 async fn list(app: &TestApp, token: Option<&str>, conv: &str, query: &str) -> reqwest::Response {
@@ -97,14 +91,7 @@ async fn conversations_crud_paging_and_visibility() {
     // A client-chosen id; reusing it conflicts.
     let fixed = uuid::Uuid::new_v4().to_string();
     create(&app, &a, json!({"id": fixed})).await;
-    let r = app
-        .client
-        .post(app.url("/v1/conversations"))
-        .bearer_auth(&a.jwt)
-        .json(&json!({"id": fixed}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::POST, "/v1/conversations").by(&a.jwt).json(&json!({"id": fixed})).send().await;
     assert_eq!(envelope(r).await.1, "conversation_exists");
     ids.push(fixed.clone());
 
@@ -117,7 +104,8 @@ async fn conversations_crud_paging_and_visibility() {
             Some(c) => format!("/v1/conversations?limit=2&cursor={c}"),
             None => "/v1/conversations?limit=2".to_string(),
         };
-        let page: Value = app.client.get(app.url(&q)).bearer_auth(&a.jwt).send().await.unwrap().json().await.unwrap();
+        let (status, page) = app.get_as(&q, &a.jwt).await;
+        assert_eq!(status, 200, "{page}");
         for c in page["data"].as_array().unwrap() {
             seen.push(c["id"].as_str().unwrap().to_string());
         }
@@ -135,27 +123,17 @@ async fn conversations_crud_paging_and_visibility() {
 
     // Rename and archive; archived ones leave the default list.
     let r = app
-        .client
-        .patch(app.url(&format!("/v1/conversations/{}", ids[1])))
-        .bearer_auth(&a.jwt)
+        .call(Method::PATCH, &format!("/v1/conversations/{}", ids[1]))
+        .by(&a.jwt)
         .json(&json!({"title": "renamed", "archived": true}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["title"], "renamed");
-    let active: Value =
-        app.client.get(app.url("/v1/conversations")).bearer_auth(&a.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, active) = app.get_as("/v1/conversations", &a.jwt).await;
+    assert_eq!(status, 200, "{active}");
     assert_eq!(active["data"].as_array().unwrap().len(), 5);
-    let archived: Value = app
-        .client
-        .get(app.url("/v1/conversations?archived=true"))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, archived) = app.get_as("/v1/conversations?archived=true", &a.jwt).await;
+    assert_eq!(status, 200, "{archived}");
     assert_eq!(archived["data"][0]["id"], ids[1].as_str());
 
     // Another user: not found everywhere, and an empty list.
@@ -182,48 +160,29 @@ async fn conversations_crud_paging_and_visibility() {
         let (s, code, _, _) = envelope(rb.send().await.unwrap()).await;
         assert_eq!((s, code.as_str()), (404, "not_found"), "{method} {path}");
     }
-    let theirs: Value =
-        app.client.get(app.url("/v1/conversations")).bearer_auth(&b.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, theirs) = app.get_as("/v1/conversations", &b.jwt).await;
+    assert_eq!(status, 200, "{theirs}");
     assert!(theirs["data"].as_array().unwrap().is_empty());
     // Unauthenticated: private is not found.
     assert_eq!(app.get(&format!("/v1/conversations/{conv}")).await.status(), 404);
 
     // Public: read-only to anyone with the id.
-    app.client
-        .patch(app.url(&format!("/v1/conversations/{conv}")))
-        .bearer_auth(&a.jwt)
+    app.call(Method::PATCH, &format!("/v1/conversations/{conv}"))
+        .by(&a.jwt)
         .json(&json!({"visibility": "public"}))
         .send()
-        .await
-        .unwrap();
-    let v: Value = app
-        .client
-        .get(app.url(&format!("/v1/conversations/{conv}")))
-        .bearer_auth(&b.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
+    let (status, v) = app.get_as(&format!("/v1/conversations/{conv}"), &b.jwt).await;
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["read_only"], true);
     let anon: Value = list(&app, None, conv, "").await.json().await.unwrap();
     assert_eq!(anon["data"][0]["id"], "m0");
     let r = append(&app, &b, conv, &text_message("b2", "still no")).await;
     assert_eq!(r.status(), 404, "public is read-only");
-    let r = app
-        .client
-        .patch(app.url(&format!("/v1/conversations/{conv}")))
-        .bearer_auth(&b.jwt)
-        .json(&json!({"title": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(app.patch_as(&format!("/v1/conversations/{conv}"), &b.jwt, &json!({"title": "x"})).await.0, 404);
 
     // Delete cascades to messages.
-    let r = app.client.delete(app.url(&format!("/v1/conversations/{conv}"))).bearer_auth(&a.jwt).send().await.unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(app.delete_as(&format!("/v1/conversations/{conv}"), &a.jwt).await.0, 204);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&app.pool).await.unwrap();
     assert_eq!(n, 0);
 }
@@ -279,38 +238,13 @@ async fn appends_are_idempotent_and_pages_walk_both_ways() {
     assert_eq!(fwd, want[1..].to_vec());
 
     // Truncate after a message (regenerate), and from a message (edit).
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/conversations/{conv}/messages?after=msg-19")))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        app.call(Method::DELETE, &format!("/v1/conversations/{conv}/messages?after=msg-19")).by(&u.jwt).send().await;
     assert_eq!(r.json::<Value>().await.unwrap()["deleted"], 5);
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/conversations/{conv}/messages?from=msg-18")))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::DELETE, &format!("/v1/conversations/{conv}/messages?from=msg-18")).by(&u.jwt).send().await;
     assert_eq!(r.json::<Value>().await.unwrap()["deleted"], 2);
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/conversations/{conv}/messages/msg-00")))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/conversations/{conv}/messages/msg-00")))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(app.delete_as(&format!("/v1/conversations/{conv}/messages/msg-00"), &u.jwt).await.0, 204);
+    assert_eq!(app.delete_as(&format!("/v1/conversations/{conv}/messages/msg-00"), &u.jwt).await.0, 404);
     let page: Value = list(&app, Some(&u.jwt), conv, "?limit=100").await.json().await.unwrap();
     let ids: Vec<&str> = page["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 17);
@@ -352,45 +286,21 @@ async fn feedback_search_and_bad_input() {
     // Search: ranked, highlighted, scoped to the caller.
     let theirs = create(&app, &other, json!({})).await;
     append(&app, &other, theirs["id"].as_str().unwrap(), &text_message("x1", "my own sourdough secrets")).await;
-    let r: Value = app
-        .client
-        .get(app.url("/v1/search/messages?q=sourdough"))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, r) = app.get_as("/v1/search/messages?q=sourdough", &u.jwt).await;
+    assert_eq!(status, 200, "{r}");
     let hits = r["data"].as_array().unwrap();
     assert_eq!(hits.len(), 2, "{r}");
     assert!(hits.iter().all(|h| h["conversation_id"] == c1.as_str()));
     assert!(hits[0]["headline"].as_str().unwrap().contains("<mark>"), "{r}");
     assert!(hits[0]["rank"].as_f64().unwrap() >= hits[1]["rank"].as_f64().unwrap());
-    let r: Value = app
-        .client
-        .get(app.url("/v1/search/messages?q=sourdough&limit=1"))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, r) = app.get_as("/v1/search/messages?q=sourdough&limit=1", &u.jwt).await;
+    assert_eq!(status, 200, "{r}");
     let next = r["next_cursor"].as_str().unwrap().to_string();
-    let r2: Value = app
-        .client
-        .get(app.url(&format!("/v1/search/messages?q=sourdough&limit=1&cursor={next}")))
-        .bearer_auth(&u.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, r2) = app.get_as(&format!("/v1/search/messages?q=sourdough&limit=1&cursor={next}"), &u.jwt).await;
+    assert_eq!(status, 200, "{r2}");
     assert_ne!(r["data"][0]["message_id"], r2["data"][0]["message_id"]);
     assert!(r2["next_cursor"].is_null());
-    let r = app.client.get(app.url("/v1/search/messages?q=")).bearer_auth(&u.jwt).send().await.unwrap();
+    let r = app.call(Method::GET, "/v1/search/messages?q=").by(&u.jwt).send().await;
     assert_eq!(envelope(r).await.1, "invalid_query");
 
     // Bad input, each a 4xx with a stable code.
@@ -424,16 +334,9 @@ async fn feedback_search_and_bad_input() {
         assert_eq!(s, 400, "{q} {code}");
     }
     assert_eq!(list(&app, Some(&u.jwt), "not-a-uuid", "").await.status(), 404);
-    let r = app.client.get(app.url("/v1/conversations?archived=maybe")).bearer_auth(&u.jwt).send().await.unwrap();
+    let r = app.call(Method::GET, "/v1/conversations?archived=maybe").by(&u.jwt).send().await;
     assert_eq!(envelope(r).await.1, "invalid_filter");
-    let r = app
-        .client
-        .post(app.url("/v1/conversations"))
-        .bearer_auth(&u.jwt)
-        .json(&json!({"visibility": "friends"}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::POST, "/v1/conversations").by(&u.jwt).json(&json!({"visibility": "friends"})).send().await;
     assert_eq!(envelope(r).await.1, "invalid_visibility");
 }
 
@@ -443,25 +346,15 @@ async fn attachments_link_my_storage_objects() {
     let a = sign_up(&app, "att-a@example.com").await;
     let b = sign_up(&app, "att-b@example.com").await;
     let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "k", true).await.unwrap();
-    let r = app
-        .client
-        .post(app.url("/storage/v1/bucket"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "uploads"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.post_as("/storage/v1/bucket", &key, &json!({"name": "uploads"})).await.0, 200);
     for (user, name) in [(&a, "a/photo.png"), (&a, "a/notes.pdf"), (&b, "b/secret.png")] {
         let r = app
-            .client
-            .post(app.url(&format!("/storage/v1/object/uploads/{name}")))
-            .bearer_auth(&user.jwt)
+            .call(Method::POST, &format!("/storage/v1/object/uploads/{name}"))
+            .by(&user.jwt)
             .header("content-type", "image/png")
             .body("bytes")
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(r.status(), 200);
     }
     let conv = create(&app, &a, json!({})).await["id"].as_str().unwrap().to_string();
@@ -495,9 +388,7 @@ async fn attachments_link_my_storage_objects() {
     let page: Value = list(&app, Some(&a.jwt), &conv, "").await.json().await.unwrap();
     assert_eq!(page["data"][0]["attachments"].as_array().unwrap().len(), 2);
     // Deleting the object removes the link.
-    let r =
-        app.client.delete(app.url("/storage/v1/object/uploads/a/notes.pdf")).bearer_auth(&a.jwt).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.delete_as("/storage/v1/object/uploads/a/notes.pdf", &a.jwt).await.0, 200);
     let page: Value = list(&app, Some(&a.jwt), &conv, "").await.json().await.unwrap();
     assert_eq!(page["data"][0]["attachments"].as_array().unwrap().len(), 1);
     let mut m = text_message("m1", "look at these");

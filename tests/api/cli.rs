@@ -2,6 +2,7 @@
 //! embedded default (start, a refused second instance, SIGKILL and recovery,
 //! SIGTERM stopping the cluster, logs without secrets).
 
+use reqwest::Method;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -263,25 +264,11 @@ async fn key_create_prints_only_the_key_and_it_works() {
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("backend") && listing.contains("read") && !listing.contains(secret), "{listing}");
     // The key authenticates against the running app, read-only.
-    let u = crate::auth::sign_up(&app, "cli@example.com").await;
-    let r = app
-        .client
-        .get(app.url("/v1/me"))
-        .bearer_auth(secret)
-        .header("x-carmenta-user-id", u.id.to_string())
-        .send()
-        .await
-        .unwrap();
+    let u = crate::harness::sign_up(&app, "cli@example.com").await;
+    let r = app.call(Method::GET, "/v1/me").acting_for(secret, u.id).send().await;
     assert_eq!(r.status(), 200);
-    let r = app
-        .client
-        .patch(app.url("/v1/me"))
-        .bearer_auth(secret)
-        .header("x-carmenta-user-id", u.id.to_string())
-        .json(&serde_json::json!({"name": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        app.call(Method::PATCH, "/v1/me").acting_for(secret, u.id).json(&serde_json::json!({"name": "x"})).send().await;
     assert_eq!(r.status(), 403, "read-only");
     let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'service_key.create'")
         .fetch_one(&app.pool)
@@ -290,14 +277,7 @@ async fn key_create_prints_only_the_key_and_it_works() {
     assert_eq!(audit, 1);
     // Revoke by name; then it fails.
     assert!(run(&["key", "revoke", "backend"]).status.success());
-    let r = app
-        .client
-        .get(app.url("/v1/me"))
-        .bearer_auth(secret)
-        .header("x-carmenta-user-id", u.id.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::GET, "/v1/me").acting_for(secret, u.id).send().await;
     assert_eq!(r.status(), 401);
     // Rotation through the CLI publishes a new key.
     let out = run(&["key", "rotate"]);
@@ -306,8 +286,7 @@ async fn key_create_prints_only_the_key_and_it_works() {
     app.state.auth.keys.refresh(&app.pool, &app.state.keyring).await.unwrap();
     let jwks: serde_json::Value = app.get("/.well-known/jwks.json").await.json().await.unwrap();
     assert!(jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == kid.as_str()), "{jwks}");
-    let t: serde_json::Value =
-        app.client.post(app.url("/v1/auth/token")).bearer_auth(&u.session).send().await.unwrap().json().await.unwrap();
+    let t: serde_json::Value = app.call(Method::POST, "/v1/auth/token").by(&u.session).value().await;
     let header = jsonwebtoken::decode_header(t["access_token"].as_str().unwrap()).unwrap();
     assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
 }

@@ -3,15 +3,15 @@
 
 use serde_json::{Value, json};
 
-use crate::auth::sign_up;
-use crate::harness::{TestApp, envelope};
+use crate::harness::{TestApp, envelope, sign_up};
+use reqwest::Method;
 
 #[tokio::test]
 async fn providers_are_listed() {
     let app = TestApp::spawn().await;
     let u = sign_up(&app, "p@example.com").await;
-    let list: Value =
-        app.client.get(app.url("/v1/providers")).bearer_auth(&u.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, list) = app.get_as("/v1/providers", &u.jwt).await;
+    assert_eq!(status, 200, "{list}");
     let all = list.as_array().unwrap();
     assert!(all.len() >= 20, "{}", all.len());
     let mail = all.iter().find(|p| p["name"] == "google-mail").unwrap();
@@ -19,7 +19,7 @@ async fn providers_are_listed() {
     assert_eq!(mail["auth_mode"], "OAUTH2");
     let ms = all.iter().find(|p| p["name"] == "microsoft").unwrap();
     assert_eq!(ms["default_scopes"], json!(["offline_access", ".default"]));
-    let r = app.client.get(app.url("/v1/providers")).send().await.unwrap();
+    let r = app.call(Method::GET, "/v1/providers").send().await;
     assert_eq!(r.status(), 401);
 }
 
@@ -32,7 +32,7 @@ async fn integrations_crud_with_an_encrypted_secret() {
     let body = json!({"unique_key": "gmail-prod", "provider": "google-mail", "client_id": "cid.apps.googleusercontent.com",
                       "client_secret": secret, "scopes": ["https://www.googleapis.com/auth/gmail.readonly"],
                       "authorization_params": {"prompt": "select_account"}});
-    let r = app.client.post(app.url("/v1/integrations")).bearer_auth(&key).json(&body).send().await.unwrap();
+    let r = app.call(Method::POST, "/v1/integrations").by(&key).json(&body).send().await;
     assert_eq!(r.status(), 201);
     let text = r.text().await.unwrap();
     assert!(!text.contains(secret), "the secret is never returned: {text}");
@@ -50,13 +50,11 @@ async fn integrations_crud_with_an_encrypted_secret() {
     assert!(app.state.keyring.decrypt(&sealed, uuid::Uuid::nil().as_bytes()).is_err(), "bound to the id");
     // Default scopes when none are given; refusals.
     let r = app
-        .client
-        .post(app.url("/v1/integrations"))
-        .bearer_auth(&key)
+        .call(Method::POST, "/v1/integrations")
+        .by(&key)
         .json(&json!({"unique_key": "ms", "provider": "microsoft", "client_id": "a", "client_secret": "b"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["scopes"], json!(["offline_access", ".default"]));
     let cases = [
         (
@@ -83,7 +81,7 @@ async fn integrations_crud_with_an_encrypted_secret() {
         (json!({"unique_key": "x", "provider": "notion", "colour": "red"}), 422, "invalid_body"),
     ];
     for (body, status, code) in cases {
-        let r = app.client.post(app.url("/v1/integrations")).bearer_auth(&key).json(&body).send().await.unwrap();
+        let r = app.call(Method::POST, "/v1/integrations").by(&key).json(&body).send().await;
         let (s, c, m, _) = envelope(r).await;
         assert_eq!((s, c.as_str()), (status, code), "{body}: {m}");
         if code == "unknown_provider" {
@@ -91,30 +89,20 @@ async fn integrations_crud_with_an_encrypted_secret() {
         }
     }
     // Users cannot manage integrations.
-    let r = app.client.get(app.url("/v1/integrations")).bearer_auth(&user.jwt).send().await.unwrap();
+    let r = app.call(Method::GET, "/v1/integrations").by(&user.jwt).send().await;
     assert_eq!(envelope(r).await.0, 403);
-    let r = app.client.post(app.url("/v1/integrations")).bearer_auth(&user.jwt).json(&body).send().await.unwrap();
+    let r = app.call(Method::POST, "/v1/integrations").by(&user.jwt).json(&body).send().await;
     assert_eq!(envelope(r).await.0, 403);
     // Read, update (a new secret), list, delete.
-    let one: Value = app
-        .client
-        .get(app.url("/v1/integrations/gmail-prod"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, one) = app.get_as("/v1/integrations/gmail-prod", &key).await;
+    assert_eq!(status, 200, "{one}");
     assert_eq!(one["client_id"], "cid.apps.googleusercontent.com");
     let r = app
-        .client
-        .patch(app.url("/v1/integrations/gmail-prod"))
-        .bearer_auth(&key)
+        .call(Method::PATCH, "/v1/integrations/gmail-prod")
+        .by(&key)
         .json(&json!({"client_secret": "rotated-secret", "scopes": ["openid"]}))
         .send()
-        .await
-        .unwrap();
+        .await;
     let patched: Value = r.json().await.unwrap();
     assert_eq!(patched["scopes"], json!(["openid"]));
     assert_eq!(patched["client_id"], "cid.apps.googleusercontent.com");
@@ -127,13 +115,12 @@ async fn integrations_crud_with_an_encrypted_secret() {
         carmenta::connections::integrations::client_secret(&app.state.connections, id, &sealed).unwrap(),
         "rotated-secret"
     );
-    let list: Value =
-        app.client.get(app.url("/v1/integrations")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let (status, list) = app.get_as("/v1/integrations", &key).await;
+    assert_eq!(status, 200, "{list}");
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
     assert!(list["next_cursor"].is_null());
-    let r = app.client.delete(app.url("/v1/integrations/gmail-prod")).bearer_auth(&key).send().await.unwrap();
-    assert_eq!(r.status(), 204);
-    let r = app.client.get(app.url("/v1/integrations/gmail-prod")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(app.delete_as("/v1/integrations/gmail-prod", &key).await.0, 204);
+    let r = app.call(Method::GET, "/v1/integrations/gmail-prod").by(&key).send().await;
     assert_eq!(envelope(r).await.0, 404);
     let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action LIKE 'integration.%'")
         .fetch_one(&app.pool)
@@ -150,8 +137,8 @@ async fn a_providers_file_overrides_and_is_validated() {
                              "notion": {"proxy": {"headers": {"notion-version": "2025-09-03"}}}}"#).unwrap();
     let app = TestApp::builder().config(|c| c.providers_file = Some(good.clone())).spawn().await;
     let u = sign_up(&app, "o@example.com").await;
-    let list: Value =
-        app.client.get(app.url("/v1/providers")).bearer_auth(&u.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, list) = app.get_as("/v1/providers", &u.jwt).await;
+    assert_eq!(status, 200, "{list}");
     let acme = list.as_array().unwrap().iter().find(|p| p["name"] == "acme").unwrap();
     assert_eq!(acme["proxy_base_url"], "https://api.acme.test");
     let notion = app.state.connections.catalog.get("notion").unwrap();
@@ -440,30 +427,15 @@ impl Flow {
     }
 
     /// `GET /v1/connections/{id}` as `user`, which must answer 200.
-    async fn connection(&self, user: &crate::auth::User, id: &str) -> Value {
-        let r = self
-            .app
-            .client
-            .get(self.app.url(&format!("/v1/connections/{id}")))
-            .bearer_auth(&user.jwt)
-            .send()
-            .await
-            .unwrap();
+    async fn connection(&self, user: &crate::harness::User, id: &str) -> Value {
+        let r = self.app.call(Method::GET, &format!("/v1/connections/{id}")).by(&user.jwt).send().await;
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
     }
 
     /// Creates integration `key` of `provider` with a client id and secret.
     async fn integration(&self, key: &str, provider: &str, id: &str, secret: &str) {
-        let r = self
-            .app
-            .client
-            .post(self.app.url("/v1/integrations"))
-            .bearer_auth(&self.key)
-            .json(&json!({"unique_key": key, "provider": provider, "client_id": id, "client_secret": secret, "scopes": ["read", "write"]}))
-            .send()
-            .await
-            .unwrap();
+        let r = self.app.call(Method::POST, "/v1/integrations").by(&self.key).json(&json!({"unique_key": key, "provider": provider, "client_id": id, "client_secret": secret, "scopes": ["read", "write"]})).send().await;
         assert_eq!(r.status(), 201);
     }
 
@@ -507,7 +479,7 @@ impl Flow {
             .unwrap();
     }
 
-    async fn token(&self, app: &TestApp, user: &crate::auth::User, id: &str, force: bool) -> (u16, Value) {
+    async fn token(&self, app: &TestApp, user: &crate::harness::User, id: &str, force: bool) -> (u16, Value) {
         let r = app
             .client
             .get(app.url(&format!("/v1/connections/{id}/token?force={force}")))
@@ -523,18 +495,16 @@ impl Flow {
     /// browser is sent to, its query).
     async fn start(
         &self,
-        user: &crate::auth::User,
+        user: &crate::harness::User,
         integration: &str,
     ) -> (url::Url, std::collections::HashMap<String, String>) {
         let r = self
             .app
-            .client
-            .post(self.app.url("/v1/connect/sessions"))
-            .bearer_auth(&user.jwt)
+            .call(Method::POST, "/v1/connect/sessions")
+            .by(&user.jwt)
             .json(&json!({"allowed_integrations": [integration], "return_url": "/done"}))
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(r.status(), 201);
         let s: Value = r.json().await.unwrap();
         let link = s["links"][integration].as_str().unwrap().to_string();
@@ -547,14 +517,14 @@ impl Flow {
 
     /// The provider sends the browser back with `query`; returns the final Location.
     async fn callback(&self, query: &str) -> (u16, String) {
-        let r = self.app.client.get(self.app.url(&format!("/oauth/callback?{query}"))).send().await.unwrap();
+        let r = self.app.call(Method::GET, &format!("/oauth/callback?{query}")).send().await;
         let status = r.status().as_u16();
         let loc = r.headers().get("location").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
         (status, loc)
     }
 
     /// A whole successful flow; returns the connection id.
-    async fn connect(&self, user: &crate::auth::User, integration: &str, code: &str) -> String {
+    async fn connect(&self, user: &crate::harness::User, integration: &str, code: &str) -> String {
         let (_, q) = self.start(user, integration).await;
         if let Some(ch) = q.get("code_challenge") {
             self.fake.challenges.lock().unwrap().insert(code.to_string(), ch.clone());
@@ -586,58 +556,22 @@ async fn connect_flow_with_provider_quirks() {
     assert_ne!(c1, c2);
     let again = f.connect(&a, "basic", "one").await;
     assert_eq!(again, c1, "the same account updates its connection");
-    let list: Value = f
-        .app
-        .client
-        .get(f.app.url("/v1/connections?integration=basic"))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, list) = f.app.get_as("/v1/connections?integration=basic", &a.jwt).await;
+    assert_eq!(status, 200, "{list}");
     let accounts: Vec<&str> =
         list["data"].as_array().unwrap().iter().map(|c| c["external_account_id"].as_str().unwrap()).collect();
     assert_eq!(accounts, ["acct-one", "acct-two"]);
     assert!(list["data"][0]["expires_at"].is_string());
-    let tok: Value = f
-        .app
-        .client
-        .get(f.app.url(&format!("/v1/connections/{c1}/token")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, tok) = f.app.get_as(&format!("/v1/connections/{c1}/token"), &a.jwt).await;
+    assert_eq!(status, 200, "{tok}");
     assert_eq!(tok["access_token"], "tok-one");
     // Slack's shape: 200 with ok:false is a failure; the user token is nested.
     let s1 = f.connect(&a, "slack", "good").await;
-    let one: Value = f
-        .app
-        .client
-        .get(f.app.url(&format!("/v1/connections/{s1}")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, one) = f.app.get_as(&format!("/v1/connections/{s1}"), &a.jwt).await;
+    assert_eq!(status, 200, "{one}");
     assert_eq!(one["external_account_id"], "U-good");
-    let tok: Value = f
-        .app
-        .client
-        .get(f.app.url(&format!("/v1/connections/{s1}/token")))
-        .bearer_auth(&a.jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, tok) = f.app.get_as(&format!("/v1/connections/{s1}/token"), &a.jwt).await;
+    assert_eq!(status, 200, "{tok}");
     assert_eq!(tok["access_token"], "xoxp-good");
     let (_, q) = f.start(&a, "slack").await;
     assert!(!q.contains_key("code_challenge"), "PKCE off where the provider cannot");
@@ -663,31 +597,22 @@ async fn connect_flow_with_provider_quirks() {
     // A session only opens the integrations it allows.
     let r = f
         .app
-        .client
-        .post(f.app.url("/v1/connect/sessions"))
-        .bearer_auth(&a.jwt)
+        .call(Method::POST, "/v1/connect/sessions")
+        .by(&a.jwt)
         .json(&json!({"allowed_integrations": ["basic"]}))
         .send()
-        .await
-        .unwrap();
+        .await;
     let s: Value = r.json().await.unwrap();
-    let r = f
-        .app
-        .client
-        .get(f.app.url(&format!("/oauth/connect/slack?session={}", s["token"].as_str().unwrap())))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        f.app.call(Method::GET, &format!("/oauth/connect/slack?session={}", s["token"].as_str().unwrap())).send().await;
     assert_eq!(r.status(), 400);
     let r = f
         .app
-        .client
-        .post(f.app.url("/v1/connect/sessions"))
-        .bearer_auth(&a.jwt)
+        .call(Method::POST, "/v1/connect/sessions")
+        .by(&a.jwt)
         .json(&json!({"return_url": "https://evil.example/steal"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 422, "return URLs are allow-listed");
     // The vault: no token in plaintext.
     let sealed: Vec<Vec<u8>> =
@@ -699,52 +624,42 @@ async fn connect_flow_with_provider_quirks() {
     }
     // User B: not found, everywhere.
     for path in [format!("/v1/connections/{c1}"), format!("/v1/connections/{c1}/token")] {
-        let r = f.app.client.get(f.app.url(&path)).bearer_auth(&b.jwt).send().await.unwrap();
+        let r = f.app.call(Method::GET, &path).by(&b.jwt).send().await;
         assert_eq!(envelope(r).await.0, 404, "{path}");
     }
     let r = f
         .app
-        .client
-        .patch(f.app.url(&format!("/v1/connections/{c1}")))
-        .bearer_auth(&b.jwt)
+        .call(Method::PATCH, &format!("/v1/connections/{c1}"))
+        .by(&b.jwt)
         .json(&json!({"metadata": {}}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(envelope(r).await.0, 404);
-    let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c1}"))).bearer_auth(&b.jwt).send().await.unwrap();
+    let r = f.app.call(Method::DELETE, &format!("/v1/connections/{c1}")).by(&b.jwt).send().await;
     assert_eq!(envelope(r).await.0, 404);
-    let list: Value =
-        f.app.client.get(f.app.url("/v1/connections")).bearer_auth(&b.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, list) = f.app.get_as("/v1/connections", &b.jwt).await;
+    assert_eq!(status, 200, "{list}");
     assert_eq!(list, json!({"data": [], "next_cursor": null}));
     // A service key acting for A sees A's.
     let list: Value = f
         .app
-        .client
-        .get(f.app.url("/v1/connections"))
-        .bearer_auth(&f.key)
+        .call(Method::GET, "/v1/connections")
+        .by(&f.key)
         .header("x-carmenta-user-id", a.id.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .value()
+        .await;
     assert_eq!(list["data"].as_array().unwrap().len(), 3);
     // Metadata, delete.
     let r = f
         .app
-        .client
-        .patch(f.app.url(&format!("/v1/connections/{c1}")))
-        .bearer_auth(&a.jwt)
+        .call(Method::PATCH, &format!("/v1/connections/{c1}"))
+        .by(&a.jwt)
         .json(&json!({"metadata": {"label": "work"}}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["metadata"]["label"], "work");
-    let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c1}"))).bearer_auth(&a.jwt).send().await.unwrap();
-    assert_eq!(r.status(), 204);
-    let r = f.app.client.get(f.app.url(&format!("/v1/connections/{c1}"))).bearer_auth(&a.jwt).send().await.unwrap();
+    assert_eq!(f.app.delete_as(&format!("/v1/connections/{c1}"), &a.jwt).await.0, 204);
+    let r = f.app.call(Method::GET, &format!("/v1/connections/{c1}")).by(&a.jwt).send().await;
     assert_eq!(envelope(r).await.0, 404);
 }
 
@@ -783,7 +698,7 @@ async fn refresh_is_single_flight_across_replicas_and_never_reuses_a_refresh_tok
 /// one must succeed; returns the distinct tokens they carried.
 async fn proxy_burst(
     apps: &[&TestApp],
-    user: &crate::auth::User,
+    user: &crate::harness::User,
     c: &str,
     n: usize,
 ) -> std::collections::BTreeSet<String> {
@@ -908,35 +823,29 @@ async fn provider_urls_on_cloud_metadata_addresses_are_refused() {
     // The API proxy refuses a catalog base URL on the metadata address too.
     let r = f
         .app
-        .client
-        .post(f.app.url("/v1/integrations"))
-        .bearer_auth(&f.key)
+        .call(Method::POST, "/v1/integrations")
+        .by(&f.key)
         .json(&json!({"unique_key": "meta-key", "provider": "fake-key-metadata"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 201);
     let r = f
         .app
-        .client
-        .post(f.app.url("/v1/connections"))
-        .bearer_auth(&a.jwt)
+        .call(Method::POST, "/v1/connections")
+        .by(&a.jwt)
         .json(&json!({"integration": "meta-key", "api_key": "k"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 201);
     let conn: Value = r.json().await.unwrap();
     let r = f
         .app
-        .client
-        .get(f.app.url("/v1/proxy/meta-data/iam/security-credentials/"))
-        .bearer_auth(&a.jwt)
+        .call(Method::GET, "/v1/proxy/meta-data/iam/security-credentials/")
+        .by(&a.jwt)
         .header("connection-id", conn["id"].as_str().unwrap())
         .header("provider-config-key", "meta-key")
         .send()
-        .await
-        .unwrap();
+        .await;
     let (status, code, _, _) = envelope(r).await;
     assert_eq!((status, code.as_str()), (422, "provider_url_refused"));
 }
@@ -998,7 +907,7 @@ async fn proxy_injects_credentials_stays_on_the_base_url_and_streams() {
     let a = sign_up(&f.app, "px@example.com").await;
     let b = sign_up(&f.app, "pxb@example.com").await;
     let c = f.connect(&a, "basic", "acc").await;
-    let call = |method: reqwest::Method, path: &str, user: &crate::auth::User| {
+    let call = |method: reqwest::Method, path: &str, user: &crate::harness::User| {
         f.app
             .client
             .request(method, f.app.url(&format!("/v1/proxy/{path}")))
@@ -1085,16 +994,14 @@ async fn proxy_injects_credentials_stays_on_the_base_url_and_streams() {
     assert_eq!(envelope(r).await.0, 404);
     let r = f
         .app
-        .client
-        .get(f.app.url("/v1/proxy/echo/x"))
-        .bearer_auth(&a.jwt)
+        .call(Method::GET, "/v1/proxy/echo/x")
+        .by(&a.jwt)
         .header("connection-id", c.as_str())
         .header("provider-config-key", "slack")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(envelope(r).await.0, 404);
-    let r = f.app.client.get(f.app.url("/v1/proxy/echo/x")).bearer_auth(&a.jwt).send().await.unwrap();
+    let r = f.app.call(Method::GET, "/v1/proxy/echo/x").by(&a.jwt).send().await;
     let (status, code, _, _) = envelope(r).await;
     assert_eq!((status, code.as_str()), (400, "missing_connection_id"));
 }
@@ -1226,8 +1133,7 @@ async fn connection_events_reach_the_app_as_signed_webhooks() {
     let c = f.connect(&a, "basic", "wh").await;
     *f.fake.refresh_mode.lock().unwrap() = "revoked".into();
     assert_eq!(f.token(&f.app, &a, &c, true).await.0, 409);
-    let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c}"))).bearer_auth(&a.jwt).send().await.unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(f.app.delete_as(&format!("/v1/connections/{c}"), &a.jwt).await.0, 204);
     // The first delivery fails (HTTP 500) and is retried after its backoff.
     // Delivery is a job, queued with each event; the server's job runner runs it.
     let worker = carmenta::background::start(&f.app.state).await.unwrap();
@@ -1262,22 +1168,20 @@ async fn hosted_connect_page_lists_allowed_integrations_and_my_accounts() {
     f.connect(&b, "basic", "theirs").await;
     let r = f
         .app
-        .client
-        .post(f.app.url("/v1/connect/sessions"))
-        .bearer_auth(&a.jwt)
+        .call(Method::POST, "/v1/connect/sessions")
+        .by(&a.jwt)
         .json(&json!({"allowed_integrations": ["basic"]}))
         .send()
-        .await
-        .unwrap();
+        .await;
     let token = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
-    let r = f.app.client.get(f.app.url(&format!("/oauth/connect?session={token}"))).send().await.unwrap();
+    let r = f.app.call(Method::GET, &format!("/oauth/connect?session={token}")).send().await;
     assert_eq!(r.status(), 200);
     let html = r.text().await.unwrap();
     assert!(html.contains("basic") && html.contains("acct-mine") && html.contains("connected"), "{html}");
     assert!(!html.contains("acct-theirs"), "another user's account is not shown");
     assert!(!html.contains("slack"), "integrations outside the session are not shown");
     assert!(html.contains(&format!("/oauth/connect/basic?session={token}")));
-    let r = f.app.client.get(f.app.url("/oauth/connect?session=nope")).send().await.unwrap();
+    let r = f.app.call(Method::GET, "/oauth/connect?session=nope").send().await;
     assert_eq!(r.status(), 400);
 }
 
@@ -1288,13 +1192,11 @@ async fn api_key_and_basic_credentials_and_revocation_on_delete() {
     for (k, p) in [("keyed", "fake-key"), ("pw", "fake-basicauth")] {
         let r = f
             .app
-            .client
-            .post(f.app.url("/v1/integrations"))
-            .bearer_auth(&f.key)
+            .call(Method::POST, "/v1/integrations")
+            .by(&f.key)
             .json(&json!({"unique_key": k, "provider": p}))
             .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(r.status(), 201);
     }
     let create = |body: Value| f.app.client.post(f.app.url("/v1/connections")).bearer_auth(&a.jwt).json(&body).send();
@@ -1337,7 +1239,6 @@ async fn api_key_and_basic_credentials_and_revocation_on_delete() {
     assert_eq!(v["authorization"].as_str(), Some(want.as_str()));
     // Deleting an OAuth connection revokes its token at the provider first.
     let c = f.connect(&a, "basic", "gone").await;
-    let r = f.app.client.delete(f.app.url(&format!("/v1/connections/{c}"))).bearer_auth(&a.jwt).send().await.unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(f.app.delete_as(&format!("/v1/connections/{c}"), &a.jwt).await.0, 204);
     assert_eq!(*f.fake.revoked.lock().unwrap(), ["rt-gone"]);
 }

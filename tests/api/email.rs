@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{TestApp, envelope};
+use reqwest::Method;
 
 const PW: &str = "correct horse battery staple";
 
@@ -105,29 +106,25 @@ async fn app_with_smtp(smtp: &SmtpServer) -> TestApp {
 async fn verification_mail_on_sign_up() {
     let smtp = SmtpServer::start();
     let app = app_with_smtp(&smtp).await;
-    let u = crate::auth::sign_up(&app, "quinn@example.com").await;
+    let u = crate::harness::sign_up(&app, "quinn@example.com").await;
     let mail = smtp.wait_for("quinn@example.com", "/auth/verify-email").await;
     assert!(mail.contains("Subject: Confirm your email address"), "{mail}");
     let verify = link(&mail, &format!("{}/auth/verify-email", app.base));
-    let me: Value = app.client.get(app.url("/v1/me")).bearer_auth(&u.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, me) = app.get_as("/v1/me", &u.jwt).await;
+    assert_eq!(status, 200, "{me}");
     assert_eq!(me["email_verified"], false);
     // Following the link in the mail confirms the address.
     let r = app.client.get(&verify).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["referrer-policy"], "no-referrer");
     assert!(r.text().await.unwrap().contains("Email confirmed"));
-    let me: Value = app.client.get(app.url("/v1/me")).bearer_auth(&u.jwt).send().await.unwrap().json().await.unwrap();
+    let (status, me) = app.get_as("/v1/me", &u.jwt).await;
+    assert_eq!(status, 200, "{me}");
     assert_eq!(me["email_verified"], true);
     // Single use.
     let r = app.client.get(&verify).send().await.unwrap();
     assert_eq!(r.status(), 400);
-    let r = app
-        .client
-        .post(app.url("/v1/auth/verify-email"))
-        .json(&json!({"token": token_of(&verify)}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::POST, "/v1/auth/verify-email").json(&json!({"token": token_of(&verify)})).send().await;
     assert_eq!(envelope(r).await.1, "invalid_link");
     // Tokens are stored hashed.
     let raw: i64 =
@@ -142,23 +139,15 @@ async fn verification_mail_on_sign_up() {
 async fn magic_link_sign_in_through_the_hosted_page() {
     let smtp = SmtpServer::start();
     let app = app_with_smtp(&smtp).await;
-    crate::auth::sign_up(&app, "rita@example.com").await;
+    crate::harness::sign_up(&app, "rita@example.com").await;
     let r = app
-        .client
-        .post(app.url("/v1/auth/magic-link"))
+        .call(Method::POST, "/v1/auth/magic-link")
         .json(&json!({"email": "rita@example.com", "redirect_url": "/app/home"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 202);
     // Unknown emails get the same answer and no mail.
-    let r = app
-        .client
-        .post(app.url("/v1/auth/magic-link"))
-        .json(&json!({"email": "nobody@example.com"}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::POST, "/v1/auth/magic-link").json(&json!({"email": "nobody@example.com"})).send().await;
     assert_eq!(r.status(), 202);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "accepted");
 
@@ -179,8 +168,7 @@ async fn magic_link_sign_in_through_the_hosted_page() {
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/app/home");
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let me: Value =
-        app.client.get(app.url("/v1/me")).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
+    let me: Value = app.call(Method::GET, "/v1/me").header("cookie", &cookie).value().await;
     assert_eq!(me["email"], "rita@example.com");
     assert_eq!(me["email_verified"], true, "a magic link proves the address");
     // Single use.
@@ -193,7 +181,7 @@ async fn magic_link_sign_in_through_the_hosted_page() {
 async fn password_reset_by_mail() {
     let smtp = SmtpServer::start();
     let app = app_with_smtp(&smtp).await;
-    let u = crate::auth::sign_up(&app, "sam@example.com").await;
+    let u = crate::harness::sign_up(&app, "sam@example.com").await;
     let r =
         app.client.post(app.url("/auth/forgot-password")).form(&[("email", "sam@example.com")]).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -216,7 +204,7 @@ async fn password_reset_by_mail() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("Password changed"));
     // Sessions were signed out; the new password works, the old does not.
-    assert_eq!(app.client.get(app.url("/v1/me")).bearer_auth(&u.session).send().await.unwrap().status(), 401);
+    assert_eq!(app.call(Method::GET, "/v1/me").by(&u.session).send().await.status(), 401);
     let signin = |pw: &str| {
         app.client.post(app.url("/v1/auth/sign-in")).json(&json!({"email": "sam@example.com", "password": pw})).send()
     };
@@ -224,19 +212,12 @@ async fn password_reset_by_mail() {
     assert_eq!(signin("a fresh strong passphrase").await.unwrap().status(), 200);
     // The token is spent; an expired one fails the same way.
     let r = app
-        .client
-        .post(app.url("/v1/auth/password/reset"))
+        .call(Method::POST, "/v1/auth/password/reset")
         .json(&json!({"token": token, "new_password": "yet another passphrase"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(envelope(r).await.1, "invalid_link");
-    app.client
-        .post(app.url("/v1/auth/password/forgot"))
-        .json(&json!({"email": "sam@example.com"}))
-        .send()
-        .await
-        .unwrap();
+    app.call(Method::POST, "/v1/auth/password/forgot").json(&json!({"email": "sam@example.com"})).send().await;
     let start = Instant::now();
     let fresh = loop {
         let links: Vec<String> = smtp
@@ -257,12 +238,10 @@ async fn password_reset_by_mail() {
         .await
         .unwrap();
     let r = app
-        .client
-        .post(app.url("/v1/auth/password/reset"))
+        .call(Method::POST, "/v1/auth/password/reset")
         .json(&json!({"token": fresh, "new_password": "yet another passphrase"}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(envelope(r).await.1, "invalid_link");
 }
 
@@ -270,14 +249,8 @@ async fn password_reset_by_mail() {
 async fn outbox_without_smtp_and_the_mail_command() {
     let app = TestApp::spawn().await;
     let data = tempfile::tempdir().unwrap();
-    crate::auth::sign_up(&app, "tess@example.com").await;
-    let r = app
-        .client
-        .post(app.url("/v1/auth/magic-link"))
-        .json(&json!({"email": "tess@example.com"}))
-        .send()
-        .await
-        .unwrap();
+    crate::harness::sign_up(&app, "tess@example.com").await;
+    let r = app.call(Method::POST, "/v1/auth/magic-link").json(&json!({"email": "tess@example.com"})).send().await;
     assert_eq!(r.status(), 202);
     let out = Command::new(env!("CARGO_BIN_EXE_carmenta"))
         .args(["mail", "--to", "tess@example.com"])
@@ -296,17 +269,11 @@ async fn outbox_without_smtp_and_the_mail_command() {
         "{text}"
     );
     let magic = link(&text, &format!("{}/auth/magic-link?", app.base));
-    let r = app
-        .client
-        .post(app.url("/v1/auth/magic-link/verify"))
-        .json(&json!({"token": token_of(&magic)}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.call(Method::POST, "/v1/auth/magic-link/verify").json(&json!({"token": token_of(&magic)})).send().await;
     assert_eq!(r.status(), 200);
     // Deleting the user deletes their mail too.
     let jwt = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
-    app.client.delete(app.url("/v1/me")).bearer_auth(&jwt).send().await.unwrap();
+    app.call(Method::DELETE, "/v1/me").by(&jwt).send().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mail_outbox").fetch_one(&app.pool).await.unwrap();
     assert_eq!(n, 0);
 }

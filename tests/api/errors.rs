@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::harness::{TestApp, envelope, test_routes};
+use reqwest::Method;
 
 async fn app() -> TestApp {
     TestApp::builder()
@@ -21,7 +22,7 @@ async fn not_found_and_method_not_allowed() {
     let (status, code, _, rid) = envelope(app.get("/v1/nothing-here").await).await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
     assert!(!rid.is_empty());
-    let r = app.client.delete(app.url("/healthz")).send().await.unwrap();
+    let r = app.call(Method::DELETE, "/healthz").send().await;
     assert_eq!(r.headers()["content-type"], "application/json");
     let (status, code, _, _) = envelope(r).await;
     assert_eq!((status, code.as_str()), (405, "method_not_allowed"));
@@ -56,7 +57,7 @@ async fn json_body_errors() {
 #[tokio::test]
 async fn panics_are_caught_and_answered_500() {
     let app = app().await;
-    let r = app.client.get(app.url("/test/panic")).header("x-request-id", "panic-req-1").send().await.unwrap();
+    let r = app.call(Method::GET, "/test/panic").header("x-request-id", "panic-req-1").send().await;
     assert_eq!(r.headers()["x-request-id"], "panic-req-1");
     let (s, code, msg, rid) = envelope(r).await;
     assert_eq!((s, code.as_str()), (500, "internal"));
@@ -79,13 +80,13 @@ async fn slow_requests_time_out() {
 #[tokio::test]
 async fn request_ids_are_taken_or_generated() {
     let app = app().await;
-    let r = app.client.get(app.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    let r = app.call(Method::GET, "/healthz").header("x-request-id", "abc-123").send().await;
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     let r = app.get("/healthz").await;
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(generated.len(), 32);
     // An unreasonable id is replaced.
-    let r = app.client.get(app.url("/healthz")).header("x-request-id", "x".repeat(500)).send().await.unwrap();
+    let r = app.call(Method::GET, "/healthz").header("x-request-id", "x".repeat(500)).send().await;
     assert_eq!(r.headers()["x-request-id"].len(), 32);
     // The id in the envelope is the one in the header.
     let r = app.get("/missing").await;
@@ -97,7 +98,7 @@ async fn request_ids_are_taken_or_generated() {
 #[tokio::test]
 async fn responses_are_compressed_when_asked() {
     let app = TestApp::spawn().await;
-    let r = app.client.get(app.url("/openapi.json")).header("accept-encoding", "gzip").send().await.unwrap();
+    let r = app.call(Method::GET, "/openapi.json").header("accept-encoding", "gzip").send().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-encoding"], "gzip");
 }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::harness::{TestApp, envelope};
+use reqwest::Method;
 
 const PRIVATE_PEM: &str = include_str!("../fixtures/external_rs256.pem");
 const PUBLIC_PEM: &str = include_str!("../fixtures/external_rs256.pub.pem");
@@ -64,7 +65,7 @@ fn clerk_token(iss: &str, sub: &str, kid: &str, patch: impl FnOnce(&mut Value)) 
 }
 
 async fn me(app: &TestApp, token: &str) -> reqwest::Response {
-    app.client.get(app.url("/v1/me")).bearer_auth(token).send().await.unwrap()
+    app.call(Method::GET, "/v1/me").by(token).send().await
 }
 
 #[tokio::test]
@@ -143,7 +144,7 @@ async fn clerk_tokens_against_a_live_jwks() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(me(&app, &rotated).await.status(), 200);
     // Our own tokens still work beside the external ones.
-    let own = crate::auth::sign_up(&app, "local@example.com").await;
+    let own = crate::harness::sign_up(&app, "local@example.com").await;
     assert_eq!(me(&app, &own.jwt).await.status(), 200);
 }
 
@@ -248,7 +249,7 @@ async fn clerk_webhooks_keep_users_in_sync() {
         let (s, code, _, _) = envelope(post(id, t, body, sig).await.unwrap()).await;
         assert_eq!((s, code.as_str()), (401, "invalid_signature"), "{id}");
     }
-    let r = app.client.post(app.url("/v1/webhooks/clerk")).body(updated.clone()).send().await.unwrap();
+    let r = app.call(Method::POST, "/v1/webhooks/clerk").body(updated.clone()).send().await;
     assert_eq!(r.status(), 401);
     let v: Value = me(&app, &token).await.json().await.unwrap();
     assert_eq!(v["name"], "Augusta Lovelace", "refused deliveries changed nothing");
@@ -274,6 +275,6 @@ async fn clerk_webhooks_keep_users_in_sync() {
 #[tokio::test]
 async fn webhooks_are_not_found_unless_configured() {
     let app = TestApp::spawn().await;
-    let r = app.client.post(app.url("/v1/webhooks/clerk")).body("{}").send().await.unwrap();
+    let r = app.call(Method::POST, "/v1/webhooks/clerk").body("{}").send().await;
     assert_eq!(r.status(), 404);
 }

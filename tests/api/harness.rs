@@ -16,6 +16,7 @@ use carmenta::db::embedded::{EmbeddedOptions, EmbeddedPg};
 use carmenta::db::{self, quote_ident};
 use carmenta::router as app;
 use carmenta::state::AppState;
+use serde_json::Value;
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::oneshot;
@@ -226,6 +227,31 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.expect("request")
     }
 
+    /// A request to `path`, anonymous until [`Call::by`] names who sends it.
+    pub fn call(&self, method: reqwest::Method, path: &str) -> Call {
+        Call(self.client.request(method, self.url(path)))
+    }
+
+    /// GET `path` as `token` (a session, access token or service key): status and JSON.
+    pub async fn get_as(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path).by(token).reply().await
+    }
+
+    /// POST `body` to `path` as `token`: status and JSON.
+    pub async fn post_as(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path).by(token).json(body).reply().await
+    }
+
+    /// PATCH `path` with `body` as `token`: status and JSON.
+    pub async fn patch_as(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path).by(token).json(body).reply().await
+    }
+
+    /// DELETE `path` as `token`: status and JSON (`null` for an empty body).
+    pub async fn delete_as(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path).by(token).reply().await
+    }
+
     /// Asks the server to shut down and waits for `serve` to return.
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
@@ -243,6 +269,93 @@ impl TestApp {
             let _ = tx.send(());
         }
         self.server.take().expect("server already shut down")
+    }
+}
+
+/// A request being built by a test (see [`TestApp::call`]).
+pub struct Call(reqwest::RequestBuilder);
+
+impl Call {
+    /// Sent with `Authorization: Bearer <token>`.
+    pub fn by(self, token: impl std::fmt::Display) -> Call {
+        Call(self.0.bearer_auth(token))
+    }
+
+    /// Sent by a service key acting for `user` (`X-Carmenta-User-Id`).
+    pub fn acting_for(self, key: impl std::fmt::Display, user: uuid::Uuid) -> Call {
+        Call(self.0.bearer_auth(key).header("x-carmenta-user-id", user.to_string()))
+    }
+
+    /// With a header.
+    pub fn header<K, V>(self, key: K, value: V) -> Call
+    where
+        reqwest::header::HeaderName: TryFrom<K>,
+        <reqwest::header::HeaderName as TryFrom<K>>::Error: Into<axum::http::Error>,
+        reqwest::header::HeaderValue: TryFrom<V>,
+        <reqwest::header::HeaderValue as TryFrom<V>>::Error: Into<axum::http::Error>,
+    {
+        Call(self.0.header(key, value))
+    }
+
+    /// With a JSON body.
+    pub fn json<T: serde::Serialize + ?Sized>(self, body: &T) -> Call {
+        Call(self.0.json(body))
+    }
+
+    /// With a multipart form body.
+    pub fn multipart(self, form: reqwest::multipart::Form) -> Call {
+        Call(self.0.multipart(form))
+    }
+
+    /// With a raw body.
+    pub fn body(self, body: impl Into<reqwest::Body>) -> Call {
+        Call(self.0.body(body))
+    }
+
+    /// Sends it; the response as it came.
+    pub async fn send(self) -> reqwest::Response {
+        self.0.send().await.expect("request")
+    }
+
+    /// Sends it; the status and the JSON body (`null` when the body is empty or not JSON).
+    pub async fn reply(self) -> (u16, Value) {
+        let res = self.send().await;
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.expect("response body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Sends it; the JSON body, whatever the status.
+    pub async fn value(self) -> Value {
+        self.reply().await.1
+    }
+}
+
+/// A signed-up user: id, session token and access token.
+pub struct User {
+    /// The user id.
+    pub id: uuid::Uuid,
+    /// The session token.
+    pub session: String,
+    /// An access token (JWT).
+    pub jwt: String,
+}
+
+/// The password every test account uses.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Signs up `email` (password [`PASSWORD`]) and returns the new user.
+pub async fn sign_up(app: &TestApp, email: &str) -> User {
+    let (status, b) = app
+        .call(reqwest::Method::POST, "/v1/auth/sign-up")
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .reply()
+        .await;
+    assert_eq!(status, 201, "signing up {email}: {b}");
+    User {
+        id: b["user"]["id"].as_str().expect("user id").parse().expect("uuid"),
+        session: b["session_token"].as_str().expect("session token").into(),
+        jwt: b["access_token"].as_str().expect("access token").into(),
     }
 }
 

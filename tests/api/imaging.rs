@@ -84,13 +84,12 @@ async fn put(st: &St, token: &str, bucket: &str, key: &str, body: Vec<u8>, ct: &
         .header("x-upsert", "true")
         .body(body)
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
 async fn get(st: &St, path: &str, token: &str, accept: &str) -> reqwest::Response {
-    st.req(Method::GET, path, token).header("accept", accept).send().await.unwrap()
+    st.req(Method::GET, path, token).header("accept", accept).send().await
 }
 
 async fn variant_rows(st: &St) -> i64 {
@@ -377,13 +376,7 @@ async fn variants_are_cached_revalidated_and_dropped() {
     assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
     wait_rows(&st, 2).await;
     // Revalidation.
-    let r = st
-        .req(Method::GET, path, "")
-        .header("accept", "image/webp")
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let r = st.req(Method::GET, path, "").header("accept", "image/webp").header("if-none-match", &etag).send().await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     // Overwriting the object drops its variants; the next render is of the new bytes.
     put(&st, &st.a.jwt, "pub", "v.jpg", jpeg(&picture(200, 400, None)), "image/jpeg").await;
@@ -394,7 +387,7 @@ async fn variants_are_cached_revalidated_and_dropped() {
     assert_eq!((w, h), (100, 200));
     wait_rows(&st, 1).await;
     // Deleting it drops them too; the sweeper removes their bytes.
-    let r = st.req(Method::DELETE, "/object/pub/v.jpg", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::DELETE, "/object/pub/v.jpg", &st.a.jwt).send().await;
     assert_eq!(r.status(), 200);
     assert_eq!(variant_rows(&st).await, 0);
     assert_eq!(st.app.state.storage.blobs.list("variants").await.unwrap().len(), 3);
@@ -459,8 +452,7 @@ async fn ownership_and_signed_renders() {
         .req(Method::POST, "/object/sign/priv/me.jpg", &st.a.jwt)
         .json(&json!({"expiresIn": 60, "transform": {"width": 120, "height": 60, "resize": "fill", "format": "png"}}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     let signed = r.json::<serde_json::Value>().await.unwrap()["signedURL"].as_str().unwrap().to_string();
     assert!(signed.starts_with("/render/image/sign/priv/me.jpg?token="), "{signed}");
@@ -477,8 +469,7 @@ async fn ownership_and_signed_renders() {
         .req(Method::POST, "/object/sign/priv/me.jpg", &st.b.jwt)
         .json(&json!({"expiresIn": 60, "transform": {"width": 10}}))
         .send()
-        .await
-        .unwrap();
+        .await;
     err(r, 400, "404", "NoSuchKey").await;
 }
 
@@ -551,7 +542,7 @@ async fn a_source_whose_bytes_are_gone_is_not_found_and_stages_are_timed() {
     assert_eq!(r.status(), 200);
     let (_, w, _, _) = decode(&r.bytes().await.unwrap());
     assert_eq!(w, 100);
-    let metrics = st.app.client.get(st.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = st.app.call(Method::GET, "/metrics").send().await.text().await.unwrap();
     for stage in ["lookup", "queue", "handover", "read", "transform"] {
         assert!(
             metrics.contains(&format!("carmenta_image_stage_seconds_count{{stage=\"{stage}\"}}")),

@@ -6,8 +6,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::auth::{User, sign_up};
-use crate::harness::{Backend, TestApp};
+use crate::harness::{Backend, Call, TestApp, User, sign_up};
 
 /// An app with a service key and two users.
 pub struct St {
@@ -35,15 +34,15 @@ impl St {
     }
 
     /// A request with `token` as bearer (`""`: anonymous).
-    pub fn req(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-        let r = self.app.client.request(method, self.url(path));
-        if token.is_empty() { r } else { r.bearer_auth(token) }
+    pub fn req(&self, method: Method, path: &str, token: &str) -> Call {
+        let r = self.app.call(method, &format!("/storage/v1{path}"));
+        if token.is_empty() { r } else { r.by(token) }
     }
 
     pub async fn bucket(&self, id: &str, body: Value) {
         let mut body = body;
         body["name"] = json!(id);
-        let r = self.req(Method::POST, "/bucket", &self.key).json(&body).send().await.unwrap();
+        let r = self.req(Method::POST, "/bucket", &self.key).json(&body).send().await;
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
 
@@ -53,7 +52,6 @@ impl St {
             .body(body)
             .send()
             .await
-            .unwrap()
     }
 }
 
@@ -103,64 +101,52 @@ async fn buckets(backend: Backend) {
     st.bucket("avatars", json!({"public": true, "file_size_limit": "1MB", "allowed_mime_types": ["image/*"]})).await;
     st.bucket("docs", json!({"public": false, "file_size_limit": 1000})).await;
     // Duplicate, bad names, not a service key.
-    let r = st.req(Method::POST, "/bucket", &st.key).json(&json!({"name": "docs"})).send().await.unwrap();
+    let r = st.req(Method::POST, "/bucket", &st.key).json(&json!({"name": "docs"})).send().await;
     err(r, 400, "409", "BucketAlreadyExists").await;
     // Names the routes use are reserved (`/object/public/…` could not reach a bucket "public").
     for bad in ["", "a/b", " lead", &"x".repeat(101), "public", "sign", "authenticated"] {
-        let r = st.req(Method::POST, "/bucket", &st.key).json(&json!({"name": bad})).send().await.unwrap();
+        let r = st.req(Method::POST, "/bucket", &st.key).json(&json!({"name": bad})).send().await;
         err(r, 400, "400", "InvalidBucketName").await;
     }
-    let r = st.req(Method::POST, "/bucket", &st.a.jwt).json(&json!({"name": "mine"})).send().await.unwrap();
+    let r = st.req(Method::POST, "/bucket", &st.a.jwt).json(&json!({"name": "mine"})).send().await;
     err(r, 403, "403", "AccessDenied").await;
-    let r = st
-        .req(Method::POST, "/bucket", &st.key)
-        .json(&json!({"name": "x", "file_size_limit": "lots"}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        st.req(Method::POST, "/bucket", &st.key).json(&json!({"name": "x", "file_size_limit": "lots"})).send().await;
     err(r, 400, "400", "InvalidRequest").await;
     // Get and list (any signed-in user may read bucket settings).
-    let b: Value = st.req(Method::GET, "/bucket/avatars", &st.a.jwt).send().await.unwrap().json().await.unwrap();
+    let b: Value = st.req(Method::GET, "/bucket/avatars", &st.a.jwt).value().await;
     assert_eq!(b["public"], true);
     assert_eq!(b["file_size_limit"], 1_000_000);
     assert_eq!(b["allowed_mime_types"], json!(["image/*"]));
-    let r = st.req(Method::GET, "/bucket/nope", &st.key).send().await.unwrap();
+    let r = st.req(Method::GET, "/bucket/nope", &st.key).send().await;
     err(r, 400, "404", "NoSuchBucket").await;
-    let list: Value = st
-        .req(Method::GET, "/bucket?sortColumn=name&sortOrder=desc", &st.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = st.req(Method::GET, "/bucket?sortColumn=name&sortOrder=desc", &st.key).value().await;
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["docs", "avatars"]);
-    let r = st.req(Method::GET, "/bucket", "").send().await.unwrap();
+    let r = st.req(Method::GET, "/bucket", "").send().await;
     err(r, 403, "403", "AccessDenied").await;
     // Update.
     let r = st
         .req(Method::PUT, "/bucket/docs", &st.key)
         .json(&json!({"public": true, "file_size_limit": null, "allowed_mime_types": ["text/plain"]}))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["message"], "Successfully updated");
-    let b: Value = st.req(Method::GET, "/bucket/docs", &st.key).send().await.unwrap().json().await.unwrap();
+    let b: Value = st.req(Method::GET, "/bucket/docs", &st.key).value().await;
     assert_eq!((b["public"].clone(), b["file_size_limit"].clone()), (json!(true), Value::Null));
-    let r = st.req(Method::PUT, "/bucket/docs", &st.a.jwt).json(&json!({"public": false})).send().await.unwrap();
+    let r = st.req(Method::PUT, "/bucket/docs", &st.a.jwt).json(&json!({"public": false})).send().await;
     err(r, 403, "403", "AccessDenied").await;
     // A non-empty bucket refuses deletion; empty it, then it goes.
     assert_eq!(st.put(&st.key, "docs", "a.txt", b"hello", "text/plain").await.status(), 200);
     assert_eq!(blob_count(&st).await, 1);
-    let r = st.req(Method::DELETE, "/bucket/docs", &st.key).json(&json!({})).send().await.unwrap();
+    let r = st.req(Method::DELETE, "/bucket/docs", &st.key).json(&json!({})).send().await;
     err(r, 400, "409", "ResourceNotEmpty").await;
-    let r = st.req(Method::POST, "/bucket/docs/empty", &st.key).json(&json!({})).send().await.unwrap();
+    let r = st.req(Method::POST, "/bucket/docs/empty", &st.key).json(&json!({})).send().await;
     assert_eq!(r.status(), 200);
     assert_eq!(blob_count(&st).await, 0, "emptying removes the bytes too");
-    let r = st.req(Method::DELETE, "/bucket/docs", &st.key).json(&json!({})).send().await.unwrap();
+    let r = st.req(Method::DELETE, "/bucket/docs", &st.key).json(&json!({})).send().await;
     assert_eq!(r.json::<Value>().await.unwrap()["message"], "Successfully deleted");
-    let r = st.req(Method::GET, "/bucket/docs", &st.key).send().await.unwrap();
+    let r = st.req(Method::GET, "/bucket/docs", &st.key).send().await;
     err(r, 400, "404", "NoSuchBucket").await;
 }
 
@@ -175,14 +161,13 @@ async fn upload_download_and_headers(backend: Backend) {
         .header("x-metadata", meta)
         .body("hello world")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     let up: Value = r.json().await.unwrap();
     assert_eq!(up["Key"], "files/dir/hello.txt");
     assert!(up["Id"].is_string());
     // Download with its headers.
-    let r = st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).send().await;
     assert_eq!(r.status(), 200);
     let h = r.headers().clone();
     assert_eq!(h["content-type"], "text/plain;charset=UTF-8");
@@ -194,62 +179,43 @@ async fn upload_download_and_headers(backend: Backend) {
     let modified = h["last-modified"].to_str().unwrap().to_string();
     assert_eq!(r.text().await.unwrap(), "hello world");
     // Same through /object/authenticated, and HEAD.
-    let r = st.req(Method::HEAD, "/object/authenticated/files/dir/hello.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::HEAD, "/object/authenticated/files/dir/hello.txt", &st.a.jwt).send().await;
     assert_eq!((r.status(), r.headers()["content-length"].to_str().unwrap()), (StatusCode::OK, "11"));
     // Ranges.
-    let r =
-        st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).header("range", "bytes=6-").send().await.unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).header("range", "bytes=6-").send().await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 6-10/11");
     assert_eq!(r.text().await.unwrap(), "world");
-    let r =
-        st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).header("range", "bytes=-3").send().await.unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).header("range", "bytes=-3").send().await;
     assert_eq!(r.text().await.unwrap(), "rld");
-    let r = st
-        .req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt)
-        .header("range", "bytes=20-30")
-        .send()
-        .await
-        .unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).header("range", "bytes=20-30").send().await;
     assert_eq!(r.headers()["content-range"], "bytes */11");
     err(r, 416, "416", "InvalidRange").await;
     // Conditional requests.
-    let r = st
-        .req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt)
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).header("if-none-match", &etag).send().await;
     assert_eq!(r.status(), 304);
     let r = st
         .req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt)
         .header("if-modified-since", &modified)
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 304);
     let r = st
         .req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt)
         .header("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
     // ?download.
-    let r = st.req(Method::GET, "/object/files/dir/hello.txt?download", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt?download", &st.a.jwt).send().await;
     assert_eq!(r.headers()["content-disposition"], "attachment;");
-    let r = st
-        .req(Method::GET, "/object/files/dir/hello.txt?download=r%C3%A9sum%C3%A9.txt", &st.a.jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt?download=r%C3%A9sum%C3%A9.txt", &st.a.jwt).send().await;
     assert_eq!(
         r.headers()["content-disposition"],
         "attachment; filename=r%C3%A9sum%C3%A9%2Etxt; filename*=UTF-8''r%C3%A9sum%C3%A9%2Etxt"
     );
     // Info.
-    let info: Value =
-        st.req(Method::GET, "/object/info/files/dir/hello.txt", &st.a.jwt).send().await.unwrap().json().await.unwrap();
+    let info: Value = st.req(Method::GET, "/object/info/files/dir/hello.txt", &st.a.jwt).value().await;
     assert_eq!(info["size"], 11);
     assert_eq!(info["metadata"], json!({"k": "v"}));
     assert_eq!(info["etag"], etag.as_str());
@@ -262,29 +228,28 @@ async fn upload_download_and_headers(backend: Backend) {
         .header("x-upsert", "true")
         .body("replaced")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
-    let r = st.req(Method::PUT, "/object/files/dir/hello.txt", &st.a.jwt).body("updated!").send().await.unwrap();
+    let r = st.req(Method::PUT, "/object/files/dir/hello.txt", &st.a.jwt).body("updated!").send().await;
     assert_eq!(r.status(), 200);
-    let r = st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt", &st.a.jwt).send().await;
     assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
     assert_eq!(r.headers()["cache-control"], "no-cache");
     assert_eq!(r.text().await.unwrap(), "updated!");
     assert_eq!(blob_count(&st).await, 1, "overwritten versions' bytes are deleted");
     // Missing objects, buckets, routes.
-    let r = st.req(Method::GET, "/object/files/nope.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/files/nope.txt", &st.a.jwt).send().await;
     assert_eq!(r.headers()["cache-control"], "no-store");
     err(r, 400, "404", "NoSuchKey").await;
-    let r = st.req(Method::GET, "/object/nobucket/x", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/nobucket/x", &st.a.jwt).send().await;
     err(r, 400, "404", "NoSuchBucket").await;
-    let r = st.req(Method::GET, "/nothing/here", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/nothing/here", &st.a.jwt).send().await;
     err(r, 404, "404", "InvalidRequest").await;
-    let r = st.req(Method::GET, "/object/files/dir/hello.txt", "not-a-token").send().await.unwrap();
+    let r = st.req(Method::GET, "/object/files/dir/hello.txt", "not-a-token").send().await;
     err(r, 400, "400", "InvalidJWT").await;
     // Delete one.
-    let r = st.req(Method::DELETE, "/object/files/dir/hello.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::DELETE, "/object/files/dir/hello.txt", &st.a.jwt).send().await;
     assert_eq!(r.json::<Value>().await.unwrap()["message"], "Successfully deleted");
     assert_eq!(blob_count(&st).await, 0);
 }
@@ -296,18 +261,17 @@ async fn multipart_upload(backend: Backend) {
         "",
         reqwest::multipart::Part::bytes(b"<svg/>".to_vec()).file_name("blob").mime_str("image/svg+xml").unwrap(),
     );
-    let r = st.req(Method::POST, "/object/files/pic.svg", &st.a.jwt).multipart(form).send().await.unwrap();
+    let r = st.req(Method::POST, "/object/files/pic.svg", &st.a.jwt).multipart(form).send().await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let r = st.req(Method::GET, "/object/files/pic.svg", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/files/pic.svg", &st.a.jwt).send().await;
     assert_eq!(r.headers()["content-type"], "image/svg+xml");
     assert_eq!(r.headers()["cache-control"], "max-age=120");
     assert_eq!(r.text().await.unwrap(), "<svg/>");
-    let info: Value =
-        st.req(Method::GET, "/object/info/files/pic.svg", &st.a.jwt).send().await.unwrap().json().await.unwrap();
+    let info: Value = st.req(Method::GET, "/object/info/files/pic.svg", &st.a.jwt).value().await;
     assert_eq!(info["metadata"], json!({"from": "form"}));
     // A form without a file.
     let form = reqwest::multipart::Form::new().text("cacheControl", "120");
-    let r = st.req(Method::POST, "/object/files/none.bin", &st.a.jwt).multipart(form).send().await.unwrap();
+    let r = st.req(Method::POST, "/object/files/none.bin", &st.a.jwt).multipart(form).send().await;
     err(r, 400, "400", "InvalidRequest").await;
 }
 
@@ -330,8 +294,7 @@ async fn limits_and_keys(backend: Backend) {
         .req(Method::POST, "/object/big/stream.bin", &st.a.jwt)
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
-        .await
-        .unwrap();
+        .await;
     err(r, 400, "413", "EntityTooLarge").await;
     assert_eq!(blob_count(&st).await, 2, "refused uploads leave no bytes");
     // Keys.
@@ -344,7 +307,7 @@ async fn limits_and_keys(backend: Backend) {
     let r = st.put(&st.a.jwt, "big", &long, b"x", "text/plain").await;
     err(r, 400, "400", "InvalidKey").await;
     assert_eq!(st.put(&st.a.jwt, "big", "ünïcode/ok%20name.txt", b"x", "text/plain").await.status(), 200);
-    let r = st.req(Method::GET, "/object/big/%C3%BCn%C3%AFcode/ok%20name.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/big/%C3%BCn%C3%AFcode/ok%20name.txt", &st.a.jwt).send().await;
     assert_eq!(r.status(), 200);
 }
 
@@ -357,83 +320,46 @@ async fn ownership(backend: Backend) {
     let b = &st.b.jwt;
     let nsk = |r| err(r, 400, "404", "NoSuchKey");
     // Every route on A's private object answers B with NoSuchKey.
-    nsk(st.req(Method::GET, "/object/private/a/secret.txt", b).send().await.unwrap()).await;
-    nsk(st.req(Method::GET, "/object/authenticated/private/a/secret.txt", b).send().await.unwrap()).await;
-    let r = st.req(Method::HEAD, "/object/private/a/secret.txt", b).send().await.unwrap();
+    nsk(st.req(Method::GET, "/object/private/a/secret.txt", b).send().await).await;
+    nsk(st.req(Method::GET, "/object/authenticated/private/a/secret.txt", b).send().await).await;
+    let r = st.req(Method::HEAD, "/object/private/a/secret.txt", b).send().await;
     assert_eq!(r.status(), 400);
-    nsk(st.req(Method::GET, "/object/info/private/a/secret.txt", b).send().await.unwrap()).await;
-    nsk(st.req(Method::GET, "/object/info/authenticated/private/a/secret.txt", b).send().await.unwrap()).await;
-    nsk(st.req(Method::DELETE, "/object/private/a/secret.txt", b).send().await.unwrap()).await;
-    nsk(st
-        .req(Method::POST, "/object/sign/private/a/secret.txt", b)
-        .json(&json!({"expiresIn": 60}))
-        .send()
-        .await
-        .unwrap())
-    .await;
+    nsk(st.req(Method::GET, "/object/info/private/a/secret.txt", b).send().await).await;
+    nsk(st.req(Method::GET, "/object/info/authenticated/private/a/secret.txt", b).send().await).await;
+    nsk(st.req(Method::DELETE, "/object/private/a/secret.txt", b).send().await).await;
+    nsk(st.req(Method::POST, "/object/sign/private/a/secret.txt", b).json(&json!({"expiresIn": 60})).send().await)
+        .await;
     let many: Value = st
         .req(Method::POST, "/object/sign/private", b)
         .json(&json!({"expiresIn": 60, "paths": ["a/secret.txt"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .value()
+        .await;
     assert_eq!(many[0]["signedURL"], Value::Null);
     assert!(many[0]["error"].is_string());
     let mv = json!({"bucketId": "private", "sourceKey": "a/secret.txt", "destinationKey": "b/stolen.txt"});
-    nsk(st.req(Method::POST, "/object/move", b).json(&mv).send().await.unwrap()).await;
-    nsk(st.req(Method::POST, "/object/copy", b).json(&mv).send().await.unwrap()).await;
-    let removed: Value = st
-        .req(Method::DELETE, "/object/private", b)
-        .json(&json!({"prefixes": ["a/secret.txt"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    nsk(st.req(Method::POST, "/object/move", b).json(&mv).send().await).await;
+    nsk(st.req(Method::POST, "/object/copy", b).json(&mv).send().await).await;
+    let removed: Value =
+        st.req(Method::DELETE, "/object/private", b).json(&json!({"prefixes": ["a/secret.txt"]})).value().await;
     assert_eq!(removed, json!([]));
-    let listed: Value = st
-        .req(Method::POST, "/object/list/private", b)
-        .json(&json!({"prefix": "a"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = st.req(Method::POST, "/object/list/private", b).json(&json!({"prefix": "a"})).value().await;
     assert_eq!(listed, json!([]));
-    let listed: Value = st
-        .req(Method::POST, "/object/list-v2/private", b)
-        .json(&json!({"prefix": ""}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = st.req(Method::POST, "/object/list-v2/private", b).json(&json!({"prefix": ""})).value().await;
     assert_eq!(listed["objects"], json!([]));
     assert_eq!(listed["folders"], json!([]));
     // B cannot overwrite A's key (Supabase's row-level-security answer), nor sign an upload to it.
-    let r = st.req(Method::PUT, "/object/private/a/secret.txt", b).body("mine now").send().await.unwrap();
+    let r = st.req(Method::PUT, "/object/private/a/secret.txt", b).body("mine now").send().await;
     err(r, 403, "403", "AccessDenied").await;
-    let r = st
-        .req(Method::POST, "/object/upload/sign/private/a/secret.txt", b)
-        .header("x-upsert", "true")
-        .send()
-        .await
-        .unwrap();
+    let r = st.req(Method::POST, "/object/upload/sign/private/a/secret.txt", b).header("x-upsert", "true").send().await;
     err(r, 403, "403", "AccessDenied").await;
     // Anonymous: nothing private.
-    nsk(st.req(Method::GET, "/object/private/a/secret.txt", "").send().await.unwrap()).await;
+    nsk(st.req(Method::GET, "/object/private/a/secret.txt", "").send().await).await;
     let r = st.put("", "private", "anon.txt", b"x", "text/plain").await;
     err(r, 403, "403", "AccessDenied").await;
     // A and the service key still see it, untouched.
-    let r = st.req(Method::GET, "/object/private/a/secret.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/private/a/secret.txt", &st.a.jwt).send().await;
     assert_eq!(r.text().await.unwrap(), "A's secret");
-    let r = st.req(Method::GET, "/object/private/a/secret.txt", &st.key).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/private/a/secret.txt", &st.key).send().await;
     assert_eq!(r.text().await.unwrap(), "A's secret");
     // A session cookie works like a bearer token.
     let r = st
@@ -446,16 +372,16 @@ async fn ownership(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Public buckets: anyone reads, by both URL forms, even with a bad token; only the owner writes.
-    let r = st.req(Method::GET, "/object/public/open/a/open.txt", "").send().await.unwrap();
+    let r = st.req(Method::GET, "/object/public/open/a/open.txt", "").send().await;
     assert_eq!(r.text().await.unwrap(), "A's open file");
-    let r = st.req(Method::GET, "/object/open/a/open.txt", "garbage").send().await.unwrap();
+    let r = st.req(Method::GET, "/object/open/a/open.txt", "garbage").send().await;
     assert_eq!(r.status(), 200);
-    let r = st.req(Method::GET, "/object/info/public/open/a/open.txt", "").send().await.unwrap();
+    let r = st.req(Method::GET, "/object/info/public/open/a/open.txt", "").send().await;
     assert_eq!(r.status(), 200);
-    let r = st.req(Method::GET, "/object/public/private/a/secret.txt", "").send().await.unwrap();
+    let r = st.req(Method::GET, "/object/public/private/a/secret.txt", "").send().await;
     err(r, 400, "404", "NoSuchBucket").await;
-    nsk(st.req(Method::DELETE, "/object/open/a/open.txt", b).send().await.unwrap()).await;
-    let r = st.req(Method::PUT, "/object/open/a/open.txt", b).body("defaced").send().await.unwrap();
+    nsk(st.req(Method::DELETE, "/object/open/a/open.txt", b).send().await).await;
+    let r = st.req(Method::PUT, "/object/open/a/open.txt", b).body("defaced").send().await;
     err(r, 403, "403", "AccessDenied").await;
     // A service key acting for B creates an object owned by B.
     let r = st
@@ -463,14 +389,13 @@ async fn ownership(backend: Backend) {
         .header("x-carmenta-user-id", st.b.id.to_string())
         .body("for b")
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200);
-    let r = st.req(Method::GET, "/object/private/b/from-backend.txt", b).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/private/b/from-backend.txt", b).send().await;
     assert_eq!(r.text().await.unwrap(), "for b");
-    nsk(st.req(Method::GET, "/object/private/b/from-backend.txt", &st.a.jwt).send().await.unwrap()).await;
+    nsk(st.req(Method::GET, "/object/private/b/from-backend.txt", &st.a.jwt).send().await).await;
     // Deleting a user deletes their objects' rows (bytes go with the sweeper).
-    let r = st.app.client.delete(st.app.url("/v1/me")).bearer_auth(&st.a.jwt).send().await.unwrap();
+    let r = st.app.call(Method::DELETE, "/v1/me").by(&st.a.jwt).send().await;
     assert!(r.status().is_success());
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM storage_objects WHERE owner_id = $1")
         .bind(st.a.id)
@@ -489,7 +414,7 @@ async fn listing(backend: Backend) {
     let list = |body: Value| {
         let st = &st;
         async move {
-            let r = st.req(Method::POST, "/object/list/l", &st.a.jwt).json(&body).send().await.unwrap();
+            let r = st.req(Method::POST, "/object/list/l", &st.a.jwt).json(&body).send().await;
             assert_eq!(r.status(), 200);
             r.json::<Value>().await.unwrap()
         }
@@ -510,7 +435,7 @@ async fn listing(backend: Backend) {
     let paged =
         list(json!({"prefix": "docs", "limit": 1, "offset": 1, "sortBy": {"column": "name", "order": "desc"}})).await;
     assert_eq!(paged[0]["name"], "b.txt");
-    let r = st.req(Method::POST, "/object/list/l", &st.a.jwt).json(&json!({"limit": 1})).send().await.unwrap();
+    let r = st.req(Method::POST, "/object/list/l", &st.a.jwt).json(&json!({"limit": 1})).send().await;
     err(r, 400, "400", "InvalidRequest").await;
     // v2: flat with a cursor, and with a delimiter.
     let mut seen = Vec::new();
@@ -520,15 +445,7 @@ async fn listing(backend: Backend) {
         if let Some(c) = &cursor {
             body["cursor"] = json!(c);
         }
-        let page: Value = st
-            .req(Method::POST, "/object/list-v2/l", &st.a.jwt)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = st.req(Method::POST, "/object/list-v2/l", &st.a.jwt).json(&body).value().await;
         seen.extend(page["objects"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap().to_string()));
         if page["hasNext"] == false {
             break;
@@ -539,32 +456,24 @@ async fn listing(backend: Backend) {
     let v2: Value = st
         .req(Method::POST, "/object/list-v2/l", &st.a.jwt)
         .json(&json!({"prefix": "docs/", "with_delimiter": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .value()
+        .await;
     assert_eq!(v2["folders"], json!([{"name": "deep", "key": "docs/deep/"}]));
     let keys: Vec<&str> = v2["objects"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["docs/a.txt", "docs/b.txt"]);
-    let r = st.req(Method::POST, "/object/list-v2/l", &st.a.jwt).json(&json!({"cursor": "!!"})).send().await.unwrap();
+    let r = st.req(Method::POST, "/object/list-v2/l", &st.a.jwt).json(&json!({"cursor": "!!"})).send().await;
     err(r, 400, "400", "InvalidRequest").await;
     // Remove many at once; over 1000 refused.
     let removed: Value = st
         .req(Method::DELETE, "/object/l", &st.a.jwt)
         .json(&json!({"prefixes": ["docs/a.txt", "docs/b.txt", "missing.txt"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .value()
+        .await;
     let mut names: Vec<&str> = removed.as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["docs/a.txt", "docs/b.txt"]);
     let many: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
-    let r = st.req(Method::DELETE, "/object/l", &st.a.jwt).json(&json!({"prefixes": many})).send().await.unwrap();
+    let r = st.req(Method::DELETE, "/object/l", &st.a.jwt).json(&json!({"prefixes": many})).send().await;
     err(r, 400, "400", "InvalidRequest").await;
 }
 
@@ -577,14 +486,14 @@ async fn move_and_copy(backend: Backend) {
     assert_eq!(st.put(&st.a.jwt, "src", "two.txt", b"second", "text/plain").await.status(), 200);
     let call = |path: &'static str, body: Value| {
         let st = &st;
-        async move { st.req(Method::POST, path, &st.a.jwt).json(&body).send().await.unwrap() }
+        async move { st.req(Method::POST, path, &st.a.jwt).json(&body).send().await }
     };
     let r = call("/object/move", json!({"bucketId": "src", "sourceKey": "one.txt", "destinationKey": "moved/one.txt"}))
         .await;
     assert_eq!(r.json::<Value>().await.unwrap()["message"], "Successfully moved");
-    let r = st.req(Method::GET, "/object/src/moved/one.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/src/moved/one.txt", &st.a.jwt).send().await;
     assert_eq!(r.text().await.unwrap(), "first");
-    err(st.req(Method::GET, "/object/src/one.txt", &st.a.jwt).send().await.unwrap(), 400, "404", "NoSuchKey").await;
+    err(st.req(Method::GET, "/object/src/one.txt", &st.a.jwt).send().await, 400, "404", "NoSuchKey").await;
     // Across buckets; onto a taken key; into a bucket whose rules refuse it.
     let r = call(
         "/object/move",
@@ -613,9 +522,9 @@ async fn move_and_copy(backend: Backend) {
     assert_eq!(r.status(), 200);
     let c: Value = r.json().await.unwrap();
     assert_eq!(c["Key"], "dst/copy.txt");
-    let r = st.req(Method::DELETE, "/object/src/two.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::DELETE, "/object/src/two.txt", &st.a.jwt).send().await;
     assert_eq!(r.status(), 200);
-    let r = st.req(Method::GET, "/object/dst/copy.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/dst/copy.txt", &st.a.jwt).send().await;
     assert_eq!(r.text().await.unwrap(), "second");
     let r =
         call("/object/copy", json!({"bucketId": "dst", "sourceKey": "copy.txt", "destinationKey": "one.txt"})).await;
@@ -624,11 +533,9 @@ async fn move_and_copy(backend: Backend) {
         .req(Method::POST, "/object/copy", &st.a.jwt)
         .header("x-upsert", "true")
         .json(&json!({"bucketId": "dst", "sourceKey": "copy.txt", "destinationKey": "one.txt", "metadata": {"mimetype": "text/markdown"}}))
-        .send()
-        .await
-        .unwrap();
+        .send().await;
     assert_eq!(r.status(), 200);
-    let r = st.req(Method::GET, "/object/dst/one.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/dst/one.txt", &st.a.jwt).send().await;
     assert_eq!(r.headers()["content-type"], "text/markdown");
     assert_eq!(r.text().await.unwrap(), "second");
     assert_eq!(blob_count(&st).await, 2, "one blob per live object");
@@ -638,23 +545,22 @@ async fn signed_urls(backend: Backend) {
     let st = St::new(backend).await;
     st.bucket("s", json!({})).await;
     assert_eq!(st.put(&st.a.jwt, "s", "doc.txt", b"signed content", "text/plain").await.status(), 200);
-    let r =
-        st.req(Method::POST, "/object/sign/s/doc.txt", &st.a.jwt).json(&json!({"expiresIn": 60})).send().await.unwrap();
+    let r = st.req(Method::POST, "/object/sign/s/doc.txt", &st.a.jwt).json(&json!({"expiresIn": 60})).send().await;
     let url = r.json::<Value>().await.unwrap()["signedURL"].as_str().unwrap().to_string();
     assert!(url.starts_with("/object/sign/s/doc.txt?token="), "{url}");
-    let r = st.req(Method::GET, &url, "").send().await.unwrap();
+    let r = st.req(Method::GET, &url, "").send().await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("expires"));
     assert_eq!(r.text().await.unwrap(), "signed content");
-    let r = st.req(Method::GET, &format!("{url}&download=x.txt"), "").send().await.unwrap();
+    let r = st.req(Method::GET, &format!("{url}&download=x.txt"), "").send().await;
     assert!(r.headers()["content-disposition"].to_str().unwrap().contains("x%2Etxt"));
     // Tampered, for another object, missing, expired.
     let token = url.split("token=").nth(1).unwrap();
-    let r = st.req(Method::GET, &format!("/object/sign/s/doc.txt?token={token}x"), "").send().await.unwrap();
+    let r = st.req(Method::GET, &format!("/object/sign/s/doc.txt?token={token}x"), "").send().await;
     err(r, 400, "400", "InvalidSignature").await;
-    let r = st.req(Method::GET, &format!("/object/sign/s/other.txt?token={token}"), "").send().await.unwrap();
+    let r = st.req(Method::GET, &format!("/object/sign/s/other.txt?token={token}"), "").send().await;
     err(r, 400, "400", "InvalidSignature").await;
-    let r = st.req(Method::GET, "/object/sign/s/doc.txt", "").send().await.unwrap();
+    let r = st.req(Method::GET, "/object/sign/s/doc.txt", "").send().await;
     err(r, 400, "400", "InvalidSignature").await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let expired = st
@@ -671,46 +577,36 @@ async fn signed_urls(backend: Backend) {
             transformations: None,
         })
         .unwrap();
-    let r = st.req(Method::GET, &format!("/object/sign/s/doc.txt?token={expired}"), "").send().await.unwrap();
+    let r = st.req(Method::GET, &format!("/object/sign/s/doc.txt?token={expired}"), "").send().await;
     let body = err(r, 400, "400", "InvalidSignature").await;
     assert!(body["message"].as_str().unwrap().contains("expired"));
-    let r =
-        st.req(Method::POST, "/object/sign/s/doc.txt", &st.a.jwt).json(&json!({"expiresIn": 0})).send().await.unwrap();
+    let r = st.req(Method::POST, "/object/sign/s/doc.txt", &st.a.jwt).json(&json!({"expiresIn": 0})).send().await;
     err(r, 400, "400", "InvalidRequest").await;
     // Many at once, with a missing one.
     let many: Value = st
         .req(Method::POST, "/object/sign/s", &st.a.jwt)
         .json(&json!({"expiresIn": 60, "paths": ["doc.txt", "missing.txt"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .value()
+        .await;
     assert_eq!(many[0]["error"], Value::Null);
     assert_eq!(many[1]["signedURL"], Value::Null);
-    let r = st.req(Method::GET, many[0]["signedURL"].as_str().unwrap(), "").send().await.unwrap();
+    let r = st.req(Method::GET, many[0]["signedURL"].as_str().unwrap(), "").send().await;
     assert_eq!(r.text().await.unwrap(), "signed content");
     // Signed upload: the token carries the owner; a token for one key cannot write another.
-    let r = st.req(Method::POST, "/object/upload/sign/s/up.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::POST, "/object/upload/sign/s/up.txt", &st.a.jwt).send().await;
     let v: Value = r.json().await.unwrap();
     let up = v["url"].as_str().unwrap().to_string();
     let token = v["token"].as_str().unwrap().to_string();
-    let r =
-        st.req(Method::PUT, &up, "").header("content-type", "text/plain").body("via signed url").send().await.unwrap();
+    let r = st.req(Method::PUT, &up, "").header("content-type", "text/plain").body("via signed url").send().await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let r = st.req(Method::GET, "/object/s/up.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/s/up.txt", &st.a.jwt).send().await;
     assert_eq!(r.text().await.unwrap(), "via signed url");
-    err(st.req(Method::GET, "/object/s/up.txt", &st.b.jwt).send().await.unwrap(), 400, "404", "NoSuchKey").await;
-    let r = st
-        .req(Method::PUT, &format!("/object/upload/sign/s/elsewhere.txt?token={token}"), "")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    err(st.req(Method::GET, "/object/s/up.txt", &st.b.jwt).send().await, 400, "404", "NoSuchKey").await;
+    let r =
+        st.req(Method::PUT, &format!("/object/upload/sign/s/elsewhere.txt?token={token}"), "").body("x").send().await;
     err(r, 400, "400", "InvalidSignature").await;
     // Without upsert in the token, a second upload to the key is refused.
-    let r = st.req(Method::PUT, &up, "").body("again").send().await.unwrap();
+    let r = st.req(Method::PUT, &up, "").body("again").send().await;
     err(r, 400, "409", "Duplicate").await;
 }
 
@@ -737,19 +633,14 @@ async fn large_object_streams(backend: Backend) {
         .req(Method::POST, "/object/big/blob.bin", &st.key)
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let r = st.req(Method::GET, "/object/big/blob.bin", &st.key).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/big/blob.bin", &st.key).send().await;
     assert_eq!(r.headers()["content-length"], data.len().to_string());
     let got = r.bytes().await.unwrap();
     assert!(got[..] == data[..], "round trip differs");
-    let r = st
-        .req(Method::GET, "/object/big/blob.bin", &st.key)
-        .header("range", "bytes=10000000-10000099")
-        .send()
-        .await
-        .unwrap();
+    let r =
+        st.req(Method::GET, "/object/big/blob.bin", &st.key).header("range", "bytes=10000000-10000099").send().await;
     assert_eq!(r.status(), 206);
     assert!(r.bytes().await.unwrap()[..] == data[10_000_000..10_000_100]);
 }
@@ -770,7 +661,7 @@ async fn sweeper_removes_orphans(backend: Backend) {
     let r = carmenta::storage::sweep(&st.app.pool, blobs, std::time::Duration::ZERO).await.unwrap();
     assert_eq!(r.orphan_blobs, 1);
     assert_eq!(blob_count(&st).await, 1);
-    let r = st.req(Method::GET, "/object/s/kept.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/s/kept.txt", &st.a.jwt).send().await;
     assert_eq!(r.text().await.unwrap(), "kept");
 }
 
@@ -834,7 +725,7 @@ async fn tus_resume(backend: Backend) {
     let resumed_at = v["resumedAt"].as_u64().unwrap();
     assert!(resumed_at > 0 && resumed_at < size, "the resumed upload kept the bytes sent before the cut: {v}");
     // The object is whole and exactly what was sent.
-    let r = st.req(Method::GET, "/object/tus/big/resumed.bin", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::GET, "/object/tus/big/resumed.bin", &st.a.jwt).send().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-test");
     let got = r.bytes().await.unwrap();
@@ -891,7 +782,7 @@ async fn public_object_cache_follows_writes_on_other_replicas() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(read(&other).await, (200, "version one".to_string()), "served from the cache");
-    let r = st.req(Method::PUT, "/object/pub/logo.txt", &st.a.jwt).body("version two").send().await.unwrap();
+    let r = st.req(Method::PUT, "/object/pub/logo.txt", &st.a.jwt).body("version two").send().await;
     assert_eq!(r.status(), 200);
     let mut seen = read(&other).await;
     for _ in 0..50 {
@@ -902,7 +793,7 @@ async fn public_object_cache_follows_writes_on_other_replicas() {
         seen = read(&other).await;
     }
     assert_eq!(seen, (200, "version two".to_string()));
-    let r = st.req(Method::DELETE, "/object/pub/logo.txt", &st.a.jwt).send().await.unwrap();
+    let r = st.req(Method::DELETE, "/object/pub/logo.txt", &st.a.jwt).send().await;
     assert_eq!(r.status(), 200);
     let mut status = read(&other).await.0;
     for _ in 0..50 {
@@ -916,7 +807,7 @@ async fn public_object_cache_follows_writes_on_other_replicas() {
     // Making the bucket private drops its cached rows everywhere.
     assert_eq!(st.put(&st.a.jwt, "pub", "logo.txt", b"three", "text/plain").await.status(), 200);
     assert_eq!(read(&other).await.0, 200);
-    let r = st.req(Method::PUT, "/bucket/pub", &st.key).json(&json!({"public": false})).send().await.unwrap();
+    let r = st.req(Method::PUT, "/bucket/pub", &st.key).json(&json!({"public": false})).send().await;
     assert_eq!(r.status(), 200);
     let mut status = read(&other).await.0;
     for _ in 0..50 {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::Chat;
 use crate::auth::{Caller, CurrentUser};
 use crate::error::{ApiError, ApiJson};
+use crate::pagination::{Page, PageQuery};
 
 /// The chat routes.
 pub fn routes<S>() -> OpenApiRouter<S>
@@ -49,25 +50,23 @@ async fn create_conversation(
     Ok((StatusCode::CREATED, ApiJson(c)).into_response())
 }
 
-/// Query of the conversation list.
+/// Filter of the conversation list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// 1–100 (default 50).
-    limit: Option<i64>,
-    /// From a previous page's `next_cursor`.
-    cursor: Option<String>,
     /// `false` (default), `true` or `all`.
     archived: Option<String>,
 }
 
 /// List my conversations, newest activity first.
-#[utoipa::path(get, path = "/v1/conversations", tag = "chat", params(ListQuery), responses((status = 200, body = ConversationList)))]
+#[utoipa::path(get, path = "/v1/conversations", tag = "chat", params(ListQuery, PageQuery), responses((status = 200, body = Page<Conversation>)))]
 async fn list_conversations(
     State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Query(q): Query<ListQuery>,
+    Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<ConversationList>, ApiError> {
-    service::list(&state, user.user_id, q.archived.as_deref(), q.cursor.as_deref(), q.limit).await.map(ApiJson)
+    service::list(&state, user.user_id, q.archived.as_deref(), &page).await.map(ApiJson)
 }
 
 /// A conversation: mine, or a public one (read-only).
@@ -208,21 +207,19 @@ async fn put_feedback(
 
 /// Query of message search.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Words, "phrases", -exclusions, OR (web search syntax).
     q: String,
-    /// 1–100 (default 50).
-    limit: Option<i64>,
-    /// From a previous page's `next_cursor`.
-    cursor: Option<String>,
 }
 
 /// Search my messages' text: ranked, highlighted, paginated.
-#[utoipa::path(get, path = "/v1/search/messages", tag = "chat", params(SearchQuery), responses((status = 200, body = SearchResults)))]
+#[utoipa::path(get, path = "/v1/search/messages", tag = "chat", params(SearchQuery, PageQuery), responses((status = 200, body = Page<SearchHitView>)))]
 async fn search_messages(
     State(state): State<Arc<Chat>>,
     user: CurrentUser,
     Query(q): Query<SearchQuery>,
+    Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<SearchResults>, ApiError> {
-    service::search(&state, user.user_id, &q.q, q.cursor.as_deref(), q.limit).await.map(ApiJson)
+    service::search(&state, user.user_id, &q.q, &page).await.map(ApiJson)
 }

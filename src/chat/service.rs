@@ -4,14 +4,13 @@
 //! "not found"; public ones are read-only to anyone with the id.
 
 use http::StatusCode;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::Chat;
 use super::db::{self, ArchivedFilter, ConversationPatch, Page, Upserted};
 use super::types::*;
 use crate::error::ApiError;
-use crate::pagination;
+use crate::pagination::{self, PageQuery};
 
 const ROLES: &[&str] = &["system", "user", "assistant"];
 
@@ -67,36 +66,24 @@ pub async fn create(state: &Chat, owner: Uuid, req: CreateConversation) -> Resul
     }
 }
 
-fn conversation_cursor(row: &Conversation) -> String {
-    pagination::time_id_cursor(row.last_activity_at, row.id)
-}
-
-fn parse_conversation_cursor(c: &str) -> Result<(OffsetDateTime, Uuid), ApiError> {
-    pagination::parse_time_id(&pagination::decode(c)?)
-}
-
 /// Lists the owner's conversations, newest activity first.
 pub async fn list(
     state: &Chat,
     owner: Uuid,
     archived: Option<&str>,
-    cursor: Option<&str>,
-    limit: Option<i64>,
+    page: &PageQuery,
 ) -> Result<ConversationList, ApiError> {
-    let limit = pagination::limit(limit)?;
+    let limit = page.limit()?;
     let filter = match archived {
         None | Some("false") => ArchivedFilter::Active,
         Some("true") => ArchivedFilter::Archived,
         Some("all") => ArchivedFilter::All,
         Some(_) => return Err(ApiError::bad_request("invalid_filter", "archived must be `true`, `false` or `all`")),
     };
-    let after = cursor.map(parse_conversation_cursor).transpose()?;
-    let mut rows = db::list_conversations(&state.pool, owner, filter, after, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let data: Vec<Conversation> = rows.into_iter().map(|r| Conversation::of(r, Some(owner))).collect();
-    let next_cursor = if more { data.last().map(conversation_cursor) } else { None };
-    Ok(ConversationList { data, next_cursor })
+    let after = page.cursor_text()?.map(|t| pagination::parse_time_id(&t)).transpose()?;
+    let rows = db::list_conversations(&state.pool, owner, filter, after, limit + 1).await?;
+    let rows: Vec<Conversation> = rows.into_iter().map(|r| Conversation::of(r, Some(owner))).collect();
+    Ok(pagination::Page::from_rows(rows, limit, |c| pagination::time_id_cursor(c.last_activity_at, c.id)))
 }
 
 /// A conversation the caller may read.
@@ -382,20 +369,14 @@ pub async fn feedback(
 }
 
 /// Searches the owner's messages.
-pub async fn search(
-    state: &Chat,
-    owner: Uuid,
-    q: &str,
-    cursor: Option<&str>,
-    limit: Option<i64>,
-) -> Result<SearchResults, ApiError> {
+pub async fn search(state: &Chat, owner: Uuid, q: &str, page: &PageQuery) -> Result<SearchResults, ApiError> {
     let q = q.trim();
     if q.is_empty() || q.len() > 500 {
         return Err(ApiError::bad_request("invalid_query", "q must be 1 to 500 characters"));
     }
-    let limit = pagination::limit(limit)?;
-    let offset: i64 = match cursor {
-        Some(c) => pagination::decode(c)?
+    let limit = page.limit()?;
+    let offset: i64 = match page.cursor_text()? {
+        Some(c) => c
             .strip_prefix('o')
             .and_then(|s| s.parse().ok())
             .filter(|n: &i64| *n >= 0 && *n <= 10_000)
@@ -406,6 +387,7 @@ pub async fn search(
     let more = hits.len() as i64 > limit;
     hits.truncate(limit as usize);
     let next_cursor = more.then(|| pagination::encode(&format!("o{}", offset + limit)));
+    // (An offset cursor: ranks change as messages come, so a keyset has no stable key.)
     let data = hits
         .into_iter()
         .map(|h| SearchHitView {
@@ -417,5 +399,5 @@ pub async fn search(
             created_at: h.created_at,
         })
         .collect();
-    Ok(SearchResults { data, next_cursor })
+    Ok(pagination::Page { data, next_cursor })
 }

@@ -85,14 +85,8 @@ impl Conversation {
     }
 }
 
-/// A page of conversations.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConversationList {
-    /// Newest activity first.
-    pub data: Vec<Conversation>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
+/// A page of conversations, newest activity first.
+pub type ConversationList = crate::pagination::Page<Conversation>;
 
 /// An AI SDK `UIMessage` as sent by a client: `parts` and `metadata` are kept
 /// exactly as given (unknown part types and fields included).
@@ -266,11 +260,5 @@ pub struct SearchHitView {
     pub created_at: OffsetDateTime,
 }
 
-/// A page of search hits.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SearchResults {
-    /// Best first.
-    pub data: Vec<SearchHitView>,
-    /// Pass as `cursor` for the next page.
-    pub next_cursor: Option<String>,
-}
+/// A page of search hits, best first.
+pub type SearchResults = crate::pagination::Page<SearchHitView>;

@@ -1242,3 +1242,101 @@ async fn api_key_and_basic_credentials_and_revocation_on_delete() {
     assert_eq!(f.app.delete_as(&format!("/v1/connections/{c}"), &a.jwt).await.0, 204);
     assert_eq!(*f.fake.revoked.lock().unwrap(), ["rt-gone"]);
 }
+
+/// Every item of the list at `path` walked `limit` at a time through `next_cursor`.
+async fn walk(app: &TestApp, path: &str, token: &str, limit: usize) -> Vec<Value> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let url = match &cursor {
+            Some(c) => format!("{path}{sep}limit={limit}&cursor={c}"),
+            None => format!("{path}{sep}limit={limit}"),
+        };
+        let (status, page) = app.get_as(&url, token).await;
+        assert_eq!(status, 200, "{url}: {page}");
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= limit, "{url}: {} items", data.len());
+        items.extend(data.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return items,
+        }
+    }
+    panic!("{path}: more than 100 pages");
+}
+
+#[tokio::test]
+async fn sessions_integrations_and_connections_are_paged() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "pages@example.com").await;
+    let b = sign_up(&f.app, "other-pages@example.com").await;
+    for k in ["page-a", "page-b", "page-c"] {
+        let (status, body) =
+            f.app.post_as("/v1/integrations", &f.key, &json!({"unique_key": k, "provider": "fake-key"})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for n in 0..5 {
+        let body =
+            json!({"integration": "page-a", "api_key": format!("k{n}"), "external_account_id": format!("acct-{n}")});
+        let (status, body) = f.app.post_as("/v1/connections", &a.jwt, &body).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Connections: every one exactly once, oldest first, in pages of 2 (and of 1).
+    let (status, all) = f.app.get_as("/v1/connections", &a.jwt).await;
+    assert_eq!(status, 200);
+    assert_eq!(all["next_cursor"], Value::Null);
+    let accounts = |items: &[Value]| -> Vec<String> {
+        items.iter().map(|c| c["external_account_id"].as_str().unwrap().to_string()).collect()
+    };
+    let expected: Vec<String> = (0..5).map(|n| format!("acct-{n}")).collect();
+    assert_eq!(accounts(all["data"].as_array().unwrap()), expected);
+    assert_eq!(accounts(&walk(&f.app, "/v1/connections", &a.jwt, 2).await), expected);
+    assert_eq!(accounts(&walk(&f.app, "/v1/connections?integration=page-a", &a.jwt, 1).await), expected);
+    // Another user's pages are theirs: empty.
+    assert!(walk(&f.app, "/v1/connections", &b.jwt, 2).await.is_empty());
+    // Integrations: key order, each once.
+    let keys: Vec<String> = walk(&f.app, "/v1/integrations", &f.key, 2)
+        .await
+        .iter()
+        .map(|i| i["unique_key"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted);
+    assert!(["page-a", "page-b", "page-c"].iter().all(|k| keys.iter().any(|x| x == k)), "{keys:?}");
+    // Sessions: three more sign-ins, newest first, each once.
+    for _ in 0..3 {
+        let (status, body) = f
+            .app
+            .call(Method::POST, "/v1/auth/sign-in")
+            .json(&json!({"email": "pages@example.com", "password": crate::harness::PASSWORD}))
+            .reply()
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let sessions = walk(&f.app, "/v1/me/sessions", &a.jwt, 2).await;
+    assert_eq!(sessions.len(), 4, "sign-up's session and three sign-ins");
+    let created: Vec<&str> = sessions.iter().map(|s| s["created_at"].as_str().unwrap()).collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "newest first: {created:?}");
+    // Bad paging input: a 400 with a stable code.
+    for (query, code) in [
+        ("limit=0", "invalid_limit"),
+        ("limit=101", "invalid_limit"),
+        ("cursor=%21%21", "invalid_cursor"),
+        ("cursor=bm9wZQ", "invalid_cursor"),
+    ] {
+        for path in ["/v1/connections", "/v1/me/sessions"] {
+            let r = f.app.call(Method::GET, &format!("{path}?{query}")).by(&a.jwt).send().await;
+            let (status, got, ..) = envelope(r).await;
+            assert_eq!((status, got.as_str()), (400, code), "{path}?{query}");
+        }
+        // (An integration cursor is a key: any text decodes to a position.)
+        if query != "cursor=bm9wZQ" {
+            let r = f.app.call(Method::GET, &format!("/v1/integrations?{query}")).by(&f.key).send().await;
+            let (status, got, ..) = envelope(r).await;
+            assert_eq!((status, got.as_str()), (400, code), "/v1/integrations?{query}");
+        }
+    }
+}

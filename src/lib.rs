@@ -2,10 +2,12 @@
 //!
 //! Module map (see ARCHITECTURE.md):
 //! - [`config`]: typed configuration from `CARMENTA_*` and `carmenta.toml`.
-//! - [`app`]: shared state, the router and its middleware, `serve`.
+//! - [`state`]: `AppState`, holding each area's own state.
+//! - [`router`]: every route, the layers around them, `serve`.
+//! - [`middleware`]: request ids, logs, metrics, the error envelope, panics.
 //! - [`error`]: the API error envelope.
 //! - [`cache`]: the one NOTIFY-invalidated cache type and its listener.
-//! - [`db`]: the pool, migrations, and the embedded PostgreSQL manager.
+//! - [`db`]: the pool, migrations, the embedded PostgreSQL manager, shared statements.
 //! - [`jobs`]: the durable job queue (PostgreSQL, `SKIP LOCKED`), schedules, workers.
 //! - [`background`]: the server's job kinds and periodic schedules.
 //! - [`crypto`]: AES-256-GCM envelope encryption with key ids.
@@ -14,7 +16,10 @@
 //! - [`auth`]: accounts, sessions, access tokens, service keys.
 //! - [`audit`]: the audit log.
 //! - [`chat`]: conversations and messages (AI SDK UIMessages).
-//! - [`pagination`]: cursors and limits for list endpoints.
+//! - [`storage`]: Supabase Storage's API over a local directory or S3, TUS, rendering.
+//! - [`connections`]: the OAuth broker: catalog, integrations, connect flow, vault, refresh, proxy, webhooks.
+//! - [`server`]: `carmenta serve` and `carmenta migrate`.
+//! - [`pagination`]: `Page<T>` and `PageQuery` for every list endpoint.
 //! - [`http_client`]: the one outgoing HTTP client, with its guard against link-local and metadata addresses.
 //! - [`hosted`]: server-rendered auth pages.
 //! - [`imaging`]: image transformations (libvips) and their variant cache.

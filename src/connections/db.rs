@@ -8,6 +8,8 @@ use sqlx::{FromRow, PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::types::Connection;
+
 // ---------------------------------------------------------------------------
 // Integrations
 
@@ -275,33 +277,6 @@ pub async fn consume_oauth_state(pool: &PgPool, state_hash: &[u8]) -> Result<Opt
 // ---------------------------------------------------------------------------
 // Connections
 
-/// A connection as listed (no credentials).
-#[derive(Debug, FromRow)]
-pub struct ConnRow {
-    /// Id.
-    pub id: Uuid,
-    /// Integration key.
-    pub integration: String,
-    /// Provider.
-    pub provider: String,
-    /// External account.
-    pub external_account_id: String,
-    /// `connected` or `needs_reauth`.
-    pub status: String,
-    /// Granted scopes.
-    pub scopes: Vec<String>,
-    /// Access token expiry.
-    pub expires_at: Option<OffsetDateTime>,
-    /// Last exchange or refresh.
-    pub last_refresh_at: Option<OffsetDateTime>,
-    /// Last refresh error.
-    pub last_error: Option<String>,
-    /// App metadata.
-    pub metadata: Value,
-    /// Created.
-    pub created_at: OffsetDateTime,
-}
-
 const CONN_SQL: &str = "SELECT c.id, i.unique_key AS integration, i.provider, c.external_account_id, c.status, \
     c.scopes, c.expires_at, c.last_refresh_at, c.last_error, c.metadata, c.created_at \
     FROM connections c JOIN integrations i ON i.id = c.integration_id";
@@ -314,7 +289,7 @@ pub async fn list_connections(
     integration: Option<&str>,
     after: Option<(OffsetDateTime, Uuid)>,
     limit: i64,
-) -> Result<Vec<ConnRow>, sqlx::Error> {
+) -> Result<Vec<Connection>, sqlx::Error> {
     let sql = format!(
         "{CONN_SQL} WHERE c.owner_id = $1 AND ($2::text IS NULL OR i.unique_key = $2) \
          AND ($3::timestamptz IS NULL OR (c.created_at, c.id) > ($3, $4)) ORDER BY c.created_at, c.id LIMIT $5"
@@ -330,7 +305,7 @@ pub async fn list_connections(
 }
 
 /// `owner`'s connection `id`.
-pub async fn owned_connection(pool: &PgPool, owner: Uuid, id: Uuid) -> Result<Option<ConnRow>, sqlx::Error> {
+pub async fn owned_connection(pool: &PgPool, owner: Uuid, id: Uuid) -> Result<Option<Connection>, sqlx::Error> {
     let sql = format!("{CONN_SQL} WHERE c.id = $1 AND c.owner_id = $2");
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(owner).fetch_optional(pool).await
 }

@@ -171,7 +171,7 @@ async fn list_connections(
     Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<Page<Connection>>, ApiError> {
     let rows = service::list(&c, user.user_id, q.integration.as_deref(), &page).await?;
-    Ok(ApiJson(rows.map(Connection::from)))
+    Ok(ApiJson(rows))
 }
 
 /// One of my connections.
@@ -182,7 +182,7 @@ async fn get_connection(
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Connection>, ApiError> {
-    service::owned(&c, user.user_id, &id).await.map(|r| ApiJson(r.into()))
+    service::owned(&c, user.user_id, &id).await.map(ApiJson)
 }
 
 /// Set a connection's metadata.
@@ -194,7 +194,7 @@ async fn patch_connection(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PatchConnection>,
 ) -> Result<ApiJson<Connection>, ApiError> {
-    service::set_metadata(&c, user.user_id, &id, &req.metadata).await.map(|r| ApiJson(r.into()))
+    service::set_metadata(&c, user.user_id, &id, &req.metadata).await.map(ApiJson)
 }
 
 /// Store API-key or basic credentials for a provider that uses them.
@@ -206,7 +206,7 @@ async fn create_key_connection(
     ApiJson(req): ApiJson<CreateKeyConnection>,
 ) -> Result<Response, ApiError> {
     let row = service::create_key_connection(&c, user.user_id, req).await?;
-    Ok((StatusCode::CREATED, ApiJson(Connection::from(row))).into_response())
+    Ok((StatusCode::CREATED, ApiJson(row)).into_response())
 }
 
 /// Delete one of my connections (its token is revoked at the provider when it offers that).

@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::db::{self, ConnRow, IntegrationRow, PageLine, SessionRow};
+use super::db::{self, IntegrationRow, PageLine, SessionRow};
 use super::oauth::{self, Tokens, concrete_url};
-use super::types::CreateKeyConnection;
+use super::types::{Connection, CreateKeyConnection};
 use super::vault::Credentials;
 use super::{Connections, integrations};
 use crate::auth::tokens::{hash_token, random_token};
@@ -284,7 +284,7 @@ pub async fn create_key_connection(
     c: &Connections,
     owner: Uuid,
     req: CreateKeyConnection,
-) -> Result<ConnRow, ApiError> {
+) -> Result<Connection, ApiError> {
     let integ = integrations::by_key(c, &req.integration)
         .await
         .map_err(|_| unprocessable("unknown_integration", format!("no integration {:?}", req.integration)))?;
@@ -324,13 +324,13 @@ pub async fn create_key_connection(
 
 /// `owner`'s connection `id` (a malformed id, another user's and a missing one
 /// are the same 404).
-pub async fn owned(c: &Connections, owner: Uuid, id: &str) -> Result<ConnRow, ApiError> {
+pub async fn owned(c: &Connections, owner: Uuid, id: &str) -> Result<Connection, ApiError> {
     let not_found = || ApiError::not_found("connection not found");
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
     db::owned_connection(&c.pool, owner, id).await?.ok_or_else(not_found)
 }
 
-fn connection_cursor(r: &ConnRow) -> String {
+fn connection_cursor(r: &Connection) -> String {
     crate::pagination::time_id_cursor(r.created_at, r.id)
 }
 
@@ -340,7 +340,7 @@ pub async fn list(
     owner: Uuid,
     integration: Option<&str>,
     page: &PageQuery,
-) -> Result<Page<ConnRow>, ApiError> {
+) -> Result<Page<Connection>, ApiError> {
     let limit = page.limit()?;
     let after = page.cursor_text()?.map(|t| crate::pagination::parse_time_id(&t)).transpose()?;
     let rows = db::list_connections(&c.pool, owner, integration, after, limit + 1).await?;
@@ -348,7 +348,7 @@ pub async fn list(
 }
 
 /// Replaces the metadata of `owner`'s connection `id`.
-pub async fn set_metadata(c: &Connections, owner: Uuid, id: &str, metadata: &Value) -> Result<ConnRow, ApiError> {
+pub async fn set_metadata(c: &Connections, owner: Uuid, id: &str, metadata: &Value) -> Result<Connection, ApiError> {
     if !metadata.is_object() || serde_json::to_vec(metadata).map_or(true, |b| b.len() > 8192) {
         return Err(unprocessable("invalid_metadata", "metadata must be a JSON object of at most 8 KB"));
     }
@@ -380,7 +380,7 @@ pub async fn delete(c: &Connections, owner: Uuid, id: &str) -> Result<(), ApiErr
 
 /// Revokes the connection's token at its provider (RFC 7009), when the provider
 /// has a `revoke_url`; nothing is read or opened otherwise.
-async fn revoke(c: &Connections, row: &ConnRow) -> Result<(), ApiError> {
+async fn revoke(c: &Connections, row: &Connection) -> Result<(), ApiError> {
     let Some(provider) = c.catalog.get(&row.provider) else { return Ok(()) };
     if provider.str("revoke_url").is_none() {
         return Ok(());

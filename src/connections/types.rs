@@ -6,8 +6,6 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::db::ConnRow;
-
 /// `POST /v1/connect/sessions`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -30,8 +28,8 @@ pub struct SessionView {
     pub links: std::collections::BTreeMap<String, String>,
 }
 
-/// A connection as returned (never a token).
-#[derive(Debug, Serialize, ToSchema)]
+/// A connection as returned (never a token; read from its row as it is).
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Connection {
     /// Id (send as `Connection-Id`).
     pub id: Uuid,
@@ -59,24 +57,6 @@ pub struct Connection {
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-}
-
-impl From<ConnRow> for Connection {
-    fn from(r: ConnRow) -> Self {
-        Connection {
-            id: r.id,
-            integration: r.integration,
-            provider: r.provider,
-            external_account_id: r.external_account_id,
-            status: r.status,
-            scopes: r.scopes,
-            expires_at: r.expires_at,
-            last_refresh_at: r.last_refresh_at,
-            last_error: r.last_error,
-            metadata: r.metadata,
-            created_at: r.created_at,
-        }
-    }
 }
 
 /// Filter of the connection list.

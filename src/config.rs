@@ -162,6 +162,10 @@ pub struct Config {
     pub storage_max_file_size: u64,
     /// How long a signed upload URL stays valid (`CARMENTA_STORAGE_UPLOAD_URL_TTL`, seconds).
     pub storage_upload_url_ttl: Duration,
+    /// A separate, cookie-less origin that serves storage (`CARMENTA_STORAGE_PUBLIC_URL`):
+    /// requests arriving on its host may show HTML and SVG objects inline (still
+    /// sandboxed); on any other host they download as attachments.
+    pub storage_public_url: Option<Url>,
     /// Image transforms run at once (`CARMENTA_IMAGING_WORKERS`, default 2 × cores).
     pub imaging_workers: usize,
     /// Transforms that may wait for a worker before new ones get 503
@@ -225,6 +229,7 @@ struct FileConfig {
     storage_dir: Option<PathBuf>,
     storage_max_file_size: Option<toml::Value>,
     storage_upload_url_ttl: Option<u64>,
+    storage_public_url: Option<String>,
     imaging_workers: Option<u64>,
     imaging_queue: Option<u64>,
     imaging_timeout: Option<u64>,
@@ -600,6 +605,14 @@ impl Config {
             )?
             .unwrap_or(7200),
         );
+        let storage_public_url =
+            match pick(env, &["CARMENTA_STORAGE_PUBLIC_URL"], "storage_public_url", fc.storage_public_url) {
+                Some(r) => match Url::parse(r.value.trim()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
+                    _ => return Err(invalid(&r, "expected an http(s) URL")),
+                },
+                None => None,
+            };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let imaging_workers = num(&["CARMENTA_IMAGING_WORKERS"], "imaging_workers", fc.imaging_workers, 1, 1024)?
             .map_or(2 * cores, |n| n as usize);
@@ -761,6 +774,7 @@ impl Config {
             storage,
             storage_max_file_size,
             storage_upload_url_ttl,
+            storage_public_url,
             imaging_workers,
             imaging_queue,
             imaging_timeout,
@@ -875,6 +889,7 @@ impl Config {
             ),
             ("storage_max_file_size".into(), self.storage_max_file_size.to_string()),
             ("storage_upload_url_ttl".into(), format!("{}s", self.storage_upload_url_ttl.as_secs())),
+            ("storage_public_url".into(), self.storage_public_url.as_ref().map_or("(none)".into(), |u| u.to_string())),
             ("imaging_workers".into(), self.imaging_workers.to_string()),
             ("imaging_queue".into(), self.imaging_queue.to_string()),
             ("imaging_timeout".into(), format!("{}s", self.imaging_timeout.as_secs())),

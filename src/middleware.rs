@@ -106,6 +106,16 @@ where
     }
 }
 
+/// Forbids framing (clickjacking) and type sniffing: for pages served without a
+/// policy of their own (the API explorer under `/docs`).
+pub async fn no_framing(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
+    res
+}
+
 /// Gives error responses without a JSON body the standard envelope.
 fn normalise_error(res: Response) -> Response {
     let status = res.status();
@@ -132,6 +142,8 @@ fn normalise_error(res: Response) -> Response {
     };
     let (mut parts, _) = res.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
+    // The body is replaced after the compression layer: it is not encoded.
+    parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, Body::from(error::envelope_json(code, &message))).into_response()
 }

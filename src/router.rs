@@ -58,7 +58,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .merge(crate::hosted::routes())
         .merge(crate::connections::routes::browser_routes())
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .merge(
+            Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+                .layer(axum::middleware::map_response(crate::middleware::no_framing)),
+        )
         .fallback(fallback)
         .layer(
             ServiceBuilder::new()

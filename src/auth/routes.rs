@@ -74,10 +74,10 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The origin a browser request came from (Origin, else Referer).
 fn request_origin(headers: &HeaderMap) -> Option<String> {
-    if let Some(o) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
-        && o != "null"
-    {
-        return Some(o.to_string());
+    // An Origin header, even `null` (a sandboxed document, a data: URL), is the
+    // answer: the Referer of such a page may still name our own origin.
+    if let Some(o) = headers.get(header::ORIGIN) {
+        return o.to_str().ok().filter(|o| *o != "null").map(str::to_string).or(Some(String::new()));
     }
     let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok())?;
     url::Url::parse(referer).ok().map(|u| u.origin().ascii_serialization())

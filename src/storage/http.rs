@@ -278,6 +278,47 @@ pub(super) fn validators(h: &mut HeaderMap, etag: &str, row: &ObjectRow, expires
         h.insert(header::LAST_MODIFIED, v);
     }
     h.insert("x-robots-tag", HeaderValue::from_static("none"));
+    // Never guess a type: a text/plain upload stays text.
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+}
+
+/// Content types a browser shows without running script (served inline). HTML,
+/// SVG, XML and everything not listed here can carry script.
+pub(super) fn passive(mime: &str) -> bool {
+    let base = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (top, sub) = base.split_once('/').unwrap_or((base.as_str(), ""));
+    match top {
+        "image" => sub != "svg+xml",
+        "audio" | "video" | "font" => true,
+        "text" => matches!(sub, "plain" | "csv"),
+        "application" => matches!(sub, "json" | "pdf" | "octet-stream" | "zip" | "gzip"),
+        _ => false,
+    }
+}
+
+/// Keeps an object that could run script from doing so on the API's origin (where
+/// the session cookie lives): `Content-Security-Policy: sandbox` (an opaque origin,
+/// no script, no forms), and, unless the request came to the cookie-less storage
+/// origin (`CARMENTA_STORAGE_PUBLIC_URL`), a download instead of a page.
+pub(super) fn contain_active(
+    state: &Storage,
+    h: &mut HeaderMap,
+    request: &HeaderMap,
+    mime: &str,
+    key: &str,
+    download: Option<&str>,
+) {
+    if passive(mime) {
+        return;
+    }
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
+    let on_content_origin = state.content_host.as_deref().is_some_and(|c| header_str(request, "host") == Some(c));
+    if download.is_none() && !on_content_origin {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        if let Some(v) = content_disposition(Some(name), key) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
 }
 
 /// Answers a download of `row`: 304, 416, 206 or 200, streaming the bytes.
@@ -317,6 +358,7 @@ pub(super) async fn serve(state: &Storage, mut row: ObjectRow, how: Serve<'_>) -
     if let Some(v) = content_disposition(how.download, &row.name) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
+    contain_active(state, h, how.headers, &row.content_type, &row.name, how.download);
     let (status, len) = match &range {
         Some(r) => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1)) {

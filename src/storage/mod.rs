@@ -39,6 +39,8 @@ pub struct Storage {
     pub upload_url_ttl: Duration,
     /// The public base URL without a trailing slash (TUS `Location`).
     pub public_base: String,
+    /// `host[:port]` of `CARMENTA_STORAGE_PUBLIC_URL`, the cookie-less storage origin.
+    pub content_host: Option<String>,
     /// The object store.
     pub blobs: Blobs,
     /// Public object rows and small objects' bytes.
@@ -82,6 +84,13 @@ impl Storage {
             max_file_size: config.storage_max_file_size,
             upload_url_ttl: config.storage_upload_url_ttl,
             public_base: config.public_url.as_str().trim_end_matches('/').to_string(),
+            content_host: config.storage_public_url.as_ref().and_then(|u| {
+                let host = u.host_str()?;
+                Some(match u.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host.to_string(),
+                })
+            }),
             blobs: Blobs::open(&config.storage)?,
             cache: std::sync::Arc::default(),
             imaging: crate::imaging::Imaging::new(

@@ -12,6 +12,7 @@ mod email;
 mod embedded;
 mod errors;
 mod external;
+mod hardening;
 mod hosted;
 mod imaging;
 mod jobs;

@@ -1,0 +1,126 @@
+//! Issue #22's hardening: what an attacker or a careless client tried, refused.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, PASSWORD, TestApp, sign_up};
+use crate::storage::St;
+
+/// A page that, were it run on the API's origin, would take the visitor's session.
+const EVIL_HTML: &[u8] = b"<html><script>fetch('/v1/auth/token',{method:'POST'})</script></html>";
+const EVIL_SVG: &[u8] = b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>";
+
+#[tokio::test]
+async fn uploaded_html_and_svg_cannot_run_script_on_the_api_origin() {
+    let st = St::new(Backend::Fs).await;
+    st.bucket("pub", json!({"public": true})).await;
+    for (key, body, ct) in [
+        ("evil.html", EVIL_HTML, "text/html"),
+        ("evil.svg", EVIL_SVG, "image/svg+xml"),
+        ("evil.xml", EVIL_SVG, "application/xml"),
+        ("ok.txt", b"plain" as &[u8], "text/plain"),
+        ("ok.json", b"{}" as &[u8], "application/json"),
+    ] {
+        let r = st.put(&st.a.jwt, "pub", key, body, ct).await;
+        assert_eq!(r.status(), 200, "{key}");
+    }
+    let active = |h: &reqwest::header::HeaderMap, what: &str| {
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        let csp = h.get("content-security-policy").map(|v| v.to_str().unwrap()).unwrap_or("");
+        assert!(csp.contains("sandbox"), "{what}: CSP {csp:?}");
+        let cd = h.get("content-disposition").map(|v| v.to_str().unwrap()).unwrap_or("");
+        assert!(cd.starts_with("attachment"), "{what}: Content-Disposition {cd:?}");
+    };
+    for key in ["evil.html", "evil.svg", "evil.xml"] {
+        // Public, authenticated and signed downloads, and a HEAD.
+        let r = st.req(Method::GET, &format!("/object/public/pub/{key}"), "").send().await;
+        assert_eq!(r.status(), 200);
+        active(r.headers(), &format!("public {key}"));
+        let r = st.req(Method::GET, &format!("/object/authenticated/pub/{key}"), &st.a.jwt).send().await;
+        active(r.headers(), &format!("authenticated {key}"));
+        let r = st.req(Method::HEAD, &format!("/object/public/pub/{key}"), "").send().await;
+        active(r.headers(), &format!("HEAD {key}"));
+        let (status, signed) = st
+            .req(Method::POST, &format!("/object/sign/pub/{key}"), &st.a.jwt)
+            .json(&json!({"expiresIn": 60}))
+            .reply()
+            .await;
+        assert_eq!(status, 200, "{signed}");
+        let path = signed["signedURL"].as_str().unwrap();
+        let r = st.app.call(Method::GET, &format!("/storage/v1{path}")).send().await;
+        assert_eq!(r.status(), 200, "{path}");
+        active(r.headers(), &format!("signed {key}"));
+    }
+    // Passive types stay inline, never sniffed.
+    for key in ["ok.txt", "ok.json"] {
+        let r = st.req(Method::GET, &format!("/object/public/pub/{key}"), "").send().await;
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert!(h.get("content-security-policy").is_none() && h.get("content-disposition").is_none(), "{key}");
+    }
+    // Were a sandboxed page to run anyway, its cookie-authenticated token request
+    // comes with `Origin: null` (its Referer may name our origin): refused.
+    let public = st.app.url("");
+    let (status, signed_in) = st
+        .app
+        .call(Method::POST, "/v1/auth/sign-in")
+        .json(&json!({"email": "a@example.com", "password": PASSWORD}))
+        .reply()
+        .await;
+    assert_eq!(status, 200, "{signed_in}");
+    let cookie = format!("carmenta_session={}", signed_in["session_token"].as_str().unwrap());
+    let token = |origin: Option<&'static str>| {
+        let mut call = st
+            .app
+            .call(Method::POST, "/v1/auth/token")
+            .header("cookie", cookie.clone())
+            .header("referer", format!("{public}/storage/v1/object/public/pub/evil.html"));
+        if let Some(o) = origin {
+            call = call.header("origin", o);
+        }
+        call.reply()
+    };
+    let (status, body) = token(Some("null")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("csrf_failed")), "{body}");
+    // The same request from the site itself (no Origin, its own Referer) passes.
+    let (status, body) = token(None).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_separate_storage_origin_shows_active_objects_inline_but_sandboxed() {
+    let st = St::with(Backend::Fs, |c| {
+        c.storage_public_url = Some(url::Url::parse("http://files.example.test:8080").unwrap());
+    })
+    .await;
+    st.bucket("pub", json!({"public": true})).await;
+    assert_eq!(st.put(&st.a.jwt, "pub", "page.html", EVIL_HTML, "text/html").await.status(), 200);
+    let r =
+        st.req(Method::GET, "/object/public/pub/page.html", "").header("host", "files.example.test:8080").send().await;
+    let h = r.headers();
+    assert!(h["content-security-policy"].to_str().unwrap().contains("sandbox"));
+    assert!(h.get("content-disposition").is_none(), "inline on the storage origin");
+    // Reached through the API's own host it is still an attachment.
+    let r = st.req(Method::GET, "/object/public/pub/page.html", "").send().await;
+    assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
+}
+
+#[tokio::test]
+async fn errors_stay_well_formed_under_compression_and_docs_cannot_be_framed() {
+    let app = TestApp::spawn().await;
+    let u = sign_up(&app, "gz@example.com").await;
+    // A framework rejection (text/plain, compressed) rewritten into the envelope.
+    let r =
+        app.call(Method::GET, "/v1/conversations?limit=abc").by(&u.jwt).header("accept-encoding", "gzip").send().await;
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("content-encoding").is_none(), "{:?}", r.headers());
+    let body: Value = r.json().await.expect("a JSON envelope, not gzip bytes");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    // Ordinary answers are still compressed.
+    let r = app.call(Method::GET, "/openapi.json").header("accept-encoding", "gzip").send().await;
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    // The API explorer may not be framed.
+    let r = app.get("/docs/").await;
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+}

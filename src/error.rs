@@ -120,9 +120,42 @@ impl From<sqlx::Error> for ApiError {
         match &e {
             sqlx::Error::PoolTimedOut => ApiError::unavailable("database is busy, retry shortly"),
             sqlx::Error::RowNotFound => ApiError::not_found("not found"),
+            _ if refused_text(&e) => text_refused(),
             _ => ApiError::internal(e),
         }
     }
+}
+
+/// Whether PostgreSQL refused a value's characters (a NUL in text or in a JSON
+/// string: SQLSTATE 22021 or 22P05). The checks at the edges catch these first;
+/// this keeps any that slip through a 400, not a 500.
+pub fn refused_text(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "22021" || c == "22P05")
+}
+
+/// The answer to text PostgreSQL cannot store: 400 `invalid_text`.
+pub fn text_refused() -> ApiError {
+    ApiError::bad_request("invalid_text", "text must not contain NUL (\\u0000) characters")
+}
+
+/// Whether a JSON document holds a `\u0000` escape in a string (a raw NUL byte is
+/// not valid JSON and fails parsing anyway). An escaped backslash before `u0000`
+/// (`\\u0000`, the six characters) does not count.
+pub fn json_has_nul(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(pos) = bytes[i..].iter().position(|b| *b == b'\\') {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && bytes[end] == b'\\' {
+            end += 1;
+        }
+        // An odd run of backslashes ends in an escape.
+        if (end - start) % 2 == 1 && bytes[end..].starts_with(b"u0000") {
+            return true;
+        }
+        i = end.max(start + 1);
+    }
+    false
 }
 
 /// The code and status for a response that left the router without a JSON body
@@ -167,7 +200,24 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+            } else {
+                ApiError::bad_request("invalid_body", e.body_text())
+            }
+        })?;
+        if json_has_nul(&bytes) {
+            return Err(text_refused());
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rej) => Err(json_rejection(rej)),
         }
@@ -178,6 +228,13 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
     }
+}
+
+/// `application/json` or any `+json` type.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn json_rejection(rej: JsonRejection) -> ApiError {
@@ -201,5 +258,19 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
             }
         }
         other => ApiError::new(other.status(), code_for_status(other.status()), other.body_text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_has_nul;
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        assert!(json_has_nul(br#"{"a":"x\u0000y"}"#));
+        assert!(json_has_nul(br#"["\\\u0000"]"#), "an escaped backslash, then the escape");
+        assert!(!json_has_nul(br#"{"a":"\\u0000"}"#), "a backslash and the text u0000");
+        assert!(!json_has_nul(br#"{"a":"\u0001 \n"}"#));
+        assert!(!json_has_nul(b"{}"));
     }
 }

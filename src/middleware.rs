@@ -71,6 +71,19 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let id = request_id_of(&req);
+        // NUL in the path or query reaches PostgreSQL as text it refuses: refused
+        // here for every route at once.
+        if has_nul(req.uri()) {
+            let mut res = error::envelope_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_text",
+                "the URL must not contain NUL (%00) characters",
+            );
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                res.headers_mut().insert("x-request-id", v);
+            }
+            return Box::pin(async move { Ok(res) });
+        }
         let started = Instant::now();
         let method = req.method().clone();
         let route = req.extensions().get::<MatchedPath>().cloned();
@@ -114,6 +127,12 @@ pub async fn no_framing(mut res: Response) -> Response {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
     res
+}
+
+/// Whether a URI holds an encoded NUL (`%00`).
+fn has_nul(uri: &axum::http::Uri) -> bool {
+    let nul = |s: &str| s.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0');
+    nul(uri.path()) || uri.query().is_some_and(nul)
 }
 
 /// Gives error responses without a JSON body the standard envelope.

@@ -90,6 +90,7 @@ impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut => Self::new(429, "too_many_connections", "SlowDown", "database is busy"),
+            ref e if crate::error::refused_text(e) => Self::invalid("text must not contain NUL characters"),
             other => Self::internal(other),
         }
     }

@@ -66,6 +66,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for SJson<T> {
             .map_err(|e| StorageError::invalid(format!("reading the body: {}", e.body_text())))?;
         let bytes =
             if bytes.iter().all(u8::is_ascii_whitespace) { axum::body::Bytes::from_static(b"{}") } else { bytes };
+        if crate::error::json_has_nul(&bytes) {
+            return Err(StorageError::invalid("text must not contain NUL (\\u0000) characters"));
+        }
         serde_json::from_slice(&bytes).map(SJson).map_err(|e| StorageError::invalid(format!("body/{e}")))
     }
 }
@@ -94,6 +97,9 @@ pub(super) fn metadata_header(headers: &HeaderMap) -> StorageResult<Option<Value
 pub(super) fn parse_metadata(bytes: &[u8]) -> StorageResult<Value> {
     if bytes.len() > 8192 {
         return Err(StorageError::invalid("metadata is larger than 8 KB"));
+    }
+    if crate::error::json_has_nul(bytes) {
+        return Err(StorageError::invalid("metadata must not contain NUL (\\u0000) characters"));
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v @ Value::Object(_)) => Ok(v),

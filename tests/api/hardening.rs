@@ -124,3 +124,119 @@ async fn errors_stay_well_formed_under_compression_and_docs_cannot_be_framed() {
     assert_eq!(r.headers()["x-frame-options"], "DENY");
     assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
 }
+
+/// Sends `body` (a JSON text) to `path` as `token`; the status and the error code.
+async fn send_raw(app: &TestApp, method: Method, path: &str, token: &str, body: &str) -> (u16, String) {
+    let r =
+        app.call(method, path).by(token).header("content-type", "application/json").body(body.to_string()).send().await;
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    let code = v["error"]["code"].as_str().or(v["code"].as_str()).unwrap_or("").to_string();
+    (status, code)
+}
+
+#[tokio::test]
+async fn nul_characters_are_a_400_on_every_route() {
+    let st = St::new(Backend::Fs).await;
+    let app = &st.app;
+    let (jwt, key) = (st.a.jwt.clone(), st.key.clone());
+    st.bucket("files", json!({})).await;
+    assert_eq!(st.put(&jwt, "files", "a.txt", b"a", "text/plain").await.status(), 200);
+    let (_, conv) = app.post_as("/v1/conversations", &jwt, &json!({"title": "t"})).await;
+    let conv = conv["id"].as_str().unwrap().to_string();
+    let nul = "\\u0000";
+    // JSON bodies: NUL inside a string, wherever the string goes.
+    let bodies: Vec<(Method, String, &str, String)> = vec![
+        (
+            Method::POST,
+            "/v1/auth/sign-up".into(),
+            "",
+            format!(r#"{{"email":"x{nul}@example.com","password":"{PASSWORD}"}}"#),
+        ),
+        (Method::POST, "/v1/auth/sign-in".into(), "", format!(r#"{{"email":"a{nul}@example.com","password":"p"}}"#)),
+        (Method::PATCH, "/v1/me".into(), &jwt, format!(r#"{{"name":"A{nul}"}}"#)),
+        (Method::PATCH, "/v1/me".into(), &jwt, format!(r#"{{"unsafe_metadata":{{"k":"{nul}"}}}}"#)),
+        (Method::POST, "/v1/conversations".into(), &jwt, format!(r#"{{"title":"t{nul}"}}"#)),
+        (
+            Method::POST,
+            format!("/v1/conversations/{conv}/messages"),
+            &jwt,
+            format!(r#"{{"messages":[{{"id":"m1","role":"user","parts":[{{"type":"text","text":"hi{nul}"}}]}}]}}"#),
+        ),
+        (
+            Method::POST,
+            "/v1/integrations".into(),
+            &key,
+            format!(r#"{{"unique_key":"k","provider":"github","client_id":"c{nul}","client_secret":"s"}}"#),
+        ),
+        (Method::POST, "/v1/connect/sessions".into(), &jwt, format!(r#"{{"return_url":"/x{nul}"}}"#)),
+        (Method::POST, "/storage/v1/object/list/files".into(), &jwt, format!(r#"{{"prefix":"a{nul}"}}"#)),
+        (Method::POST, "/storage/v1/object/list-v2/files".into(), &jwt, format!(r#"{{"prefix":"a{nul}"}}"#)),
+        (
+            Method::POST,
+            "/storage/v1/object/move".into(),
+            &jwt,
+            format!(r#"{{"bucketId":"files","sourceKey":"a{nul}.txt","destinationKey":"b.txt"}}"#),
+        ),
+        (Method::DELETE, "/storage/v1/object/files".into(), &jwt, format!(r#"{{"prefixes":["a{nul}.txt"]}}"#)),
+        (
+            Method::POST,
+            "/storage/v1/object/sign/files".into(),
+            &jwt,
+            format!(r#"{{"expiresIn":60,"paths":["a{nul}.txt"]}}"#),
+        ),
+    ];
+    for (method, path, token, body) in bodies {
+        let (status, code) = send_raw(app, method.clone(), &path, token, &body).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {code}");
+        if !path.starts_with("/storage/") {
+            assert_eq!(code, "invalid_text", "{method} {path}");
+        }
+    }
+    // Query strings and paths.
+    for path in [
+        "/v1/search/messages?q=a%00b".to_string(),
+        "/v1/conversations?cursor=%00".to_string(),
+        format!("/v1/conversations/{conv}%00"),
+        "/v1/connections?integration=%00".to_string(),
+        "/storage/v1/object/files/a%00.txt".to_string(),
+    ] {
+        let (status, code) = send_raw(app, Method::GET, &path, &jwt, "").await;
+        assert_eq!((status, code.as_str()), (400, "invalid_text"), "{path}");
+    }
+    // Storage's x-metadata header (base64 of JSON) and a multipart metadata field.
+    let meta = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, r#"{"k":"\u0000"}"#);
+    let r = st
+        .req(Method::POST, "/object/files/m.txt", &jwt)
+        .header("content-type", "text/plain")
+        .header("x-metadata", meta)
+        .body("x")
+        .send()
+        .await;
+    crate::storage::err(r, 400, "400", "InvalidRequest").await;
+    // A hosted page's form: the page answers, never a 5xx.
+    for page in ["/auth/sign-in", "/auth/sign-up", "/auth/magic-link", "/auth/forgot-password"] {
+        let r = app
+            .call(Method::POST, page)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", app.url(""))
+            .body("email=a%00b%40example.com&password=correct+horse+battery+staple")
+            .send()
+            .await;
+        assert!(r.status().as_u16() < 500, "{page}: {}", r.status());
+    }
+    // Every documented operation, NUL in its path parameters and query: never a 5xx.
+    let (_, spec) = app.get_as("/openapi.json", &jwt).await;
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        let concrete: String =
+            path.split('/').map(|seg| if seg.starts_with('{') { "x%00y" } else { seg }).collect::<Vec<_>>().join("/");
+        for method in ops.as_object().unwrap().keys() {
+            let Ok(m) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else { continue };
+            for token in [jwt.as_str(), key.as_str()] {
+                let url = format!("{concrete}?q=%00&cursor=%00&limit=1");
+                let (status, _) = send_raw(app, m.clone(), &url, token, &format!(r#"{{"x":"{nul}"}}"#)).await;
+                assert!(status < 500, "{method} {url}: {status}");
+            }
+        }
+    }
+}

@@ -129,10 +129,11 @@ pub async fn no_framing(mut res: Response) -> Response {
     res
 }
 
-/// Whether a URI holds an encoded NUL (`%00`).
+/// Whether a URI holds an encoded NUL (`%00`). Storage is left to check its own
+/// keys, so that its clients get Supabase's `InvalidKey`.
 fn has_nul(uri: &axum::http::Uri) -> bool {
     let nul = |s: &str| s.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0');
-    nul(uri.path()) || uri.query().is_some_and(nul)
+    !uri.path().starts_with("/storage/v1/") && (nul(uri.path()) || uri.query().is_some_and(nul))
 }
 
 /// Gives error responses without a JSON body the standard envelope.

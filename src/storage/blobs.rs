@@ -63,6 +63,19 @@ pub struct Blobs {
     cache: Arc<dyn ObjectStore>,
 }
 
+/// Objects are the users' data: the store's directory is the owner's alone (0700),
+/// and files and folders created from now on are too (the process's umask gains
+/// 077; object_store creates them with the default modes).
+fn private_files(root: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask only sets the process's file-creation mask; reading it needs setting it.
+    unsafe {
+        let old = libc::umask(0o077);
+        libc::umask(old | 0o077);
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Why the object store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -99,6 +112,7 @@ impl Blobs {
         let store: Arc<dyn ObjectStore> = match backend {
             StorageBackend::Fs { root } => {
                 std::fs::create_dir_all(root).map_err(|source| OpenError::CreateDir { path: root.clone(), source })?;
+                private_files(root).map_err(|source| OpenError::CreateDir { path: root.clone(), source })?;
                 // fsync before a write returns: the row that follows must never point
                 // at bytes a power cut could lose.
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(root)?.with_fsync(true);

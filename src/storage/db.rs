@@ -579,12 +579,29 @@ pub async fn upload(pool: &PgPool, id: Uuid, creator: &str) -> Result<Option<Upl
 
 /// Takes the upload for a PATCH at `offset`: `None` when another PATCH holds it or
 /// the offset moved.
-pub async fn lease_upload(pool: &PgPool, id: Uuid, offset: i64) -> Result<Option<UploadRow>, sqlx::Error> {
+pub async fn lease_upload(
+    pool: &PgPool,
+    id: Uuid,
+    offset: i64,
+    lease: std::time::Duration,
+) -> Result<Option<UploadRow>, sqlx::Error> {
     let sql = format!(
-        "UPDATE storage_uploads SET lease_until = now() + interval '10 minutes' WHERE id = $1 AND upload_offset = $2 \
+        "UPDATE storage_uploads SET lease_until = now() + make_interval(secs => $3) WHERE id = $1 AND upload_offset = $2 \
          AND (lease_until IS NULL OR lease_until < now()) AND expires_at > now() RETURNING {UPLOAD_COLS}"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(offset).fetch_optional(pool).await
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(offset).bind(lease.as_secs_f64()).fetch_optional(pool).await
+}
+
+/// Extends a held lease (the PATCH holding it is still receiving).
+pub async fn renew_upload_lease(pool: &PgPool, id: Uuid, lease: std::time::Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE storage_uploads SET lease_until = now() + make_interval(secs => $2) WHERE id = $1 AND lease_until IS NOT NULL",
+    )
+    .bind(id)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Records bytes received and releases the lease.

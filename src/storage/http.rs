@@ -187,6 +187,10 @@ pub(super) fn parse_range(raw: Option<&str>, size: u64) -> Result<Option<std::op
     if spec.contains(',') {
         return Ok(None);
     }
+    // No byte of an empty object can be asked for.
+    if size == 0 {
+        return Err(());
+    }
     let (a, b) = spec.split_once('-').ok_or(())?;
     let (a, b) = (a.trim(), b.trim());
     let range = if a.is_empty() {

@@ -17,10 +17,14 @@ pub(super) fn valid_bucket_name(name: &str) -> bool {
     // Names the routes use as path segments could never be reached.
     const RESERVED: [&str; 9] =
         ["public", "authenticated", "sign", "info", "list", "list-v2", "upload", "move", "copy"];
+    // `.` and `..` are path steps, and `?` starts a query: such a bucket's URLs
+    // would reach something else.
     !RESERVED.contains(&name)
+        && name != "."
+        && name != ".."
         && (1..=100).contains(&name.chars().count())
         && name.trim() == name
-        && name.chars().all(|c| c.is_alphanumeric() || c == '_' || "!.*'() &$@=;:+,?-".contains(c))
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_' || "!.*'() &$@=;:+,-".contains(c))
 }
 
 /// Object keys: 1–1024 bytes, no control characters or backslashes, no empty,

@@ -36,6 +36,8 @@ use crate::auth::AuthState;
 use axum::extract::FromRef;
 
 const TUS_VERSION: &str = "1.0.0";
+/// How long a PATCH holds its upload without renewing (renewed every third of it).
+const PATCH_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long an unfinished upload can be resumed.
 const UPLOAD_TTL_SECS: i64 = 24 * 3600;
 
@@ -340,7 +342,7 @@ async fn existing(state: Arc<Storage>, rights: Rights, id: String, req: Request)
 /// Receives bytes at `offset`, keeping what arrives, and finishes the upload when
 /// the last byte is in.
 async fn patch(state: &Storage, id: Uuid, offset: i64, rights: &Rights, body: Body) -> Response {
-    let upload = match db::lease_upload(&state.pool, id, offset).await {
+    let upload = match db::lease_upload(&state.pool, id, offset, PATCH_LEASE).await {
         Ok(Some(u)) => u,
         Ok(None) => {
             return match db::upload(&state.pool, id, &rights.creator).await {
@@ -365,7 +367,22 @@ async fn patch(state: &Storage, id: Uuid, offset: i64, rights: &Rights, body: Bo
     };
     let remaining = u64::try_from(upload.upload_length - offset).unwrap_or(0);
     let piece = Blobs::upload_piece(id, u64::try_from(offset).unwrap_or(0));
-    let written = state.blobs.write(&piece, body.into_data_stream(), remaining, true).await;
+    // The lease is renewed while bytes arrive, so a PATCH cut off by a crash
+    // frees the upload within one lease, however long a live one runs.
+    let write = state.blobs.write(&piece, body.into_data_stream(), remaining, true);
+    tokio::pin!(write);
+    let mut beat = tokio::time::interval(PATCH_LEASE / 3);
+    beat.tick().await;
+    let written = loop {
+        tokio::select! {
+            r = &mut write => break r,
+            _ = beat.tick() => {
+                if let Err(e) = db::renew_upload_lease(&state.pool, id, PATCH_LEASE).await {
+                    tracing::warn!(error = %e, "renewing a resumable upload's lease");
+                }
+            }
+        }
+    };
     let got = match written {
         Ok(w) => i64::try_from(w.size).unwrap_or(0),
         Err(e) => {

@@ -199,11 +199,15 @@ async fn nul_characters_are_a_400_on_every_route() {
         "/v1/conversations?cursor=%00".to_string(),
         format!("/v1/conversations/{conv}%00"),
         "/v1/connections?integration=%00".to_string(),
-        "/storage/v1/object/files/a%00.txt".to_string(),
     ] {
         let (status, code) = send_raw(app, Method::GET, &path, &jwt, "").await;
         assert_eq!((status, code.as_str()), (400, "invalid_text"), "{path}");
     }
+    // Storage answers in Supabase's shape.
+    let r = st.req(Method::GET, "/object/files/a%00.txt", &jwt).send().await;
+    crate::storage::err(r, 400, "400", "InvalidRequest").await;
+    let r = st.req(Method::GET, "/object/public/files/a.txt?download=%00", "").send().await;
+    assert!(r.status().as_u16() < 500);
     // Storage's x-metadata header (base64 of JSON) and a multipart metadata field.
     let meta = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, r#"{"k":"\u0000"}"#);
     let r = st
@@ -239,4 +243,97 @@ async fn nul_characters_are_a_400_on_every_route() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn small_storage_items_private_files_empty_ranges_bucket_names_and_short_tus_leases() {
+    let st = St::new(Backend::Fs).await;
+    st.bucket("files", json!({})).await;
+    assert_eq!(st.put(&st.a.jwt, "files", "empty.txt", b"", "text/plain").await.status(), 200);
+    assert_eq!(st.put(&st.a.jwt, "files", "x.txt", b"secret", "text/plain").await.status(), 200);
+    // Object bytes are the owner's alone: no group or world bits below the store.
+    let root = match &st.app.state.config.storage {
+        carmenta::config::StorageBackend::Fs { root } => root.clone(),
+        other => panic!("{other:?}"),
+    };
+    fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+        use std::os::unix::fs::PermissionsExt;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.push((p.clone(), std::fs::metadata(&p).unwrap().permissions().mode()));
+            if p.is_dir() {
+                walk(&p, out);
+            }
+        }
+    }
+    let mut entries = vec![];
+    walk(&root, &mut entries);
+    assert!(entries.iter().filter(|(p, _)| p.is_file()).count() >= 2, "{entries:?}");
+    for (p, mode) in &entries {
+        assert_eq!(mode & 0o077, 0, "{} is {:o}", p.display(), mode);
+    }
+    // A range of an empty object: 416 with `bytes */0`, never a bogus 206.
+    let r = st.req(Method::GET, "/object/files/empty.txt", &st.a.jwt).header("range", "bytes=-5").send().await;
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */0");
+    // Bucket names that are path steps or carry a query mark are refused.
+    for name in [".", "..", "a?b"] {
+        let r = st.req(Method::POST, "/bucket", &st.key).json(&json!({"name": name})).send().await;
+        crate::storage::err(r, 400, "400", "InvalidBucketName").await;
+    }
+    // TUS: a PATCH's lease is short and renewed while bytes arrive, so a PATCH cut
+    // off by a crash frees its upload within 30 s (it was 10 minutes).
+    let meta =
+        |k: &str, v: &str| format!("{k} {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v));
+    let r = st
+        .req(Method::POST, "/upload/resumable", &st.a.jwt)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "100")
+        .header("upload-metadata", format!("{},{}", meta("bucketName", "files"), meta("objectName", "slow.bin")))
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let id = location.rsplit('/').next().unwrap().to_string();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let body =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    let patch = st
+        .req(Method::PATCH, &format!("/upload/resumable/{id}"), &st.a.jwt)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(reqwest::Body::wrap_stream(body));
+    let sending = tokio::spawn(patch.send());
+    tx.send(vec![1; 10]).await.unwrap();
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let left = || async {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM lease_until - now())::float8 FROM storage_uploads WHERE id = $1",
+        )
+        .bind(uuid)
+        .fetch_one(&st.app.pool)
+        .await
+        .unwrap();
+        secs
+    };
+    let mut first = None;
+    for _ in 0..50 {
+        first = left().await;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let first = first.expect("the PATCH holds a lease");
+    assert!(first <= 30.5, "lease of {first} s");
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    tx.send(vec![2; 10]).await.unwrap();
+    let later = left().await.expect("still held");
+    assert!(later > 20.0 && later <= 30.5, "renewed while receiving: {later} s left");
+    drop(tx);
+    let r = sending.await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["upload-offset"], "20");
+    assert_eq!(left().await, None, "released");
 }

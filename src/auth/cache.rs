@@ -21,22 +21,28 @@ const USER_TTL: Duration = Duration::from_secs(30);
 const SESSION_TTL: Duration = Duration::from_secs(10);
 const MAX_ENTRIES: usize = 100_000;
 
-/// The cache: users by id, live sessions by token hash.
+/// The cache: users by id, live sessions by token hash and by id (the access
+/// tokens' `sid`).
 #[derive(Debug)]
 pub struct AuthCache {
     users: Notified<Uuid, UserRow>,
     sessions: Notified<Vec<u8>, SessionRow>,
+    by_id: Notified<Uuid, SessionRow>,
 }
 
 impl Default for AuthCache {
     fn default() -> Self {
-        AuthCache { users: Notified::new(USER_TTL, MAX_ENTRIES), sessions: Notified::new(SESSION_TTL, MAX_ENTRIES) }
+        AuthCache {
+            users: Notified::new(USER_TTL, MAX_ENTRIES),
+            sessions: Notified::new(SESSION_TTL, MAX_ENTRIES),
+            by_id: Notified::new(SESSION_TTL, MAX_ENTRIES),
+        }
     }
 }
 
 /// A token proving no eviction happened between a read and the fill that follows.
 #[derive(Debug, Clone, Copy)]
-pub struct Generation(crate::cache::Generation, crate::cache::Generation);
+pub struct Generation(crate::cache::Generation, crate::cache::Generation, crate::cache::Generation);
 
 impl AuthCache {
     /// Whether the cache may be used (the invalidation listener is connected).
@@ -46,7 +52,7 @@ impl AuthCache {
 
     /// The current generation, taken before reading the database.
     pub fn generation(&self) -> Generation {
-        Generation(self.users.generation(), self.sessions.generation())
+        Generation(self.users.generation(), self.sessions.generation(), self.by_id.generation())
     }
 
     /// A cached user.
@@ -72,6 +78,19 @@ impl AuthCache {
         self.sessions.put(gen_at_read.1, token_hash, Arc::new(s));
     }
 
+    /// A cached live session by id (expiry re-checked here).
+    pub fn session_by_id(&self, id: Uuid, idle: Option<Duration>) -> Option<SessionRow> {
+        let s = self.by_id.get(&id)?;
+        let now = time::OffsetDateTime::now_utc();
+        let idle_ok = idle.is_none_or(|d| now - s.last_active_at < d);
+        (s.expires_at > now && idle_ok).then(|| (*s).clone())
+    }
+
+    /// Caches a live session by id, read at generation `gen_at_read`.
+    pub fn put_session_by_id(&self, gen_at_read: Generation, s: SessionRow) {
+        self.by_id.put(gen_at_read.2, s.id, Arc::new(s));
+    }
+
     /// Applies an invalidation message: `u:<id>` (user changed or deleted, with
     /// their sessions), `s:<id>` (a session ended); anything else clears all.
     pub fn apply(&self, payload: &str) {
@@ -80,8 +99,12 @@ impl AuthCache {
             Some(("u", u)) if let Some(u) = id(u) => {
                 self.users.evict(&u);
                 self.sessions.retain(|_, s| s.user_id != u);
+                self.by_id.retain(|_, s| s.user_id != u);
             }
-            Some(("s", sid)) if let Some(sid) = id(sid) => self.sessions.retain(|_, s| s.id != sid),
+            Some(("s", sid)) if let Some(sid) = id(sid) => {
+                self.sessions.retain(|_, s| s.id != sid);
+                self.by_id.evict(&sid);
+            }
             _ => self.clear(),
         }
     }
@@ -90,6 +113,7 @@ impl AuthCache {
     pub fn clear(&self) {
         self.users.clear();
         self.sessions.clear();
+        self.by_id.clear();
     }
 }
 
@@ -100,5 +124,6 @@ impl Invalidate for AuthCache {
     fn set_listening(&self, on: bool) {
         self.users.set_listening(on);
         self.sessions.set_listening(on);
+        self.by_id.set_listening(on);
     }
 }

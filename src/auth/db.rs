@@ -155,6 +155,36 @@ pub struct SessionRow {
     pub user_agent: Option<String>,
 }
 
+/// Session `id` when it is live (not revoked, not expired, not idle past `idle`).
+pub async fn live_session_by_id(
+    pool: &PgPool,
+    id: Uuid,
+    idle: Option<Duration>,
+) -> Result<Option<SessionRow>, sqlx::Error> {
+    sqlx::query_as::<_, SessionRow>(
+        "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions
+         WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
+           AND ($2::float8 IS NULL OR last_active_at > now() - make_interval(secs => $2))",
+    )
+    .bind(id)
+    .bind(idle.map(|d| d.as_secs_f64()))
+    .fetch_optional(pool)
+    .await
+}
+
+/// Uses up every outstanding password-reset and magic-link token of `user`
+/// (after a reset: an older link must not work); returns how many.
+pub async fn void_sign_in_links(pool: &PgPool, user: Uuid) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE auth_email_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL \
+         AND kind IN ('password_reset', 'magic_link')",
+    )
+    .bind(user)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Creates a session.
 pub async fn insert_session(
     pool: &PgPool,
@@ -416,6 +446,18 @@ pub async fn locked_until(pool: &PgPool, account_key: &[u8]) -> Result<Option<Of
         .fetch_optional(pool)
         .await
         .map(Option::flatten)
+}
+
+/// Whether `user` signed up or in from `ip` in the last 90 days (the audit log).
+pub async fn signed_in_from(pool: &PgPool, user: Uuid, ip: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM audit_log WHERE on_behalf_of = $1 AND action IN ('auth.sign_in', 'auth.sign_up') \
+         AND detail->>'ip' = $2 AND at > now() - interval '90 days')",
+    )
+    .bind(user)
+    .bind(ip)
+    .fetch_one(pool)
+    .await
 }
 
 /// Records a failed sign-in; locks the account key for `lockout` after `threshold`

@@ -192,6 +192,8 @@ pub async fn reset_password(state: &AuthState, token: &str, new_password: String
     db::set_password(&state.pool, user_id, &hash).await?;
     db::mark_email_verified(&state.pool, user_id, &token_email).await?;
     let revoked = db::revoke_all_sessions(&state.pool, user_id, None).await?;
+    // Any other reset or magic link sent before this one is void.
+    db::void_sign_in_links(&state.pool, user_id).await?;
     service::changed(state, format!("u:{user_id}")).await?;
     audit::record(
         &state.pool,

@@ -163,6 +163,29 @@ pub async fn resolve_bearer(state: &AuthState, token: &str) -> Result<Principal,
     };
     let user_id = Uuid::parse_str(&claims.sub).map_err(|_| token_error(TokenError::Claims("sub".into())))?;
     let session_id = Uuid::parse_str(&claims.sid).map_err(|_| token_error(TokenError::Claims("sid".into())))?;
+    // The token's session must still be live: sign-out, "sign out everywhere", a
+    // password change or reset and user deletion end its access tokens at once, on
+    // every replica (the cache entry is evicted by NOTIFY).
+    let cache = &state.cache;
+    let idle = state.config.session_idle_ttl;
+    let live = match cache.session_by_id(session_id, idle) {
+        Some(s) => Some(s),
+        None => {
+            let generation = cache.generation();
+            // Fails closed: a session that cannot be checked is not accepted.
+            let row = db::live_session_by_id(&state.pool, session_id, idle).await.map_err(|e| {
+                tracing::warn!(error = %e, "checking an access token's session");
+                ApiError::unavailable("cannot check the session now; retry shortly")
+            })?;
+            if let Some(s) = &row {
+                cache.put_session_by_id(generation, s.clone());
+            }
+            row
+        }
+    };
+    if live.is_none_or(|s| s.user_id != user_id) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the access token's session has ended"));
+    }
     Ok(Principal::User { user_id, session_id, via: Via::Jwt })
 }
 
@@ -257,6 +280,27 @@ pub fn validate_email(raw: &str) -> Result<String, ApiError> {
 
 fn account_key(email: &str) -> Vec<u8> {
     Sha256::digest(format!("account:{}", email.trim().to_lowercase()).as_bytes()).to_vec()
+}
+
+/// The lockout key of an account tried from one address.
+fn pair_key(account: &[u8], ip: Option<&str>) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"pair:");
+    h.update(account);
+    h.update(ip.unwrap_or("").as_bytes());
+    h.finalize().to_vec()
+}
+
+/// How many more failures, across all addresses, lock an account for addresses
+/// it never signed in from.
+const ACCOUNT_LOCK_FACTOR: u32 = 5;
+
+fn too_many_attempts() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        "too many failed attempts for this account; try again later",
+    )
 }
 
 fn check_metadata(field: &str, v: &serde_json::Value) -> Result<(), ApiError> {
@@ -372,19 +416,35 @@ pub async fn sign_in(state: &AuthState, req: SignInRequest, client: &ClientInfo)
         return Err(invalid());
     }
     ip_limit(state, client).await?;
+    // The lockout rule: `lockout_threshold` failures for one account from one
+    // address lock that pair; five times as many across all addresses lock the
+    // account for every address except those it signed in (or up) from before, so
+    // a stranger can slow an attacker but cannot lock the owner out of their
+    // usual device (a guessing botnet is held back by the per-address limit too).
     let key = account_key(&req.email);
-    if db::locked_until(&state.pool, &key).await?.is_some() {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            "too many failed attempts for this account; try again later",
-        ));
+    let pair = pair_key(&key, client.ip.as_deref());
+    if db::locked_until(&state.pool, &pair).await?.is_some() {
+        return Err(too_many_attempts());
     }
     let user = db::user_by_email(&state.pool, req.email.trim()).await?;
+    let account_locked = db::locked_until(&state.pool, &key).await?.is_some();
+    if account_locked {
+        let known = match (&user, &client.ip) {
+            (Some(u), Some(ip)) => db::signed_in_from(&state.pool, u.id, ip).await?,
+            _ => false,
+        };
+        if !known {
+            return Err(too_many_attempts());
+        }
+    }
     let ok = password::verify(req.password, user.as_ref().and_then(|u| u.password_hash.clone())).await;
     match (ok, user) {
         (true, Some(user)) => {
-            db::clear_failures(&state.pool, &key).await?;
+            db::clear_failures(&state.pool, &pair).await?;
+            // The owner's own typos are forgotten; a lock from many addresses stays.
+            if !account_locked {
+                db::clear_failures(&state.pool, &key).await?;
+            }
             audit::record(
                 &state.pool,
                 &format!("user:{}", user.id),
@@ -397,9 +457,11 @@ pub async fn sign_in(state: &AuthState, req: SignInRequest, client: &ClientInfo)
             start_session(state, user, client).await
         }
         (_, user) => {
-            let locked =
-                db::record_failure(&state.pool, &key, state.config.lockout_threshold, state.config.lockout_duration)
-                    .await?;
+            let (threshold, duration) = (state.config.lockout_threshold, state.config.lockout_duration);
+            let locked = db::record_failure(&state.pool, &pair, threshold, duration).await?;
+            let account_locked =
+                db::record_failure(&state.pool, &key, threshold.saturating_mul(ACCOUNT_LOCK_FACTOR), duration).await?;
+            let locked = locked || account_locked;
             audit::record(
                 &state.pool,
                 "anonymous",

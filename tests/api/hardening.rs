@@ -337,3 +337,150 @@ async fn small_storage_items_private_files_empty_ranges_bucket_names_and_short_t
     assert_eq!(r.headers()["upload-offset"], "20");
     assert_eq!(left().await, None, "released");
 }
+
+/// Whether `check` becomes true within a second.
+async fn within_a_second<F, Fut>(check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(1) {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
+}
+
+async fn status_of_me(app: &TestApp, token: &str) -> u16 {
+    app.call(Method::GET, "/v1/me").by(token).send().await.status().as_u16()
+}
+
+/// Signs `email` in with `password`: (session token, access token).
+async fn sign_in(app: &TestApp, email: &str, password: &str) -> (String, String) {
+    let (status, b) =
+        app.call(Method::POST, "/v1/auth/sign-in").json(&json!({"email": email, "password": password})).reply().await;
+    assert_eq!(status, 200, "{b}");
+    (b["session_token"].as_str().unwrap().into(), b["access_token"].as_str().unwrap().into())
+}
+
+/// The `token=` of the newest outbox mail to `to` whose link goes to `path`.
+async fn outbox_tokens(app: &TestApp, to: &str, path: &str) -> Vec<String> {
+    let bodies: Vec<String> = sqlx::query_scalar(
+        "SELECT body FROM mail_outbox WHERE to_addr = $1 AND body LIKE '%' || $2 || '%' ORDER BY id",
+    )
+    .bind(to)
+    .bind(path)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    bodies
+        .iter()
+        .filter_map(|b| {
+            let at = b.find("token=")? + "token=".len();
+            Some(b[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn revocation_reaches_every_replica_within_a_second() {
+    let a = TestApp::spawn().await;
+    // Replicas share the database, the encryption key and the public URL (issuer).
+    let (keys, public_url) = (a.state.config.encryption_keys.clone(), a.state.config.public_url.clone());
+    let b = TestApp::builder()
+        .same_database_as(&a)
+        .config(|c| {
+            c.encryption_keys = keys;
+            c.public_url = public_url;
+        })
+        .spawn()
+        .await;
+    let email = "rev@example.com";
+    let u = sign_up(&a, email).await;
+    // Sign-out: the session's access token stops working on the other replica.
+    assert_eq!(status_of_me(&b, &u.jwt).await, 200, "B caches the session");
+    let (status, _) = a.call(Method::POST, "/v1/auth/sign-out").by(&u.session).reply().await;
+    assert_eq!(status, 204);
+    assert!(within_a_second(|| async { status_of_me(&b, &u.jwt).await == 401 }).await, "sign-out");
+    // Sign out everywhere: every session's tokens.
+    let (s1, j1) = sign_in(&a, email, PASSWORD).await;
+    let (_, j2) = sign_in(&a, email, PASSWORD).await;
+    assert_eq!((status_of_me(&b, &j1).await, status_of_me(&b, &j2).await), (200, 200));
+    let (status, _) = a.post_as("/v1/auth/sign-out", &s1, &json!({"all": true})).await;
+    assert_eq!(status, 204);
+    assert!(
+        within_a_second(|| async { status_of_me(&b, &j1).await == 401 && status_of_me(&b, &j2).await == 401 }).await,
+        "sign out everywhere"
+    );
+    // A password change signs the other sessions out, their tokens with them.
+    let (_, other) = sign_in(&a, email, PASSWORD).await;
+    let (_, mine) = sign_in(&a, email, PASSWORD).await;
+    assert_eq!(status_of_me(&b, &other).await, 200);
+    let new_pw = "another long passphrase";
+    let body = json!({"current_password": PASSWORD, "new_password": new_pw});
+    assert_eq!(a.call(Method::POST, "/v1/me/password").by(&mine).json(&body).send().await.status(), 204);
+    assert!(within_a_second(|| async { status_of_me(&b, &other).await == 401 }).await, "password change");
+    assert_eq!(status_of_me(&b, &mine).await, 200, "the changing session stays");
+    // A reset: every session ends, and every other reset and magic link is void.
+    for path in ["/v1/auth/password/forgot", "/v1/auth/magic-link", "/v1/auth/password/forgot"] {
+        let (status, _) = a.call(Method::POST, path).json(&json!({"email": email})).reply().await;
+        assert_eq!(status, 202, "{path}");
+    }
+    let resets = outbox_tokens(&a, email, "/auth/reset-password").await;
+    let magic = outbox_tokens(&a, email, "/auth/magic-link").await;
+    assert_eq!((resets.len(), magic.len()), (2, 1), "{resets:?} {magic:?}");
+    let body = json!({"token": resets[1], "new_password": "the third long passphrase"});
+    let (status, reply) = a.call(Method::POST, "/v1/auth/password/reset").json(&body).reply().await;
+    assert_eq!(status, 204, "{reply}");
+    assert!(within_a_second(|| async { status_of_me(&b, &mine).await == 401 }).await, "reset");
+    let body = json!({"token": resets[0], "new_password": "a fourth long passphrase"});
+    let (status, reply) = a.call(Method::POST, "/v1/auth/password/reset").json(&body).reply().await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("invalid_link")), "older reset link");
+    let (status, reply) =
+        a.call(Method::POST, "/v1/auth/magic-link/verify").json(&json!({"token": magic[0]})).reply().await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("invalid_link")), "magic link");
+}
+
+/// A client whose connections come from `ip` (a loopback address).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(ip.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+}
+
+async fn sign_in_from(app: &TestApp, ip: &str, email: &str, password: &str) -> u16 {
+    client_from(ip)
+        .post(app.url("/v1/auth/sign-in"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn failed_sign_ins_cannot_lock_the_owner_out_of_their_usual_address() {
+    // The rule: `lockout_threshold` failures for an account from one address lock
+    // that pair; five times as many from anywhere lock the account for addresses it
+    // never signed in from.
+    let app = TestApp::builder().config(|c| c.lockout_threshold = 3).spawn().await;
+    let email = "owner@example.com";
+    sign_up(&app, email).await; // from 127.0.0.1
+    for _ in 0..3 {
+        assert_eq!(sign_in_from(&app, "127.0.0.2", email, "wrong guess").await, 401);
+    }
+    assert_eq!(sign_in_from(&app, "127.0.0.2", email, PASSWORD).await, 429, "the attacker's address is locked");
+    assert_eq!(sign_in_from(&app, "127.0.0.1", email, PASSWORD).await, 200, "the owner is not");
+    // (The owner's success forgot the count.) Fifteen failures from five more
+    // addresses: the account is locked for new addresses...
+    for ip in ["127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"] {
+        for _ in 0..3 {
+            sign_in_from(&app, ip, email, "wrong guess").await;
+        }
+    }
+    assert_eq!(sign_in_from(&app, "127.0.0.8", email, PASSWORD).await, 429, "a new address is locked");
+    // ...but not for the address the owner signed in from.
+    assert_eq!(sign_in_from(&app, "127.0.0.1", email, PASSWORD).await, 200, "the owner's usual address");
+}

@@ -185,6 +185,12 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
+/// The body limit of JSON routes that take small documents (auth, profiles,
+/// conversations, integrations, connections): a bigger body is refused (413)
+/// before it is read, so a flood of large bodies costs no parsing and no memory.
+/// Message appends take up to `CARMENTA_BODY_LIMIT`.
+pub const SMALL_JSON_LIMIT: usize = 64 * 1024;
+
 /// A JSON body extractor whose rejections answer with the error envelope:
 /// `invalid_json` (400) for syntax errors, `invalid_body` (422) for wrong shapes,
 /// `unsupported_media_type` (415) for a missing or wrong `Content-Type`,

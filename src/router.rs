@@ -18,7 +18,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, SMALL_JSON_LIMIT};
 use crate::middleware::{ObserveLayer, panic_response};
 use crate::state::AppState;
 
@@ -34,9 +34,9 @@ pub struct ApiDoc;
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::ops::routes())
-        .merge(crate::auth::routes())
+        .merge(crate::auth::routes().layer(DefaultBodyLimit::max(SMALL_JSON_LIMIT)))
         .merge(crate::chat::routes())
-        .merge(crate::connections::routes())
+        .merge(crate::connections::routes().layer(DefaultBodyLimit::max(SMALL_JSON_LIMIT)))
 }
 
 /// Builds the complete router for `state`.
@@ -56,7 +56,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let rest = Router::new()
         .merge(api)
         .merge(extra)
-        .merge(crate::hosted::routes())
+        .merge(crate::hosted::routes().layer(DefaultBodyLimit::max(SMALL_JSON_LIMIT)))
         .merge(crate::connections::routes::browser_routes())
         .merge(
             Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi))

@@ -431,6 +431,18 @@ pub async fn hit_window(pool: &PgPool, bucket: &str, window: Duration) -> Result
     .await
 }
 
+/// The current count of `bucket`'s window, without counting a hit.
+pub async fn window_count(pool: &PgPool, bucket: &str, window: Duration) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce((SELECT count FROM auth_rate_windows WHERE bucket = $1
+           AND window_start = to_timestamp(floor(extract(epoch FROM now()) / $2) * $2)), 0)",
+    )
+    .bind(bucket)
+    .bind(window.as_secs_f64().max(1.0))
+    .fetch_one(pool)
+    .await
+}
+
 /// Deletes rate windows older than a day (housekeeping).
 pub async fn prune_windows(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM auth_rate_windows WHERE window_start < now() - interval '1 day'")

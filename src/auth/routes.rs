@@ -190,6 +190,24 @@ where
     }
 }
 
+/// Refuses, before the body is read, an address already over its sign-in budget
+/// (`CARMENTA_SIGNIN_IP_LIMIT`); the attempt itself is counted by the service.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressBudget;
+
+impl<S: Send + Sync> FromRequestParts<S> for AddressBudget
+where
+    Arc<AuthState>: FromRef<S>,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            service::ip_over_budget(&Arc::<AuthState>::from_ref(state), &peer.0.ip().to_string()).await?;
+        }
+        Ok(AddressBudget)
+    }
+}
+
 /// The client's socket address, when the server was started with connect info.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub Option<SocketAddr>);
@@ -242,6 +260,7 @@ pub(crate) fn with_session(state: &AuthState, status: StatusCode, body: AuthResp
 async fn sign_up(
     State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
+    _budget: AddressBudget,
     headers: HeaderMap,
     ApiJson(req): ApiJson<SignUpRequest>,
 ) -> Result<Response, ApiError> {
@@ -256,6 +275,7 @@ async fn sign_up(
 async fn sign_in(
     State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
+    _budget: AddressBudget,
     headers: HeaderMap,
     ApiJson(req): ApiJson<SignInRequest>,
 ) -> Result<Response, ApiError> {
@@ -408,6 +428,7 @@ fn checked_redirect(state: &AuthState, raw: Option<&str>) -> Result<Option<Strin
 async fn magic_link(
     State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
+    _budget: AddressBudget,
     headers: HeaderMap,
     ApiJson(req): ApiJson<EmailLinkRequest>,
 ) -> Result<Response, ApiError> {

@@ -345,6 +345,21 @@ pub struct ClientInfo {
 }
 
 /// Counts an attempt against the caller's IP; 429 past the configured limit.
+/// Refuses an address already over its sign-in budget, without counting: called
+/// before a request's body is read, so a limited address costs no parsing.
+pub async fn ip_over_budget(state: &AuthState, ip: &str) -> Result<(), ApiError> {
+    let n = db::window_count(&state.pool, &format!("signin-ip:{ip}"), IP_WINDOW).await?;
+    if n >= i32::try_from(state.config.signin_ip_limit).unwrap_or(i32::MAX) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many attempts from this address; try again later",
+        ));
+    }
+    Ok(())
+}
+
+/// Counts a sign-in attempt of the client's address; refuses one over the budget.
 pub async fn ip_limit(state: &AuthState, client: &ClientInfo) -> Result<(), ApiError> {
     let Some(ip) = &client.ip else { return Ok(()) };
     let n = db::hit_window(&state.pool, &format!("signin-ip:{ip}"), IP_WINDOW).await?;

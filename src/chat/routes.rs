@@ -25,13 +25,15 @@ where
     Arc<Chat>: axum::extract::FromRef<S>,
     Arc<crate::auth::AuthState>: axum::extract::FromRef<S>,
 {
-    OpenApiRouter::new()
+    let small = OpenApiRouter::new()
         .routes(routes!(create_conversation, list_conversations))
         .routes(routes!(get_conversation, patch_conversation, delete_conversation))
-        .routes(routes!(append_messages, list_messages, truncate_messages))
         .routes(routes!(delete_message))
         .routes(routes!(put_feedback))
         .routes(routes!(search_messages))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::error::SMALL_JSON_LIMIT));
+    // Appends carry whole messages: up to CARMENTA_BODY_LIMIT.
+    small.merge(OpenApiRouter::new().routes(routes!(append_messages, list_messages, truncate_messages)))
 }
 
 fn conversation_id(raw: &str) -> Result<Uuid, ApiError> {

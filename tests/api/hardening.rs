@@ -484,3 +484,49 @@ async fn failed_sign_ins_cannot_lock_the_owner_out_of_their_usual_address() {
     // ...but not for the address the owner signed in from.
     assert_eq!(sign_in_from(&app, "127.0.0.1", email, PASSWORD).await, 200, "the owner's usual address");
 }
+
+#[tokio::test]
+async fn big_bodies_are_refused_before_they_are_read() {
+    let app = TestApp::builder().config(|c| c.signin_ip_limit = 4).spawn().await;
+    let u = sign_up(&app, "big@example.com").await;
+    // A 1 MB sign-up or conversation: 413 (the small-JSON routes read 64 KB at most).
+    let big = format!(
+        r#"{{"email":"x@example.com","password":"{PASSWORD}","unsafe_metadata":{{"a":[{}0]}}}}"#,
+        "0,".repeat(500_000)
+    );
+    let (status, code) = send_raw(&app, Method::POST, "/v1/auth/sign-up", "", &big).await;
+    assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+    let big = format!(r#"{{"title":"t","metadata":{{"a":[{}0]}}}}"#, "0,".repeat(500_000));
+    let (status, code) = send_raw(&app, Method::POST, "/v1/conversations", &u.jwt, &big).await;
+    assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+    // A message append may be larger (up to CARMENTA_BODY_LIMIT).
+    let (_, conv) = app.post_as("/v1/conversations", &u.jwt, &json!({"title": "t"})).await;
+    let text = "x".repeat(200_000);
+    let body = json!({"id": "m1", "role": "user", "parts": [{"type": "text", "text": text}]});
+    let (status, reply) =
+        app.post_as(&format!("/v1/conversations/{}/messages", conv["id"].as_str().unwrap()), &u.jwt, &body).await;
+    assert!(status < 300, "{status} {reply}");
+    // (The sign-up counted as one attempt.) An address over its sign-in budget is
+    // refused before its body is read: a
+    // request whose body never comes is answered at once.
+    for _ in 0..3 {
+        let (status, _) = app
+            .call(Method::POST, "/v1/auth/sign-in")
+            .json(&json!({"email": "big@example.com", "password": "x"}))
+            .reply()
+            .await;
+        assert_eq!(status, 401);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let stalled =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    let call = app
+        .call(Method::POST, "/v1/auth/sign-in")
+        .header("content-type", "application/json")
+        .header("content-length", "40000")
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), call).await.expect("answered before the body");
+    assert_eq!(r.status(), 429);
+    drop(tx);
+}

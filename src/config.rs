@@ -103,6 +103,15 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long shutdown waits for in-flight requests (`CARMENTA_SHUTDOWN_TIMEOUT`, seconds).
     pub shutdown_timeout: Duration,
+    /// HTTP connections open at once (`CARMENTA_MAX_CONNECTIONS`; default: the
+    /// file-descriptor limit less 512, at most 20,000).
+    pub max_connections: usize,
+    /// Time for a request's head to arrive, and for an idle keep-alive connection
+    /// (`CARMENTA_HEADER_TIMEOUT`, seconds, default 10).
+    pub header_timeout: Duration,
+    /// Slowest request body accepted, bytes per second averaged over 10 s
+    /// (`CARMENTA_MIN_BODY_RATE`, default 1024; 0 turns the check off).
+    pub min_body_rate: u64,
     /// Maximum connections in the database pool (`CARMENTA_DB_MAX_CONNECTIONS`).
     pub db_max_connections: u32,
     /// Background jobs this process runs at once (`CARMENTA_JOB_WORKERS`, default 2).
@@ -201,6 +210,9 @@ struct FileConfig {
     log: Option<String>,
     body_limit: Option<toml::Value>,
     request_timeout: Option<u64>,
+    max_connections: Option<u64>,
+    header_timeout: Option<u64>,
+    min_body_rate: Option<u64>,
     shutdown_timeout: Option<u64>,
     db_max_connections: Option<u32>,
     job_workers: Option<u64>,
@@ -302,6 +314,29 @@ fn pick(env: &BTreeMap<String, String>, vars: &[&str], file_key: &str, file: Opt
 
 fn invalid(raw: &Raw, message: impl Into<String>) -> ConfigError {
     ConfigError::Value { key: raw.key.clone(), message: message.into() }
+}
+
+/// The default connection cap: the process's file-descriptor limit (after
+/// [`raise_fd_limit`]) less 512 for the pool, files and the embedded cluster, at
+/// most 20,000 and at least 64.
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
+    (soft.saturating_sub(512) as usize).clamp(64, 20_000)
+}
+
+/// Raises the soft file-descriptor limit to the hard one (where the system lets
+/// a process), so the connection cap can sit well above the default 1024.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Why a size was refused.
@@ -473,6 +508,14 @@ impl Config {
         };
         let request_timeout = secs(&["CARMENTA_REQUEST_TIMEOUT"], "request_timeout", fc.request_timeout, 30)?;
         let shutdown_timeout = secs(&["CARMENTA_SHUTDOWN_TIMEOUT"], "shutdown_timeout", fc.shutdown_timeout, 10)?;
+        let header_timeout = secs(&["CARMENTA_HEADER_TIMEOUT"], "header_timeout", fc.header_timeout, 10)?;
+        let max_connections =
+            match num(&["CARMENTA_MAX_CONNECTIONS"], "max_connections", fc.max_connections, 1, 1_000_000)? {
+                Some(n) => n as usize,
+                None => default_max_connections(),
+            };
+        let min_body_rate =
+            num(&["CARMENTA_MIN_BODY_RATE"], "min_body_rate", fc.min_body_rate, 0, 1 << 30)?.unwrap_or(1024);
         let allow_link_local_urls =
             flag(env, "CARMENTA_ALLOW_LINK_LOCAL_URLS")?.or(fc.allow_link_local_urls).unwrap_or(false);
         let job_workers = num(&["CARMENTA_JOB_WORKERS"], "job_workers", fc.job_workers, 1, 64)?.unwrap_or(2) as usize;
@@ -747,6 +790,9 @@ impl Config {
             log_filter,
             body_limit,
             request_timeout,
+            max_connections,
+            header_timeout,
+            min_body_rate,
             shutdown_timeout,
             db_max_connections,
             job_workers,
@@ -833,6 +879,9 @@ impl Config {
             ("log".into(), self.log_filter.clone()),
             ("body_limit".into(), self.body_limit.to_string()),
             ("request_timeout".into(), format!("{}s", self.request_timeout.as_secs())),
+            ("max_connections".into(), self.max_connections.to_string()),
+            ("header_timeout".into(), format!("{}s", self.header_timeout.as_secs())),
+            ("min_body_rate".into(), format!("{} B/s", self.min_body_rate)),
             ("shutdown_timeout".into(), format!("{}s", self.shutdown_timeout.as_secs())),
             ("db_max_connections".into(), self.db_max_connections.to_string()),
             ("job_workers".into(), self.job_workers.to_string()),

@@ -113,6 +113,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     carmenta::tune_allocators();
+    carmenta::config::raise_fd_limit();
     let cli = Cli::parse();
     carmenta::install_tls_provider();
     let config = match Config::load() {

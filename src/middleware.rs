@@ -2,7 +2,7 @@
 //! the error envelope for framework rejections, and the answer to a panic.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
@@ -35,13 +35,19 @@ fn request_id_of(req: &Request) -> String {
 ///
 /// A hand-written tower service rather than `middleware::from_fn`: it is on every
 /// request, and this avoids boxing and cloning the inner stack per call.
+///
+/// It also wraps every request body in [`MinRate`] (unless `min_body_rate` is 0), so
+/// a client that trickles a body cannot hold a connection and a handler forever.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ObserveLayer;
+pub struct ObserveLayer {
+    /// Slowest body accepted, bytes per second (0: no check).
+    pub min_body_rate: u64,
+}
 
 impl<S> tower::Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner }
+        Observe { inner, min_body_rate: self.min_body_rate }
     }
 }
 
@@ -49,6 +55,7 @@ impl<S> tower::Layer<S> for ObserveLayer {
 #[derive(Clone, Debug)]
 pub struct Observe<S> {
     inner: S,
+    min_body_rate: u64,
 }
 
 impl<S, B> tower::Service<Request> for Observe<S>
@@ -71,6 +78,8 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let id = request_id_of(&req);
+        let rate = self.min_body_rate;
+        let req = if rate > 0 { req.map(|b| Body::new(MinRate::new(b, rate))) } else { req };
         // NUL in the path or query reaches PostgreSQL as text it refuses: refused
         // here for every route at once.
         if has_nul(req.uri()) {
@@ -166,4 +175,115 @@ fn normalise_error(res: Response) -> Response {
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, Body::from(error::envelope_json(code, &message))).into_response()
+}
+
+/// The window over which a body's rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// A request body that fails when its client sends it slower than `rate` bytes
+/// per second over a 10 s window. Only time spent waiting for the client counts
+/// (a handler that reads slowly, or waits on an upstream, is not the client's
+/// fault).
+pub struct MinRate {
+    inner: Body,
+    /// Bytes needed per window.
+    need: u64,
+    /// Bytes and waiting time in the current window.
+    bytes: u64,
+    waited: Duration,
+    /// Since when the body has been waiting for the client, if it is.
+    pending_since: Option<Instant>,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The error of a body sent too slowly.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body arrived slower than {0} bytes per second")]
+pub struct TooSlow(u64);
+
+impl MinRate {
+    /// Wraps `inner`, requiring `rate` bytes per second.
+    pub fn new(inner: Body, rate: u64) -> MinRate {
+        MinRate {
+            inner,
+            need: rate.saturating_mul(RATE_WINDOW.as_secs()),
+            bytes: 0,
+            waited: Duration::ZERO,
+            pending_since: None,
+            timer: Box::pin(tokio::time::sleep(RATE_WINDOW)),
+        }
+    }
+
+    /// Ends the window when a whole one has been waited: an error if too few bytes came.
+    fn roll(&mut self) -> Result<(), TooSlow> {
+        if self.waited >= RATE_WINDOW {
+            if self.bytes < self.need {
+                return Err(TooSlow(self.need / RATE_WINDOW.as_secs()));
+            }
+            self.bytes = 0;
+            self.waited = Duration::ZERO;
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for MinRate {
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(since) = this.pending_since.take() {
+                    this.waited += since.elapsed();
+                }
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                // A frame that completes the window's bytes never fails it.
+                if this.bytes < this.need
+                    && let Err(e) = this.roll()
+                {
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                if this.bytes >= this.need && this.waited >= RATE_WINDOW {
+                    this.bytes = 0;
+                    this.waited = Duration::ZERO;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let now = Instant::now();
+                let since = *this.pending_since.get_or_insert(now);
+                if this.waited + (now - since) >= RATE_WINDOW {
+                    this.waited += now - since;
+                    this.pending_since = Some(now);
+                    if let Err(e) = this.roll() {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+                let left = RATE_WINDOW.saturating_sub(this.waited + (now - this.pending_since.unwrap_or(now)));
+                this.timer.as_mut().reset(tokio::time::Instant::from_std(now + left));
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -50,6 +50,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let (api, openapi) = api_routes().split_for_parts();
     let body_limit = usize::try_from(state.config.body_limit).unwrap_or(usize::MAX);
     let timeout = state.config.request_timeout;
+    let state_rate = state.config.min_body_rate;
     // Storage streams bodies of any size for as long as they take: it enforces its
     // own size limits and is kept out of compression (ranges, Content-Length).
     let storage = crate::storage::router().layer(DefaultBodyLimit::disable());
@@ -72,53 +73,116 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         );
     // The API proxy streams both ways too.
     let proxy = crate::connections::proxy::router().layer(DefaultBodyLimit::disable());
-    Router::new()
-        .nest("/storage/v1", storage)
-        .merge(proxy)
-        .merge(rest)
-        .with_state(state)
-        .layer(ServiceBuilder::new().layer(ObserveLayer).layer(CatchPanicLayer::custom(panic_response)))
+    Router::new().nest("/storage/v1", storage).merge(proxy).merge(rest).with_state(state).layer(
+        ServiceBuilder::new()
+            .layer(ObserveLayer { min_body_rate: state_rate })
+            .layer(CatchPanicLayer::custom(panic_response)),
+    )
 }
 
 async fn fallback() -> ApiError {
     ApiError::not_found("no route for this path")
 }
 
+/// How connections are served: the limits that keep slow or idle clients from
+/// holding the server, and the drain time at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// Connections open at once; at the cap the server stops accepting (new ones
+    /// wait in the kernel's backlog) until one closes.
+    pub max_connections: usize,
+    /// A request's head must arrive within this, and an idle keep-alive connection
+    /// is closed after it.
+    pub header_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain: Duration,
+}
+
+impl Serving {
+    /// The limits `config` asks for.
+    pub fn from_config(config: &crate::config::Config) -> Serving {
+        Serving {
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            drain: config.shutdown_timeout,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting,
-/// lets in-flight requests finish for at most `drain`, and returns.
+/// lets in-flight requests finish for at most `serving.drain`, and returns.
+///
+/// Our own accept loop over hyper (not `axum::serve`): it caps open connections,
+/// times out slow and idle request heads, and drains connections gracefully.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    drain: Duration,
+    serving: Serving,
 ) -> std::io::Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let signalled = async move {
-        shutdown.await;
-        let _ = tx.send(());
-    };
-    // No Nagle: a streamed body goes out in several writes, and waiting for the
-    // ACK of the headers (delayed by the peer) costs ~40 ms per response.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+
+    let max = serving.max_connections.clamp(1, u32::MAX as usize);
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
+    // 0 serving, 1 finish in-flight requests and close, 2 close now.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u8);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // No Nagle: a streamed body goes out in several writes, and waiting for the
+        // ACK of the headers (delayed by the peer) costs ~40 ms per response.
         let _ = tcp.set_nodelay(true);
-    });
-    let server = std::future::IntoFuture::into_future(
-        axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(signalled),
-    );
-    tokio::pin!(server);
-    tokio::select! {
-        res = &mut server => return res,
-        _ = rx => {}
+        let app = router.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+        });
+        let mut stop = stop_rx.clone();
+        let header_timeout = serving.header_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|s| *s >= 1) => conn.as_mut().graceful_shutdown(),
+            }
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.wait_for(|s| *s >= 2) => {}
+            }
+        });
     }
-    tracing::info!(drain_secs = drain.as_secs_f64(), "shutting down: draining in-flight requests");
-    match tokio::time::timeout(drain, &mut server).await {
-        Ok(res) => res,
-        Err(_) => {
-            tracing::warn!("drain timeout reached; closing remaining connections");
-            Ok(())
-        }
+    tracing::info!(drain_secs = serving.drain.as_secs_f64(), "shutting down: draining in-flight requests");
+    let _ = stop_tx.send(1);
+    // Every connection holds a permit until it closes.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(serving.drain, permits.acquire_many(all)).await.is_err() {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+        let _ = stop_tx.send(2);
     }
+    Ok(())
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.

@@ -45,13 +45,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let addr = listener.local_addr()?;
-    let drain = config.shutdown_timeout;
+    let serving = router::Serving::from_config(&config);
     let public_url = config.public_url.clone();
     let state = match AppState::build(config, database.pool.clone(), keyring).await {
         Ok(s) => s,
         Err(e) => {
             database.close().await;
-            anyhow::bail!("loading auth keys: {e}");
+            anyhow::bail!("starting: {e}");
         }
     };
     let upkeep = state.spawn_upkeep();
@@ -67,7 +67,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let app = router::router(state);
     tracing::info!(%addr, %public_url, "carmenta listening");
-    let result = router::serve(listener, app, router::shutdown_signal(), drain).await;
+    let result = router::serve(listener, app, router::shutdown_signal(), serving).await;
     // In-flight jobs finish within the drain time or are released for another replica.
     jobs.shutdown().await;
     upkeep.abort();

@@ -247,7 +247,8 @@ async fn nul_characters_are_a_400_on_every_route() {
 
 #[tokio::test]
 async fn small_storage_items_private_files_empty_ranges_bucket_names_and_short_tus_leases() {
-    let st = St::new(Backend::Fs).await;
+    // (The TUS part trickles a body on purpose: no minimum rate here.)
+    let st = St::with(Backend::Fs, |c| c.min_body_rate = 0).await;
     st.bucket("files", json!({})).await;
     assert_eq!(st.put(&st.a.jwt, "files", "empty.txt", b"", "text/plain").await.status(), 200);
     assert_eq!(st.put(&st.a.jwt, "files", "x.txt", b"secret", "text/plain").await.status(), 200);
@@ -529,4 +530,106 @@ async fn big_bodies_are_refused_before_they_are_read() {
     let r = tokio::time::timeout(std::time::Duration::from_secs(5), call).await.expect("answered before the body");
     assert_eq!(r.status(), 429);
     drop(tx);
+}
+
+/// Reads from `s` until the server closes it (or `limit` passes): whether it closed.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_off_and_healthz_still_answers() {
+    use tokio::io::AsyncWriteExt;
+    carmenta::config::raise_fd_limit();
+    let app = TestApp::builder()
+        .config(|c| {
+            c.header_timeout = std::time::Duration::from_secs(1);
+            c.max_connections = 100;
+        })
+        .spawn()
+        .await;
+    // A request line that never finishes: closed after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    assert!(closed_within(&mut slow, std::time::Duration::from_secs(3)).await, "slow head");
+    // An idle keep-alive connection: closed too.
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(closed_within(&mut idle, std::time::Duration::from_secs(3)).await, "idle keep-alive");
+    // Three times the cap of sockets that stall mid-request: the server accepts up to
+    // its cap, cuts them off, and /healthz answers within a few seconds.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let _ = s.write_all(b"GET /healthz HTT").await;
+        held.push(s);
+    }
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), app.call(Method::GET, "/healthz").send())
+        .await
+        .expect("/healthz answers while slow clients pile up");
+    assert_eq!(r.status(), 200);
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "{:?}", started.elapsed());
+    drop(held);
+    // The cap holds: with 5 connections allowed and 5 stalled, a sixth waits (in the
+    // kernel's backlog, no descriptor spent) until the stalled ones are cut off.
+    let capped = TestApp::builder()
+        .config(|c| {
+            c.header_timeout = std::time::Duration::from_secs(3);
+            c.max_connections = 5;
+        })
+        .spawn()
+        .await;
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(capped.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTT").await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let call = capped.call(Method::GET, "/healthz").send();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), call).await.expect("answered after the cut-off");
+    assert_eq!(r.status(), 200);
+    let waited = started.elapsed();
+    assert!(waited > std::time::Duration::from_secs(2), "the sixth connection waited for a slot: {waited:?}");
+}
+
+#[tokio::test]
+async fn a_body_trickled_slower_than_the_minimum_rate_is_cut_off() {
+    let st = St::with(Backend::Fs, |c| c.min_body_rate = 100).await;
+    st.bucket("files", json!({})).await;
+    // One byte every 2 s (the minimum: 1,000 bytes per 10 s of waiting).
+    let trickle = futures::stream::unfold(0u32, |n| async move {
+        if n >= 30 {
+            return None;
+        }
+        if n > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        Some((Ok::<_, std::io::Error>(vec![b'x']), n + 1))
+    });
+    let started = std::time::Instant::now();
+    let r = st
+        .req(Method::POST, "/object/files/slow.bin", &st.a.jwt)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "cut off after ~10 s: {:?}", started.elapsed());
+    // Nothing was stored.
+    let r = st.req(Method::GET, "/object/files/slow.bin", &st.a.jwt).send().await;
+    assert_eq!(r.status(), 400);
+    // A body at a normal pace is untouched.
+    assert_eq!(st.put(&st.a.jwt, "files", "fast.bin", &[7u8; 100_000], "application/octet-stream").await.status(), 200);
 }

@@ -151,14 +151,14 @@ impl TestAppBuilder {
         state.spawn_cache_listener();
         let router = app::router_with(state.clone(), self.extra);
         let (tx, rx) = oneshot::channel::<()>();
-        let drain = config.shutdown_timeout;
+        let serving = app::Serving::from_config(&config);
         let server = tokio::spawn(app::serve(
             listener,
             router.clone(),
             async move {
                 let _ = rx.await;
             },
-            drain,
+            serving,
         ));
         TestApp {
             addr,

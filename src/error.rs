@@ -138,6 +138,42 @@ pub fn text_refused() -> ApiError {
     ApiError::bad_request("invalid_text", "text must not contain NUL (\\u0000) characters")
 }
 
+/// Whether every number in a JSON document is within ±1e300. PostgreSQL's jsonb
+/// keeps a number's decimal digits exactly, and one near `f64::MAX` reads back as
+/// more than an `f64` holds (a stored value that cannot be returned).
+pub fn json_numbers_storable(bytes: &[u8]) -> bool {
+    let (mut in_string, mut escaped, mut i) = (false, false, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                i += 1;
+            }
+            let n = std::str::from_utf8(&bytes[start..i]).ok().and_then(|t| t.parse::<f64>().ok());
+            if n.is_some_and(|n| !n.is_finite() || n.abs() >= 1e300) {
+                return false;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
 /// Whether a JSON document holds a `\u0000` escape in a string (a raw NUL byte is
 /// not valid JSON and fails parsing anyway). An escaped backslash before `u0000`
 /// (`\\u0000`, the six characters) does not count.
@@ -223,6 +259,18 @@ where
         if json_has_nul(&bytes) {
             return Err(text_refused());
         }
+        if !json_numbers_storable(&bytes) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_number",
+                "numbers must lie within ±1e300",
+            ));
+        }
+        // Every body is a JSON object (serde would also take a struct as an array).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') && !bytes.iter().all(u8::is_ascii_whitespace)
+        {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "expected a JSON object"));
+        }
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rej) => Err(json_rejection(rej)),
@@ -278,5 +326,14 @@ mod tests {
         assert!(!json_has_nul(br#"{"a":"\\u0000"}"#), "a backslash and the text u0000");
         assert!(!json_has_nul(br#"{"a":"\u0001 \n"}"#));
         assert!(!json_has_nul(b"{}"));
+    }
+
+    #[test]
+    fn huge_numbers_are_found_outside_strings_only() {
+        use super::json_numbers_storable as ok;
+        assert!(ok(br#"{"a":1.5,"b":[-2e10,3]}"#));
+        assert!(!ok(br#"{"a":1.7976931348623155e+308}"#));
+        assert!(!ok(br#"[1e400]"#));
+        assert!(ok(br#"{"a":"1e400","b\"1e400":0}"#), "inside strings it is text");
     }
 }

@@ -40,6 +40,7 @@ pub fn decode(cursor: &str) -> Result<String, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// From a previous page's `next_cursor`.
     pub cursor: Option<String>,
@@ -51,9 +52,9 @@ impl PageQuery {
         limit(self.limit)
     }
 
-    /// The cursor's text form, when one was sent.
+    /// The cursor's text form, when one was sent (an empty `cursor=` is none).
     pub fn cursor_text(&self) -> Result<Option<String>, ApiError> {
-        self.cursor.as_deref().map(decode).transpose()
+        self.cursor.as_deref().filter(|c| !c.is_empty()).map(decode).transpose()
     }
 }
 

@@ -22,13 +22,155 @@ use crate::error::{ApiError, SMALL_JSON_LIMIT};
 use crate::middleware::{ObserveLayer, panic_response};
 use crate::state::AppState;
 
-/// The OpenAPI document's static part; routes add themselves.
+/// The OpenAPI document's static part; routes add themselves, and [`Contract`]
+/// completes it once they have.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Carmenta API", description = "Self-hosted backend for AI-assistant products."),
-    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"), (name = "chat", description = "Conversations and messages"), (name = "connections", description = "Provider catalog and integrations"))
+    info(title = "Carmenta API", description = "Self-hosted backend for AI-assistant products.\n\n\
+        External (not described here): Supabase Storage's HTTP API under `/storage/v1` (buckets, objects, \
+        signed URLs, TUS uploads, image rendering), answered in Supabase's own error shape; see \
+        https://supabase.com/docs/reference/javascript/storage-createbucket and README.md."),
+    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"), (name = "chat", description = "Conversations and messages"), (name = "connections", description = "Provider catalog, integrations, the connect flow and the API proxy"), (name = "storage", description = "External: Supabase Storage's API under /storage/v1 (see the description above)"))
 )]
 pub struct ApiDoc;
+
+/// Operations anyone may call (no credentials).
+const PUBLIC: [&str; 13] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/auth/sign-up",
+    "/v1/auth/sign-in",
+    "/v1/auth/magic-link",
+    "/v1/auth/magic-link/verify",
+    "/v1/auth/password/forgot",
+    "/v1/auth/password/reset",
+    "/v1/auth/verify-email",
+    "/.well-known/jwks.json",
+    "/.well-known/openid-configuration",
+    "/v1/webhooks/clerk",
+];
+
+/// Operations open to anyone that answer more to a signed-in caller (a public
+/// conversation is readable by anyone with its id).
+const OPTIONAL_AUTH: [&str; 2] = ["/v1/conversations/{id}", "/v1/conversations/{id}/messages"];
+
+/// Completes the document as a contract: the security schemes (access token or
+/// session token as a bearer, service key, session cookie), the error envelope, and
+/// on every operation the error statuses it can answer that its own annotation
+/// leaves out (bad input 400, credentials 401/403, a missing resource 404, body
+/// errors 413/415/422, the database busy 503).
+pub struct Contract;
+
+impl utoipa::Modify for Contract {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{ContentBuilder, ObjectBuilder, RefOr, ResponseBuilder, Type};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token (EdDSA JWT) or a session token (`cs_…`)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "serviceKey",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A service key (`ck_…`); `X-Carmenta-User-Id` makes it act for a user"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "sessionCookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("carmenta_session"))),
+        );
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        let error = ObjectBuilder::new()
+            .property(
+                "error",
+                ObjectBuilder::new()
+                    .property("code", text().description(Some("stable, machine-readable")))
+                    .property("message", text())
+                    .property("request_id", text())
+                    .required("code")
+                    .required("message"),
+            )
+            .required("error")
+            .build();
+        components.schemas.insert("ErrorEnvelope".into(), RefOr::T(error.into()));
+        let answer = |what: &str| -> RefOr<utoipa::openapi::Response> {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(what)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorEnvelope")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        let signed_in = vec![
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::new("serviceKey", Vec::<String>::new()),
+            SecurityRequirement::new("sessionCookie", Vec::<String>::new()),
+        ];
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = PUBLIC.contains(&path.as_str());
+            let has_path_params = path.contains('{');
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, what: &str| {
+                    responses.entry(code.to_string()).or_insert_with(|| answer(what));
+                };
+                add("400", "bad input (invalid_json, invalid_text, invalid_limit, invalid_cursor, …)");
+                add("503", "the database is busy or unreachable; retry");
+                if !public {
+                    add("401", "no credentials, or they are invalid or expired");
+                    add("403", "not allowed (read-only service key, CSRF, insufficient scope)");
+                }
+                if has_path_params {
+                    add("404", "no such resource, or not yours");
+                }
+                if op.request_body.is_some() {
+                    add("413", "request body is too large");
+                    add("415", "expected `Content-Type: application/json`");
+                    add("422", "the body's shape or values are refused (invalid_body and others)");
+                }
+                if path.starts_with("/v1/auth/") {
+                    add("429", "too many attempts");
+                }
+                if !public && op.security.is_none() {
+                    let mut security = signed_in.clone();
+                    if OPTIONAL_AUTH.contains(&path.as_str()) && op.request_body.is_none() {
+                        security.insert(0, SecurityRequirement::default());
+                    }
+                    op.security = Some(security);
+                }
+            }
+        }
+    }
+}
 
 /// All API routes with their OpenAPI descriptions.
 pub fn api_routes() -> OpenApiRouter<AppState> {
@@ -47,7 +189,9 @@ pub fn router(state: AppState) -> Router {
 /// Builds the router with `extra` routes behind the same middleware stack (the
 /// test harness adds diagnostic routes this way).
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
-    let (api, openapi) = api_routes().split_for_parts();
+    let (api, mut openapi) = api_routes().split_for_parts();
+    // After the routes: the contract completes every operation they added.
+    utoipa::Modify::modify(&Contract, &mut openapi);
     let body_limit = usize::try_from(state.config.body_limit).unwrap_or(usize::MAX);
     let timeout = state.config.request_timeout;
     let state_rate = state.config.min_body_rate;

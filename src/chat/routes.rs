@@ -130,8 +130,10 @@ async fn append_messages(
 
 /// Query of the message list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     /// 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Older than this cursor.
     before: Option<String>,
@@ -212,6 +214,7 @@ async fn put_feedback(
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Words, "phrases", -exclusions, OR (web search syntax).
+    #[param(min_length = 1, max_length = 500)]
     q: String,
 }
 

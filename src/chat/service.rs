@@ -75,7 +75,7 @@ pub async fn list(
 ) -> Result<ConversationList, ApiError> {
     let limit = page.limit()?;
     let filter = match archived {
-        None | Some("false") => ArchivedFilter::Active,
+        None | Some("false") | Some("") => ArchivedFilter::Active,
         Some("true") => ArchivedFilter::Archived,
         Some("all") => ArchivedFilter::All,
         Some(_) => return Err(ApiError::bad_request("invalid_filter", "archived must be `true`, `false` or `all`")),
@@ -370,8 +370,9 @@ pub async fn feedback(
 
 /// Searches the owner's messages.
 pub async fn search(state: &Chat, owner: Uuid, q: &str, page: &PageQuery) -> Result<SearchResults, ApiError> {
+    let too_long = q.chars().count() > 500;
     let q = q.trim();
-    if q.is_empty() || q.len() > 500 {
+    if q.is_empty() || too_long {
         return Err(ApiError::bad_request("invalid_query", "q must be 1 to 500 characters"));
     }
     let limit = page.limit()?;

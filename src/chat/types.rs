@@ -19,6 +19,7 @@ pub struct CreateConversation {
     pub title: Option<String>,
     /// `private` (default) or `public`.
     #[serde(default)]
+    #[schema(pattern = "^(private|public)$")]
     pub visibility: Option<String>,
     /// App metadata (JSON object).
     #[serde(default)]
@@ -33,6 +34,7 @@ pub struct PatchConversation {
     /// New title.
     pub title: Option<String>,
     /// `private` or `public`.
+    #[schema(pattern = "^(private|public)$")]
     pub visibility: Option<String>,
     /// Archive (true) or restore (false).
     pub archived: Option<bool>,

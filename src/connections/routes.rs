@@ -18,7 +18,8 @@ use uuid::Uuid;
 use super::integrations::{self, CreateIntegration, Integration, PatchIntegration, ProviderView};
 use super::service::{self, Callback};
 use super::types::{
-    ConnQuery, Connection, CreateKeyConnection, CreateSession, PatchConnection, SessionView, TokenQuery, TokenView,
+    ConnQuery, ConnectSessionView, Connection, CreateConnectSession, CreateKeyConnection, PatchConnection, TokenQuery,
+    TokenView,
 };
 use crate::auth::{Caller, CurrentUser};
 use crate::error::{ApiError, ApiJson};
@@ -144,20 +145,20 @@ async fn delete_integration(
 // Connect sessions and connections
 
 /// Create a connect session for the signed-in user (or the user a service key acts for).
-#[utoipa::path(post, path = "/v1/connect/sessions", tag = "connections", request_body = CreateSession,
-    responses((status = 201, body = SessionView), (status = 422)))]
+#[utoipa::path(post, path = "/v1/connect/sessions", tag = "connections", request_body = CreateConnectSession,
+    responses((status = 201, body = ConnectSessionView), (status = 422)))]
 async fn create_session(
     State(c): State<Arc<Connections>>,
     State(auth): State<Arc<AuthState>>,
     user: CurrentUser,
-    ApiJson(req): ApiJson<CreateSession>,
+    ApiJson(req): ApiJson<CreateConnectSession>,
 ) -> Result<Response, ApiError> {
     let return_url = match &req.return_url {
         Some(u) => Some(crate::auth::service::safe_redirect(&auth.config, u)?),
         None => None,
     };
     let s = service::create_session(&c, user.user_id, req.allowed_integrations.as_ref(), return_url).await?;
-    let view = SessionView { token: s.token, expires_at: s.expires_at, links: s.links };
+    let view = ConnectSessionView { token: s.token, expires_at: s.expires_at, links: s.links };
     Ok((StatusCode::CREATED, ApiJson(view)).into_response())
 }
 
@@ -170,7 +171,8 @@ async fn list_connections(
     Query(q): Query<ConnQuery>,
     Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<Page<Connection>>, ApiError> {
-    let rows = service::list(&c, user.user_id, q.integration.as_deref(), &page).await?;
+    let integration = q.integration.as_deref().filter(|i| !i.is_empty());
+    let rows = service::list(&c, user.user_id, integration, &page).await?;
     Ok(ApiJson(rows))
 }
 

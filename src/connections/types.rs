@@ -9,7 +9,7 @@ use uuid::Uuid;
 /// `POST /v1/connect/sessions`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateSession {
+pub struct CreateConnectSession {
     /// Integration keys the user may connect (all when absent).
     pub allowed_integrations: Option<Vec<String>>,
     /// Where the browser goes after the flow (a path here or an allowed origin).
@@ -18,7 +18,7 @@ pub struct CreateSession {
 
 /// A connect session.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SessionView {
+pub struct ConnectSessionView {
     /// The token to put in connect links (shown once).
     pub token: String,
     /// Expiry.

@@ -35,7 +35,7 @@ use crate::state::AppState;
 pub struct ApiDoc;
 
 /// Operations anyone may call (no credentials).
-const PUBLIC: [&str; 13] = [
+const PUBLIC: [&str; 25] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -49,6 +49,18 @@ const PUBLIC: [&str; 13] = [
     "/.well-known/jwks.json",
     "/.well-known/openid-configuration",
     "/v1/webhooks/clerk",
+    "/oauth/connect",
+    "/oauth/connect/{integration}",
+    "/oauth/callback",
+    "/auth/sign-in",
+    "/auth/sign-up",
+    "/auth/magic-link",
+    "/auth/magic-link/sent",
+    "/auth/magic-link/confirm",
+    "/auth/forgot-password",
+    "/auth/reset-password",
+    "/auth/verify-email",
+    "/auth/signed-in",
 ];
 
 /// Operations open to anyone that answer more to a signed-in caller (a public
@@ -62,8 +74,105 @@ const OPTIONAL_AUTH: [&str; 2] = ["/v1/conversations/{id}", "/v1/conversations/{
 /// errors 413/415/422, the database busy 503).
 pub struct Contract;
 
+/// The routes outside the JSON API, described by hand: the API proxy (its answers
+/// are the provider's), the connect flow's browser routes and the hosted auth pages
+/// (HTML, redirects, forms).
+fn browser_and_proxy_paths() -> serde_json::Value {
+    // Pages answer HTML; a refusal before the page is built is the JSON envelope.
+    let html = |what: &str| {
+        serde_json::json!({"description": what, "content": {
+            "text/html": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
+    };
+    let redirect = |what: &str| {
+        serde_json::json!({"description": what, "headers": {"Location": {"schema": {"type": "string"}}}})
+    };
+    let page = |summary: &str, tag: &str| {
+        serde_json::json!({"get": {"tags": [tag], "summary": summary, "parameters": [
+            {"name": "redirect_url", "in": "query", "required": false, "schema": {"type": "string"}},
+            {"name": "token", "in": "query", "required": false, "schema": {"type": "string"}}],
+            "responses": {"200": html("the page"), "400": html("a page saying what is wrong"),
+                          "422": html("redirect_url is not on this site or an allowed origin")}}})
+    };
+    let form = |summary: &str, fields: &[&str]| {
+        let props: serde_json::Map<String, serde_json::Value> =
+            fields.iter().map(|f| (f.to_string(), serde_json::json!({"type": "string"}))).collect();
+        serde_json::json!({"tags": ["auth"], "summary": summary,
+            "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": props}}}},
+            "responses": {"303": redirect("done: on to redirect_url"), "200": html("the page again, with a message"),
+                          "401": html("the page, with the credentials refused"),
+                          "400": html("the page, with what is wrong"), "403": html("cross-site form refused"),
+                          "413": html("form too large"), "422": html("the page, with what is wrong"),
+                          "429": html("too many attempts")}})
+    };
+    let mut paths = serde_json::json!({
+        "/v1/proxy/{path}": {},
+        "/oauth/connect": {"get": {"tags": ["connections"], "summary": "The hosted connect page of a connect session",
+            "parameters": [{"name": "session", "in": "query", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": html("the integrations the session allows, with the user's accounts"),
+                          "400": html("unknown or expired session")}}},
+        "/oauth/connect/{integration}": {"get": {"tags": ["connections"], "summary": "Start connecting an account",
+            "parameters": [{"name": "integration", "in": "path", "required": true, "schema": {"type": "string"}},
+                           {"name": "session", "in": "query", "required": true, "schema": {"type": "string"}}],
+            "responses": {"302": redirect("to the provider's authorization page, or back to the return URL with an error"),
+                          "400": html("unknown or expired session, or the flow cannot start")}}},
+        "/oauth/callback": {"get": {"tags": ["connections"], "summary": "The provider's redirect back",
+            "parameters": [{"name": "code", "in": "query", "schema": {"type": "string"}},
+                           {"name": "state", "in": "query", "schema": {"type": "string"}},
+                           {"name": "error", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"302": redirect("to the session's return URL with result=success or result=error"),
+                          "200": html("connected"), "400": html("the flow failed (invalid_state, …)")}}},
+    });
+    let proxy_op = |method: &str| {
+        serde_json::json!({"tags": ["connections"], "summary": format!("{method} through the API proxy"),
+            "description": "Calls the provider's API under its base URL with the connection's credentials; the answer is the provider's, passed through.",
+            "parameters": [{"name": "path", "in": "path", "required": true, "schema": {"type": "string"}},
+                           {"name": "Connection-Id", "in": "header", "required": true, "schema": {"type": "string", "format": "uuid"}},
+                           {"name": "Provider-Config-Key", "in": "header", "required": true, "schema": {"type": "string"}},
+                           {"name": "Retries", "in": "header", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 5}}],
+            "responses": {"default": {"description": "the provider's answer, or an error envelope from the proxy"}}})
+    };
+    for m in ["get", "post", "put", "patch", "delete"] {
+        paths["/v1/proxy/{path}"][m] = proxy_op(&m.to_uppercase());
+    }
+    for (path, summary) in [
+        ("/auth/sign-in", "Sign-in page"),
+        ("/auth/sign-up", "Sign-up page"),
+        ("/auth/magic-link", "Magic-link request page"),
+        ("/auth/forgot-password", "Forgotten-password page"),
+        ("/auth/reset-password", "Password-reset page"),
+        ("/auth/verify-email", "Email verification page"),
+        ("/auth/magic-link/sent", "Magic link sent"),
+        ("/auth/signed-in", "Signed in"),
+    ] {
+        paths[path] = page(summary, "auth");
+    }
+    for (path, summary, fields) in [
+        ("/auth/sign-in", "Sign in", &["email", "password", "redirect_url"][..]),
+        ("/auth/sign-up", "Sign up", &["email", "password", "redirect_url"][..]),
+        ("/auth/magic-link", "Mail a magic link", &["email", "redirect_url"][..]),
+        ("/auth/magic-link/confirm", "Sign in with a magic link", &["token", "redirect_url"][..]),
+        ("/auth/forgot-password", "Mail a reset link", &["email", "redirect_url"][..]),
+        ("/auth/reset-password", "Set a new password", &["token", "new_password", "redirect_url"][..]),
+    ] {
+        paths[path]["post"] = form(summary, fields);
+    }
+    paths
+}
+
 impl utoipa::Modify for Contract {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        // The routes outside the JSON API.
+        if let serde_json::Value::Object(extra) = browser_and_proxy_paths() {
+            for (path, item) in extra {
+                match serde_json::from_value::<utoipa::openapi::PathItem>(item) {
+                    Ok(item) => {
+                        doc.paths.paths.insert(path, item);
+                    }
+                    Err(e) => tracing::error!(%path, error = %e, "describing a route"),
+                }
+            }
+        }
         use utoipa::openapi::security::{
             ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
         };

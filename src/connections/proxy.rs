@@ -71,7 +71,9 @@ where
     Arc<Connections>: FromRef<S>,
     Arc<AuthState>: FromRef<S>,
 {
-    axum::Router::new().route("/v1/proxy/{*path}", axum::routing::any(proxy))
+    // The methods an API call uses (HEAD comes with GET); others are 405.
+    let route = axum::routing::get(proxy).post(proxy).put(proxy).patch(proxy).delete(proxy);
+    axum::Router::new().route("/v1/proxy/{*path}", route)
 }
 
 /// Headers never forwarded upstream: hop-by-hop ones, and the caller's own

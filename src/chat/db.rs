@@ -202,8 +202,8 @@ pub async fn insert_new_message<'e, E>(
     conversation: Uuid,
     id: &str,
     role: &str,
-    parts: &serde_json::Value,
-    metadata: Option<&serde_json::Value>,
+    parts: &serde_json::value::RawValue,
+    metadata: Option<&serde_json::value::RawValue>,
 ) -> Result<Option<MessageRow>, sqlx::Error>
 where
     E: sqlx::PgExecutor<'e>,
@@ -222,10 +222,23 @@ where
         .bind(id)
         .bind(conversation)
         .bind(role)
-        .bind(parts)
-        .bind(metadata)
+        .bind(sqlx::types::Json(parts))
+        .bind(metadata.map(sqlx::types::Json))
         .fetch_optional(executor)
         .await
+}
+
+/// Whether stored JSON equals JSON text that came in (a resend is the same message).
+fn same_json(stored: &serde_json::Value, sent: &serde_json::value::RawValue) -> bool {
+    serde_json::from_str::<serde_json::Value>(sent.get()).is_ok_and(|v| &v == stored)
+}
+
+fn same_metadata(stored: &Option<serde_json::Value>, sent: Option<&serde_json::value::RawValue>) -> bool {
+    match (stored, sent) {
+        (None, None) => true,
+        (Some(s), Some(t)) => same_json(s, t),
+        _ => false,
+    }
 }
 
 /// Inserts or replaces one message inside `tx` (idempotent by id per owner).
@@ -235,15 +248,15 @@ pub async fn upsert_message(
     conversation: Uuid,
     id: &str,
     role: &str,
-    parts: &serde_json::Value,
-    metadata: Option<&serde_json::Value>,
+    parts: &serde_json::value::RawValue,
+    metadata: Option<&serde_json::value::RawValue>,
 ) -> Result<(Upserted, MessageRow), sqlx::Error> {
     let sql = format!("SELECT {MSG_COLS} FROM messages WHERE owner_id = $1 AND id = $2 FOR UPDATE");
     let existing: Option<MessageRow> =
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(owner).bind(id).fetch_optional(&mut **tx).await?;
     match existing {
         Some(row) if row.conversation_id != conversation => Ok((Upserted::OtherConversation, row)),
-        Some(row) if row.role == role && &row.parts == parts && row.metadata.as_ref() == metadata => {
+        Some(row) if row.role == role && same_json(&row.parts, parts) && same_metadata(&row.metadata, metadata) => {
             Ok((Upserted::Unchanged, row))
         }
         Some(_) => {

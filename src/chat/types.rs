@@ -98,13 +98,14 @@ pub struct UiMessageIn {
     pub id: String,
     /// `system`, `user` or `assistant`.
     pub role: String,
-    /// The parts, verbatim.
+    /// The parts, verbatim (kept as the JSON text that came: parsed into values,
+    /// a 10 MB array costs hundreds of MB).
     #[schema(value_type = Vec<Object>)]
-    pub parts: serde_json::Value,
+    pub parts: Box<serde_json::value::RawValue>,
     /// App metadata, verbatim.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<Box<serde_json::value::RawValue>>,
     /// Storage objects of the caller's to link to the message (not part of the
     /// `UIMessage`; absent leaves existing links alone, `[]` clears them).
     #[serde(default)]
@@ -139,8 +140,9 @@ pub struct Attachment {
 }
 
 /// `POST /v1/conversations/{id}/messages`: one message, or `{"messages": [...]}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
+/// (Read by a hand-written `Deserialize`: serde's untagged enums buffer the whole
+/// document as values first, and keep no raw JSON.)
+#[derive(Debug, ToSchema)]
 pub enum AppendMessages {
     /// Several messages, appended in order.
     Many {
@@ -149,6 +151,37 @@ pub enum AppendMessages {
     },
     /// One message.
     One(UiMessageIn),
+}
+
+impl<'de> Deserialize<'de> for AppendMessages {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Either shape's fields at once; which are present decides.
+        #[derive(Deserialize)]
+        struct Either {
+            messages: Option<Vec<UiMessageIn>>,
+            id: Option<String>,
+            role: Option<String>,
+            parts: Option<Box<serde_json::value::RawValue>>,
+            #[serde(default)]
+            metadata: Option<Box<serde_json::value::RawValue>>,
+            #[serde(default)]
+            attachments: Option<Vec<AttachmentRef>>,
+        }
+        let e = Either::deserialize(d)?;
+        match (e.messages, e.id, e.role, e.parts) {
+            (Some(messages), None, None, None) => Ok(AppendMessages::Many { messages }),
+            (None, Some(id), Some(role), Some(parts)) => Ok(AppendMessages::One(UiMessageIn {
+                id,
+                role,
+                parts,
+                metadata: e.metadata,
+                attachments: e.attachments,
+            })),
+            _ => Err(serde::de::Error::custom(
+                "expected a UIMessage ({\"id\", \"role\", \"parts\"}) or {\"messages\": [...]}",
+            )),
+        }
+    }
 }
 
 /// A stored message: the `UIMessage` plus server fields.

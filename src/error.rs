@@ -290,6 +290,10 @@ where
         // Every body is a JSON object (serde would also take a struct as an array).
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') && !bytes.iter().all(u8::is_ascii_whitespace)
         {
+            // Malformed JSON is still `invalid_json`; well-formed, it is the wrong shape.
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                return Err(ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")));
+            }
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "expected a JSON object"));
         }
         match axum::Json::<T>::from_bytes(&bytes) {

@@ -79,7 +79,9 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let id = request_id_of(&req);
         let rate = self.min_body_rate;
-        let req = if rate > 0 { req.map(|b| Body::new(MinRate::new(b, rate))) } else { req };
+        // (A request without a body, most of them, is not wrapped.)
+        let has_body = http_body::Body::size_hint(req.body()).exact() != Some(0);
+        let req = if rate > 0 && has_body { req.map(|b| Body::new(MinRate::new(b, rate))) } else { req };
         // NUL in the path or query reaches PostgreSQL as text it refuses: refused
         // here for every route at once.
         if has_nul(req.uri()) {
@@ -193,7 +195,8 @@ pub struct MinRate {
     waited: Duration,
     /// Since when the body has been waiting for the client, if it is.
     pending_since: Option<Instant>,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Made the first time the body has to wait.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The error of a body sent too slowly.
@@ -210,7 +213,7 @@ impl MinRate {
             bytes: 0,
             waited: Duration::ZERO,
             pending_since: None,
-            timer: Box::pin(tokio::time::sleep(RATE_WINDOW)),
+            timer: None,
         }
     }
 
@@ -270,8 +273,10 @@ impl http_body::Body for MinRate {
                     }
                 }
                 let left = RATE_WINDOW.saturating_sub(this.waited + (now - this.pending_since.unwrap_or(now)));
-                this.timer.as_mut().reset(tokio::time::Instant::from_std(now + left));
-                if this.timer.as_mut().poll(cx).is_ready() {
+                let deadline = tokio::time::Instant::from_std(now + left);
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                timer.as_mut().reset(deadline);
+                if timer.as_mut().poll(cx).is_ready() {
                     cx.waker().wake_by_ref();
                 }
                 Poll::Pending

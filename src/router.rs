@@ -84,9 +84,8 @@ fn browser_and_proxy_paths() -> serde_json::Value {
             "text/html": {"schema": {"type": "string"}},
             "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
     };
-    let redirect = |what: &str| {
-        serde_json::json!({"description": what, "headers": {"Location": {"schema": {"type": "string"}}}})
-    };
+    let redirect =
+        |what: &str| serde_json::json!({"description": what, "headers": {"Location": {"schema": {"type": "string"}}}});
     let page = |summary: &str, tag: &str| {
         serde_json::json!({"get": {"tags": [tag], "summary": summary, "parameters": [
             {"name": "redirect_url", "in": "query", "required": false, "schema": {"type": "string"}},

@@ -116,9 +116,9 @@ fn browser_and_proxy_paths() -> serde_json::Value {
             "responses": {"302": redirect("to the provider's authorization page, or back to the return URL with an error"),
                           "400": html("unknown or expired session, or the flow cannot start")}}},
         "/oauth/callback": {"get": {"tags": ["connections"], "summary": "The provider's redirect back",
-            "parameters": [{"name": "code", "in": "query", "schema": {"type": "string"}},
-                           {"name": "state", "in": "query", "schema": {"type": "string"}},
-                           {"name": "error", "in": "query", "schema": {"type": "string"}}],
+            "parameters": [{"name": "code", "in": "query", "required": false, "schema": {"type": "string"}},
+                           {"name": "state", "in": "query", "required": false, "schema": {"type": "string"}},
+                           {"name": "error", "in": "query", "required": false, "schema": {"type": "string"}}],
             "responses": {"302": redirect("to the session's return URL with result=success or result=error"),
                           "200": html("connected"), "400": html("the flow failed (invalid_state, …)")}}},
     });

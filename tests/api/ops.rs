@@ -121,3 +121,48 @@ async fn router_works_in_process_too() {
     let c = crate::harness::cluster();
     assert_eq!(c.embedded.is_some(), std::env::var("CARMENTA_TEST_DATABASE_URL").map_or(true, |v| v.is_empty()));
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_a_contract() {
+    let app = TestApp::spawn().await;
+    let doc: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    for s in ["bearer", "serviceKey", "sessionCookie"] {
+        assert!(schemes.contains_key(s), "{s} missing");
+    }
+    // Names are unique: auth's session and the connect session are two schemas.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    assert!(schemas["SessionView"]["properties"].get("current").is_some(), "auth's SessionView");
+    assert!(schemas["ConnectSessionView"]["properties"].get("links").is_some());
+    // Every operation lists its error statuses; non-public ones need credentials.
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/proxy/{path}",
+        "/oauth/connect",
+        "/oauth/connect/{integration}",
+        "/oauth/callback",
+        "/auth/sign-in",
+        "/auth/sign-up",
+        "/auth/magic-link",
+        "/auth/magic-link/sent",
+        "/auth/magic-link/confirm",
+        "/auth/forgot-password",
+        "/auth/reset-password",
+        "/auth/verify-email",
+        "/auth/signed-in",
+    ] {
+        assert!(paths.contains_key(p), "{p} is documented");
+    }
+    let me = &paths["/v1/me"]["get"];
+    for code in ["400", "401", "403", "503"] {
+        assert!(me["responses"].get(code).is_some(), "GET /v1/me answers {code}");
+    }
+    assert!(me["security"].as_array().is_some_and(|s| !s.is_empty()));
+    let sign_in = &paths["/v1/auth/sign-in"]["post"];
+    for code in ["413", "415", "422", "429"] {
+        assert!(sign_in["responses"].get(code).is_some(), "sign-in answers {code}");
+    }
+    assert!(sign_in.get("security").is_none(), "sign-in is public");
+    // Storage is listed as external.
+    assert!(doc["info"]["description"].as_str().unwrap().contains("/storage/v1"));
+}

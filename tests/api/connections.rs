@@ -1340,3 +1340,41 @@ async fn sessions_integrations_and_connections_are_paged() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_proxied_body_trickled_slower_than_the_minimum_rate_is_cut_off() {
+    let f = Flow::new_with(|c| c.min_body_rate = 100).await;
+    let a = sign_up(&f.app, "slowpx@example.com").await;
+    let c = f.connect(&a, "basic", "slow").await;
+    // A body larger than the replay buffer streams upstream as it comes; one byte
+    // every 2 s (the minimum: 1,000 bytes per 10 s of waiting) is cut off, and the
+    // trickle (30 bytes, 60 s) never finishes.
+    // (1.5 MB: over the proxy's 1 MB replay buffer, under the test upstream's 2 MB limit.)
+    let head = futures::stream::once(async { Ok::<_, std::io::Error>(vec![b'x'; 1536 * 1024]) });
+    let trickle = futures::stream::unfold(0u32, |n| async move {
+        if n >= 30 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        Some((Ok::<_, std::io::Error>(vec![b'y']), n + 1))
+    });
+    let started = std::time::Instant::now();
+    let r = f
+        .app
+        .call(Method::POST, "/v1/proxy/echo/upload")
+        .by(&a.jwt)
+        .header("connection-id", c.as_str())
+        .header("provider-config-key", "basic")
+        .header("content-length", (1536 * 1024 + 30).to_string())
+        .body(reqwest::Body::wrap_stream(futures::StreamExt::chain(head, trickle)))
+        .send()
+        .await;
+    let (status, waited) = (r.status(), started.elapsed());
+    let text = r.text().await.unwrap_or_default();
+    assert!(status.as_u16() >= 400, "{status}: {text}");
+    assert!(
+        // The head fills the first 10 s window; the second, of single bytes, fails.
+        waited > std::time::Duration::from_secs(8) && waited < std::time::Duration::from_secs(40),
+        "cut off after one or two windows of waiting, not {waited:?}: {status} {text}"
+    );
+}

@@ -633,3 +633,52 @@ async fn a_body_trickled_slower_than_the_minimum_rate_is_cut_off() {
     // A body at a normal pace is untouched.
     assert_eq!(st.put(&st.a.jwt, "files", "fast.bin", &[7u8; 100_000], "application/octet-stream").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_tus_patch_trickled_slower_than_the_minimum_rate_is_ended_and_keeps_its_bytes() {
+    let st = St::with(Backend::Fs, |c| c.min_body_rate = 100).await;
+    st.bucket("files", json!({})).await;
+    let meta =
+        |k: &str, v: &str| format!("{k} {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v));
+    let r = st
+        .req(Method::POST, "/upload/resumable", &st.a.jwt)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "5000")
+        .header("upload-metadata", format!("{},{}", meta("bucketName", "files"), meta("objectName", "trickle.bin")))
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+    // 2,000 bytes at once, then one byte every 2 s: cut off after a window of waiting.
+    let head = futures::stream::once(async { Ok::<_, std::io::Error>(vec![b'x'; 2000]) });
+    let trickle = futures::stream::unfold(0u32, |n| async move {
+        if n >= 30 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        Some((Ok::<_, std::io::Error>(vec![b'y']), n + 1))
+    });
+    let started = std::time::Instant::now();
+    let r = st
+        .req(Method::PATCH, &format!("/upload/resumable/{id}"), &st.a.jwt)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(reqwest::Body::wrap_stream(futures::StreamExt::chain(head, trickle)))
+        .send()
+        .await;
+    let waited = started.elapsed();
+    // TUS keeps what arrived when a body ends early (that is how it resumes): the
+    // PATCH is ended well before the 60 s the trickle would take, and answers the
+    // offset reached.
+    assert_eq!(r.status(), 204);
+    assert!(waited < std::time::Duration::from_secs(40), "cut off, not {waited:?}");
+    let offset: u64 = r.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
+    assert!((2000..2030).contains(&offset), "kept {offset} bytes");
+    let r = st
+        .req(Method::HEAD, &format!("/upload/resumable/{id}"), &st.a.jwt)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await;
+    assert_eq!(r.headers()["upload-offset"].to_str().unwrap(), offset.to_string(), "resumes from there");
+}

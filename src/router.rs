@@ -381,14 +381,19 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u8);
     tokio::pin!(shutdown);
     loop {
+        // `biased`: the shutdown future is polled first, every time (a busy accept
+        // must not starve it).
         let permit = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
-            _ = &mut shutdown => break,
         };
         let (tcp, peer) = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -398,7 +403,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
         };
         // No Nagle: a streamed body goes out in several writes, and waiting for the
         // ACK of the headers (delayed by the peer) costs ~40 ms per response.
@@ -438,19 +442,27 @@ pub async fn serve(
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+///
+/// The handlers are installed when this is called, not when the future is first
+/// polled: a signal that comes before the server's first poll is not lost (it would
+/// otherwise kill the process the default way).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (mut term, mut int) = match (term, int) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT");
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }
 

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{PASSWORD as PW, TestApp, envelope, sign_up, test_routes};
+use crate::harness::{PASSWORD as PW, TestApp, envelope, eventually, sign_up, test_routes};
 use reqwest::Method;
 
 /// A signed-up user.
@@ -618,36 +618,13 @@ async fn audit_log_records_security_events() {
     assert!(rid.is_some_and(|r| r.len() == 32), "audit rows carry the request id");
 }
 
-/// Polls `check` for up to two seconds.
-async fn eventually<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn caches_are_invalidated_across_replicas() {
     let a = TestApp::spawn().await;
-    // Replicas share the database, the encryption key and the public URL (issuer).
-    let (keys, public_url) = (a.state.config.encryption_keys.clone(), a.state.config.public_url.clone());
-    let b = TestApp::builder()
-        .same_database_as(&a)
-        .config(|c| {
-            c.encryption_keys = keys;
-            c.public_url = public_url;
-        })
-        .spawn()
-        .await;
+    let b = a.replica().await;
     assert!(
-        eventually(|| async { a.state.auth.cache.enabled() && b.state.auth.cache.enabled() }).await,
+        eventually(Duration::from_secs(2), || async { a.state.auth.cache.enabled() && b.state.auth.cache.enabled() })
+            .await,
         "listeners connected"
     );
     let u = sign_up(&a, "rep@example.com").await;
@@ -661,14 +638,17 @@ async fn caches_are_invalidated_across_replicas() {
     // A change through replica A reaches B's cache.
     a.call(Method::PATCH, "/v1/me").by(&u.jwt).json(&json!({"name": "Renamed"})).send().await;
     assert!(
-        eventually(|| async { me(&b, &u.session).await.json::<Value>().await.unwrap()["name"] == "Renamed" }).await,
+        eventually(Duration::from_secs(2), || async {
+            me(&b, &u.session).await.json::<Value>().await.unwrap()["name"] == "Renamed"
+        })
+        .await,
         "B still serves the old profile"
     );
     // A session revoked through A stops working on B.
     let r = a.call(Method::POST, "/v1/auth/sign-out").by(&u.session).send().await;
     assert_eq!(r.status(), 204);
     assert!(
-        eventually(|| async { me(&b, &u.session).await.status() == 401 }).await,
+        eventually(Duration::from_secs(2), || async { me(&b, &u.session).await.status() == 401 }).await,
         "B still accepts the revoked session"
     );
     // Deleting the user through A: B's cached profile is gone too.
@@ -676,5 +656,8 @@ async fn caches_are_invalidated_across_replicas() {
     let jwt = t["access_token"].as_str().unwrap().to_string();
     assert_eq!(me(&b, &jwt).await.status(), 200);
     a.call(Method::DELETE, "/v1/me").by(&jwt).send().await;
-    assert!(eventually(|| async { me(&b, &jwt).await.status() == 401 }).await, "B serves a deleted user");
+    assert!(
+        eventually(Duration::from_secs(2), || async { me(&b, &jwt).await.status() == 401 }).await,
+        "B serves a deleted user"
+    );
 }

@@ -1350,14 +1350,7 @@ async fn a_proxied_body_trickled_slower_than_the_minimum_rate_is_cut_off() {
     // every 2 s (the minimum: 1,000 bytes per 10 s of waiting) is cut off, and the
     // trickle (30 bytes, 60 s) never finishes.
     // (1.5 MB: over the proxy's 1 MB replay buffer, under the test upstream's 2 MB limit.)
-    let head = futures::stream::once(async { Ok::<_, std::io::Error>(vec![b'x'; 1536 * 1024]) });
-    let trickle = futures::stream::unfold(0u32, |n| async move {
-        if n >= 30 {
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        Some((Ok::<_, std::io::Error>(vec![b'y']), n + 1))
-    });
+    let body = crate::harness::trickled(vec![b'x'; 1536 * 1024], 30, std::time::Duration::from_secs(2));
     let started = std::time::Instant::now();
     let r = f
         .app
@@ -1366,7 +1359,7 @@ async fn a_proxied_body_trickled_slower_than_the_minimum_rate_is_cut_off() {
         .header("connection-id", c.as_str())
         .header("provider-config-key", "basic")
         .header("content-length", (1536 * 1024 + 30).to_string())
-        .body(reqwest::Body::wrap_stream(futures::StreamExt::chain(head, trickle)))
+        .body(body)
         .send()
         .await;
     let (status, waited) = (r.status(), started.elapsed());

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, PASSWORD, TestApp, sign_up};
+use crate::harness::{Backend, PASSWORD, TestApp, eventually, fed_body, sign_up, trickled};
 use crate::storage::St;
 
 /// A page that, were it run on the API's origin, would take the visitor's session.
@@ -296,15 +296,13 @@ async fn small_storage_items_private_files_empty_ranges_bucket_names_and_short_t
     assert_eq!(r.status(), 201);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let id = location.rsplit('/').next().unwrap().to_string();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let body =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    let (tx, body) = fed_body();
     let patch = st
         .req(Method::PATCH, &format!("/upload/resumable/{id}"), &st.a.jwt)
         .header("tus-resumable", "1.0.0")
         .header("upload-offset", "0")
         .header("content-type", "application/offset+octet-stream")
-        .body(reqwest::Body::wrap_stream(body));
+        .body(body);
     let sending = tokio::spawn(patch.send());
     tx.send(vec![1; 10]).await.unwrap();
     let uuid: uuid::Uuid = id.parse().unwrap();
@@ -337,22 +335,6 @@ async fn small_storage_items_private_files_empty_ranges_bucket_names_and_short_t
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["upload-offset"], "20");
     assert_eq!(left().await, None, "released");
-}
-
-/// Whether `check` becomes true within a second.
-async fn within_a_second<F, Fut>(check: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(1) {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    false
 }
 
 async fn status_of_me(app: &TestApp, token: &str) -> u16 {
@@ -389,23 +371,14 @@ async fn outbox_tokens(app: &TestApp, to: &str, path: &str) -> Vec<String> {
 #[tokio::test]
 async fn revocation_reaches_every_replica_within_a_second() {
     let a = TestApp::spawn().await;
-    // Replicas share the database, the encryption key and the public URL (issuer).
-    let (keys, public_url) = (a.state.config.encryption_keys.clone(), a.state.config.public_url.clone());
-    let b = TestApp::builder()
-        .same_database_as(&a)
-        .config(|c| {
-            c.encryption_keys = keys;
-            c.public_url = public_url;
-        })
-        .spawn()
-        .await;
+    let b = a.replica().await;
     let email = "rev@example.com";
     let u = sign_up(&a, email).await;
     // Sign-out: the session's access token stops working on the other replica.
     assert_eq!(status_of_me(&b, &u.jwt).await, 200, "B caches the session");
     let (status, _) = a.call(Method::POST, "/v1/auth/sign-out").by(&u.session).reply().await;
     assert_eq!(status, 204);
-    assert!(within_a_second(|| async { status_of_me(&b, &u.jwt).await == 401 }).await, "sign-out");
+    assert!(eventually(SECOND, || async { status_of_me(&b, &u.jwt).await == 401 }).await, "sign-out");
     // Sign out everywhere: every session's tokens.
     let (s1, j1) = sign_in(&a, email, PASSWORD).await;
     let (_, j2) = sign_in(&a, email, PASSWORD).await;
@@ -413,7 +386,7 @@ async fn revocation_reaches_every_replica_within_a_second() {
     let (status, _) = a.post_as("/v1/auth/sign-out", &s1, &json!({"all": true})).await;
     assert_eq!(status, 204);
     assert!(
-        within_a_second(|| async { status_of_me(&b, &j1).await == 401 && status_of_me(&b, &j2).await == 401 }).await,
+        eventually(SECOND, || async { status_of_me(&b, &j1).await == 401 && status_of_me(&b, &j2).await == 401 }).await,
         "sign out everywhere"
     );
     // A password change signs the other sessions out, their tokens with them.
@@ -423,7 +396,7 @@ async fn revocation_reaches_every_replica_within_a_second() {
     let new_pw = "another long passphrase";
     let body = json!({"current_password": PASSWORD, "new_password": new_pw});
     assert_eq!(a.call(Method::POST, "/v1/me/password").by(&mine).json(&body).send().await.status(), 204);
-    assert!(within_a_second(|| async { status_of_me(&b, &other).await == 401 }).await, "password change");
+    assert!(eventually(SECOND, || async { status_of_me(&b, &other).await == 401 }).await, "password change");
     assert_eq!(status_of_me(&b, &mine).await, 200, "the changing session stays");
     // A reset: every session ends, and every other reset and magic link is void.
     for path in ["/v1/auth/password/forgot", "/v1/auth/magic-link", "/v1/auth/password/forgot"] {
@@ -436,7 +409,7 @@ async fn revocation_reaches_every_replica_within_a_second() {
     let body = json!({"token": resets[1], "new_password": "the third long passphrase"});
     let (status, reply) = a.call(Method::POST, "/v1/auth/password/reset").json(&body).reply().await;
     assert_eq!(status, 204, "{reply}");
-    assert!(within_a_second(|| async { status_of_me(&b, &mine).await == 401 }).await, "reset");
+    assert!(eventually(SECOND, || async { status_of_me(&b, &mine).await == 401 }).await, "reset");
     let body = json!({"token": resets[0], "new_password": "a fourth long passphrase"});
     let (status, reply) = a.call(Method::POST, "/v1/auth/password/reset").json(&body).reply().await;
     assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("invalid_link")), "older reset link");
@@ -518,19 +491,20 @@ async fn big_bodies_are_refused_before_they_are_read() {
             .await;
         assert_eq!(status, 401);
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
-    let stalled =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    let (tx, stalled) = fed_body();
     let call = app
         .call(Method::POST, "/v1/auth/sign-in")
         .header("content-type", "application/json")
         .header("content-length", "40000")
-        .body(reqwest::Body::wrap_stream(stalled))
+        .body(stalled)
         .send();
     let r = tokio::time::timeout(std::time::Duration::from_secs(5), call).await.expect("answered before the body");
     assert_eq!(r.status(), 429);
     drop(tx);
 }
+
+/// How soon a revocation must reach the other replica.
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads from `s` until the server closes it (or `limit` passes): whether it closed.
 async fn closed_within(s: &mut tokio::net::TcpStream, limit: std::time::Duration) -> bool {
@@ -609,20 +583,12 @@ async fn a_body_trickled_slower_than_the_minimum_rate_is_cut_off() {
     let st = St::with(Backend::Fs, |c| c.min_body_rate = 100).await;
     st.bucket("files", json!({})).await;
     // One byte every 2 s (the minimum: 1,000 bytes per 10 s of waiting).
-    let trickle = futures::stream::unfold(0u32, |n| async move {
-        if n >= 30 {
-            return None;
-        }
-        if n > 0 {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        }
-        Some((Ok::<_, std::io::Error>(vec![b'x']), n + 1))
-    });
+    let trickle = trickled(vec![b'x'], 29, std::time::Duration::from_secs(2));
     let started = std::time::Instant::now();
     let r = st
         .req(Method::POST, "/object/files/slow.bin", &st.a.jwt)
         .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(trickle))
+        .body(trickle)
         .send()
         .await;
     assert!(r.status().is_client_error(), "{}", r.status());
@@ -650,21 +616,14 @@ async fn a_tus_patch_trickled_slower_than_the_minimum_rate_is_ended_and_keeps_it
     assert_eq!(r.status(), 201);
     let id = r.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
     // 2,000 bytes at once, then one byte every 2 s: cut off after a window of waiting.
-    let head = futures::stream::once(async { Ok::<_, std::io::Error>(vec![b'x'; 2000]) });
-    let trickle = futures::stream::unfold(0u32, |n| async move {
-        if n >= 30 {
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        Some((Ok::<_, std::io::Error>(vec![b'y']), n + 1))
-    });
+    let body = trickled(vec![b'x'; 2000], 30, std::time::Duration::from_secs(2));
     let started = std::time::Instant::now();
     let r = st
         .req(Method::PATCH, &format!("/upload/resumable/{id}"), &st.a.jwt)
         .header("tus-resumable", "1.0.0")
         .header("upload-offset", "0")
         .header("content-type", "application/offset+octet-stream")
-        .body(reqwest::Body::wrap_stream(futures::StreamExt::chain(head, trickle)))
+        .body(body)
         .send()
         .await;
     let waited = started.elapsed();

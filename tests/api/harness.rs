@@ -227,6 +227,20 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.expect("request")
     }
 
+    /// Another replica of this app: the same database, encryption key and public
+    /// URL (so the same issuer).
+    pub async fn replica(&self) -> TestApp {
+        let (keys, public_url) = (self.state.config.encryption_keys.clone(), self.state.config.public_url.clone());
+        TestApp::builder()
+            .same_database_as(self)
+            .config(|c| {
+                c.encryption_keys = keys;
+                c.public_url = public_url;
+            })
+            .spawn()
+            .await
+    }
+
     /// A request to `path`, anonymous until [`Call::by`] names who sends it.
     pub fn call(&self, method: reqwest::Method, path: &str) -> Call {
         Call(self.client.request(method, self.url(path)))
@@ -270,6 +284,45 @@ impl TestApp {
         }
         self.server.take().expect("server already shut down")
     }
+}
+
+/// Whether `check` comes true within `within` (polled every 20 ms).
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A request body sent as `head` at once, then `bytes` single bytes, each after
+/// `every` (a client trickling its upload).
+pub fn trickled(head: Vec<u8>, bytes: u32, every: Duration) -> reqwest::Body {
+    let head = futures::stream::once(async move { Ok::<_, std::io::Error>(head) });
+    let tail = futures::stream::unfold(0u32, move |n| async move {
+        if n >= bytes {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+        Some((Ok::<_, std::io::Error>(vec![b'y']), n + 1))
+    });
+    reqwest::Body::wrap_stream(futures::StreamExt::chain(head, tail))
+}
+
+/// A request body fed by hand: each chunk sent on the returned sender goes out;
+/// dropping the sender ends the body.
+pub fn fed_body() -> (tokio::sync::mpsc::Sender<Vec<u8>>, reqwest::Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    (tx, reqwest::Body::wrap_stream(stream))
 }
 
 /// A request being built by a test (see [`TestApp::call`]).

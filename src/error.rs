@@ -138,24 +138,38 @@ pub fn text_refused() -> ApiError {
     ApiError::bad_request("invalid_text", "text must not contain NUL (\\u0000) characters")
 }
 
-/// Whether every number in a JSON document is within ±1e300. PostgreSQL's jsonb
-/// keeps a number's decimal digits exactly, and one near `f64::MAX` reads back as
-/// more than an `f64` holds (a stored value that cannot be returned).
-pub fn json_numbers_storable(bytes: &[u8]) -> bool {
-    let (mut in_string, mut escaped, mut i) = (false, false, 0);
-    while i < bytes.len() {
+/// What one pass over a JSON document finds that PostgreSQL would refuse or could
+/// not return: a `\u0000` escape in a string (text it refuses; a raw NUL byte is
+/// not valid JSON anyway), and numbers beyond ±1e300 (jsonb keeps a number's
+/// decimal digits exactly, and one near `f64::MAX` reads back as more than an
+/// `f64` holds).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JsonScan {
+    /// A string holds a NUL escape.
+    pub nul: bool,
+    /// A number lies beyond ±1e300.
+    pub huge_number: bool,
+}
+
+/// Scans a JSON document once for what [`JsonScan`] reports.
+pub fn scan_json(bytes: &[u8]) -> JsonScan {
+    let mut found = JsonScan::default();
+    let (mut in_string, mut i) = (false, 0);
+    while i < bytes.len() && !(found.nul && found.huge_number) {
         let b = bytes[i];
         if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
+            match b {
+                // An escape: `\u0000` is the NUL; whatever it is, skip what it escapes.
+                b'\\' => {
+                    found.nul |= bytes[i + 1..].starts_with(b"u0000");
+                    i += 2;
+                    continue;
+                }
+                b'"' => in_string = false,
                 _ => {}
             }
             i += 1;
-            continue;
-        }
-        if b == b'"' {
+        } else if b == b'"' {
             in_string = true;
             i += 1;
         } else if b == b'-' || b.is_ascii_digit() {
@@ -164,34 +178,22 @@ pub fn json_numbers_storable(bytes: &[u8]) -> bool {
                 i += 1;
             }
             let n = std::str::from_utf8(&bytes[start..i]).ok().and_then(|t| t.parse::<f64>().ok());
-            if n.is_some_and(|n| !n.is_finite() || n.abs() >= 1e300) {
-                return false;
-            }
+            found.huge_number |= n.is_some_and(|n| !n.is_finite() || n.abs() >= 1e300);
         } else {
             i += 1;
         }
     }
-    true
+    found
 }
 
-/// Whether a JSON document holds a `\u0000` escape in a string (a raw NUL byte is
-/// not valid JSON and fails parsing anyway). An escaped backslash before `u0000`
-/// (`\\u0000`, the six characters) does not count.
+/// Whether a JSON document holds a `\u0000` escape in a string.
 pub fn json_has_nul(bytes: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(pos) = bytes[i..].iter().position(|b| *b == b'\\') {
-        let start = i + pos;
-        let mut end = start;
-        while end < bytes.len() && bytes[end] == b'\\' {
-            end += 1;
-        }
-        // An odd run of backslashes ends in an escape.
-        if (end - start) % 2 == 1 && bytes[end..].starts_with(b"u0000") {
-            return true;
-        }
-        i = end.max(start + 1);
-    }
-    false
+    scan_json(bytes).nul
+}
+
+/// Whether every number in a JSON document is within ±1e300.
+pub fn json_numbers_storable(bytes: &[u8]) -> bool {
+    !scan_json(bytes).huge_number
 }
 
 /// The code and status for a response that left the router without a JSON body
@@ -277,10 +279,11 @@ where
                 ApiError::bad_request("invalid_body", e.body_text())
             }
         })?;
-        if json_has_nul(&bytes) {
+        let scan = scan_json(&bytes);
+        if scan.nul {
             return Err(text_refused());
         }
-        if !json_numbers_storable(&bytes) {
+        if scan.huge_number {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_number",
@@ -288,11 +291,12 @@ where
             ));
         }
         // Every body is a JSON object (serde would also take a struct as an array).
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') && !bytes.iter().all(u8::is_ascii_whitespace)
+        if let Some(&first) = bytes.iter().find(|b| !b.is_ascii_whitespace())
+            && first != b'{'
         {
             // Malformed JSON is still `invalid_json`; well-formed, it is the wrong shape.
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-                return Err(ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")));
+            if let Err(rej) = axum::Json::<serde::de::IgnoredAny>::from_bytes(&bytes) {
+                return Err(json_rejection(rej));
             }
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "expected a JSON object"));
         }

@@ -34,8 +34,9 @@ use crate::state::AppState;
 )]
 pub struct ApiDoc;
 
-/// Operations anyone may call (no credentials).
-const PUBLIC: [&str; 25] = [
+/// Operations of the JSON API anyone may call (no credentials). The browser
+/// routes (`/auth/…` hosted pages, `/oauth/…` connect flow) are all public too.
+const PUBLIC: [&str; 13] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -49,19 +50,12 @@ const PUBLIC: [&str; 25] = [
     "/.well-known/jwks.json",
     "/.well-known/openid-configuration",
     "/v1/webhooks/clerk",
-    "/oauth/connect",
-    "/oauth/connect/{integration}",
-    "/oauth/callback",
-    "/auth/sign-in",
-    "/auth/sign-up",
-    "/auth/magic-link",
-    "/auth/magic-link/sent",
-    "/auth/magic-link/confirm",
-    "/auth/forgot-password",
-    "/auth/reset-password",
-    "/auth/verify-email",
-    "/auth/signed-in",
 ];
+
+/// Whether the operations of `path` need no credentials.
+fn public(path: &str) -> bool {
+    PUBLIC.contains(&path) || path.starts_with("/auth/") || path.starts_with("/oauth/")
+}
 
 /// Operations open to anyone that answer more to a signed-in caller (a public
 /// conversation is readable by anyone with its id).
@@ -233,7 +227,7 @@ impl utoipa::Modify for Contract {
             SecurityRequirement::new("sessionCookie", Vec::<String>::new()),
         ];
         for (path, item) in doc.paths.paths.iter_mut() {
-            let public = PUBLIC.contains(&path.as_str());
+            let open = public(path);
             let has_path_params = path.contains('{');
             for op in [
                 &mut item.get,
@@ -253,7 +247,7 @@ impl utoipa::Modify for Contract {
                 };
                 add("400", "bad input (invalid_json, invalid_text, invalid_limit, invalid_cursor, …)");
                 add("503", "the database is busy or unreachable; retry");
-                if !public {
+                if !open {
                     add("401", "no credentials, or they are invalid or expired");
                     add("403", "not allowed (read-only service key, CSRF, insufficient scope)");
                 }
@@ -268,7 +262,7 @@ impl utoipa::Modify for Contract {
                 if path.starts_with("/v1/auth/") {
                     add("429", "too many attempts");
                 }
-                if !public && op.security.is_none() {
+                if !open && op.security.is_none() {
                     let mut security = signed_in.clone();
                     if OPTIONAL_AUTH.contains(&path.as_str()) && op.request_body.is_none() {
                         security.insert(0, SecurityRequirement::default());

@@ -218,10 +218,9 @@ pub(super) fn etag_matches(header: &str, etag: &str) -> bool {
     header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
-pub(super) fn content_disposition(download: Option<&str>, key: &str) -> Option<HeaderValue> {
+pub(super) fn content_disposition(download: Option<&str>) -> Option<HeaderValue> {
     let d = download?;
     let name = if d.is_empty() { return HeaderValue::from_str("attachment;").ok() } else { d };
-    let _ = key;
     let enc = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string();
     HeaderValue::from_str(&format!("attachment; filename={enc}; filename*=UTF-8''{enc}")).ok()
 }
@@ -325,7 +324,7 @@ pub(super) fn contain_active(
     let on_content_origin = state.content_host.as_deref().is_some_and(|c| header_str(request, "host") == Some(c));
     if download.is_none() && !on_content_origin {
         let name = key.rsplit('/').next().unwrap_or(key);
-        if let Some(v) = content_disposition(Some(name), key) {
+        if let Some(v) = content_disposition(Some(name)) {
             h.insert(header::CONTENT_DISPOSITION, v);
         }
     }
@@ -365,7 +364,7 @@ pub(super) async fn serve(state: &Storage, mut row: ObjectRow, how: Serve<'_>) -
     if let Ok(v) = HeaderValue::from_str(&row.content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    if let Some(v) = content_disposition(how.download, &row.name) {
+    if let Some(v) = content_disposition(how.download) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     contain_active(state, h, how.headers, &row.content_type, &row.name, how.download);

@@ -136,7 +136,7 @@ async fn render(
     if let Ok(v) = HeaderValue::from_str(&variant.content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    if let Some(v) = content_disposition(download, &row.name) {
+    if let Some(v) = content_disposition(download) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(variant.bytes.len()));

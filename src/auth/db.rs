@@ -155,21 +155,21 @@ pub struct SessionRow {
     pub user_agent: Option<String>,
 }
 
+/// A session row's columns.
+const LIVE_SESSION: &str = "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions";
+
+/// A live session: not revoked, not expired, not idle longer than `$2` seconds (when set).
+const LIVE: &str = "revoked_at IS NULL AND expires_at > now() \
+    AND ($2::float8 IS NULL OR last_active_at > now() - make_interval(secs => $2))";
+
 /// Session `id` when it is live (not revoked, not expired, not idle past `idle`).
 pub async fn live_session_by_id(
     pool: &PgPool,
     id: Uuid,
     idle: Option<Duration>,
 ) -> Result<Option<SessionRow>, sqlx::Error> {
-    sqlx::query_as::<_, SessionRow>(
-        "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions
-         WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()
-           AND ($2::float8 IS NULL OR last_active_at > now() - make_interval(secs => $2))",
-    )
-    .bind(id)
-    .bind(idle.map(|d| d.as_secs_f64()))
-    .fetch_optional(pool)
-    .await
+    let sql = format!("{LIVE_SESSION} WHERE id = $1 AND {LIVE}");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(idle.map(|d| d.as_secs_f64())).fetch_optional(pool).await
 }
 
 /// Uses up every outstanding password-reset and magic-link token of `user`
@@ -216,31 +216,18 @@ pub async fn live_session(
     token_hash: &[u8],
     idle: Option<Duration>,
 ) -> Result<Option<SessionRow>, sqlx::Error> {
-    let row = sqlx::query_as::<_, SessionRow>(
-        "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions
-         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
-           AND ($2::float8 IS NULL OR last_active_at > now() - make_interval(secs => $2))",
-    )
-    .bind(token_hash)
-    .bind(idle.map(|d| d.as_secs_f64()))
-    .fetch_optional(pool)
-    .await?;
+    let sql = format!("{LIVE_SESSION} WHERE token_hash = $1 AND {LIVE}");
+    let row: Option<SessionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(token_hash)
+        .bind(idle.map(|d| d.as_secs_f64()))
+        .fetch_optional(pool)
+        .await?;
     if let Some(r) = &row
         && OffsetDateTime::now_utc() - r.last_active_at > time::Duration::minutes(1)
     {
         sqlx::query("UPDATE sessions SET last_active_at = now() WHERE id = $1").bind(r.id).execute(pool).await?;
     }
     Ok(row)
-}
-
-/// Whether the session `id` is live (for JWT-authenticated requests that act on it).
-pub async fn session_is_live(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now())",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
 }
 
 /// The owner's live sessions, newest first.

@@ -67,10 +67,7 @@ impl AuthCache {
 
     /// A cached live session for a token hash (expiry re-checked here).
     pub fn session(&self, token_hash: &[u8], idle: Option<Duration>) -> Option<SessionRow> {
-        let s = self.sessions.get(token_hash)?;
-        let now = time::OffsetDateTime::now_utc();
-        let idle_ok = idle.is_none_or(|d| now - s.last_active_at < d);
-        (s.expires_at > now && idle_ok).then(|| (*s).clone())
+        self.sessions.get(token_hash).filter(|s| still_live(s, idle)).map(|s| (*s).clone())
     }
 
     /// Caches a live session read at generation `gen_at_read`.
@@ -78,12 +75,10 @@ impl AuthCache {
         self.sessions.put(gen_at_read.1, token_hash, Arc::new(s));
     }
 
-    /// A cached live session by id (expiry re-checked here).
-    pub fn session_by_id(&self, id: Uuid, idle: Option<Duration>) -> Option<SessionRow> {
-        let s = self.by_id.get(&id)?;
-        let now = time::OffsetDateTime::now_utc();
-        let idle_ok = idle.is_none_or(|d| now - s.last_active_at < d);
-        (s.expires_at > now && idle_ok).then(|| (*s).clone())
+    /// The owner of session `id` when it is cached and still live (expiry
+    /// re-checked here; nothing is copied: this is on every JWT request).
+    pub fn live_session_owner(&self, id: Uuid, idle: Option<Duration>) -> Option<Uuid> {
+        self.by_id.get(&id).filter(|s| still_live(s, idle)).map(|s| s.user_id)
     }
 
     /// Caches a live session by id, read at generation `gen_at_read`.
@@ -115,6 +110,12 @@ impl AuthCache {
         self.sessions.clear();
         self.by_id.clear();
     }
+}
+
+/// Whether a cached session has neither expired nor been idle longer than `idle`.
+fn still_live(s: &SessionRow, idle: Option<Duration>) -> bool {
+    let now = time::OffsetDateTime::now_utc();
+    s.expires_at > now && idle.is_none_or(|d| now - s.last_active_at < d)
 }
 
 impl Invalidate for AuthCache {

@@ -168,8 +168,8 @@ pub async fn resolve_bearer(state: &AuthState, token: &str) -> Result<Principal,
     // every replica (the cache entry is evicted by NOTIFY).
     let cache = &state.cache;
     let idle = state.config.session_idle_ttl;
-    let live = match cache.session_by_id(session_id, idle) {
-        Some(s) => Some(s),
+    let owner = match cache.live_session_owner(session_id, idle) {
+        Some(owner) => Some(owner),
         None => {
             let generation = cache.generation();
             // Fails closed: a session that cannot be checked is not accepted.
@@ -177,13 +177,14 @@ pub async fn resolve_bearer(state: &AuthState, token: &str) -> Result<Principal,
                 tracing::warn!(error = %e, "checking an access token's session");
                 ApiError::unavailable("cannot check the session now; retry shortly")
             })?;
-            if let Some(s) = &row {
-                cache.put_session_by_id(generation, s.clone());
-            }
-            row
+            row.map(|s| {
+                let owner = s.user_id;
+                cache.put_session_by_id(generation, s);
+                owner
+            })
         }
     };
-    if live.is_none_or(|s| s.user_id != user_id) {
+    if owner != Some(user_id) {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the access token's session has ended"));
     }
     Ok(Principal::User { user_id, session_id, via: Via::Jwt })

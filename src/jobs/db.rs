@@ -112,32 +112,33 @@ pub async fn claim(
     .await
 }
 
+/// A query of sqlx's with its arguments.
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Runs `UPDATE jobs SET {set}` on job `id` while this worker still holds it
+/// (`$1` the id, `$2` the lease token; `more` binds `$3`…); false when it does not.
+async fn held<'q>(
+    set: &str,
+    id: Uuid,
+    token: Uuid,
+    more: impl FnOnce(Query<'q>) -> Query<'q>,
+    pool: &PgPool,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!("UPDATE jobs SET {set} WHERE id = $1 AND lease_token = $2 AND state = 'running'");
+    let r = more(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(token)).execute(pool).await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// Extends a claim; false when it no longer holds (cancelled, or the lease ran
 /// out and another worker took the job).
 pub async fn heartbeat(pool: &PgPool, id: Uuid, token: Uuid, lease_secs: f64) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE jobs SET lease_until = now() + make_interval(secs => $3) \
-         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-    )
-    .bind(id)
-    .bind(token)
-    .bind(lease_secs)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    held("lease_until = now() + make_interval(secs => $3)", id, token, |q| q.bind(lease_secs), pool).await
 }
 
 /// Marks a claimed job done.
 pub async fn complete(pool: &PgPool, id: Uuid, token: Uuid) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE jobs SET state = 'done', finished_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL \
-         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-    )
-    .bind(id)
-    .bind(token)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    let set = "state = 'done', finished_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL";
+    held(set, id, token, |q| q, pool).await
 }
 
 /// Records a failed attempt: queued again after `backoff_secs`, or `failed` with
@@ -150,36 +151,19 @@ pub async fn fail(
     backoff_secs: f64,
     give_up: bool,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE jobs SET last_error = $3, lease_token = NULL, lease_until = NULL, \
-         state = CASE WHEN $5 THEN 'failed' ELSE 'queued' END, \
-         finished_at = CASE WHEN $5 THEN now() END, \
-         run_at = CASE WHEN $5 THEN run_at ELSE now() + make_interval(secs => $4) END \
-         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-    )
-    .bind(id)
-    .bind(token)
-    .bind(error)
-    .bind(backoff_secs)
-    .bind(give_up)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    let set = "last_error = $3, lease_token = NULL, lease_until = NULL, \
+        state = CASE WHEN $5 THEN 'failed' ELSE 'queued' END, \
+        finished_at = CASE WHEN $5 THEN now() END, \
+        run_at = CASE WHEN $5 THEN run_at ELSE now() + make_interval(secs => $4) END";
+    held(set, id, token, |q| q.bind(error).bind(backoff_secs).bind(give_up), pool).await
 }
 
 /// Gives a claimed job back unfinished (shutdown): queued at once, the attempt
 /// not counted.
 pub async fn release(pool: &PgPool, id: Uuid, token: Uuid) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE jobs SET state = 'queued', run_at = now(), attempts = greatest(attempts - 1, 0), \
-         lease_token = NULL, lease_until = NULL, worker = NULL \
-         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-    )
-    .bind(id)
-    .bind(token)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    let set = "state = 'queued', run_at = now(), attempts = greatest(attempts - 1, 0), \
+        lease_token = NULL, lease_until = NULL, worker = NULL";
+    held(set, id, token, |q| q, pool).await
 }
 
 /// Cancels a queued or running job (a running one's worker stops it at its next

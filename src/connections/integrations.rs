@@ -219,8 +219,3 @@ pub async fn delete(c: &Connections, actor: &str, key: &str) -> Result<(), ApiEr
     crate::audit::record(&c.pool, actor, None, "integration.delete", Some(key), serde_json::json!({})).await?;
     Ok(())
 }
-
-/// The client secret of integration `id`, opened (tests and the flows).
-pub fn client_secret(c: &Connections, id: Uuid, sealed: &[u8]) -> Result<String, ApiError> {
-    Ok(c.vault.open_client_secret(id, sealed)?)
-}

@@ -43,10 +43,7 @@ async fn integrations_crud_with_an_encrypted_secret() {
     let (id, sealed): (uuid::Uuid, Vec<u8>) =
         sqlx::query_as("SELECT id, client_secret FROM integrations").fetch_one(&app.pool).await.unwrap();
     assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_bytes()));
-    assert_eq!(
-        carmenta::connections::integrations::client_secret(&app.state.connections, id, &sealed).unwrap(),
-        secret
-    );
+    assert_eq!(app.state.connections.vault.open_client_secret(id, &sealed).unwrap(), secret);
     assert!(app.state.keyring.decrypt(&sealed, uuid::Uuid::nil().as_bytes()).is_err(), "bound to the id");
     // Default scopes when none are given; refusals.
     let r = app
@@ -111,10 +108,7 @@ async fn integrations_crud_with_an_encrypted_secret() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(
-        carmenta::connections::integrations::client_secret(&app.state.connections, id, &sealed).unwrap(),
-        "rotated-secret"
-    );
+    assert_eq!(app.state.connections.vault.open_client_secret(id, &sealed).unwrap(), "rotated-secret");
     let (status, list) = app.get_as("/v1/integrations", &key).await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
@@ -1056,10 +1050,7 @@ async fn idle_connections_are_refreshed_and_secrets_follow_key_rotation() {
             .fetch_one(&f.app.pool)
             .await
             .unwrap();
-    assert_eq!(
-        carmenta::connections::integrations::client_secret(&only_new.state.connections, id, &sealed).unwrap(),
-        "basic-secret"
-    );
+    assert_eq!(only_new.state.connections.vault.open_client_secret(id, &sealed).unwrap(), "basic-secret");
 }
 
 /// A webhook receiver that checks Standard Webhooks signatures itself and fails

@@ -18,21 +18,17 @@ fn not_found() -> ApiError {
     ApiError::not_found("conversation not found")
 }
 
-fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
-
 fn check_visibility(v: &str) -> Result<(), ApiError> {
     if matches!(v, "private" | "public") {
         Ok(())
     } else {
-        Err(unprocessable("invalid_visibility", "visibility must be `private` or `public`"))
+        Err(ApiError::unprocessable("invalid_visibility", "visibility must be `private` or `public`"))
     }
 }
 
 fn check_title(t: &str) -> Result<(), ApiError> {
     if t.chars().count() > 500 {
-        Err(unprocessable("invalid_title", "title is longer than 500 characters"))
+        Err(ApiError::unprocessable("invalid_title", "title is longer than 500 characters"))
     } else {
         Ok(())
     }
@@ -40,10 +36,10 @@ fn check_title(t: &str) -> Result<(), ApiError> {
 
 fn check_metadata(v: &serde_json::Value) -> Result<(), ApiError> {
     if !v.is_object() {
-        return Err(unprocessable("invalid_metadata", "metadata must be a JSON object"));
+        return Err(ApiError::unprocessable("invalid_metadata", "metadata must be a JSON object"));
     }
     if serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX) > 16 * 1024 {
-        return Err(unprocessable("metadata_too_large", "metadata is larger than 16 KB"));
+        return Err(ApiError::unprocessable("metadata_too_large", "metadata is larger than 16 KB"));
     }
     Ok(())
 }
@@ -122,13 +118,16 @@ pub async fn delete(state: &Chat, owner: Uuid, id: Uuid) -> Result<(), ApiError>
 /// already within the limit, so no message can exceed it.
 fn validate_message(m: &UiMessageIn, max_bytes: Option<usize>) -> Result<(), ApiError> {
     if m.id.is_empty() || m.id.chars().count() > 255 || m.id.chars().any(char::is_control) {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "invalid_message_id",
             "message id must be 1 to 255 characters without control characters",
         ));
     }
     if !ROLES.contains(&m.role.as_str()) {
-        return Err(unprocessable("invalid_role", format!("role must be one of {ROLES:?}, not {:?}", m.role)));
+        return Err(ApiError::unprocessable(
+            "invalid_role",
+            format!("role must be one of {ROLES:?}, not {:?}", m.role),
+        ));
     }
     /// What is checked of a part: an object with a string `type` (the rest is
     /// skipped, not built).
@@ -138,15 +137,15 @@ fn validate_message(m: &UiMessageIn, max_bytes: Option<usize>) -> Result<(), Api
         _kind: String,
     }
     if !m.parts.get().trim_start().starts_with('[') {
-        return Err(unprocessable("invalid_parts", "parts must be an array"));
+        return Err(ApiError::unprocessable("invalid_parts", "parts must be an array"));
     }
     if serde_json::from_str::<Vec<PartHead>>(m.parts.get()).is_err() {
-        return Err(unprocessable("invalid_parts", "every part must be an object with a string `type`"));
+        return Err(ApiError::unprocessable("invalid_parts", "every part must be an object with a string `type`"));
     }
     if let Some(md) = &m.metadata
         && !md.get().trim_start().starts_with('{')
     {
-        return Err(unprocessable("invalid_metadata", "metadata must be a JSON object"));
+        return Err(ApiError::unprocessable("invalid_metadata", "metadata must be a JSON object"));
     }
     let Some(max_bytes) = max_bytes else { return Ok(()) };
     let size = m.parts.get().len() + m.metadata.as_ref().map_or(0, |v| v.get().len());
@@ -175,7 +174,7 @@ pub async fn append(
         AppendMessages::Many { messages } => messages,
     };
     if messages.is_empty() || messages.len() > 1000 {
-        return Err(unprocessable("invalid_messages", "send 1 to 1000 messages"));
+        return Err(ApiError::unprocessable("invalid_messages", "send 1 to 1000 messages"));
     }
     let max = state.max_message_bytes;
     // A body within the limit holds no message over it: skip re-measuring each.
@@ -189,7 +188,7 @@ pub async fn append(
         links.push(match &m.attachments {
             None => None,
             Some(refs) if refs.len() > 100 => {
-                return Err(unprocessable("invalid_attachments", "at most 100 attachments per message"));
+                return Err(ApiError::unprocessable("invalid_attachments", "at most 100 attachments per message"));
             }
             Some(refs) => Some(db::owned_objects(&state.pool, owner, refs).await?.ok_or_else(|| {
                 ApiError::not_found("an attachment names no storage object of yours").with_code("attachment_not_found")
@@ -362,10 +361,10 @@ pub async fn feedback(
     if let Some(v) = &req.value
         && !matches!(v.as_str(), "up" | "down")
     {
-        return Err(unprocessable("invalid_feedback", "value must be `up`, `down` or null"));
+        return Err(ApiError::unprocessable("invalid_feedback", "value must be `up`, `down` or null"));
     }
     if req.comment.as_ref().is_some_and(|c| c.chars().count() > 2000) {
-        return Err(unprocessable("invalid_feedback", "comment is longer than 2000 characters"));
+        return Err(ApiError::unprocessable("invalid_feedback", "comment is longer than 2000 characters"));
     }
     db::own_conversation(&state.pool, conversation, owner).await?.ok_or_else(not_found)?;
     if !db::set_feedback(&state.pool, owner, conversation, id, req.value.as_deref(), req.comment.as_deref()).await? {

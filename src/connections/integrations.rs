@@ -12,7 +12,6 @@ use uuid::Uuid;
 
 use super::Connections;
 use super::db::{self, IntegrationRow as Row};
-use super::service::unprocessable;
 use crate::error::ApiError;
 use crate::pagination::{Page, PageQuery};
 
@@ -106,7 +105,7 @@ pub struct PatchIntegration {
 fn check_text(field: &str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
     match v {
         Some(s) if s.is_empty() || s.len() > max || s.chars().any(char::is_control) => {
-            Err(unprocessable("invalid_body", format!("{field} must be 1 to {max} characters")))
+            Err(ApiError::unprocessable("invalid_body", format!("{field} must be 1 to {max} characters")))
         }
         _ => Ok(()),
     }
@@ -115,7 +114,10 @@ fn check_text(field: &str, v: &Option<String>, max: usize) -> Result<(), ApiErro
 fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
     if scopes.len() > 200 || scopes.iter().any(|s| s.is_empty() || s.len() > 500 || s.chars().any(char::is_whitespace))
     {
-        return Err(unprocessable("invalid_scopes", "scopes must be at most 200 non-empty strings without spaces"));
+        return Err(ApiError::unprocessable(
+            "invalid_scopes",
+            "scopes must be at most 200 non-empty strings without spaces",
+        ));
     }
     Ok(())
 }
@@ -148,17 +150,20 @@ pub async fn create(c: &Connections, actor: &str, req: CreateIntegration) -> Res
     let key_ok = (1..=100).contains(&req.unique_key.len())
         && req.unique_key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !key_ok {
-        return Err(unprocessable("invalid_unique_key", "unique_key must be 1 to 100 of a-z, 0-9, '-' and '_'"));
+        return Err(ApiError::unprocessable(
+            "invalid_unique_key",
+            "unique_key must be 1 to 100 of a-z, 0-9, '-' and '_'",
+        ));
     }
     let provider = c.catalog.get(&req.provider).ok_or_else(|| {
-        unprocessable("unknown_provider", format!("no provider named {:?} in the catalog", req.provider))
+        ApiError::unprocessable("unknown_provider", format!("no provider named {:?} in the catalog", req.provider))
     })?;
     check_text("client_id", &req.client_id, 1000)?;
     check_text("client_secret", &req.client_secret, 4000)?;
     if matches!(provider.auth_mode.as_str(), "OAUTH2" | "CUSTOM" | "OAUTH2_CC")
         && (req.client_id.is_none() || req.client_secret.is_none())
     {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "missing_credentials",
             format!("{} uses OAuth: client_id and client_secret are required", provider.name),
         ));

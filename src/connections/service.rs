@@ -26,11 +26,6 @@ use crate::pagination::{Page, PageQuery};
 const SESSION_TTL_SECS: i64 = 30 * 60;
 const STATE_TTL_SECS: i64 = 15 * 60;
 
-/// A 422 with `code`.
-pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(http::StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
-
 /// A new connect session: its token (shown once), expiry, and a link per integration.
 #[derive(Debug)]
 pub struct NewSession {
@@ -52,12 +47,15 @@ pub async fn create_session(
 ) -> Result<NewSession, ApiError> {
     let keys: Vec<String> = match allowed {
         Some(k) if k.is_empty() || k.len() > 100 => {
-            return Err(unprocessable("invalid_integrations", "allowed_integrations must name 1 to 100 integrations"));
+            return Err(ApiError::unprocessable(
+                "invalid_integrations",
+                "allowed_integrations must name 1 to 100 integrations",
+            ));
         }
         Some(k) => {
             for key in k {
                 if db::integration_by_key(&c.pool, key).await?.is_none() {
-                    return Err(unprocessable("unknown_integration", format!("no integration {key:?}")));
+                    return Err(ApiError::unprocessable("unknown_integration", format!("no integration {key:?}")));
                 }
             }
             k.clone()
@@ -287,7 +285,7 @@ pub async fn create_key_connection(
 ) -> Result<Connection, ApiError> {
     let integ = integrations::by_key(c, &req.integration)
         .await
-        .map_err(|_| unprocessable("unknown_integration", format!("no integration {:?}", req.integration)))?;
+        .map_err(|_| ApiError::unprocessable("unknown_integration", format!("no integration {:?}", req.integration)))?;
     let provider = c.catalog.get(&integ.provider).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
     let text_ok = |v: &str| !v.is_empty() && v.len() <= 4096 && !v.chars().any(char::is_control);
     let secret = match (provider.auth_mode.as_str(), &req.api_key, &req.username, &req.password) {
@@ -295,12 +293,17 @@ pub async fn create_key_connection(
         ("BASIC", None, Some(u), Some(p)) if text_ok(u) && !u.contains(':') && p.len() <= 4096 => {
             B64.encode(format!("{u}:{p}"))
         }
-        ("API_KEY", ..) => return Err(unprocessable("invalid_credentials", "this provider takes `api_key` alone")),
+        ("API_KEY", ..) => {
+            return Err(ApiError::unprocessable("invalid_credentials", "this provider takes `api_key` alone"));
+        }
         ("BASIC", ..) => {
-            return Err(unprocessable("invalid_credentials", "this provider takes `username` and `password`"));
+            return Err(ApiError::unprocessable(
+                "invalid_credentials",
+                "this provider takes `username` and `password`",
+            ));
         }
         (mode, ..) => {
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 "wrong_auth_mode",
                 format!("{} uses {mode}: connect it through /oauth/connect", provider.name),
             ));
@@ -308,7 +311,7 @@ pub async fn create_key_connection(
     };
     let account = req.external_account_id.unwrap_or_else(|| "default".into());
     if !text_ok(&account) || account.len() > 255 {
-        return Err(unprocessable("invalid_account", "external_account_id must be 1 to 255 characters"));
+        return Err(ApiError::unprocessable("invalid_account", "external_account_id must be 1 to 255 characters"));
     }
     let tokens = Tokens {
         access_token: secret,
@@ -350,7 +353,7 @@ pub async fn list(
 /// Replaces the metadata of `owner`'s connection `id`.
 pub async fn set_metadata(c: &Connections, owner: Uuid, id: &str, metadata: &Value) -> Result<Connection, ApiError> {
     if !metadata.is_object() || serde_json::to_vec(metadata).map_or(true, |b| b.len() > 8192) {
-        return Err(unprocessable("invalid_metadata", "metadata must be a JSON object of at most 8 KB"));
+        return Err(ApiError::unprocessable("invalid_metadata", "metadata must be a JSON object of at most 8 KB"));
     }
     let row = owned(c, owner, id).await?;
     db::set_metadata(&c.pool, owner, row.id, metadata).await?;

@@ -105,6 +105,12 @@ pub fn registry() -> Registry<AppState> {
             jobs::db::prune(&s.pool, j.older_than_secs as f64).await?;
             Ok(())
         })
+        .handle(|s: AppState, j: crate::knowledge::ingest::Ingest, a| async move {
+            crate::knowledge::ingest::run(&s.knowledge, j, a).await
+        })
+        .handle(|s: AppState, j: crate::knowledge::ingest::Embed, _| async move {
+            crate::knowledge::ingest::embed(&s.knowledge, j).await
+        })
         .every("auth.prune_rate_windows", Duration::from_secs(3600), &PruneRateWindows {})
         .every("storage.sweep", Duration::from_secs(600), &SweepStorage { min_age_secs: 3600 })
         .every("connections.refresh_idle", Duration::from_secs(300), &RefreshIdleConnections {})
@@ -128,6 +134,9 @@ pub async fn start(state: &AppState) -> Result<Runner, sqlx::Error> {
     let startup = jobs::Options { unique_key: Some("startup".into()), ..Default::default() };
     if let Err(e) = jobs::enqueue(&mut conn, &Reencrypt {}, startup).await {
         tracing::warn!(error = %e, "queueing the start-up re-encryption");
+    }
+    if let Err(e) = crate::knowledge::ingest::prepare(&state.knowledge).await {
+        tracing::warn!(error = %e, "preparing the knowledge base's vector index");
     }
     runner.notify();
     Ok(runner)

@@ -191,8 +191,53 @@ pub struct Config {
     pub webhook_url: Option<Url>,
     /// The `whsec_…` secret signing them.
     pub webhook_secret: Option<Secret>,
+    /// The knowledge base: embeddings, chunking, ingestion limits.
+    pub knowledge: KnowledgeConfig,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
+}
+
+/// Where embeddings come from.
+#[derive(Debug, Clone)]
+pub enum EmbedderConfig {
+    /// The built-in static model (potion-base-8M) read from a directory holding
+    /// `model.safetensors`, `tokenizer.json` and `config.json`
+    /// (`CARMENTA_EMBED_MODEL_DIR`; `scripts/bootstrap` fetches it).
+    Builtin {
+        /// The model's directory.
+        dir: PathBuf,
+    },
+    /// Any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, Ollama, vLLM, TEI).
+    OpenAi {
+        /// Base URL, e.g. `http://localhost:11434/v1` (`CARMENTA_EMBED_URL`).
+        url: Url,
+        /// Model name sent with each request (`CARMENTA_EMBED_MODEL`).
+        model: String,
+        /// Bearer key, if the endpoint wants one (`CARMENTA_EMBED_API_KEY`).
+        key: Option<Secret>,
+        /// The vectors' dimension (`CARMENTA_EMBED_DIMENSIONS`).
+        dimensions: usize,
+    },
+}
+
+/// Knowledge-base settings.
+#[derive(Debug, Clone)]
+pub struct KnowledgeConfig {
+    /// The embedder (`CARMENTA_EMBEDDINGS` = `builtin` | `openai`).
+    pub embedder: EmbedderConfig,
+    /// Target chunk size in tokens, cl100k (`CARMENTA_CHUNK_TOKENS`, default 256).
+    pub chunk_tokens: usize,
+    /// Tokens a chunk repeats from the one before it (`CARMENTA_CHUNK_OVERLAP`, default 32).
+    pub chunk_overlap: usize,
+    /// Largest file ingested (`CARMENTA_KNOWLEDGE_MAX_FILE_SIZE`, default 25 MB).
+    pub max_file_size: u64,
+    /// Most PDF pages ingested (`CARMENTA_KNOWLEDGE_MAX_PAGES`, default 2000).
+    pub max_pages: u32,
+    /// Longest one file's text extraction may take (`CARMENTA_EXTRACT_TIMEOUT`, seconds, default 120).
+    pub extract_timeout: Duration,
+    /// The program run to extract text in a separate process (`CARMENTA_EXTRACTOR`;
+    /// default: this executable's `extract` command).
+    pub extractor: Option<PathBuf>,
 }
 
 /// The shape of `carmenta.toml`; every key optional, unknown keys refused.
@@ -255,6 +300,18 @@ struct FileConfig {
     providers_file: Option<PathBuf>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
+    embeddings: Option<String>,
+    embed_model_dir: Option<PathBuf>,
+    embed_url: Option<String>,
+    embed_model: Option<String>,
+    embed_api_key: Option<String>,
+    embed_dimensions: Option<u64>,
+    chunk_tokens: Option<u64>,
+    chunk_overlap: Option<u64>,
+    knowledge_max_file_size: Option<toml::Value>,
+    knowledge_max_pages: Option<u64>,
+    extract_timeout: Option<u64>,
+    extractor: Option<PathBuf>,
 }
 
 /// The object store behind storage.
@@ -314,6 +371,12 @@ fn pick(env: &BTreeMap<String, String>, vars: &[&str], file_key: &str, file: Opt
 
 fn invalid(raw: &Raw, message: impl Into<String>) -> ConfigError {
     ConfigError::Value { key: raw.key.clone(), message: message.into() }
+}
+
+/// Where `scripts/bootstrap` puts the built-in embedding model: `.tools/models/` of
+/// the source tree this binary was built from.
+fn default_model_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/models/potion-base-8M"))
 }
 
 /// The default connection cap: the process's file-descriptor limit (after
@@ -745,6 +808,83 @@ impl Config {
                 message: "CARMENTA_WEBHOOK_URL and CARMENTA_WEBHOOK_SECRET go together".into(),
             });
         }
+        let embedder = match pick(env, &["CARMENTA_EMBEDDINGS"], "embeddings", fc.embeddings) {
+            None => None,
+            Some(r) if r.value.trim() == "builtin" => None,
+            Some(r) if r.value.trim() == "openai" => Some(r),
+            Some(r) => return Err(invalid(&r, "expected builtin or openai")),
+        };
+        let embedder = match embedder {
+            None => EmbedderConfig::Builtin {
+                dir: pick(
+                    env,
+                    &["CARMENTA_EMBED_MODEL_DIR"],
+                    "embed_model_dir",
+                    fc.embed_model_dir.map(|p| p.to_string_lossy().into_owned()),
+                )
+                .map_or_else(default_model_dir, |r| PathBuf::from(r.value)),
+            },
+            Some(which) => {
+                let url = pick(env, &["CARMENTA_EMBED_URL"], "embed_url", fc.embed_url)
+                    .ok_or_else(|| invalid(&which, "CARMENTA_EMBED_URL must be set too"))?;
+                let url = match Url::parse(url.value.trim()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+                    _ => return Err(invalid(&url, "expected an http(s) URL like http://localhost:11434/v1")),
+                };
+                let model = pick(env, &["CARMENTA_EMBED_MODEL"], "embed_model", fc.embed_model)
+                    .map(|r| r.value.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| invalid(&which, "CARMENTA_EMBED_MODEL must be set too"))?;
+                let dimensions = num(&["CARMENTA_EMBED_DIMENSIONS"], "embed_dimensions", fc.embed_dimensions, 1, 2000)?
+                    .ok_or_else(|| invalid(&which, "CARMENTA_EMBED_DIMENSIONS must be set too (1 to 2000)"))?
+                    as usize;
+                let key = pick(env, &["CARMENTA_EMBED_API_KEY"], "embed_api_key", fc.embed_api_key)
+                    .map(|r| Secret::new(r.value.trim().to_string()))
+                    .filter(|k| !k.expose().is_empty());
+                EmbedderConfig::OpenAi { url, model, key, dimensions }
+            }
+        };
+        let chunk_tokens =
+            num(&["CARMENTA_CHUNK_TOKENS"], "chunk_tokens", fc.chunk_tokens, 16, 8192)?.unwrap_or(256) as usize;
+        let chunk_overlap =
+            num(&["CARMENTA_CHUNK_OVERLAP"], "chunk_overlap", fc.chunk_overlap, 0, 4096)?.unwrap_or(32) as usize;
+        if chunk_overlap * 2 > chunk_tokens {
+            return Err(ConfigError::Value {
+                key: "CARMENTA_CHUNK_OVERLAP".into(),
+                message: format!("must be at most half of the chunk size ({chunk_tokens})"),
+            });
+        }
+        let kb_size_raw = fc.knowledge_max_file_size.map(|v| match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        let max_file_size =
+            match pick(env, &["CARMENTA_KNOWLEDGE_MAX_FILE_SIZE"], "knowledge_max_file_size", kb_size_raw) {
+                Some(r) => parse_size(&r.value).map_err(|m| invalid(&r, m.to_string()))?,
+                None => 25 * 1024 * 1024,
+            };
+        let knowledge = KnowledgeConfig {
+            embedder,
+            chunk_tokens,
+            chunk_overlap,
+            max_file_size,
+            max_pages: num(
+                &["CARMENTA_KNOWLEDGE_MAX_PAGES"],
+                "knowledge_max_pages",
+                fc.knowledge_max_pages,
+                1,
+                100_000,
+            )?
+            .unwrap_or(2000) as u32,
+            extract_timeout: secs(&["CARMENTA_EXTRACT_TIMEOUT"], "extract_timeout", fc.extract_timeout, 120)?,
+            extractor: pick(
+                env,
+                &["CARMENTA_EXTRACTOR"],
+                "extractor",
+                fc.extractor.map(|p| p.to_string_lossy().into_owned()),
+            )
+            .map(|r| PathBuf::from(r.value)),
+        };
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -828,6 +968,7 @@ impl Config {
             providers_file,
             webhook_url,
             webhook_secret,
+            knowledge,
             config_file: path,
         })
     }
@@ -944,6 +1085,29 @@ impl Config {
             ("imaging_timeout".into(), format!("{}s", self.imaging_timeout.as_secs())),
             ("imaging_priority".into(), self.imaging_priority.as_str().into()),
             ("clerk_webhook_secret".into(), format!("{} secret(s) [redacted]", self.clerk_webhook_secrets.len())),
+            (
+                "embeddings".into(),
+                match &self.knowledge.embedder {
+                    EmbedderConfig::Builtin { dir } => format!("builtin potion-base-8M from {}", dir.display()),
+                    EmbedderConfig::OpenAi { url, model, key, dimensions } => format!(
+                        "openai-compatible {url} model {model} ({dimensions} dimensions){}",
+                        if key.is_some() { ", key [redacted]" } else { "" }
+                    ),
+                },
+            ),
+            (
+                "chunking".into(),
+                format!("{} tokens, {} overlap", self.knowledge.chunk_tokens, self.knowledge.chunk_overlap),
+            ),
+            (
+                "knowledge_limits".into(),
+                format!(
+                    "{} bytes, {} pages, {}s extraction",
+                    self.knowledge.max_file_size,
+                    self.knowledge.max_pages,
+                    self.knowledge.extract_timeout.as_secs()
+                ),
+            ),
         ]
     }
 }

@@ -348,6 +348,28 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
     }
 }
 
+/// Serde helper for PATCH bodies: tells an absent field (`None`) from an explicit
+/// `null` (`Some(None)`); use with `#[serde(default, deserialize_with = …)]`.
+pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// App metadata on a resource: a JSON object of at most 16 KB serialised
+/// (422 `invalid_metadata` / `metadata_too_large`).
+pub fn check_metadata(v: &serde_json::Value) -> Result<(), ApiError> {
+    if !v.is_object() {
+        return Err(ApiError::unprocessable("invalid_metadata", "metadata must be a JSON object"));
+    }
+    if serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX) > 16 * 1024 {
+        return Err(ApiError::unprocessable("metadata_too_large", "metadata is larger than 16 KB"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::json_has_nul;

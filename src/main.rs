@@ -50,6 +50,20 @@ enum Cmd {
     /// Inspect and steer background jobs (works while the server runs).
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Extract a file's text (stdin) as JSON (stdout): the sandboxed child process
+    /// the knowledge base's ingestion runs; not needed by hand.
+    #[command(hide = true)]
+    Extract {
+        /// pdf, docx, html, markdown or text.
+        #[arg(long)]
+        format: String,
+        /// Most PDF pages read.
+        #[arg(long, default_value_t = 2000)]
+        max_pages: u32,
+        /// Most bytes of text.
+        #[arg(long, default_value_t = 5 * 1024 * 1024)]
+        max_text_bytes: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +129,11 @@ fn main() -> ExitCode {
     carmenta::tune_allocators();
     carmenta::config::raise_fd_limit();
     let cli = Cli::parse();
+    if let Cmd::Extract { format, max_pages, max_text_bytes } = &cli.command {
+        let limits = carmenta::knowledge::extract::Limits { max_pages: *max_pages, max_text_bytes: *max_text_bytes };
+        let code = carmenta::knowledge::extract::isolated::child_main(format, limits);
+        return ExitCode::from(code as u8);
+    }
     carmenta::install_tls_provider();
     let config = match Config::load() {
         Ok(c) => c,
@@ -158,6 +177,8 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            // Handled before the configuration is read.
+            Cmd::Extract { .. } => ExitCode::SUCCESS,
             Cmd::Jobs(cmd) => match jobs(config, cmd).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -29,6 +29,9 @@ pub enum StartupError {
     /// The provider catalog.
     #[error(transparent)]
     Catalog(#[from] crate::connections::catalog::CatalogError),
+    /// The embedding model.
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
 }
 
 /// State shared by every handler: one reference-counted pointer, so the clone
@@ -61,6 +64,8 @@ pub struct Shared {
     pub storage: Arc<crate::storage::Storage>,
     /// Connections: catalog, vault, refresh locks, proxy cache, webhooks.
     pub connections: Arc<crate::connections::Connections>,
+    /// The knowledge base: documents, ingestion, embeddings, search.
+    pub knowledge: Arc<crate::knowledge::Knowledge>,
 }
 
 impl AppState {
@@ -74,6 +79,7 @@ impl AppState {
         let auth = AuthState::load(pool.clone(), keyring.clone(), config.clone(), mailer).await?;
         let storage = Arc::new(crate::storage::Storage::open(&config, &keyring, pool.clone())?);
         let connections = Arc::new(crate::connections::Connections::open(&config, pool.clone(), keyring.clone())?);
+        let knowledge = Arc::new(crate::knowledge::Knowledge::open(&config, pool.clone(), storage.clone())?);
         let chat = Arc::new(crate::chat::Chat { pool: pool.clone(), max_message_bytes: config.chat_max_message_bytes });
         // Off the start-up path: the dummy hash is ready long before the first sign-in.
         tokio::spawn(crate::auth::password::warm_up());
@@ -86,6 +92,7 @@ impl AppState {
             chat,
             storage,
             connections,
+            knowledge,
         })))
     }
 

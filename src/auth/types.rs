@@ -58,11 +58,11 @@ pub struct ChangePasswordRequest {
 #[serde(deny_unknown_fields)]
 pub struct PatchMeRequest {
     /// Display name (≤ 256 characters).
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::error::double_option")]
     #[schema(value_type = Option<String>)]
     pub name: Option<Option<String>>,
     /// Avatar URL (http or https).
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::error::double_option")]
     #[schema(value_type = Option<String>)]
     pub image_url: Option<Option<String>>,
     /// Replaces the unsafe (client-writable) metadata.
@@ -74,14 +74,6 @@ pub struct PatchMeRequest {
     /// Replaces the private metadata (service keys only).
     #[schema(value_type = Option<Object>)]
     pub private_metadata: Option<serde_json::Value>,
-}
-
-fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A user as shown to API clients.

@@ -34,16 +34,6 @@ fn check_title(t: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_metadata(v: &serde_json::Value) -> Result<(), ApiError> {
-    if !v.is_object() {
-        return Err(ApiError::unprocessable("invalid_metadata", "metadata must be a JSON object"));
-    }
-    if serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX) > 16 * 1024 {
-        return Err(ApiError::unprocessable("metadata_too_large", "metadata is larger than 16 KB"));
-    }
-    Ok(())
-}
-
 /// Creates a conversation for `owner`.
 pub async fn create(state: &Chat, owner: Uuid, req: CreateConversation) -> Result<Conversation, ApiError> {
     let title = req.title.unwrap_or_default();
@@ -51,7 +41,7 @@ pub async fn create(state: &Chat, owner: Uuid, req: CreateConversation) -> Resul
     let visibility = req.visibility.unwrap_or_else(|| "private".into());
     check_visibility(&visibility)?;
     let metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
-    check_metadata(&metadata)?;
+    crate::error::check_metadata(&metadata)?;
     let id = req.id.unwrap_or_else(Uuid::now_v7);
     match db::insert_conversation(&state.pool, id, owner, &title, &visibility, &metadata).await {
         Ok(row) => Ok(Conversation::of(row, Some(owner))),
@@ -97,7 +87,7 @@ pub async fn update(state: &Chat, owner: Uuid, id: Uuid, req: PatchConversation)
         check_visibility(v)?;
     }
     if let Some(m) = &req.metadata {
-        check_metadata(m)?;
+        crate::error::check_metadata(m)?;
     }
     let patch = ConversationPatch {
         title: req.title,

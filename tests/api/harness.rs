@@ -204,6 +204,8 @@ impl TestApp {
         config.encryption_keys = vec![Secret::new(crypto::generate_key())];
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.public_url = "http://127.0.0.1:0/".parse().expect("url");
+        // Text extraction runs in the real binary's sandboxed child process.
+        config.knowledge.extractor = Some(PathBuf::from(env!("CARGO_BIN_EXE_carmenta")));
         TestAppBuilder { config, database: None, extra: Router::new(), _data_dir: data_dir }
     }
 

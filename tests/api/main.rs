@@ -16,6 +16,7 @@ mod hardening;
 mod hosted;
 mod imaging;
 mod jobs;
+mod knowledge;
 mod ops;
 mod shutdown;
 mod storage;

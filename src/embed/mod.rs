@@ -1,0 +1,232 @@
+//! The `Embedder`: turns texts into vectors for the knowledge base (and, later,
+//! memory). Two providers:
+//!
+//! - **built-in** (default): potion-base-8M static embeddings (256 dimensions)
+//!   through `model2vec-rs`, read from the directory `scripts/bootstrap` fills
+//!   from a PyPI wheel (sha256-checked), so the server embeds offline;
+//! - **OpenAI-compatible**: `POST {url}/embeddings` (OpenAI, Ollama, vLLM, TEI),
+//!   with retries and backoff on 429 (honouring `Retry-After`), 5xx and timeouts.
+//!
+//! Every vector is stored with [`Embedder::model`] (name and dimension), and search
+//! uses only vectors of the active model; a change of model re-embeds in the
+//! background (`knowledge.reembed`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{EmbedderConfig, Secret};
+
+/// Texts sent to a remote endpoint in one request.
+pub const REMOTE_BATCH: usize = 64;
+
+/// Attempts of one remote request before its error is returned.
+const REMOTE_ATTEMPTS: u32 = 4;
+
+/// Why texts could not be embedded.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The built-in model's files are missing or unreadable.
+    #[error("the built-in embedding model could not be loaded from {dir}: {message} (run scripts/bootstrap)")]
+    Load {
+        /// The directory tried.
+        dir: String,
+        /// What failed.
+        message: String,
+    },
+    /// The endpoint refused or failed, after retries where they make sense.
+    #[error("embedding endpoint: {0}")]
+    Remote(String),
+    /// The endpoint answered with vectors of another dimension or count.
+    #[error("embedding endpoint answered {0}")]
+    Shape(String),
+}
+
+/// The active embedder; cheap to clone.
+#[derive(Clone)]
+pub struct Embedder {
+    inner: Arc<Provider>,
+    model: String,
+    dim: usize,
+}
+
+enum Provider {
+    Builtin(model2vec_rs::model::StaticModel),
+    OpenAi { url: String, model: String, key: Option<Secret>, timeout: Duration },
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder").field("model", &self.model).field("dim", &self.dim).finish()
+    }
+}
+
+impl Embedder {
+    /// Builds the configured embedder (loading the built-in model's weights).
+    pub fn open(config: &EmbedderConfig) -> Result<Embedder, EmbedError> {
+        match config {
+            EmbedderConfig::Builtin { dir } => Self::builtin(dir),
+            EmbedderConfig::OpenAi { url, model, key, dimensions } => Ok(Embedder {
+                inner: Arc::new(Provider::OpenAi {
+                    url: format!("{}/embeddings", url.as_str().trim_end_matches('/')),
+                    model: model.clone(),
+                    key: key.clone(),
+                    timeout: Duration::from_secs(60),
+                }),
+                model: format!("{model}@{dimensions}"),
+                dim: *dimensions,
+            }),
+        }
+    }
+
+    /// The built-in potion-base-8M model from `dir`.
+    pub fn builtin(dir: &Path) -> Result<Embedder, EmbedError> {
+        let load = |name: &str| {
+            std::fs::read(dir.join(name))
+                .map_err(|e| EmbedError::Load { dir: dir.display().to_string(), message: format!("{name}: {e}") })
+        };
+        let (tokenizer, weights, config) = (load("tokenizer.json")?, load("model.safetensors")?, load("config.json")?);
+        let model = model2vec_rs::model::StaticModel::from_bytes(tokenizer, weights, config, None)
+            .map_err(|e| EmbedError::Load { dir: dir.display().to_string(), message: e.to_string() })?;
+        let dim = model.dim();
+        Ok(Embedder { inner: Arc::new(Provider::Builtin(model)), model: format!("potion-base-8M@{dim}"), dim })
+    }
+
+    /// The model's name and dimension (`potion-base-8M@256`), stored with each vector.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The vectors' dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Whether embedding runs in this process (cheap enough to do inline).
+    pub fn is_local(&self) -> bool {
+        matches!(*self.inner, Provider::Builtin(_))
+    }
+
+    /// Embeds `texts` (in order), off the async threads for the built-in model.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &*self.inner {
+            Provider::Builtin(_) => {
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || me.embed_blocking(&texts))
+                    .await
+                    .map_err(|e| EmbedError::Remote(format!("embedding task: {e}")))
+            }
+            Provider::OpenAi { url, model, key, timeout } => {
+                let mut out = Vec::with_capacity(texts.len());
+                for batch in texts.chunks(REMOTE_BATCH) {
+                    out.extend(self.remote(url, model, key.as_ref(), *timeout, batch).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Embeds on the calling thread with the built-in model (benchmarks, workers);
+    /// an empty list for a remote provider.
+    pub fn embed_blocking(&self, texts: &[String]) -> Vec<Vec<f32>> {
+        match &*self.inner {
+            Provider::Builtin(m) => m.encode_with_args(texts, Some(512), 256),
+            Provider::OpenAi { .. } => Vec::new(),
+        }
+    }
+
+    async fn remote(
+        &self,
+        url: &str,
+        model: &str,
+        key: Option<&Secret>,
+        timeout: Duration,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let body = serde_json::json!({ "model": model, "input": texts, "encoding_format": "float" });
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = crate::http_client::request(reqwest::Method::POST, url)
+                .map_err(|e| EmbedError::Remote(e.to_string()))?
+                .timeout(timeout)
+                .json(&body);
+            if let Some(k) = key {
+                req = req.bearer_auth(k.expose());
+            }
+            let (retry, wait, err) = match req.send().await {
+                Err(e) => (true, None, format!("request failed: {}", without_url(&e))),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s.min(30)));
+                    if status.is_success() {
+                        let parsed: Result<Response, _> = resp.json().await;
+                        return match parsed {
+                            Ok(r) => self.vectors(r, texts.len()),
+                            Err(e) => Err(EmbedError::Shape(format!("a body that is not an embeddings list: {e}"))),
+                        };
+                    }
+                    let text = resp.text().await.unwrap_or_default();
+                    let detail: String = text.chars().take(300).collect();
+                    let retry = status.as_u16() == 429 || status.is_server_error();
+                    (retry, retry_after, format!("HTTP {}: {detail}", status.as_u16()))
+                }
+            };
+            if !retry || attempt >= REMOTE_ATTEMPTS {
+                return Err(EmbedError::Remote(err));
+            }
+            let backoff = wait.unwrap_or_else(|| Duration::from_millis(250 << attempt));
+            tracing::warn!(attempt, wait_ms = backoff.as_millis() as u64, error = %err, "embedding request, retrying");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    fn vectors(&self, r: Response, expected: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut data = r.data;
+        if data.len() != expected {
+            return Err(EmbedError::Shape(format!("{} vectors for {expected} texts", data.len())));
+        }
+        data.sort_by_key(|d| d.index);
+        let mut out = Vec::with_capacity(expected);
+        for d in data {
+            if d.embedding.len() != self.dim {
+                return Err(EmbedError::Shape(format!(
+                    "vectors of dimension {} where {} is configured",
+                    d.embedding.len(),
+                    self.dim
+                )));
+            }
+            out.push(d.embedding);
+        }
+        Ok(out)
+    }
+}
+
+/// A reqwest error's text without the URL (which may carry credentials).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<endpoint>");
+    }
+    s
+}
+
+#[derive(serde::Deserialize)]
+struct Response {
+    data: Vec<Datum>,
+}
+
+#[derive(serde::Deserialize)]
+struct Datum {
+    #[serde(default)]
+    index: usize,
+    embedding: Vec<f32>,
+}

@@ -684,3 +684,36 @@ async fn openai_compatible_embeddings_and_model_changes() {
     assert!(index >= 1, "an HNSW index per model");
     runner.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_hung_or_crashing_extractor_fails_the_file_not_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, script) in
+        [("hang", "#!/bin/sh\ncat >/dev/null\nsleep 30\n"), ("crash", "#!/bin/sh\ncat >/dev/null\nkill -SEGV $$\n")]
+    {
+        let path = dir.path().join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (name, code) in [("hang", "timeout"), ("crash", "extractor_failed")] {
+        let exe = dir.path().join(name);
+        let app = TestApp::builder()
+            .config(|c| {
+                c.knowledge.extractor = Some(exe);
+                c.knowledge.extract_timeout = Duration::from_secs(1);
+            })
+            .spawn()
+            .await;
+        let runner = carmenta::background::start(&app.state).await.unwrap();
+        let u = sign_up(&app, "kb6@example.com").await;
+        let key = storage_key(&app).await;
+        bucket(&app, &key, "docs").await;
+        upload(&app, &u.jwt, "docs", "x.md", b"# Hello\n\nworld".to_vec(), "text/markdown").await;
+        let f = post(&app, &u, "/files", json!({"bucket": "docs", "name": "x.md"})).await;
+        let s = settled(&app, &u, f["id"].as_str().unwrap()).await;
+        assert_eq!((s["status"].as_str(), s["error_code"].as_str()), (Some("failed"), Some(code)), "{name}: {s}");
+        assert_eq!(app.get("/healthz").await.status(), 200);
+        runner.shutdown().await;
+    }
+}

@@ -72,7 +72,7 @@ CREATE TABLE kb_chunks (
     tsv             tsvector GENERATED ALWAYS AS (
                         setweight(to_tsvector('english', context), 'A') ||
                         setweight(to_tsvector('english', text), 'B')) STORED,
-    -- BM25 document length: the number of indexed positions.
+    -- BM25 document length: the number of indexed positions (kb_tsv_length).
     len             integer NOT NULL DEFAULT 0,
     embedding       vector,
     embedding_model text,
@@ -116,6 +116,12 @@ LANGUAGE sql AS $$
     ORDER BY u.lexeme
     ON CONFLICT (user_id, lexeme) DO UPDATE SET df = kb_terms.df + excluded.df;
     DELETE FROM kb_terms WHERE user_id = owner AND df <= 0;
+$$;
+
+-- The number of positions in a tsvector (a BM25 length).
+CREATE FUNCTION kb_tsv_length(v tsvector) RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0)::integer FROM unnest(v) u
 $$;
 
 -- The OR of lexemes as a tsquery (each quoted, so no lexeme is read as syntax).

@@ -225,9 +225,10 @@ pub enum EmbedderConfig {
 pub struct KnowledgeConfig {
     /// The embedder (`CARMENTA_EMBEDDINGS` = `builtin` | `openai`).
     pub embedder: EmbedderConfig,
-    /// Target chunk size in tokens, cl100k (`CARMENTA_CHUNK_TOKENS`, default 256).
+    /// Target chunk size in tokens, cl100k (`CARMENTA_CHUNK_TOKENS`, default 128:
+    /// the best evidence recall at a fixed context budget in `benches/knowledge`).
     pub chunk_tokens: usize,
-    /// Tokens a chunk repeats from the one before it (`CARMENTA_CHUNK_OVERLAP`, default 32).
+    /// Tokens a chunk repeats from the one before it (`CARMENTA_CHUNK_OVERLAP`, default 16).
     pub chunk_overlap: usize,
     /// Largest file ingested (`CARMENTA_KNOWLEDGE_MAX_FILE_SIZE`, default 25 MB).
     pub max_file_size: u64,
@@ -845,9 +846,9 @@ impl Config {
             }
         };
         let chunk_tokens =
-            num(&["CARMENTA_CHUNK_TOKENS"], "chunk_tokens", fc.chunk_tokens, 16, 8192)?.unwrap_or(256) as usize;
+            num(&["CARMENTA_CHUNK_TOKENS"], "chunk_tokens", fc.chunk_tokens, 16, 8192)?.unwrap_or(128) as usize;
         let chunk_overlap =
-            num(&["CARMENTA_CHUNK_OVERLAP"], "chunk_overlap", fc.chunk_overlap, 0, 4096)?.unwrap_or(32) as usize;
+            num(&["CARMENTA_CHUNK_OVERLAP"], "chunk_overlap", fc.chunk_overlap, 0, 4096)?.unwrap_or(16) as usize;
         if chunk_overlap * 2 > chunk_tokens {
             return Err(ConfigError::Value {
                 key: "CARMENTA_CHUNK_OVERLAP".into(),

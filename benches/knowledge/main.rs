@@ -1,4 +1,4 @@
-//! Knowledge benchmark, three parts, every figure next to its anchor from the same run:
+//! Knowledge benchmark, four parts, every figure next to its anchor from the same run:
 //!
 //! 1. **Quality** on LoCoMo's development half (`../shared/data/locomo/locomo-dev.json`,
 //!    read at run time): each conversation's turns become documents of one user
@@ -9,16 +9,19 @@
 //!    stop words and stemming, as PostgreSQL's `english` configuration). A grid of
 //!    fusion weights, fused offline with the server's own `fuse`, shows how the
 //!    default was chosen.
-//! 2. **Scale**: `KB_SCALE_CHUNKS` chunks (default 100,000; the 1M figure is in
+//! 2. **Chunk size** (`chunking.rs`): evidence recall within a fixed token budget at
+//!    several chunk sizes, on LoCoMo sessions as documents.
+//! 3. **Scale**: `KB_SCALE_CHUNKS` chunks (default 100,000; the 1M figure is in
 //!    benches/README.md) of generated Zipf text over 100 users; p50/p95/p99 of hybrid
 //!    search for rare- and common-term queries, with and without a subtree filter,
 //!    over HTTP next to the same service call in-process; index build time and size.
-//! 3. **Ingestion**: PDF pages/s through the sandboxed extractor next to `pdftotext`
+//! 4. **Ingestion**: PDF pages/s through the sandboxed extractor next to `pdftotext`
 //!    on the same files (word agreement reported); Markdown and HTML MB/s (extract +
 //!    chunk); built-in embedder texts/s.
 //!
 //! Run: `cargo bench --bench knowledge` (see benches/README.md).
 
+mod chunking;
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -46,6 +49,15 @@ fn main() {
 
     if std::env::var("KB_SKIP_QUALITY").is_err() {
         quality(port);
+    }
+    if std::env::var("KB_SKIP_CHUNKING").is_err() {
+        let users: Vec<(String, String)> = (0..4 * locomo().len())
+            .map(|i| {
+                let (_, id) = Api::sign_up(port, &format!("chunking{i}-{}@example.com", std::process::id()));
+                (String::new(), id)
+            })
+            .collect();
+        chunking::run(&data, &users);
     }
     if std::env::var("KB_SKIP_SCALE").is_err() {
         scale(port, &data);
@@ -155,7 +167,7 @@ fn locomo() -> Vec<Conversation> {
                         .flatten()
                         .filter_map(|e| e.as_str())
                         // Some evidence lists hold "D8:6; D9:17" in one string.
-                        .flat_map(|e| e.split(|c| c == ';' || c == ',').map(|s| s.trim().to_string()))
+                        .flat_map(|e| e.split([';', ',']).map(|s| s.trim().to_string()))
                         .collect(),
                 })
                 .filter(|q| !q.text.is_empty() && !q.relevant.is_empty())
@@ -243,8 +255,11 @@ fn quality(port: u16) {
     );
     let weights_grid: Vec<[f64; 2]> = vec![
         [1.0, 0.0],
+        [1.0, 0.05],
         [1.0, 0.1],
+        [1.0, 0.15],
         [1.0, 0.2],
+        [1.0, 0.25],
         [1.0, 0.35],
         [1.0, 0.5],
         [1.0, 0.75],
@@ -397,7 +412,7 @@ fn scale(port: u16, data: &Path) {
                     .map(|_| (0..60).map(|_| zipf.word().to_string()).collect::<Vec<_>>().join(" "))
                     .collect::<Vec<_>>()
                     .join("\n\n");
-                let folder = if d == 0 { Some(folders[ui].parse().expect("uuid")) } else { None };
+                let folder = if d == 0 { Some(folders[ui].parse::<uuid::Uuid>().expect("uuid")) } else { None };
                 let req: carmenta::knowledge::types::CreateDocument = serde_json::from_value(json!({
                     "title": format!("doc {d}"), "body": body, "folder_id": folder
                 }))
@@ -450,7 +465,13 @@ fn scale(port: u16, data: &Path) {
                     )
                 };
                 let name = format!("hybrid, {label}{}", if filtered { ", 1% subtree" } else { "" });
-                println!("{name:<34} {:>22} {:>22}", f(&http), f(&direct));
+                let mean = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len().max(1) as f64;
+                println!(
+                    "{name:<34} {:>22} {:>22}   HTTP/in-process throughput {:.2}x",
+                    f(&http),
+                    f(&direct),
+                    mean(&direct) / mean(&http)
+                );
             }
         }
         println!("target: hybrid p95 <= 50 ms at 1M chunks; HTTP >= 0.8x the in-process throughput");
@@ -461,7 +482,7 @@ fn scale(port: u16, data: &Path) {
             let (_, uid) = &apis[i % users];
             let user: uuid::Uuid = uid.parse().expect("uuid");
             let folder: uuid::Uuid = folders[i % users].parse().expect("uuid");
-            let v = embedder.embed_blocking(&[q.clone()]).pop().expect("vector");
+            let v = embedder.embed_blocking(std::slice::from_ref(q)).pop().expect("vector");
             let path: String = sqlx::query_scalar("SELECT path::text FROM kb_folders WHERE id = $1")
                 .bind(folder)
                 .fetch_one(&pool)
@@ -535,7 +556,8 @@ fn ingestion(bin: &str) {
     if files.is_empty() {
         println!("no PDFs found under /usr/share/doc or the cargo registry: PDF figures skipped");
     }
-    let (mut ours_t, mut theirs_t, mut pages, mut agree_sum) = (Duration::ZERO, Duration::ZERO, 0usize, 0.0);
+    let (mut ours_t, mut theirs_t, mut pages, mut agree_sum, mut compared) =
+        (Duration::ZERO, Duration::ZERO, 0usize, 0.0, 0usize);
     for f in &files {
         let bytes = std::fs::read(f).expect("read pdf");
         let t = Instant::now();
@@ -566,8 +588,14 @@ fn ingestion(bin: &str) {
                 theirs_t += their_time;
                 pages += x.page_starts.len();
                 agree_sum += a;
+                compared += 1;
             }
-            (ours, out) => println!("  {}: skipped ({:?} / pdftotext ok: {})", f.display(), ours.err(), out.is_ok()),
+            (ours, out) => println!(
+                "  {}: skipped (ours: {:?}; pdftotext exit: {:?})",
+                f.display(),
+                ours.err().map(|e| e.code),
+                out.map(|o| o.status.code())
+            ),
         }
     }
     if pages > 0 {
@@ -576,7 +604,7 @@ fn ingestion(bin: &str) {
         println!(
             "PDF: {pages} pages, ours {ours:.0} pages/s vs pdftotext {theirs:.0} pages/s = {:.2}x (target >= 0.5x); mean word agreement {:.3}",
             ours / theirs,
-            agree_sum / files.len() as f64
+            agree_sum / compared as f64
         );
     }
     let config = carmenta::knowledge::chunk::ChunkConfig { tokens: 256, overlap: 32 };

@@ -337,15 +337,19 @@ pub struct NewChunk {
     pub context: String,
     /// Text.
     pub text: String,
+    /// Its vector of the active model, when known at insert (reused or computed).
+    pub embedding: Option<Vector>,
 }
 
-/// Inserts a version's chunks (lengths computed from their tsvectors).
+/// Inserts a version's chunks (BM25 lengths computed from their text), with the
+/// vectors already known (of `model`).
 pub async fn insert_chunks(
     conn: &mut PgConnection,
     user: Uuid,
     document: Uuid,
     version: i32,
     chunks: &[NewChunk],
+    model: &str,
 ) -> Result<(), sqlx::Error> {
     for batch in chunks.chunks(500) {
         let mut ordinals = Vec::with_capacity(batch.len());
@@ -357,7 +361,9 @@ pub async fn insert_chunks(
         let mut hashes = Vec::with_capacity(batch.len());
         let mut contexts = Vec::with_capacity(batch.len());
         let mut texts = Vec::with_capacity(batch.len());
+        let mut vectors: Vec<Option<Vector>> = Vec::with_capacity(batch.len());
         for c in batch {
+            vectors.push(c.embedding.clone());
             ordinals.push(c.ordinal);
             // A text[] per row travels as one JSON array (no ragged 2-D arrays).
             headings.push(serde_json::to_string(&c.headings).unwrap_or_else(|_| "[]".into()));
@@ -371,10 +377,12 @@ pub async fn insert_chunks(
         }
         sqlx::query(
             "INSERT INTO kb_chunks (user_id, document_id, version, ordinal, headings, page, char_start, char_end, \
-               tokens, hash, context, text) \
-             SELECT $1, $2, $3, o, ARRAY(SELECT jsonb_array_elements_text(h::jsonb)), p, s, e, t, hs, cx, tx \
+               tokens, hash, context, text, len, embedding, embedding_model) \
+             SELECT $1, $2, $3, o, ARRAY(SELECT jsonb_array_elements_text(h::jsonb)), p, s, e, t, hs, cx, tx, \
+               kb_tsv_length(setweight(to_tsvector('english', cx), 'A') || setweight(to_tsvector('english', tx), 'B')), \
+               v, CASE WHEN v IS NULL THEN NULL ELSE $14 END \
              FROM unnest($4::int4[], $5::text[], $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::text[], \
-               $11::text[], $12::text[]) AS u(o, h, p, s, e, t, hs, cx, tx)",
+               $11::text[], $12::text[], $13::vector[]) AS u(o, h, p, s, e, t, hs, cx, tx, v)",
         )
         .bind(user)
         .bind(document)
@@ -388,40 +396,31 @@ pub async fn insert_chunks(
         .bind(&hashes)
         .bind(&contexts)
         .bind(&texts)
+        .bind(&vectors)
+        .bind(model)
         .execute(&mut *conn)
         .await?;
     }
-    sqlx::query(
-        "UPDATE kb_chunks c SET len = (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) \
-           FROM unnest(c.tsv) u) WHERE c.document_id = $1 AND c.version = $2",
-    )
-    .bind(document)
-    .bind(version)
-    .execute(conn)
-    .await?;
     Ok(())
 }
 
-/// Gives the chunks of `version` the vectors of earlier versions' chunks with the
-/// same hash (of model `model`); returns how many were reused.
-pub async fn reuse_vectors(
+/// Vectors of `model` that earlier versions of `document` hold for these chunk hashes.
+pub async fn vectors_by_hash(
     conn: &mut PgConnection,
     document: Uuid,
-    version: i32,
     model: &str,
-) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE kb_chunks c SET embedding = o.embedding, embedding_model = o.embedding_model \
-         FROM (SELECT DISTINCT ON (hash) hash, embedding, embedding_model FROM kb_chunks \
-               WHERE document_id = $1 AND version < $2 AND embedding_model = $3 ORDER BY hash, version DESC) o \
-         WHERE c.document_id = $1 AND c.version = $2 AND c.hash = o.hash",
+    hashes: &[String],
+) -> Result<Vec<(String, Vector)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (hash) hash, embedding FROM kb_chunks \
+         WHERE document_id = $1 AND embedding_model = $2 AND embedding IS NOT NULL AND hash = ANY($3) \
+         ORDER BY hash, version DESC",
     )
     .bind(document)
-    .bind(version)
     .bind(model)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected())
+    .bind(hashes)
+    .fetch_all(conn)
+    .await
 }
 
 /// Makes `version` current (with its title).
@@ -579,12 +578,20 @@ pub async fn unembedded(
     model: &str,
     limit: i64,
 ) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, context, text FROM kb_chunks \
-         WHERE ($1::uuid IS NULL OR document_id = $1) AND (embedding IS NULL OR embedding_model IS DISTINCT FROM $2) \
-         ORDER BY id LIMIT $3",
-    )
-    .bind(document)
+    // Two statements, so each keeps its index (by document; the unembedded partial index).
+    match document {
+        Some(d) => sqlx::query_as(
+            "SELECT id, context, text FROM kb_chunks \
+             WHERE document_id = $1 AND (embedding IS NULL OR embedding_model IS DISTINCT FROM $2) \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(d),
+        None => sqlx::query_as(
+            "SELECT id, context, text FROM kb_chunks WHERE $1::uuid IS NULL \
+             AND (embedding IS NULL OR embedding_model IS DISTINCT FROM $2) ORDER BY id LIMIT $3",
+        )
+        .bind(None::<Uuid>),
+    }
     .bind(model)
     .bind(limit)
     .fetch_all(pool)

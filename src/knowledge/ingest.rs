@@ -166,7 +166,7 @@ async fn ingest(k: &Knowledge, file_id: Uuid) -> Result<(), JobError> {
         page_starts: &extracted.page_starts,
         source_version: Some(object.version),
     };
-    let (doc, chunks) = match existing {
+    let (doc, written) = match existing {
         Some((doc, current)) => (doc, service::write_version(&mut tx, k, user, doc, current + 1, &input).await?),
         None => {
             let doc = Uuid::now_v7();
@@ -189,6 +189,7 @@ async fn ingest(k: &Knowledge, file_id: Uuid) -> Result<(), JobError> {
             (doc, service::write_version(&mut tx, k, user, doc, 1, &input).await?)
         }
     };
+    let chunks = written.chunks;
     let u = FileUpdate {
         status: "embedding",
         progress: 0.6,
@@ -220,7 +221,7 @@ async fn ingest(k: &Knowledge, file_id: Uuid) -> Result<(), JobError> {
         &FileUpdate {
             status: "ready",
             progress: 1.0,
-            chunks_embedded: Some(embedded as i32),
+            chunks_embedded: Some((written.embedded + embedded) as i32),
             ingested_version: Some(object.version),
             ..Default::default()
         },

@@ -18,7 +18,7 @@ use crate::pagination;
 
 /// Fusion weights (full-text, vector) used unless a request sets its own: chosen
 /// on LoCoMo turn retrieval (`cargo bench --bench knowledge`, see benches/README.md).
-pub const DEFAULT_WEIGHTS: [f64; 2] = [1.0, 0.35];
+pub const DEFAULT_WEIGHTS: [f64; 2] = [1.0, 0.1];
 /// The reciprocal-rank constant.
 pub const RRF_K: f64 = 60.0;
 /// Candidates taken from each list before fusion.
@@ -252,9 +252,20 @@ pub fn wiki_links(body: &str) -> Vec<String> {
     out
 }
 
+/// What writing a version did.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// Chunks of the new version.
+    pub chunks: usize,
+    /// Chunks whose vectors were computed (the rest were reused by chunk hash, or
+    /// are left to the embed job for a remote embedder).
+    pub embedded: usize,
+}
+
 /// Writes version `version` of `doc` and makes it current, in the caller's
-/// transaction (which holds the user's lock): chunks, reused vectors, statistics,
-/// links. Returns the chunk count.
+/// transaction (which holds the user's lock): chunks with the vectors of unchanged
+/// chunks reused by hash and, for the built-in model, the others computed here;
+/// statistics; links.
 pub async fn write_version(
     conn: &mut sqlx::PgConnection,
     k: &Knowledge,
@@ -262,7 +273,7 @@ pub async fn write_version(
     doc: Uuid,
     version: i32,
     v: &VersionInput<'_>,
-) -> Result<usize, sqlx::Error> {
+) -> Result<Written, sqlx::Error> {
     let config = ChunkConfig { tokens: k.config.chunk_tokens, overlap: k.config.chunk_overlap };
     let pieces = chunk(v.body, v.page_starts, &config);
     let chunks: Vec<NewChunk> = pieces
@@ -283,9 +294,31 @@ pub async fn write_version(
                 tokens: c.tokens,
                 context,
                 text: c.text,
+                embedding: None,
             }
         })
         .collect();
+    let mut chunks = chunks;
+    let model = k.embedder.model();
+    if version > 1 {
+        let hashes: Vec<String> = chunks.iter().map(|c| c.hash.clone()).collect();
+        let known: HashMap<String, pgvector::Vector> =
+            db::vectors_by_hash(conn, doc, model, &hashes).await?.into_iter().collect();
+        for c in chunks.iter_mut() {
+            c.embedding = known.get(&c.hash).cloned();
+        }
+    }
+    let missing: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].embedding.is_none()).collect();
+    let mut embedded = 0;
+    if k.embedder.is_local() && !missing.is_empty() {
+        // The built-in model is cheap enough (microseconds a chunk) to run inline.
+        let texts: Vec<String> =
+            missing.iter().map(|&i| format!("{}\n{}", chunks[i].context, chunks[i].text)).collect();
+        for (i, vector) in missing.iter().zip(k.embedder.embed_blocking(&texts)) {
+            chunks[*i].embedding = Some(pgvector::Vector::from(vector));
+            embedded += 1;
+        }
+    }
     db::apply_stats(conn, user, &[doc], -1).await?;
     let hash = sha256_hex(&[v.body]);
     db::insert_version(
@@ -301,13 +334,12 @@ pub async fn write_version(
         },
     )
     .await?;
-    db::insert_chunks(conn, user, doc, version, &chunks).await?;
-    db::reuse_vectors(conn, doc, version, k.embedder.model()).await?;
+    db::insert_chunks(conn, user, doc, version, &chunks, model).await?;
     db::set_current(conn, doc, version, v.title).await?;
     db::apply_stats(conn, user, &[doc], 1).await?;
     db::replace_wiki_links(conn, user, doc, &wiki_links(v.body)).await?;
     db::resolve_links(conn, user, doc, v.title).await?;
-    Ok(chunks.len())
+    Ok(Written { chunks: chunks.len(), embedded })
 }
 
 /// Computes the missing vectors of a document's chunks (all documents' when
@@ -344,14 +376,9 @@ pub enum EmbedFailure {
     Embed(#[from] crate::embed::EmbedError),
 }
 
-/// After a write: the built-in model embeds at once; a remote one in a job.
+/// After a write: the built-in model embedded inside it; a remote one works in a job.
 async fn embed_after_write(k: &Knowledge, doc: Uuid) -> Result<(), ApiError> {
-    if k.embedder.is_local() {
-        if let Err(e) = embed_pending(k, Some(doc), |_| {}).await {
-            tracing::warn!(error = %e, "embedding a document; queued for retry");
-            queue_embed(k, Some(doc)).await?;
-        }
-    } else {
+    if !k.embedder.is_local() {
         queue_embed(k, Some(doc)).await?;
     }
     Ok(())

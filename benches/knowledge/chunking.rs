@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{Conversation, locomo};
+use super::{Conversation, Turn, locomo};
 
 const BUDGET: i64 = 512;
 
@@ -71,7 +71,7 @@ async fn ingest_sessions(
     user: uuid::Uuid,
     conv: &Conversation,
 ) -> HashMap<String, (uuid::Uuid, i32, i32)> {
-    let mut by_session: Vec<(String, Vec<&(String, String, String)>)> = Vec::new();
+    let mut by_session: Vec<(String, Vec<&Turn>)> = Vec::new();
     for t in &conv.turns {
         let session = t.0.split(':').next().unwrap_or("").to_string();
         match by_session.last_mut() {

@@ -120,8 +120,11 @@ struct Query {
     relevant: HashSet<String>,
 }
 
+/// A turn: (dia_id, speaker, text).
+type Turn = (String, String, String);
+
 struct Conversation {
-    turns: Vec<(String, String, String)>, // (dia_id, speaker, text)
+    turns: Vec<Turn>,
     queries: Vec<Query>,
 }
 

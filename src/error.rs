@@ -358,6 +358,22 @@ where
     <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
+/// Serde helper for optional whole numbers in JSON bodies: `3` and `3.0` alike (JSON
+/// Schema's `integer` admits both), anything fractional refused.
+pub fn whole_number<'de, D>(d: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    match <Option<serde_json::Number> as serde::Deserialize>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+            _ => Err(serde::de::Error::custom("expected a whole number")),
+        },
+    }
+}
+
 /// App metadata on a resource: a JSON object of at most 16 KB serialised
 /// (422 `invalid_metadata` / `metadata_too_large`).
 pub fn check_metadata(v: &serde_json::Value) -> Result<(), ApiError> {

@@ -497,7 +497,7 @@ pub async fn replace_document(
     id: Uuid,
     title: Option<String>,
     body: Option<String>,
-    if_version: Option<i32>,
+    if_version: Option<i64>,
 ) -> Result<Document, ApiError> {
     let title = title.map(|t| check_name("invalid_title", &t, 500)).transpose()?;
     if let Some(b) = &body {
@@ -506,7 +506,7 @@ pub async fn replace_document(
     let mut tx = k.pool.begin().await?;
     db::lock_user(&mut tx, user).await?;
     let current = db::lock_document(&mut tx, user, id).await?.ok_or_else(document_not_found)?;
-    if if_version.is_some_and(|v| v != current) {
+    if if_version.is_some_and(|v| v != i64::from(current)) {
         return Err(ApiError::conflict(
             "version_conflict",
             format!("the document is at version {current}, not {}", if_version.unwrap_or_default()),

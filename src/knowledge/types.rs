@@ -105,6 +105,7 @@ pub struct CreateDocument {
     pub folder_id: Option<Uuid>,
     /// Tags (each 1–100 characters, at most 50).
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub tags: Vec<String>,
     /// App metadata (JSON object).
     #[serde(default)]
@@ -125,8 +126,9 @@ pub struct ReplaceDocument {
     #[schema(min_length = 1, max_length = 500)]
     pub title: Option<String>,
     /// Only if the current version is this one (else 409 `version_conflict`).
-    #[serde(default)]
-    pub if_version: Option<i32>,
+    #[serde(default, deserialize_with = "crate::error::whole_number")]
+    #[schema(value_type = Option<i64>)]
+    pub if_version: Option<i64>,
 }
 
 /// `PATCH /v1/knowledge/documents/{id}`: move, tags, metadata (no new version;
@@ -343,7 +345,8 @@ pub struct SearchRequest {
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub updated_before: Option<OffsetDateTime>,
     /// Results per page, 1–50 (default 10).
-    #[schema(minimum = 1, maximum = 50)]
+    #[serde(default, deserialize_with = "crate::error::whole_number")]
+    #[schema(minimum = 1, maximum = 50, value_type = Option<i64>)]
     pub limit: Option<i64>,
     /// From a previous page's `next_cursor` (same query and filters).
     pub cursor: Option<String>,

@@ -485,7 +485,7 @@ fn scale(port: u16, data: &Path) {
             let (_, uid) = &apis[i % users];
             let user: uuid::Uuid = uid.parse().expect("uuid");
             let folder: uuid::Uuid = folders[i % users].parse().expect("uuid");
-            let v = embedder.embed_blocking(std::slice::from_ref(q)).pop().expect("vector");
+            let v = embedder.embed_blocking(std::slice::from_ref(q)).expect("embed").pop().expect("vector");
             let path: String = sqlx::query_scalar("SELECT path::text FROM kb_folders WHERE id = $1")
                 .bind(folder)
                 .fetch_one(&pool)
@@ -655,8 +655,9 @@ fn ingestion(bin: &str) {
     let model_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/models/potion-base-8M");
     let embedder = carmenta::embed::Embedder::builtin(&model_dir).expect("model");
     let texts: Vec<String> = locomo().into_iter().flat_map(|c| c.turns.into_iter().map(|t| t.2)).collect();
+    embedder.embed_blocking(&texts[..1]).expect("load the model");
     let t = Instant::now();
-    let v = embedder.embed_blocking(&texts);
+    let v = embedder.embed_blocking(&texts).expect("embed");
     let secs = t.elapsed().as_secs_f64();
     println!(
         "built-in embedder: {} texts in {:.3} s = {:.0} texts/s ({} dimensions)",

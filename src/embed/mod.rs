@@ -51,8 +51,17 @@ pub struct Embedder {
 }
 
 enum Provider {
-    Builtin(model2vec_rs::model::StaticModel),
-    OpenAi { url: String, model: String, key: Option<Secret>, timeout: Duration },
+    /// The weights load on first use (a server that never embeds does not hold them).
+    Builtin {
+        dir: std::path::PathBuf,
+        model: std::sync::OnceLock<Result<model2vec_rs::model::StaticModel, String>>,
+    },
+    OpenAi {
+        url: String,
+        model: String,
+        key: Option<Secret>,
+        timeout: Duration,
+    },
 }
 
 impl std::fmt::Debug for Embedder {
@@ -79,17 +88,44 @@ impl Embedder {
         }
     }
 
-    /// The built-in potion-base-8M model from `dir`.
+    /// The built-in potion-base-8M model from `dir`: its files are checked now, its
+    /// weights (about 60 MB in memory) loaded on the first embedding.
     pub fn builtin(dir: &Path) -> Result<Embedder, EmbedError> {
-        let load = |name: &str| {
-            std::fs::read(dir.join(name))
-                .map_err(|e| EmbedError::Load { dir: dir.display().to_string(), message: format!("{name}: {e}") })
+        let fail = |message: String| EmbedError::Load { dir: dir.display().to_string(), message };
+        for name in ["tokenizer.json", "model.safetensors"] {
+            std::fs::metadata(dir.join(name)).map_err(|e| fail(format!("{name}: {e}")))?;
+        }
+        let config = std::fs::read(dir.join("config.json")).map_err(|e| fail(format!("config.json: {e}")))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&config).map_err(|e| fail(format!("config.json: {e}")))?;
+        let dim = config["hidden_dim"].as_u64().ok_or_else(|| fail("config.json has no hidden_dim".into()))? as usize;
+        Ok(Embedder {
+            inner: Arc::new(Provider::Builtin { dir: dir.to_path_buf(), model: std::sync::OnceLock::new() }),
+            model: format!("potion-base-8M@{dim}"),
+            dim,
+        })
+    }
+
+    /// The built-in model, loaded on first use.
+    fn static_model(&self) -> Result<&model2vec_rs::model::StaticModel, EmbedError> {
+        let Provider::Builtin { dir, model } = &*self.inner else {
+            return Err(EmbedError::Remote("not the built-in model".into()));
         };
-        let (tokenizer, weights, config) = (load("tokenizer.json")?, load("model.safetensors")?, load("config.json")?);
-        let model = model2vec_rs::model::StaticModel::from_bytes(tokenizer, weights, config, None)
-            .map_err(|e| EmbedError::Load { dir: dir.display().to_string(), message: e.to_string() })?;
-        let dim = model.dim();
-        Ok(Embedder { inner: Arc::new(Provider::Builtin(model)), model: format!("potion-base-8M@{dim}"), dim })
+        let loaded = model.get_or_init(|| {
+            let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"));
+            let m = model2vec_rs::model::StaticModel::from_bytes(
+                read("tokenizer.json")?,
+                read("model.safetensors")?,
+                read("config.json")?,
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+            if m.dim() != self.dim {
+                return Err(format!("the weights have dimension {}, config.json says {}", m.dim(), self.dim));
+            }
+            Ok(m)
+        });
+        loaded.as_ref().map_err(|m| EmbedError::Load { dir: dir.display().to_string(), message: m.clone() })
     }
 
     /// The model's name and dimension (`potion-base-8M@256`), stored with each vector.
@@ -104,7 +140,7 @@ impl Embedder {
 
     /// Whether embedding runs in this process (cheap enough to do inline).
     pub fn is_local(&self) -> bool {
-        matches!(*self.inner, Provider::Builtin(_))
+        matches!(*self.inner, Provider::Builtin { .. })
     }
 
     /// Embeds `texts` (in order), off the async threads for the built-in model.
@@ -113,11 +149,11 @@ impl Embedder {
             return Ok(Vec::new());
         }
         match &*self.inner {
-            Provider::Builtin(_) => {
+            Provider::Builtin { .. } => {
                 let me = self.clone();
                 tokio::task::spawn_blocking(move || me.embed_blocking(&texts))
                     .await
-                    .map_err(|e| EmbedError::Remote(format!("embedding task: {e}")))
+                    .map_err(|e| EmbedError::Remote(format!("embedding task: {e}")))?
             }
             Provider::OpenAi { url, model, key, timeout } => {
                 let mut out = Vec::with_capacity(texts.len());
@@ -129,13 +165,10 @@ impl Embedder {
         }
     }
 
-    /// Embeds on the calling thread with the built-in model (benchmarks, workers);
-    /// an empty list for a remote provider.
-    pub fn embed_blocking(&self, texts: &[String]) -> Vec<Vec<f32>> {
-        match &*self.inner {
-            Provider::Builtin(m) => m.encode_with_args(texts, Some(512), 256),
-            Provider::OpenAi { .. } => Vec::new(),
-        }
+    /// Embeds on the calling thread with the built-in model (microseconds a text);
+    /// an error for a remote provider.
+    pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(self.static_model()?.encode_with_args(texts, Some(512), 256))
     }
 
     async fn remote(

@@ -314,9 +314,20 @@ pub async fn write_version(
         // The built-in model is cheap enough (microseconds a chunk) to run inline.
         let texts: Vec<String> =
             missing.iter().map(|&i| format!("{}\n{}", chunks[i].context, chunks[i].text)).collect();
-        for (i, vector) in missing.iter().zip(k.embedder.embed_blocking(&texts)) {
-            chunks[*i].embedding = Some(pgvector::Vector::from(vector));
-            embedded += 1;
+        match k.embedder.embed_blocking(&texts) {
+            Ok(vectors) => {
+                for (i, vector) in missing.iter().zip(vectors) {
+                    chunks[*i].embedding = Some(pgvector::Vector::from(vector));
+                    embedded += 1;
+                }
+            }
+            // Left without vectors: the embed job retries; full-text search works meanwhile.
+            Err(e) => {
+                tracing::warn!(error = %e, "embedding chunks with the built-in model");
+                let job = super::ingest::Embed { document_id: Some(doc) };
+                let options = crate::jobs::Options { unique_key: Some(doc.to_string()), ..Default::default() };
+                crate::jobs::enqueue(conn, &job, options).await?;
+            }
         }
     }
     db::apply_stats(conn, user, &[doc], -1).await?;

@@ -111,7 +111,9 @@ async fn a_gibibyte_streams_in_bounded_memory() {
         rss_before >> 20,
         peak >> 20
     );
-    assert!(peak < 100 * 1000 * 1000, "server peak RSS {peak} bytes");
+    // What streaming may add to the peak: buffers, not the gibibyte. (The absolute
+    // figure is mostly the debug binary's mapped code, which grows with the crate.)
+    assert!(peak - rss_before < 50 * 1000 * 1000, "server peak RSS grew from {rss_before} to {peak} bytes");
 }
 
 fn blob_file(data: &Path, version: uuid::Uuid) -> PathBuf {

@@ -390,14 +390,13 @@ fn scale(port: u16, data: &Path) {
     let mut folders = Vec::new();
     for u in 0..users {
         let (api, id) = Api::sign_up(port, &format!("scale{u}-{}@example.com", std::process::id()));
-        // One folder per user holding 1 % of the user's documents (at least one).
+        // One folder per user holding one of the user's documents (1 % at 1M chunks).
         let f = api.post("/v1/knowledge/folders", &json!({"name": "small"}));
         folders.push(f["id"].as_str().expect("id").to_string());
         apis.push((api, id));
     }
     // Bodies: 100 paragraphs of 60 Zipf words each (one chunk each at 64 tokens or so).
     let build = Instant::now();
-    let mut zipf = Zipf::new(50_000, 0x9e3779b97f4a7c15);
     rt.block_on(async {
         let pool = carmenta::db::pool_options(4).connect_with(opts.clone()).await.expect("pool");
         let mut config = carmenta::config::Config::for_data_dir(data);
@@ -408,20 +407,37 @@ fn scale(port: u16, data: &Path) {
         );
         let mut k = carmenta::knowledge::Knowledge::open(&config, pool.clone(), storage).expect("knowledge");
         k.embedder = embedder.clone();
-        for (ui, (_, uid)) in apis.iter().enumerate() {
-            let user: uuid::Uuid = uid.parse().expect("uuid");
-            for d in 0..docs_per_user {
-                let body: String = (0..100)
-                    .map(|_| (0..60).map(|_| zipf.word().to_string()).collect::<Vec<_>>().join(" "))
-                    .collect::<Vec<_>>()
-                    .join("\n\n");
-                let folder = if d == 0 { Some(folders[ui].parse::<uuid::Uuid>().expect("uuid")) } else { None };
-                let req: carmenta::knowledge::types::CreateDocument = serde_json::from_value(json!({
-                    "title": format!("doc {d}"), "body": body, "folder_id": folder
-                }))
-                .expect("req");
-                carmenta::knowledge::service::create_document(&k, user, req).await.expect("create");
-            }
+        // Two writers (one per core), each on its own users (a user's writes serialise).
+        let k = std::sync::Arc::new(k);
+        let mut writers = Vec::new();
+        for part in 0..2usize {
+            let k = k.clone();
+            let users: Vec<(usize, uuid::Uuid, uuid::Uuid)> = apis
+                .iter()
+                .enumerate()
+                .filter(|(ui, _)| ui % 2 == part)
+                .map(|(ui, (_, uid))| (ui, uid.parse().expect("uuid"), folders[ui].parse().expect("uuid")))
+                .collect();
+            let mut zipf = Zipf::new(50_000, 0x9e3779b97f4a7c15 + part as u64);
+            writers.push(tokio::spawn(async move {
+                for (_, user, folder) in users {
+                    for d in 0..docs_per_user {
+                        let body: String = (0..100)
+                            .map(|_| (0..60).map(|_| zipf.word().to_string()).collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                        let folder = (d == 0).then_some(folder);
+                        let req: carmenta::knowledge::types::CreateDocument = serde_json::from_value(json!({
+                            "title": format!("doc {d}"), "body": body, "folder_id": folder
+                        }))
+                        .expect("req");
+                        carmenta::knowledge::service::create_document(&k, user, req).await.expect("create");
+                    }
+                }
+            }));
+        }
+        for w in writers {
+            w.await.expect("writer");
         }
         let (rows, size): (i64, i64) = sqlx::query_as(
             "SELECT count(*), pg_total_relation_size('kb_chunks') FROM kb_chunks",
@@ -467,7 +483,8 @@ fn scale(port: u16, data: &Path) {
                         quantile(v, 0.99).as_secs_f64() * 1e3
                     )
                 };
-                let name = format!("hybrid, {label}{}", if filtered { ", 1% subtree" } else { "" });
+                let share = format!(", subtree of {:.0}%", 100.0 / docs_per_user as f64);
+                let name = format!("hybrid, {label}{}", if filtered { share.as_str() } else { "" });
                 let mean = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len().max(1) as f64;
                 println!(
                     "{name:<34} {:>22} {:>22}   HTTP/in-process throughput {:.2}x",

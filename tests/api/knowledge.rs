@@ -309,6 +309,8 @@ async fn everything_is_the_owners() {
         let r = search(&app, &b, json!({"query": "vault code zebra", "mode": mode})).await;
         assert_eq!(titles(&r), vec!["Mine"], "{mode}");
     }
+    let (s, _) = app.delete_as(&format!("{K}/documents/{did}/links/{did}"), &b.jwt).await;
+    assert_eq!(s, 404);
     let (s, _) = app.delete_as(&format!("{K}/documents/{did}"), &b.jwt).await;
     assert_eq!(s, 404);
     let (s, _) = app.delete_as(&format!("{K}/folders/{fid}"), &b.jwt).await;

@@ -522,31 +522,6 @@ pub async fn current_body(pool: &PgPool, user: Uuid, id: Uuid) -> Result<Option<
     .await
 }
 
-/// A chunk row.
-#[derive(Debug, FromRow)]
-pub struct ChunkRow {
-    /// Id.
-    pub id: i64,
-    /// Version.
-    pub version: i32,
-    /// Position.
-    pub ordinal: i32,
-    /// Headings.
-    pub headings: Vec<String>,
-    /// Page.
-    pub page: Option<i32>,
-    /// Start.
-    pub char_start: i32,
-    /// End.
-    pub char_end: i32,
-    /// Tokens.
-    pub tokens: i32,
-    /// Text.
-    pub text: String,
-    /// Has a vector of the active model.
-    pub embedded: bool,
-}
-
 /// The chunks of a version (the current one when `version` is None).
 pub async fn chunks(
     pool: &PgPool,
@@ -554,7 +529,7 @@ pub async fn chunks(
     id: Uuid,
     version: Option<i32>,
     model: &str,
-) -> Result<Vec<ChunkRow>, sqlx::Error> {
+) -> Result<Vec<super::types::ChunkView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT c.id, c.version, c.ordinal, c.headings, c.page, c.char_start, c.char_end, c.tokens, c.text, \
            (c.embedding_model IS NOT DISTINCT FROM $4 AND c.embedding IS NOT NULL) AS embedded \
@@ -910,44 +885,8 @@ pub async fn links(pool: &PgPool, user: Uuid, id: Uuid) -> Result<(Vec<LinkRow>,
     Ok((out, back))
 }
 
-/// A file row.
-#[derive(Debug, Clone, FromRow)]
-pub struct FileRow {
-    /// Id.
-    pub id: Uuid,
-    /// Owner.
-    pub user_id: Uuid,
-    /// Bucket.
-    pub bucket_id: String,
-    /// Object name.
-    pub object_name: String,
-    /// Folder for the document.
-    pub folder_id: Option<Uuid>,
-    /// The document.
-    pub document_id: Option<Uuid>,
-    /// Object version last ingested.
-    pub ingested_version: Option<Uuid>,
-    /// Status.
-    pub status: String,
-    /// Progress.
-    pub progress: f32,
-    /// Error code.
-    pub error_code: Option<String>,
-    /// Error.
-    pub error: Option<String>,
-    /// Format.
-    pub format: Option<String>,
-    /// Pages.
-    pub pages: Option<i32>,
-    /// Chunks.
-    pub chunks: Option<i32>,
-    /// Chunks embedded in the last ingestion.
-    pub chunks_embedded: Option<i32>,
-    /// Created.
-    pub created_at: OffsetDateTime,
-    /// Updated.
-    pub updated_at: OffsetDateTime,
-}
+/// A file row: the API's [`FileStatus`].
+pub type FileRow = super::types::FileStatus;
 
 const FILE_COLS: &str = "id, user_id, bucket_id, object_name, folder_id, document_id, ingested_version, status, \
     progress, error_code, error, format, pages, chunks, chunks_embedded, created_at, updated_at";

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::Knowledge;
 use super::chunk::{ChunkConfig, chunk};
-use super::db::{self, FileRow, FolderRow, NewChunk};
+use super::db::{self, FolderRow, NewChunk};
 use super::types::*;
 use crate::error::ApiError;
 use crate::pagination;
@@ -609,22 +609,7 @@ pub async fn chunks(k: &Knowledge, user: Uuid, id: Uuid, v: Option<i32>) -> Resu
     let mut conn = k.pool.acquire().await?;
     db::document(&mut conn, user, id).await?.ok_or_else(document_not_found)?;
     drop(conn);
-    Ok(db::chunks(&k.pool, user, id, v, k.embedder.model())
-        .await?
-        .into_iter()
-        .map(|c| ChunkView {
-            id: c.id,
-            version: c.version,
-            ordinal: c.ordinal,
-            headings: c.headings,
-            page: c.page,
-            char_start: c.char_start,
-            char_end: c.char_end,
-            tokens: c.tokens,
-            text: c.text,
-            embedded: c.embedded,
-        })
-        .collect())
+    Ok(db::chunks(&k.pool, user, id, v, k.embedder.model()).await?)
 }
 
 /// A document's links both ways.
@@ -650,27 +635,6 @@ pub async fn delete_link(k: &Knowledge, user: Uuid, id: Uuid, target: Uuid) -> R
     if db::delete_link(&k.pool, user, id, target).await? { Ok(()) } else { Err(ApiError::not_found("link not found")) }
 }
 
-/// A file's status as the API shows it.
-pub fn file_view(r: FileRow) -> FileStatus {
-    FileStatus {
-        id: r.id,
-        bucket: r.bucket_id,
-        name: r.object_name,
-        status: r.status,
-        progress: r.progress,
-        error_code: r.error_code,
-        error: r.error,
-        format: r.format,
-        pages: r.pages,
-        chunks: r.chunks,
-        chunks_embedded: r.chunks_embedded,
-        document_id: r.document_id,
-        ingested_version: r.ingested_version,
-        created_at: r.created_at,
-        updated_at: r.updated_at,
-    }
-}
-
 /// Starts ingesting a storage object the user owns (again, if already known).
 pub async fn add_file(k: &Knowledge, user: Uuid, req: CreateFile) -> Result<FileStatus, ApiError> {
     if let Some(f) = req.folder_id {
@@ -683,12 +647,12 @@ pub async fn add_file(k: &Knowledge, user: Uuid, req: CreateFile) -> Result<File
     let row = db::upsert_file(&mut tx, Uuid::now_v7(), user, &req.bucket, &req.name, req.folder_id).await?;
     super::ingest::queue(&mut tx, row.id).await?;
     tx.commit().await?;
-    Ok(file_view(row))
+    Ok(row)
 }
 
 /// A file's status.
 pub async fn file(k: &Knowledge, user: Uuid, id: Uuid) -> Result<FileStatus, ApiError> {
-    db::file(&k.pool, Some(user), id).await?.map(file_view).ok_or_else(|| ApiError::not_found("file not found"))
+    db::file(&k.pool, Some(user), id).await?.ok_or_else(|| ApiError::not_found("file not found"))
 }
 
 /// The user's files, newest first.
@@ -699,8 +663,7 @@ pub async fn files(
 ) -> Result<pagination::Page<FileStatus>, ApiError> {
     let limit = page.limit()?;
     let after = page.cursor_text()?.map(|t| pagination::parse_time_id(&t)).transpose()?;
-    let rows: Vec<FileStatus> =
-        db::list_files(&k.pool, user, after, limit + 1).await?.into_iter().map(file_view).collect();
+    let rows: Vec<FileStatus> = db::list_files(&k.pool, user, after, limit + 1).await?.into_iter().collect();
     Ok(pagination::Page::from_rows(rows, limit, |f| pagination::time_id_cursor(f.created_at, f.id)))
 }
 
@@ -734,25 +697,13 @@ pub enum Mode {
 pub fn fuse(fulltext: &[(i64, f64)], vector: &[(i64, f64)], weights: [f64; 2], k: f64) -> Vec<(i64, Scores)> {
     let mut by_id: HashMap<i64, Scores> = HashMap::new();
     for (rank, (id, score)) in fulltext.iter().enumerate() {
-        let s = by_id.entry(*id).or_insert(Scores {
-            fulltext: None,
-            fulltext_rank: None,
-            vector_distance: None,
-            vector_rank: None,
-            fused: 0.0,
-        });
+        let s = by_id.entry(*id).or_default();
         s.fulltext = Some(*score);
         s.fulltext_rank = Some(rank as i64 + 1);
         s.fused += weights[0] / (k + rank as f64 + 1.0);
     }
     for (rank, (id, dist)) in vector.iter().enumerate() {
-        let s = by_id.entry(*id).or_insert(Scores {
-            fulltext: None,
-            fulltext_rank: None,
-            vector_distance: None,
-            vector_rank: None,
-            fused: 0.0,
-        });
+        let s = by_id.entry(*id).or_default();
         s.vector_distance = Some(*dist);
         s.vector_rank = Some(rank as i64 + 1);
         s.fused += weights[1] / (k + rank as f64 + 1.0);

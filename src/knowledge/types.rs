@@ -215,8 +215,8 @@ pub struct Version {
     pub created_at: OffsetDateTime,
 }
 
-/// A chunk of a document version: what a citation points at.
-#[derive(Debug, Serialize, ToSchema)]
+/// A chunk of a document version: what a citation points at (also its row).
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct ChunkView {
     /// Id.
     pub id: i64,
@@ -281,15 +281,26 @@ pub struct CreateFile {
     pub folder_id: Option<Uuid>,
 }
 
-/// A file being (or having been) ingested.
-#[derive(Debug, Serialize, ToSchema)]
+/// A file being (or having been) ingested (also its row).
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct FileStatus {
     /// Id.
     pub id: Uuid,
+    /// Owner.
+    #[serde(skip)]
+    pub user_id: Uuid,
     /// Bucket.
-    pub bucket: String,
+    #[serde(rename = "bucket")]
+    pub bucket_id: String,
     /// Object name.
-    pub name: String,
+    #[serde(rename = "name")]
+    pub object_name: String,
+    /// Folder the document goes in.
+    pub folder_id: Option<Uuid>,
+    /// The document made from it.
+    pub document_id: Option<Uuid>,
+    /// The object version last ingested.
+    pub ingested_version: Option<Uuid>,
     /// `queued`, `extracting`, `chunking`, `embedding`, `ready`, `failed`, `removed`
     /// (the object was deleted; so was its document).
     pub status: String,
@@ -308,10 +319,6 @@ pub struct FileStatus {
     /// Chunks whose vectors had to be computed in the last ingestion (the rest
     /// were unchanged and kept theirs).
     pub chunks_embedded: Option<i32>,
-    /// The document made from it.
-    pub document_id: Option<Uuid>,
-    /// The object version last ingested.
-    pub ingested_version: Option<Uuid>,
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -359,7 +366,7 @@ pub struct SearchRequest {
 }
 
 /// How a result scored on each signal.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct Scores {
     /// BM25 score over the user's current chunks (absent: no query term matched).
     pub fulltext: Option<f64>,

@@ -494,6 +494,47 @@ fn scale(port: u16, data: &Path) {
                 );
             }
         }
+        // Throughput: 2 clients (one per core) for 5 s each, HTTP on keep-alive
+        // connections next to two tasks calling the service in-process.
+        let bearers: std::sync::Arc<Vec<String>> = std::sync::Arc::new(apis.iter().map(|a| a.0.bearer.clone()).collect());
+        let uids: Vec<uuid::Uuid> = apis.iter().map(|a| a.1.parse().expect("uuid")).collect();
+        for (label, queries) in [("rare terms", &rare), ("common terms", &common)] {
+            let qs = std::sync::Arc::new(queries.clone());
+            let b2 = bearers.clone();
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let http = common::load_with(addr, 2, 5, move |conn, n| {
+                let i = (conn * 31 + n as usize) % qs.len();
+                let body = json!({"query": qs[i], "mode": "hybrid", "limit": 10}).to_string();
+                common::post_json("/v1/knowledge/search", &[("Authorization", &b2[i % b2.len()])], &body)
+            })
+            .await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for t in 0..2usize {
+                let (k, qs, uids) = (k.clone(), queries.clone(), uids.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0usize;
+                    while Instant::now() < deadline {
+                        let i = (t * 31 + n) % qs.len();
+                        let req: carmenta::knowledge::types::SearchRequest =
+                            serde_json::from_value(json!({"query": qs[i], "mode": "hybrid", "limit": 10})).expect("req");
+                        carmenta::knowledge::service::search(&k, uids[i % uids.len()], req).await.expect("search");
+                        n += 1;
+                    }
+                    n
+                }));
+            }
+            let mut done = 0;
+            for t in tasks {
+                done += t.await.expect("task");
+            }
+            let direct = done as f64 / start.elapsed().as_secs_f64();
+            println!(
+                "throughput, hybrid, {label}, 2 clients: HTTP {http:.0}/s, in-process {direct:.0}/s = {:.2}x",
+                http / direct
+            );
+        }
         println!("target: hybrid p95 <= 50 ms at 1M chunks; HTTP >= 0.8x the in-process throughput");
         // Filtered recall: the subtree search's top 10 against an exact scan.
         let mut same = 0;

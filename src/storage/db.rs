@@ -19,13 +19,16 @@ pub struct BucketRow {
     pub file_size_limit: Option<i64>,
     /// Accepted content types (`image/*` wildcards).
     pub allowed_mime_types: Option<Vec<String>>,
+    /// Users write only under `<their id>/`.
+    pub owner_folders: bool,
     /// Created.
     pub created_at: OffsetDateTime,
     /// Updated.
     pub updated_at: OffsetDateTime,
 }
 
-const BUCKET_COLS: &str = "id, name, public, file_size_limit, allowed_mime_types, created_at, updated_at";
+const BUCKET_COLS: &str =
+    "id, name, public, file_size_limit, allowed_mime_types, owner_folders, created_at, updated_at";
 
 /// An object row.
 #[derive(Debug, Clone, FromRow)]
@@ -100,15 +103,17 @@ pub async fn insert_bucket(
     public: bool,
     limit: Option<i64>,
     mimes: Option<&[String]>,
+    owner_folders: bool,
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
-        "INSERT INTO storage_buckets (id, name, public, file_size_limit, allowed_mime_types) \
-         VALUES ($1, $1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO storage_buckets (id, name, public, file_size_limit, allowed_mime_types, owner_folders) \
+         VALUES ($1, $1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
     )
     .bind(id)
     .bind(public)
     .bind(limit)
     .bind(mimes)
+    .bind(owner_folders)
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -121,11 +126,13 @@ pub async fn update_bucket(
     public: Option<bool>,
     limit: Option<Option<i64>>,
     mimes: Option<Option<Vec<String>>>,
+    owner_folders: Option<bool>,
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE storage_buckets SET public = coalesce($2, public), \
          file_size_limit = CASE WHEN $3 THEN $4 ELSE file_size_limit END, \
-         allowed_mime_types = CASE WHEN $5 THEN $6 ELSE allowed_mime_types END, updated_at = now() WHERE id = $1",
+         allowed_mime_types = CASE WHEN $5 THEN $6 ELSE allowed_mime_types END, \
+         owner_folders = coalesce($7, owner_folders), updated_at = now() WHERE id = $1",
     )
     .bind(id)
     .bind(public)
@@ -133,6 +140,7 @@ pub async fn update_bucket(
     .bind(limit.flatten())
     .bind(mimes.is_some())
     .bind(mimes.flatten())
+    .bind(owner_folders)
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)

@@ -82,7 +82,7 @@ fn bucket_json(b: &BucketRow) -> Value {
     json!({
         "id": b.id, "name": b.name, "owner": "", "public": b.public, "type": "STANDARD",
         "file_size_limit": b.file_size_limit, "allowed_mime_types": b.allowed_mime_types,
-        "created_at": ts(b.created_at), "updated_at": ts(b.updated_at),
+        "owner_folders": b.owner_folders, "created_at": ts(b.created_at), "updated_at": ts(b.updated_at),
     })
 }
 
@@ -173,6 +173,9 @@ struct CreateBucket {
     file_size_limit: Value,
     #[serde(default)]
     allowed_mime_types: Value,
+    /// Carmenta's extension: users write only under `<their user id>/`.
+    #[serde(default)]
+    owner_folders: bool,
 }
 
 async fn create_bucket(
@@ -192,7 +195,7 @@ async fn create_bucket(
     }
     let limit = parse_limit(&b.file_size_limit)?;
     let mimes = parse_mimes(&b.allowed_mime_types)?;
-    if !db::insert_bucket(&state.pool, &name, b.public, limit, mimes.as_deref()).await? {
+    if !db::insert_bucket(&state.pool, &name, b.public, limit, mimes.as_deref(), b.owner_folders).await? {
         return Err(StorageError::duplicate("BucketAlreadyExists"));
     }
     Ok(axum::Json(json!({ "name": name })).into_response())
@@ -211,12 +214,19 @@ async fn update_bucket(
         Some(Value::Bool(p)) => Some(*p),
         Some(_) => return Err(StorageError::invalid("public must be a boolean")),
     };
+    let owner_folders = match b.get("owner_folders") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(p)) => Some(*p),
+        Some(_) => return Err(StorageError::invalid("owner_folders must be a boolean")),
+    };
     let limit = b.get("file_size_limit").map(parse_limit).transpose()?;
     let mimes = b.get("allowed_mime_types").map(parse_mimes).transpose()?;
-    if public.is_none() && limit.is_none() && mimes.is_none() {
-        return Err(StorageError::invalid("body must have public, file_size_limit or allowed_mime_types"));
+    if public.is_none() && limit.is_none() && mimes.is_none() && owner_folders.is_none() {
+        return Err(StorageError::invalid(
+            "body must have public, file_size_limit, allowed_mime_types or owner_folders",
+        ));
     }
-    if !db::update_bucket(&state.pool, &id, public, limit, mimes).await? {
+    if !db::update_bucket(&state.pool, &id, public, limit, mimes, owner_folders).await? {
         return Err(StorageError::no_such_bucket());
     }
     invalidate(&state, format!("b:{id}")).await;
@@ -652,6 +662,7 @@ async fn move_object(
     let src_bucket = bucket_or_404(&state, &m.bucket_id).await?;
     let dest_id = m.destination_bucket.clone().unwrap_or_else(|| m.bucket_id.clone());
     let dest = bucket_or_404(&state, &dest_id).await?;
+    own_folder(&dest, writer_of(actor)?, &m.destination_key)?;
     // The destination bucket's rules hold for what is moved into it.
     if dest.id != src_bucket.id {
         let src = db::object(&state.pool, &src_bucket.id, &m.source_key, owner)

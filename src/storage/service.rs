@@ -103,8 +103,21 @@ pub(super) struct UploadTarget<'a> {
     pub upsert: bool,
 }
 
-/// Refuses early what is bound to fail: a key taken (without upsert) or someone else's.
+/// In a bucket with `owner_folders`, a user writes only under `<their id>/`; the
+/// refusal depends on the name alone, so it says nothing about other users' keys.
+pub(super) fn own_folder(bucket: &BucketRow, writer: Option<Uuid>, key: &str) -> StorageResult<()> {
+    match writer {
+        Some(user) if bucket.owner_folders && key.split('/').next() != Some(user.to_string().as_str()) => {
+            Err(StorageError::rls())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses early what is bound to fail: a key outside the writer's own folder, a
+/// key taken (without upsert) or someone else's.
 pub(super) async fn precheck(state: &Storage, t: &UploadTarget<'_>) -> StorageResult<()> {
+    own_folder(t.bucket, t.writer, t.key)?;
     if let Some(existing) = db::object(&state.pool, &t.bucket.id, t.key, None).await? {
         if t.writer.is_some() && existing.owner_id != t.writer {
             return Err(StorageError::rls());

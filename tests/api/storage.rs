@@ -857,3 +857,50 @@ async fn cutting_relay(listener: tokio::net::TcpListener, to: std::net::SocketAd
         });
     }
 }
+
+/// With `owner_folders`, a user writes only under `<their id>/`: a key outside
+/// it is refused the same way whether or not another user's object is there, so
+/// nobody can probe for other users' keys (uploads, signed uploads, TUS, copy, move).
+#[tokio::test]
+async fn owner_folders_hide_other_users_keys() {
+    let st = St::new(Backend::Fs).await;
+    st.bucket("homes", json!({"public": false, "owner_folders": true})).await;
+    let b: Value = st.req(Method::GET, "/bucket/homes", &st.key).value().await;
+    assert_eq!(b["owner_folders"], true);
+    let (a, bid) = (st.a.id.to_string(), st.b.id.to_string());
+    let r = st.put(&st.a.jwt, "homes", &format!("{a}/secret.txt"), b"mine", "text/plain").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // B probing A's existing key and a key nobody has: the same answer.
+    let taken = st.put(&st.b.jwt, "homes", &format!("{a}/secret.txt"), b"x", "text/plain").await;
+    let free = st.put(&st.b.jwt, "homes", &format!("{a}/nothing-here.txt"), b"x", "text/plain").await;
+    let (t_status, f_status) = (taken.status(), free.status());
+    let (t, f): (Value, Value) = (taken.json().await.unwrap(), free.json().await.unwrap());
+    assert_eq!((t_status.as_u16(), f_status.as_u16()), (403, 403));
+    assert_eq!((t["error"].clone(), t["message"].clone()), (f["error"].clone(), f["message"].clone()));
+    // Every way of writing is held to the rule.
+    let r = st.req(Method::POST, &format!("/object/upload/sign/homes/{a}/x.txt"), &st.b.jwt).send().await;
+    assert_eq!(r.status(), 403);
+    let r = st
+        .req(Method::POST, "/upload/resumable", &st.b.jwt)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1")
+        .header("upload-metadata", format!("bucketName aG9tZXM=,objectName {}", base64_of(&format!("{a}/t.txt"))))
+        .send()
+        .await;
+    assert_eq!(r.status(), 403);
+    let r = st.put(&st.b.jwt, "homes", &format!("{bid}/own.txt"), b"b's", "text/plain").await;
+    assert_eq!(r.status(), 200);
+    for op in ["/object/copy", "/object/move"] {
+        let body = json!({"bucketId": "homes", "sourceKey": format!("{bid}/own.txt"), "destinationKey": format!("{a}/moved.txt")});
+        let r = st.req(Method::POST, op, &st.b.jwt).json(&body).send().await;
+        assert_eq!(r.status(), 403, "{op}");
+    }
+    // A service key writes anywhere.
+    let r = st.put(&st.key, "homes", "shared/readme.txt", b"hi", "text/plain").await;
+    assert_eq!(r.status(), 200);
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

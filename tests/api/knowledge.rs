@@ -248,6 +248,12 @@ async fn search_explains_itself_and_refuses_bad_input() {
     assert_eq!(seen.len(), 26);
     let r = search(&app, &u, json!({"query": "spaghetti", "source": "url"})).await;
     assert_eq!(titles(&r), vec!["Recipe"]);
+    let r = search(&app, &u, json!({"query": "spaghetti", "source": "manual", "mode": "fulltext"})).await;
+    assert_eq!(r["data"], json!([]));
+    let r = search(&app, &u, json!({"query": "spaghetti", "updated_after": "2999-01-01T00:00:00Z"})).await;
+    assert_eq!(r["data"], json!([]), "dates filter");
+    let r = search(&app, &u, json!({"query": "spaghetti", "updated_before": "2999-01-01T00:00:00Z"})).await;
+    assert_eq!(titles(&r)[0], "Recipe");
     for (body, status, code) in [
         (json!({"query": ""}), 422, "invalid_query"),
         (json!({"query": "x", "mode": "magic"}), 422, "invalid_mode"),

@@ -80,8 +80,9 @@ impl Api {
             request(port, "POST", "/v1/auth/sign-up", &[("Content-Type", "application/json")], &body).expect("sign-up");
         assert_eq!(s, 201, "{b}");
         let v: Value = serde_json::from_str(&b).expect("json");
-        let jwt = v["access_token"].as_str().expect("jwt");
-        (Api { port, bearer: format!("Bearer {jwt}") }, v["user"]["id"].as_str().expect("id").to_string())
+        // The session token (valid for days): a 1M-chunk build outlives any access token.
+        let token = v["session_token"].as_str().expect("session token");
+        (Api { port, bearer: format!("Bearer {token}") }, v["user"]["id"].as_str().expect("id").to_string())
     }
 
     fn post(&self, path: &str, body: &Value) -> Value {

@@ -82,6 +82,8 @@ CREATE TABLE kb_chunks (
 CREATE INDEX kb_chunks_user ON kb_chunks (user_id, document_id, version);
 CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv);
 CREATE INDEX kb_chunks_unembedded ON kb_chunks (id) WHERE embedding IS NULL;
+-- Finds chunks of another model (or none) without a scan, at every start.
+CREATE INDEX kb_chunks_model ON kb_chunks (embedding_model, id);
 
 -- BM25 statistics over each user's current chunks: chunk count and total length,
 -- and per lexeme the number of current chunks holding it.

@@ -319,24 +319,12 @@ pub async fn insert_version(conn: &mut PgConnection, v: &NewVersion<'_>) -> Resu
 /// One chunk to insert.
 #[derive(Debug)]
 pub struct NewChunk {
-    /// Position.
-    pub ordinal: i32,
-    /// Heading trail.
-    pub headings: Vec<String>,
-    /// Page.
-    pub page: Option<i32>,
-    /// Span start.
-    pub char_start: i32,
-    /// Span end.
-    pub char_end: i32,
-    /// Tokens.
-    pub tokens: i32,
+    /// The chunker's piece (position, headings, page, span, tokens, text).
+    pub chunk: super::chunk::Chunk,
     /// sha256 of what is embedded (context and text).
     pub hash: String,
     /// Title and headings.
     pub context: String,
-    /// Text.
-    pub text: String,
     /// Its vector of the active model, when known at insert (reused or computed).
     pub embedding: Option<Vector>,
 }
@@ -362,8 +350,9 @@ pub async fn insert_chunks(
         let mut contexts = Vec::with_capacity(batch.len());
         let mut texts = Vec::with_capacity(batch.len());
         let mut vectors: Vec<Option<Vector>> = Vec::with_capacity(batch.len());
-        for c in batch {
-            vectors.push(c.embedding.clone());
+        for n in batch {
+            let c = &n.chunk;
+            vectors.push(n.embedding.clone());
             ordinals.push(c.ordinal);
             // A text[] per row travels as one JSON array (no ragged 2-D arrays).
             headings.push(serde_json::to_string(&c.headings).unwrap_or_else(|_| "[]".into()));
@@ -371,8 +360,8 @@ pub async fn insert_chunks(
             starts.push(c.char_start);
             ends.push(c.char_end);
             tokens.push(c.tokens);
-            hashes.push(c.hash.as_str());
-            contexts.push(c.context.as_str());
+            hashes.push(n.hash.as_str());
+            contexts.push(n.context.as_str());
             texts.push(c.text.as_str());
         }
         sqlx::query(
@@ -487,6 +476,8 @@ pub struct VersionRow {
     pub page_starts: Option<Vec<i32>>,
     /// Object version read.
     pub source_version: Option<Uuid>,
+    /// Whether it is the document's current version.
+    pub current: bool,
     /// Body (when asked for).
     pub body: Option<String>,
     /// Written.
@@ -497,7 +488,7 @@ pub struct VersionRow {
 pub async fn versions(pool: &PgPool, user: Uuid, id: Uuid, only: Option<i32>) -> Result<Vec<VersionRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT v.version, v.title, v.content_hash, v.page_starts, v.source_version, \
-           CASE WHEN $3::int IS NULL THEN NULL ELSE v.body END AS body, v.created_at \
+           v.version = d.current_version AS current, CASE WHEN $3::int IS NULL THEN NULL ELSE v.body END AS body, v.created_at \
          FROM kb_versions v JOIN kb_documents d ON d.id = v.document_id \
          WHERE d.id = $1 AND d.user_id = $2 AND ($3::int IS NULL OR v.version = $3) \
          ORDER BY v.version DESC LIMIT 1000",
@@ -561,10 +552,10 @@ pub async fn unembedded(
              ORDER BY id LIMIT $3",
         )
         .bind(d),
-        None => sqlx::query_as(
-            "SELECT id, context, text FROM kb_chunks WHERE $1::uuid IS NULL \
-             AND (embedding IS NULL OR embedding_model IS DISTINCT FROM $2) ORDER BY id LIMIT $3",
-        )
+        None => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, context, text FROM kb_chunks WHERE $1::uuid IS NULL AND {} ORDER BY id LIMIT $3",
+            stale(2)
+        )))
         .bind(None::<Uuid>),
     }
     .bind(model)
@@ -1011,12 +1002,25 @@ pub async fn delete_file(pool: &PgPool, user: Uuid, id: Uuid) -> Result<bool, sq
     Ok(r.rows_affected() == 1)
 }
 
-/// Whether any chunk lacks a vector of `model` (a model change to catch up on).
+/// Chunks without a vector of the model in parameter `$n`, written so the
+/// `kb_chunks_model` index answers it (`IS DISTINCT FROM` would scan every chunk).
+/// A vector is always stored with its model, so a NULL model is a missing vector.
+fn stale(n: usize) -> String {
+    format!("(embedding_model IS NULL OR embedding_model < ${n} OR embedding_model > ${n})")
+}
+
+/// Whether any chunk lacks a vector of `model` (a model change to catch up on):
+/// three index probes, run at every start.
 pub async fn any_stale(pool: &PgPool, model: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE embedding_model IS DISTINCT FROM $1)")
-        .bind(model)
-        .fetch_one(pool)
-        .await
+    // Three probes, each an index condition (an OR would be a filter over the index).
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE embedding_model IS NULL) \
+             OR EXISTS (SELECT 1 FROM kb_chunks WHERE embedding_model < $1) \
+             OR EXISTS (SELECT 1 FROM kb_chunks WHERE embedding_model > $1)",
+    )
+    .bind(model)
+    .fetch_one(pool)
+    .await
 }
 
 /// Forgets which object version was ingested (a forced re-ingestion).

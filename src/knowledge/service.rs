@@ -276,7 +276,7 @@ pub async fn write_version(
 ) -> Result<Written, sqlx::Error> {
     let config = ChunkConfig { tokens: k.config.chunk_tokens, overlap: k.config.chunk_overlap };
     let pieces = chunk(v.body, v.page_starts, &config);
-    let chunks: Vec<NewChunk> = pieces
+    let mut chunks: Vec<NewChunk> = pieces
         .into_iter()
         .map(|c| {
             let mut context = v.title.to_string();
@@ -284,21 +284,9 @@ pub async fn write_version(
                 context.push_str(" › ");
                 context.push_str(h);
             }
-            NewChunk {
-                hash: sha256_hex(&[&context, &c.text]),
-                ordinal: c.ordinal,
-                headings: c.headings,
-                page: c.page,
-                char_start: c.char_start,
-                char_end: c.char_end,
-                tokens: c.tokens,
-                context,
-                text: c.text,
-                embedding: None,
-            }
+            NewChunk { hash: sha256_hex(&[&context, &c.text]), chunk: c, context, embedding: None }
         })
         .collect();
-    let mut chunks = chunks;
     let model = k.embedder.model();
     if version > 1 {
         let hashes: Vec<String> = chunks.iter().map(|c| c.hash.clone()).collect();
@@ -313,7 +301,7 @@ pub async fn write_version(
     if k.embedder.is_local() && !missing.is_empty() {
         // The built-in model is cheap enough (microseconds a chunk) to run inline.
         let texts: Vec<String> =
-            missing.iter().map(|&i| format!("{}\n{}", chunks[i].context, chunks[i].text)).collect();
+            missing.iter().map(|&i| format!("{}\n{}", chunks[i].context, chunks[i].chunk.text)).collect();
         match k.embedder.embed_blocking(&texts) {
             Ok(vectors) => {
                 for (i, vector) in missing.iter().zip(vectors) {
@@ -570,12 +558,12 @@ pub async fn delete_document(k: &Knowledge, user: Uuid, id: Uuid) -> Result<(), 
     Ok(())
 }
 
-fn version_view(r: db::VersionRow, current: i32) -> Version {
+fn version_view(r: db::VersionRow) -> Version {
     Version {
         version: r.version,
         title: r.title,
         content_hash: r.content_hash,
-        current: r.version == current,
+        current: r.current,
         source_version: r.source_version,
         page_starts: r.page_starts,
         body: r.body,
@@ -583,24 +571,23 @@ fn version_view(r: db::VersionRow, current: i32) -> Version {
     }
 }
 
-/// A document's versions, newest first.
+/// A document's versions, newest first (a document has at least one: none means
+/// it is not the caller's).
 pub async fn versions(k: &Knowledge, user: Uuid, id: Uuid) -> Result<Vec<Version>, ApiError> {
-    let mut conn = k.pool.acquire().await?;
-    let doc = db::document(&mut conn, user, id).await?.ok_or_else(document_not_found)?;
-    drop(conn);
-    Ok(db::versions(&k.pool, user, id, None).await?.into_iter().map(|r| version_view(r, doc.current_version)).collect())
+    let rows = db::versions(&k.pool, user, id, None).await?;
+    if rows.is_empty() {
+        return Err(document_not_found());
+    }
+    Ok(rows.into_iter().map(version_view).collect())
 }
 
 /// One version with its body.
 pub async fn version(k: &Knowledge, user: Uuid, id: Uuid, n: i32) -> Result<Version, ApiError> {
-    let mut conn = k.pool.acquire().await?;
-    let doc = db::document(&mut conn, user, id).await?.ok_or_else(document_not_found)?;
-    drop(conn);
     db::versions(&k.pool, user, id, Some(n))
         .await?
         .into_iter()
         .next()
-        .map(|r| version_view(r, doc.current_version))
+        .map(version_view)
         .ok_or_else(|| ApiError::not_found("version not found"))
 }
 

@@ -43,7 +43,7 @@ pub fn run(data: &std::path::Path, users: &[(String, String)]) {
                     let page = carmenta::knowledge::service::search(&k, user, req).await.expect("search");
                     let mut read: Vec<(uuid::Uuid, i32, i32)> = Vec::new();
                     let mut spent = 0i64;
-                    for h in &page.data {
+                    for h in page.data.iter().map(|h| &h.chunk) {
                         let tokens = (h.char_end - h.char_start) as i64 / 4; // about 4 characters a token
                         if spent + tokens > BUDGET && !read.is_empty() {
                             break;

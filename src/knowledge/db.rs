@@ -730,24 +730,9 @@ pub async fn chunk_count(pool: &PgPool, user: Uuid) -> Result<i64, sqlx::Error> 
 /// A search hit's details.
 #[derive(Debug, FromRow)]
 pub struct HitRow {
-    /// Chunk id.
-    pub id: i64,
-    /// Document.
-    pub document_id: Uuid,
-    /// Title.
-    pub title: String,
-    /// Version.
-    pub version: i32,
-    /// Position.
-    pub ordinal: i32,
-    /// Headings.
-    pub headings: Vec<String>,
-    /// Page.
-    pub page: Option<i32>,
-    /// Start.
-    pub char_start: i32,
-    /// End.
-    pub char_end: i32,
+    /// Where the chunk is.
+    #[sqlx(flatten)]
+    pub citation: super::types::Citation,
     /// Highlighted excerpt (\u{2} and \u{3} around matches), when a term matched.
     pub snippet: Option<String>,
     /// The chunk's text (for a plain excerpt).
@@ -757,7 +742,7 @@ pub struct HitRow {
 /// Details of the returned chunks, with `ts_headline` run on these rows only.
 pub async fn hits(pool: &PgPool, user: Uuid, ids: &[i64], query: &str) -> Result<Vec<HitRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT c.id, c.document_id, d.title, c.version, c.ordinal, c.headings, c.page, c.char_start, c.char_end, \
+        "SELECT c.id AS chunk_id, c.document_id, d.title, c.version, c.ordinal, c.headings, c.page, c.char_start, c.char_end, \
            ts_headline('english', c.text, kb_or_query(ARRAY(SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $3)))), \
              'StartSel=\u{2}, StopSel=\u{3}, MaxWords=40, MinWords=15, MaxFragments=2, FragmentDelimiter=\" … \"') AS snippet, \
            left(c.text, 400) AS text \

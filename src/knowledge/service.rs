@@ -794,7 +794,7 @@ pub async fn search(k: &Knowledge, user: Uuid, req: SearchRequest) -> Result<Sea
     let page: Vec<(i64, Scores)> = ranked.into_iter().skip(offset as usize).take(limit as usize).collect();
     let ids: Vec<i64> = page.iter().map(|p| p.0).collect();
     let mut details: HashMap<i64, db::HitRow> =
-        db::hits(&k.pool, user, &ids, &query).await?.into_iter().map(|h| (h.id, h)).collect();
+        db::hits(&k.pool, user, &ids, &query).await?.into_iter().map(|h| (h.citation.chunk_id, h)).collect();
     let data = page
         .into_iter()
         .filter_map(|(id, scores)| {
@@ -803,19 +803,7 @@ pub async fn search(k: &Knowledge, user: Uuid, req: SearchRequest) -> Result<Sea
                 Some(s) if s.contains('\u{2}') => snippet_html(s),
                 _ => snippet_html(&h.text.chars().take(300).collect::<String>()),
             };
-            Some(SearchHit {
-                document_id: h.document_id,
-                title: h.title,
-                version: h.version,
-                chunk_id: h.id,
-                ordinal: h.ordinal,
-                headings: h.headings,
-                page: h.page,
-                char_start: h.char_start,
-                char_end: h.char_end,
-                snippet,
-                scores,
-            })
+            Some(SearchHit { chunk: h.citation, snippet, scores })
         })
         .collect();
     Ok(SearchPage {

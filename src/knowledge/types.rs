@@ -383,6 +383,18 @@ pub struct Scores {
 /// One search result: a chunk with enough to cite it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchHit {
+    /// Where the chunk is.
+    #[serde(flatten)]
+    pub chunk: Citation,
+    /// A highlighted excerpt (`<mark>` around matched words; everything else escaped).
+    pub snippet: String,
+    /// Per-signal scores.
+    pub scores: Scores,
+}
+
+/// What a citation points at: document, version, chunk, headings, page, span.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Citation {
     /// The document.
     pub document_id: Uuid,
     /// Its title.
@@ -401,10 +413,6 @@ pub struct SearchHit {
     pub char_start: i32,
     /// End character (exclusive).
     pub char_end: i32,
-    /// A highlighted excerpt (`<mark>` around matched words; everything else escaped).
-    pub snippet: String,
-    /// Per-signal scores.
-    pub scores: Scores,
 }
 
 /// A page of search results.

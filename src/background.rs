@@ -66,7 +66,7 @@ impl Job for PruneJobs {
 }
 
 /// Every job kind the server runs, with the periodic schedules.
-pub fn registry() -> Registry<AppState> {
+pub fn registry(config: &crate::config::Config) -> Registry<AppState> {
     Registry::default()
         .handle(|s: AppState, _: PruneRateWindows, _| async move {
             crate::auth::db::prune_windows(&s.pool).await?;
@@ -111,6 +111,16 @@ pub fn registry() -> Registry<AppState> {
         .handle(|s: AppState, j: crate::knowledge::ingest::Embed, _| async move {
             crate::knowledge::ingest::embed(&s.knowledge, j).await
         })
+        .handle(|s: AppState, j: crate::memory::jobs::Extract, a| async move {
+            crate::memory::jobs::run_extract(&s.memory, j, a).await
+        })
+        .handle(|s: AppState, j: crate::memory::jobs::Embed, _| async move {
+            crate::memory::jobs::run_embed(&s.memory, j).await
+        })
+        .handle(|s: AppState, _: crate::memory::jobs::Scan, _| async move {
+            crate::memory::jobs::run_scan(&s.memory).await
+        })
+        .every("memory.scan", config.memory.scan_interval, &crate::memory::jobs::Scan {})
         .every("auth.prune_rate_windows", Duration::from_secs(3600), &PruneRateWindows {})
         .every("storage.sweep", Duration::from_secs(600), &SweepStorage { min_age_secs: 3600 })
         .every("connections.refresh_idle", Duration::from_secs(300), &RefreshIdleConnections {})
@@ -128,8 +138,14 @@ pub async fn start(state: &AppState) -> Result<Runner, sqlx::Error> {
         lease: state.config.job_lease,
         ..RunnerConfig::default()
     };
-    let runner =
-        Runner::start(state.pool.clone(), state.clone(), registry(), config, state.config.shutdown_timeout).await?;
+    let runner = Runner::start(
+        state.pool.clone(),
+        state.clone(),
+        registry(&state.config),
+        config,
+        state.config.shutdown_timeout,
+    )
+    .await?;
     let mut conn = state.pool.acquire().await?;
     let startup = jobs::Options { unique_key: Some("startup".into()), ..Default::default() };
     if let Err(e) = jobs::enqueue(&mut conn, &Reencrypt {}, startup).await {
@@ -137,6 +153,9 @@ pub async fn start(state: &AppState) -> Result<Runner, sqlx::Error> {
     }
     if let Err(e) = crate::knowledge::ingest::prepare(&state.knowledge).await {
         tracing::warn!(error = %e, "preparing the knowledge base's vector index");
+    }
+    if let Err(e) = crate::memory::jobs::prepare(&state.memory).await {
+        tracing::warn!(error = %e, "preparing memory's vector index");
     }
     runner.notify();
     Ok(runner)

@@ -193,6 +193,8 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// The knowledge base: embeddings, chunking, ingestion limits.
     pub knowledge: KnowledgeConfig,
+    /// Memory: the extraction model and when extraction runs.
+    pub memory: MemoryConfig,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -239,6 +241,36 @@ pub struct KnowledgeConfig {
     /// The program run to extract text in a separate process (`CARMENTA_EXTRACTOR`;
     /// default: this executable's `extract` command).
     pub extractor: Option<PathBuf>,
+}
+
+/// An OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM, llama.cpp).
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// Base URL, e.g. `http://localhost:11434/v1` (`CARMENTA_LLM_URL`); the client
+    /// POSTs to `{url}/chat/completions`.
+    pub url: Url,
+    /// Model name (`CARMENTA_LLM_MODEL`).
+    pub model: String,
+    /// Bearer key, if the endpoint wants one (`CARMENTA_LLM_API_KEY`).
+    pub key: Option<Secret>,
+    /// Longest one call may take (`CARMENTA_LLM_TIMEOUT`, seconds, default 60).
+    pub timeout: Duration,
+}
+
+/// Memory settings.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    /// The model that extracts memories from conversations; `None`: extraction is off.
+    pub llm: Option<LlmConfig>,
+    /// New messages in a conversation that start an extraction
+    /// (`CARMENTA_MEMORY_EXTRACT_AFTER`, default 10).
+    pub extract_after: u32,
+    /// Quiet time after which a conversation's remaining new messages are extracted
+    /// (`CARMENTA_MEMORY_IDLE`, seconds, default 300).
+    pub idle: Duration,
+    /// How often a replica looks for conversations due for extraction
+    /// (`CARMENTA_MEMORY_SCAN_INTERVAL`, seconds, default 30).
+    pub scan_interval: Duration,
 }
 
 /// The shape of `carmenta.toml`; every key optional, unknown keys refused.
@@ -313,6 +345,13 @@ struct FileConfig {
     knowledge_max_pages: Option<u64>,
     extract_timeout: Option<u64>,
     extractor: Option<PathBuf>,
+    llm_url: Option<String>,
+    llm_model: Option<String>,
+    llm_api_key: Option<String>,
+    llm_timeout: Option<u64>,
+    memory_extract_after: Option<u64>,
+    memory_idle: Option<u64>,
+    memory_scan_interval: Option<u64>,
 }
 
 /// The object store behind storage.
@@ -886,6 +925,42 @@ impl Config {
             )
             .map(|r| PathBuf::from(r.value)),
         };
+        let llm = match pick(env, &["CARMENTA_LLM_URL"], "llm_url", fc.llm_url).filter(|r| !r.value.trim().is_empty()) {
+            None => None,
+            Some(r) => {
+                let url = match Url::parse(r.value.trim()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+                    _ => return Err(invalid(&r, "expected an http(s) URL like http://localhost:11434/v1")),
+                };
+                let model = pick(env, &["CARMENTA_LLM_MODEL"], "llm_model", fc.llm_model)
+                    .map(|m| m.value.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| invalid(&r, "CARMENTA_LLM_MODEL must be set too"))?;
+                let key = pick(env, &["CARMENTA_LLM_API_KEY"], "llm_api_key", fc.llm_api_key)
+                    .map(|k| Secret::new(k.value.trim().to_string()))
+                    .filter(|k| !k.expose().is_empty());
+                let timeout = secs(&["CARMENTA_LLM_TIMEOUT"], "llm_timeout", fc.llm_timeout, 60)?;
+                Some(LlmConfig { url, model, key, timeout })
+            }
+        };
+        let memory = MemoryConfig {
+            llm,
+            extract_after: num(
+                &["CARMENTA_MEMORY_EXTRACT_AFTER"],
+                "memory_extract_after",
+                fc.memory_extract_after,
+                1,
+                10_000,
+            )?
+            .unwrap_or(10) as u32,
+            idle: secs(&["CARMENTA_MEMORY_IDLE"], "memory_idle", fc.memory_idle, 300)?,
+            scan_interval: secs(
+                &["CARMENTA_MEMORY_SCAN_INTERVAL"],
+                "memory_scan_interval",
+                fc.memory_scan_interval,
+                30,
+            )?,
+        };
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -970,6 +1045,7 @@ impl Config {
             webhook_url,
             webhook_secret,
             knowledge,
+            memory,
             config_file: path,
         })
     }

@@ -132,6 +132,100 @@ impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for GuardedD
     }
 }
 
+/// Why a model endpoint's call failed after [`post_json_retrying`]'s attempts.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// Connection failure or timeout on the last attempt (no URL in the text).
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// A non-success status (the first 300 characters of the body).
+    #[error("HTTP {status}: {detail}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// The start of the body.
+        detail: String,
+    },
+}
+
+impl RemoteError {
+    /// A short stable code: `timeout`, `unreachable`, `rate_limited`, `server_error`, `refused`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RemoteError::Transport(m) if m.contains("timed out") => "timeout",
+            RemoteError::Transport(_) => "unreachable",
+            RemoteError::Status { status: 429, .. } => "rate_limited",
+            RemoteError::Status { status, .. } if *status >= 500 => "server_error",
+            RemoteError::Status { .. } => "refused",
+        }
+    }
+}
+
+/// POSTs `body` as JSON to a model endpoint (embeddings, chat completions) with a
+/// bearer `key`, trying up to `attempts` times on 429, 5xx, connection failures
+/// and timeouts, waiting `Retry-After` (at most 30 s) or 0.5 s, 1 s, 2 s, …;
+/// returns the successful response's body.
+pub async fn post_json_retrying(
+    url: &str,
+    key: Option<&str>,
+    timeout: Duration,
+    body: &serde_json::Value,
+    attempts: u32,
+) -> Result<bytes::Bytes, RemoteError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut req = request(reqwest::Method::POST, url)
+            .map_err(|e| RemoteError::Transport(e.to_string()))?
+            .timeout(timeout)
+            .json(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let (wait, err) = match req.send().await {
+            Err(e) => (None, RemoteError::Transport(without_url(&e))),
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|s| Duration::from_secs(s.min(30)));
+                if status.is_success() {
+                    match resp.bytes().await {
+                        Ok(b) => return Ok(b),
+                        Err(e) => (None, RemoteError::Transport(without_url(&e))),
+                    }
+                } else {
+                    let text = resp.text().await.unwrap_or_default();
+                    let detail: String = text.chars().take(300).collect();
+                    let err = RemoteError::Status { status: status.as_u16(), detail };
+                    if !(status.as_u16() == 429 || status.is_server_error()) {
+                        return Err(err);
+                    }
+                    (retry_after, err)
+                }
+            }
+        };
+        if attempt >= attempts {
+            return Err(err);
+        }
+        let backoff = wait.unwrap_or_else(|| Duration::from_millis(250 << attempt.min(8)));
+        tracing::warn!(attempt, wait_ms = backoff.as_millis() as u64, error = %err, "model endpoint, retrying");
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// A reqwest error's text without the URL (which may carry credentials).
+pub fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<endpoint>");
+    }
+    s
+}
+
 /// The client.
 pub fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();

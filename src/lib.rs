@@ -15,7 +15,12 @@
 //! - [`ops`]: health, readiness, metrics endpoints.
 //! - [`auth`]: accounts, sessions, access tokens, service keys.
 //! - [`audit`]: the audit log.
-//! - [`chat`]: conversations and messages (AI SDK UIMessages).
+//! - [`chat`]: conversations and messages (AI SDK UIMessages), hybrid recall of past messages.
+//! - [`knowledge`]: documents, folders, versions, ingestion, hybrid search.
+//! - [`embed`]: the embedder (built-in static model or an OpenAI-compatible endpoint).
+//! - [`memory`]: memories with provenance and history, extraction, context assembly.
+//! - [`llm`]: the chat-completions client extraction uses.
+//! - [`rank`]: reciprocal-rank fusion shared by every hybrid search.
 //! - [`storage`]: Supabase Storage's API over a local directory or S3, TUS, rendering.
 //! - [`connections`]: the OAuth broker: catalog, integrations, connect flow, vault, refresh, proxy, webhooks.
 //! - [`server`]: `carmenta serve` and `carmenta migrate`.
@@ -43,10 +48,13 @@ pub mod http_client;
 pub mod imaging;
 pub mod jobs;
 pub mod knowledge;
+pub mod llm;
 pub mod mail;
+pub mod memory;
 pub mod middleware;
 pub mod ops;
 pub mod pagination;
+pub mod rank;
 pub mod router;
 pub mod server;
 pub mod state;

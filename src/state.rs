@@ -66,6 +66,8 @@ pub struct Shared {
     pub connections: Arc<crate::connections::Connections>,
     /// The knowledge base: documents, ingestion, embeddings, search.
     pub knowledge: Arc<crate::knowledge::Knowledge>,
+    /// Memory: memories, extraction, context assembly.
+    pub memory: Arc<crate::memory::Memory>,
 }
 
 impl AppState {
@@ -80,7 +82,12 @@ impl AppState {
         let storage = Arc::new(crate::storage::Storage::open(&config, &keyring, pool.clone())?);
         let connections = Arc::new(crate::connections::Connections::open(&config, pool.clone(), keyring.clone())?);
         let knowledge = Arc::new(crate::knowledge::Knowledge::open(&config, pool.clone(), storage.clone())?);
-        let chat = Arc::new(crate::chat::Chat { pool: pool.clone(), max_message_bytes: config.chat_max_message_bytes });
+        let memory = Arc::new(crate::memory::Memory::open(&config, pool.clone(), knowledge.clone()));
+        let chat = Arc::new(crate::chat::Chat {
+            pool: pool.clone(),
+            max_message_bytes: config.chat_max_message_bytes,
+            embedder: knowledge.embedder.clone(),
+        });
         // Off the start-up path: the dummy hash is ready long before the first sign-in.
         tokio::spawn(crate::auth::password::warm_up());
         Ok(AppState(Arc::new(Shared {
@@ -93,6 +100,7 @@ impl AppState {
             storage,
             connections,
             knowledge,
+            memory,
         })))
     }
 

@@ -409,9 +409,11 @@ pub async fn feedback_for(pool: &PgPool, owner: Uuid, ids: &[String]) -> Result<
         .await
 }
 
-/// A search hit.
-#[derive(Debug, Clone, FromRow)]
+/// A search hit's details.
+#[derive(Debug, FromRow)]
 pub struct SearchHit {
+    /// Position in the owner's messages (the key fusion ranks by).
+    pub seq: i64,
     /// Message id.
     pub id: String,
     /// Conversation.
@@ -420,37 +422,103 @@ pub struct SearchHit {
     pub role: String,
     /// Highlighted excerpt.
     pub headline: String,
-    /// Rank (higher is better).
-    pub rank: f32,
     /// Created.
     pub created_at: OffsetDateTime,
 }
 
-/// Ranked full-text search over the owner's messages; `ts_headline` runs only on
-/// the page returned.
-pub async fn search_messages(
+/// What message search is limited to besides the owner.
+#[derive(Debug, Default, Clone)]
+pub struct MessageFilter {
+    /// Created at or after.
+    pub after: Option<OffsetDateTime>,
+    /// Created before.
+    pub before: Option<OffsetDateTime>,
+    /// One conversation.
+    pub conversation: Option<Uuid>,
+    /// One role.
+    pub role: Option<String>,
+}
+
+/// The filter on `m` with the owner at `$1` and the filters at `$n`…`$n+3`.
+fn message_filter(n: usize) -> String {
+    let (a, b, c, r) = (n, n + 1, n + 2, n + 3);
+    format!(
+        "m.owner_id = $1 AND (${a}::timestamptz IS NULL OR m.created_at >= ${a}) \
+         AND (${b}::timestamptz IS NULL OR m.created_at < ${b}) \
+         AND (${c}::uuid IS NULL OR m.conversation_id = ${c}) AND (${r}::text IS NULL OR m.role = ${r})"
+    )
+}
+
+/// Full-text ranking (`ts_rank_cd`, web-search syntax) of the owner's messages:
+/// (seq, rank), best first.
+pub async fn fulltext_messages(
     pool: &PgPool,
     owner: Uuid,
     query: &str,
-    offset: i64,
+    f: &MessageFilter,
     limit: i64,
-) -> Result<Vec<SearchHit>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH q AS (SELECT websearch_to_tsquery('english', $2) AS q),
-         page AS (
-            SELECT m.id, m.conversation_id, m.role, m.parts, m.created_at, m.seq, ts_rank_cd(m.search, q.q) AS rank
-            FROM messages m, q WHERE m.owner_id = $1 AND m.search @@ q.q
-            ORDER BY rank DESC, m.seq DESC OFFSET $3 LIMIT $4)
-         SELECT page.id, page.conversation_id, page.role, page.created_at, page.rank,
-                ts_headline('english',
-                    (SELECT string_agg(p->>'text', ' ') FROM jsonb_array_elements(page.parts) p WHERE p->>'type' = 'text'),
-                    q.q, 'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5') AS headline
-         FROM page, q ORDER BY page.rank DESC, page.seq DESC",
-    )
+) -> Result<Vec<(i64, f64)>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT m.seq, ts_rank_cd(m.search, q)::float8 AS rank \
+         FROM messages m, websearch_to_tsquery('english', $2) q \
+         WHERE m.search @@ q AND {filter} ORDER BY rank DESC, m.seq DESC LIMIT $3",
+        filter = message_filter(4)
+    )))
     .bind(owner)
     .bind(query)
-    .bind(offset)
     .bind(limit)
+    .bind(f.after)
+    .bind(f.before)
+    .bind(f.conversation)
+    .bind(f.role.as_deref())
+    .fetch_all(pool)
+    .await
+}
+
+/// Nearest of the owner's messages with vectors of `model` (an exact scan):
+/// (seq, cosine distance), nearest first.
+pub async fn nearest_messages(
+    pool: &PgPool,
+    owner: Uuid,
+    query: crate::db::shared::VectorQuery<'_>,
+    f: &MessageFilter,
+    limit: i64,
+) -> Result<Vec<(i64, f64)>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT m.seq, (m.embedding <=> $2)::float8 AS dist FROM messages m \
+         WHERE m.embedding_model = $3 AND {filter} ORDER BY dist, m.seq DESC LIMIT $4",
+        filter = message_filter(5)
+    )))
+    .bind(owner)
+    .bind(query.vector)
+    .bind(query.model)
+    .bind(limit)
+    .bind(f.after)
+    .bind(f.before)
+    .bind(f.conversation)
+    .bind(f.role.as_deref())
+    .fetch_all(pool)
+    .await
+}
+
+/// Details of the returned messages, with `ts_headline` run on these rows only.
+pub async fn message_hits(
+    pool: &PgPool,
+    owner: Uuid,
+    seqs: &[i64],
+    query: &str,
+) -> Result<Vec<SearchHit>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.seq, m.id, m.conversation_id, m.role, m.created_at, \
+           ts_headline('english', \
+             coalesce((SELECT string_agg(p->>'text', ' ') FROM jsonb_array_elements(m.parts) p WHERE p->>'type' = 'text'), ''), \
+             websearch_to_tsquery('english', $3), 'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5') \
+             AS headline \
+         FROM messages m WHERE m.owner_id = $1 AND m.seq = ANY($2)",
+    )
+    .bind(owner)
+    .bind(seqs)
+    .bind(query)
     .fetch_all(pool)
     .await
 }

@@ -16,4 +16,6 @@ pub struct Chat {
     pub pool: sqlx::PgPool,
     /// Largest serialised message (`CARMENTA_CHAT_MAX_MESSAGE_BYTES`).
     pub max_message_bytes: usize,
+    /// The embedder (vectors of messages for hybrid recall).
+    pub embedder: crate::embed::Embedder,
 }

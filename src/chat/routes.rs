@@ -209,22 +209,15 @@ async fn put_feedback(
     service::feedback(&state, user.user_id, conversation_id(&id)?, &mid, req).await.map(ApiJson)
 }
 
-/// Query of message search.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct SearchQuery {
-    /// Words, "phrases", -exclusions, OR (web search syntax).
-    #[param(min_length = 1, max_length = 500)]
-    q: String,
-}
-
-/// Search my messages' text: ranked, highlighted, paginated.
-#[utoipa::path(get, path = "/v1/search/messages", tag = "chat", params(SearchQuery, PageQuery), responses((status = 200, body = Page<SearchHitView>)))]
+/// Search my messages (an agent's `conversation_search`): full text and vectors
+/// fused, with time, conversation and role filters; highlighted, paginated.
+#[utoipa::path(get, path = "/v1/search/messages", tag = "chat", params(MessageSearch, PageQuery),
+    responses((status = 200, body = Page<SearchHitView>), (status = 400), (status = 503, description = "embedder_unavailable")))]
 async fn search_messages(
     State(state): State<Arc<Chat>>,
     user: CurrentUser,
-    Query(q): Query<SearchQuery>,
+    Query(q): Query<MessageSearch>,
     Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<SearchResults>, ApiError> {
-    service::search(&state, user.user_id, &q.q, &page).await.map(ApiJson)
+    service::search(&state, user.user_id, q, &page).await.map(ApiJson)
 }

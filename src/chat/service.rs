@@ -363,37 +363,88 @@ pub async fn feedback(
     Ok(FeedbackResponse { message_id: id.to_string(), value: req.value })
 }
 
-/// Searches the owner's messages.
-pub async fn search(state: &Chat, owner: Uuid, q: &str, page: &PageQuery) -> Result<SearchResults, ApiError> {
-    let too_long = q.chars().count() > 500;
-    let q = q.trim();
-    if q.is_empty() || too_long {
+/// Fusion weights of message search: full text, vector (as measured for
+/// knowledge chunks; `benches/memory` measures them on conversation turns).
+pub const SEARCH_WEIGHTS: [f64; 2] = crate::knowledge::service::DEFAULT_WEIGHTS;
+
+/// Searches the owner's messages: full text (web-search syntax) and vectors,
+/// fused, within the filters; an offset cursor (ranks change as messages come).
+pub async fn search(state: &Chat, owner: Uuid, q: MessageSearch, page: &PageQuery) -> Result<SearchResults, ApiError> {
+    let too_long = q.q.chars().count() > 500;
+    let text = q.q.trim();
+    if text.is_empty() || too_long {
         return Err(ApiError::bad_request("invalid_query", "q must be 1 to 500 characters"));
+    }
+    let mode = match q.mode.as_deref() {
+        None | Some("hybrid") => [true, true],
+        Some("fulltext") => [true, false],
+        Some("vector") => [false, true],
+        Some(_) => return Err(ApiError::bad_request("invalid_mode", "mode must be hybrid, fulltext or vector")),
+    };
+    if let Some(r) = &q.role
+        && !matches!(r.as_str(), "system" | "user" | "assistant")
+    {
+        return Err(ApiError::bad_request("invalid_role", "role must be system, user or assistant"));
     }
     let limit = page.limit()?;
     let offset: i64 = match page.cursor_text()? {
         Some(c) => c
             .strip_prefix('o')
             .and_then(|s| s.parse().ok())
-            .filter(|n: &i64| *n >= 0 && *n <= 10_000)
+            .filter(|n: &i64| *n >= 0 && *n <= 1_000)
             .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is malformed"))?,
         None => 0,
     };
-    let mut hits = db::search_messages(&state.pool, owner, q, offset, limit + 1).await?;
-    let more = hits.len() as i64 > limit;
-    hits.truncate(limit as usize);
-    let next_cursor = more.then(|| pagination::encode(&format!("o{}", offset + limit)));
-    // (An offset cursor: ranks change as messages come, so a keyset has no stable key.)
-    let data = hits
+    let filter = db::MessageFilter { after: q.after, before: q.before, conversation: q.conversation_id, role: q.role };
+    let depth = (offset + limit + 1).max(100);
+    let fulltext =
+        if mode[0] { db::fulltext_messages(&state.pool, owner, text, &filter, depth).await? } else { Vec::new() };
+    let vector = if mode[1] {
+        let v = state.embedder.embed(vec![text.to_string()]).await.map_err(|e| {
+            tracing::warn!(error = %e, "embedding a message search");
+            ApiError::unavailable("the embedding model is unavailable; try mode=fulltext")
+                .with_code("embedder_unavailable")
+        })?;
+        let query = crate::db::shared::VectorQuery {
+            model: state.embedder.model(),
+            dim: state.embedder.dim(),
+            vector: pgvector::Vector::from(v.into_iter().next().unwrap_or_default()),
+        };
+        db::nearest_messages(&state.pool, owner, query, &filter, depth).await?
+    } else {
+        Vec::new()
+    };
+    let weights = match mode {
+        [true, true] => [SEARCH_WEIGHTS[0], SEARCH_WEIGHTS[1], 0.0],
+        [true, false] => [1.0, 0.0, 0.0],
+        _ => [0.0, 1.0, 0.0],
+    };
+    let ranked = crate::rank::fuse(
+        crate::rank::Lists { fulltext: &fulltext, vector: &vector, recency: &[] },
+        weights,
+        crate::rank::RRF_K,
+    );
+    let more = ranked.len() as i64 > offset + limit;
+    let page_rows: Vec<(i64, crate::rank::Scores)> =
+        ranked.into_iter().skip(offset as usize).take(limit as usize).collect();
+    let seqs: Vec<i64> = page_rows.iter().map(|r| r.0).collect();
+    let mut hits: std::collections::HashMap<i64, db::SearchHit> =
+        db::message_hits(&state.pool, owner, &seqs, text).await?.into_iter().map(|h| (h.seq, h)).collect();
+    let data = page_rows
         .into_iter()
-        .map(|h| SearchHitView {
-            message_id: h.id,
-            conversation_id: h.conversation_id,
-            role: h.role,
-            headline: h.headline,
-            rank: h.rank,
-            created_at: h.created_at,
+        .filter_map(|(seq, scores)| {
+            let h = hits.remove(&seq)?;
+            Some(SearchHitView {
+                message_id: h.id,
+                conversation_id: h.conversation_id,
+                role: h.role,
+                headline: h.headline,
+                rank: scores.fused as f32,
+                scores,
+                created_at: h.created_at,
+            })
         })
         .collect();
+    let next_cursor = more.then(|| pagination::encode(&format!("o{}", offset + limit)));
     Ok(pagination::Page { data, next_cursor })
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::db::{ConversationRow, MessageRow};
@@ -288,11 +288,36 @@ pub struct SearchHitView {
     pub role: String,
     /// Excerpt with matches in `<mark>…</mark>`.
     pub headline: String,
-    /// Relevance (higher is better).
+    /// Relevance (the fused score; higher is better).
     pub rank: f32,
+    /// Its score on each signal.
+    pub scores: crate::rank::Scores,
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// Message search: what to find and where.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessageSearch {
+    /// Words, "phrases", -exclusions, OR (web search syntax).
+    #[param(min_length = 1, max_length = 500)]
+    pub q: String,
+    /// `hybrid` (default: full text and vectors fused), `fulltext` or `vector`.
+    pub mode: Option<String>,
+    /// Only messages created at or after.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub after: Option<OffsetDateTime>,
+    /// Only messages created before.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub before: Option<OffsetDateTime>,
+    /// Only this conversation's.
+    pub conversation_id: Option<Uuid>,
+    /// Only this role's (`user`, `assistant`, `system`).
+    pub role: Option<String>,
 }
 
 /// A page of search hits, best first.

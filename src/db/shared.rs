@@ -1,6 +1,7 @@
 //! Statements of the crate-wide pieces too small for a `db.rs` of their own: the
 //! audit log, the mail outbox, readiness and migration checks, and the
-//! re-encryption of sealed columns after a key rotation.
+//! re-encryption of sealed columns after a key rotation, and the HNSW indexes of
+//! the embedding columns (knowledge chunks, memories).
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -118,4 +119,37 @@ async fn reseal(
         done += 1;
     }
     Ok(done)
+}
+
+/// A query vector and the model (name and dimension) it belongs to.
+#[derive(Debug)]
+pub struct VectorQuery<'a> {
+    /// The model's name.
+    pub model: &'a str,
+    /// Its dimension.
+    pub dim: usize,
+    /// The query's vector.
+    pub vector: pgvector::Vector,
+}
+
+/// Builds, if missing, the HNSW index (cosine) over `table`'s `embedding` column
+/// for the vectors of one model: a partial index on `embedding_model`, with the
+/// dimension cast that an untyped `vector` column needs. `table` is one of ours
+/// (`kb_chunks`, `memories`), never user input.
+pub async fn ensure_hnsw(pool: &PgPool, table: &'static str, model: &str, dim: usize) -> Result<(), sqlx::Error> {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(model.as_bytes());
+    let name = format!("{table}_hnsw_{:x}", u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]));
+    let literal = model.replace('\'', "''");
+    let sql = format!(
+        "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw ((embedding::vector({dim})) vector_cosine_ops) \
+         WHERE embedding_model = '{literal}'"
+    );
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('vector-index:' || $1, 0))")
+        .bind(table)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+    tx.commit().await
 }

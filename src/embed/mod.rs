@@ -180,45 +180,13 @@ impl Embedder {
         texts: &[String],
     ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let body = serde_json::json!({ "model": model, "input": texts, "encoding_format": "float" });
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut req = crate::http_client::request(reqwest::Method::POST, url)
-                .map_err(|e| EmbedError::Remote(e.to_string()))?
-                .timeout(timeout)
-                .json(&body);
-            if let Some(k) = key {
-                req = req.bearer_auth(k.expose());
-            }
-            let (retry, wait, err) = match req.send().await {
-                Err(e) => (true, None, format!("request failed: {}", without_url(&e))),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(|s| Duration::from_secs(s.min(30)));
-                    if status.is_success() {
-                        let parsed: Result<Response, _> = resp.json().await;
-                        return match parsed {
-                            Ok(r) => self.vectors(r, texts.len()),
-                            Err(e) => Err(EmbedError::Shape(format!("a body that is not an embeddings list: {e}"))),
-                        };
-                    }
-                    let text = resp.text().await.unwrap_or_default();
-                    let detail: String = text.chars().take(300).collect();
-                    let retry = status.as_u16() == 429 || status.is_server_error();
-                    (retry, retry_after, format!("HTTP {}: {detail}", status.as_u16()))
-                }
-            };
-            if !retry || attempt >= REMOTE_ATTEMPTS {
-                return Err(EmbedError::Remote(err));
-            }
-            let backoff = wait.unwrap_or_else(|| Duration::from_millis(250 << attempt));
-            tracing::warn!(attempt, wait_ms = backoff.as_millis() as u64, error = %err, "embedding request, retrying");
-            tokio::time::sleep(backoff).await;
+        let bytes =
+            crate::http_client::post_json_retrying(url, key.map(|k| k.expose()), timeout, &body, REMOTE_ATTEMPTS)
+                .await
+                .map_err(|e| EmbedError::Remote(e.to_string()))?;
+        match serde_json::from_slice::<Response>(&bytes) {
+            Ok(r) => self.vectors(r, texts.len()),
+            Err(e) => Err(EmbedError::Shape(format!("a body that is not an embeddings list: {e}"))),
         }
     }
 
@@ -241,15 +209,6 @@ impl Embedder {
         }
         Ok(out)
     }
-}
-
-/// A reqwest error's text without the URL (which may carry credentials).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "<endpoint>");
-    }
-    s
 }
 
 #[derive(serde::Deserialize)]

@@ -8,6 +8,8 @@ use sqlx::{FromRow, PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::types::Citation;
+
 /// A folder row.
 #[derive(Debug, Clone, FromRow)]
 pub struct FolderRow {
@@ -578,25 +580,9 @@ pub async fn set_vectors(pool: &PgPool, ids: &[i64], vectors: Vec<Vector>, model
     Ok(())
 }
 
-/// Creates the HNSW index over vectors of `model` (dimension `dim`) if missing.
+/// Builds the HNSW index for the model's chunk vectors if it is missing.
 pub async fn ensure_vector_index(pool: &PgPool, model: &str, dim: usize) -> Result<(), sqlx::Error> {
-    let name = vector_index_name(model);
-    let literal = model.replace('\'', "''");
-    let sql = format!(
-        "CREATE INDEX IF NOT EXISTS {name} ON kb_chunks USING hnsw ((embedding::vector({dim})) vector_cosine_ops) \
-         WHERE embedding_model = '{literal}'"
-    );
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('kb:vector-index', 0))").execute(&mut *tx).await?;
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
-    tx.commit().await
-}
-
-/// The index name for a model (letters and digits of a hash: always a valid identifier).
-fn vector_index_name(model: &str) -> String {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(model.as_bytes());
-    format!("kb_chunks_hnsw_{:x}", u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]))
+    crate::db::shared::ensure_hnsw(pool, "kb_chunks", model, dim).await
 }
 
 /// The filters every search applies besides the owner.
@@ -665,16 +651,7 @@ pub async fn bm25(
     bind_filters(q, filters).fetch_all(pool).await
 }
 
-/// A query vector and the model (name and dimension) it belongs to.
-#[derive(Debug)]
-pub struct VectorQuery<'a> {
-    /// The model's name.
-    pub model: &'a str,
-    /// Its dimension.
-    pub dim: usize,
-    /// The query's vector.
-    pub vector: Vector,
-}
+pub use crate::db::shared::VectorQuery;
 
 /// Nearest chunks by cosine distance among the user's current chunks with vectors
 /// of `model`. `exact`: scan every filtered chunk (a user's set is small, or the
@@ -754,6 +731,27 @@ pub async fn hits(pool: &PgPool, user: Uuid, ids: &[i64], query: &str) -> Result
     .bind(query)
     .fetch_all(pool)
     .await
+}
+
+/// The chunks' citations and whole texts.
+pub async fn chunk_texts(pool: &PgPool, user: Uuid, ids: &[i64]) -> Result<Vec<(Citation, String)>, sqlx::Error> {
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        citation: Citation,
+        text: String,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.id AS chunk_id, c.document_id, d.title, c.version, c.ordinal, c.headings, c.page, c.char_start, \
+           c.char_end, c.text \
+         FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id \
+         WHERE c.id = ANY($1) AND c.user_id = $2 AND d.user_id = $2",
+    )
+    .bind(ids)
+    .bind(user)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.citation, r.text)).collect())
 }
 
 /// Link rows: (document id at the other end, its title or the written one, kind).

@@ -15,12 +15,13 @@ use super::db::{self, FolderRow, NewChunk};
 use super::types::*;
 use crate::error::ApiError;
 use crate::pagination;
+use crate::rank::Lists;
 
 /// Fusion weights (full-text, vector) used unless a request sets its own: chosen
 /// on LoCoMo turn retrieval (`cargo bench --bench knowledge`, see benches/README.md).
 pub const DEFAULT_WEIGHTS: [f64; 2] = [1.0, 0.1];
 /// The reciprocal-rank constant.
-pub const RRF_K: f64 = 60.0;
+pub const RRF_K: f64 = crate::rank::RRF_K;
 /// Candidates taken from each list before fusion.
 const CANDIDATES: i64 = 100;
 /// Deepest result a cursor may reach.
@@ -679,25 +680,9 @@ pub enum Mode {
     Hybrid,
 }
 
-/// Weighted reciprocal-rank fusion of two ranked lists of ids: each id scores
-/// `w_f / (k + rank_f) + w_v / (k + rank_v)` (a missing rank adds nothing).
+/// Weighted reciprocal-rank fusion of the full-text and vector lists (see [`crate::rank::fuse`]).
 pub fn fuse(fulltext: &[(i64, f64)], vector: &[(i64, f64)], weights: [f64; 2], k: f64) -> Vec<(i64, Scores)> {
-    let mut by_id: HashMap<i64, Scores> = HashMap::new();
-    for (rank, (id, score)) in fulltext.iter().enumerate() {
-        let s = by_id.entry(*id).or_default();
-        s.fulltext = Some(*score);
-        s.fulltext_rank = Some(rank as i64 + 1);
-        s.fused += weights[0] / (k + rank as f64 + 1.0);
-    }
-    for (rank, (id, dist)) in vector.iter().enumerate() {
-        let s = by_id.entry(*id).or_default();
-        s.vector_distance = Some(*dist);
-        s.vector_rank = Some(rank as i64 + 1);
-        s.fused += weights[1] / (k + rank as f64 + 1.0);
-    }
-    let mut out: Vec<(i64, Scores)> = by_id.into_iter().collect();
-    out.sort_by(|a, b| b.1.fused.total_cmp(&a.1.fused).then(a.0.cmp(&b.0)));
-    out
+    crate::rank::fuse(Lists { fulltext, vector, recency: &[] }, [weights[0], weights[1], 0.0], k)
 }
 
 /// Escapes a `ts_headline` excerpt for HTML, turning its \u{2}/\u{3} markers into `<mark>`.
@@ -716,6 +701,88 @@ fn snippet_html(raw: &str) -> String {
         }
     }
     out
+}
+
+/// Ranks the user's current chunks for `query`: BM25 and/or vector lists of
+/// `depth` candidates each, fused.
+pub async fn rank(
+    k: &Knowledge,
+    user: Uuid,
+    query: &str,
+    mode: Mode,
+    weights: [f64; 2],
+    filters: &db::Filters,
+    depth: i64,
+) -> Result<Vec<(i64, Scores)>, ApiError> {
+    let filtered = filters.path.is_some()
+        || !filters.tags.is_empty()
+        || filters.source.is_some()
+        || filters.after.is_some()
+        || filters.before.is_some();
+    let fulltext =
+        if mode == Mode::Vector { Vec::new() } else { db::bm25(&k.pool, user, query, filters, depth).await? };
+    let vector = if mode == Mode::Fulltext {
+        Vec::new()
+    } else {
+        let v = k.embedder.embed(vec![query.to_string()]).await.map_err(|e| {
+            tracing::warn!(error = %e, "embedding a search query");
+            ApiError::unavailable("the embedding model is unavailable; try mode=fulltext")
+                .with_code("embedder_unavailable")
+        })?;
+        let v = v.into_iter().next().unwrap_or_default();
+        let exact = filtered || db::chunk_count(&k.pool, user).await? <= EXACT_SCAN_LIMIT;
+        let query =
+            db::VectorQuery { model: k.embedder.model(), dim: k.embedder.dim(), vector: pgvector::Vector::from(v) };
+        db::nearest(&k.pool, user, query, filters, depth, exact).await?
+    };
+    Ok(match mode {
+        Mode::Hybrid => fuse(&fulltext, &vector, weights, RRF_K),
+        Mode::Fulltext => fuse(&fulltext, &[], [1.0, 0.0], RRF_K),
+        Mode::Vector => fuse(&[], &vector, [0.0, 1.0], RRF_K),
+    })
+}
+
+/// A retrieved chunk with its whole text (for a model's context).
+#[derive(Debug)]
+pub struct Retrieved {
+    /// Where it is.
+    pub citation: Citation,
+    /// Its text.
+    pub text: String,
+    /// How it scored.
+    pub scores: Scores,
+}
+
+/// The best `limit` chunks for `query` (hybrid; full text alone when the embedder
+/// fails, reported by the flag), optionally within a folder's subtree.
+pub async fn retrieve(
+    k: &Knowledge,
+    user: Uuid,
+    query: &str,
+    folder: Option<Uuid>,
+    limit: i64,
+) -> Result<(Vec<Retrieved>, bool), ApiError> {
+    let mut filters = db::Filters::default();
+    if let Some(f) = folder {
+        filters.path = Some(own_folder(k, user, f).await?.path);
+    }
+    let depth = limit.max(CANDIDATES);
+    let (ranked, degraded) = match rank(k, user, query, Mode::Hybrid, DEFAULT_WEIGHTS, &filters, depth).await {
+        Ok(r) => (r, false),
+        Err(e) if e.code == "embedder_unavailable" => {
+            (rank(k, user, query, Mode::Fulltext, DEFAULT_WEIGHTS, &filters, depth).await?, true)
+        }
+        Err(e) => return Err(e),
+    };
+    let page: Vec<(i64, Scores)> = ranked.into_iter().take(limit as usize).collect();
+    let ids: Vec<i64> = page.iter().map(|p| p.0).collect();
+    let mut texts: HashMap<i64, (Citation, String)> =
+        db::chunk_texts(&k.pool, user, &ids).await?.into_iter().map(|(c, t)| (c.chunk_id, (c, t))).collect();
+    let out = page
+        .into_iter()
+        .filter_map(|(id, scores)| texts.remove(&id).map(|(citation, text)| Retrieved { citation, text, scores }))
+        .collect();
+    Ok((out, degraded))
 }
 
 /// Runs a search.
@@ -762,34 +829,8 @@ pub async fn search(k: &Knowledge, user: Uuid, req: SearchRequest) -> Result<Sea
     if let Some(f) = req.folder_id {
         filters.path = Some(own_folder(k, user, f).await?.path);
     }
-    let filtered = filters.path.is_some()
-        || !filters.tags.is_empty()
-        || filters.source.is_some()
-        || filters.after.is_some()
-        || filters.before.is_some();
     let depth = (offset + limit + 1).clamp(CANDIDATES, MAX_DEPTH + 1);
-
-    let fulltext =
-        if mode == Mode::Vector { Vec::new() } else { db::bm25(&k.pool, user, &query, &filters, depth).await? };
-    let vector = if mode == Mode::Fulltext {
-        Vec::new()
-    } else {
-        let v = k.embedder.embed(vec![query.clone()]).await.map_err(|e| {
-            tracing::warn!(error = %e, "embedding a search query");
-            ApiError::unavailable("the embedding model is unavailable; try mode=fulltext")
-                .with_code("embedder_unavailable")
-        })?;
-        let v = v.into_iter().next().unwrap_or_default();
-        let exact = filtered || db::chunk_count(&k.pool, user).await? <= EXACT_SCAN_LIMIT;
-        let query =
-            db::VectorQuery { model: k.embedder.model(), dim: k.embedder.dim(), vector: pgvector::Vector::from(v) };
-        db::nearest(&k.pool, user, query, &filters, depth, exact).await?
-    };
-    let ranked: Vec<(i64, Scores)> = match mode {
-        Mode::Hybrid => fuse(&fulltext, &vector, weights, RRF_K),
-        Mode::Fulltext => fuse(&fulltext, &[], [1.0, 0.0], RRF_K),
-        Mode::Vector => fuse(&[], &vector, [0.0, 1.0], RRF_K),
-    };
+    let ranked = rank(k, user, &query, mode, weights, &filters, depth).await?;
     let more = ranked.len() as i64 > offset + limit && offset + limit < MAX_DEPTH;
     let page: Vec<(i64, Scores)> = ranked.into_iter().skip(offset as usize).take(limit as usize).collect();
     let ids: Vec<i64> = page.iter().map(|p| p.0).collect();
@@ -827,16 +868,6 @@ mod tests {
     fn wiki_links_are_parsed() {
         let l = wiki_links("See [[Alpha]] and [[beta|the beta]], again [[alpha]]; broken [[x");
         assert_eq!(l, vec!["Alpha".to_string(), "beta".to_string()]);
-    }
-
-    #[test]
-    fn fusion_orders_by_weighted_reciprocal_rank() {
-        let f = vec![(1, 3.0), (2, 2.0)];
-        let v = vec![(2, 0.1), (3, 0.2)];
-        let out = fuse(&f, &v, [1.0, 1.0], 60.0);
-        assert_eq!(out[0].0, 2);
-        assert_eq!(out[0].1.fulltext_rank, Some(2));
-        assert_eq!(out[0].1.vector_rank, Some(1));
     }
 
     #[test]

@@ -365,20 +365,7 @@ pub struct SearchRequest {
     pub vector_weight: Option<f64>,
 }
 
-/// How a result scored on each signal.
-#[derive(Debug, Clone, Default, Serialize, ToSchema)]
-pub struct Scores {
-    /// BM25 score over the user's current chunks (absent: no query term matched).
-    pub fulltext: Option<f64>,
-    /// Rank in the full-text list (1 = best).
-    pub fulltext_rank: Option<i64>,
-    /// Cosine distance to the query (0 = same direction).
-    pub vector_distance: Option<f64>,
-    /// Rank in the vector list.
-    pub vector_rank: Option<i64>,
-    /// The fused score (weighted reciprocal ranks) that orders results.
-    pub fused: f64,
-}
+pub use crate::rank::Scores;
 
 /// One search result: a chunk with enough to cite it.
 #[derive(Debug, Serialize, ToSchema)]

@@ -17,6 +17,7 @@ mod hosted;
 mod imaging;
 mod jobs;
 mod knowledge;
+mod memory;
 mod ops;
 mod shutdown;
 mod storage;

@@ -266,3 +266,53 @@ impl Drop for Guard {
         stop(&mut self.0);
     }
 }
+
+/// A signed-up user talking JSON to a running server.
+pub struct Api {
+    /// The server's port.
+    pub port: u16,
+    /// `Bearer <session token>`.
+    pub bearer: String,
+}
+
+impl Api {
+    /// Signs up `email`; returns the client and the user id.
+    pub fn sign_up(port: u16, email: &str) -> (Api, String) {
+        let body = serde_json::json!({"email": email, "password": "correct horse battery staple"}).to_string();
+        let (s, b) =
+            request(port, "POST", "/v1/auth/sign-up", &[("Content-Type", "application/json")], &body).expect("sign-up");
+        assert_eq!(s, 201, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+        // The session token (valid for days): a 1M-chunk build outlives any access token.
+        let token = v["session_token"].as_str().expect("session token");
+        (Api { port, bearer: format!("Bearer {token}") }, v["user"]["id"].as_str().expect("id").to_string())
+    }
+
+    /// POSTs JSON; panics unless 200 or 201.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let (s, b) = request(
+            self.port,
+            "POST",
+            path,
+            &[("Content-Type", "application/json"), ("Authorization", &self.bearer)],
+            &body.to_string(),
+        )
+        .expect("request");
+        assert!(s == 200 || s == 201, "{path}: {s} {b}");
+        serde_json::from_str(&b).expect("json")
+    }
+
+    /// Sends a request with an optional JSON body; returns (status, JSON or null).
+    pub fn call(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+        let text = body.map(|b| b.to_string()).unwrap_or_default();
+        let (s, b) = request(
+            self.port,
+            method,
+            path,
+            &[("Content-Type", "application/json"), ("Authorization", &self.bearer)],
+            &text,
+        )
+        .expect("request");
+        (s, serde_json::from_str(&b).unwrap_or(serde_json::Value::Null))
+    }
+}

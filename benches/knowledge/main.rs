@@ -24,12 +24,15 @@
 mod chunking;
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/retrieval.rs"]
+mod retrieval;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{free_port, quantile, request, spawn_carmenta, stop, wait_ready};
+use common::{Api, free_port, quantile, spawn_carmenta, stop, wait_ready};
+use retrieval::{Zipf, base26, evidence, score, tantivy_rankings};
 use serde_json::{Value, json};
 
 fn main() {
@@ -68,54 +71,6 @@ fn main() {
     stop(&mut server);
 }
 
-struct Api {
-    port: u16,
-    bearer: String,
-}
-
-impl Api {
-    fn sign_up(port: u16, email: &str) -> (Api, String) {
-        let body = json!({"email": email, "password": "correct horse battery staple"}).to_string();
-        let (s, b) =
-            request(port, "POST", "/v1/auth/sign-up", &[("Content-Type", "application/json")], &body).expect("sign-up");
-        assert_eq!(s, 201, "{b}");
-        let v: Value = serde_json::from_str(&b).expect("json");
-        // The session token (valid for days): a 1M-chunk build outlives any access token.
-        let token = v["session_token"].as_str().expect("session token");
-        (Api { port, bearer: format!("Bearer {token}") }, v["user"]["id"].as_str().expect("id").to_string())
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Value {
-        let (s, b) = request(
-            self.port,
-            "POST",
-            path,
-            &[("Content-Type", "application/json"), ("Authorization", &self.bearer)],
-            &body.to_string(),
-        )
-        .expect("request");
-        assert!(s == 200 || s == 201, "{path}: {s} {b}");
-        serde_json::from_str(&b).expect("json")
-    }
-}
-
-/// nDCG@10 (binary relevance) and recall@10 of a ranking.
-fn score(ranked: &[String], relevant: &HashSet<String>) -> (f64, f64) {
-    if relevant.is_empty() {
-        return (0.0, 0.0);
-    }
-    let mut dcg = 0.0;
-    let mut hits = 0;
-    for (i, id) in ranked.iter().take(10).enumerate() {
-        if relevant.contains(id) {
-            dcg += 1.0 / ((i + 2) as f64).log2();
-            hits += 1;
-        }
-    }
-    let ideal: f64 = (0..relevant.len().min(10)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
-    (dcg / ideal, hits as f64 / relevant.len() as f64)
-}
-
 struct Query {
     text: String,
     relevant: HashSet<String>,
@@ -130,9 +85,7 @@ struct Conversation {
 }
 
 fn locomo() -> Vec<Conversation> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/locomo/locomo-dev.json");
-    let raw = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let v: Value = serde_json::from_str(&raw).expect("locomo json");
+    let v = retrieval::locomo_raw();
     v.as_array()
         .expect("array")
         .iter()
@@ -165,68 +118,11 @@ fn locomo() -> Vec<Conversation> {
                 .filter(|q| matches!(q["category"].as_i64(), Some(1..=4)))
                 .map(|q| Query {
                     text: q["question"].as_str().unwrap_or("").to_string(),
-                    relevant: q["evidence"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|e| e.as_str())
-                        // Some evidence lists hold "D8:6; D9:17" in one string.
-                        .flat_map(|e| e.split([';', ',']).map(|s| s.trim().to_string()))
-                        .collect(),
+                    relevant: evidence(&q["evidence"]),
                 })
                 .filter(|q| !q.text.is_empty() && !q.relevant.is_empty())
                 .collect();
             Conversation { turns, queries }
-        })
-        .collect()
-}
-
-/// Tantivy's BM25 (k1 1.2, b 0.75) over the turns, with English stop words and stemming.
-fn tantivy_rankings(conv: &Conversation) -> Vec<Vec<String>> {
-    use tantivy::collector::TopDocs;
-    use tantivy::query::QueryParser;
-    use tantivy::schema::{IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions, Value as _};
-    use tantivy::tokenizer::{
-        Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
-    };
-    let mut sb = Schema::builder();
-    let opts = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer("en_sw").set_index_option(IndexRecordOption::WithFreqsAndPositions),
-    );
-    let text = sb.add_text_field("text", opts);
-    let id = sb.add_text_field("id", STORED);
-    let index = tantivy::Index::create_in_ram(sb.build());
-    let mut analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(40))
-        .filter(LowerCaser)
-        .filter(StopWordFilter::new(Language::English).expect("stop words"))
-        .filter(Stemmer::new(Language::English))
-        .build();
-    let _ = &mut analyzer;
-    index.tokenizers().register("en_sw", analyzer);
-    let mut w: tantivy::IndexWriter = index.writer(50_000_000).expect("writer");
-    for (dia, speaker, t) in &conv.turns {
-        let mut d = tantivy::TantivyDocument::default();
-        d.add_text(text, format!("{speaker}: {t}"));
-        d.add_text(id, dia);
-        w.add_document(d).expect("add");
-    }
-    w.commit().expect("commit");
-    let reader = index.reader().expect("reader");
-    let searcher = reader.searcher();
-    let qp = QueryParser::for_index(&index, vec![text]);
-    conv.queries
-        .iter()
-        .map(|q| {
-            let cleaned: String = q.text.chars().map(|c| if c.is_alphanumeric() { c } else { ' ' }).collect();
-            let (query, _) = qp.parse_query_lenient(&cleaned);
-            let top = searcher.search(&query, &TopDocs::with_limit(10).order_by_score()).expect("search");
-            top.into_iter()
-                .filter_map(|(_, addr)| {
-                    let d: tantivy::TantivyDocument = searcher.doc(addr).ok()?;
-                    d.get_first(id).and_then(|v| v.as_str().map(str::to_string))
-                })
-                .collect()
         })
         .collect()
 }
@@ -285,7 +181,10 @@ fn quality(port: u16) {
             let d = api.post("/v1/knowledge/documents", &json!({"title": speaker, "body": text}));
             by_doc.insert(d["id"].as_str().expect("id").to_string(), dia.clone());
         }
-        let anchors = tantivy_rankings(conv);
+        let docs: Vec<(String, String)> =
+            conv.turns.iter().map(|(dia, speaker, t)| (dia.clone(), format!("{speaker}: {t}"))).collect();
+        let questions: Vec<String> = conv.queries.iter().map(|q| q.text.clone()).collect();
+        let anchors = tantivy_rankings(&docs, &questions);
         for (q, anchor) in conv.queries.iter().zip(anchors) {
             add("tantivy BM25", score(&anchor, &q.relevant));
             let ft = ranking(&api, &q.text, "fulltext", 50, &by_doc);
@@ -325,54 +224,6 @@ fn quality(port: u16) {
         carmenta::knowledge::service::DEFAULT_WEIGHTS,
         carmenta::knowledge::service::RRF_K
     );
-}
-
-/// A Zipf-distributed vocabulary sampler.
-struct Zipf {
-    words: Vec<String>,
-    cdf: Vec<f64>,
-    state: u64,
-}
-
-impl Zipf {
-    fn new(n: usize, seed: u64) -> Zipf {
-        let words: Vec<String> = (0..n).map(|i| format!("w{}", base26(i))).collect();
-        let mut cdf = Vec::with_capacity(n);
-        let mut acc = 0.0;
-        for r in 1..=n {
-            acc += 1.0 / r as f64;
-            cdf.push(acc);
-        }
-        let total = acc;
-        for c in cdf.iter_mut() {
-            *c /= total;
-        }
-        Zipf { words, cdf, state: seed }
-    }
-
-    fn next_f64(&mut self) -> f64 {
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        (self.state >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn word(&mut self) -> &str {
-        let x = self.next_f64();
-        let i = self.cdf.partition_point(|&c| c < x).min(self.words.len() - 1);
-        &self.words[i]
-    }
-}
-
-fn base26(mut i: usize) -> String {
-    let mut s = String::new();
-    loop {
-        s.push((b'a' + (i % 26) as u8) as char);
-        i /= 26;
-        if i == 0 {
-            return s;
-        }
-    }
 }
 
 fn scale(port: u16, data: &Path) {

@@ -399,13 +399,17 @@ pub async fn bm25(
     .await
 }
 
-/// The user's memory count with vectors of `model` (for choosing exact or index search).
-pub async fn vector_count(pool: &PgPool, user: Uuid, model: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM memories WHERE embedding_model = $1 AND user_id = $2")
-        .bind(model)
-        .bind(user)
-        .fetch_one(pool)
-        .await
+/// The user's memory count with vectors of `model`, counted up to `cap` (for
+/// choosing exact or index search without counting a large set in full).
+pub async fn vector_count(pool: &PgPool, user: Uuid, model: &str, cap: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM memories WHERE embedding_model = $1 AND user_id = $2 LIMIT $3) t",
+    )
+    .bind(model)
+    .bind(user)
+    .bind(cap)
+    .fetch_one(pool)
+    .await
 }
 
 /// Nearest memories by cosine distance among vectors of `model`: an exact scan

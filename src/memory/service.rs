@@ -551,7 +551,8 @@ pub async fn rank(
         match m.embedder.embed(vec![query.to_string()]).await {
             Ok(v) => {
                 let v = v.into_iter().next().unwrap_or_default();
-                let exact = db::vector_count(&m.pool, user, m.embedder.model()).await? <= EXACT_SCAN_LIMIT;
+                let exact = db::vector_count(&m.pool, user, m.embedder.model(), EXACT_SCAN_LIMIT + 1).await?
+                    <= EXACT_SCAN_LIMIT;
                 let q = crate::db::shared::VectorQuery {
                     model: m.embedder.model(),
                     dim: m.embedder.dim(),

@@ -34,6 +34,9 @@ CREATE TABLE memories (
 );
 CREATE INDEX memories_user ON memories (user_id, created_at DESC, id DESC);
 CREATE INDEX memories_active ON memories (user_id, kind) WHERE status = 'active';
+-- The always-on memories of context assembly (profile, instructions, pinned).
+CREATE INDEX memories_always_on ON memories (user_id, pinned DESC, kind, slot, created_at, id)
+    WHERE status = 'active' AND (kind IN ('profile', 'instruction') OR pinned);
 CREATE UNIQUE INDEX memories_slot ON memories (user_id, slot) WHERE slot IS NOT NULL AND status = 'active';
 CREATE INDEX memories_norm ON memories (user_id, norm) WHERE status = 'active';
 CREATE INDEX memories_tsv ON memories USING gin (tsv);

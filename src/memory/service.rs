@@ -16,7 +16,7 @@ use crate::pagination::{self, Page, PageQuery};
 use crate::rank::{Lists, RRF_K, fuse};
 
 /// Default fusion weights: full text, vector, recency (measured in `benches/memory`).
-pub const DEFAULT_WEIGHTS: [f64; 3] = [1.0, 0.5, 0.1];
+pub const DEFAULT_WEIGHTS: [f64; 3] = [1.0, 0.25, 0.05];
 
 /// Memories a user may have with vectors before search uses the HNSW index.
 pub const EXACT_SCAN_LIMIT: i64 = 20_000;

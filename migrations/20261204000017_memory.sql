@@ -44,6 +44,66 @@ CREATE INDEX memories_unembedded ON memories (id) WHERE embedding IS NULL;
 CREATE INDEX memories_model ON memories (embedding_model, user_id);
 CREATE INDEX memories_superseded_by ON memories (superseded_by) WHERE superseded_by IS NOT NULL;
 
+-- BM25 statistics of each user's active memories: their count and total length,
+-- and each lexeme's document frequency, kept by statement triggers in the writer's
+-- transaction. (No foreign keys: the rows of a deleted user's memories are
+-- subtracted while the user goes.)
+CREATE TABLE memory_stats (
+    user_id   uuid PRIMARY KEY,
+    memories  bigint NOT NULL DEFAULT 0,
+    total_len bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE memory_terms (
+    user_id uuid NOT NULL,
+    lexeme  text NOT NULL,
+    df      integer NOT NULL,
+    PRIMARY KEY (user_id, lexeme)
+);
+
+-- Adds `sign` times the rows' statistics (a helper of the triggers below).
+CREATE FUNCTION memory_stats_add(rows_user uuid[], rows_tsv tsvector[], sign integer) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO memory_stats AS s (user_id, memories, total_len)
+    SELECT u, sign * count(*), sign * sum(length(v)) FROM unnest(rows_user, rows_tsv) AS r(u, v) GROUP BY u
+    ON CONFLICT (user_id) DO UPDATE SET memories = s.memories + EXCLUDED.memories,
+                                        total_len = s.total_len + EXCLUDED.total_len;
+    INSERT INTO memory_terms AS t (user_id, lexeme, df)
+    SELECT r.u, x.lexeme, sign * count(*) FROM unnest(rows_user, rows_tsv) AS r(u, v) CROSS JOIN LATERAL unnest(r.v) x
+    GROUP BY 1, 2
+    ON CONFLICT (user_id, lexeme) DO UPDATE SET df = t.df + EXCLUDED.df;
+$$;
+
+CREATE FUNCTION memory_stats_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    us uuid[];
+    vs tsvector[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(user_id), array_agg(tsv) INTO us, vs FROM new_rows WHERE status = 'active';
+        IF us IS NOT NULL THEN PERFORM memory_stats_add(us, vs, 1); END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(user_id), array_agg(tsv) INTO us, vs FROM old_rows WHERE status = 'active';
+        IF us IS NOT NULL THEN PERFORM memory_stats_add(us, vs, -1); END IF;
+    ELSE
+        -- Only rows that left or entered `active`, or changed text, count.
+        SELECT array_agg(o.user_id), array_agg(o.tsv) INTO us, vs FROM old_rows o JOIN new_rows n ON n.id = o.id
+        WHERE o.status = 'active' AND (n.status <> 'active' OR n.tsv <> o.tsv);
+        IF us IS NOT NULL THEN PERFORM memory_stats_add(us, vs, -1); END IF;
+        SELECT array_agg(n.user_id), array_agg(n.tsv) INTO us, vs FROM old_rows o JOIN new_rows n ON n.id = o.id
+        WHERE n.status = 'active' AND (o.status <> 'active' OR n.tsv <> o.tsv);
+        IF us IS NOT NULL THEN PERFORM memory_stats_add(us, vs, 1); END IF;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER memory_stats_insert AFTER INSERT ON memories REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION memory_stats_change();
+CREATE TRIGGER memory_stats_update AFTER UPDATE ON memories REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION memory_stats_change();
+CREATE TRIGGER memory_stats_delete AFTER DELETE ON memories REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION memory_stats_change();
+
 -- Every change to a memory. A deleted memory keeps its rows with the text erased.
 CREATE TABLE memory_history (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -69,6 +69,82 @@ pub fn fuse<K: Copy + Eq + Hash + Ord>(lists: Lists<'_, K>, weights: [f64; 3], k
     out
 }
 
+/// BM25 statistics of a query over one user's documents: each distinct query
+/// lexeme with its document frequency, the document count and total length.
+#[derive(Debug, Clone, Default)]
+pub struct TermStats {
+    /// (lexeme, document frequency).
+    pub terms: Vec<(String, i64)>,
+    /// Documents.
+    pub docs: i64,
+    /// Their summed lengths.
+    pub total_len: i64,
+}
+
+/// One scoring round of [`bm25_top`]: score, with BM25 (k1 0.9, b 0.4), the
+/// documents that contain any of `matching`, on every term of `weighted`
+/// (lexeme, idf) they contain, normalised by `avg_len`; the best `limit`.
+#[derive(Debug, Clone)]
+pub struct Round {
+    /// Every query term with its idf.
+    pub weighted: Vec<(String, f64)>,
+    /// The terms a document must hold one of to be scored this round.
+    pub matching: Vec<String>,
+    /// The average document length.
+    pub avg_len: f64,
+}
+
+/// Rounds before every query term is matched at once.
+const PRUNE_ROUNDS: usize = 3;
+
+/// The exact BM25 top `limit`, cheap when queries hold common words (MaxScore
+/// pruning): terms are taken rarest first and the documents holding the ones taken
+/// so far are scored on every query term (by `run`); when even a perfect score on
+/// the terms not yet taken (idf × (k1 + 1) each) falls below the current
+/// `limit`-th score, no document holding only those can reach the top, so the many
+/// documents with common words are never read. After [`PRUNE_ROUNDS`] rounds every
+/// term is matched.
+pub async fn bm25_top<K, E, F, Fut>(stats: TermStats, limit: i64, mut run: F) -> Result<Vec<(K, f64)>, E>
+where
+    F: FnMut(Round) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<(K, f64)>, E>>,
+{
+    let mut terms = stats.terms;
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = stats.docs.max(1) as f64;
+    let avg_len = (stats.total_len as f64 / n).max(1.0);
+    terms.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    let weighted: Vec<(String, f64)> = terms
+        .iter()
+        .map(|(l, df)| {
+            let df = (*df).max(0) as f64;
+            (l.clone(), (1.0 + (n - df + 0.5).max(0.0) / (df + 0.5)).ln())
+        })
+        .collect();
+    let bound: Vec<f64> = weighted.iter().map(|t| t.1 * 1.9).collect();
+    // Terms no document holds cost nothing to match: take them with the first.
+    let mut taken = (terms.iter().take_while(|t| t.1 <= 0).count() + 1).min(terms.len());
+    let mut round = 0;
+    loop {
+        round += 1;
+        if round >= PRUNE_ROUNDS {
+            taken = terms.len();
+        }
+        let matching: Vec<String> = terms[..taken].iter().map(|t| t.0.clone()).collect();
+        let rows = run(Round { weighted: weighted.clone(), matching, avg_len }).await?;
+        if taken >= terms.len() {
+            return Ok(rows);
+        }
+        let rest: f64 = bound[taken..].iter().sum();
+        if rows.len() as i64 >= limit && rows.last().is_some_and(|r| r.1 > rest) {
+            return Ok(rows);
+        }
+        taken += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

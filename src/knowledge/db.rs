@@ -619,9 +619,59 @@ fn bind_filters<'q>(
     q.bind(f.path.as_deref()).bind(&f.tags).bind(f.source.as_deref()).bind(f.after).bind(f.before)
 }
 
-/// BM25 (k1 0.9, b 0.4) over the user's current chunks matching any query term:
-/// idf from the user's document frequencies, length-normalised by the user's
-/// average chunk length. Returns (chunk id, score), best first.
+/// The query's distinct lexemes with their document frequencies among the user's
+/// current chunks, and the user's chunk count and total length (`kb_stats`, `kb_terms`).
+pub async fn term_stats(pool: &PgPool, user: Uuid, query: &str) -> Result<crate::rank::TermStats, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT u.lexeme, coalesce(t.df, 0)::int8, coalesce(s.chunks, 0)::int8, coalesce(s.total_len, 0)::int8 \
+         FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))) u \
+         LEFT JOIN kb_terms t ON t.user_id = $1 AND t.lexeme = u.lexeme \
+         LEFT JOIN kb_stats s ON s.user_id = $1 ORDER BY u.lexeme",
+    )
+    .bind(user)
+    .bind(query)
+    .fetch_all(pool)
+    .await?;
+    let (docs, total_len) = rows.first().map(|r| (r.2, r.3)).unwrap_or((0, 0));
+    Ok(crate::rank::TermStats { terms: rows.into_iter().map(|r| (r.0, r.1)).collect(), docs, total_len })
+}
+
+/// BM25 (k1 0.9, b 0.4) of the user's current chunks holding any of the round's
+/// matching terms, scored on every query term they hold; (chunk id, score), best first.
+pub async fn bm25_over(
+    pool: &PgPool,
+    user: Uuid,
+    round: &crate::rank::Round,
+    filters: &Filters,
+    limit: i64,
+) -> Result<Vec<(i64, f64)>, sqlx::Error> {
+    let (lexemes, idfs): (Vec<String>, Vec<f64>) = round.weighted.iter().cloned().unzip();
+    let sql = format!(
+        "WITH q AS (SELECT * FROM unnest($2::text[], $3::float8[]) AS q(lexeme, idf)), \
+         hits AS MATERIALIZED ( \
+           SELECT c.id, c.len, c.tsv FROM kb_chunks c \
+           JOIN kb_documents d ON d.id = c.document_id AND d.current_version = c.version \
+           WHERE c.tsv @@ kb_or_query($4::text[]) AND {filters}) \
+         SELECT h.id, sum(q.idf * (x.tf * 1.9) / (x.tf + 0.9 * (0.6 + 0.4 * h.len / $5)))::float8 AS score \
+         FROM hits h CROSS JOIN LATERAL \
+           (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf FROM unnest(h.tsv) u) x \
+         JOIN q ON q.lexeme = x.lexeme \
+         GROUP BY h.id ORDER BY score DESC, h.id LIMIT $6",
+        filters = filter_sql(7)
+    );
+    let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user)
+        .bind(lexemes)
+        .bind(idfs)
+        .bind(&round.matching)
+        .bind(round.avg_len)
+        .bind(limit);
+    bind_filters(q, filters).fetch_all(pool).await
+}
+
+/// BM25 over the user's current chunks, the exact top `limit` (see
+/// [`crate::rank::bm25_top`]): idf from the user's document frequencies,
+/// length-normalised by the user's average chunk length.
 pub async fn bm25(
     pool: &PgPool,
     user: Uuid,
@@ -629,26 +679,8 @@ pub async fn bm25(
     filters: &Filters,
     limit: i64,
 ) -> Result<Vec<(i64, f64)>, sqlx::Error> {
-    let sql = format!(
-        "WITH q AS ( \
-           SELECT t.lexeme, ln(1 + (s.chunks - t.df + 0.5) / (t.df + 0.5)) AS idf \
-           FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))) u \
-           JOIN kb_terms t ON t.user_id = $1 AND t.lexeme = u.lexeme \
-           JOIN kb_stats s ON s.user_id = $1), \
-         avg AS (SELECT greatest(total_len::float8 / greatest(chunks, 1), 1) AS len FROM kb_stats WHERE user_id = $1), \
-         hits AS MATERIALIZED ( \
-           SELECT c.id, c.len, c.tsv FROM kb_chunks c \
-           JOIN kb_documents d ON d.id = c.document_id AND d.current_version = c.version \
-           WHERE c.tsv @@ kb_or_query(ARRAY(SELECT lexeme FROM q)) AND {filters}) \
-         SELECT h.id, sum(q.idf * (x.tf * 1.9) / (x.tf + 0.9 * (0.6 + 0.4 * h.len / avg.len)))::float8 AS score \
-         FROM hits h CROSS JOIN avg \
-         CROSS JOIN LATERAL (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf FROM unnest(h.tsv) u) x \
-         JOIN q ON q.lexeme = x.lexeme \
-         GROUP BY h.id ORDER BY score DESC, h.id LIMIT $3",
-        filters = filter_sql(4)
-    );
-    let q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(user).bind(query).bind(limit);
-    bind_filters(q, filters).fetch_all(pool).await
+    let stats = term_stats(pool, user, query).await?;
+    crate::rank::bm25_top(stats, limit, |r| async move { bm25_over(pool, user, &r, filters, limit).await }).await
 }
 
 pub use crate::db::shared::VectorQuery;
@@ -680,7 +712,7 @@ pub async fn nearest(
         "WITH near AS MATERIALIZED ( \
            SELECT c.id, c.document_id, c.version, c.user_id, (c.embedding::vector({dim}) <=> $2::vector({dim})) AS dist \
            FROM kb_chunks c WHERE c.embedding_model = '{literal}' AND c.user_id = $1 \
-           ORDER BY c.embedding::vector({dim}) <=> $2::vector({dim}) LIMIT $3 * 20) \
+           ORDER BY c.embedding::vector({dim}) <=> $2::vector({dim}) LIMIT $3 * 3 + 20) \
          SELECT c.id, c.dist::float8 FROM near c \
          JOIN kb_documents d ON d.id = c.document_id AND d.current_version = c.version \
          WHERE {filters} ORDER BY c.dist + 0, c.id LIMIT $3",

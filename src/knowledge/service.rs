@@ -766,7 +766,8 @@ pub async fn retrieve(
     if let Some(f) = folder {
         filters.path = Some(own_folder(k, user, f).await?.path);
     }
-    let depth = limit.max(CANDIDATES);
+    // Four candidates per result from each signal are plenty for the fusion of a short list.
+    let depth = (limit * 4).clamp(40, CANDIDATES);
     let (ranked, degraded) = match rank(k, user, query, Mode::Hybrid, DEFAULT_WEIGHTS, &filters, depth).await {
         Ok(r) => (r, false),
         Err(e) if e.code == "embedder_unavailable" => {

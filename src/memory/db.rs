@@ -362,36 +362,52 @@ pub struct SearchFilter {
     pub all_statuses: bool,
 }
 
-/// BM25 (k1 0.9, b 0.4) over the user's memories matching any query term, with
-/// document frequencies and the average length taken over the matching set.
-/// Returns (id, score), best first.
-pub async fn bm25(
-    pool: &PgPool,
-    user: Uuid,
-    query: &str,
-    f: &SearchFilter,
-    limit: i64,
-) -> Result<Vec<(Uuid, f64)>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH q AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))), \
-         n AS (SELECT count(*)::float8 AS n FROM memories \
-               WHERE user_id = $1 AND ($4 OR status = 'active') AND ($5::text[] IS NULL OR kind = ANY($5))), \
-         hits AS MATERIALIZED ( \
-           SELECT m.id, m.tsv, greatest(length(m.tsv), 1)::float8 AS len FROM memories m \
-           WHERE m.user_id = $1 AND ($4 OR m.status = 'active') AND ($5::text[] IS NULL OR m.kind = ANY($5)) \
-             AND m.tsv @@ kb_or_query(ARRAY(SELECT lexeme FROM q))), \
-         terms AS MATERIALIZED ( \
-           SELECT h.id, h.len, x.lexeme, coalesce(array_length(x.positions, 1), 1)::float8 AS tf \
-           FROM hits h CROSS JOIN LATERAL unnest(h.tsv) x JOIN q ON q.lexeme = x.lexeme), \
-         df AS (SELECT lexeme, count(*)::float8 AS df FROM terms GROUP BY lexeme), \
-         avg AS (SELECT greatest(avg(len), 1) AS len FROM hits) \
-         SELECT t.id, sum(ln(1 + (n.n - df.df + 0.5) / (df.df + 0.5)) * (t.tf * 1.9) \
-                          / (t.tf + 0.9 * (0.6 + 0.4 * t.len / avg.len)))::float8 AS score \
-         FROM terms t JOIN df USING (lexeme) CROSS JOIN n CROSS JOIN avg \
-         GROUP BY t.id ORDER BY score DESC, t.id LIMIT $3",
+/// The query's distinct lexemes with their document frequencies among the user's
+/// active memories, and the user's active memory count and total length.
+pub async fn term_stats(pool: &PgPool, user: Uuid, query: &str) -> Result<crate::rank::TermStats, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT u.lexeme, coalesce(t.df, 0)::int8, coalesce(s.memories, 0)::int8, coalesce(s.total_len, 0)::int8 \
+         FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))) u \
+         LEFT JOIN memory_terms t ON t.user_id = $1 AND t.lexeme = u.lexeme \
+         LEFT JOIN memory_stats s ON s.user_id = $1 ORDER BY u.lexeme",
     )
     .bind(user)
     .bind(query)
+    .fetch_all(pool)
+    .await?;
+    let (docs, total_len) = rows.first().map(|r| (r.2, r.3)).unwrap_or((0, 0));
+    Ok(crate::rank::TermStats { terms: rows.into_iter().map(|r| (r.0, r.1)).collect(), docs, total_len })
+}
+
+/// BM25 (k1 0.9, b 0.4) of the user's memories that contain any of `matching`,
+/// scored on every term of `terms` (lexeme, idf) they contain; (id, score), best first.
+pub async fn bm25_over(
+    pool: &PgPool,
+    user: Uuid,
+    terms: &[(String, f64)],
+    matching: &[String],
+    avg_len: f64,
+    f: &SearchFilter,
+    limit: i64,
+) -> Result<Vec<(Uuid, f64)>, sqlx::Error> {
+    let (lexemes, idfs): (Vec<String>, Vec<f64>) = terms.iter().cloned().unzip();
+    sqlx::query_as(
+        "WITH q AS (SELECT * FROM unnest($2::text[], $3::float8[]) AS q(lexeme, idf)), \
+         hits AS MATERIALIZED ( \
+           SELECT m.id, m.tsv, greatest(length(m.tsv), 1)::float8 AS len FROM memories m \
+           WHERE m.user_id = $1 AND ($7 OR m.status = 'active') AND ($8::text[] IS NULL OR m.kind = ANY($8)) \
+             AND m.tsv @@ kb_or_query($4::text[])) \
+         SELECT h.id, sum(q.idf * (x.tf * 1.9) / (x.tf + 0.9 * (0.6 + 0.4 * h.len / $5)))::float8 AS score \
+         FROM hits h CROSS JOIN LATERAL \
+           (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1)::float8 AS tf FROM unnest(h.tsv) u) x \
+         JOIN q ON q.lexeme = x.lexeme \
+         GROUP BY h.id ORDER BY score DESC, h.id LIMIT $6",
+    )
+    .bind(user)
+    .bind(&lexemes)
+    .bind(&idfs)
+    .bind(matching)
+    .bind(avg_len)
     .bind(limit)
     .bind(f.all_statuses)
     .bind(f.kinds.as_deref())
@@ -443,7 +459,7 @@ pub async fn nearest(
         "WITH near AS MATERIALIZED ( \
            SELECT m.id, m.status, m.kind, (m.embedding::vector({dim}) <=> $2::vector({dim})) AS dist \
            FROM memories m WHERE m.embedding_model = '{literal}' AND m.user_id = $1 \
-           ORDER BY m.embedding::vector({dim}) <=> $2::vector({dim}) LIMIT $3 * 4) \
+           ORDER BY m.embedding::vector({dim}) <=> $2::vector({dim}) LIMIT $3 + 20) \
          SELECT m.id, m.dist::float8 FROM near m WHERE {filter} ORDER BY m.dist + 0, m.id LIMIT $3"
     );
     let mut tx = pool.begin().await?;

@@ -520,6 +520,21 @@ pub enum Mode {
     Hybrid,
 }
 
+/// BM25 over the user's memories, the exact top `limit` (see [`crate::rank::bm25_top`]).
+pub async fn bm25(
+    m: &State,
+    user: Uuid,
+    query: &str,
+    filter: &SearchFilter,
+    limit: i64,
+) -> Result<Vec<(Uuid, f64)>, sqlx::Error> {
+    let stats = db::term_stats(&m.pool, user, query).await?;
+    crate::rank::bm25_top(stats, limit, |r| async move {
+        db::bm25_over(&m.pool, user, &r.weighted, &r.matching, r.avg_len, filter, limit).await
+    })
+    .await
+}
+
 /// A ranked search: memories with their scores, best first, and whether the vector
 /// signal was missing because the embedder failed.
 #[derive(Debug)]
@@ -542,8 +557,7 @@ pub async fn rank(
     limit: i64,
 ) -> Result<Ranked, ApiError> {
     let depth = limit.max(CANDIDATES);
-    let fulltext =
-        if mode == Mode::Vector { Vec::new() } else { db::bm25(&m.pool, user, query, filter, depth).await? };
+    let fulltext = if mode == Mode::Vector { Vec::new() } else { bm25(m, user, query, filter, depth).await? };
     let mut vector_failed = false;
     let vector = if mode == Mode::Fulltext {
         Vec::new()

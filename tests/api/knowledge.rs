@@ -725,3 +725,40 @@ async fn a_hung_or_crashing_extractor_fails_the_file_not_the_server() {
         runner.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn bm25_pruning_returns_the_exhaustive_top() {
+    let app = TestApp::spawn().await;
+    let u = sign_up(&app, "kbprune@example.com").await;
+    // "alpha" in every chunk, "beta" in half, "gamma" in a tenth, one rare word each.
+    for i in 0..80 {
+        let mut words = vec!["alpha alpha".to_string()];
+        if i % 2 == 0 {
+            words.push("beta".into());
+        }
+        if i % 10 == 0 {
+            words.push("gamma".into());
+        }
+        words.push(format!("rare{i}x"));
+        post(&app, &u, "/documents", json!({"title": format!("d{i}"), "body": words.join(" ")})).await;
+    }
+    let filters = carmenta::knowledge::db::Filters::default();
+    for query in ["alpha beta gamma rare40x", "alpha beta", "gamma alpha", "rare7x alpha", "alpha"] {
+        for limit in [5, 10, 50] {
+            let pruned = carmenta::knowledge::db::bm25(&app.pool, u.id, query, &filters, limit).await.unwrap();
+            let stats = carmenta::knowledge::db::term_stats(&app.pool, u.id, query).await.unwrap();
+            let n = stats.docs.max(1) as f64;
+            let round = carmenta::rank::Round {
+                weighted: stats
+                    .terms
+                    .iter()
+                    .map(|(l, df)| (l.clone(), (1.0 + (n - *df as f64 + 0.5) / (*df as f64 + 0.5)).ln()))
+                    .collect(),
+                matching: stats.terms.iter().map(|t| t.0.clone()).collect(),
+                avg_len: (stats.total_len as f64 / n).max(1.0),
+            };
+            let full = carmenta::knowledge::db::bm25_over(&app.pool, u.id, &round, &filters, limit).await.unwrap();
+            assert_eq!(pruned, full, "{query} {limit}");
+        }
+    }
+}

@@ -158,6 +158,35 @@ async fn memories_keep_provenance_history_and_owners() {
     let (_, exported) = call(&app, &b, Method::GET, "/v1/memories/export", None).await;
     assert!(exported["memories"].as_array().unwrap().is_empty());
 
+    // The BM25 statistics follow every change: the active count, and each word's
+    // document frequency, equal what a full count finds.
+    let check_stats = |label: &'static str| {
+        let pool = app.pool.clone();
+        let user = a.id;
+        async move {
+            let (kept, fresh): (i64, i64) = sqlx::query_as(
+                "SELECT coalesce((SELECT memories FROM memory_stats WHERE user_id = $1), 0), \
+                        (SELECT count(*) FROM memories WHERE user_id = $1 AND status = 'active')",
+            )
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(kept, fresh, "{label}: memory count");
+            let wrong: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM memory_terms t WHERE t.user_id = $1 AND t.df <> \
+                   (SELECT count(*) FROM memories m WHERE m.user_id = $1 AND m.status = 'active' \
+                      AND m.tsv @@ kb_or_query(ARRAY[t.lexeme]))",
+            )
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(wrong, 0, "{label}: document frequencies");
+        }
+    };
+    check_stats("after supersede, correct, invalidate").await;
+
     // Export holds everything with history.
     let (s, exported) = call(&app, &a, Method::GET, "/v1/memories/export", None).await;
     assert_eq!(s, 200);
@@ -209,6 +238,7 @@ async fn memories_keep_provenance_history_and_owners() {
     assert_eq!((s, d["deleted"].as_u64().unwrap()), (200, 4));
     let (_, all) = call(&app, &a, Method::GET, "/v1/memories?include_superseded=true", None).await;
     assert!(ids(&all).is_empty());
+    check_stats("after delete all").await;
 
     // Without a model, extraction is off and says so; everything else worked.
     let conv = conversation(&app, &a).await;
@@ -667,4 +697,45 @@ async fn past_messages_are_recalled_by_both_signals_with_filters() {
 
 fn ids_of(v: &Value) -> Vec<String> {
     v["data"].as_array().unwrap().iter().map(|h| h["message_id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn bm25_pruning_returns_the_exhaustive_top() {
+    let app = TestApp::spawn().await;
+    let a = sign_up(&app, "mem10@example.com").await;
+    // "alpha" in every memory, "beta" in half, "gamma" in a tenth, one rare word each.
+    for i in 0..120 {
+        let mut words = vec!["alpha".to_string()];
+        if i % 2 == 0 {
+            words.push("beta".into());
+        }
+        if i % 10 == 0 {
+            words.push("gamma".into());
+        }
+        words.push(format!("rare{i}x"));
+        add(&app, &a, json!({"text": format!("The user {}", words.join(" "))})).await;
+    }
+    let m = &app.state.memory;
+    let filter = carmenta::memory::db::SearchFilter::default();
+    for query in ["alpha beta gamma rare40x", "alpha beta", "gamma alpha", "rare7x alpha", "alpha"] {
+        for limit in [5, 10, 50] {
+            let pruned = carmenta::memory::service::bm25(m, a.id, query, &filter, limit).await.unwrap();
+            let stats = carmenta::memory::db::term_stats(&app.pool, a.id, query).await.unwrap();
+            let n = stats.docs.max(1) as f64;
+            let weighted: Vec<(String, f64)> = stats
+                .terms
+                .iter()
+                .map(|(l, df)| (l.clone(), (1.0 + (n - *df as f64 + 0.5) / (*df as f64 + 0.5)).ln()))
+                .collect();
+            let all: Vec<String> = stats.terms.iter().map(|t| t.0.clone()).collect();
+            let avg = (stats.total_len as f64 / n).max(1.0);
+            let full =
+                carmenta::memory::db::bm25_over(&app.pool, a.id, &weighted, &all, avg, &filter, limit).await.unwrap();
+            assert_eq!(pruned.len(), full.len(), "{query} {limit}");
+            for (p, f) in pruned.iter().zip(&full) {
+                assert!((p.1 - f.1).abs() < 1e-9, "{query} {limit}: {pruned:?} vs {full:?}");
+            }
+            assert_eq!(pruned.iter().map(|p| p.0).collect::<Vec<_>>(), full.iter().map(|p| p.0).collect::<Vec<_>>());
+        }
+    }
 }

@@ -153,3 +153,38 @@ pub async fn ensure_hnsw(pool: &PgPool, table: &'static str, model: &str, dim: u
     sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
     tx.commit().await
 }
+
+/// Where a BM25 corpus keeps its statistics.
+#[derive(Debug, Clone, Copy)]
+pub enum Corpus {
+    /// Knowledge chunks (`kb_terms`, `kb_stats`).
+    Knowledge,
+    /// Memories (`memory_terms`, `memory_stats`).
+    Memory,
+}
+
+/// The query's distinct lexemes with their document frequencies among the user's
+/// documents of `corpus`, and the user's document count and total length.
+pub async fn term_stats(
+    pool: &PgPool,
+    corpus: Corpus,
+    user: Uuid,
+    query: &str,
+) -> Result<crate::rank::TermStats, sqlx::Error> {
+    let (terms, stats, count) = match corpus {
+        Corpus::Knowledge => ("kb_terms", "kb_stats", "chunks"),
+        Corpus::Memory => ("memory_terms", "memory_stats", "memories"),
+    };
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT u.lexeme, coalesce(t.df, 0)::int8, coalesce(s.{count}, 0)::int8, coalesce(s.total_len, 0)::int8 \
+         FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))) u \
+         LEFT JOIN {terms} t ON t.user_id = $1 AND t.lexeme = u.lexeme \
+         LEFT JOIN {stats} s ON s.user_id = $1 ORDER BY u.lexeme"
+    )))
+    .bind(user)
+    .bind(query)
+    .fetch_all(pool)
+    .await?;
+    let (docs, total_len) = rows.first().map(|r| (r.2, r.3)).unwrap_or((0, 0));
+    Ok(crate::rank::TermStats { terms: rows.into_iter().map(|r| (r.0, r.1)).collect(), docs, total_len })
+}

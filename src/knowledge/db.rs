@@ -619,21 +619,10 @@ fn bind_filters<'q>(
     q.bind(f.path.as_deref()).bind(&f.tags).bind(f.source.as_deref()).bind(f.after).bind(f.before)
 }
 
-/// The query's distinct lexemes with their document frequencies among the user's
-/// current chunks, and the user's chunk count and total length (`kb_stats`, `kb_terms`).
+/// The query's lexemes with their document frequencies among the user's current chunks,
+/// and the user's count and total length.
 pub async fn term_stats(pool: &PgPool, user: Uuid, query: &str) -> Result<crate::rank::TermStats, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT u.lexeme, coalesce(t.df, 0)::int8, coalesce(s.chunks, 0)::int8, coalesce(s.total_len, 0)::int8 \
-         FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))) u \
-         LEFT JOIN kb_terms t ON t.user_id = $1 AND t.lexeme = u.lexeme \
-         LEFT JOIN kb_stats s ON s.user_id = $1 ORDER BY u.lexeme",
-    )
-    .bind(user)
-    .bind(query)
-    .fetch_all(pool)
-    .await?;
-    let (docs, total_len) = rows.first().map(|r| (r.2, r.3)).unwrap_or((0, 0));
-    Ok(crate::rank::TermStats { terms: rows.into_iter().map(|r| (r.0, r.1)).collect(), docs, total_len })
+    crate::db::shared::term_stats(pool, crate::db::shared::Corpus::Knowledge, user, query).await
 }
 
 /// BM25 (k1 0.9, b 0.4) of the user's current chunks holding any of the round's

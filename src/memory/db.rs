@@ -362,21 +362,10 @@ pub struct SearchFilter {
     pub all_statuses: bool,
 }
 
-/// The query's distinct lexemes with their document frequencies among the user's
-/// active memories, and the user's active memory count and total length.
+/// The query's lexemes with their document frequencies among the user's active memories,
+/// and the user's count and total length.
 pub async fn term_stats(pool: &PgPool, user: Uuid, query: &str) -> Result<crate::rank::TermStats, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT u.lexeme, coalesce(t.df, 0)::int8, coalesce(s.memories, 0)::int8, coalesce(s.total_len, 0)::int8 \
-         FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))) u \
-         LEFT JOIN memory_terms t ON t.user_id = $1 AND t.lexeme = u.lexeme \
-         LEFT JOIN memory_stats s ON s.user_id = $1 ORDER BY u.lexeme",
-    )
-    .bind(user)
-    .bind(query)
-    .fetch_all(pool)
-    .await?;
-    let (docs, total_len) = rows.first().map(|r| (r.2, r.3)).unwrap_or((0, 0));
-    Ok(crate::rank::TermStats { terms: rows.into_iter().map(|r| (r.0, r.1)).collect(), docs, total_len })
+    crate::db::shared::term_stats(pool, crate::db::shared::Corpus::Memory, user, query).await
 }
 
 /// BM25 (k1 0.9, b 0.4) of the user's memories that contain any of `matching`,
@@ -510,7 +499,9 @@ pub async fn unembedded(
 /// Whether any memory lacks a vector of `model` (checked at start).
 pub async fn any_stale(pool: &PgPool, model: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM memories WHERE embedding IS NULL)              OR EXISTS (SELECT 1 FROM memories WHERE embedding_model < $1)              OR EXISTS (SELECT 1 FROM memories WHERE embedding_model > $1)",
+        "SELECT EXISTS (SELECT 1 FROM memories WHERE embedding IS NULL) \
+             OR EXISTS (SELECT 1 FROM memories WHERE embedding_model < $1) \
+             OR EXISTS (SELECT 1 FROM memories WHERE embedding_model > $1)",
     )
     .bind(model)
     .fetch_one(pool)
@@ -794,28 +785,6 @@ pub async fn finish_extraction(conn: &mut PgConnection, id: Uuid, o: &Outcome<'_
     Ok(())
 }
 
-/// An extraction row.
-#[derive(Debug, FromRow)]
-pub struct ExtractionRow {
-    pub id: Uuid,
-    pub conversation_id: Option<Uuid>,
-    pub status: String,
-    pub messages: i32,
-    pub added: i32,
-    pub updated: i32,
-    pub invalidated: i32,
-    pub unchanged: i32,
-    pub rejected: i32,
-    pub attempt: i32,
-    pub model: Option<String>,
-    pub error_code: Option<String>,
-    pub error: Option<String>,
-    pub model_ms: Option<i32>,
-    pub total_ms: Option<i32>,
-    pub created_at: OffsetDateTime,
-    pub finished_at: Option<OffsetDateTime>,
-}
-
 /// The user's extraction runs, newest first.
 pub async fn extractions(
     pool: &PgPool,
@@ -823,7 +792,7 @@ pub async fn extractions(
     conversation: Option<Uuid>,
     cursor: Option<(OffsetDateTime, Uuid)>,
     limit: i64,
-) -> Result<Vec<ExtractionRow>, sqlx::Error> {
+) -> Result<Vec<super::types::Extraction>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, conversation_id, status, messages, added, updated, invalidated, unchanged, rejected, attempt, \
            model, error_code, error, model_ms, total_ms, created_at, finished_at \

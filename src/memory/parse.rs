@@ -62,13 +62,12 @@ fn fenced(text: &str) -> Option<&str> {
     None
 }
 
-/// The prefix of `s` (starting at `{` or `[`) up to its matching close, tracking
-/// strings in either quote.
-fn balanced(s: &str) -> Option<&str> {
-    let mut depth = 0i32;
+/// The characters of `s` outside string literals (opened and closed by any of
+/// `quotes`, with backslash escapes), with their byte offsets.
+fn outside_strings<'a>(s: &'a str, quotes: &'a [char]) -> impl Iterator<Item = (usize, char)> + 'a {
     let mut quote: Option<char> = None;
     let mut escaped = false;
-    for (i, c) in s.char_indices() {
+    s.char_indices().filter(move |&(_, c)| {
         if let Some(q) = quote {
             if escaped {
                 escaped = false;
@@ -77,10 +76,22 @@ fn balanced(s: &str) -> Option<&str> {
             } else if c == q {
                 quote = None;
             }
-            continue;
+            return false;
         }
+        if quotes.contains(&c) {
+            quote = Some(c);
+            return false;
+        }
+        true
+    })
+}
+
+/// The prefix of `s` (starting at `{` or `[`) up to its matching close, tracking
+/// strings in either quote.
+fn balanced(s: &str) -> Option<&str> {
+    let mut depth = 0i32;
+    for (i, c) in outside_strings(s, &['"', '\'']) {
         match c {
-            '"' | '\'' => quote = Some(c),
             '{' | '[' => depth += 1,
             '}' | ']' => {
                 depth -= 1;
@@ -185,52 +196,27 @@ fn repair(s: &str) -> String {
 
 /// Closes brackets a truncated answer left open (a cut-off last element is dropped).
 fn close_open(s: &str) -> String {
-    let mut stack = Vec::new();
-    let mut in_str = false;
-    let mut escaped = false;
+    // Where the last element closed, and whether anything is still open.
+    let mut depth = 0i32;
     let mut last_complete = 0;
-    for (i, c) in s.char_indices() {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_str = false;
-            }
-            continue;
-        }
+    for (i, c) in outside_strings(s, &['"']) {
         match c {
-            '"' => in_str = true,
-            '{' | '[' => stack.push(if c == '{' { '}' } else { ']' }),
+            '{' | '[' => depth += 1,
             '}' | ']' => {
-                stack.pop();
+                depth -= 1;
                 last_complete = i + 1;
             }
             _ => {}
         }
     }
-    if stack.is_empty() {
+    if depth <= 0 {
         return s.to_string();
     }
     // Cut back to the last closed element, then close what is still open there.
     let cut = &s[..last_complete.max(1)];
     let mut open = Vec::new();
-    let mut in_str = false;
-    let mut escaped = false;
-    for c in cut.chars() {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_str = false;
-            }
-            continue;
-        }
+    for (_, c) in outside_strings(cut, &['"']) {
         match c {
-            '"' => in_str = true,
             '{' => open.push('}'),
             '[' => open.push(']'),
             '}' | ']' => {

@@ -693,25 +693,7 @@ pub async fn extractions(
     let limit = page.limit()?;
     let cursor = page.cursor_text()?.map(|c| pagination::parse_time_id(&c)).transpose()?;
     let rows = db::extractions(&m.pool, user, q.conversation_id, cursor, limit + 1).await?;
-    Ok(Page::from_rows(rows, limit, |r| pagination::time_id_cursor(r.created_at, r.id)).map(|r| Extraction {
-        id: r.id,
-        conversation_id: r.conversation_id,
-        status: r.status,
-        messages: r.messages,
-        added: r.added,
-        updated: r.updated,
-        invalidated: r.invalidated,
-        unchanged: r.unchanged,
-        rejected: r.rejected,
-        attempt: r.attempt,
-        model: r.model,
-        error_code: r.error_code,
-        error: r.error,
-        model_ms: r.model_ms,
-        total_ms: r.total_ms,
-        created_at: r.created_at,
-        finished_at: r.finished_at,
-    }))
+    Ok(Page::from_rows(rows, limit, |r| pagination::time_id_cursor(r.created_at, r.id)))
 }
 
 /// Queues an extraction of the user's conversation now.

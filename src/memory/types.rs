@@ -236,7 +236,7 @@ pub struct ExtractRequest {
 }
 
 /// An extraction run.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Extraction {
     /// Id.
     pub id: Uuid,

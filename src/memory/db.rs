@@ -745,6 +745,9 @@ pub async fn start_extraction(
     attempt: i32,
     model: &str,
 ) -> Result<(), sqlx::Error> {
+    // A run still `running` here died with its worker (one run per conversation at a time).
+    close_running(pool, conversation, "interrupted", "the run stopped before it finished (its worker went away)")
+        .await?;
     sqlx::query(
         "INSERT INTO memory_extractions (id, user_id, conversation_id, status, from_seq, to_seq, messages, attempt, model) \
          VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8)",
@@ -757,6 +760,20 @@ pub async fn start_extraction(
     .bind(messages)
     .bind(attempt)
     .bind(model)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks a conversation's unfinished runs failed with `code` and `message`.
+pub async fn close_running(pool: &PgPool, conversation: Uuid, code: &str, message: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE memory_extractions SET status = 'failed', error_code = $2, error = $3, finished_at = now() \
+         WHERE conversation_id = $1 AND status = 'running'",
+    )
+    .bind(conversation)
+    .bind(code)
+    .bind(message)
     .execute(pool)
     .await?;
     Ok(())

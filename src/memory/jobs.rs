@@ -74,7 +74,16 @@ pub async fn run_extract(m: &State, job: Extract, attempt: Attempt) -> Result<()
         return Ok(());
     };
     let last = attempt.number >= attempt.max;
-    match extract::run(m, llm, job.conversation_id, attempt.number, last).await? {
+    let outcome = match extract::run(m, llm, job.conversation_id, attempt.number, last).await {
+        Ok(o) => o,
+        Err(e) => {
+            // Visible on the run, not only in the job's error.
+            let message = format!("storing the run failed: {e}");
+            db::close_running(&m.pool, job.conversation_id, "internal", &message).await?;
+            return Err(e.into());
+        }
+    };
+    match outcome {
         RunResult::Nothing | RunResult::Done(_) => Ok(()),
         RunResult::Failed(f) if f.retry && !last => Err(JobError::Failed(format!("{}: {}", f.code, f.message))),
         // Recorded on the extraction row; the job itself is finished.

@@ -739,3 +739,39 @@ async fn bm25_pruning_returns_the_exhaustive_top() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_quiet_conversation_is_extracted_after_the_idle_time() {
+    let model = ScriptedModel::default();
+    let url = model.serve().await;
+    model.push(
+        200,
+        r#"{"operations": [{"op": "ADD", "id": null, "kind": "preference", "slot": null,
+            "text": "The user prefers tea to coffee.", "quote": "I prefer tea", "message_ids": ["m1"], "confidence": 0.9}]}"#,
+    );
+    let app = TestApp::builder()
+        .config(|c| {
+            c.memory.llm = Some(carmenta::config::LlmConfig {
+                url: url.parse().unwrap(),
+                model: "scripted-2".into(),
+                key: None,
+                timeout: Duration::from_secs(5),
+            });
+            c.memory.extract_after = 100;
+            c.memory.idle = Duration::from_secs(1);
+            c.memory.scan_interval = Duration::from_secs(1);
+        })
+        .spawn()
+        .await;
+    let runner = carmenta::background::start(&app.state).await.unwrap();
+    let a = sign_up(&app, "mem11@example.com").await;
+    let conv = conversation(&app, &a).await;
+    say(&app, &a, &conv, "q-1", "user", "By the way, I prefer tea over coffee.").await;
+    let runs = wait_runs(&app, &a, &conv, 1).await;
+    assert_eq!(runs[0]["status"], "done", "{runs:?}");
+    let mems = active(&app, &a).await;
+    assert_eq!(mems[0]["kind"], "preference");
+    assert_eq!(mems[0]["provenance"]["quote"], "I prefer tea");
+    assert!(model.requests()[0].0.is_none(), "no key configured, none sent");
+    runner.shutdown().await;
+}

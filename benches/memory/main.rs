@@ -448,6 +448,12 @@ fn scale(port: u16, data: &Path, rt: &tokio::runtime::Runtime) {
         .await
         .expect("counts");
         println!("built {mems} memories and {chunks} chunks in {:.0} s", build.elapsed().as_secs_f64());
+        // What autovacuum does after a bulk load: without statistics the planner
+        // reads a user's rows by owner instead of the full-text index.
+        sqlx::query("ANALYZE memories, memory_terms, kb_chunks, kb_documents, kb_terms, messages")
+            .execute(&pool)
+            .await
+            .expect("analyze");
         let rare: Vec<String> = (0..40).map(|i| format!("w{} w{} w{}", base26(5_000 + i * 13), base26(20_000 + i * 7), base26(30_000 + i))).collect();
         let common: Vec<String> = (0..40).map(|i| format!("w{} w{} w{}", base26(i % 10), base26(10 + i % 10), base26(300 + i))).collect();
         println!("{:<34} {:>24} {:>26}", "", "HTTP p50/p95/p99 ms", "components in-process");

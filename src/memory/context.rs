@@ -168,6 +168,46 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
             .find(|x| x.role == "user" && !x.text.trim().is_empty())
             .map(|x| x.text.trim().chars().take(2000).collect()),
     };
+    // The sections' retrievals are independent: run them together.
+    let want = |s: &str| names.contains(&s);
+    let (profile_rows, ranked, retrieved) = tokio::join!(
+        async {
+            if want("profile") { db::always_on(&m.pool, user, PROFILE_CANDIDATES).await.map(Some) } else { Ok(None) }
+        },
+        async {
+            match (&query, want("memories")) {
+                (Some(q), true) => service::rank(
+                    m,
+                    user,
+                    q,
+                    &SearchFilter::default(),
+                    Mode::Hybrid,
+                    service::DEFAULT_WEIGHTS,
+                    MEMORY_CANDIDATES,
+                )
+                .await
+                .map(Some),
+                _ => Ok(None),
+            }
+        },
+        async {
+            match (&query, want("knowledge")) {
+                (Some(q), true) => crate::knowledge::service::retrieve(
+                    &m.knowledge,
+                    user,
+                    q,
+                    req.knowledge_folder_id,
+                    KNOWLEDGE_CANDIDATES,
+                )
+                .await
+                .map(Some),
+                _ => Ok(None),
+            }
+        },
+    );
+    let mut profile_rows = profile_rows?;
+    let mut ranked = ranked?;
+    let mut retrieved = retrieved?;
     let mut omitted = Vec::new();
     let share_total: f64 = names.iter().filter_map(|n| SHARES.iter().find(|s| s.0 == *n)).map(|s| s.1).sum();
     let mut out = Vec::new();
@@ -183,7 +223,7 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
         }
         let items = match *name {
             "profile" => {
-                let rows = db::always_on(&m.pool, user, PROFILE_CANDIDATES).await?;
+                let rows = profile_rows.take().unwrap_or_default();
                 rows.into_iter()
                     .map(|r| {
                         shown.insert(r.id);
@@ -196,7 +236,7 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
                     })
                     .collect()
             }
-            "memories" => match &query {
+            "memories" => match ranked.take() {
                 None => {
                     omitted.push(Omitted {
                         id: "*".into(),
@@ -206,17 +246,7 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
                     });
                     Vec::new()
                 }
-                Some(q) => {
-                    let ranked = service::rank(
-                        m,
-                        user,
-                        q,
-                        &SearchFilter::default(),
-                        Mode::Hybrid,
-                        service::DEFAULT_WEIGHTS,
-                        MEMORY_CANDIDATES,
-                    )
-                    .await?;
+                Some(ranked) => {
                     if ranked.vector_failed {
                         omitted.push(Omitted {
                             id: "vector".into(),
@@ -246,7 +276,7 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
                     items
                 }
             },
-            "knowledge" => match &query {
+            "knowledge" => match retrieved.take() {
                 None => {
                     omitted.push(Omitted {
                         id: "*".into(),
@@ -256,15 +286,7 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
                     });
                     Vec::new()
                 }
-                Some(q) => {
-                    let (hits, degraded) = crate::knowledge::service::retrieve(
-                        &m.knowledge,
-                        user,
-                        q,
-                        req.knowledge_folder_id,
-                        KNOWLEDGE_CANDIDATES,
-                    )
-                    .await?;
+                Some((hits, degraded)) => {
                     if degraded {
                         omitted.push(Omitted {
                             id: "vector".into(),

@@ -71,6 +71,11 @@ fn main() {
     if std::env::var("MEM_SKIP_SCALE").is_err() {
         scale(port, &data, &rt);
     }
+    if std::env::var("MEM_KEEP").is_ok() {
+        // For looking at plans afterwards: the server and its cluster stay up.
+        println!("kept: server on port {port}, data in {}", dir.keep().display());
+        return;
+    }
     stop(&mut server);
 }
 
@@ -461,6 +466,7 @@ fn scale(port: u16, data: &Path, rt: &tokio::runtime::Runtime) {
             let mut http = Vec::new();
             let mut parts = Vec::new();
             let mut tokens = Vec::new();
+            let mut split: Vec<[Duration; 4]> = Vec::new();
             for q in queries.iter() {
                 let body = json!({"conversation_id": conv, "query": q, "budget_tokens": 4000});
                 let t = Instant::now();
@@ -472,6 +478,7 @@ fn scale(port: u16, data: &Path, rt: &tokio::runtime::Runtime) {
                 // search, recent messages.
                 let t = Instant::now();
                 carmenta::memory::db::always_on(&pool, user, 100).await.expect("profile");
+                let t1 = Instant::now();
                 carmenta::memory::service::rank(
                     &m,
                     user,
@@ -483,9 +490,12 @@ fn scale(port: u16, data: &Path, rt: &tokio::runtime::Runtime) {
                 )
                 .await
                 .expect("rank");
+                let t2 = Instant::now();
                 carmenta::knowledge::service::retrieve(&k, user, q, None, 12).await.expect("retrieve");
+                let t3 = Instant::now();
                 carmenta::memory::db::recent_messages(&pool, user, conv.parse().expect("uuid"), None, 100).await.expect("recent");
                 parts.push(t.elapsed());
+                split.push([t1 - t, t2 - t1, t3 - t2, t3.elapsed()]);
             }
             http.sort();
             parts.sort();
@@ -499,6 +509,18 @@ fn scale(port: u16, data: &Path, rt: &tokio::runtime::Runtime) {
                 ms(quantile(&parts, 0.5)),
                 ms(quantile(&parts, 0.95)),
                 ms(quantile(&parts, 0.99)),
+            );
+            let median = |i: usize| {
+                let mut v: Vec<Duration> = split.iter().map(|s| s[i]).collect();
+                v.sort();
+                ms(quantile(&v, 0.5))
+            };
+            println!(
+                "    component medians: profile {:.1} ms, memory search {:.1} ms, knowledge search {:.1} ms, recent messages {:.1} ms",
+                median(0),
+                median(1),
+                median(2),
+                median(3)
             );
         }
         println!("targets: p50 <= 20 ms, p95 <= 50 ms (Zep publishes 87 / 155 ms retrieval)");

@@ -443,7 +443,8 @@ impl EmbeddedPg {
         let mut cmd = command_as(&bin.join("postgres"), &run_as);
         cmd.arg("-D").arg(&pgdata).arg("-k").arg(&socket_dir);
         cmd.args(["-p", &PORT.to_string(), "-c", "listen_addresses=", "-c", "unix_socket_permissions=0700"]);
-        cmd.args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"]);
+        let buffers = if opts.ephemeral { 128 } else { shared_buffers_mb() };
+        cmd.args(["-c", "max_connections=200", "-c", &format!("shared_buffers={buffers}MB")]);
         if opts.ephemeral {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
         }
@@ -554,6 +555,22 @@ impl Drop for EmbeddedPg {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The embedded cluster's buffer cache: an eighth of the machine's memory, between
+/// 128 MB and 1 GB (PostgreSQL's own 128 MB default leaves the vector indexes of a
+/// user with 100k chunks and 100k memories outside it, and every search pays for it).
+fn shared_buffers_mb() -> u64 {
+    let total_kb = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    (total_kb / 1024 / 8).clamp(128, 1024)
 }
 
 /// Connection options for a cluster whose socket is in `socket_dir`.

@@ -464,6 +464,7 @@ pub async fn fulltext_messages(
          WHERE m.search @@ q AND {filter} ORDER BY rank DESC, m.seq DESC LIMIT $3",
         filter = message_filter(4)
     )))
+    .persistent(false)
     .bind(owner)
     .bind(query)
     .bind(limit)
@@ -489,6 +490,7 @@ pub async fn nearest_messages(
          WHERE m.embedding_model = $3 AND {filter} ORDER BY dist, m.seq DESC LIMIT $4",
         filter = message_filter(5)
     )))
+    .persistent(false)
     .bind(owner)
     .bind(query.vector)
     .bind(query.model)

@@ -648,7 +648,11 @@ pub async fn bm25_over(
          GROUP BY h.id ORDER BY score DESC, h.id LIMIT $6",
         filters = filter_sql(7)
     );
+    // Planned for its own values each time (not a prepared generic plan): a generic
+    // plan cannot see how selective the terms are and reads the user's chunks one
+    // document at a time (388 ms instead of 2 ms at 100k chunks).
     let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .persistent(false)
         .bind(user)
         .bind(lexemes)
         .bind(idfs)
@@ -693,7 +697,8 @@ pub async fn nearest(
              WHERE c.embedding_model = $3 AND {filters} ORDER BY dist, c.id LIMIT $4",
             filters = filter_sql(5)
         );
-        let q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(user).bind(query).bind(model).bind(limit);
+        let q =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).persistent(false).bind(user).bind(query).bind(model).bind(limit);
         return bind_filters(q, filters).fetch_all(pool).await;
     }
     let literal = model.replace('\'', "''");
@@ -710,7 +715,7 @@ pub async fn nearest(
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
     sqlx::query("SET LOCAL hnsw.ef_search = 200").execute(&mut *tx).await?;
-    let q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(user).bind(query).bind(limit);
+    let q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).persistent(false).bind(user).bind(query).bind(limit);
     let rows = bind_filters(q, filters).fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(rows)

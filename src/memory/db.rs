@@ -392,6 +392,8 @@ pub async fn bm25_over(
          JOIN q ON q.lexeme = x.lexeme \
          GROUP BY h.id ORDER BY score DESC, h.id LIMIT $6",
     )
+    // Custom plans, as for knowledge (a generic plan cannot see how rare the terms are).
+    .persistent(false)
     .bind(user)
     .bind(&lexemes)
     .bind(&idfs)
@@ -434,6 +436,7 @@ pub async fn nearest(
             "SELECT m.id, (m.embedding <=> $2)::float8 AS dist FROM memories m \
              WHERE m.embedding_model = $6 AND m.user_id = $1 AND {filter} ORDER BY dist, m.id LIMIT $3"
         )))
+        .persistent(false)
         .bind(user)
         .bind(vector)
         .bind(limit)
@@ -455,6 +458,7 @@ pub async fn nearest(
     sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
     sqlx::query("SET LOCAL hnsw.ef_search = 100").execute(&mut *tx).await?;
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .persistent(false)
         .bind(user)
         .bind(vector)
         .bind(limit)

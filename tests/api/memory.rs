@@ -259,6 +259,19 @@ async fn memory_search_explains_each_signal() {
         add(&app, &a, json!({"text": t})).await;
     }
     add(&app, &a, json!({"text": "Always cite sources", "kind": "instruction"})).await;
+    // The app's own writes (a service key acting for the user) say so.
+    let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
+    let (s, by_app) = app
+        .call(Method::POST, "/v1/memories")
+        .acting_for(&key, a.id)
+        .json(&json!({"text": "The user signed up for the premium plan"}))
+        .reply()
+        .await;
+    assert_eq!(s, 201, "{by_app}");
+    assert_eq!(by_app["provenance"]["source"], "api");
+    let (_, detail) =
+        call(&app, &a, Method::GET, &format!("/v1/memories/{}", by_app["id"].as_str().unwrap()), None).await;
+    assert_eq!(detail["history"][0]["actor"], "app");
     let (s, r) = call(&app, &a, Method::POST, "/v1/memories/search", Some(json!({"query": "peanuts allergy"}))).await;
     assert_eq!(s, 200, "{r}");
     let top = &r["data"][0];

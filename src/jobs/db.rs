@@ -151,9 +151,13 @@ pub async fn fail(
     backoff_secs: f64,
     give_up: bool,
 ) -> Result<bool, sqlx::Error> {
+    // A unique job whose successor is already queued is not queued beside it (the
+    // successor does the same work): it ends `cancelled`, its error kept.
     let set = "last_error = $3, lease_token = NULL, lease_until = NULL, \
-        state = CASE WHEN $5 THEN 'failed' ELSE 'queued' END, \
-        finished_at = CASE WHEN $5 THEN now() END, \
+        state = CASE WHEN $5 THEN 'failed' WHEN (SELECT count(*) FROM jobs o WHERE o.kind = jobs.kind \
+                  AND o.unique_key = jobs.unique_key AND o.state = 'queued') > 0 THEN 'cancelled' ELSE 'queued' END, \
+        finished_at = CASE WHEN $5 OR (SELECT count(*) FROM jobs o WHERE o.kind = jobs.kind \
+                  AND o.unique_key = jobs.unique_key AND o.state = 'queued') > 0 THEN now() END, \
         run_at = CASE WHEN $5 THEN run_at ELSE now() + make_interval(secs => $4) END";
     held(set, id, token, |q| q.bind(error).bind(backoff_secs).bind(give_up), pool).await
 }
@@ -161,7 +165,11 @@ pub async fn fail(
 /// Gives a claimed job back unfinished (shutdown): queued at once, the attempt
 /// not counted.
 pub async fn release(pool: &PgPool, id: Uuid, token: Uuid) -> Result<bool, sqlx::Error> {
-    let set = "state = 'queued', run_at = now(), attempts = greatest(attempts - 1, 0), \
+    let set = "state = CASE WHEN (SELECT count(*) FROM jobs o WHERE o.kind = jobs.kind \
+                  AND o.unique_key = jobs.unique_key AND o.state = 'queued') > 0 THEN 'cancelled' ELSE 'queued' END, \
+        finished_at = CASE WHEN (SELECT count(*) FROM jobs o WHERE o.kind = jobs.kind \
+                  AND o.unique_key = jobs.unique_key AND o.state = 'queued') > 0 THEN now() END, \
+        run_at = now(), attempts = greatest(attempts - 1, 0), \
         lease_token = NULL, lease_until = NULL, worker = NULL";
     held(set, id, token, |q| q, pool).await
 }

@@ -531,20 +531,24 @@ const MESSAGE_TEXT: &str =
     "coalesce((SELECT string_agg(p->>'text', ' ') FROM jsonb_array_elements(m.parts) p WHERE p->>'type' = 'text'), '')";
 
 /// The user's messages without a vector, oldest first: (id, text).
-pub async fn unembedded_messages(pool: &PgPool, user: Uuid, limit: i64) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn unembedded_messages(
+    conn: &mut PgConnection,
+    user: Uuid,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT m.id, {MESSAGE_TEXT} FROM messages m \
          WHERE m.owner_id = $1 AND m.embedding IS NULL ORDER BY m.seq LIMIT $2"
     )))
     .bind(user)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
 /// Stores message vectors.
 pub async fn set_message_vectors(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     user: Uuid,
     ids: &[String],
     vectors: Vec<Vector>,
@@ -558,7 +562,7 @@ pub async fn set_message_vectors(
     .bind(ids)
     .bind(vectors)
     .bind(model)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -843,6 +847,15 @@ pub async fn owns_conversation(pool: &PgPool, user: Uuid, conversation: Uuid) ->
 /// each other) for the rest of the transaction.
 pub async fn lock_user(conn: &mut PgConnection, user: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('memory:' || $1::text, 0))")
+        .bind(user)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Serialises the embedding of one user's messages for the rest of the transaction.
+pub async fn lock_embedding(conn: &mut PgConnection, user: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('memory-embed:' || $1::text, 0))")
         .bind(user)
         .execute(conn)
         .await?;

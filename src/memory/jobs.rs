@@ -99,14 +99,19 @@ pub async fn run_embed(m: &State, job: Embed) -> Result<(), JobError> {
     let model = m.embedder.model().to_string();
     if let Some(user) = job.user_id {
         loop {
-            let rows = db::unembedded_messages(&m.pool, user, BATCH).await?;
+            // One batch at a time per user (a running job and its queued successor
+            // may run together; updating the same rows in two orders deadlocks).
+            let mut tx = m.pool.begin().await?;
+            db::lock_embedding(&mut tx, user).await?;
+            let rows = db::unembedded_messages(&mut tx, user, BATCH).await?;
             if rows.is_empty() {
                 break;
             }
             let (ids, texts): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
             let vectors = m.embedder.embed(texts).await.map_err(JobError::failed)?;
             let vectors = vectors.into_iter().map(pgvector::Vector::from).collect();
-            db::set_message_vectors(&m.pool, user, &ids, vectors, &model).await?;
+            db::set_message_vectors(&mut tx, user, &ids, vectors, &model).await?;
+            tx.commit().await?;
             if (ids.len() as i64) < BATCH {
                 break;
             }

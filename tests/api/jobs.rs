@@ -393,3 +393,36 @@ async fn jobs_list_failed_and_retry_from_the_command_line() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(state_of(&app.pool, id).await.state, "cancelled");
 }
+
+#[tokio::test]
+async fn a_failed_unique_job_with_a_queued_successor_is_not_queued_twice() {
+    use carmenta::jobs::db;
+    let app = TestApp::spawn().await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let payload = serde_json::json!({});
+    let kinds = vec!["test.unique".to_string()];
+    for give_back in [false, true] {
+        let (first, _) = db::insert(&mut conn, "test.unique", &payload, None, 5, Some("k")).await.unwrap();
+        let claimed = db::claim(&app.pool, "w", &kinds, 60.0).await.unwrap().expect("claimed");
+        assert_eq!(claimed.id, first);
+        // While it runs, the same work is asked for again: a queued successor.
+        let (second, new) = db::insert(&mut conn, "test.unique", &payload, None, 5, Some("k")).await.unwrap();
+        assert!(new);
+        // Failing (or giving back) the running one must not collide with it.
+        let done = if give_back {
+            db::release(&app.pool, first, claimed.lease_token).await.unwrap()
+        } else {
+            db::fail(&app.pool, first, claimed.lease_token, "boom", 1.0, false).await.unwrap()
+        };
+        assert!(done);
+        let states: Vec<(uuid::Uuid, String)> =
+            sqlx::query_as("SELECT id, state FROM jobs WHERE kind = 'test.unique' AND id IN ($1, $2) ORDER BY id")
+                .bind(first)
+                .bind(second)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(states, vec![(first, "cancelled".to_string()), (second, "queued".to_string())]);
+        sqlx::query("DELETE FROM jobs WHERE kind = 'test.unique'").execute(&app.pool).await.unwrap();
+    }
+}

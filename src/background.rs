@@ -67,67 +67,72 @@ impl Job for PruneJobs {
 
 /// Every job kind the server runs, with the periodic schedules.
 pub fn registry(config: &crate::config::Config) -> Registry<AppState> {
-    Registry::default()
-        .handle(|s: AppState, _: PruneRateWindows, _| async move {
-            crate::auth::db::prune_windows(&s.pool).await?;
-            Ok(())
-        })
-        .handle(|s: AppState, j: SweepStorage, _| async move {
-            let r = crate::storage::sweep(&s.pool, &s.storage.blobs, Duration::from_secs(j.min_age_secs))
-                .await
-                .map_err(JobError::failed)?;
-            if r != crate::storage::SweepReport::default() {
-                tracing::info!(
-                    orphan_blobs = r.orphan_blobs,
-                    uploads = r.uploads,
-                    staging_files = r.staging_files,
-                    variants = r.variants,
-                    "storage sweep"
-                );
-            }
-            Ok(())
-        })
-        .handle(|s: AppState, _: RefreshIdleConnections, _| async move {
-            crate::connections::upkeep::refresh_idle(&s.connections, Duration::from_secs(600)).await?;
-            Ok(())
-        })
-        .handle(|s: AppState, _: Reencrypt, _| async move {
-            let n = crate::db::shared::reencrypt_all(&s.pool, &s.keyring).await?;
-            if n > 0 {
-                tracing::info!(rows = n, "re-encrypted secrets under the primary key");
-            }
-            Ok(())
-        })
-        .handle(|s: AppState, _: crate::connections::webhooks::Deliver, _| async move {
-            crate::connections::webhooks::deliver_all_due(&s.connections).await
-        })
-        .handle(|s: AppState, j: PruneJobs, _| async move {
-            jobs::db::prune(&s.pool, j.older_than_secs as f64).await?;
-            Ok(())
-        })
-        .handle(|s: AppState, j: crate::knowledge::ingest::Ingest, a| async move {
-            crate::knowledge::ingest::run(&s.knowledge, j, a).await
-        })
-        .handle(|s: AppState, j: crate::knowledge::ingest::Embed, _| async move {
-            crate::knowledge::ingest::embed(&s.knowledge, j).await
-        })
-        .handle(|s: AppState, j: crate::memory::jobs::Extract, a| async move {
-            crate::memory::jobs::run_extract(&s.memory, j, a).await
-        })
-        .handle(|s: AppState, j: crate::memory::jobs::Embed, _| async move {
-            crate::memory::jobs::run_embed(&s.memory, j).await
-        })
-        .handle(|s: AppState, _: crate::memory::jobs::Scan, _| async move {
-            crate::memory::jobs::run_scan(&s.memory).await
-        })
-        .every("memory.scan", config.memory.scan_interval, &crate::memory::jobs::Scan {})
-        .every("auth.prune_rate_windows", Duration::from_secs(3600), &PruneRateWindows {})
-        .every("storage.sweep", Duration::from_secs(600), &SweepStorage { min_age_secs: 3600 })
-        .every("connections.refresh_idle", Duration::from_secs(300), &RefreshIdleConnections {})
-        .every("crypto.reencrypt", Duration::from_secs(300), &Reencrypt {})
-        // Deliveries are queued with each event; this catches up after an outage.
-        .every("webhooks.deliver", Duration::from_secs(60), &crate::connections::webhooks::Deliver {})
-        .every("jobs.prune", Duration::from_secs(3600), &PruneJobs { older_than_secs: 86_400 })
+    let registry =
+        Registry::default()
+            .handle(|s: AppState, _: PruneRateWindows, _| async move {
+                crate::auth::db::prune_windows(&s.pool).await?;
+                Ok(())
+            })
+            .handle(|s: AppState, j: SweepStorage, _| async move {
+                let r = crate::storage::sweep(&s.pool, &s.storage.blobs, Duration::from_secs(j.min_age_secs))
+                    .await
+                    .map_err(JobError::failed)?;
+                if r != crate::storage::SweepReport::default() {
+                    tracing::info!(
+                        orphan_blobs = r.orphan_blobs,
+                        uploads = r.uploads,
+                        staging_files = r.staging_files,
+                        variants = r.variants,
+                        "storage sweep"
+                    );
+                }
+                Ok(())
+            })
+            .handle(|s: AppState, _: RefreshIdleConnections, _| async move {
+                crate::connections::upkeep::refresh_idle(&s.connections, Duration::from_secs(600)).await?;
+                Ok(())
+            })
+            .handle(|s: AppState, _: Reencrypt, _| async move {
+                let n = crate::db::shared::reencrypt_all(&s.pool, &s.keyring).await?;
+                if n > 0 {
+                    tracing::info!(rows = n, "re-encrypted secrets under the primary key");
+                }
+                Ok(())
+            })
+            .handle(|s: AppState, _: crate::connections::webhooks::Deliver, _| async move {
+                crate::connections::webhooks::deliver_all_due(&s.connections).await
+            })
+            .handle(|s: AppState, j: PruneJobs, _| async move {
+                jobs::db::prune(&s.pool, j.older_than_secs as f64).await?;
+                Ok(())
+            })
+            .handle(|s: AppState, j: crate::knowledge::ingest::Ingest, a| async move {
+                crate::knowledge::ingest::run(&s.knowledge, j, a).await
+            })
+            .handle(|s: AppState, j: crate::knowledge::ingest::Embed, _| async move {
+                crate::knowledge::ingest::embed(&s.knowledge, j).await
+            })
+            .handle(|s: AppState, j: crate::memory::jobs::Extract, a| async move {
+                crate::memory::jobs::run_extract(&s.memory, j, a).await
+            })
+            .handle(|s: AppState, j: crate::memory::jobs::Embed, _| async move {
+                crate::memory::jobs::run_embed(&s.memory, j).await
+            })
+            .handle(|s: AppState, _: crate::memory::jobs::Scan, _| async move {
+                crate::memory::jobs::run_scan(&s.memory).await
+            })
+            .every("auth.prune_rate_windows", Duration::from_secs(3600), &PruneRateWindows {})
+            .every("storage.sweep", Duration::from_secs(600), &SweepStorage { min_age_secs: 3600 })
+            .every("connections.refresh_idle", Duration::from_secs(300), &RefreshIdleConnections {})
+            .every("crypto.reencrypt", Duration::from_secs(300), &Reencrypt {})
+            // Deliveries are queued with each event; this catches up after an outage.
+            .every("webhooks.deliver", Duration::from_secs(60), &crate::connections::webhooks::Deliver {})
+            .every("jobs.prune", Duration::from_secs(3600), &PruneJobs { older_than_secs: 86_400 });
+    // Without an extraction model there is nothing to scan for.
+    match config.memory.llm {
+        Some(_) => registry.every("memory.scan", config.memory.scan_interval, &crate::memory::jobs::Scan {}),
+        None => registry,
+    }
 }
 
 /// Starts the job runner for `state`: `job_workers` workers, the schedules, and a

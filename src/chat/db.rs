@@ -439,6 +439,18 @@ pub struct MessageFilter {
     pub role: Option<String>,
 }
 
+/// A message's text parts joined, as SQL (`m` is the messages row): what search,
+/// memory extraction and context assembly read of a message.
+pub const MESSAGE_TEXT: &str =
+    "coalesce((SELECT string_agg(p->>'text', ' ') FROM jsonb_array_elements(m.parts) p WHERE p->>'type' = 'text'), '')";
+
+type SeqScores<'q> = sqlx::query::QueryAs<'q, Postgres, (i64, f64), sqlx::postgres::PgArguments>;
+
+/// Binds a [`MessageFilter`] after a query's own parameters (see [`message_filter`]).
+fn bind_message_filter<'q>(q: SeqScores<'q>, f: &'q MessageFilter) -> SeqScores<'q> {
+    q.bind(f.after).bind(f.before).bind(f.conversation).bind(f.role.as_deref())
+}
+
 /// The filter on `m` with the owner at `$1` and the filters at `$n`…`$n+3`.
 fn message_filter(n: usize) -> String {
     let (a, b, c, r) = (n, n + 1, n + 2, n + 3);
@@ -458,7 +470,7 @@ pub async fn fulltext_messages(
     f: &MessageFilter,
     limit: i64,
 ) -> Result<Vec<(i64, f64)>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT m.seq, ts_rank_cd(m.search, q)::float8 AS rank \
          FROM messages m, websearch_to_tsquery('english', $2) q \
          WHERE m.search @@ q AND {filter} ORDER BY rank DESC, m.seq DESC LIMIT $3",
@@ -467,13 +479,8 @@ pub async fn fulltext_messages(
     .persistent(false)
     .bind(owner)
     .bind(query)
-    .bind(limit)
-    .bind(f.after)
-    .bind(f.before)
-    .bind(f.conversation)
-    .bind(f.role.as_deref())
-    .fetch_all(pool)
-    .await
+    .bind(limit);
+    bind_message_filter(q, f).fetch_all(pool).await
 }
 
 /// Nearest of the owner's messages with vectors of `model` (an exact scan):
@@ -485,7 +492,7 @@ pub async fn nearest_messages(
     f: &MessageFilter,
     limit: i64,
 ) -> Result<Vec<(i64, f64)>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let q = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT m.seq, (m.embedding <=> $2)::float8 AS dist FROM messages m \
          WHERE m.embedding_model = $3 AND {filter} ORDER BY dist, m.seq DESC LIMIT $4",
         filter = message_filter(5)
@@ -494,13 +501,8 @@ pub async fn nearest_messages(
     .bind(owner)
     .bind(query.vector)
     .bind(query.model)
-    .bind(limit)
-    .bind(f.after)
-    .bind(f.before)
-    .bind(f.conversation)
-    .bind(f.role.as_deref())
-    .fetch_all(pool)
-    .await
+    .bind(limit);
+    bind_message_filter(q, f).fetch_all(pool).await
 }
 
 /// Details of the returned messages, with `ts_headline` run on these rows only.
@@ -510,14 +512,12 @@ pub async fn message_hits(
     seqs: &[i64],
     query: &str,
 ) -> Result<Vec<SearchHit>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT m.seq, m.id, m.conversation_id, m.role, m.created_at, \
-           ts_headline('english', \
-             coalesce((SELECT string_agg(p->>'text', ' ') FROM jsonb_array_elements(m.parts) p WHERE p->>'type' = 'text'), ''), \
-             websearch_to_tsquery('english', $3), 'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5') \
+           ts_headline('english', {MESSAGE_TEXT}, websearch_to_tsquery('english', $3), 'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5') \
              AS headline \
-         FROM messages m WHERE m.owner_id = $1 AND m.seq = ANY($2)",
-    )
+         FROM messages m WHERE m.owner_id = $1 AND m.seq = ANY($2)"
+    )))
     .bind(owner)
     .bind(seqs)
     .bind(query)

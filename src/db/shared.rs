@@ -154,6 +154,21 @@ pub async fn ensure_hnsw(pool: &PgPool, table: &'static str, model: &str, dim: u
     tx.commit().await
 }
 
+/// Whether any row of `table` (one of ours: `kb_chunks`, `memories`) lacks a vector
+/// of `model` (a model change to catch up on): three probes of the table's index on
+/// `embedding_model`, run at every start (an OR would be a filter over the index; a
+/// vector is always stored with its model, so a NULL model is a missing vector).
+pub async fn any_stale(pool: &PgPool, table: &'static str, model: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM {table} WHERE embedding_model IS NULL) \
+             OR EXISTS (SELECT 1 FROM {table} WHERE embedding_model < $1) \
+             OR EXISTS (SELECT 1 FROM {table} WHERE embedding_model > $1)"
+    )))
+    .bind(model)
+    .fetch_one(pool)
+    .await
+}
+
 /// Where a BM25 corpus keeps its statistics.
 #[derive(Debug, Clone, Copy)]
 pub enum Corpus {

@@ -1018,20 +1018,6 @@ fn stale(n: usize) -> String {
     format!("(embedding_model IS NULL OR embedding_model < ${n} OR embedding_model > ${n})")
 }
 
-/// Whether any chunk lacks a vector of `model` (a model change to catch up on):
-/// three index probes, run at every start.
-pub async fn any_stale(pool: &PgPool, model: &str) -> Result<bool, sqlx::Error> {
-    // Three probes, each an index condition (an OR would be a filter over the index).
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE embedding_model IS NULL) \
-             OR EXISTS (SELECT 1 FROM kb_chunks WHERE embedding_model < $1) \
-             OR EXISTS (SELECT 1 FROM kb_chunks WHERE embedding_model > $1)",
-    )
-    .bind(model)
-    .fetch_one(pool)
-    .await
-}
-
 /// Forgets which object version was ingested (a forced re-ingestion).
 pub async fn forget_ingested(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE kb_files SET ingested_version = NULL WHERE id = $1").bind(id).execute(conn).await?;

@@ -243,7 +243,7 @@ pub async fn embed(k: &Knowledge, job: Embed) -> Result<(), JobError> {
 /// by another model (or not at all) are queued for re-embedding.
 pub async fn prepare(k: &Knowledge) -> Result<(), sqlx::Error> {
     db::ensure_vector_index(&k.pool, k.embedder.model(), k.embedder.dim()).await?;
-    if db::any_stale(&k.pool, k.embedder.model()).await? {
+    if crate::db::shared::any_stale(&k.pool, "kb_chunks", k.embedder.model()).await? {
         service::queue_embed(k, None).await?;
     }
     Ok(())

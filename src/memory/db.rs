@@ -7,6 +7,8 @@ use sqlx::{FromRow, PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::chat::db::MESSAGE_TEXT;
+
 /// A memory row.
 #[derive(Debug, Clone, FromRow)]
 pub struct MemoryRow {
@@ -500,18 +502,6 @@ pub async fn unembedded(
     }
 }
 
-/// Whether any memory lacks a vector of `model` (checked at start).
-pub async fn any_stale(pool: &PgPool, model: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM memories WHERE embedding IS NULL) \
-             OR EXISTS (SELECT 1 FROM memories WHERE embedding_model < $1) \
-             OR EXISTS (SELECT 1 FROM memories WHERE embedding_model > $1)",
-    )
-    .bind(model)
-    .fetch_one(pool)
-    .await
-}
-
 /// Stores memory vectors.
 pub async fn set_vectors(pool: &PgPool, ids: &[Uuid], vectors: Vec<Vector>, model: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -525,10 +515,6 @@ pub async fn set_vectors(pool: &PgPool, ids: &[Uuid], vectors: Vec<Vector>, mode
     .await?;
     Ok(())
 }
-
-/// A message's text parts joined, as SQL (`m` is the messages row).
-const MESSAGE_TEXT: &str =
-    "coalesce((SELECT string_agg(p->>'text', ' ') FROM jsonb_array_elements(m.parts) p WHERE p->>'type' = 'text'), '')";
 
 /// The user's messages without a vector, oldest first: (id, text).
 pub async fn unembedded_messages(

@@ -155,7 +155,7 @@ pub async fn run_scan(m: &State) -> Result<(), JobError> {
 /// without its vectors are queued for embedding.
 pub async fn prepare(m: &State) -> Result<(), sqlx::Error> {
     crate::db::shared::ensure_hnsw(&m.pool, "memories", m.embedder.model(), m.embedder.dim()).await?;
-    if db::any_stale(&m.pool, m.embedder.model()).await? {
+    if crate::db::shared::any_stale(&m.pool, "memories", m.embedder.model()).await? {
         let mut conn = m.pool.acquire().await?;
         jobs::enqueue(
             &mut conn,

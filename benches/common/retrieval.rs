@@ -139,3 +139,24 @@ pub fn base26(mut i: usize) -> String {
         }
     }
 }
+
+/// The knowledge area in this process, on the benchmark server's own cluster (its
+/// Unix socket under `data`) with the built-in embedder: for building large corpora
+/// through the service without HTTP. Returns the pool, the configuration and the state.
+pub async fn knowledge_in_process(
+    data: &std::path::Path,
+) -> (sqlx::PgPool, carmenta::config::Config, std::sync::Arc<carmenta::knowledge::Knowledge>) {
+    let opts = carmenta::db::embedded::socket_connect_options(&data.join("run"), carmenta::db::EMBEDDED_DATABASE);
+    let pool = carmenta::db::pool_options(4).connect_with(opts).await.expect("pool");
+    let mut config = carmenta::config::Config::for_data_dir(data);
+    config.knowledge.chunk_tokens = 128;
+    let keyring =
+        carmenta::crypto::Keyring::from_base64(&[carmenta::config::Secret::new(carmenta::crypto::generate_key())])
+            .expect("keyring");
+    let storage =
+        std::sync::Arc::new(carmenta::storage::Storage::open(&config, &keyring, pool.clone()).expect("storage"));
+    let model_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/models/potion-base-8M");
+    let mut k = carmenta::knowledge::Knowledge::open(&config, pool.clone(), storage).expect("knowledge");
+    k.embedder = carmenta::embed::Embedder::builtin(&model_dir).expect("model");
+    (pool, config, std::sync::Arc::new(k))
+}

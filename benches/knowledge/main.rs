@@ -235,9 +235,6 @@ fn scale(port: u16, data: &Path) {
         docs_per_user * users
     );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let opts = carmenta::db::embedded::socket_connect_options(&data.join("run"), carmenta::db::EMBEDDED_DATABASE);
-    let model_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/models/potion-base-8M");
-    let embedder = carmenta::embed::Embedder::builtin(&model_dir).expect("model");
     let mut apis = Vec::new();
     let mut folders = Vec::new();
     for u in 0..users {
@@ -250,17 +247,9 @@ fn scale(port: u16, data: &Path) {
     // Bodies: 100 paragraphs of 60 Zipf words each (one chunk each at 64 tokens or so).
     let build = Instant::now();
     rt.block_on(async {
-        let pool = carmenta::db::pool_options(4).connect_with(opts.clone()).await.expect("pool");
-        let mut config = carmenta::config::Config::for_data_dir(data);
-        config.knowledge.chunk_tokens = 128;
-        let storage = std::sync::Arc::new(
-            carmenta::storage::Storage::open(&config, &carmenta::crypto::Keyring::from_base64(&[carmenta::config::Secret::new(carmenta::crypto::generate_key())]).expect("keyring"), pool.clone())
-                .expect("storage"),
-        );
-        let mut k = carmenta::knowledge::Knowledge::open(&config, pool.clone(), storage).expect("knowledge");
-        k.embedder = embedder.clone();
+        let (pool, _, k) = retrieval::knowledge_in_process(data).await;
+        let embedder = k.embedder.clone();
         // Two writers (one per core), each on its own users (a user's writes serialise).
-        let k = std::sync::Arc::new(k);
         let mut writers = Vec::new();
         for part in 0..2usize {
             let k = k.clone();

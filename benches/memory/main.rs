@@ -28,7 +28,7 @@ mod common;
 mod retrieval;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -387,9 +387,6 @@ fn scale(port: u16, data: &Path, rt: &tokio::runtime::Runtime) {
     );
     let (api, uid) = Api::sign_up(port, &format!("memscale-{}@example.com", std::process::id()));
     let user: uuid::Uuid = uid.parse().expect("uuid");
-    let opts = carmenta::db::embedded::socket_connect_options(&data.join("run"), carmenta::db::EMBEDDED_DATABASE);
-    let model_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/models/potion-base-8M");
-    let embedder = carmenta::embed::Embedder::builtin(&model_dir).expect("model");
     let conv = api.post("/v1/conversations", &json!({"title": "scale"}))["id"].as_str().expect("id").to_string();
     let mut zipf = Zipf::new(50_000, 0x2545f4914f6cdd1d);
     for i in 0..30 {
@@ -401,17 +398,9 @@ fn scale(port: u16, data: &Path, rt: &tokio::runtime::Runtime) {
         );
     }
     rt.block_on(async {
-        let pool = carmenta::db::pool_options(4).connect_with(opts.clone()).await.expect("pool");
-        let mut config = carmenta::config::Config::for_data_dir(data);
-        config.knowledge.chunk_tokens = 128;
-        let keyring = carmenta::crypto::Keyring::from_base64(&[carmenta::config::Secret::new(carmenta::crypto::generate_key())])
-            .expect("keyring");
-        let storage = Arc::new(carmenta::storage::Storage::open(&config, &keyring, pool.clone()).expect("storage"));
-        let mut k = carmenta::knowledge::Knowledge::open(&config, pool.clone(), storage).expect("knowledge");
-        k.embedder = embedder.clone();
-        let k = Arc::new(k);
-        let mut m = carmenta::memory::Memory::open(&config, pool.clone(), k.clone());
-        m.embedder = embedder.clone();
+        let (pool, config, k) = retrieval::knowledge_in_process(data).await;
+        // Memory shares the knowledge base's embedder, as in the server.
+        let m = carmenta::memory::Memory::open(&config, pool.clone(), k.clone());
         let m = Arc::new(m);
         let build = Instant::now();
         // Memories: 12-word Zipf sentences, a few profile slots and instructions.

@@ -195,6 +195,8 @@ pub struct Config {
     pub knowledge: KnowledgeConfig,
     /// Memory: the extraction model and when extraction runs.
     pub memory: MemoryConfig,
+    /// Admin console settings.
+    pub admin: AdminConfig,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -271,6 +273,22 @@ pub struct MemoryConfig {
     /// How often a replica looks for conversations due for extraction
     /// (`CARMENTA_MEMORY_SCAN_INTERVAL`, seconds, default 30).
     pub scan_interval: Duration,
+}
+
+/// Admin console settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// An admin session ends after this long without a request
+    /// (`CARMENTA_ADMIN_IDLE_TIMEOUT`, seconds, default 1800).
+    pub idle_timeout: Duration,
+    /// An admin session ends this long after sign-in at the latest
+    /// (`CARMENTA_ADMIN_SESSION_TTL`, seconds, default 28800).
+    pub session_ttl: Duration,
+    /// Statement timeout of the SQL runner and of table-browser queries
+    /// (`CARMENTA_ADMIN_SQL_TIMEOUT`, seconds, default 10).
+    pub sql_timeout: Duration,
+    /// Most rows the SQL runner shows (`CARMENTA_ADMIN_SQL_ROW_CAP`, default 1000).
+    pub sql_row_cap: u32,
 }
 
 /// The shape of `carmenta.toml`; every key optional, unknown keys refused.
@@ -352,6 +370,10 @@ struct FileConfig {
     memory_extract_after: Option<u64>,
     memory_idle: Option<u64>,
     memory_scan_interval: Option<u64>,
+    admin_idle_timeout: Option<u64>,
+    admin_session_ttl: Option<u64>,
+    admin_sql_timeout: Option<u64>,
+    admin_sql_row_cap: Option<u64>,
 }
 
 /// The object store behind storage.
@@ -961,6 +983,13 @@ impl Config {
                 30,
             )?,
         };
+        let admin = AdminConfig {
+            idle_timeout: secs(&["CARMENTA_ADMIN_IDLE_TIMEOUT"], "admin_idle_timeout", fc.admin_idle_timeout, 1800)?,
+            session_ttl: secs(&["CARMENTA_ADMIN_SESSION_TTL"], "admin_session_ttl", fc.admin_session_ttl, 28_800)?,
+            sql_timeout: secs(&["CARMENTA_ADMIN_SQL_TIMEOUT"], "admin_sql_timeout", fc.admin_sql_timeout, 10)?,
+            sql_row_cap: num(&["CARMENTA_ADMIN_SQL_ROW_CAP"], "admin_sql_row_cap", fc.admin_sql_row_cap, 1, 100_000)?
+                .unwrap_or(1000) as u32,
+        };
         let allowed_origins = match pick(
             env,
             &["CARMENTA_ALLOWED_ORIGINS"],
@@ -1046,6 +1075,7 @@ impl Config {
             webhook_secret,
             knowledge,
             memory,
+            admin,
             config_file: path,
         })
     }

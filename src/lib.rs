@@ -31,6 +31,7 @@
 //! - [`mail`]: outgoing mail (SMTP or the outbox).
 //! - [`doctor`]: environment checks behind `carmenta doctor`.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod background;

@@ -50,6 +50,9 @@ enum Cmd {
     /// Inspect and steer background jobs (works while the server runs).
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Manage admins of the console at /admin.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Extract a file's text (stdin) as JSON (stdout): the sandboxed child process
     /// the knowledge base's ingestion runs; not needed by hand.
     #[command(hide = true)]
@@ -63,6 +66,17 @@ enum Cmd {
         /// Most bytes of text.
         #[arg(long, default_value_t = 5 * 1024 * 1024)]
         max_text_bytes: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCmd {
+    /// Make the account with this email an admin (creating it if there is none)
+    /// and print a one-time sign-in link to the console (valid 30 minutes).
+    Create {
+        /// The admin's email.
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -186,6 +200,13 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Cmd::Admin(cmd) => match admin(config, cmd).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("carmenta admin: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
             Cmd::Key(cmd) => match key(config, cmd).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -195,6 +216,31 @@ fn main() -> ExitCode {
             },
         }
     })
+}
+
+async fn admin(config: Config, cmd: AdminCmd) -> anyhow::Result<()> {
+    let database = carmenta::db::open(&config, carmenta::db::OpenMode::Client).await?;
+    let pool = database.pool.clone();
+    let result = async {
+        match cmd {
+            AdminCmd::Create { email } => {
+                let created = carmenta::admin::service::create_admin(&pool, config.public_url.as_str(), &email)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code))?;
+                let what = match (created.new_account, created.already_admin) {
+                    (true, _) => "created the account and made it an admin",
+                    (false, false) => "made the existing account an admin",
+                    (false, true) => "the account is already an admin",
+                };
+                eprintln!("{what} ({}); a one-time sign-in link, valid 30 minutes:", created.user_id);
+                println!("{}", created.link);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    database.close().await;
+    result
 }
 
 async fn key(config: Config, cmd: KeyCmd) -> anyhow::Result<()> {

@@ -274,6 +274,9 @@ impl utoipa::Modify for Contract {
     }
 }
 
+/// Most bytes of one admin console request (an upload or a CSV import).
+const ADMIN_BODY_LIMIT: usize = 65 * 1024 * 1024;
+
 /// All API routes with their OpenAPI descriptions.
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -306,6 +309,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(api)
         .merge(extra)
         .merge(crate::hosted::routes().layer(DefaultBodyLimit::max(SMALL_JSON_LIMIT)))
+        // The console's uploads and imports carry their own limits.
+        .merge(crate::admin::routes().layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)))
         .merge(crate::connections::routes::browser_routes())
         .merge(
             Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi))
@@ -479,6 +484,12 @@ impl axum::extract::FromRef<AppState> for std::sync::Arc<crate::auth::AuthState>
 impl axum::extract::FromRef<AppState> for std::sync::Arc<crate::chat::Chat> {
     fn from_ref(state: &AppState) -> Self {
         state.chat.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for std::sync::Arc<crate::admin::Admin> {
+    fn from_ref(s: &AppState) -> Self {
+        s.admin.clone()
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Shared {
     pub knowledge: Arc<crate::knowledge::Knowledge>,
     /// Memory: memories, extraction, context assembly.
     pub memory: Arc<crate::memory::Memory>,
+    /// The admin console.
+    pub admin: Arc<crate::admin::Admin>,
 }
 
 impl AppState {
@@ -88,6 +90,15 @@ impl AppState {
             max_message_bytes: config.chat_max_message_bytes,
             embedder: knowledge.embedder.clone(),
         });
+        let admin = Arc::new(crate::admin::Admin {
+            pool: pool.clone(),
+            config: config.clone(),
+            auth: auth.clone(),
+            storage: storage.clone(),
+            connections: connections.clone(),
+            knowledge: knowledge.clone(),
+            memory: memory.clone(),
+        });
         // Off the start-up path: the dummy hash is ready long before the first sign-in.
         tokio::spawn(crate::auth::password::warm_up());
         Ok(AppState(Arc::new(Shared {
@@ -101,6 +112,7 @@ impl AppState {
             connections,
             knowledge,
             memory,
+            admin,
         })))
     }
 

@@ -38,10 +38,12 @@ pub struct UserRow {
     pub created_at: OffsetDateTime,
     /// Updated.
     pub updated_at: OffsetDateTime,
+    /// When an admin banned the user (sign-in is refused while set).
+    pub banned_at: Option<OffsetDateTime>,
 }
 
 const USER_COLS: &str = "id, email, email_verified_at, password_hash, name, image_url, public_metadata, \
-                         private_metadata, unsafe_metadata, external_id, created_at, updated_at";
+                         private_metadata, unsafe_metadata, external_id, created_at, updated_at, banned_at";
 
 /// Whether an error is a unique violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -153,10 +155,15 @@ pub struct SessionRow {
     pub ip: Option<String>,
     /// Client user agent at creation.
     pub user_agent: Option<String>,
+    /// The admin who opened this session as the user (impersonation).
+    pub impersonator_id: Option<Uuid>,
 }
 
 /// A session row's columns.
-const LIVE_SESSION: &str = "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions";
+const SESSION_COLS: &str = "id, user_id, created_at, last_active_at, expires_at, ip, user_agent, impersonator_id";
+/// A session row's columns.
+const LIVE_SESSION: &str =
+    "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent, impersonator_id FROM sessions";
 
 /// A live session: not revoked, not expired, not idle longer than `$2` seconds (when set).
 const LIVE: &str = "revoked_at IS NULL AND expires_at > now() \
@@ -191,22 +198,23 @@ pub async fn insert_session(
     user_id: Uuid,
     token_hash: &[u8],
     lifetime: Duration,
-    ip: Option<&str>,
-    user_agent: Option<&str>,
+    client: (Option<&str>, Option<&str>),
+    impersonator: Option<Uuid>,
 ) -> Result<SessionRow, sqlx::Error> {
-    sqlx::query_as::<_, SessionRow>(
-        "INSERT INTO sessions (id, user_id, token_hash, expires_at, ip, user_agent)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6)
-         RETURNING id, user_id, created_at, last_active_at, expires_at, ip, user_agent",
-    )
-    .bind(Uuid::now_v7())
-    .bind(user_id)
-    .bind(token_hash)
-    .bind(lifetime.as_secs_f64())
-    .bind(ip)
-    .bind(user_agent)
-    .fetch_one(pool)
-    .await
+    let sql = format!(
+        "INSERT INTO sessions (id, user_id, token_hash, expires_at, ip, user_agent, impersonator_id)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6, $7) RETURNING {SESSION_COLS}"
+    );
+    sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(sql))
+        .bind(Uuid::now_v7())
+        .bind(user_id)
+        .bind(token_hash)
+        .bind(lifetime.as_secs_f64())
+        .bind(client.0)
+        .bind(client.1)
+        .bind(impersonator)
+        .fetch_one(pool)
+        .await
 }
 
 /// Finds a live session by token hash (not revoked, not expired, not idle longer
@@ -237,18 +245,18 @@ pub async fn list_sessions(
     before: Option<(OffsetDateTime, Uuid)>,
     limit: i64,
 ) -> Result<Vec<SessionRow>, sqlx::Error> {
-    sqlx::query_as::<_, SessionRow>(
-        "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent FROM sessions
-         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()
+    let sql = format!(
+        "{LIVE_SESSION} WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()
          AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC LIMIT $4",
-    )
-    .bind(user_id)
-    .bind(before.map(|b| b.0))
-    .bind(before.map(|b| b.1))
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    );
+    sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .bind(before.map(|b| b.0))
+        .bind(before.map(|b| b.1))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 /// Revokes one of the owner's sessions; false if it is not theirs or not live.

@@ -93,6 +93,8 @@ pub enum Principal {
         session_id: Uuid,
         /// How they authenticated.
         via: Via,
+        /// The admin acting as this user (an impersonation session).
+        act: Option<Uuid>,
     },
     /// The app's server, with a service key.
     Service {
@@ -120,6 +122,7 @@ impl Principal {
     /// The audit actor string.
     pub fn actor(&self) -> String {
         match self {
+            Principal::User { user_id, act: Some(admin), .. } => format!("admin:{admin} as user:{user_id}"),
             Principal::User { user_id, .. } => format!("user:{user_id}"),
             Principal::Service { key_id, .. } => format!("service_key:{key_id}"),
         }
@@ -150,7 +153,7 @@ pub async fn resolve_bearer(state: &AuthState, token: &str) -> Result<Principal,
             db::ensure_external_user(&state.pool, user_id, &claims.sub).await?;
             ext.mark_provisioned(user_id);
         }
-        return Ok(Principal::User { user_id, session_id: Uuid::nil(), via: Via::External });
+        return Ok(Principal::User { user_id, session_id: Uuid::nil(), via: Via::External, act: None });
     }
     let keys = &state.keys;
     let claims = match keys.verify(token) {
@@ -187,7 +190,8 @@ pub async fn resolve_bearer(state: &AuthState, token: &str) -> Result<Principal,
     if owner != Some(user_id) {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the access token's session has ended"));
     }
-    Ok(Principal::User { user_id, session_id, via: Via::Jwt })
+    let act = claims.act.as_ref().and_then(|a| Uuid::parse_str(&a.sub).ok());
+    Ok(Principal::User { user_id, session_id, via: Via::Jwt, act })
 }
 
 /// Resolves a session token (from the cache when it can).
@@ -205,7 +209,7 @@ pub async fn resolve_session(state: &AuthState, token: &str, via: Via) -> Result
             row
         }
     };
-    Ok(Principal::User { user_id: row.user_id, session_id: row.id, via })
+    Ok(Principal::User { user_id: row.user_id, session_id: row.id, via, act: row.impersonator_id })
 }
 
 /// Records that a user (`u:<id>`) or a session (`s:<id>`) changed: evicts it from
@@ -374,19 +378,35 @@ pub async fn ip_limit(state: &AuthState, client: &ClientInfo) -> Result<(), ApiE
     Ok(())
 }
 
-/// A new session and access token for `user`.
+/// A new session and access token for `user`; a banned user gets 403 `user_banned`
+/// on every sign-in path.
 pub async fn start_session(state: &AuthState, user: UserRow, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+    if user.banned_at.is_some() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "user_banned", "this account is banned"));
+    }
+    open_session(state, user, client, None, state.config.session_ttl).await
+}
+
+/// A new session for `user` (as `impersonator` when an admin opens it) lasting
+/// `lifetime`, with its first access token.
+pub async fn open_session(
+    state: &AuthState,
+    user: UserRow,
+    client: &ClientInfo,
+    impersonator: Option<Uuid>,
+    lifetime: std::time::Duration,
+) -> Result<AuthResponse, ApiError> {
     let token = tokens::random_token(SESSION_PREFIX);
     let session = db::insert_session(
         &state.pool,
         user.id,
         &tokens::hash_token(&token),
-        state.config.session_ttl,
-        client.ip.as_deref(),
-        client.user_agent.as_deref(),
+        lifetime,
+        (client.ip.as_deref(), client.user_agent.as_deref()),
+        impersonator,
     )
     .await?;
-    let (access_token, expires_at) = state.keys.issue(user.id, session.id).map_err(ApiError::internal)?;
+    let (access_token, expires_at) = state.keys.issue(user.id, session.id, impersonator).map_err(ApiError::internal)?;
     Ok(AuthResponse {
         user: UserView::of(user, false),
         session_token: token,
@@ -427,6 +447,18 @@ pub async fn sign_up(state: &AuthState, req: SignUpRequest, client: &ClientInfo)
 
 /// Signs in with email and password.
 pub async fn sign_in(state: &AuthState, req: SignInRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+    let user = check_password(state, req, client, "auth.sign_in").await?;
+    start_session(state, user, client).await
+}
+
+/// Checks email and password under the sign-in rules (address budget, lockouts,
+/// failures counted and audited); the user on success, audited as `action`.
+pub async fn check_password(
+    state: &AuthState,
+    req: SignInRequest,
+    client: &ClientInfo,
+    action: &str,
+) -> Result<UserRow, ApiError> {
     let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "email or password is incorrect");
     if req.email.len() > 254 || req.password.chars().count() > password::MAX_PASSWORD_LEN {
         return Err(invalid());
@@ -465,12 +497,12 @@ pub async fn sign_in(state: &AuthState, req: SignInRequest, client: &ClientInfo)
                 &state.pool,
                 &format!("user:{}", user.id),
                 Some(user.id),
-                "auth.sign_in",
+                action,
                 None,
                 serde_json::json!({"ip": client.ip}),
             )
             .await?;
-            start_session(state, user, client).await
+            Ok(user)
         }
         (_, user) => {
             let (threshold, duration) = (state.config.lockout_threshold, state.config.lockout_duration);
@@ -495,8 +527,9 @@ pub async fn sign_in(state: &AuthState, req: SignInRequest, client: &ClientInfo)
 /// Issues a fresh access token for a session principal.
 pub fn access_token(state: &AuthState, principal: &Principal) -> Result<TokenResponse, ApiError> {
     match principal {
-        Principal::User { user_id, session_id, via: Via::Cookie | Via::SessionBearer } => {
-            let (access_token, expires_at) = state.keys.issue(*user_id, *session_id).map_err(ApiError::internal)?;
+        Principal::User { user_id, session_id, via: Via::Cookie | Via::SessionBearer, act } => {
+            let (access_token, expires_at) =
+                state.keys.issue(*user_id, *session_id, *act).map_err(ApiError::internal)?;
             Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
         }
         _ => Err(ApiError::bad_request(

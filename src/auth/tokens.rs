@@ -51,6 +51,16 @@ pub struct Claims {
     pub nbf: i64,
     /// Unique token id.
     pub jti: String,
+    /// The actor behind an impersonated session: `{"sub": <admin user id>}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActClaim>,
+}
+
+/// RFC 8693's `act` claim: who is really acting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActClaim {
+    /// The acting party's id (an admin's user id).
+    pub sub: String,
 }
 
 /// Why an access token was refused; each maps to a stable error code.
@@ -279,8 +289,14 @@ impl KeyStore {
         serde_json::json!({ "keys": keys })
     }
 
-    /// Signs an access token for `user` and `session`; returns it and its expiry.
-    pub fn issue(&self, user: Uuid, session: Uuid) -> Result<(String, time::OffsetDateTime), KeyStoreError> {
+    /// Signs an access token for `user` and `session` (with `act` naming the admin
+    /// when the session is an impersonation); returns it and its expiry.
+    pub fn issue(
+        &self,
+        user: Uuid,
+        session: Uuid,
+        act: Option<Uuid>,
+    ) -> Result<(String, time::OffsetDateTime), KeyStoreError> {
         let now = time::OffsetDateTime::now_utc();
         let exp = now + self.ttl;
         let claims = Claims {
@@ -292,6 +308,7 @@ impl KeyStore {
             iat: now.unix_timestamp(),
             nbf: now.unix_timestamp(),
             jti: Uuid::new_v4().simple().to_string(),
+            act: act.map(|a| ActClaim { sub: a.to_string() }),
         };
         let keys = self.keys.read().map_err(|_| KeyStoreError::Poisoned)?;
         let signer = keys.signer.as_ref().ok_or(KeyStoreError::NoSigner)?;

@@ -174,6 +174,9 @@ pub struct SessionView {
     pub user_agent: Option<String>,
     /// Whether this is the session making the request.
     pub current: bool,
+    /// The admin who opened this session as the user (impersonation), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impersonated_by: Option<Uuid>,
 }
 
 impl SessionView {
@@ -187,6 +190,7 @@ impl SessionView {
             expires_at: row.expires_at,
             ip: row.ip,
             user_agent: row.user_agent,
+            impersonated_by: row.impersonator_id,
         }
     }
 }

@@ -36,6 +36,8 @@ pub enum Actor {
     App,
     /// The extraction job.
     Extractor,
+    /// An operator in the admin console (audited there too).
+    Admin,
 }
 
 impl Actor {
@@ -45,6 +47,7 @@ impl Actor {
             Actor::User => "user",
             Actor::App => "app",
             Actor::Extractor => "extractor",
+            Actor::Admin => "admin",
         }
     }
 
@@ -54,6 +57,7 @@ impl Actor {
             Actor::User => "user",
             Actor::App => "api",
             Actor::Extractor => "conversation",
+            Actor::Admin => "admin",
         }
     }
 }
@@ -455,9 +459,9 @@ pub async fn list(m: &State, user: Uuid, q: ListMemories, page: &PageQuery) -> R
     let cursor = page.cursor_text()?.map(|c| pagination::parse_time_id(&c)).transpose()?;
     let kinds = q.kind.as_deref().map(|k| check_kind(Some(k)).map(|k| vec![k.to_string()])).transpose()?;
     if let Some(s) = &q.source
-        && !matches!(s.as_str(), "conversation" | "api" | "user")
+        && !matches!(s.as_str(), "conversation" | "api" | "user" | "admin")
     {
-        return Err(ApiError::unprocessable("invalid_source", "source must be conversation, api or user"));
+        return Err(ApiError::unprocessable("invalid_source", "source must be conversation, api, user or admin"));
     }
     let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     if text.is_some_and(|t| t.chars().count() > 500) {

@@ -144,7 +144,7 @@ pub struct ListMemories {
     pub kind: Option<String>,
     /// Words the text must contain (full-text).
     pub q: Option<String>,
-    /// Only from this source (`conversation`, `api`, `user`).
+    /// Only from this source (`conversation`, `api`, `user`, `admin`).
     pub source: Option<String>,
     /// Only extracted from this conversation.
     pub conversation_id: Option<Uuid>,

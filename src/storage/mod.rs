@@ -14,7 +14,7 @@ pub mod error;
 pub mod http;
 mod render;
 mod routes;
-mod service;
+pub mod service;
 mod tus;
 
 use std::time::Duration;

@@ -13,7 +13,7 @@ use super::{Actor, Storage, StorageError, StorageResult, UrlClaims, Who};
 
 /// Supabase's bucket-name rule: 1–100 characters from a fixed set, no slashes, no
 /// surrounding whitespace.
-pub(super) fn valid_bucket_name(name: &str) -> bool {
+pub fn valid_bucket_name(name: &str) -> bool {
     // Names the routes use as path segments could never be reached.
     const RESERVED: [&str; 9] =
         ["public", "authenticated", "sign", "info", "list", "list-v2", "upload", "move", "copy"];
@@ -40,12 +40,13 @@ pub(super) fn valid_key(key: &str) -> bool {
         })
 }
 
-pub(super) fn check_key(key: &str) -> StorageResult<()> {
+/// [`valid_key`] as a Supabase error.
+pub fn check_key(key: &str) -> StorageResult<()> {
     if valid_key(key) { Ok(()) } else { Err(StorageError::invalid_key(key)) }
 }
 
 /// Whether `mime` is allowed by a bucket's list (`image/*` wildcards).
-pub(super) fn mime_allowed(allowed: Option<&[String]>, mime: &str) -> bool {
+pub fn mime_allowed(allowed: Option<&[String]>, mime: &str) -> bool {
     let Some(list) = allowed.filter(|l| !l.is_empty()) else { return true };
     let base = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     list.iter().any(|a| {
@@ -55,17 +56,18 @@ pub(super) fn mime_allowed(allowed: Option<&[String]>, mime: &str) -> bool {
 }
 
 /// The effective size limit: the bucket's, capped by the global one.
-pub(super) fn size_limit(state: &Storage, bucket: &BucketRow) -> u64 {
+pub fn size_limit(state: &Storage, bucket: &BucketRow) -> u64 {
     let global = state.max_file_size;
     bucket.file_size_limit.and_then(|l| u64::try_from(l).ok()).map_or(global, |l| l.min(global))
 }
 
 /// Evicts cached public rows here and on every replica.
-pub(super) async fn invalidate(state: &Storage, payload: String) {
+pub async fn invalidate(state: &Storage, payload: String) {
     super::cache::invalidate(&state.pool, &state.cache, payload).await;
 }
 
-pub(super) async fn bucket_or_404(state: &Storage, id: &str) -> StorageResult<BucketRow> {
+/// The bucket, or Supabase's "Bucket not found".
+pub async fn bucket_or_404(state: &Storage, id: &str) -> StorageResult<BucketRow> {
     db::bucket(&state.pool, id).await?.ok_or_else(StorageError::no_such_bucket)
 }
 
@@ -85,7 +87,8 @@ pub(super) fn cache_control_value(raw: Option<&str>) -> String {
     }
 }
 
-pub(super) fn clean_content_type(raw: Option<&str>) -> String {
+/// The content type to store (a default when absent or malformed).
+pub fn clean_content_type(raw: Option<&str>) -> String {
     raw.map(str::trim)
         .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
         .unwrap_or("application/octet-stream")
@@ -93,13 +96,16 @@ pub(super) fn clean_content_type(raw: Option<&str>) -> String {
 }
 
 /// Where an upload goes and on whose behalf.
-pub(super) struct UploadTarget<'a> {
+pub struct UploadTarget<'a> {
+    /// The bucket.
     pub bucket: &'a BucketRow,
+    /// The object key.
     pub key: &'a str,
     /// Owner recorded on a new object.
     pub owner: Option<Uuid>,
     /// `None` for a service key; else only this user's object may be overwritten.
     pub writer: Option<Uuid>,
+    /// Whether an existing object is replaced.
     pub upsert: bool,
 }
 
@@ -131,7 +137,7 @@ pub(super) async fn precheck(state: &Storage, t: &UploadTarget<'_>) -> StorageRe
 
 /// Records a written blob as the object's current version; on refusal the blob is
 /// deleted, on success the replaced blob is.
-pub(super) async fn commit(
+pub async fn commit(
     state: &Storage,
     t: &UploadTarget<'_>,
     version: Uuid,
@@ -221,12 +227,7 @@ pub(super) async fn visible(state: &Storage, who: Option<&Who>, bucket: &str, ke
 }
 
 /// Deletes rows (the caller's, or any for a service key), then their blobs.
-pub(super) async fn remove(
-    state: &Storage,
-    actor: Actor,
-    bucket: &str,
-    names: &[String],
-) -> StorageResult<Vec<ObjectRow>> {
+pub async fn remove(state: &Storage, actor: Actor, bucket: &str, names: &[String]) -> StorageResult<Vec<ObjectRow>> {
     let Some(owner) = actor.owner_filter() else { return Ok(Vec::new()) };
     let b = bucket_or_404(state, bucket).await?;
     let rows = db::delete_objects(&state.pool, bucket, names, owner).await?;
@@ -259,7 +260,8 @@ pub(super) fn admit(state: &Storage, dest: &BucketRow, o: &ObjectRow) -> Storage
     Ok(())
 }
 
-pub(super) fn signed_claims(url: String, scope: &str, expires_in: i64) -> StorageResult<UrlClaims> {
+/// Claims of a signed URL for `bucket/key` lasting `expires_in` seconds.
+pub fn signed_claims(url: String, scope: &str, expires_in: i64) -> StorageResult<UrlClaims> {
     if !(1..=10 * 365 * 86_400).contains(&expires_in) {
         return Err(StorageError::invalid("expiresIn must be a positive number of seconds"));
     }

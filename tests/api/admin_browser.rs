@@ -1,0 +1,67 @@
+//! The admin console in real Chromium: `tests/browser/admin_console.py` (Playwright
+//! for Python with Debian's `chromium`, both installed by `scripts/bootstrap`)
+//! drives a live test server; this test starts it, hands the script a sign-in
+//! link and a user, and checks in the database what the browser changed.
+//! Screenshots of every page land in `target/admin-screenshots/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::admin::make_admin;
+use crate::harness::{TestApp, sign_up};
+
+/// The Python of the Playwright install `scripts/bootstrap` made.
+fn playwright_python() -> PathBuf {
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools");
+    std::fs::read_dir(&tools)
+        .ok()
+        .and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("playwright-")))
+                .map(|p| p.join("bin/python"))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| panic!("Playwright for Python is missing under {}: run scripts/bootstrap", tools.display()))
+}
+
+#[tokio::test]
+async fn the_console_works_in_chromium() {
+    let app = TestApp::spawn().await;
+    let user = sign_up(&app, "browser-user@example.com").await;
+    let (admin_id, link) = make_admin(&app, "browser-admin@example.com").await;
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/admin-screenshots");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/admin_console.py");
+    let child = tokio::process::Command::new(playwright_python())
+        .arg(&script)
+        .env("BASE", &app.base)
+        .env("LINK", &link)
+        .env("USER_ID", user.id.to_string())
+        .env("SHOTS", &shots)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), child).await.expect("the browser test timed out").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["console_errors"], serde_json::json!([]));
+    assert!(report["screenshots"].as_array().unwrap().len() >= 15);
+    // What the browser did, read back from the database.
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT name FROM users WHERE id = $1").bind(user.id).fetch_one(&app.pool).await.unwrap();
+    assert_eq!(name.as_deref(), Some("Edited In Chromium"));
+    let audit: Vec<(String, String)> = sqlx::query_as(
+        "SELECT actor, action FROM audit_log WHERE action IN ('admin.table.update', 'admin.user.impersonate', \
+         'admin.user.revoke_sessions') ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let actor = format!("admin:{admin_id}");
+    assert_eq!(
+        audit,
+        vec![(actor.clone(), "admin.table.update".to_string()), (actor, "admin.user.impersonate".to_string())],
+        "the refused form changed nothing"
+    );
+}

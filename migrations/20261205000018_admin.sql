@@ -64,3 +64,6 @@ ALTER TABLE memory_history ADD CONSTRAINT memory_history_actor_check
     CHECK (actor IN ('user', 'app', 'extractor', 'admin'));
 ALTER TABLE memories DROP CONSTRAINT memories_source_check;
 ALTER TABLE memories ADD CONSTRAINT memories_source_check CHECK (source IN ('conversation', 'api', 'user', 'admin'));
+
+-- The console lists users newest first (and the table browser sorts by creation).
+CREATE INDEX users_created_idx ON users (created_at, id);

@@ -196,6 +196,35 @@ pub(crate) fn guard(admin: &Admin, s: &db::SessionRow, headers: &HeaderMap, f: &
     Ok(())
 }
 
+/// A console form post: the admin session, the fields, and the CSRF and origin
+/// checks already passed (without a session: the usual 404).
+pub(crate) struct AdminForm {
+    /// The admin's session.
+    pub s: db::SessionRow,
+    /// The posted fields.
+    pub f: Fields,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for AdminForm
+where
+    Arc<Admin>: FromRef<S>,
+{
+    type Rejection = Response;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let AdminSession(s) =
+            AdminSession::from_request_parts(&mut parts, state).await.map_err(IntoResponse::into_response)?;
+        let headers = parts.headers.clone();
+        let Form(f) =
+            Form::<Vec<(String, String)>>::from_request(axum::extract::Request::from_parts(parts, body), state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        let f = Fields(f);
+        guard(&Arc::<Admin>::from_ref(state), &s, &headers, &f).map_err(IntoResponse::into_response)?;
+        Ok(AdminForm { s, f })
+    }
+}
+
 /// The client facts of a request.
 pub(crate) fn client(headers: &HeaderMap, peer: &Peer) -> ClientInfo {
     crate::auth::client_info(headers, peer.0)
@@ -322,6 +351,16 @@ fn sign_in_refused(e: ApiError, email: &str) -> Response {
     render(e.status, &page)
 }
 
+/// The answer to a sign-in: the cookie and the overview, or the form again with
+/// the refusal (internal failures keep the usual envelope).
+fn sign_in_outcome(admin: &Admin, result: Result<String, ApiError>, email: &str) -> Response {
+    match result {
+        Ok(token) => signed_in(admin, &token),
+        Err(e) if e.status.is_server_error() => e.into_response(),
+        Err(e) => sign_in_refused(e, email),
+    }
+}
+
 async fn sign_in_submit(
     State(admin): State<Arc<Admin>>,
     peer: Peer,
@@ -334,11 +373,8 @@ async fn sign_in_submit(
         return sign_in_refused(ApiError::forbidden("cross-site sign-in refused").with_code("csrf_failed"), &email);
     }
     let password = f.get("password").unwrap_or("").to_string();
-    match service::sign_in_password(&admin, email.clone(), password, &client(&headers, &peer)).await {
-        Ok(token) => signed_in(&admin, &token),
-        Err(e) if e.status.is_server_error() => e.into_response(),
-        Err(e) => sign_in_refused(e, &email),
-    }
+    let result = service::sign_in_password(&admin, email.clone(), password, &client(&headers, &peer)).await;
+    sign_in_outcome(&admin, result, &email)
 }
 
 async fn sign_in_link(
@@ -351,20 +387,11 @@ async fn sign_in_link(
     if !same_site(&admin, &headers) {
         return sign_in_refused(ApiError::forbidden("cross-site sign-in refused").with_code("csrf_failed"), "");
     }
-    match service::sign_in_link(&admin, f.get("token").unwrap_or(""), &client(&headers, &peer)).await {
-        Ok(token) => signed_in(&admin, &token),
-        Err(e) if e.status.is_server_error() => e.into_response(),
-        Err(e) => sign_in_refused(e, ""),
-    }
+    let result = service::sign_in_link(&admin, f.get("token").unwrap_or(""), &client(&headers, &peer)).await;
+    sign_in_outcome(&admin, result, "")
 }
 
-async fn sign_out(
-    State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
-) -> PageResult {
-    guard(&admin, &s, &headers, &Fields(f))?;
+async fn sign_out(State(admin): State<Arc<Admin>>, AdminForm { s, .. }: AdminForm) -> PageResult {
     service::sign_out(&admin, &s).await?;
     let mut res = see_other("/admin/sign-in");
     res.headers_mut().insert(
@@ -438,12 +465,9 @@ async fn overview(
 
 async fn retry_job(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, .. }: AdminForm,
 ) -> PageResult {
-    guard(&admin, &s, &headers, &Fields(f))?;
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     if !crate::jobs::retry(&admin.pool, id).await? {
         return Err(Fail(ApiError::conflict("not_retryable", "only a failed or cancelled job can be retried")));
@@ -663,14 +687,11 @@ pub(crate) fn connection_table(conns: Vec<db::ConnectionRow>) -> Table {
 
 async fn user_action(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path((id, action)): Path<(String, String)>,
     peer: Peer,
     headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, f }: AdminForm,
 ) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
     let id = user_id(&id)?;
     let back = |done: &str| see_other(&format!("/admin/users/{id}?done={done}"));
     match action.as_str() {
@@ -703,9 +724,9 @@ async fn user_action(
                 when(res.session_expires_at)
             ));
             p.push(Block::Text("Session token (exchange it at POST /v1/auth/token, or send it as a bearer):".into()));
-            p.push(Block::Pre(res.session_token));
+            p.push(Block::Copy(res.session_token));
             p.push(Block::Text("Access token:".into()));
-            p.push(Block::Pre(res.access_token));
+            p.push(Block::Copy(res.access_token));
             p.push(Block::Links(vec![(format!("/admin/users/{id}"), "Back to the user".into())]));
             Ok(render(StatusCode::OK, &p))
         }
@@ -967,6 +988,11 @@ async fn browse(
     Ok(render(StatusCode::OK, &p))
 }
 
+/// The page of a row.
+fn row_url(info: &TableInfo, key: &[String]) -> String {
+    format!("/admin/tables/{}/row/{}", path_segment(&info.name), table::encode_key(key))
+}
+
 fn row_key(raw: &str) -> Result<Vec<String>, Fail> {
     table::decode_key(raw).ok_or(Fail(ApiError::bad_request("invalid_key", "the row key in the URL is malformed")))
 }
@@ -1106,13 +1132,9 @@ fn posted_values(info: &TableInfo, f: &Fields, skip_empty: bool) -> Vec<(String,
 
 async fn update_row(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path((name, key)): Path<(String, String)>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, f }: AdminForm,
 ) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
     let info = table_info(&admin, &name).await?;
     let key = row_key(&key)?;
     let current = table::db::row(&admin.pool, &info, &key).await?.ok_or(Fail(ApiError::not_found("no such row")))?;
@@ -1145,11 +1167,7 @@ async fn update_row(
         )
         .await?;
     }
-    Ok(see_other(&format!(
-        "/admin/tables/{}/row/{}?done=updated",
-        path_segment(&info.name),
-        table::encode_key(&after.key)
-    )))
+    Ok(see_other(&format!("{}?done=updated", row_url(&info, &after.key))))
 }
 
 async fn new_row(
@@ -1177,13 +1195,9 @@ async fn new_row(
 
 async fn insert_row(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, f }: AdminForm,
 ) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
     let info = table_info(&admin, &name).await?;
     let values = posted_values(&info, &f, true);
     let row = table::db::insert(&admin.pool, &info, &values).await?;
@@ -1196,21 +1210,14 @@ async fn insert_row(
         serde_json::json!({"table": info.name, "key": row.key, "before": null, "after": table::as_json(&info, &row.values)}),
     )
     .await?;
-    Ok(see_other(&format!(
-        "/admin/tables/{}/row/{}?done=inserted",
-        path_segment(&info.name),
-        table::encode_key(&row.key)
-    )))
+    Ok(see_other(&format!("{}?done=inserted", row_url(&info, &row.key))))
 }
 
 async fn delete_row(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path((name, key)): Path<(String, String)>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, .. }: AdminForm,
 ) -> PageResult {
-    guard(&admin, &s, &headers, &Fields(f))?;
     let info = table_info(&admin, &name).await?;
     let key = row_key(&key)?;
     let before = table::db::delete(&admin.pool, &info, &key).await?.ok_or(Fail(ApiError::not_found("no such row")))?;
@@ -1266,6 +1273,49 @@ pub(crate) fn tokio_stream_of<T: Send + 'static>(
 /// Most bytes of one CSV import.
 const IMPORT_LIMIT: usize = 64 * 1024 * 1024;
 
+/// A file posted in a multipart form.
+pub(crate) struct Upload {
+    /// The file's own name.
+    pub file_name: String,
+    /// Its declared content type.
+    pub content_type: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Reads a multipart form: its text fields, and the file of field `file` (at
+/// most `limit` bytes, else 413). The CSRF check is the caller's, on the fields.
+pub(crate) async fn multipart_form(
+    mut multipart: axum::extract::Multipart,
+    limit: u64,
+) -> Result<(Fields, Option<Upload>), Fail> {
+    let bad = |e: axum::extract::multipart::MultipartError| Fail(ApiError::bad_request("invalid_form", e.to_string()));
+    let mut fields = Vec::new();
+    let mut file = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or("").to_string();
+        if name != "file" {
+            fields.push((name, field.text().await.map_err(bad)?));
+            continue;
+        }
+        let file_name = field.file_name().unwrap_or("upload").to_string();
+        let content_type = field.content_type().unwrap_or("application/octet-stream").to_string();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(Fail(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the file is larger than {}", human_bytes(limit as i64)),
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        file = Some(Upload { file_name, content_type, bytes });
+    }
+    Ok((Fields(fields), file))
+}
+
 /// The header line's column names (CSV quoting understood).
 fn csv_header(data: &[u8]) -> Vec<String> {
     let line_end = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
@@ -1295,37 +1345,11 @@ async fn import_csv(
     AdminSession(s): AdminSession,
     Path(name): Path<String>,
     headers: HeaderMap,
-    mut multipart: axum::extract::Multipart,
+    multipart: axum::extract::Multipart,
 ) -> PageResult {
-    let mut csrf = None;
-    let mut data: Option<Vec<u8>> = None;
-    while let Some(mut field) =
-        multipart.next_field().await.map_err(|e| ApiError::bad_request("invalid_form", e.to_string()))?
-    {
-        match field.name() {
-            Some("csrf") => {
-                csrf = Some(field.text().await.map_err(|e| ApiError::bad_request("invalid_form", e.to_string()))?)
-            }
-            Some("file") => {
-                let mut buf = Vec::new();
-                while let Some(chunk) =
-                    field.chunk().await.map_err(|e| ApiError::bad_request("invalid_form", e.to_string()))?
-                {
-                    if buf.len() + chunk.len() > IMPORT_LIMIT {
-                        return Err(Fail(ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "payload_too_large",
-                            "a CSV import is at most 64 MiB",
-                        )));
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                data = Some(buf);
-            }
-            _ => {}
-        }
-    }
-    guard(&admin, &s, &headers, &Fields(vec![("csrf".into(), csrf.unwrap_or_default())]))?;
+    let (f, file) = multipart_form(multipart, IMPORT_LIMIT as u64).await?;
+    guard(&admin, &s, &headers, &f)?;
+    let data = file.map(|u| u.bytes);
     let info = table_info(&admin, &name).await?;
     let data =
         data.filter(|d| !d.is_empty()).ok_or(Fail(ApiError::bad_request("missing_file", "choose a CSV file")))?;
@@ -1453,14 +1477,7 @@ async fn sql_page(
 /// Most characters of one SQL statement.
 const SQL_LIMIT: usize = 100_000;
 
-async fn sql_run(
-    State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
-) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
+async fn sql_run(State(admin): State<Arc<Admin>>, AdminForm { s, f }: AdminForm) -> PageResult {
     let sql = f.get("sql").unwrap_or("").to_string();
     let write = f.get("mode") == Some("write");
     let explain = f.get("explain").unwrap_or("").to_string();
@@ -1541,14 +1558,7 @@ fn csv_field(v: &Option<String>) -> String {
     }
 }
 
-async fn sql_export(
-    State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
-) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
+async fn sql_export(State(admin): State<Arc<Admin>>, AdminForm { f, .. }: AdminForm) -> PageResult {
     let sql = f.get("sql").unwrap_or("");
     if sql.trim().is_empty() || sql.len() > SQL_LIMIT {
         return Err(Fail(ApiError::bad_request("invalid_sql", "write one statement")));
@@ -1579,14 +1589,7 @@ async fn sql_export(
     Ok(secure(res))
 }
 
-async fn sql_save(
-    State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
-) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
+async fn sql_save(State(admin): State<Arc<Admin>>, AdminForm { s, f }: AdminForm) -> PageResult {
     let name = f.get("name").unwrap_or("").trim().to_string();
     let sql = f.get("sql").unwrap_or("").to_string();
     if name.is_empty() || name.chars().count() > 200 || sql.trim().is_empty() || sql.len() > SQL_LIMIT {
@@ -1639,12 +1642,9 @@ async fn sql_save(
 
 async fn sql_delete(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, .. }: AdminForm,
 ) -> PageResult {
-    guard(&admin, &s, &headers, &Fields(f))?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("no such saved query"))?;
     if !db::delete_query(&admin.pool, s.user_id, id).await? {
         return Err(Fail(ApiError::not_found("no such saved query")));

@@ -88,6 +88,8 @@ pub enum Block {
     Form(Form),
     /// Preformatted text (JSON, SQL plans, message parts).
     Pre(String),
+    /// A value to copy (a link, a token): shown, with a copy button.
+    Copy(String),
     /// Links in a row: (href, label).
     Links(Vec<(String, String)>),
     /// An image preview.

@@ -4,17 +4,17 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{FromRef, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Form, Router};
 use uuid::Uuid;
 
 use super::db;
 use crate::admin::routes::{
-    AdminSession, Fail, Fields, connection_table, done_notice, guard, page, query_pairs, query_string, render,
-    see_other,
+    AdminForm, AdminSession, Fail, Fields, Upload, connection_table, done_notice, guard, multipart_form, page,
+    query_pairs, query_string, render, see_other,
 };
 use crate::admin::view::{Action, Block, Cell, Field, Form as VForm, Head, Notice, Table, human_bytes, when};
 use crate::admin::{Admin, service};
@@ -75,6 +75,21 @@ fn enc(s: &str) -> String {
 /// A key as a URL path (each segment encoded, slashes kept).
 fn enc_key(key: &str) -> String {
     key.split('/').map(enc).collect::<Vec<_>>().join("/")
+}
+
+/// A page listing one user's rows or everyone's (`?user=`), with its filter form.
+fn user_page(
+    s: &crate::admin::db::SessionRow,
+    raw: &Option<String>,
+    title: &str,
+    section: &'static str,
+) -> Result<(crate::admin::view::Page, Option<Uuid>), Fail> {
+    let q = query_pairs(raw);
+    let user = user_param(&q)?;
+    let mut p = page(s, title, section);
+    p.notice = done_notice(&q);
+    p.push(user_filter_form(&format!("/admin/{section}"), user));
+    Ok((p, user))
 }
 
 fn user_filter_form(action: &str, user: Option<Uuid>) -> Block {
@@ -148,14 +163,7 @@ fn parse_mimes(f: &Fields) -> Option<Vec<String>> {
     (!list.is_empty()).then_some(list)
 }
 
-async fn create_bucket(
-    State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
-) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
+async fn create_bucket(State(admin): State<Arc<Admin>>, AdminForm { s, f }: AdminForm) -> PageResult {
     let id = f.get("id").unwrap_or("").trim().to_string();
     if !crate::storage::service::valid_bucket_name(&id) {
         return Err(Fail(ApiError::bad_request(
@@ -183,13 +191,9 @@ async fn create_bucket(
 
 async fn bucket_settings(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, f }: AdminForm,
 ) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
     let before =
         crate::storage::db::bucket(&admin.pool, &id).await?.ok_or(Fail(ApiError::not_found("no such bucket")))?;
     let public = f.get("public").map(|v| v == "true");
@@ -376,13 +380,9 @@ async fn object(
 
 async fn object_action(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path((bucket, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, f }: AdminForm,
 ) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
     let key = f.get("key").unwrap_or("").to_string();
     let b = crate::storage::service::bucket_or_404(&admin.storage, &bucket).await.map_err(storage_fail)?;
     let base = format!("/admin/storage/b/{}", enc(&b.id));
@@ -454,7 +454,7 @@ async fn object_action(
             let full = format!("{}{url}", admin.storage.public_base);
             let mut p = page(&s, "Signed link", "storage");
             p.notice = Notice::ok("A download link valid for one hour:");
-            p.push(Block::Pre(full));
+            p.push(Block::Copy(full));
             p.push(Block::Links(vec![(
                 format!("{base}/object{}", query_string(&[("key".into(), key)])),
                 "Back to the object".into(),
@@ -470,33 +470,14 @@ async fn upload(
     AdminSession(s): AdminSession,
     Path(bucket): Path<String>,
     headers: HeaderMap,
-    mut multipart: axum::extract::Multipart,
+    multipart: axum::extract::Multipart,
 ) -> PageResult {
-    let bad = |e: axum::extract::multipart::MultipartError| Fail(ApiError::bad_request("invalid_form", e.to_string()));
     let b = crate::storage::service::bucket_or_404(&admin.storage, &bucket).await.map_err(storage_fail)?;
     let limit = crate::storage::service::size_limit(&admin.storage, &b);
-    let mut fields = Vec::new();
-    let mut file: Option<(String, String, Vec<u8>)> = None;
-    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
-        let name = field.name().unwrap_or("").to_string();
-        if name == "file" {
-            let file_name = field.file_name().unwrap_or("upload").to_string();
-            let ty = field.content_type().unwrap_or("application/octet-stream").to_string();
-            let mut buf = Vec::new();
-            while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                if (buf.len() + chunk.len()) as u64 > limit {
-                    return Err(storage_fail(StorageError::too_large()));
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            file = Some((file_name, ty, buf));
-        } else {
-            fields.push((name, field.text().await.map_err(bad)?));
-        }
-    }
-    let f = Fields(fields);
+    let (f, file) = multipart_form(multipart, limit).await?;
     guard(&admin, &s, &headers, &f)?;
-    let (file_name, ty, bytes) = file.ok_or(Fail(ApiError::bad_request("missing_file", "choose a file")))?;
+    let Upload { file_name, content_type: ty, bytes } =
+        file.ok_or(Fail(ApiError::bad_request("missing_file", "choose a file")))?;
     let name = f.get("name").map(str::trim).filter(|n| !n.is_empty()).map(str::to_string).unwrap_or(file_name);
     let key = format!("{}{name}", f.get("prefix").unwrap_or(""));
     crate::storage::service::check_key(&key).map_err(storage_fail)?;
@@ -546,11 +527,7 @@ async fn connections(
     AdminSession(s): AdminSession,
     RawQuery(raw): RawQuery,
 ) -> PageResult {
-    let q = query_pairs(&raw);
-    let user = user_param(&q)?;
-    let mut p = page(&s, "Connections", "connections");
-    p.notice = done_notice(&q);
-    p.push(user_filter_form("/admin/connections", user));
+    let (mut p, user) = user_page(&s, &raw, "Connections", "connections")?;
     let conns = crate::admin::db::connections(&admin.pool, user, 200).await?;
     p.push(Block::Table(connection_table(conns)));
     p.push(Block::Heading("Integrations".into()));
@@ -597,13 +574,9 @@ async fn connections(
 
 async fn connection_action(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path((id, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, .. }: AdminForm,
 ) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
     let id = uuid(&id, "connection")?;
     let owner =
         db::connection_owner(&admin.pool, id).await?.ok_or(Fail(ApiError::not_found("connection not found")))?;
@@ -645,14 +618,7 @@ fn non_empty(f: &Fields, k: &str) -> Option<String> {
     f.get(k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
 }
 
-async fn create_integration(
-    State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
-) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
+async fn create_integration(State(admin): State<Arc<Admin>>, AdminForm { s, f }: AdminForm) -> PageResult {
     let key = non_empty(&f, "unique_key").unwrap_or_default();
     let actor = format!("admin:{}", s.user_id);
     let exists = crate::connections::integrations::by_key(&admin.connections, &key).await.is_ok();
@@ -699,15 +665,13 @@ async fn create_integration(
 
 async fn update_integration(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path(key): Path<String>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, f }: AdminForm,
 ) -> PageResult {
-    let mut pairs = f;
+    let mut pairs = f.0;
     pairs.retain(|(k, _)| k != "unique_key");
     pairs.push(("unique_key".into(), key));
-    create_integration(State(admin), AdminSession(s), headers, Form(pairs)).await
+    create_integration(State(admin), AdminForm { s, f: Fields(pairs) }).await
 }
 
 // ---- conversations ----------------------------------------------------------------
@@ -717,10 +681,7 @@ async fn conversations(
     AdminSession(s): AdminSession,
     RawQuery(raw): RawQuery,
 ) -> PageResult {
-    let q = query_pairs(&raw);
-    let user = user_param(&q)?;
-    let mut p = page(&s, "Conversations", "conversations");
-    p.push(user_filter_form("/admin/conversations", user));
+    let (mut p, user) = user_page(&s, &raw, "Conversations", "conversations")?;
     let rows = db::conversations(&admin.pool, user, 200)
         .await?
         .into_iter()
@@ -797,11 +758,7 @@ async fn knowledge(
     AdminSession(s): AdminSession,
     RawQuery(raw): RawQuery,
 ) -> PageResult {
-    let q = query_pairs(&raw);
-    let user = user_param(&q)?;
-    let mut p = page(&s, "Knowledge", "knowledge");
-    p.notice = done_notice(&q);
-    p.push(user_filter_form("/admin/knowledge", user));
+    let (mut p, user) = user_page(&s, &raw, "Knowledge", "knowledge")?;
     if let Some(u) = user {
         p.push(Block::Heading("Folders".into()));
         let rows = db::folders(&admin.pool, u)
@@ -882,12 +839,9 @@ async fn knowledge(
 
 async fn reingest(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, .. }: AdminForm,
 ) -> PageResult {
-    guard(&admin, &s, &headers, &Fields(f))?;
     let id = uuid(&id, "file")?;
     let owner = db::file_owner(&admin.pool, id).await?.ok_or(Fail(ApiError::not_found("file not found")))?;
     crate::knowledge::service::reingest(&admin.knowledge, owner, id).await?;
@@ -1036,13 +990,9 @@ async fn memory(
 
 async fn memory_action(
     State(admin): State<Arc<Admin>>,
-    AdminSession(s): AdminSession,
     Path((id, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    Form(f): Form<Vec<(String, String)>>,
+    AdminForm { s, f }: AdminForm,
 ) -> PageResult {
-    let f = Fields(f);
-    guard(&admin, &s, &headers, &f)?;
     let id = uuid(&id, "memory")?;
     let owner = db::memory_owner(&admin.pool, id).await?.ok_or(Fail(ApiError::not_found("memory not found")))?;
     let before = crate::memory::service::get(&admin.memory, owner, id).await?.memory;

@@ -227,7 +227,10 @@ fn where_and_order(sql: &mut Sql, info: &TableInfo, b: &Browse) -> Result<(Strin
     }
     let mut order: Vec<String> = Vec::new();
     if let Some(col) = sort {
-        order.push(format!("t.{} {dir} NULLS LAST", q(&col.name)));
+        // NULLS LAST only where NULLs can be: a NOT NULL column keeps the plain
+        // order, which a (backward) index scan serves without sorting.
+        let nulls = if col.nullable { " NULLS LAST" } else { "" };
+        order.push(format!("t.{} {dir}{nulls}", q(&col.name)));
     }
     order.extend(keys.iter().map(|(k, _)| format!("{k} {dir}")));
     let where_sql = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };

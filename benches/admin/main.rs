@@ -129,7 +129,8 @@ fn main() {
                 .expect("browse");
             direct.push(t.elapsed());
             let last = &page[49];
-            browse.after = Some(carmenta::admin::table::Cursor { sort: Some(last.sort.clone()), key: last.key.clone() });
+            browse.after =
+                Some(carmenta::admin::table::Cursor { sort: Some(last.sort.clone()), key: last.key.clone() });
         }
         direct.sort();
         println!(

@@ -219,8 +219,9 @@ pub struct Filter {
 /// Where a page continues: the last row's sort value and key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Cursor {
-    /// The sort column's value (text form; `None`: NULL), when sorting by a column.
-    #[serde(default)]
+    /// The sort column's value (text form; `Some(None)`: NULL), when sorting by a
+    /// column; absent (not `null`) when sorting by the key alone.
+    #[serde(default, deserialize_with = "crate::error::double_option", skip_serializing_if = "Option::is_none")]
     pub sort: Option<Option<String>>,
     /// The primary key's values (text form).
     pub key: Vec<String>,
@@ -320,8 +321,10 @@ mod tests {
 
     #[test]
     fn cursor_and_key_round_trip() {
-        let c = Cursor { sort: Some(None), key: vec!["a\"b".into(), "1".into()] };
-        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        for sort in [None, Some(None), Some(Some("x".to_string()))] {
+            let c = Cursor { sort, key: vec!["a\"b".into(), "1".into()] };
+            assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        }
         assert_eq!(decode_key(&encode_key(&["x".into()])), Some(vec!["x".to_string()]));
         assert_eq!(Cursor::decode("%%%"), None);
     }

@@ -52,7 +52,8 @@ fn main() {
     std::fs::write(
         &providers,
         serde_json::json!({"bench": {"auth_mode": "OAUTH2", "authorization_url": format!("http://127.0.0.1:{up_port}/authorize"),
-            "token_url": format!("http://127.0.0.1:{up_port}/token"), "proxy": {"base_url": format!("http://127.0.0.1:{up_port}/api")}}})
+            "token_url": format!("http://127.0.0.1:{up_port}/token"), "proxy": {"base_url": format!("http://127.0.0.1:{up_port}/api")},
+            "scope_separator": " ", "docs": "https://docs.example.test/oauth", "categories": ["dev-tools"]}})
         .to_string(),
     )
     .expect("providers file");

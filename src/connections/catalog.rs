@@ -134,10 +134,74 @@ fn field_error(provider: &str, field: &str, reason: impl Into<String>) -> Catalo
 
 fn entries(text: &str, source: &str) -> Result<Map<String, Value>, CatalogError> {
     let file = |reason: String| CatalogError::File { file: source.to_string(), reason };
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
+    match serde_json::from_str::<Strict>(text) {
+        Ok(Strict(Value::Object(m))) => Ok(m),
         Ok(_) => Err(file("expected a JSON object of provider entries".into())),
         Err(e) => Err(file(e.to_string())),
+    }
+}
+
+/// JSON read like `serde_json::Value`, except that a key repeated in one object
+/// is an error naming it (serde_json keeps the last one silently: a provider
+/// written twice would quietly lose its first entry).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.insert(key.clone(), v).is_some() {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -208,11 +272,98 @@ fn resolve(raw: &Map<String, Value>, name: &str, seen: &mut Vec<String>) -> Resu
                 return Err(field_error(name, "alias", format!("no provider named {parent:?}")));
             }
             let mut base = resolve(raw, parent, seen)?;
+            if let (Some(own), Some(family)) = (entry.get("scope_separator"), base.get("scope_separator"))
+                && own != family
+            {
+                return Err(field_error(
+                    name,
+                    "scope_separator",
+                    format!("{own} differs from its family's ({parent:?} uses {family})"),
+                ));
+            }
             deep_merge(&mut base, entry);
             Ok(base)
         }
         Some(_) => Err(field_error(name, "alias", "expected a provider name")),
     }
+}
+
+/// The categories an entry may name.
+pub const CATEGORIES: [&str; 20] = [
+    "productivity",
+    "mail",
+    "calendar",
+    "storage",
+    "documents",
+    "crm",
+    "support",
+    "communication",
+    "dev-tools",
+    "ai",
+    "finance",
+    "hr",
+    "ats",
+    "commerce",
+    "marketing",
+    "analytics",
+    "social",
+    "video",
+    "design",
+    "health",
+];
+
+/// Checks a URL field: every `A || B` alternative is HTTPS (plain HTTP only to a
+/// loopback host, for local development), and every `${…}` in it names a
+/// declared `connection_config` key. A value starting with a variable (an
+/// instance URL learnt at connect time) is checked for its variables only.
+fn check_url(v: &str, config_keys: &[String]) -> Result<(), String> {
+    for u in v.split("||").map(str::trim) {
+        check_vars(u, config_keys, &[])?;
+        if u.starts_with("${") {
+            // A whole origin learnt at connect time (`${connectionConfig.instance_url}/api`).
+            continue;
+        }
+        let concrete = fill_placeholders(u);
+        let parsed = url::Url::parse(&concrete).map_err(|_| format!("{u:?} is not a URL"))?;
+        let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        match parsed.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            _ => return Err(format!("{u:?} is not HTTPS")),
+        }
+    }
+    Ok(())
+}
+
+/// `${…}` replaced by a placeholder label, to check a template's shape.
+fn fill_placeholders(u: &str) -> String {
+    let mut out = String::with_capacity(u.len());
+    let mut rest = u;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        out.push('x');
+        rest = rest[i..].find('}').map_or("", |j| &rest[i + j + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every `${name}` in `text` is `connectionConfig.<declared key>` or one of `extra`.
+fn check_vars(text: &str, config_keys: &[String], extra: &[&str]) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let Some(j) = rest[i..].find('}') else { return Err(format!("unclosed ${{ in {text:?}")) };
+        let var = &rest[i + 2..i + j];
+        let known = match var.strip_prefix("connectionConfig.") {
+            Some(k) => config_keys.iter().any(|c| c == k),
+            None => extra.contains(&var),
+        };
+        if !known {
+            return Err(format!("unknown template variable ${{{var}}} (declare it under connection_config)"));
+        }
+        rest = &rest[i + j + 1..];
+    }
+    Ok(())
 }
 
 fn url_like(v: &str) -> bool {
@@ -232,6 +383,57 @@ fn validate(name: &str, raw: Value) -> Result<Provider, CatalogError> {
     let auth_mode = raw.get("auth_mode").and_then(Value::as_str).ok_or_else(|| err("auth_mode", "missing"))?;
     if !AUTH_MODES.contains(&auth_mode) {
         return Err(err("auth_mode", &format!("{auth_mode:?} is not one of {AUTH_MODES:?}")));
+    }
+    let config_keys: Vec<String> = match raw.get("connection_config") {
+        None => Vec::new(),
+        Some(Value::Object(m)) if m.values().all(Value::is_object) => m.keys().cloned().collect(),
+        Some(_) => return Err(err("connection_config", "expected an object of {key: {type: …}}")),
+    };
+    match raw.get("docs") {
+        Some(Value::String(u)) => check_url(u, &[]).map_err(|e| err("docs", &e))?,
+        _ => return Err(err("docs", "missing (the provider's developer documentation, an https URL)")),
+    }
+    match raw.get("categories").and_then(Value::as_array) {
+        Some(a) if !a.is_empty() => {
+            for c in a {
+                if !c.as_str().is_some_and(|c| CATEGORIES.contains(&c)) {
+                    return Err(err("categories", &format!("{c} is not one of {CATEGORIES:?}")));
+                }
+            }
+        }
+        _ => return Err(err("categories", "missing (a non-empty array of categories)")),
+    }
+    if let Some(v) = raw.get("refresh")
+        && !v.as_str().is_some_and(|r| ["reusable", "rotating", "none"].contains(&r))
+    {
+        return Err(err("refresh", "expected reusable, rotating or none"));
+    }
+    if auth_mode == "OAUTH2" && !raw.get("scope_separator").is_some_and(Value::is_string) {
+        return Err(err("scope_separator", "missing (required for OAuth)"));
+    }
+    for field in ["authorization_url", "token_url", "refresh_url", "revoke_url"] {
+        match raw.get(field) {
+            Some(Value::String(u)) => check_url(u, &config_keys).map_err(|e| err(field, &e))?,
+            Some(Value::Object(m)) => {
+                for u in m.values().filter_map(Value::as_str) {
+                    check_url(u, &config_keys).map_err(|e| err(field, &e))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(v) = raw.get("identity").and_then(|i| i.get("url")).and_then(Value::as_str) {
+        check_url(v, &config_keys).map_err(|e| err("identity.url", &e))?;
+    }
+    if let Some(p) = raw.get("proxy") {
+        if let Some(u) = p.get("base_url").and_then(Value::as_str) {
+            check_url(u, &config_keys).map_err(|e| err("proxy.base_url", &e))?;
+        }
+        if let Some(h) = p.get("headers").and_then(Value::as_object) {
+            for v in h.values().filter_map(Value::as_str) {
+                check_vars(v, &config_keys, &["apiKey", "accessToken"]).map_err(|e| err("proxy.headers", &e))?;
+            }
+        }
     }
     if matches!(auth_mode, "OAUTH2" | "CUSTOM" | "OAUTH2_CC") {
         for field in ["authorization_url", "token_url"] {
@@ -355,11 +557,16 @@ mod tests {
         assert_eq!(c.get("slack").unwrap().raw["disable_pkce"], true);
     }
 
+    /// `docs` and `categories`, which every entry needs, for test entries.
+    const D: &str = r#""docs": "https://docs.acme.test/api", "categories": ["crm"]"#;
+
     #[test]
     fn overrides_add_and_replace_fields() {
-        let over = r#"{"notion": {"proxy": {"headers": {"notion-version": "2025-09-03"}}},
-                       "acme": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://api.acme.test"}}}"#;
-        let c = Catalog::load(Some(("providers.override.json", over))).unwrap();
+        let over = format!(
+            r#"{{"notion": {{"proxy": {{"headers": {{"notion-version": "2025-09-03"}}}}}},
+                "acme": {{"auth_mode": "API_KEY", "proxy": {{"base_url": "https://api.acme.test"}}, {D}}}}}"#
+        );
+        let c = Catalog::load(Some(("providers.override.json", &over))).unwrap();
         let notion = c.get("notion").unwrap();
         assert_eq!(notion.raw["proxy"]["headers"]["notion-version"], "2025-09-03");
         assert_eq!(notion.proxy_base_url(), Some("https://api.notion.com"), "other proxy fields kept");
@@ -368,22 +575,89 @@ mod tests {
 
     #[test]
     fn errors_name_entry_and_field() {
+        let oauth = |extra: &str| {
+            format!(
+                r#"{{"x": {{"auth_mode": "OAUTH2", "authorization_url": "https://a.test/auth", "token_url": "https://a.test/token",
+                    "scope_separator": " ", "proxy": {{"base_url": "https://api.a.test"}}, {D}{extra}}}}}"#
+            )
+        };
         let cases = [
-            (r#"{"x": {"auth_mode": "OAUTH9", "proxy": {"base_url": "https://a"}}}"#, "\"x\": field \"auth_mode\""),
+            (format!(r#"{{"x": {{"auth_mode": "OAUTH9", "proxy": {{"base_url": "https://a"}}, {D}}}}}"#), "\"x\": field \"auth_mode\"".to_string()),
             (
-                r#"{"x": {"auth_mode": "OAUTH2", "token_url": "https://t", "proxy": {"base_url": "https://a"}}}"#,
-                "field \"authorization_url\": missing",
+                format!(r#"{{"x": {{"auth_mode": "OAUTH2", "token_url": "https://t", "scope_separator": " ", "proxy": {{"base_url": "https://a"}}, {D}}}}}"#),
+                "field \"authorization_url\": missing".into(),
             ),
-            (r#"{"x": {"alias": "nope"}}"#, "\"x\": field \"alias\": no provider named \"nope\""),
-            (r#"{"x": {"alias": "y"}, "y": {"alias": "x"}}"#, "alias cycle"),
-            (r#"{"notion": {"body_format": "xml"}}"#, "\"notion\": field \"body_format\""),
-            (r#"{"x": {"auth_mode": "API_KEY", "proxy": {"base_url": "ftp://a"}}}"#, "field \"proxy.base_url\""),
-            (r#"{"x": {"auth_mode": "API_KEY"}}"#, "\"x\": field \"proxy.base_url\": missing"),
-            (r#"[1]"#, "expected a JSON object"),
+            (r#"{"x": {"alias": "nope"}}"#.into(), "\"x\": field \"alias\": no provider named \"nope\"".into()),
+            (r#"{"x": {"alias": "y"}, "y": {"alias": "x"}}"#.into(), "alias cycle".into()),
+            (r#"{"notion": {"body_format": "xml"}}"#.into(), "\"notion\": field \"body_format\"".into()),
+            (format!(r#"{{"x": {{"auth_mode": "API_KEY", "proxy": {{"base_url": "ftp://a"}}, {D}}}}}"#), "field \"proxy.base_url\"".into()),
+            (format!(r#"{{"x": {{"auth_mode": "API_KEY", {D}}}}}"#), "\"x\": field \"proxy.base_url\": missing".into()),
+            ("[1]".into(), "expected a JSON object".into()),
+            // What every entry must state, for its auth mode.
+            (r#"{"x": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://a"}}}"#.into(), "\"x\": field \"docs\": missing".into()),
+            (r#"{"x": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://a"}, "docs": "https://d"}}"#.into(), "field \"categories\": missing".into()),
+            (
+                r#"{"x": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://a"}, "docs": "https://d", "categories": ["toys"]}}"#.into(),
+                "field \"categories\": \"toys\" is not one of".into(),
+            ),
+            (oauth("").replace(r#""scope_separator": " ","#, ""), "field \"scope_separator\": missing".into()),
+            (format!(r#"{{"x": {{"auth_mode": "OAUTH2_CC", "proxy": {{"base_url": "https://a"}}, {D}}}}}"#), "field \"token_url\": missing".into()),
+            (oauth(r#", "refresh": "sometimes""#), "field \"refresh\": expected reusable, rotating or none".into()),
+            // Plain HTTP only to a loopback host.
+            (oauth("").replace("https://a.test/token", "http://a.test/token"), "field \"token_url\": \"http://a.test/token\" is not HTTPS".into()),
+            (oauth("").replace("https://api.a.test", "http://10.0.0.7"), "field \"proxy.base_url\"".into()),
+            (r#"{"x": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://a"}, "docs": "http://d.test", "categories": ["crm"]}}"#.into(), "field \"docs\"".into()),
+            // Template variables must be declared.
+            (
+                oauth("").replace("https://a.test/auth", "https://${connectionConfig.subdomain}.a.test/auth"),
+                "field \"authorization_url\": unknown template variable ${connectionConfig.subdomain}".into(),
+            ),
+            (
+                oauth("").replace(
+                    r#""proxy": {"base_url": "https://api.a.test"}"#,
+                    r#""proxy": {"base_url": "https://api.a.test", "headers": {"x-key": "${secretKey}"}}"#,
+                ),
+                "field \"proxy.headers\": unknown template variable ${secretKey}".into(),
+            ),
+            // A key written twice, at the top or inside an entry.
+            (format!(r#"{{"x": {{"auth_mode": "API_KEY", "proxy": {{"base_url": "https://a"}}, {D}}}, "x": {{}}}}"#), "duplicate key \"x\"".into()),
+            (oauth(r#", "token_url": "https://b.test/token""#), "duplicate key \"token_url\"".into()),
+            // An alias may not change its family's scope separator.
+            (r#"{"google-x": {"alias": "google", "scope_separator": ","}}"#.into(), "\"google-x\": field \"scope_separator\": \",\" differs from its family's".into()),
         ];
         for (text, want) in cases {
-            let e = Catalog::load(Some(("over.json", text))).unwrap_err();
-            assert!(e.to_string().contains(want), "{text}: {e}");
+            let e = Catalog::load(Some(("over.json", &text))).unwrap_err();
+            assert!(e.to_string().contains(&want), "{text}: {e}");
         }
+        // Declared variables, loopback HTTP and a whole-URL variable are fine.
+        let ok =
+            oauth(r#", "connection_config": {"subdomain": {"type": "string"}, "instance_url": {"type": "string"}}"#)
+                .replace("https://a.test/auth", "https://${connectionConfig.subdomain}.a.test/auth")
+                .replace("https://a.test/token", "http://127.0.0.1:9/token")
+                .replace("https://api.a.test", "${connectionConfig.instance_url}");
+        Catalog::load(Some(("over.json", &ok))).unwrap();
+    }
+
+    #[test]
+    fn the_builtin_catalog_is_large_documented_and_categorised() {
+        let c = Catalog::load(None).unwrap();
+        let n = c.all().count();
+        assert!(n >= 200, "{n} providers");
+        let mut modes = std::collections::BTreeMap::new();
+        for p in c.all() {
+            *modes.entry(p.auth_mode.clone()).or_insert(0) += 1;
+            assert!(p.str("docs").is_some_and(|d| d.starts_with("https://")), "{}", p.name);
+        }
+        for mode in ["OAUTH2", "OAUTH2_CC", "API_KEY", "BASIC"] {
+            assert!(modes.get(mode).copied().unwrap_or(0) >= 1, "{mode}: {modes:?}");
+        }
+        for cat in CATEGORIES {
+            assert!(c.all().any(|p| p.raw["categories"].as_array().unwrap().iter().any(|x| x == cat)), "{cat}");
+        }
+        // Families: an alias states only what differs.
+        let zoho_desk = c.get("zoho-desk").unwrap();
+        assert_eq!(zoho_desk.str("token_url"), c.get("zoho").unwrap().str("token_url"));
+        assert_eq!(zoho_desk.proxy_base_url(), Some("https://desk.zoho.${connectionConfig.extension}"));
+        assert_eq!(c.get("onedrive").unwrap().str("token_url"), c.get("microsoft").unwrap().str("token_url"));
     }
 }

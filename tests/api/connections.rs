@@ -127,7 +127,8 @@ async fn integrations_crud_with_an_encrypted_secret() {
 async fn a_providers_file_overrides_and_is_validated() {
     let dir = crate::harness::temp_dir("carmenta-providers-");
     let good = dir.join("good.json");
-    std::fs::write(&good, r#"{"acme": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://api.acme.test", "headers": {"x-api-key": "${apiKey}"}}},
+    std::fs::write(&good, r#"{"acme": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://api.acme.test", "headers": {"x-api-key": "${apiKey}"}},
+                                        "docs": "https://docs.acme.test/api", "categories": ["crm"]},
                              "notion": {"proxy": {"headers": {"notion-version": "2025-09-03"}}}}"#).unwrap();
     let app = TestApp::builder().config(|c| c.providers_file = Some(good.clone())).spawn().await;
     let u = sign_up(&app, "o@example.com").await;
@@ -147,6 +148,20 @@ async fn a_providers_file_overrides_and_is_validated() {
     let e = e.to_string();
     assert!(e.contains("\"slack\"") && e.contains("token_url"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Completes test provider entries with what every catalog entry must state: a
+/// documentation URL, categories, and (for OAuth) a scope separator.
+pub fn documented(mut providers: Value) -> Value {
+    for entry in providers.as_object_mut().unwrap().values_mut() {
+        let e = entry.as_object_mut().unwrap();
+        e.entry("docs").or_insert_with(|| json!("https://docs.example.test/oauth"));
+        e.entry("categories").or_insert_with(|| json!(["dev-tools"]));
+        if e.get("auth_mode") == Some(&json!("OAUTH2")) {
+            e.entry("scope_separator").or_insert_with(|| json!(" "));
+        }
+    }
+    providers
 }
 
 /// A local OAuth provider: `/basic/token` wants HTTP Basic client auth and a JSON
@@ -396,16 +411,16 @@ impl Flow {
                            "identity": {"url": format!("{base}/userinfo"), "id_path": "sub"},
                            "proxy": {"base_url": format!("{base}/api")}},
             "fake-metadata": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"),
-                           "token_url": "http://169.254.169.254/latest/meta-data/iam/token",
+                           "token_url": "https://169.254.169.254/latest/meta-data/iam/token",
                            "proxy": {"base_url": format!("{base}/api")}},
-            "fake-key-metadata": {"auth_mode": "API_KEY", "proxy": {"base_url": "http://169.254.169.254/latest"}},
+            "fake-key-metadata": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://169.254.169.254/latest"}},
             "fake-key": {"auth_mode": "API_KEY", "proxy": {"base_url": format!("{base}/api"), "headers": {"x-api-key": "${apiKey}"}}},
             "fake-basicauth": {"auth_mode": "BASIC", "proxy": {"base_url": format!("{base}/api")}},
             "fake-slack": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/slack/token"),
                            "disable_pkce": true, "scope_separator": ",", "alternate_access_token_response_path": "authed_user",
                            "account_id_path": "authed_user.id", "proxy": {"base_url": format!("{base}/api")}}
         });
-        std::fs::write(&file, providers.to_string()).unwrap();
+        std::fs::write(&file, documented(providers).to_string()).unwrap();
         let app = TestApp::builder()
             .config(|c| {
                 c.providers_file = Some(file.clone());

@@ -56,6 +56,14 @@ impl Provider {
     pub fn expiration_buffer(&self) -> Option<u64> {
         self.raw.get("token_expiration_buffer").and_then(Value::as_u64)
     }
+    /// Its categories.
+    pub fn categories(&self) -> Vec<String> {
+        self.raw
+            .get("categories")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
     /// Scopes requested when an integration names none.
     pub fn default_scopes(&self) -> Vec<String> {
         self.raw

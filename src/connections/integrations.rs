@@ -26,6 +26,28 @@ pub struct ProviderView {
     pub proxy_base_url: Option<String>,
     /// Scopes used when an integration names none.
     pub default_scopes: Vec<String>,
+    /// What the provider is for (`crm`, `mail`, …).
+    pub categories: Vec<String>,
+    /// The provider's developer documentation this entry was written from.
+    pub docs: Option<String>,
+    /// The entry it inherits from (a family such as `google` or `zoho`).
+    pub alias: Option<String>,
+    /// `reusable`, `rotating` or `none`: what its refresh tokens do.
+    pub refresh: String,
+    /// Connection configuration the user gives when connecting (`subdomain`, …).
+    pub connection_config: Vec<String>,
+}
+
+/// `GET /v1/providers` filters.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProviderQuery {
+    /// Only providers of this category (`crm`, `mail`, `calendar`, …).
+    pub category: Option<String>,
+    /// Only this auth mode (`OAUTH2`, `OAUTH2_CC`, `API_KEY`, `BASIC`, …).
+    pub auth_mode: Option<String>,
+    /// Names containing this text (case-insensitive).
+    pub q: Option<String>,
 }
 
 /// An integration as returned (never the secret).
@@ -122,15 +144,29 @@ fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The catalog as listed.
-pub fn providers(c: &Connections) -> Vec<ProviderView> {
+/// The catalog as listed, filtered by category, auth mode and name.
+pub fn providers(c: &Connections, q: &ProviderQuery) -> Vec<ProviderView> {
+    let needle = q.q.as_deref().map(str::to_lowercase);
     c.catalog
         .all()
+        .filter(|p| q.auth_mode.as_deref().is_none_or(|m| p.auth_mode.eq_ignore_ascii_case(m)))
+        .filter(|p| q.category.as_deref().is_none_or(|cat| p.categories().iter().any(|c| c == cat)))
+        .filter(|p| needle.as_deref().is_none_or(|n| p.name.contains(n)))
         .map(|p| ProviderView {
             name: p.name.clone(),
             auth_mode: p.auth_mode.clone(),
             proxy_base_url: p.proxy_base_url().map(str::to_string),
             default_scopes: p.default_scopes(),
+            categories: p.categories(),
+            docs: p.str("docs").map(str::to_string),
+            alias: p.str("alias").map(str::to_string),
+            refresh: p.str("refresh").unwrap_or("reusable").to_string(),
+            connection_config: p
+                .raw
+                .get("connection_config")
+                .and_then(serde_json::Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
         })
         .collect()
 }

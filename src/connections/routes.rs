@@ -73,9 +73,14 @@ fn require_service(caller: &Caller) -> Result<(), ApiError> {
 // Catalog and integrations
 
 /// The provider catalog.
-#[utoipa::path(get, path = "/v1/providers", tag = "connections", responses((status = 200, body = Vec<ProviderView>)))]
-async fn list_providers(State(c): State<Arc<Connections>>, _caller: Caller) -> ApiJson<Vec<ProviderView>> {
-    ApiJson(integrations::providers(&c))
+#[utoipa::path(get, path = "/v1/providers", tag = "connections", params(integrations::ProviderQuery),
+    responses((status = 200, body = Vec<ProviderView>)))]
+async fn list_providers(
+    State(c): State<Arc<Connections>>,
+    _caller: Caller,
+    Query(q): Query<integrations::ProviderQuery>,
+) -> ApiJson<Vec<ProviderView>> {
+    ApiJson(integrations::providers(&c, &q))
 }
 
 /// Create an integration.
@@ -260,7 +265,22 @@ struct CallbackQuery {
 struct PageIntegration {
     key: String,
     provider: String,
+    /// Up to two letters standing in for a logo (no image is fetched from elsewhere).
+    initials: String,
+    /// A hue for the initials' badge, stable per provider.
+    hue: u32,
+    categories: String,
     accounts: Vec<(String, String)>,
+}
+
+/// The initials of a provider name: the first letters of its first two words.
+fn initials(name: &str) -> String {
+    name.split(['-', '_'])
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .filter_map(|w| w.chars().next())
+        .collect::<String>()
+        .to_uppercase()
 }
 
 #[derive(Template)]
@@ -322,7 +342,16 @@ async fn connect_page(State(c): State<Arc<Connections>>, Query(q): Query<Connect
     let mut integrations: Vec<PageIntegration> = Vec::new();
     for line in lines {
         if integrations.last().is_none_or(|i| i.key != line.unique_key) {
-            integrations.push(PageIntegration { key: line.unique_key, provider: line.provider, accounts: Vec::new() });
+            let categories = c.catalog.get(&line.provider).map(|p| p.categories().join(" · ")).unwrap_or_default();
+            let hue = line.provider.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 360;
+            integrations.push(PageIntegration {
+                key: line.unique_key,
+                initials: initials(&line.provider),
+                hue,
+                categories,
+                provider: line.provider,
+                accounts: Vec::new(),
+            });
         }
         if let (Some(a), Some(st), Some(i)) = (line.external_account_id, line.status, integrations.last_mut()) {
             i.accounts.push((a, st));

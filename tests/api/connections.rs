@@ -136,6 +136,30 @@ async fn a_providers_file_overrides_and_is_validated() {
     assert_eq!(status, 200, "{list}");
     let acme = list.as_array().unwrap().iter().find(|p| p["name"] == "acme").unwrap();
     assert_eq!(acme["proxy_base_url"], "https://api.acme.test");
+    assert!(list.as_array().unwrap().len() >= 200, "the catalog lists every provider");
+    // Filters: category, auth mode, name.
+    let names =
+        |v: &Value| v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let (_, crm) = app.get_as("/v1/providers?category=crm", &u.jwt).await;
+    let crm = names(&crm);
+    assert!(
+        crm.contains(&"acme".to_string())
+            && crm.contains(&"salesforce".to_string())
+            && crm.contains(&"pipedrive".to_string())
+    );
+    assert!(!crm.contains(&"slack".to_string()));
+    let (_, cc) = app.get_as("/v1/providers?auth_mode=OAUTH2_CC", &u.jwt).await;
+    assert!(
+        cc.as_array().unwrap().len() >= 5 && cc.as_array().unwrap().iter().all(|p| p["auth_mode"] == "OAUTH2_CC"),
+        "{cc}"
+    );
+    let (_, zoho) = app.get_as("/v1/providers?q=ZOHO&category=support", &u.jwt).await;
+    assert_eq!(names(&zoho), vec!["zoho-desk"]);
+    let desk = &zoho[0];
+    assert_eq!((desk["alias"].as_str(), desk["connection_config"][0].as_str()), (Some("zoho"), Some("extension")));
+    assert!(desk["docs"].as_str().unwrap().starts_with("https://"));
+    let (_, none) = app.get_as("/v1/providers?category=toys", &u.jwt).await;
+    assert_eq!(none, json!([]));
     let notion = app.state.connections.catalog.get("notion").unwrap();
     assert_eq!(notion.raw["proxy"]["headers"]["notion-version"], "2025-09-03");
     assert_eq!(notion.proxy_base_url(), Some("https://api.notion.com"));
@@ -1187,6 +1211,8 @@ async fn hosted_connect_page_lists_allowed_integrations_and_my_accounts() {
     assert!(!html.contains("acct-theirs"), "another user's account is not shown");
     assert!(!html.contains("slack"), "integrations outside the session are not shown");
     assert!(html.contains(&format!("/oauth/connect/basic?session={token}")));
+    // A badge with the provider's initials stands in for a logo, and its categories show.
+    assert!(html.contains(r#"aria-hidden="true">FB</span>"#) && html.contains("fake-basic · dev-tools"), "{html}");
     let r = f.app.call(Method::GET, "/oauth/connect?session=nope").send().await;
     assert_eq!(r.status(), 400);
 }

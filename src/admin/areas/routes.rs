@@ -553,10 +553,11 @@ async fn connections(
         empty: "No integrations.".into(),
     }));
     p.push(Block::Heading("Create or edit an integration".into()));
-    let mut providers: Vec<(String, String)> = crate::connections::integrations::providers(&admin.connections)
-        .into_iter()
-        .map(|pv| (pv.name.clone(), format!("{} ({})", pv.name, pv.auth_mode)))
-        .collect();
+    let mut providers: Vec<(String, String)> =
+        crate::connections::integrations::providers(&admin.connections, &Default::default())
+            .into_iter()
+            .map(|pv| (pv.name.clone(), format!("{} ({})", pv.name, pv.auth_mode)))
+            .collect();
     providers.sort_by_key(|p| p.1.to_lowercase());
     p.push(Block::Form(
         VForm::post("/admin/integrations", "Save integration")

@@ -56,6 +56,63 @@ impl Provider {
     pub fn expiration_buffer(&self) -> Option<u64> {
         self.raw.get("token_expiration_buffer").and_then(Value::as_u64)
     }
+    /// The names of the connection configuration it declares (`subdomain`, …).
+    pub fn config_keys(&self) -> Vec<String> {
+        self.raw
+            .get("connection_config")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether an URL of the entry takes connection configuration.
+    pub fn needs_config(&self) -> bool {
+        ["authorization_url", "token_url", "refresh_url", "revoke_url"]
+            .iter()
+            .any(|f| self.str(f).is_some_and(|u| !u.split("||").any(|a| !a.contains("${"))))
+    }
+
+    /// The entry with its URLs (authorization, token, refresh, revoke, identity,
+    /// proxy base) filled from a connection's `config`; an entry without
+    /// templates comes back as it is. A URL whose values are missing stays a
+    /// template (the broker then answers `provider_needs_connection_config` where
+    /// it needs it); a value that is invalid or would choose a host is an error.
+    pub fn with_config(&self, config: &Value) -> Result<Provider, ConfigError> {
+        if !self.raw.to_string().contains("${connectionConfig.") {
+            return Ok(self.clone());
+        }
+        let decls = self.raw.get("connection_config").and_then(Value::as_object).cloned().unwrap_or_default();
+        let fill = |u: &str, origin_ok: bool| match fill_alternatives(u, config, &decls, origin_ok) {
+            Ok(filled) => Ok(Some(filled)),
+            Err(ConfigError::Missing) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let mut raw = self.raw.clone();
+        for field in ["authorization_url", "token_url", "refresh_url", "revoke_url"] {
+            if let Some(Value::String(u)) = raw.get(field).cloned()
+                && u.contains("${")
+                && let Some(filled) = fill(&u, false)?
+            {
+                raw[field] = Value::String(filled);
+            }
+        }
+        if let Some(Value::String(u)) = raw.get("identity").and_then(|i| i.get("url")).cloned()
+            && u.contains("${")
+            && let Some(filled) = fill(&u, false)?
+        {
+            raw["identity"]["url"] = Value::String(filled);
+        }
+        let mut proxy_base = self.proxy_base.clone();
+        if let Some(Value::String(u)) = raw.get("proxy").and_then(|p| p.get("base_url")).cloned()
+            && u.contains("${")
+            && let Some(filled) = fill(&u, true)?
+        {
+            proxy_base = Some(url::Url::parse(filled.trim_end_matches('/')).map_err(|_| ConfigError::Invalid)?);
+            raw["proxy"]["base_url"] = Value::String(filled);
+        }
+        Ok(Provider { name: self.name.clone(), auth_mode: self.auth_mode.clone(), raw, proxy_base })
+    }
+
     /// Its categories.
     pub fn categories(&self) -> Vec<String> {
         self.raw
@@ -72,6 +129,126 @@ impl Provider {
             .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     }
+}
+
+/// Why connection configuration could not fill a provider's URLs; each is a
+/// stable error code of the connect flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A declared value was not given.
+    Missing,
+    /// A value is not one of the declared ones, or not a DNS label.
+    Invalid,
+    /// A value would choose the whole host of a URL that receives the client
+    /// secret or the authorization (only values from a declared list may).
+    HostRefused,
+}
+
+impl ConfigError {
+    /// The stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            ConfigError::Missing => "connection_config_missing",
+            ConfigError::Invalid => "connection_config_invalid",
+            ConfigError::HostRefused => "connection_config_host_refused",
+        }
+    }
+}
+
+/// Whether `v` is one DNS label (letters, digits, inner hyphens; 1–63).
+fn dns_label(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-')
+}
+
+/// Fills one URL alternative's `${connectionConfig.*}` from `config`. A value
+/// from a declared `enum` may go anywhere; any other must be a DNS label, and may
+/// stand in the host only before a fixed domain (`${subdomain}.zendesk.com`), so a
+/// user cannot send the client secret to a host of their choosing. A template that
+/// is a whole origin (`${connectionConfig.instance_url}/api`) takes an https URL
+/// when `origin_ok` (the proxy's base, which receives only the user's own token).
+fn fill_one(
+    template: &str,
+    config: &Value,
+    decls: &Map<String, Value>,
+    origin_ok: bool,
+) -> Result<String, ConfigError> {
+    let host_span = template.find("://").map(|i| {
+        let start = i + 3;
+        let end = template[start..].find('/').map_or(template.len(), |j| start + j);
+        (start, end)
+    });
+    let mut out = String::with_capacity(template.len());
+    let mut rest_start = 0;
+    while let Some(rel) = template[rest_start..].find("${") {
+        let i = rest_start + rel;
+        let Some(j) = template[i..].find('}') else { return Err(ConfigError::Invalid) };
+        let var = &template[i + 2..i + j];
+        let end = i + j + 1;
+        out.push_str(&template[rest_start..i]);
+        let key = var.strip_prefix("connectionConfig.").ok_or(ConfigError::Invalid)?;
+        let value = config.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()).ok_or(ConfigError::Missing)?;
+        let listed = decls.get(key).and_then(|d| d.get("enum")).and_then(Value::as_array);
+        match listed {
+            Some(list) => {
+                if !list.iter().any(|v| v.as_str() == Some(value)) {
+                    return Err(ConfigError::Invalid);
+                }
+            }
+            None if i == 0 && origin_ok => {
+                let u = url::Url::parse(value).map_err(|_| ConfigError::Invalid)?;
+                let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost"));
+                if !(u.scheme() == "https" || (u.scheme() == "http" && loopback)) || u.query().is_some() {
+                    return Err(ConfigError::Invalid);
+                }
+                out.push_str(value.trim_end_matches('/'));
+                rest_start = end;
+                continue;
+            }
+            None if i == 0 => return Err(ConfigError::HostRefused),
+            None => {
+                if !dns_label(value) {
+                    return Err(ConfigError::Invalid);
+                }
+                if let Some((hs, he)) = host_span
+                    && i >= hs
+                    && i < he
+                {
+                    // In the host: only before a fixed domain of two labels or more.
+                    let after = &template[end..he];
+                    if !(after.starts_with('.') && after[1..].contains('.') && !after.contains("${")) {
+                        return Err(ConfigError::HostRefused);
+                    }
+                }
+            }
+        }
+        out.push_str(value);
+        rest_start = end;
+    }
+    out.push_str(&template[rest_start..]);
+    Ok(out)
+}
+
+/// The first alternative of `raw` (`A || B`) that `config` fills.
+fn fill_alternatives(
+    raw: &str,
+    config: &Value,
+    decls: &Map<String, Value>,
+    origin_ok: bool,
+) -> Result<String, ConfigError> {
+    let mut first_err = None;
+    for alt in raw.split("||").map(str::trim) {
+        match fill_one(alt, config, decls, origin_ok) {
+            Ok(u) => return Ok(u),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or(ConfigError::Invalid))
 }
 
 /// The resolved, validated catalog.
@@ -644,6 +821,49 @@ mod tests {
                 .replace("https://a.test/token", "http://127.0.0.1:9/token")
                 .replace("https://api.a.test", "${connectionConfig.instance_url}");
         Catalog::load(Some(("over.json", &ok))).unwrap();
+    }
+
+    #[test]
+    fn connection_config_fills_urls_only_where_safe() {
+        let c = Catalog::load(None).unwrap();
+        let zendesk = c.get("zendesk").unwrap();
+        assert!(zendesk.needs_config());
+        let z = zendesk.with_config(&serde_json::json!({"subdomain": "acme"})).unwrap();
+        assert_eq!(z.str("token_url"), Some("https://acme.zendesk.com/oauth/tokens"));
+        assert_eq!(z.proxy_base.as_ref().map(|u| u.as_str()), Some("https://acme.zendesk.com/"));
+        for (bad, err) in
+            [("evil.com/x", ConfigError::Invalid), ("a.b", ConfigError::Invalid), ("-x", ConfigError::Invalid)]
+        {
+            assert_eq!(zendesk.with_config(&serde_json::json!({"subdomain": bad})).unwrap_err(), err, "{bad}");
+        }
+        let unfilled = zendesk.with_config(&serde_json::json!({})).unwrap();
+        assert!(unfilled.str("authorization_url").unwrap().contains("${"), "left a template");
+        // A region suffix takes only a declared value.
+        let zoho = c.get("zoho-desk").unwrap();
+        let z = zoho.with_config(&serde_json::json!({"extension": "eu"})).unwrap();
+        assert_eq!(z.str("token_url"), Some("https://accounts.zoho.eu/oauth/v2/token"));
+        assert_eq!(z.proxy_base_url(), Some("https://desk.zoho.eu"));
+        assert_eq!(zoho.with_config(&serde_json::json!({"extension": "evil.com"})).unwrap_err(), ConfigError::Invalid);
+        // A whole host chosen by the user is refused for OAuth URLs.
+        let looker = c.get("looker").unwrap();
+        assert_eq!(looker.with_config(&serde_json::json!({"host": "attacker"})).unwrap_err(), ConfigError::HostRefused);
+        // Alternatives: the filled one wins; without config the concrete one.
+        let sf = c.get("salesforce").unwrap();
+        let filled = sf.with_config(&serde_json::json!({"hostname": "x"})).unwrap();
+        assert_eq!(filled.proxy_base, None, "salesforce's proxy base waits for its instance URL");
+        assert_eq!(
+            filled.str("token_url"),
+            Some("https://login.salesforce.com/services/oauth2/token"),
+            "a hostname that is not a subdomain of a fixed domain is not used; the concrete alternative is"
+        );
+        let sf = sf
+            .with_config(&serde_json::json!({"hostname": "x", "instance_url": "https://acme.my.salesforce.com"}))
+            .unwrap();
+        assert_eq!(sf.proxy_base_url(), Some("https://acme.my.salesforce.com"));
+        assert_eq!(
+            c.get("notion").unwrap().with_config(&serde_json::json!({})).unwrap().raw,
+            c.get("notion").unwrap().raw
+        );
     }
 
     #[test]

@@ -226,28 +226,39 @@ pub async fn connect_page_lines(
 }
 
 /// Stores a single-use OAuth `state` (its hash) for `ttl_secs`.
-pub async fn insert_oauth_state(
-    pool: &PgPool,
-    state_hash: &[u8],
-    owner: Uuid,
-    integration: Uuid,
-    sealed_verifier: Option<Vec<u8>>,
-    return_url: Option<&str>,
-    ttl_secs: i64,
-) -> Result<(), sqlx::Error> {
+pub async fn insert_oauth_state(pool: &PgPool, st: NewState<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO oauth_states (state_hash, owner_id, integration_id, code_verifier, return_url, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+        "INSERT INTO oauth_states (state_hash, owner_id, integration_id, code_verifier, return_url, expires_at, \
+         connection_config) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)",
     )
-    .bind(state_hash)
-    .bind(owner)
-    .bind(integration)
-    .bind(sealed_verifier)
-    .bind(return_url)
-    .bind(ttl_secs as f64)
+    .bind(st.state_hash)
+    .bind(st.owner)
+    .bind(st.integration)
+    .bind(st.sealed_verifier)
+    .bind(st.return_url)
+    .bind(st.ttl_secs as f64)
+    .bind(st.connection_config)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// An OAuth state to store at the start of a flow.
+pub struct NewState<'a> {
+    /// The state's hash.
+    pub state_hash: &'a [u8],
+    /// The user connecting.
+    pub owner: Uuid,
+    /// The integration.
+    pub integration: Uuid,
+    /// The sealed PKCE verifier.
+    pub sealed_verifier: Option<Vec<u8>>,
+    /// Where the browser returns.
+    pub return_url: Option<&'a str>,
+    /// How long the state lives.
+    pub ttl_secs: i64,
+    /// The connection configuration given.
+    pub connection_config: &'a Value,
 }
 
 /// A consumed OAuth state.
@@ -261,13 +272,15 @@ pub struct StateRow {
     pub code_verifier: Option<Vec<u8>>,
     /// Where the browser returns.
     pub return_url: Option<String>,
+    /// The connection configuration given at the start.
+    pub connection_config: Value,
 }
 
 /// Consumes an unexpired, unused state (the first callback with it wins).
 pub async fn consume_oauth_state(pool: &PgPool, state_hash: &[u8]) -> Result<Option<StateRow>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE oauth_states SET used_at = now() WHERE state_hash = $1 AND used_at IS NULL AND expires_at > now() \
-         RETURNING owner_id, integration_id, code_verifier, return_url",
+         RETURNING owner_id, integration_id, code_verifier, return_url, connection_config",
     )
     .bind(state_hash)
     .fetch_optional(pool)
@@ -344,16 +357,19 @@ pub struct Upsert<'a> {
     pub scopes: &'a [String],
     /// Access token expiry.
     pub expires_at: Option<OffsetDateTime>,
+    /// Connection configuration (template values).
+    pub connection_config: &'a Value,
 }
 
 /// Inserts the connection, or updates the one on (owner, integration, account)
 /// when it has the same id; `None` when another id holds that place (a racing insert).
 pub async fn upsert_connection(pool: &PgPool, u: Upsert<'_>) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "INSERT INTO connections (id, owner_id, integration_id, external_account_id, credentials, scopes, expires_at, last_refresh_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+        "INSERT INTO connections (id, owner_id, integration_id, external_account_id, credentials, scopes, expires_at, \
+         last_refresh_at, connection_config) VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8) \
          ON CONFLICT (owner_id, integration_id, external_account_id) DO UPDATE SET credentials = excluded.credentials, \
          scopes = excluded.scopes, expires_at = excluded.expires_at, status = 'connected', last_error = NULL, \
+         connection_config = excluded.connection_config, \
          last_refresh_at = now(), updated_at = now() WHERE connections.id = excluded.id RETURNING id",
     )
     .bind(u.id)
@@ -363,6 +379,7 @@ pub async fn upsert_connection(pool: &PgPool, u: Upsert<'_>) -> Result<Option<Uu
     .bind(u.credentials)
     .bind(u.scopes)
     .bind(u.expires_at)
+    .bind(u.connection_config)
     .fetch_optional(pool)
     .await
 }
@@ -446,12 +463,14 @@ pub struct Locked {
     pub refresh_failures: i32,
     /// End of the cooldown after a failure.
     pub next_refresh_at: Option<OffsetDateTime>,
+    /// Connection configuration (template values).
+    pub connection_config: Value,
 }
 
 /// Locks connection `id`'s row (`FOR UPDATE`) within `conn`.
 pub async fn lock_connection(conn: &mut PgConnection, id: Uuid) -> Result<Option<Locked>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT owner_id, integration_id, status, credentials, refresh_failures, next_refresh_at \
+        "SELECT owner_id, integration_id, status, credentials, refresh_failures, next_refresh_at, connection_config \
          FROM connections WHERE id = $1 FOR UPDATE",
     )
     .bind(id)

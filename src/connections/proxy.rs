@@ -182,7 +182,18 @@ async fn proxy(
     let conn_id = Uuid::parse_str(conn_id).map_err(|_| ApiError::not_found("connection not found"))?;
     let row = super::cache::lookup(&c, conn_id, user.user_id, key).await?;
     let (provider_name, config) = (&row.provider, &row.connection_config);
-    let provider = c.catalog.get(provider_name).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
+    let catalogued = c.catalog.get(provider_name).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
+    // Templated API bases (`https://${connectionConfig.subdomain}.zendesk.com`) are
+    // filled from the connection; others are used as they are (no copy).
+    let filled;
+    let provider = if catalogued.proxy_base.is_none() {
+        filled = catalogued.with_config(config).map_err(|e| {
+            ApiError::unprocessable(e.code(), "the connection's configuration does not fit its provider")
+        })?;
+        &filled
+    } else {
+        catalogued
+    };
     let base = provider.proxy_base.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -167,27 +167,39 @@ async fn refresh(c: &Connections, id: Uuid, seen_token: String) -> Result<Creden
             ApiError::unavailable(format!("refreshing failed; retrying after {wait} s")).with_code("refresh_failed")
         );
     }
-    let Some(refresh_token) = creds.refresh_token.clone() else {
-        // Nothing to refresh with: the token is what it is (providers without expiry).
-        return Ok(creds);
-    };
     let integ = integrations::by_id(c, row.integration_id).await?;
     let provider = c
         .catalog
         .get(&integ.provider)
-        .cloned()
-        .ok_or_else(|| ApiError::internal(format!("provider {} left the catalog", integ.provider)))?;
-    let params = vec![
-        ("grant_type".to_string(), "refresh_token".to_string()),
-        ("refresh_token".to_string(), refresh_token.clone()),
-    ];
-    let client = super::service::client_of(c, &integ)?;
-    match oauth::exchange(&provider, &client, params, true).await {
+        .ok_or_else(|| ApiError::internal(format!("provider {} left the catalog", integ.provider)))?
+        .with_config(&row.connection_config)
+        .map_err(|e| ApiError::unprocessable(e.code(), "the connection's configuration does not fit its provider"))?;
+    let outcome = if provider.auth_mode == "OAUTH2_CC" {
+        // Client credentials: a new grant with the same client, nothing to rotate.
+        let own =
+            creds.raw.get("carmenta_client").and_then(|v| Some((v.get("id")?.as_str()?, v.get("secret")?.as_str()?)));
+        super::service::client_credentials(c, &provider, &integ, own).await
+    } else {
+        let Some(refresh_token) = creds.refresh_token.clone() else {
+            // Nothing to refresh with: the token is what it is (providers without expiry).
+            return Ok(creds);
+        };
+        let params = vec![
+            ("grant_type".to_string(), "refresh_token".to_string()),
+            ("refresh_token".to_string(), refresh_token.clone()),
+        ];
+        let client = super::service::client_of(c, &integ)?;
+        oauth::exchange(&provider, &client, params, true).await.map(|mut t| {
+            // A rotated refresh token replaces the old; none keeps the old.
+            t.refresh_token = t.refresh_token.or(Some(refresh_token));
+            t
+        })
+    };
+    match outcome {
         Ok(t) => {
             let new = Credentials {
                 access_token: t.access_token,
-                // A rotated refresh token replaces the old; none keeps the old.
-                refresh_token: t.refresh_token.or(Some(refresh_token)),
+                refresh_token: t.refresh_token,
                 expires_at: t.expires_at,
                 lifetime_secs: t.lifetime_secs,
                 raw: t.raw,

@@ -370,16 +370,44 @@ async fn connect_page(State(c): State<Arc<Connections>>, Query(q): Query<Connect
 async fn connect(
     State(c): State<Arc<Connections>>,
     Path(key): Path<String>,
-    Query(q): Query<ConnectQuery>,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
 ) -> Response {
-    let session = match service::live_session(&c, q.session.as_deref()).await {
+    let token = q.get("session").cloned();
+    let session = match service::live_session(&c, token.as_deref()).await {
         Ok(s) => s,
         Err(why) => return failed(why),
     };
-    match service::start(&c, &session, &key).await {
+    // Every other query parameter is connection configuration (`subdomain=acme`).
+    let config: serde_json::Map<String, serde_json::Value> = q
+        .iter()
+        .filter(|(k, _)| k.as_str() != "session")
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    match service::start(&c, &session, &key, &serde_json::Value::Object(config)).await {
         Ok(url) => redirect(&url),
+        Err("connection_config_missing") => config_form(&c, &key, token.as_deref().unwrap_or_default()).await,
         Err(code) => finish(session.return_url.as_deref(), Err(code)),
     }
+}
+
+/// The form asking for a provider's connection configuration (its subdomain,
+/// region, …) before the flow goes on to the provider.
+async fn config_form(c: &Connections, key: &str, token: &str) -> Response {
+    let keys = match service::integration_config_keys(c, key).await {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let page = ConfigPage { title: "Connect your account", key: key.to_string(), token: token.to_string(), keys };
+    crate::hosted::html_page(StatusCode::OK, page.render())
+}
+
+#[derive(Template)]
+#[template(path = "connect_config.html")]
+struct ConfigPage {
+    title: &'static str,
+    key: String,
+    token: String,
+    keys: Vec<String>,
 }
 
 /// The provider's redirect back: finish the flow, then to the return URL.

@@ -93,7 +93,7 @@ pub async fn page_lines(c: &Connections, session: &SessionRow) -> Result<Vec<Pag
 
 /// Starts connecting `key` for `session`: stores the state and returns the
 /// provider's authorization URL.
-pub async fn start(c: &Connections, session: &SessionRow, key: &str) -> Result<String, FlowError> {
+pub async fn start(c: &Connections, session: &SessionRow, key: &str, config: &Value) -> Result<String, FlowError> {
     if session.allowed_integrations.as_ref().is_some_and(|a| !a.iter().any(|k| k == key)) {
         return Err("integration_not_allowed");
     }
@@ -103,25 +103,27 @@ pub async fn start(c: &Connections, session: &SessionRow, key: &str) -> Result<S
         Err(e) => return Err(internal(e)),
     };
     let provider = c.catalog.get(&integ.provider).ok_or("unknown_provider")?;
-    let auth_url =
-        provider.str("authorization_url").and_then(concrete_url).ok_or("provider_needs_connection_config")?;
+    // Only the values the entry declares are kept; they fill its URLs here and,
+    // stored with the state and then the connection, at the callback and after.
+    let config = declared_config(provider, config);
+    let provider = provider.with_config(&config).map_err(|e| e.code())?;
+    let auth_url = provider.str("authorization_url").and_then(concrete_url).ok_or("connection_config_missing")?;
     let mut url = url::Url::parse(&auth_url).map_err(|_| "invalid_authorization_url")?;
     let state_token = random_token("");
     let state_hash = hash_token(&state_token);
     let pkce = provider.raw.get("disable_pkce").and_then(Value::as_bool) != Some(true);
     let verifier = pkce.then(|| B64URL.encode(rand::random::<[u8; 32]>()));
     let sealed = verifier.as_ref().map(|v| c.vault.seal_verifier(&state_hash, v));
-    db::insert_oauth_state(
-        &c.pool,
-        &state_hash,
-        session.owner_id,
-        integ.id,
-        sealed,
-        session.return_url.as_deref(),
-        STATE_TTL_SECS,
-    )
-    .await
-    .map_err(internal)?;
+    let state = db::NewState {
+        state_hash: &state_hash,
+        owner: session.owner_id,
+        integration: integ.id,
+        sealed_verifier: sealed,
+        return_url: session.return_url.as_deref(),
+        ttl_secs: STATE_TTL_SECS,
+        connection_config: &config,
+    };
+    db::insert_oauth_state(&c.pool, state).await.map_err(internal)?;
     let sep = provider.str("scope_separator").unwrap_or(" ");
     let mut params: BTreeMap<String, String> = BTreeMap::new();
     params.insert("response_type".into(), "code".into());
@@ -146,6 +148,25 @@ pub async fn start(c: &Connections, session: &SessionRow, key: &str) -> Result<S
     }
     url.query_pairs_mut().extend_pairs(&params);
     Ok(url.into())
+}
+
+/// The connection configuration an integration's provider asks for.
+pub async fn integration_config_keys(c: &Connections, key: &str) -> Result<Vec<String>, ApiError> {
+    let integ =
+        db::integration_by_key(&c.pool, key).await?.ok_or_else(|| ApiError::not_found("integration not found"))?;
+    Ok(c.catalog.get(&integ.provider).map(|p| p.config_keys()).unwrap_or_default())
+}
+
+/// The declared connection configuration keys of `provider` found in `given`,
+/// as strings.
+pub fn declared_config(provider: &super::catalog::Provider, given: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for key in provider.config_keys() {
+        if let Some(v) = given.get(&key).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty()) {
+            out.insert(key, Value::String(v.to_string()));
+        }
+    }
+    Value::Object(out)
 }
 
 fn internal(e: impl std::fmt::Display) -> FlowError {
@@ -189,7 +210,8 @@ pub async fn finish(c: &Connections, cb: Callback) -> (ReturnUrl, Result<(String
             Ok(None) => return Err("unknown_integration"),
             Err(e) => return Err(internal(e)),
         };
-        let provider = c.catalog.get(&integ.provider).cloned().ok_or("unknown_provider")?;
+        let provider = c.catalog.get(&integ.provider).ok_or("unknown_provider")?;
+        let provider = provider.with_config(&st.connection_config).map_err(|e| e.code())?;
         let verifier = match &st.code_verifier {
             Some(sealed) => Some(c.vault.open_verifier(&state_hash, sealed).map_err(|_| "invalid_state")?),
             None => None,
@@ -211,7 +233,17 @@ pub async fn finish(c: &Connections, cb: Callback) -> (ReturnUrl, Result<(String
             tracing::warn!(integration = %integ.unique_key, error = %e.detail, "identity lookup failed");
             e.code
         })?;
-        let id = upsert(c, st.owner_id, &integ, &account, &tokens).await.map_err(internal)?;
+        // Declared values the token response carries (Salesforce's instance_url,
+        // Pipedrive's api_domain) join the configuration the user gave.
+        let mut config = st.connection_config.clone();
+        if let Some(m) = config.as_object_mut() {
+            for key in provider.config_keys() {
+                if let Some(v) = tokens.raw.get(&key).and_then(Value::as_str) {
+                    m.entry(key).or_insert_with(|| Value::String(v.to_string()));
+                }
+            }
+        }
+        let id = upsert(c, st.owner_id, &integ, &account, &tokens, &config).await.map_err(internal)?;
         Ok((integ.unique_key, id))
     }
     .await;
@@ -235,6 +267,7 @@ async fn upsert(
     integ: &IntegrationRow,
     account: &str,
     t: &Tokens,
+    connection_config: &Value,
 ) -> Result<Uuid, sqlx::Error> {
     let scopes: Vec<String> = match &t.scope {
         Some(s) => s.split([' ', ',']).filter(|x| !x.is_empty()).map(str::to_string).collect(),
@@ -261,6 +294,7 @@ async fn upsert(
             credentials: c.vault.seal_credentials(id, &creds),
             scopes: &scopes,
             expires_at: t.expires_at,
+            connection_config,
         };
         if let Some(id) = db::upsert_connection(&c.pool, upsert).await? {
             let mut conn = c.pool.acquire().await?;
@@ -288,6 +322,39 @@ pub async fn create_key_connection(
         .map_err(|_| ApiError::unprocessable("unknown_integration", format!("no integration {:?}", req.integration)))?;
     let provider = c.catalog.get(&integ.provider).ok_or_else(|| ApiError::internal("provider left the catalog"))?;
     let text_ok = |v: &str| !v.is_empty() && v.len() <= 4096 && !v.chars().any(char::is_control);
+    let config = declared_config(provider, req.connection_config.as_ref().unwrap_or(&Value::Null));
+    let provider = provider
+        .with_config(&config)
+        .map_err(|e| ApiError::unprocessable(e.code(), "connection_config does not fit this provider"))?;
+    let account = req.external_account_id.clone().unwrap_or_else(|| "default".into());
+    if !text_ok(&account) || account.len() > 255 {
+        return Err(ApiError::unprocessable("invalid_account", "external_account_id must be 1 to 255 characters"));
+    }
+    if provider.auth_mode == "OAUTH2_CC" {
+        if req.api_key.is_some() || req.username.is_some() || req.password.is_some() {
+            return Err(ApiError::unprocessable(
+                "invalid_credentials",
+                "this provider takes client_id and client_secret",
+            ));
+        }
+        let own = match (&req.client_id, &req.client_secret) {
+            (Some(i), Some(s)) if text_ok(i) && text_ok(s) => Some((i.clone(), s.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "invalid_credentials",
+                    "give both client_id and client_secret, or neither (the integration's are used)",
+                ));
+            }
+        };
+        let tokens = client_credentials(c, &provider, &integ, own.as_ref().map(|(i, s)| (i.as_str(), s.as_str())))
+            .await
+            .map_err(|e| {
+                ApiError::unprocessable(e.code, format!("the provider refused the client credentials: {}", e.detail))
+            })?;
+        let id = upsert(c, owner, &integ, &account, &tokens, &config).await?;
+        return owned(c, owner, &id.to_string()).await;
+    }
     let secret = match (provider.auth_mode.as_str(), &req.api_key, &req.username, &req.password) {
         ("API_KEY", Some(k), None, None) if text_ok(k) => k.clone(),
         ("BASIC", None, Some(u), Some(p)) if text_ok(u) && !u.contains(':') && p.len() <= 4096 => {
@@ -309,10 +376,6 @@ pub async fn create_key_connection(
             ));
         }
     };
-    let account = req.external_account_id.unwrap_or_else(|| "default".into());
-    if !text_ok(&account) || account.len() > 255 {
-        return Err(ApiError::unprocessable("invalid_account", "external_account_id must be 1 to 255 characters"));
-    }
     let tokens = Tokens {
         access_token: secret,
         refresh_token: None,
@@ -321,8 +384,35 @@ pub async fn create_key_connection(
         scope: None,
         raw: serde_json::json!({"type": provider.auth_mode}),
     };
-    let id = upsert(c, owner, &integ, &account, &tokens).await?;
+    let id = upsert(c, owner, &integ, &account, &tokens, &config).await?;
     owned(c, owner, &id.to_string()).await
+}
+
+/// A token by the client-credentials grant, with the connection's own client
+/// (`own`, kept sealed with the tokens for the next grant) or the integration's.
+pub async fn client_credentials(
+    c: &Connections,
+    provider: &super::catalog::Provider,
+    integ: &IntegrationRow,
+    own: Option<(&str, &str)>,
+) -> Result<Tokens, oauth::ProviderError> {
+    let integ_client;
+    let client = match own {
+        Some((id, secret)) => oauth::Client { id, secret: secret.to_string() },
+        None => {
+            integ_client = client_of(c, integ).map_err(|e| oauth::ProviderError::new("invalid_client", e.message))?;
+            integ_client
+        }
+    };
+    let mut params = vec![("grant_type".to_string(), "client_credentials".to_string())];
+    if !integ.scopes.is_empty() {
+        params.push(("scope".into(), integ.scopes.join(provider.str("scope_separator").unwrap_or(" "))));
+    }
+    let mut tokens = oauth::exchange(provider, &client, params, false).await?;
+    if let (Some((id, secret)), Some(raw)) = (own, tokens.raw.as_object_mut()) {
+        raw.insert("carmenta_client".into(), serde_json::json!({"id": id, "secret": secret}));
+    }
+    Ok(tokens)
 }
 
 /// `owner`'s connection `id` (a malformed id, another user's and a missing one

@@ -90,6 +90,13 @@ pub struct CreateKeyConnection {
     pub password: Option<String>,
     /// Which external account this is (default `default`).
     pub external_account_id: Option<String>,
+    /// Client id (OAUTH2_CC providers; the integration's when absent).
+    pub client_id: Option<String>,
+    /// Client secret (OAUTH2_CC providers; stored encrypted, never returned).
+    pub client_secret: Option<String>,
+    /// Connection configuration the provider declares (`{"subdomain": "acme"}`).
+    #[schema(value_type = Option<Object>)]
+    pub connection_config: Option<serde_json::Value>,
 }
 
 /// A connection's access token.

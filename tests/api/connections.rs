@@ -298,6 +298,51 @@ mod fake {
         )
     }
 
+    /// A tenant's token endpoint (`/t/{tenant}/token`, as Zendesk's per-subdomain
+    /// one): form body with the client in it, PKCE, rotating refresh tokens.
+    async fn tenant_token(
+        State(f): State<Fake>,
+        axum::extract::Path(tenant): axum::extract::Path<String>,
+        Form(b): Form<HashMap<String, String>>,
+    ) -> (StatusCode, Json<Value>) {
+        *f.token_calls.lock().unwrap() += 1;
+        if tenant != "acme" || b.get("client_secret").map(String::as_str) != Some("tenant-secret") {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"})));
+        }
+        if b.get("grant_type").map(String::as_str) == Some("refresh_token") {
+            return refresh(&f, b.get("refresh_token").map(String::as_str).unwrap_or_default()).await;
+        }
+        let code = b.get("code").cloned().unwrap_or_default();
+        if !pkce_ok(&f, &code, b.get("code_verifier").map(String::as_str)) {
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})));
+        }
+        f.valid_refresh.lock().unwrap().insert(format!("rt-{code}"), code.clone());
+        let body =
+            json!({"access_token": format!("tok-{code}"), "refresh_token": format!("rt-{code}"), "expires_in": 3600});
+        (StatusCode::OK, Json(body))
+    }
+
+    /// A client-credentials token endpoint: HTTP Basic client auth, a new token
+    /// per grant, no refresh token.
+    async fn cc_token(
+        State(f): State<Fake>,
+        headers: HeaderMap,
+        Form(b): Form<HashMap<String, String>>,
+    ) -> (StatusCode, Json<Value>) {
+        let n = {
+            let mut c = f.token_calls.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("user-client:user-secret"));
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str())
+            || b.get("grant_type").map(String::as_str) != Some("client_credentials")
+        {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"})));
+        }
+        (StatusCode::OK, Json(json!({"access_token": format!("cc-{n}"), "expires_in": 3600, "token_type": "bearer"})))
+    }
+
     async fn slack_token(State(f): State<Fake>, Form(b): Form<HashMap<String, String>>) -> Json<Value> {
         *f.token_calls.lock().unwrap() += 1;
         let code = b.get("code").cloned().unwrap_or_default();
@@ -392,6 +437,9 @@ mod fake {
         let f = Fake::default();
         let router = Router::new()
             .route("/basic/token", post(basic_token))
+            .route("/t/{tenant}/token", post(tenant_token))
+            .route("/t/{tenant}/api/echo/{*rest}", axum::routing::any(echo))
+            .route("/cc/token", post(cc_token))
             .route("/slack/token", post(slack_token))
             .route("/userinfo", get(userinfo))
             .route("/api/echo/{*rest}", axum::routing::any(echo))
@@ -440,6 +488,12 @@ impl Flow {
             "fake-key-metadata": {"auth_mode": "API_KEY", "proxy": {"base_url": "https://169.254.169.254/latest"}},
             "fake-key": {"auth_mode": "API_KEY", "proxy": {"base_url": format!("{base}/api"), "headers": {"x-api-key": "${apiKey}"}}},
             "fake-basicauth": {"auth_mode": "BASIC", "proxy": {"base_url": format!("{base}/api")}},
+            "fake-tenant": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/t/${{connectionConfig.tenant}}/authorize"),
+                           "token_url": format!("{base}/t/${{connectionConfig.tenant}}/token"), "refresh": "rotating",
+                           "connection_config": {"tenant": {"type": "string"}},
+                           "proxy": {"base_url": format!("{base}/t/${{connectionConfig.tenant}}/api")}},
+            "fake-cc": {"auth_mode": "OAUTH2_CC", "token_url": format!("{base}/cc/token"), "token_request_auth_method": "basic",
+                        "authorization_method": "header", "proxy": {"base_url": format!("{base}/api")}},
             "fake-slack": {"auth_mode": "OAUTH2", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/slack/token"),
                            "disable_pkce": true, "scope_separator": ",", "alternate_access_token_response_path": "authed_user",
                            "account_id_path": "authed_user.id", "proxy": {"base_url": format!("{base}/api")}}
@@ -456,6 +510,8 @@ impl Flow {
         let f = Flow { app, key, fake, providers: file };
         f.integration("basic", "fake-basic", "basic-client", "basic-secret").await;
         f.integration("slack", "fake-slack", "slack-client", "slack-secret").await;
+        f.integration("tenant", "fake-tenant", "tenant-client", "tenant-secret").await;
+        f.integration("cc", "fake-cc", "app-client", "app-secret").await;
         f
     }
 
@@ -1402,4 +1458,99 @@ async fn a_proxied_body_trickled_slower_than_the_minimum_rate_is_cut_off() {
         waited > std::time::Duration::from_secs(8) && waited < std::time::Duration::from_secs(40),
         "cut off after one or two windows of waiting, not {waited:?}: {status} {text}"
     );
+}
+
+#[tokio::test]
+async fn a_templated_provider_asks_for_its_configuration_and_keeps_it_for_refresh_and_proxy() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "tenant@example.com").await;
+    let r = f
+        .app
+        .call(Method::POST, "/v1/connect/sessions")
+        .by(&a.jwt)
+        .json(&json!({"allowed_integrations": ["tenant"], "return_url": "/done"}))
+        .send()
+        .await;
+    let s: Value = r.json().await.unwrap();
+    let link = s["links"]["tenant"].as_str().unwrap().to_string();
+    // Without the tenant, the hosted page asks for it.
+    let r = f.app.client.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let form = r.text().await.unwrap();
+    assert!(form.contains(r#"name="tenant""#) && form.contains("/oauth/connect/tenant"), "{form}");
+    // A value that is not a plain label is refused; a good one goes to the tenant's URL.
+    let r = f.app.client.get(format!("{link}&tenant=acme%2F..%2Fx")).send().await.unwrap();
+    assert!(r.headers()["location"].to_str().unwrap().contains("error=connection_config_invalid"));
+    let r = f.app.client.get(format!("{link}&tenant=acme")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(to.path(), "/t/acme/authorize");
+    let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+    f.fake.challenges.lock().unwrap().insert("tc".into(), q["code_challenge"].clone());
+    let (status, loc) = f.callback(&format!("code=tc&state={}", q["state"])).await;
+    assert_eq!(status, 302);
+    assert!(loc.contains("result=success"), "{loc}");
+    let id = loc.rsplit('=').next().unwrap().to_string();
+    let config: Value = sqlx::query_scalar("SELECT connection_config FROM connections WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&f.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(config, json!({"tenant": "acme"}));
+    // The proxy reaches the tenant's API; an expired token is refreshed at the
+    // tenant's token URL, and the rotated refresh token replaces the old one.
+    let proxy = |path: &str| {
+        f.app
+            .client
+            .get(f.app.url(&format!("/v1/proxy/{path}")))
+            .bearer_auth(&a.session)
+            .header("connection-id", &id)
+            .header("provider-config-key", "tenant")
+    };
+    let echo: Value = proxy("echo/x").send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (echo["path"].as_str(), echo["authorization"].as_str()),
+        (Some("/t/acme/api/echo/x"), Some("Bearer tok-tc"))
+    );
+    f.expire(&id).await;
+    let echo: Value = proxy("echo/y").send().await.unwrap().json().await.unwrap();
+    assert_eq!(echo["authorization"], "Bearer tok-tc-r1");
+    assert_eq!(f.fake.used.lock().unwrap().clone(), vec!["rt-tc".to_string()]);
+    f.expire(&id).await;
+    let echo: Value = proxy("echo/z").send().await.unwrap().json().await.unwrap();
+    assert_eq!(echo["authorization"], "Bearer tok-tc-r2", "the rotated refresh token was used");
+    assert_eq!(*f.fake.reused.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn client_credentials_connect_proxy_and_grant_again_on_expiry() {
+    let f = Flow::new().await;
+    let a = sign_up(&f.app, "cc@example.com").await;
+    let create = |body: Value| f.app.call(Method::POST, "/v1/connections").by(&a.jwt).json(&body).reply();
+    // The connection's own client; a wrong one is refused by the provider.
+    let (s, e) = create(json!({"integration": "cc", "client_id": "user-client", "client_secret": "wrong"})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("invalid_grant")), "{e}");
+    let (s, e) = create(json!({"integration": "cc", "client_id": "user-client"})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("invalid_credentials")));
+    let (s, conn) =
+        create(json!({"integration": "cc", "client_id": "user-client", "client_secret": "user-secret"})).await;
+    assert_eq!(s, 201, "{conn}");
+    let id = conn["id"].as_str().unwrap().to_string();
+    // The client secret is sealed with the tokens, never shown.
+    assert!(!conn.to_string().contains("user-secret"));
+    let proxy = || {
+        f.app
+            .client
+            .get(f.app.url("/v1/proxy/echo/cc"))
+            .bearer_auth(&a.session)
+            .header("connection-id", &id)
+            .header("provider-config-key", "cc")
+    };
+    let echo: Value = proxy().send().await.unwrap().json().await.unwrap();
+    assert_eq!(echo["authorization"], "Bearer cc-2");
+    // Expired: a new grant with the same client (there is no refresh token).
+    f.expire(&id).await;
+    let echo: Value = proxy().send().await.unwrap().json().await.unwrap();
+    assert_eq!(echo["authorization"], "Bearer cc-3");
+    assert_eq!(*f.fake.token_calls.lock().unwrap(), 3);
 }

@@ -1554,3 +1554,330 @@ async fn client_credentials_connect_proxy_and_grant_again_on_expiry() {
     assert_eq!(echo["authorization"], "Bearer cc-3");
     assert_eq!(*f.fake.token_calls.lock().unwrap(), 3);
 }
+
+/// A provider that adapts to any catalog entry's quirks and records what it saw:
+/// `/g/{entry}/token` takes a form or JSON body, the client in the body or as
+/// HTTP Basic, checks PKCE when a challenge was registered, and answers with
+/// tokens shaped by the entry's refresh behaviour; `/g/{entry}/api/…` echoes.
+mod generic {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{any, get, post};
+    use axum::{Json, Router};
+    use base64::Engine;
+    use serde_json::{Value, json};
+    use sha2::{Digest, Sha256};
+
+    /// What one token request looked like.
+    #[derive(Debug, Clone)]
+    pub struct Seen {
+        pub entry: String,
+        pub json: bool,
+        pub basic: bool,
+        pub grant: String,
+        pub verifier: bool,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Generic {
+        pub seen: Arc<Mutex<Vec<Seen>>>,
+        /// code → PKCE challenge.
+        pub challenges: Arc<Mutex<HashMap<String, String>>>,
+        /// entry → refresh behaviour.
+        pub refresh: Arc<Mutex<HashMap<String, String>>>,
+        /// entry → the refresh token that works now.
+        pub live_rt: Arc<Mutex<HashMap<String, String>>>,
+        pub n: Arc<Mutex<u32>>,
+    }
+
+    async fn token(
+        State(g): State<Generic>,
+        Path(entry): Path<String>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> (StatusCode, Json<Value>) {
+        let json = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("json"));
+        let fields: HashMap<String, String> = if json {
+            serde_json::from_slice::<HashMap<String, Value>>(&body)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .collect()
+        } else {
+            url::form_urlencoded::parse(&body).into_owned().collect()
+        };
+        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("gen-client:gen-secret"));
+        let basic = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(want.as_str());
+        let body_client = fields.get("client_id").map(String::as_str) == Some("gen-client")
+            && fields.get("client_secret").map(String::as_str) == Some("gen-secret");
+        if !basic && !body_client {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"})));
+        }
+        let grant = fields.get("grant_type").cloned().unwrap_or_default();
+        let verifier = fields.get("code_verifier").cloned();
+        g.seen.lock().unwrap().push(Seen {
+            entry: entry.clone(),
+            json,
+            basic,
+            grant: grant.clone(),
+            verifier: verifier.is_some(),
+        });
+        let n = {
+            let mut n = g.n.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        match grant.as_str() {
+            "authorization_code" => {
+                let code = fields.get("code").cloned().unwrap_or_default();
+                let want = g.challenges.lock().unwrap().get(&code).cloned();
+                let ok = match (want, verifier) {
+                    (Some(c), Some(v)) => {
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())) == c
+                    }
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !ok {
+                    return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})));
+                }
+            }
+            "refresh_token" => {
+                let live = g.live_rt.lock().unwrap().get(&entry).cloned();
+                if live.as_deref() != fields.get("refresh_token").map(String::as_str) {
+                    return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})));
+                }
+            }
+            "client_credentials" => {
+                return (StatusCode::OK, Json(json!({"access_token": format!("at-{n}"), "expires_in": 3600})));
+            }
+            _ => return (StatusCode::BAD_REQUEST, Json(json!({"error": "unsupported_grant_type"}))),
+        }
+        let mode = g.refresh.lock().unwrap().get(&entry).cloned().unwrap_or_default();
+        let body = match mode.as_str() {
+            // Long-lived tokens: no expiry, no refresh token.
+            "none" => json!({"access_token": format!("at-{n}"), "owner": {"user": {"id": "acct"}}}),
+            "rotating" => {
+                let rt = format!("rt-{n}");
+                g.live_rt.lock().unwrap().insert(entry, rt.clone());
+                json!({"access_token": format!("at-{n}"), "refresh_token": rt, "expires_in": 3600, "owner": {"user": {"id": "acct"}}})
+            }
+            _ => {
+                g.live_rt.lock().unwrap().insert(entry, "rt-fixed".into());
+                json!({"access_token": format!("at-{n}"), "refresh_token": "rt-fixed", "expires_in": "3600", "owner": {"user": {"id": "acct"}}})
+            }
+        };
+        (StatusCode::OK, Json(body))
+    }
+
+    async fn userinfo() -> Json<Value> {
+        Json(
+            json!({"sub": "acct", "id": "acct", "uuid": "acct", "user_id": "acct", "data": {"id": "acct"}, "resource": {"uuid": "acct"}}),
+        )
+    }
+
+    async fn api(headers: HeaderMap) -> Json<Value> {
+        Json(json!({"authorization": headers.get("authorization").and_then(|v| v.to_str().ok())}))
+    }
+
+    pub async fn start() -> (String, Generic) {
+        let g = Generic::default();
+        let router = Router::new()
+            .route("/g/{entry}/token", post(token))
+            .route("/g/{entry}/userinfo", get(userinfo))
+            .route("/g/{entry}/revoke", post(|| async { "ok" }))
+            .route("/g/{entry}/api/{*rest}", any(api))
+            .with_state(g.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, router).await });
+        (base, g)
+    }
+}
+
+/// One catalog entry for each distinct combination of OAuth quirks the catalog
+/// holds (auth mode, PKCE, client authentication, body format, refresh
+/// behaviour) connects, proxies and refreshes against the adaptive local
+/// provider: the entry as it is, with only its URLs pointed at the local server.
+#[tokio::test]
+async fn every_quirk_combination_in_the_catalog_connects_proxies_and_refreshes() {
+    let (base, g) = generic::start().await;
+    let catalog = carmenta::connections::catalog::Catalog::load(None).unwrap();
+    // Group the catalog by combination; pick the first entry of each whose
+    // account id needs no provider-specific response and no extra token params.
+    let mut picks: std::collections::BTreeMap<(String, bool, String, String, String), String> = Default::default();
+    for p in catalog.all() {
+        if !matches!(p.auth_mode.as_str(), "OAUTH2" | "OAUTH2_CC") {
+            continue;
+        }
+        let e = &p.raw;
+        let pkce = p.auth_mode == "OAUTH2" && e.get("disable_pkce") != Some(&json!(true));
+        let auth = if p.str("token_request_auth_method") == Some("basic") {
+            "basic"
+        } else if p.str("authorization_method") == Some("header") {
+            "header"
+        } else {
+            "body"
+        };
+        let key = (
+            p.auth_mode.clone(),
+            pkce,
+            auth.to_string(),
+            p.str("body_format").unwrap_or("form").to_string(),
+            p.str("refresh").unwrap_or("reusable").to_string(),
+        );
+        let simple = ["alternate_access_token_response_path", "token_params", "refresh_params"]
+            .iter()
+            .all(|f| e.get(*f).is_none())
+            && p.str("account_id_path").is_none_or(|a| a == "owner.user.id");
+        if simple {
+            picks.entry(key).or_insert_with(|| p.name.clone());
+        }
+    }
+    assert!(picks.len() >= 15, "{picks:?}");
+    // The override file: each pick's URLs on the local provider, nothing else changed.
+    let mut over = serde_json::Map::new();
+    for name in picks.values() {
+        let p = catalog.get(name).unwrap();
+        let mut o = json!({"authorization_url": format!("{base}/g/{name}/authorize"), "token_url": format!("{base}/g/{name}/token"),
+                           "proxy": {"base_url": format!("{base}/g/{name}/api")}});
+        if p.raw.get("refresh_url").is_some() {
+            o["refresh_url"] = json!(format!("{base}/g/{name}/token"));
+        }
+        if p.raw.get("identity").is_some() {
+            o["identity"] = json!({"url": format!("{base}/g/{name}/userinfo")});
+        }
+        if p.raw.get("revoke_url").is_some() {
+            o["revoke_url"] = json!(format!("{base}/g/{name}/revoke"));
+        }
+        over.insert(name.clone(), o);
+        g.refresh.lock().unwrap().insert(name.clone(), p.str("refresh").unwrap_or("reusable").to_string());
+    }
+    let dir = crate::harness::temp_dir("carmenta-combinations-");
+    let file = dir.join("providers.json");
+    std::fs::write(&file, Value::Object(over).to_string()).unwrap();
+    let app = TestApp::builder().config(|c| c.providers_file = Some(file.clone())).spawn().await;
+    let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
+    let u = sign_up(&app, "combos@example.com").await;
+    for ((mode, pkce, auth, format, refresh), name) in &picks {
+        let what = format!("{name} ({mode}, pkce {pkce}, client {auth}, {format}, refresh {refresh})");
+        let (s, b) = app
+            .call(Method::POST, "/v1/integrations")
+            .by(&key)
+            .json(&json!({"unique_key": name, "provider": name, "client_id": "gen-client", "client_secret": "gen-secret", "scopes": ["read"]}))
+            .reply()
+            .await;
+        assert_eq!(s, 201, "{what}: {b}");
+        let before = g.seen.lock().unwrap().len();
+        let id = if mode == "OAUTH2_CC" {
+            let (s, c) =
+                app.call(Method::POST, "/v1/connections").by(&u.jwt).json(&json!({"integration": name})).reply().await;
+            assert_eq!(s, 201, "{what}: {c}");
+            c["id"].as_str().unwrap().to_string()
+        } else {
+            let r = app
+                .call(Method::POST, "/v1/connect/sessions")
+                .by(&u.jwt)
+                .json(&json!({"allowed_integrations": [name], "return_url": "/done"}))
+                .send()
+                .await;
+            let sess: Value = r.json().await.unwrap();
+            let link = sess["links"][name].as_str().unwrap().to_string();
+            let r = app.client.get(&link).send().await.unwrap();
+            assert_eq!(r.status(), 302, "{what}");
+            let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+            let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+            assert_eq!(q.contains_key("code_challenge"), *pkce, "{what}: PKCE in the authorization URL");
+            let code = format!("code-{name}");
+            if let Some(ch) = q.get("code_challenge") {
+                g.challenges.lock().unwrap().insert(code.clone(), ch.clone());
+            }
+            let r = app
+                .client
+                .get(app.url(&format!("/oauth/callback?code={code}&state={}", q["state"])))
+                .send()
+                .await
+                .unwrap();
+            let loc = r.headers()["location"].to_str().unwrap().to_string();
+            assert!(loc.contains("result=success"), "{what}: {loc}");
+            loc.rsplit('=').next().unwrap().to_string()
+        };
+        // The provider saw the entry's quirks.
+        let seen = g.seen.lock().unwrap()[before].clone();
+        assert_eq!(seen.entry, *name);
+        assert_eq!(seen.json, format == "json", "{what}: body format");
+        assert_eq!(seen.basic, auth != "body", "{what}: client authentication");
+        assert_eq!(seen.verifier, *pkce, "{what}: code_verifier");
+        let proxy = || {
+            app.client
+                .get(app.url("/v1/proxy/x"))
+                .bearer_auth(&u.session)
+                .header("connection-id", &id)
+                .header("provider-config-key", name)
+        };
+        let first: Value = proxy().send().await.unwrap().json().await.unwrap();
+        let first = first["authorization"].as_str().unwrap().to_string();
+        assert!(first.starts_with("Bearer at-"), "{what}: {first}");
+        // Expired: refreshed (or granted again), except long-lived tokens.
+        let cid: uuid::Uuid = id.parse().unwrap();
+        let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
+            .bind(cid)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let mut creds = app.state.connections.vault.open_credentials(cid, &sealed).unwrap();
+        creds.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(60));
+        let sealed = app.state.connections.vault.seal_credentials(cid, &creds);
+        sqlx::query("UPDATE connections SET credentials = $2, expires_at = $3 WHERE id = $1")
+            .bind(cid)
+            .bind(sealed)
+            .bind(creds.expires_at)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        app.state.connections.cache.apply(&id);
+        let second: Value = proxy().send().await.unwrap().json().await.unwrap();
+        let second = second["authorization"].as_str().unwrap().to_string();
+        if refresh == "none" && mode == "OAUTH2" {
+            assert_eq!(second, first, "{what}: a long-lived token is kept, nothing to refresh with");
+        } else {
+            assert_ne!(second, first, "{what}: refreshed");
+            let last = g.seen.lock().unwrap().last().cloned().unwrap();
+            let grant = if mode == "OAUTH2_CC" { "client_credentials" } else { "refresh_token" };
+            assert_eq!(
+                (last.grant.as_str(), last.json, last.basic),
+                (grant, format == "json", auth != "body"),
+                "{what}"
+            );
+        }
+        if refresh == "rotating" {
+            // The rotated refresh token is the one that works next.
+            sqlx::query("UPDATE connections SET expires_at = now() - interval '1 minute' WHERE id = $1")
+                .bind(cid)
+                .execute(&app.pool)
+                .await
+                .unwrap();
+            let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
+                .bind(cid)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            let mut creds = app.state.connections.vault.open_credentials(cid, &sealed).unwrap();
+            creds.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(60));
+            let sealed = app.state.connections.vault.seal_credentials(cid, &creds);
+            sqlx::query("UPDATE connections SET credentials = $2 WHERE id = $1")
+                .bind(cid)
+                .bind(sealed)
+                .execute(&app.pool)
+                .await
+                .unwrap();
+            app.state.connections.cache.apply(&id);
+            let third: Value = proxy().send().await.unwrap().json().await.unwrap();
+            assert_ne!(third["authorization"].as_str().unwrap(), second, "{what}: refreshed with the rotated token");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

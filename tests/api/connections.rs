@@ -174,6 +174,27 @@ async fn a_providers_file_overrides_and_is_validated() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Makes connection `id`'s access token expire `secs` from now (its remembered
+/// lifetime unchanged), as if time had passed.
+async fn expire_connection(app: &TestApp, id: &str, secs: i64) {
+    let id: uuid::Uuid = id.parse().unwrap();
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let mut c = app.state.connections.vault.open_credentials(id, &sealed).unwrap();
+    c.expires_at = Some(time::OffsetDateTime::now_utc() + time::Duration::seconds(secs));
+    let sealed = app.state.connections.vault.seal_credentials(id, &c);
+    sqlx::query("UPDATE connections SET credentials = $2, expires_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(sealed)
+        .bind(c.expires_at)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
 /// Completes test provider entries with what every catalog entry must state: a
 /// documentation URL, categories, and (for OAuth) a scope separator.
 pub fn documented(mut providers: Value) -> Value {
@@ -550,22 +571,7 @@ impl Flow {
     /// Makes a connection's access token expire `secs` from now (its remembered
     /// lifetime unchanged).
     async fn expire_in(&self, id: &str, secs: i64) {
-        let id: uuid::Uuid = id.parse().unwrap();
-        let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.app.pool)
-            .await
-            .unwrap();
-        let mut c = self.app.state.connections.vault.open_credentials(id, &sealed).unwrap();
-        c.expires_at = Some(time::OffsetDateTime::now_utc() + time::Duration::seconds(secs));
-        let sealed = self.app.state.connections.vault.seal_credentials(id, &c);
-        sqlx::query("UPDATE connections SET credentials = $2, expires_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(sealed)
-            .bind(c.expires_at)
-            .execute(&self.app.pool)
-            .await
-            .unwrap();
+        expire_connection(&self.app, id, secs).await
     }
 
     async fn token(&self, app: &TestApp, user: &crate::harness::User, id: &str, force: bool) -> (u16, Value) {
@@ -1822,22 +1828,7 @@ async fn every_quirk_combination_in_the_catalog_connects_proxies_and_refreshes()
         let first = first["authorization"].as_str().unwrap().to_string();
         assert!(first.starts_with("Bearer at-"), "{what}: {first}");
         // Expired: refreshed (or granted again), except long-lived tokens.
-        let cid: uuid::Uuid = id.parse().unwrap();
-        let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
-            .bind(cid)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        let mut creds = app.state.connections.vault.open_credentials(cid, &sealed).unwrap();
-        creds.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(60));
-        let sealed = app.state.connections.vault.seal_credentials(cid, &creds);
-        sqlx::query("UPDATE connections SET credentials = $2, expires_at = $3 WHERE id = $1")
-            .bind(cid)
-            .bind(sealed)
-            .bind(creds.expires_at)
-            .execute(&app.pool)
-            .await
-            .unwrap();
+        expire_connection(&app, &id, -60).await;
         app.state.connections.cache.apply(&id);
         let second: Value = proxy().send().await.unwrap().json().await.unwrap();
         let second = second["authorization"].as_str().unwrap().to_string();
@@ -1855,25 +1846,7 @@ async fn every_quirk_combination_in_the_catalog_connects_proxies_and_refreshes()
         }
         if refresh == "rotating" {
             // The rotated refresh token is the one that works next.
-            sqlx::query("UPDATE connections SET expires_at = now() - interval '1 minute' WHERE id = $1")
-                .bind(cid)
-                .execute(&app.pool)
-                .await
-                .unwrap();
-            let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM connections WHERE id = $1")
-                .bind(cid)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            let mut creds = app.state.connections.vault.open_credentials(cid, &sealed).unwrap();
-            creds.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(60));
-            let sealed = app.state.connections.vault.seal_credentials(cid, &creds);
-            sqlx::query("UPDATE connections SET credentials = $2 WHERE id = $1")
-                .bind(cid)
-                .bind(sealed)
-                .execute(&app.pool)
-                .await
-                .unwrap();
+            expire_connection(&app, &id, -60).await;
             app.state.connections.cache.apply(&id);
             let third: Value = proxy().send().await.unwrap().json().await.unwrap();
             assert_ne!(third["authorization"].as_str().unwrap(), second, "{what}: refreshed with the rotated token");

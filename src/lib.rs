@@ -54,6 +54,7 @@ pub mod mail;
 pub mod memory;
 pub mod middleware;
 pub mod ops;
+pub mod orgs;
 pub mod pagination;
 pub mod rank;
 pub mod router;

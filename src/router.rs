@@ -30,7 +30,7 @@ use crate::state::AppState;
         External (not described here): Supabase Storage's HTTP API under `/storage/v1` (buckets, objects, \
         signed URLs, TUS uploads, image rendering), answered in Supabase's own error shape; see \
         https://supabase.com/docs/reference/javascript/storage-createbucket and README.md."),
-    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"), (name = "chat", description = "Conversations and messages"), (name = "knowledge", description = "Documents in folders, versions, links, ingestion of files, hybrid search"), (name = "memory", description = "Memories with provenance and history, extraction from conversations, context assembly"), (name = "connections", description = "Provider catalog, integrations, the connect flow and the API proxy"), (name = "storage", description = "External: Supabase Storage's API under /storage/v1 (see the description above)"))
+    tags((name = "ops", description = "Health, readiness, metrics"), (name = "auth", description = "Accounts, sessions, tokens"), (name = "chat", description = "Conversations and messages"), (name = "knowledge", description = "Documents in folders, versions, links, ingestion of files, hybrid search"), (name = "memory", description = "Memories with provenance and history, extraction from conversations, context assembly"), (name = "organizations", description = "Organizations, members, roles, invitations, the active organization"), (name = "connections", description = "Provider catalog, integrations, the connect flow and the API proxy"), (name = "storage", description = "External: Supabase Storage's API under /storage/v1 (see the description above)"))
 )]
 pub struct ApiDoc;
 
@@ -285,6 +285,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(crate::chat::routes())
         .merge(crate::knowledge::routes())
         .merge(crate::memory::routes())
+        .merge(crate::orgs::routes().layer(DefaultBodyLimit::max(SMALL_JSON_LIMIT)))
         .merge(crate::connections::routes().layer(DefaultBodyLimit::max(SMALL_JSON_LIMIT)))
 }
 

@@ -192,6 +192,37 @@ pub async fn void_sign_in_links(pool: &PgPool, user: Uuid) -> Result<u64, sqlx::
     .rows_affected())
 }
 
+/// The active organization of session `id` with the user's role and its
+/// permissions, when the user is still a member (leaving takes it away at once).
+pub async fn active_org_claims(pool: &PgPool, id: Uuid) -> Result<Option<super::tokens::OrgClaims>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT o.id, o.slug, m.role, COALESCE(p.permissions, '{}') AS permissions
+         FROM sessions s JOIN organizations o ON o.id = s.active_org_id
+         JOIN org_members m ON m.org_id = o.id AND m.user_id = s.user_id
+         LEFT JOIN org_role_permissions p ON p.org_id = o.id AND p.key = m.role
+         WHERE s.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Sets (or clears) session `id`'s active organization; false unless the
+/// session is `user`'s and, when setting, the user is a member.
+pub async fn set_active_org(pool: &PgPool, id: Uuid, user: Uuid, org: Option<Uuid>) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE sessions SET active_org_id = $3 WHERE id = $1 AND user_id = $2
+         AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM org_members WHERE org_id = $3 AND user_id = $2))",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(org)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
 /// Creates a session.
 pub async fn insert_session(
     pool: &PgPool,

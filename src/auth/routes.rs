@@ -306,7 +306,7 @@ async fn sign_out(
 /// Exchange a session (cookie or bearer session token) for a short-lived access token.
 #[utoipa::path(post, path = "/v1/auth/token", tag = "auth", responses((status = 200, body = TokenResponse), (status = 401)))]
 async fn token(State(state): State<Arc<AuthState>>, Caller(p): Caller) -> Result<Response, ApiError> {
-    let body = service::access_token(&state, &p)?;
+    let body = service::access_token(&state, &p).await?;
     let mut res = ApiJson(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)

@@ -406,7 +406,8 @@ pub async fn open_session(
         impersonator,
     )
     .await?;
-    let (access_token, expires_at) = state.keys.issue(user.id, session.id, impersonator).map_err(ApiError::internal)?;
+    let (access_token, expires_at) =
+        state.keys.issue(user.id, session.id, impersonator, None).map_err(ApiError::internal)?;
     Ok(AuthResponse {
         user: UserView::of(user, false),
         session_token: token,
@@ -524,12 +525,14 @@ pub async fn check_password(
     }
 }
 
-/// Issues a fresh access token for a session principal.
-pub fn access_token(state: &AuthState, principal: &Principal) -> Result<TokenResponse, ApiError> {
+/// Issues a fresh access token for a session principal, with the session's
+/// active organization's claims.
+pub async fn access_token(state: &AuthState, principal: &Principal) -> Result<TokenResponse, ApiError> {
     match principal {
         Principal::User { user_id, session_id, via: Via::Cookie | Via::SessionBearer, act } => {
+            let org = db::active_org_claims(&state.pool, *session_id).await?;
             let (access_token, expires_at) =
-                state.keys.issue(*user_id, *session_id, *act).map_err(ApiError::internal)?;
+                state.keys.issue(*user_id, *session_id, *act, org.as_ref()).map_err(ApiError::internal)?;
             Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
         }
         _ => Err(ApiError::bad_request(

@@ -54,6 +54,31 @@ pub struct Claims {
     /// The actor behind an impersonated session: `{"sub": <admin user id>}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<ActClaim>,
+    /// The session's active organization (Clerk's v1 claim names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    /// Its slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_slug: Option<String>,
+    /// The user's role in it (`org:admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_role: Option<String>,
+    /// The role's permissions, system ones (`org:sys_*`) left out as Clerk does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_permissions: Option<Vec<String>>,
+}
+
+/// The active organization an access token names.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrgClaims {
+    /// Organization id.
+    pub id: uuid::Uuid,
+    /// Slug.
+    pub slug: String,
+    /// Role key.
+    pub role: String,
+    /// Every permission of the role.
+    pub permissions: Vec<String>,
 }
 
 /// RFC 8693's `act` claim: who is really acting.
@@ -290,12 +315,14 @@ impl KeyStore {
     }
 
     /// Signs an access token for `user` and `session` (with `act` naming the admin
-    /// when the session is an impersonation); returns it and its expiry.
+    /// when the session is an impersonation, and the active organization's claims);
+    /// returns it and its expiry.
     pub fn issue(
         &self,
         user: Uuid,
         session: Uuid,
         act: Option<Uuid>,
+        org: Option<&OrgClaims>,
     ) -> Result<(String, time::OffsetDateTime), KeyStoreError> {
         let now = time::OffsetDateTime::now_utc();
         let exp = now + self.ttl;
@@ -309,6 +336,11 @@ impl KeyStore {
             nbf: now.unix_timestamp(),
             jti: Uuid::new_v4().simple().to_string(),
             act: act.map(|a| ActClaim { sub: a.to_string() }),
+            org_id: org.map(|o| o.id.to_string()),
+            org_slug: org.map(|o| o.slug.clone()),
+            org_role: org.map(|o| o.role.clone()),
+            org_permissions: org
+                .map(|o| o.permissions.iter().filter(|p| !p.starts_with("org:sys_")).cloned().collect()),
         };
         let keys = self.keys.read().map_err(|_| KeyStoreError::Poisoned)?;
         let signer = keys.signer.as_ref().ok_or(KeyStoreError::NoSigner)?;

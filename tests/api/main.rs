@@ -21,6 +21,7 @@ mod jobs;
 mod knowledge;
 mod memory;
 mod ops;
+mod orgs;
 mod shutdown;
 mod storage;
 mod storage_process;

@@ -1,0 +1,497 @@
+//! The organization rules: who may do what (membership else 404, permission else
+//! 403), the owner rule (an organization always keeps an owner; only owners make
+//! or unmake owners), invitations bound to a verified email, the active
+//! organization of a session, and an audit row for every change.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::db::{self, OrgRow};
+use super::types::*;
+use crate::auth::service::Principal;
+use crate::auth::types::TokenResponse;
+use crate::auth::{AuthState, tokens};
+use crate::error::ApiError;
+
+/// How long an invitation stays valid.
+const INVITATION_TTL_SECS: f64 = 7.0 * 86_400.0;
+
+fn not_found() -> ApiError {
+    ApiError::not_found("organization not found")
+}
+
+fn forbidden(permission: &str) -> ApiError {
+    ApiError::forbidden(format!("your role lacks {permission}")).with_code("insufficient_permission")
+}
+
+fn view(r: OrgRow) -> Org {
+    Org {
+        id: r.id,
+        name: r.name,
+        slug: r.slug,
+        image_url: r.image_url,
+        role: r.role,
+        permissions: r.permissions,
+        created_at: r.created_at,
+    }
+}
+
+/// `user`'s membership of `org` with `permission` (404 for non-members, 403
+/// without the permission).
+async fn member_with(pool: &PgPool, user: Uuid, org: Uuid, permission: Option<&str>) -> Result<OrgRow, ApiError> {
+    let row = db::org_for(pool, user, org).await?.ok_or_else(not_found)?;
+    if let Some(p) = permission
+        && !row.permissions.iter().any(|x| x == p)
+    {
+        return Err(forbidden(p));
+    }
+    Ok(row)
+}
+
+/// A slug from a name: lowercase letters and digits, runs of anything else as one `-`.
+pub fn slugify(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let out: String = out.trim_end_matches('-').chars().take(63).collect();
+    if out.is_empty() { "org".into() } else { out.trim_end_matches('-').to_string() }
+}
+
+fn check_slug(slug: &str) -> Result<(), ApiError> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 63
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_slug",
+            "a slug is 1–63 lowercase letters, digits and '-', not starting with '-'",
+        ))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable("invalid_name", "a name is 1 to 200 characters"));
+    }
+    Ok(())
+}
+
+fn check_image(url: &str) -> Result<(), ApiError> {
+    let ok = url.len() <= 2048 && url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+    if ok { Ok(()) } else { Err(ApiError::unprocessable("invalid_image_url", "image_url must be an http(s) URL")) }
+}
+
+fn slug_conflict(e: sqlx::Error) -> ApiError {
+    if db::slug_taken(&e) { ApiError::conflict("slug_taken", "another organization has this slug") } else { e.into() }
+}
+
+async fn audit(
+    state: &AuthState,
+    p: &Principal,
+    action: &str,
+    org: Uuid,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    crate::audit::record(&state.pool, &p.actor(), p.user_id(), action, Some(&org.to_string()), detail).await?;
+    Ok(())
+}
+
+/// Creates an organization; the creator is its owner.
+pub async fn create(state: &AuthState, p: &Principal, user: Uuid, req: CreateOrg) -> Result<Org, ApiError> {
+    check_name(&req.name)?;
+    let slug = match req.slug {
+        Some(s) => {
+            check_slug(&s)?;
+            s
+        }
+        None => slugify(&req.name),
+    };
+    if let Some(u) = &req.image_url {
+        check_image(u)?;
+    }
+    let id =
+        db::create(&state.pool, user, req.name.trim(), &slug, req.image_url.as_deref()).await.map_err(slug_conflict)?;
+    audit(state, p, "org.create", id, serde_json::json!({"name": req.name.trim(), "slug": slug})).await?;
+    get(state, user, id).await
+}
+
+/// The caller's organizations.
+pub async fn list(state: &AuthState, user: Uuid) -> Result<Vec<Org>, ApiError> {
+    Ok(db::orgs_of(&state.pool, user).await?.into_iter().map(view).collect())
+}
+
+/// One of the caller's organizations.
+pub async fn get(state: &AuthState, user: Uuid, id: Uuid) -> Result<Org, ApiError> {
+    member_with(&state.pool, user, id, None).await.map(view)
+}
+
+/// Renames, re-slugs or re-images an organization (`org:sys_profile:manage`).
+pub async fn patch(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, req: PatchOrg) -> Result<Org, ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_profile:manage")).await?;
+    if let Some(n) = &req.name {
+        check_name(n)?;
+    }
+    if let Some(s) = &req.slug {
+        check_slug(s)?;
+    }
+    if let Some(Some(u)) = &req.image_url {
+        check_image(u)?;
+    }
+    db::update(
+        &state.pool,
+        id,
+        req.name.as_deref().map(str::trim),
+        req.slug.as_deref(),
+        req.image_url.as_ref().map(|o| o.as_deref()),
+    )
+    .await
+    .map_err(slug_conflict)?;
+    audit(state, p, "org.update", id, serde_json::json!({"name": req.name, "slug": req.slug})).await?;
+    get(state, user, id).await
+}
+
+/// Deletes an organization and what it shares (`org:sys_profile:delete`, `?confirm=true`).
+pub async fn delete(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, confirm: bool) -> Result<(), ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_profile:delete")).await?;
+    if !confirm {
+        return Err(ApiError::bad_request(
+            "confirmation_required",
+            "deleting an organization deletes its members, roles and invitations: repeat with ?confirm=true",
+        ));
+    }
+    audit(state, p, "org.delete", id, serde_json::json!({})).await?;
+    db::delete(&state.pool, id).await?;
+    Ok(())
+}
+
+/// Members (`org:sys_memberships:read`).
+pub async fn members(state: &AuthState, user: Uuid, id: Uuid) -> Result<Vec<Member>, ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_memberships:read")).await?;
+    Ok(db::members(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(|m| Member { user_id: m.user_id, email: m.email, name: m.name, role: m.role, created_at: m.created_at })
+        .collect())
+}
+
+/// Changes a member's role (`org:sys_memberships:manage`; owners alone make or
+/// unmake owners; the last owner stays one).
+pub async fn set_member_role(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    id: Uuid,
+    target: Uuid,
+    role: &str,
+) -> Result<Member, ApiError> {
+    let me = member_with(&state.pool, user, id, Some("org:sys_memberships:manage")).await?;
+    if !db::role_exists(&state.pool, id, role).await? {
+        return Err(ApiError::unprocessable("unknown_role", format!("this organization has no role {role:?}")));
+    }
+    let mut tx = state.pool.begin().await?;
+    db::lock_members(&mut tx, id).await?;
+    let current = db::role_of(&mut tx, id, target).await?.ok_or_else(|| ApiError::not_found("member not found"))?;
+    if (current == "org:owner" || role == "org:owner") && me.role != "org:owner" {
+        return Err(forbidden("the owner role (only owners make or unmake owners)"));
+    }
+    if current == "org:owner" && role != "org:owner" && db::owners(&mut tx, id).await? <= 1 {
+        return Err(ApiError::conflict("last_owner", "an organization keeps at least one owner"));
+    }
+    db::set_role(&mut tx, id, target, role).await?;
+    tx.commit().await?;
+    audit(state, p, "org.member_role", id, serde_json::json!({"user": target, "before": current, "after": role}))
+        .await?;
+    db::members(&state.pool, id)
+        .await?
+        .into_iter()
+        .find(|m| m.user_id == target)
+        .map(|m| Member { user_id: m.user_id, email: m.email, name: m.name, role: m.role, created_at: m.created_at })
+        .ok_or_else(|| ApiError::not_found("member not found"))
+}
+
+/// Removes a member (`org:sys_memberships:manage`), or the caller leaves; the
+/// last owner cannot go. Access ends at once: the organization leaves the
+/// member's sessions and their next token has no claims for it.
+pub async fn remove_member(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    id: Uuid,
+    target: Uuid,
+) -> Result<(), ApiError> {
+    let me = member_with(&state.pool, user, id, None).await?;
+    if target != user && !me.permissions.iter().any(|x| x == "org:sys_memberships:manage") {
+        return Err(forbidden("org:sys_memberships:manage"));
+    }
+    let mut tx = state.pool.begin().await?;
+    db::lock_members(&mut tx, id).await?;
+    let current = db::role_of(&mut tx, id, target).await?.ok_or_else(|| ApiError::not_found("member not found"))?;
+    if current == "org:owner" {
+        if target != user && me.role != "org:owner" {
+            return Err(forbidden("the owner role (only owners remove owners)"));
+        }
+        if db::owners(&mut tx, id).await? <= 1 {
+            return Err(ApiError::conflict("last_owner", "an organization keeps at least one owner"));
+        }
+    }
+    db::remove_member(&mut tx, id, target).await?;
+    tx.commit().await?;
+    crate::auth::service::changed(state, format!("u:{target}")).await?;
+    let action = if target == user { "org.member_leave" } else { "org.member_remove" };
+    audit(state, p, action, id, serde_json::json!({"user": target, "role": current})).await
+}
+
+/// Every role of the organization (any member).
+pub async fn roles(state: &AuthState, user: Uuid, id: Uuid) -> Result<Vec<Role>, ApiError> {
+    member_with(&state.pool, user, id, None).await?;
+    Ok(db::roles(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(|(key, builtin, permissions)| Role { key, builtin, permissions })
+        .collect())
+}
+
+fn check_permission(p: &str) -> bool {
+    let parts: Vec<&str> = p.split(':').collect();
+    parts.len() == 3
+        && parts[0] == "org"
+        && !parts[1].starts_with("sys_")
+        && parts[1..].iter().all(|s| {
+            !s.is_empty()
+                && s.len() <= 40
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// Adds a custom role (`org:sys_roles:manage`).
+pub async fn create_role(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    id: Uuid,
+    req: CreateRole,
+) -> Result<Role, ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_roles:manage")).await?;
+    let key_ok = req.key.strip_prefix("org:").is_some_and(|k| {
+        !k.is_empty() && k.len() <= 40 && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    }) && !["org:owner", "org:admin", "org:member"].contains(&req.key.as_str());
+    if !key_ok {
+        return Err(ApiError::unprocessable(
+            "invalid_role_key",
+            "a role key is `org:` and 1–40 of a-z 0-9 _, not a built-in one",
+        ));
+    }
+    if req.name.trim().is_empty() || req.name.chars().count() > 100 {
+        return Err(ApiError::unprocessable("invalid_name", "a role name is 1 to 100 characters"));
+    }
+    if req.permissions.len() > 100 || !req.permissions.iter().all(|x| check_permission(x)) {
+        return Err(ApiError::unprocessable(
+            "invalid_permissions",
+            "permissions look like org:<feature>:<action> (system permissions org:sys_* belong to built-in roles)",
+        ));
+    }
+    if !db::create_role(&state.pool, id, &req.key, req.name.trim(), &req.permissions).await? {
+        return Err(ApiError::conflict("role_exists", "the organization has a role with this key"));
+    }
+    audit(state, p, "org.role_create", id, serde_json::json!({"key": req.key, "permissions": req.permissions})).await?;
+    Ok(Role { key: req.key, builtin: false, permissions: req.permissions })
+}
+
+/// Removes a custom role nobody holds (`org:sys_roles:manage`).
+pub async fn delete_role(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, key: &str) -> Result<(), ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_roles:manage")).await?;
+    match db::delete_role(&state.pool, id, key).await? {
+        None => Err(ApiError::not_found("role not found")),
+        Some(false) => Err(ApiError::conflict("role_in_use", "a member or a pending invitation holds this role")),
+        Some(true) => audit(state, p, "org.role_delete", id, serde_json::json!({"key": key})).await,
+    }
+}
+
+fn invitation(r: db::InvitationRow) -> Invitation {
+    Invitation {
+        id: r.id,
+        email: r.email,
+        role: r.role,
+        status: r.status,
+        expires_at: r.expires_at,
+        created_at: r.created_at,
+    }
+}
+
+/// Mails an invitation's token (with a link to `redirect` when given).
+async fn mail_invitation(
+    state: &AuthState,
+    org: &OrgRow,
+    email: &str,
+    token: &str,
+    redirect: Option<&str>,
+) -> Result<(), ApiError> {
+    let link = redirect.map(|r| {
+        let sep = if r.contains('?') { '&' } else { '?' };
+        format!("{r}{sep}invitation_token={token}")
+    });
+    let body = match &link {
+        Some(l) => format!(
+            "You are invited to join {} on {}.\n\nAccept by opening this link:\n{l}\n",
+            org.name, state.config.public_url
+        ),
+        None => format!(
+            "You are invited to join {} on {}.\n\nYour invitation token (valid 7 days):\n{token}\n",
+            org.name, state.config.public_url
+        ),
+    };
+    let mail =
+        crate::mail::Mail { user_id: None, to: email.to_string(), subject: format!("Join {}", org.name), body, link };
+    state.mailer.send(&state.pool, mail).await.map_err(ApiError::internal)
+}
+
+/// The organization's invitations (`org:sys_invitations:manage`).
+pub async fn invitations(state: &AuthState, user: Uuid, id: Uuid) -> Result<Vec<Invitation>, ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_invitations:manage")).await?;
+    Ok(db::invitations(&state.pool, id).await?.into_iter().map(invitation).collect())
+}
+
+/// Invites an email (`org:sys_invitations:manage`; only owners invite owners).
+pub async fn invite(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    id: Uuid,
+    req: CreateInvitation,
+) -> Result<Invitation, ApiError> {
+    let me = member_with(&state.pool, user, id, Some("org:sys_invitations:manage")).await?;
+    let email = crate::auth::service::validate_email(&req.email)?;
+    let role = req.role.unwrap_or_else(|| "org:member".into());
+    if !db::role_exists(&state.pool, id, &role).await? {
+        return Err(ApiError::unprocessable("unknown_role", format!("this organization has no role {role:?}")));
+    }
+    if role == "org:owner" && me.role != "org:owner" {
+        return Err(forbidden("the owner role (only owners invite owners)"));
+    }
+    let redirect = req
+        .redirect_url
+        .filter(|r| !r.is_empty())
+        .map(|r| crate::auth::service::safe_redirect(&state.config, &r))
+        .transpose()?;
+    let token = tokens::random_token("oin_");
+    let row =
+        db::create_invitation(&state.pool, id, &email, &role, &tokens::hash_token(&token), INVITATION_TTL_SECS, user)
+            .await?
+            .ok_or_else(|| ApiError::conflict("invitation_pending", "this email already has a pending invitation"))?;
+    mail_invitation(state, &me, &email, &token, redirect.as_deref()).await?;
+    audit(state, p, "org.invitation_create", id, serde_json::json!({"email": email, "role": role})).await?;
+    Ok(invitation(row))
+}
+
+/// Revokes a pending invitation (`org:sys_invitations:manage`).
+pub async fn revoke_invitation(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    id: Uuid,
+    inv: Uuid,
+) -> Result<(), ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_invitations:manage")).await?;
+    if !db::end_invitation(&state.pool, id, inv, "revoked").await? {
+        return Err(ApiError::not_found("no pending invitation with this id"));
+    }
+    audit(state, p, "org.invitation_revoke", id, serde_json::json!({"invitation": inv})).await
+}
+
+/// Sends a pending invitation again with a new token and expiry (the old token
+/// stops working).
+pub async fn resend_invitation(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    id: Uuid,
+    inv: Uuid,
+) -> Result<Invitation, ApiError> {
+    let me = member_with(&state.pool, user, id, Some("org:sys_invitations:manage")).await?;
+    let token = tokens::random_token("oin_");
+    let row = db::renew_invitation(&state.pool, id, inv, &tokens::hash_token(&token), INVITATION_TTL_SECS)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no pending invitation with this id"))?;
+    mail_invitation(state, &me, &row.email, &token, None).await?;
+    audit(state, p, "org.invitation_resend", id, serde_json::json!({"invitation": inv})).await?;
+    Ok(invitation(row))
+}
+
+/// Accepts or declines an invitation as the signed-in user, whose verified email
+/// must be the invited one.
+pub async fn answer_invitation(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    token: &str,
+    accept: bool,
+) -> Result<Option<Org>, ApiError> {
+    let me =
+        crate::auth::db::user_by_id(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let mut tx = state.pool.begin().await?;
+    let inv = db::live_invitation(&mut tx, &tokens::hash_token(token))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no pending invitation with this token (used, revoked or expired?)"))?;
+    let email_matches = me.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(&inv.email));
+    if !email_matches {
+        return Err(ApiError::forbidden("this invitation is for another email address").with_code("email_mismatch"));
+    }
+    if me.email_verified_at.is_none() {
+        return Err(ApiError::forbidden("verify your email address first").with_code("email_not_verified"));
+    }
+    if accept {
+        db::add_member(&mut tx, inv.org_id, user, &inv.role).await?;
+    }
+    db::settle_invitation(&mut tx, inv.id, if accept { "accepted" } else { "declined" }).await?;
+    tx.commit().await?;
+    let action = if accept { "org.invitation_accept" } else { "org.invitation_decline" };
+    audit(state, p, action, inv.org_id, serde_json::json!({"invitation": inv.id, "role": inv.role})).await?;
+    if accept { get(state, user, inv.org_id).await.map(Some) } else { Ok(None) }
+}
+
+/// Makes `org` (or none) the active organization of the caller's session and
+/// returns an access token carrying its claims.
+pub async fn set_active(state: &AuthState, p: &Principal, org: Option<Uuid>) -> Result<TokenResponse, ApiError> {
+    let Principal::User { user_id, session_id, via, .. } = p else {
+        return Err(ApiError::bad_request("session_required", "the active organization belongs to a user session"));
+    };
+    if matches!(via, crate::auth::Via::External) {
+        return Err(ApiError::bad_request("session_required", "the active organization belongs to a Carmenta session"));
+    }
+    if !crate::auth::db::set_active_org(&state.pool, *session_id, *user_id, org).await? {
+        return Err(not_found());
+    }
+    crate::auth::service::changed(state, format!("s:{session_id}")).await?;
+    let (access_token, expires_at) = {
+        let claims = crate::auth::db::active_org_claims(&state.pool, *session_id).await?;
+        let act = match p {
+            Principal::User { act, .. } => *act,
+            _ => None,
+        };
+        state.keys.issue(*user_id, *session_id, act, claims.as_ref()).map_err(ApiError::internal)?
+    };
+    Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_and_permissions() {
+        assert_eq!(slugify("Acme, Inc."), "acme-inc");
+        assert_eq!(slugify("  ✨ "), "org");
+        assert!(check_permission("org:knowledge:write"));
+        assert!(!check_permission("org:sys_profile:manage"));
+        assert!(!check_permission("knowledge:write"));
+        assert!(!check_permission("org:Knowledge:write"));
+    }
+}

@@ -100,8 +100,36 @@ async fn audit(
     org: Uuid,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    crate::audit::record(&state.pool, &p.actor(), p.user_id(), action, Some(&org.to_string()), detail).await?;
+    crate::audit::record(&state.pool, &p.actor(), p.user_id(), action, Some(&org.to_string()), detail.clone()).await?;
+    if let Some(event) = webhook_event(action) {
+        // The app hears of it through the Standard Webhooks outbox connections use.
+        let mut conn = state.pool.acquire().await?;
+        let mut data = serde_json::json!({"organization_id": org, "actor": p.actor()});
+        if let (Some(d), Some(extra)) = (data.as_object_mut(), detail.as_object()) {
+            d.extend(extra.clone());
+        }
+        crate::connections::webhooks::emit(&mut conn, event, data).await?;
+    }
     Ok(())
+}
+
+/// The webhook event type of an audited action (Clerk's names).
+fn webhook_event(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "org.create" => "organization.created",
+        "org.update" => "organization.updated",
+        "org.delete" => "organization.deleted",
+        "org.member_role" => "organizationMembership.updated",
+        "org.member_remove" | "org.member_leave" => "organizationMembership.deleted",
+        "org.invitation_accept" => "organizationMembership.created",
+        "org.invitation_create" => "organizationInvitation.created",
+        "org.invitation_revoke" => "organizationInvitation.revoked",
+        "org.invitation_decline" => "organizationInvitation.declined",
+        "org.invitation_resend" => "organizationInvitation.resent",
+        "org.role_create" => "role.created",
+        "org.role_delete" => "role.deleted",
+        _ => return None,
+    })
 }
 
 /// Creates an organization; the creator is its owner.

@@ -199,6 +199,30 @@ async fn invitations_bind_to_a_verified_email_and_roles_gate_every_route() {
         .await
         .unwrap();
     assert!(n >= 12, "{n} audit rows");
+    // The app hears of every change through the webhook outbox.
+    let events: Vec<String> = sqlx::query_scalar("SELECT DISTINCT event_type FROM webhook_outbox ORDER BY 1")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    for e in [
+        "organization.created",
+        "organizationInvitation.created",
+        "organizationInvitation.declined",
+        "organizationInvitation.revoked",
+        "organizationMembership.created",
+        "organizationMembership.deleted",
+        "organizationMembership.updated",
+        "role.created",
+    ] {
+        assert!(events.iter().any(|x| x == e), "{e} in {events:?}");
+    }
+    let payload: Value = sqlx::query_scalar(
+        "SELECT payload FROM webhook_outbox WHERE event_type = 'organizationMembership.created' LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(payload["data"]["organization_id"], json!(id));
 }
 
 #[tokio::test]

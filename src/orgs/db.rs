@@ -380,3 +380,70 @@ pub async fn add_member(
         .await?;
     Ok(())
 }
+
+/// A verified domain.
+#[derive(Debug, Clone, FromRow)]
+pub struct DomainRow {
+    /// The domain.
+    pub domain: String,
+    /// Role given to users who join through it.
+    pub role: String,
+    /// Added.
+    pub created_at: OffsetDateTime,
+}
+
+/// Adds a verified domain; false when some organization already has it.
+pub async fn add_domain(pool: &PgPool, org: Uuid, domain: &str, role: &str, by: Uuid) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "INSERT INTO org_domains (org_id, domain, role, verified_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(org)
+    .bind(domain)
+    .bind(role)
+    .bind(by)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// The organization's domains.
+pub async fn domains(pool: &PgPool, org: Uuid) -> Result<Vec<DomainRow>, sqlx::Error> {
+    sqlx::query_as("SELECT domain, role, created_at FROM org_domains WHERE org_id = $1 ORDER BY domain")
+        .bind(org)
+        .fetch_all(pool)
+        .await
+}
+
+/// Removes a domain; false if the organization does not have it.
+pub async fn remove_domain(pool: &PgPool, org: Uuid, domain: &str) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("DELETE FROM org_domains WHERE org_id = $1 AND domain = $2")
+        .bind(org)
+        .bind(domain)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+/// The organization owning `domain` and the role it gives, if any.
+pub async fn domain_owner(pool: &PgPool, domain: &str) -> Result<Option<(Uuid, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.org_id, o.name, d.role FROM org_domains d JOIN organizations o ON o.id = d.org_id WHERE d.domain = $1",
+    )
+    .bind(domain)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Adds `user` to `org` with `role` in its own transaction; false if already a member.
+pub async fn join(pool: &PgPool, org: Uuid, user: Uuid, role: &str) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(org)
+        .bind(user)
+        .bind(role)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}

@@ -34,6 +34,10 @@ where
         .routes(routes!(accept_invitation))
         .routes(routes!(decline_invitation))
         .routes(routes!(set_active_org))
+        .routes(routes!(list_domains, add_domain))
+        .routes(routes!(remove_domain))
+        .routes(routes!(join_org))
+        .routes(routes!(org_suggestions))
 }
 
 fn org_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -258,4 +262,60 @@ async fn set_active_org(
     ApiJson(req): ApiJson<SetActiveOrg>,
 ) -> Result<ApiJson<TokenResponse>, ApiError> {
     service::set_active(&state, &p, req.org_id).await.map(ApiJson)
+}
+
+/// The organization's verified domains.
+#[utoipa::path(get, path = "/v1/orgs/{id}/domains", tag = "organizations", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<Domain>), (status = 404)))]
+async fn list_domains(
+    State(state): State<Arc<AuthState>>,
+    u: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Vec<Domain>>, ApiError> {
+    service::domains(&state, u.user_id, org_id(&id)?).await.map(ApiJson)
+}
+
+/// Add a verified domain: the caller's own verified email must be at it (`org:sys_memberships:manage`).
+#[utoipa::path(post, path = "/v1/orgs/{id}/domains", tag = "organizations", params(("id" = String, Path)), request_body = CreateDomain,
+    responses((status = 201, body = Domain), (status = 403, description = "domain_not_verified"), (status = 404), (status = 409, description = "domain_taken"), (status = 422)))]
+async fn add_domain(
+    State(state): State<Arc<AuthState>>,
+    u: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CreateDomain>,
+) -> Result<Response, ApiError> {
+    let d = service::add_domain(&state, &u.principal, u.user_id, org_id(&id)?, req).await?;
+    Ok((StatusCode::CREATED, ApiJson(d)).into_response())
+}
+
+/// Remove a verified domain.
+#[utoipa::path(delete, path = "/v1/orgs/{id}/domains/{domain}", tag = "organizations",
+    params(("id" = String, Path), ("domain" = String, Path)), responses((status = 204), (status = 403), (status = 404)))]
+async fn remove_domain(
+    State(state): State<Arc<AuthState>>,
+    u: CurrentUser,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    service::remove_domain(&state, &u.principal, u.user_id, org_id(&id)?, &domain).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Join through your verified email's domain, with the role the organization set.
+#[utoipa::path(post, path = "/v1/orgs/{id}/join", tag = "organizations", params(("id" = String, Path)),
+    responses((status = 200, body = Org), (status = 404)))]
+async fn join_org(
+    State(state): State<Arc<AuthState>>,
+    u: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Org>, ApiError> {
+    service::join(&state, &u.principal, u.user_id, org_id(&id)?).await.map(ApiJson)
+}
+
+/// Organizations your verified email's domain lets you join.
+#[utoipa::path(get, path = "/v1/me/org-suggestions", tag = "organizations", responses((status = 200, body = Vec<OrgSuggestion>)))]
+async fn org_suggestions(
+    State(state): State<Arc<AuthState>>,
+    u: CurrentUser,
+) -> Result<ApiJson<Vec<OrgSuggestion>>, ApiError> {
+    service::suggestions(&state, u.user_id).await.map(ApiJson)
 }

@@ -128,6 +128,9 @@ fn webhook_event(action: &str) -> Option<&'static str> {
         "org.invitation_resend" => "organizationInvitation.resent",
         "org.role_create" => "role.created",
         "org.role_delete" => "role.deleted",
+        "org.domain_join" => "organizationMembership.created",
+        "org.domain_add" => "organizationDomain.created",
+        "org.domain_remove" => "organizationDomain.deleted",
         _ => return None,
     })
 }
@@ -507,6 +510,138 @@ pub async fn set_active(state: &AuthState, p: &Principal, org: Option<Uuid>) -> 
         state.keys.issue(*user_id, *session_id, act, claims.as_ref()).map_err(ApiError::internal)?
     };
     Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
+}
+
+/// Mail providers whose domains no organization may claim.
+const PUBLIC_MAIL_DOMAINS: [&str; 14] = [
+    "gmail.com",
+    "googlemail.com",
+    "outlook.com",
+    "hotmail.com",
+    "live.com",
+    "msn.com",
+    "yahoo.com",
+    "icloud.com",
+    "me.com",
+    "aol.com",
+    "proton.me",
+    "protonmail.com",
+    "gmx.com",
+    "mail.com",
+];
+
+/// The domain of a verified email, lowercase.
+fn verified_domain(user: &crate::auth::db::UserRow) -> Option<String> {
+    user.email_verified_at?;
+    user.email.as_deref()?.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
+}
+
+/// Adds a verified domain (`org:sys_memberships:manage`): the caller's own verified
+/// email must be at it (proof of control), it may not be a public mail provider's,
+/// and one organization holds a domain.
+pub async fn add_domain(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    id: Uuid,
+    req: CreateDomain,
+) -> Result<Domain, ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_memberships:manage")).await?;
+    let domain = req.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = domain.len() <= 253
+        && domain.contains('.')
+        && domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if !valid {
+        return Err(ApiError::unprocessable("invalid_domain", "a domain such as example.com"));
+    }
+    if PUBLIC_MAIL_DOMAINS.contains(&domain.as_str()) {
+        return Err(ApiError::unprocessable(
+            "public_email_domain",
+            "a public mail provider's domain cannot be claimed",
+        ));
+    }
+    let me =
+        crate::auth::db::user_by_id(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    if verified_domain(&me).as_deref() != Some(domain.as_str()) {
+        return Err(ApiError::forbidden(
+            "verify an email address at this domain first (yours proves the organization controls it)",
+        )
+        .with_code("domain_not_verified"));
+    }
+    let role = req.role.unwrap_or_else(|| "org:member".into());
+    if role == "org:owner" || !db::role_exists(&state.pool, id, &role).await? {
+        return Err(ApiError::unprocessable("unknown_role", format!("{role:?} cannot be given through a domain")));
+    }
+    if !db::add_domain(&state.pool, id, &domain, &role, user).await? {
+        return Err(ApiError::conflict("domain_taken", "an organization already has this domain"));
+    }
+    audit(state, p, "org.domain_add", id, serde_json::json!({"domain": domain, "role": role})).await?;
+    db::domains(&state.pool, id)
+        .await?
+        .into_iter()
+        .find(|d| d.domain == domain)
+        .map(|d| Domain { domain: d.domain, role: d.role, created_at: d.created_at })
+        .ok_or_else(|| ApiError::not_found("domain not found"))
+}
+
+/// The organization's verified domains (any member).
+pub async fn domains(state: &AuthState, user: Uuid, id: Uuid) -> Result<Vec<Domain>, ApiError> {
+    member_with(&state.pool, user, id, None).await?;
+    Ok(db::domains(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(|d| Domain { domain: d.domain, role: d.role, created_at: d.created_at })
+        .collect())
+}
+
+/// Removes a verified domain (`org:sys_memberships:manage`).
+pub async fn remove_domain(
+    state: &AuthState,
+    p: &Principal,
+    user: Uuid,
+    id: Uuid,
+    domain: &str,
+) -> Result<(), ApiError> {
+    member_with(&state.pool, user, id, Some("org:sys_memberships:manage")).await?;
+    if !db::remove_domain(&state.pool, id, &domain.to_ascii_lowercase()).await? {
+        return Err(ApiError::not_found("domain not found"));
+    }
+    audit(state, p, "org.domain_remove", id, serde_json::json!({"domain": domain})).await
+}
+
+/// The organization the caller's verified email's domain lets them join, if any.
+pub async fn suggestions(state: &AuthState, user: Uuid) -> Result<Vec<OrgSuggestion>, ApiError> {
+    let me =
+        crate::auth::db::user_by_id(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let Some(domain) = verified_domain(&me) else { return Ok(Vec::new()) };
+    Ok(match db::domain_owner(&state.pool, &domain).await? {
+        Some((id, name, role)) if db::org_for(&state.pool, user, id).await?.is_none() => {
+            vec![OrgSuggestion { id, name, role }]
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// Joins an organization through the caller's verified email's domain (404 when
+/// the organization does not hold that domain, as for any organization one cannot see).
+pub async fn join(state: &AuthState, p: &Principal, user: Uuid, id: Uuid) -> Result<Org, ApiError> {
+    let me =
+        crate::auth::db::user_by_id(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let owner = match verified_domain(&me) {
+        Some(d) => db::domain_owner(&state.pool, &d).await?,
+        None => None,
+    };
+    let Some((org, _, role)) = owner.filter(|(org, _, _)| *org == id) else { return Err(not_found()) };
+    if db::join(&state.pool, org, user, &role).await? {
+        audit(state, p, "org.domain_join", org, serde_json::json!({"user": user, "role": role})).await?;
+    }
+    get(state, user, org).await
 }
 
 #[cfg(test)]

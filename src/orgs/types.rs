@@ -152,3 +152,36 @@ pub struct ConfirmQuery {
     /// Must be `true`: deleting an organization deletes its shared data.
     pub confirm: Option<bool>,
 }
+
+/// A verified domain of an organization.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Domain {
+    /// The domain (`example.com`).
+    pub domain: String,
+    /// Role given to users who join through it.
+    pub role: String,
+    /// Added.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `POST /v1/orgs/{id}/domains`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDomain {
+    /// The domain; the caller's own verified email must be at it.
+    pub domain: String,
+    /// Role for users who join through it (default `org:member`; not `org:owner`).
+    pub role: Option<String>,
+}
+
+/// An organization the caller may join through their email's verified domain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgSuggestion {
+    /// Organization id (`POST /v1/orgs/{id}/join`).
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// The role joining gives.
+    pub role: String,
+}

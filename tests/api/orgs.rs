@@ -269,3 +269,59 @@ async fn the_active_organization_is_in_the_access_token_until_the_member_leaves(
     assert_eq!(s, 200);
     assert!(claims(t["access_token"].as_str().unwrap()).get("org_id").is_none());
 }
+
+#[tokio::test]
+async fn a_verified_domain_lets_its_users_join_without_an_invitation() {
+    let app = TestApp::spawn().await;
+    let a = sign_up(&app, "alice@acme.test").await;
+    let (_, org) = call(&app, &a, Method::POST, "/v1/orgs", Some(json!({"name": "Acme"}))).await;
+    let id = org["id"].as_str().unwrap().to_string();
+    let domains = format!("/v1/orgs/{id}/domains");
+    // The owner's own email must be verified and at the domain.
+    let (s, e) = call(&app, &a, Method::POST, &domains, Some(json!({"domain": "acme.test"}))).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("domain_not_verified")));
+    verify(&app, &a).await;
+    let (s, e) = call(&app, &a, Method::POST, &domains, Some(json!({"domain": "other.test"}))).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("domain_not_verified")));
+    let (s, e) = call(&app, &a, Method::POST, &domains, Some(json!({"domain": "gmail.com"}))).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("public_email_domain")));
+    let (s, e) =
+        call(&app, &a, Method::POST, &domains, Some(json!({"domain": "acme.test", "role": "org:owner"}))).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("unknown_role")));
+    let (s, d) = call(&app, &a, Method::POST, &domains, Some(json!({"domain": "ACME.test"}))).await;
+    assert_eq!((s, d["domain"].as_str(), d["role"].as_str()), (201, Some("acme.test"), Some("org:member")));
+    let (_, other) = call(&app, &a, Method::POST, "/v1/orgs", Some(json!({"name": "Acme Two"}))).await;
+    let (s, e) = call(
+        &app,
+        &a,
+        Method::POST,
+        &format!("/v1/orgs/{}/domains", other["id"].as_str().unwrap()),
+        Some(json!({"domain": "acme.test"})),
+    )
+    .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("domain_taken")));
+    // A verified colleague sees the suggestion and joins as a member.
+    let d = sign_up(&app, "dave@acme.test").await;
+    let (_, sugg) = call(&app, &d, Method::GET, "/v1/me/org-suggestions", None).await;
+    assert_eq!(sugg, json!([]), "not before the email is verified");
+    let (s, _) = call(&app, &d, Method::POST, &format!("/v1/orgs/{id}/join"), None).await;
+    assert_eq!(s, 404);
+    verify(&app, &d).await;
+    let (_, sugg) = call(&app, &d, Method::GET, "/v1/me/org-suggestions", None).await;
+    assert_eq!(sugg[0]["id"], json!(id));
+    let (s, joined) = call(&app, &d, Method::POST, &format!("/v1/orgs/{id}/join"), None).await;
+    assert_eq!((s, joined["role"].as_str()), (200, Some("org:member")));
+    // Someone at another domain cannot; nor anyone once the domain is removed.
+    let e = sign_up(&app, "erin@other.test").await;
+    verify(&app, &e).await;
+    let (s, _) = call(&app, &e, Method::POST, &format!("/v1/orgs/{id}/join"), None).await;
+    assert_eq!(s, 404);
+    let (s, _) = call(&app, &d, Method::DELETE, &format!("{domains}/acme.test"), None).await;
+    assert_eq!(s, 403, "a member cannot remove it");
+    let (s, _) = call(&app, &a, Method::DELETE, &format!("{domains}/acme.test"), None).await;
+    assert_eq!(s, 204);
+    let f = sign_up(&app, "frank@acme.test").await;
+    verify(&app, &f).await;
+    let (s, _) = call(&app, &f, Method::POST, &format!("/v1/orgs/{id}/join"), None).await;
+    assert_eq!(s, 404);
+}

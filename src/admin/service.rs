@@ -156,6 +156,11 @@ pub async fn record(
     Ok(())
 }
 
+/// The user `id`, or 404.
+async fn user_row(admin: &Admin, id: Uuid) -> Result<auth_db::UserRow, ApiError> {
+    auth_db::user_by_id(&admin.pool, id).await?.ok_or_else(|| ApiError::not_found("user not found"))
+}
+
 /// Bans or unbans a user; a ban also ends every session (access tokens stop at once).
 pub async fn set_banned(admin: &Admin, s: &db::SessionRow, user: Uuid, banned: bool) -> Result<(), ApiError> {
     if banned && user == s.user_id {
@@ -165,8 +170,7 @@ pub async fn set_banned(admin: &Admin, s: &db::SessionRow, user: Uuid, banned: b
         db::set_banned(&admin.pool, user, banned).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
     let mut revoked = 0;
     if banned {
-        revoked = auth_db::revoke_all_sessions(&admin.pool, user, None).await?;
-        auth_service::changed(&admin.auth, format!("u:{user}")).await?;
+        revoked = auth_service::end_all_sessions(&admin.auth, user).await?;
     }
     let action = if banned { "admin.user.ban" } else { "admin.user.unban" };
     let at = |t: Option<time::OffsetDateTime>| t.map(super::view::when);
@@ -183,9 +187,8 @@ pub async fn set_banned(admin: &Admin, s: &db::SessionRow, user: Uuid, banned: b
 
 /// Ends every session of a user.
 pub async fn revoke_sessions(admin: &Admin, s: &db::SessionRow, user: Uuid) -> Result<u64, ApiError> {
-    auth_db::user_by_id(&admin.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
-    let n = auth_db::revoke_all_sessions(&admin.pool, user, None).await?;
-    auth_service::changed(&admin.auth, format!("u:{user}")).await?;
+    user_row(admin, user).await?;
+    let n = auth_service::end_all_sessions(&admin.auth, user).await?;
     record(
         admin,
         s,
@@ -205,7 +208,7 @@ pub async fn send_reset(
     user: Uuid,
     client: &ClientInfo,
 ) -> Result<String, ApiError> {
-    let u = auth_db::user_by_id(&admin.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let u = user_row(admin, user).await?;
     let email = u.email.ok_or_else(|| ApiError::bad_request("no_email", "this user has no email address"))?;
     crate::auth::email::forgot_password(&admin.auth, &email, None, client).await?;
     record(admin, s, "admin.user.reset_link", Some(&user.to_string()), Some(user), serde_json::json!({"email": email}))
@@ -215,7 +218,7 @@ pub async fn send_reset(
 
 /// Deletes a user and everything they own, when `confirm` repeats their email (or id).
 pub async fn delete_user(admin: &Admin, s: &db::SessionRow, user: Uuid, confirm: &str) -> Result<(), ApiError> {
-    let u = auth_db::user_by_id(&admin.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let u = user_row(admin, user).await?;
     let expected = u.email.clone().unwrap_or_else(|| u.id.to_string());
     if !confirm.trim().eq_ignore_ascii_case(&expected) {
         return Err(ApiError::bad_request("confirmation_mismatch", "type the user's email to confirm the deletion"));
@@ -232,8 +235,7 @@ pub async fn delete_user(admin: &Admin, s: &db::SessionRow, user: Uuid, confirm:
         serde_json::json!({"before": {"email": u.email, "name": u.name, "created_at": super::view::when(u.created_at)}, "after": null}),
     )
     .await?;
-    auth_db::delete_user(&admin.pool, user).await?;
-    auth_service::changed(&admin.auth, format!("u:{user}")).await?;
+    auth_service::remove_user(&admin.auth, user).await?;
     Ok(())
 }
 
@@ -246,7 +248,7 @@ pub async fn impersonate(
     user: Uuid,
     client: &ClientInfo,
 ) -> Result<AuthResponse, ApiError> {
-    let u = auth_db::user_by_id(&admin.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let u = user_row(admin, user).await?;
     let res = auth_service::open_session(&admin.auth, u, client, Some(s.user_id), IMPERSONATION_TTL).await?;
     record(
         admin,

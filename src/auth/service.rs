@@ -530,16 +530,40 @@ pub async fn check_password(
 pub async fn access_token(state: &AuthState, principal: &Principal) -> Result<TokenResponse, ApiError> {
     match principal {
         Principal::User { user_id, session_id, via: Via::Cookie | Via::SessionBearer, act } => {
-            let org = db::active_org_claims(&state.pool, *session_id).await?;
-            let (access_token, expires_at) =
-                state.keys.issue(*user_id, *session_id, *act, org.as_ref()).map_err(ApiError::internal)?;
-            Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
+            session_token(state, *user_id, *session_id, *act).await
         }
         _ => Err(ApiError::bad_request(
             "session_required",
             "exchange a session token (cookie or bearer), not an access token",
         )),
     }
+}
+
+/// An access token for `user`'s session `session` as it stands: the impersonating
+/// admin in `act`, the session's active organization's claims.
+pub async fn session_token(
+    state: &AuthState,
+    user: Uuid,
+    session: Uuid,
+    act: Option<Uuid>,
+) -> Result<TokenResponse, ApiError> {
+    let org = db::active_org_claims(&state.pool, session).await?;
+    let (access_token, expires_at) = state.keys.issue(user, session, act, org.as_ref()).map_err(ApiError::internal)?;
+    Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
+}
+
+/// Ends every session of `user` on every replica; how many were live.
+pub async fn end_all_sessions(state: &AuthState, user: Uuid) -> Result<u64, ApiError> {
+    let n = db::revoke_all_sessions(&state.pool, user, None).await?;
+    changed(state, format!("u:{user}")).await?;
+    Ok(n)
+}
+
+/// Deletes a user and everything they own, on every replica; false if none.
+pub async fn remove_user(state: &AuthState, user: Uuid) -> Result<bool, ApiError> {
+    let gone = db::delete_user(&state.pool, user).await?;
+    changed(state, format!("u:{user}")).await?;
+    Ok(gone)
 }
 
 /// Signs out of the current session, or of all sessions.
@@ -700,10 +724,9 @@ pub async fn delete_me(state: &AuthState, principal: &Principal) -> Result<(), A
         serde_json::json!({}),
     )
     .await?;
-    if !db::delete_user(&state.pool, id).await? {
+    if !remove_user(state, id).await? {
         return Err(ApiError::not_found("user not found"));
     }
-    changed(state, format!("u:{id}")).await?;
     Ok(())
 }
 

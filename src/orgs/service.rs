@@ -135,6 +135,11 @@ fn webhook_event(action: &str) -> Option<&'static str> {
     })
 }
 
+/// The user `id`, or 404.
+async fn user_row(state: &AuthState, id: Uuid) -> Result<crate::auth::db::UserRow, ApiError> {
+    crate::auth::db::user_by_id(&state.pool, id).await?.ok_or_else(|| ApiError::not_found("user not found"))
+}
+
 /// Creates an organization; the creator is its owner.
 pub async fn create(state: &AuthState, p: &Principal, user: Uuid, req: CreateOrg) -> Result<Org, ApiError> {
     check_name(&req.name)?;
@@ -465,8 +470,7 @@ pub async fn answer_invitation(
     token: &str,
     accept: bool,
 ) -> Result<Option<Org>, ApiError> {
-    let me =
-        crate::auth::db::user_by_id(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let me = user_row(state, user).await?;
     let mut tx = state.pool.begin().await?;
     let inv = db::live_invitation(&mut tx, &tokens::hash_token(token))
         .await?
@@ -491,7 +495,7 @@ pub async fn answer_invitation(
 /// Makes `org` (or none) the active organization of the caller's session and
 /// returns an access token carrying its claims.
 pub async fn set_active(state: &AuthState, p: &Principal, org: Option<Uuid>) -> Result<TokenResponse, ApiError> {
-    let Principal::User { user_id, session_id, via, .. } = p else {
+    let Principal::User { user_id, session_id, via, act } = p else {
         return Err(ApiError::bad_request("session_required", "the active organization belongs to a user session"));
     };
     if matches!(via, crate::auth::Via::External) {
@@ -501,15 +505,7 @@ pub async fn set_active(state: &AuthState, p: &Principal, org: Option<Uuid>) -> 
         return Err(not_found());
     }
     crate::auth::service::changed(state, format!("s:{session_id}")).await?;
-    let (access_token, expires_at) = {
-        let claims = crate::auth::db::active_org_claims(&state.pool, *session_id).await?;
-        let act = match p {
-            Principal::User { act, .. } => *act,
-            _ => None,
-        };
-        state.keys.issue(*user_id, *session_id, act, claims.as_ref()).map_err(ApiError::internal)?
-    };
-    Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
+    crate::auth::service::session_token(state, *user_id, *session_id, *act).await
 }
 
 /// Mail providers whose domains no organization may claim.
@@ -566,8 +562,7 @@ pub async fn add_domain(
             "a public mail provider's domain cannot be claimed",
         ));
     }
-    let me =
-        crate::auth::db::user_by_id(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let me = user_row(state, user).await?;
     if verified_domain(&me).as_deref() != Some(domain.as_str()) {
         return Err(ApiError::forbidden(
             "verify an email address at this domain first (yours proves the organization controls it)",
@@ -617,8 +612,7 @@ pub async fn remove_domain(
 
 /// The organization the caller's verified email's domain lets them join, if any.
 pub async fn suggestions(state: &AuthState, user: Uuid) -> Result<Vec<OrgSuggestion>, ApiError> {
-    let me =
-        crate::auth::db::user_by_id(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let me = user_row(state, user).await?;
     let Some(domain) = verified_domain(&me) else { return Ok(Vec::new()) };
     Ok(match db::domain_owner(&state.pool, &domain).await? {
         Some((id, name, role)) if db::org_for(&state.pool, user, id).await?.is_none() => {
@@ -631,8 +625,7 @@ pub async fn suggestions(state: &AuthState, user: Uuid) -> Result<Vec<OrgSuggest
 /// Joins an organization through the caller's verified email's domain (404 when
 /// the organization does not hold that domain, as for any organization one cannot see).
 pub async fn join(state: &AuthState, p: &Principal, user: Uuid, id: Uuid) -> Result<Org, ApiError> {
-    let me =
-        crate::auth::db::user_by_id(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("user not found"))?;
+    let me = user_row(state, user).await?;
     let owner = match verified_domain(&me) {
         Some(d) => db::domain_owner(&state.pool, &d).await?,
         None => None,

@@ -195,7 +195,7 @@ pub async fn search_users(
     before: Option<(OffsetDateTime, Uuid)>,
     limit: i64,
 ) -> Result<Vec<UserListRow>, sqlx::Error> {
-    let pattern = q.map(|q| format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    let pattern = q.map(|q| format!("%{}%", crate::storage::db::like_escape(q)));
     sqlx::query_as(
         "SELECT u.id, u.email, u.name, u.email_verified_at IS NOT NULL AS email_verified,
                 u.banned_at IS NOT NULL AS banned, a.user_id IS NOT NULL AS admin, u.created_at
@@ -566,6 +566,15 @@ impl From<sqlx::Error> for RunError {
     }
 }
 
+/// Sets the transaction's statement timeout (a `SELECT`: it takes the snapshot).
+pub async fn set_timeout(tx: &mut sqlx::PgTransaction<'_>, timeout: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", timeout.as_millis()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// The first keyword of a statement, lower case, after comments and parentheses.
 fn first_keyword(sql: &str) -> String {
     let mut s = sql.trim_start();
@@ -601,10 +610,7 @@ pub async fn run_sql(
         sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
     }
     // Takes the snapshot: from here the access mode cannot change.
-    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-        .bind(format!("{}ms", timeout.as_millis()))
-        .execute(&mut *tx)
-        .await?;
+    set_timeout(&mut tx, timeout).await?;
     let sql = sql.trim().trim_end_matches(';').trim_end();
     let statement = (&mut *tx).prepare(sqlx::AssertSqlSafe(sql.to_string()).into_sql_str()).await?;
     let columns: Vec<String> = statement.columns().iter().map(|c| c.name().to_string()).collect();

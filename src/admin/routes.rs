@@ -132,13 +132,6 @@ type PageResult = Result<Response, Fail>;
 /// The signed-in admin's session; without one, the same 404 as an unknown path.
 pub(crate) struct AdminSession(pub db::SessionRow);
 
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then_some(v)
-    })
-}
-
 fn not_found() -> ApiError {
     ApiError::not_found("no route for this path")
 }
@@ -150,7 +143,7 @@ where
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let admin = Arc::<Admin>::from_ref(state);
-        let Some(token) = cookie_value(&parts.headers, COOKIE) else { return Err(not_found()) };
+        let Some(token) = crate::auth::cookie_value(&parts.headers, COOKIE) else { return Err(not_found()) };
         service::session(&admin, token).await?.map(AdminSession).ok_or_else(not_found)
     }
 }
@@ -252,7 +245,8 @@ pub(crate) fn see_other(to: &str) -> Response {
     secure(Redirect::to(to).into_response())
 }
 
-fn path_segment(s: &str) -> String {
+/// `s` percent-encoded as one URL path segment.
+pub(crate) fn path_segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

@@ -551,14 +551,6 @@ fn check_vars(text: &str, config_keys: &[String], extra: &[&str]) -> Result<(), 
     Ok(())
 }
 
-fn url_like(v: &str) -> bool {
-    // Templated URLs (`https://${connectionConfig.hostname}/…`, `A || B`) are checked by shape.
-    v.split("||").map(str::trim).all(|u| {
-        let concrete = u.replace("${", "x").replace('}', "x");
-        concrete.starts_with("https://") || concrete.starts_with("http://") || u.starts_with("${")
-    })
-}
-
 fn validate(name: &str, raw: Value) -> Result<Provider, CatalogError> {
     let err = |field: &str, msg: &str| field_error(name, field, msg);
     if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') || name.is_empty() {
@@ -626,8 +618,9 @@ fn validate(name: &str, raw: Value) -> Result<Provider, CatalogError> {
                 continue;
             }
             match raw.get(field) {
-                Some(Value::String(u)) if url_like(u) => {}
-                Some(Value::Object(m)) if m.values().all(|v| v.as_str().is_some_and(url_like)) => {}
+                // Their shape and scheme were checked above with the other URLs.
+                Some(Value::String(_)) => {}
+                Some(Value::Object(m)) if m.values().all(Value::is_string) => {}
                 Some(_) => return Err(err(field, "expected an http(s) URL")),
                 None => return Err(err(field, "missing (required for OAuth)")),
             }
@@ -635,7 +628,7 @@ fn validate(name: &str, raw: Value) -> Result<Provider, CatalogError> {
     }
     for field in ["refresh_url", "revoke_url"] {
         if let Some(v) = raw.get(field)
-            && !v.as_str().is_some_and(url_like)
+            && !v.is_string()
         {
             return Err(err(field, "expected an http(s) URL"));
         }
@@ -686,7 +679,7 @@ fn validate(name: &str, raw: Value) -> Result<Provider, CatalogError> {
         return Err(err("account_id_path", "expected a dotted path such as authed_user.id"));
     }
     if let Some(v) = raw.get("identity") {
-        if !v.get("url").and_then(Value::as_str).is_some_and(url_like) {
+        if !v.get("url").is_some_and(Value::is_string) {
             return Err(err("identity.url", "expected an http(s) URL"));
         }
         if v.get("id_path").is_some_and(|p| !p.is_string()) {
@@ -696,7 +689,7 @@ fn validate(name: &str, raw: Value) -> Result<Provider, CatalogError> {
     match raw.get("proxy") {
         Some(Value::Object(p)) => {
             match p.get("base_url") {
-                Some(Value::String(u)) if url_like(u) => {}
+                Some(Value::String(_)) => {}
                 Some(_) => return Err(err("proxy.base_url", "expected an http(s) URL")),
                 None => return Err(err("proxy.base_url", "missing")),
             }

@@ -365,20 +365,21 @@ pub async fn settle_invitation(tx: &mut Transaction<'_, Postgres>, id: Uuid, sta
     Ok(())
 }
 
-/// Adds a member (keeps an existing membership as it is).
-pub async fn add_member(
-    tx: &mut Transaction<'_, Postgres>,
+/// Adds a member (an existing membership stays as it is); false if already one.
+pub async fn add_member<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
     org: Uuid,
     user: Uuid,
     role: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(org)
         .bind(user)
         .bind(role)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+        .execute(conn)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
 }
 
 /// A verified domain.
@@ -434,16 +435,4 @@ pub async fn domain_owner(pool: &PgPool, domain: &str) -> Result<Option<(Uuid, S
     .bind(domain)
     .fetch_optional(pool)
     .await
-}
-
-/// Adds `user` to `org` with `role` in its own transaction; false if already a member.
-pub async fn join(pool: &PgPool, org: Uuid, user: Uuid, role: &str) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(org)
-        .bind(user)
-        .bind(role)
-        .execute(pool)
-        .await?
-        .rows_affected();
-    Ok(n == 1)
 }

@@ -211,11 +211,7 @@ pub async fn delete(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, conf
 /// Members (`org:sys_memberships:read`).
 pub async fn members(state: &AuthState, user: Uuid, id: Uuid) -> Result<Vec<Member>, ApiError> {
     member_with(&state.pool, user, id, Some("org:sys_memberships:read")).await?;
-    Ok(db::members(&state.pool, id)
-        .await?
-        .into_iter()
-        .map(|m| Member { user_id: m.user_id, email: m.email, name: m.name, role: m.role, created_at: m.created_at })
-        .collect())
+    Ok(db::members(&state.pool, id).await?.into_iter().map(Member::from).collect())
 }
 
 /// Changes a member's role (`org:sys_memberships:manage`; owners alone make or
@@ -249,7 +245,7 @@ pub async fn set_member_role(
         .await?
         .into_iter()
         .find(|m| m.user_id == target)
-        .map(|m| Member { user_id: m.user_id, email: m.email, name: m.name, role: m.role, created_at: m.created_at })
+        .map(Member::from)
         .ok_or_else(|| ApiError::not_found("member not found"))
 }
 
@@ -483,7 +479,7 @@ pub async fn answer_invitation(
         return Err(ApiError::forbidden("verify your email address first").with_code("email_not_verified"));
     }
     if accept {
-        db::add_member(&mut tx, inv.org_id, user, &inv.role).await?;
+        db::add_member(&mut *tx, inv.org_id, user, &inv.role).await?;
     }
     db::settle_invitation(&mut tx, inv.id, if accept { "accepted" } else { "declined" }).await?;
     tx.commit().await?;
@@ -581,18 +577,14 @@ pub async fn add_domain(
         .await?
         .into_iter()
         .find(|d| d.domain == domain)
-        .map(|d| Domain { domain: d.domain, role: d.role, created_at: d.created_at })
+        .map(Domain::from)
         .ok_or_else(|| ApiError::not_found("domain not found"))
 }
 
 /// The organization's verified domains (any member).
 pub async fn domains(state: &AuthState, user: Uuid, id: Uuid) -> Result<Vec<Domain>, ApiError> {
     member_with(&state.pool, user, id, None).await?;
-    Ok(db::domains(&state.pool, id)
-        .await?
-        .into_iter()
-        .map(|d| Domain { domain: d.domain, role: d.role, created_at: d.created_at })
-        .collect())
+    Ok(db::domains(&state.pool, id).await?.into_iter().map(Domain::from).collect())
 }
 
 /// Removes a verified domain (`org:sys_memberships:manage`).
@@ -631,7 +623,7 @@ pub async fn join(state: &AuthState, p: &Principal, user: Uuid, id: Uuid) -> Res
         None => None,
     };
     let Some((org, _, role)) = owner.filter(|(org, _, _)| *org == id) else { return Err(not_found()) };
-    if db::join(&state.pool, org, user, &role).await? {
+    if db::add_member(&state.pool, org, user, &role).await? {
         audit(state, p, "org.domain_join", org, serde_json::json!({"user": user, "role": role})).await?;
     }
     get(state, user, org).await

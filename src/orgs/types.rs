@@ -185,3 +185,15 @@ pub struct OrgSuggestion {
     /// The role joining gives.
     pub role: String,
 }
+
+impl From<super::db::MemberRow> for Member {
+    fn from(m: super::db::MemberRow) -> Self {
+        Member { user_id: m.user_id, email: m.email, name: m.name, role: m.role, created_at: m.created_at }
+    }
+}
+
+impl From<super::db::DomainRow> for Domain {
+    fn from(d: super::db::DomainRow) -> Self {
+        Domain { domain: d.domain, role: d.role, created_at: d.created_at }
+    }
+}

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::db;
 use crate::admin::routes::{
     AdminForm, AdminSession, Fail, Fields, Upload, connection_table, done_notice, guard, multipart_form, page,
-    query_pairs, query_string, render, see_other,
+    path_segment, query_pairs, query_string, render, see_other,
 };
 use crate::admin::view::{Action, Block, Cell, Field, Form as VForm, Head, Notice, Table, human_bytes, when};
 use crate::admin::{Admin, service};
@@ -68,13 +68,9 @@ fn uuid(raw: &str, what: &str) -> Result<Uuid, Fail> {
     Uuid::parse_str(raw).map_err(|_| Fail(ApiError::not_found(format!("{what} not found"))))
 }
 
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
 /// A key as a URL path (each segment encoded, slashes kept).
 fn enc_key(key: &str) -> String {
-    key.split('/').map(enc).collect::<Vec<_>>().join("/")
+    key.split('/').map(path_segment).collect::<Vec<_>>().join("/")
 }
 
 /// A page listing one user's rows or everyone's (`?user=`), with its filter form.
@@ -113,7 +109,7 @@ async fn storage(
         .into_iter()
         .map(|b| {
             vec![
-                Cell::Link(format!("/admin/storage/b/{}", enc(&b.id)), b.id.clone()),
+                Cell::Link(format!("/admin/storage/b/{}", path_segment(&b.id)), b.id.clone()),
                 Cell::Badge(if b.public { "public" } else { "private" }.into(), if b.public { "warn" } else { "ok" }),
                 Cell::Text(b.file_size_limit.map(human_bytes).unwrap_or_else(|| "global".into())),
                 Cell::Text(b.allowed_mime_types.map(|m| m.join(", ")).unwrap_or_else(|| "any".into())),
@@ -121,7 +117,7 @@ async fn storage(
                 Cell::Text(format!("{} · {}", b.objects, human_bytes(b.bytes))),
                 Cell::Actions(vec![
                     Action::new(
-                        format!("/admin/storage/buckets/{}/settings", enc(&b.id)),
+                        format!("/admin/storage/buckets/{}/settings", path_segment(&b.id)),
                         if b.public { "Make private" } else { "Make public" },
                     )
                     .field("public", if b.public { "false" } else { "true" }),
@@ -221,7 +217,7 @@ fn thumb_url(admin: &Admin, bucket: &str, key: &str, width: u32, height: Option<
         None => format!("width:{width}"),
     });
     let token = admin.storage.sign(&claims).ok()?;
-    Some(format!("/storage/v1/render/image/sign/{}/{}?token={token}", enc(bucket), enc_key(key)))
+    Some(format!("/storage/v1/render/image/sign/{}/{}?token={token}", path_segment(bucket), enc_key(key)))
 }
 
 /// A signed download URL lasting `secs`.
@@ -229,7 +225,7 @@ fn download_url(admin: &Admin, bucket: &str, key: &str, secs: i64) -> Result<Str
     let claims =
         crate::storage::service::signed_claims(format!("{bucket}/{key}"), "download", secs).map_err(storage_fail)?;
     let token = admin.storage.sign(&claims).map_err(storage_fail)?;
-    Ok(format!("/storage/v1/object/sign/{}/{}?token={token}", enc(bucket), enc_key(key)))
+    Ok(format!("/storage/v1/object/sign/{}/{}?token={token}", path_segment(bucket), enc_key(key)))
 }
 
 async fn bucket(
@@ -261,7 +257,7 @@ async fn bucket(
     let mut p = page(&s, format!("Bucket {}", b.id), "storage");
     p.notice = done_notice(&q);
     // Breadcrumbs.
-    let base = format!("/admin/storage/b/{}", enc(&b.id));
+    let base = format!("/admin/storage/b/{}", path_segment(&b.id));
     let mut crumbs = vec![(base.clone(), b.id.clone())];
     let mut acc = String::new();
     for seg in folder.split('/').filter(|s| !s.is_empty()) {
@@ -332,7 +328,7 @@ async fn object(
     let o = crate::storage::db::object(&admin.pool, &bucket, &key, None)
         .await?
         .ok_or(Fail(ApiError::not_found("no such object")))?;
-    let base = format!("/admin/storage/b/{}", enc(&bucket));
+    let base = format!("/admin/storage/b/{}", path_segment(&bucket));
     let mut p = page(&s, format!("{bucket}/{key}"), "storage");
     p.notice = done_notice(&q);
     let kv = |k: &str, v: Cell| vec![Cell::Text(k.into()), v];
@@ -385,7 +381,7 @@ async fn object_action(
 ) -> PageResult {
     let key = f.get("key").unwrap_or("").to_string();
     let b = crate::storage::service::bucket_or_404(&admin.storage, &bucket).await.map_err(storage_fail)?;
-    let base = format!("/admin/storage/b/{}", enc(&b.id));
+    let base = format!("/admin/storage/b/{}", path_segment(&b.id));
     let folder_of = |k: &str| k.rsplit_once('/').map(|(f, _)| format!("{f}/")).unwrap_or_default();
     let target = format!("{}/{}", b.id, key);
     match action.as_str() {
@@ -515,7 +511,7 @@ async fn upload(
     .await?;
     Ok(see_other(&format!(
         "/admin/storage/b/{}/object{}",
-        enc(&b.id),
+        path_segment(&b.id),
         query_string(&[("key".into(), key), ("done".into(), "uploaded".into())])
     )))
 }

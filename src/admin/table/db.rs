@@ -166,7 +166,7 @@ fn filter_sql(sql: &mut Sql, info: &TableInfo, f: &Filter) -> Result<String, Tab
         Op::IsNull => format!("{e} IS NULL"),
         Op::NotNull => format!("{e} IS NOT NULL"),
         Op::Contains => {
-            let pattern = format!("%{}%", f.value.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+            let pattern = format!("%{}%", crate::storage::db::like_escape(&f.value));
             format!("CAST({e} AS text) ILIKE {}", sql.raw(&pattern))
         }
         op => {
@@ -281,18 +281,10 @@ pub async fn browse(pool: &PgPool, info: &TableInfo, b: &Browse, timeout: Durati
         b.limit + 1
     );
     let mut tx = pool.begin().await?;
-    set_timeout(&mut tx, timeout).await?;
+    crate::admin::db::set_timeout(&mut tx, timeout).await?;
     let rows = sql.query().fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(rows.iter().map(|r| to_row(info, r)).collect::<Result<_, _>>()?)
-}
-
-async fn set_timeout(tx: &mut sqlx::PgTransaction<'_>, timeout: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-        .bind(format!("{}ms", timeout.as_millis()))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// One row, uncut, by key.

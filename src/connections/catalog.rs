@@ -78,7 +78,8 @@ impl Provider {
     /// template (the broker then answers `provider_needs_connection_config` where
     /// it needs it); a value that is invalid or would choose a host is an error.
     pub fn with_config(&self, config: &Value) -> Result<Provider, ConfigError> {
-        if !self.raw.to_string().contains("${connectionConfig.") {
+        // Validation lets `${connectionConfig.*}` appear only where keys are declared.
+        if self.raw.get("connection_config").is_none() {
             return Ok(self.clone());
         }
         let decls = self.raw.get("connection_config").and_then(Value::as_object).cloned().unwrap_or_default();

@@ -1519,10 +1519,14 @@ async fn a_templated_provider_asks_for_its_configuration_and_keeps_it_for_refres
         (Some("/t/acme/api/echo/x"), Some("Bearer tok-tc"))
     );
     f.expire(&id).await;
+    // This replica's proxy cache hears the trigger's NOTIFY a moment later: evict now.
+    f.app.state.connections.cache.apply(&id);
     let echo: Value = proxy("echo/y").send().await.unwrap().json().await.unwrap();
     assert_eq!(echo["authorization"], "Bearer tok-tc-r1");
     assert_eq!(f.fake.used.lock().unwrap().clone(), vec!["rt-tc".to_string()]);
     f.expire(&id).await;
+    // This replica's proxy cache hears the trigger's NOTIFY a moment later: evict now.
+    f.app.state.connections.cache.apply(&id);
     let echo: Value = proxy("echo/z").send().await.unwrap().json().await.unwrap();
     assert_eq!(echo["authorization"], "Bearer tok-tc-r2", "the rotated refresh token was used");
     assert_eq!(*f.fake.reused.lock().unwrap(), 0);
@@ -1556,6 +1560,8 @@ async fn client_credentials_connect_proxy_and_grant_again_on_expiry() {
     assert_eq!(echo["authorization"], "Bearer cc-2");
     // Expired: a new grant with the same client (there is no refresh token).
     f.expire(&id).await;
+    // This replica's proxy cache hears the trigger's NOTIFY a moment later: evict now.
+    f.app.state.connections.cache.apply(&id);
     let echo: Value = proxy().send().await.unwrap().json().await.unwrap();
     assert_eq!(echo["authorization"], "Bearer cc-3");
     assert_eq!(*f.fake.token_calls.lock().unwrap(), 3);

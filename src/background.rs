@@ -71,6 +71,7 @@ pub fn registry(config: &crate::config::Config) -> Registry<AppState> {
         Registry::default()
             .handle(|s: AppState, _: PruneRateWindows, _| async move {
                 crate::auth::db::prune_windows(&s.pool).await?;
+                crate::auth::mfa::db::prune_challenges(&s.pool).await?;
                 Ok(())
             })
             .handle(|s: AppState, j: SweepStorage, _| async move {

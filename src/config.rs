@@ -141,6 +141,9 @@ pub struct Config {
     /// Origins (besides the public URL's) trusted for cookie-authenticated writes
     /// and as redirect targets (`CARMENTA_ALLOWED_ORIGINS`, comma-separated).
     pub allowed_origins: Vec<String>,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed
+    /// (`CARMENTA_TRUSTED_PROXIES`); from any other peer the header is ignored.
+    pub trusted_proxies: Vec<IpNet>,
     /// SMTP server for outgoing mail (`CARMENTA_SMTP_URL`, e.g.
     /// `smtps://user:pass@smtp.example.com` or `smtp://127.0.0.1:2525`); unset = outbox.
     pub smtp_url: Option<Secret>,
@@ -323,6 +326,7 @@ struct FileConfig {
     lockout_seconds: Option<u64>,
     signin_ip_limit: Option<u64>,
     allowed_origins: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
     smtp_url: Option<String>,
     mail_from: Option<String>,
     email_token_ttl: Option<u64>,
@@ -1010,6 +1014,23 @@ impl Config {
             }
             None => Vec::new(),
         };
+        let trusted_proxies = match pick(
+            env,
+            &["CARMENTA_TRUSTED_PROXIES"],
+            "trusted_proxies",
+            fc.trusted_proxies.map(|v| v.join(",")),
+        ) {
+            Some(r) => {
+                let mut out = Vec::new();
+                for n in r.value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    out.push(IpNet::parse(n).ok_or_else(|| {
+                        invalid(&r, format!("{n:?} is not an IP address or CIDR range like 10.0.0.0/8"))
+                    })?);
+                }
+                out
+            }
+            None => Vec::new(),
+        };
         let db_max_connections = match pick(
             env,
             &["CARMENTA_DB_MAX_CONNECTIONS"],
@@ -1052,6 +1073,7 @@ impl Config {
             lockout_duration,
             signin_ip_limit,
             allowed_origins,
+            trusted_proxies,
             smtp_url,
             mail_from,
             email_token_ttl,
@@ -1148,6 +1170,14 @@ impl Config {
                     "(public_url only)".into()
                 } else {
                     self.allowed_origins.join(", ")
+                },
+            ),
+            (
+                "trusted_proxies".into(),
+                if self.trusted_proxies.is_empty() {
+                    "(none: X-Forwarded-For ignored)".into()
+                } else {
+                    self.trusted_proxies.iter().map(IpNet::to_string).collect::<Vec<_>>().join(", ")
                 },
             ),
             ("smtp_url".into(), self.smtp_url.as_ref().map_or("(none: outbox)".into(), |u| redact_url(u.expose()))),
@@ -1276,5 +1306,106 @@ mod tests {
         let r = redact_url("postgres://u:hunter2@db/x?password=hunter3");
         assert!(!r.contains("hunter"), "{r}");
         assert!(r.contains("u:"));
+    }
+}
+
+/// An IP address range (`10.0.0.0/8`, `::1/128`; a bare address is its own range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let p = u32::from(self.prefix);
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - p).unwrap_or(0);
+                u32::from(n) & m == u32::from(a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = u128::MAX.checked_shl(128 - p).unwrap_or(0);
+                u128::from(n) & m == u128::from(a) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The client's address for a request from `peer`: the peer itself unless it is
+/// a trusted proxy; then `X-Forwarded-For` read from the right, skipping trusted
+/// proxies, and the first other address is the client (a client's own spoofed
+/// entries sit to the left of it and are never reached).
+pub fn client_addr(peer: SocketAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> SocketAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let mut client = peer.ip();
+    let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    for hop in hops.rsplit(',').map(str::trim) {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else { break };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    SocketAddr::new(client, 0)
+}
+
+#[cfg(test)]
+mod net_tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_forwarded_chains() {
+        let n = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(IpNet::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_none());
+        assert!(IpNet::parse("proxy").is_none());
+        let trusted = [IpNet::parse("127.0.0.1").unwrap(), IpNet::parse("10.0.0.0/8").unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.2".parse().unwrap());
+        let via_proxy = client_addr("127.0.0.1:5000".parse().unwrap(), &h, &trusted);
+        assert_eq!(via_proxy.ip().to_string(), "203.0.113.7");
+        let direct = client_addr("198.51.100.1:5000".parse().unwrap(), &h, &trusted);
+        assert_eq!(direct.ip().to_string(), "198.51.100.1");
+        let none = client_addr("127.0.0.1:5000".parse().unwrap(), &h, &[]);
+        assert_eq!(none.ip().to_string(), "127.0.0.1");
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        let bad = client_addr("127.0.0.1:5000".parse().unwrap(), &h, &trusted);
+        assert_eq!(bad.ip().to_string(), "127.0.0.1");
     }
 }

@@ -168,6 +168,17 @@ impl Keyring {
         Some(self.encrypt(&plain, aad))
     }
 
+    /// Seals a small secret of `kind` (`totp`, `social`) belonging to `owner`; both
+    /// are bound as associated data, so a sealed value cannot be moved to another row.
+    pub fn seal_secret(&self, kind: &str, owner: &str, plain: &[u8]) -> Vec<u8> {
+        self.encrypt(plain, secret_aad(kind, owner).as_bytes())
+    }
+
+    /// Opens a secret sealed by [`Keyring::seal_secret`] with the same kind and owner.
+    pub fn open_secret(&self, kind: &str, owner: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.decrypt(sealed, secret_aad(kind, owner).as_bytes())
+    }
+
     /// Seals an auth signing key's seed (its key id as associated data).
     pub fn seal_signing_seed(&self, kid: &str, seed: &[u8; 32]) -> Vec<u8> {
         self.encrypt(seed, kid.as_bytes())
@@ -178,6 +189,11 @@ impl Keyring {
         let plain = self.decrypt(sealed, kid.as_bytes())?;
         plain.as_slice().try_into().map_err(|_| CryptoError::Malformed)
     }
+}
+
+/// The associated data of a secret sealed by [`Keyring::seal_secret`].
+pub fn secret_aad(kind: &str, owner: &str) -> String {
+    format!("{kind}:{owner}")
 }
 
 /// Reads the key file in the data directory, creating it (mode 0600) with a fresh

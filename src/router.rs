@@ -340,7 +340,7 @@ async fn fallback() -> ApiError {
 
 /// How connections are served: the limits that keep slow or idle clients from
 /// holding the server, and the drain time at shutdown.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Serving {
     /// Connections open at once; at the cap the server stops accepting (new ones
     /// wait in the kernel's backlog) until one closes.
@@ -350,6 +350,8 @@ pub struct Serving {
     pub header_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (`CARMENTA_TRUSTED_PROXIES`).
+    pub trusted_proxies: std::sync::Arc<[crate::config::IpNet]>,
 }
 
 impl Serving {
@@ -359,6 +361,7 @@ impl Serving {
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
             drain: config.shutdown_timeout,
+            trusted_proxies: config.trusted_proxies.clone().into(),
         }
     }
 }
@@ -410,8 +413,11 @@ pub async fn serve(
         // ACK of the headers (delayed by the peer) costs ~40 ms per response.
         let _ = tcp.set_nodelay(true);
         let app = router.clone();
+        let trusted = serving.trusted_proxies.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            // The client's address: the peer, or the address a trusted proxy names.
+            let client = crate::config::client_addr(peer, req.headers(), &trusted);
+            req.extensions_mut().insert(axum::extract::ConnectInfo(client));
             tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
         });
         let mut stop = stop_rx.clone();

@@ -257,6 +257,9 @@ pub(crate) fn done_notice(q: &[(String, String)]) -> Option<Notice> {
         "banned" => "The user is banned and signed out everywhere.",
         "unbanned" => "The ban is lifted.",
         "revoked" => "Every session of the user has ended.",
+        "factors_reset" => {
+            "The user's second factors are removed; they sign in with one factor until they enrol again."
+        }
         "reset" => "A password-reset link is on its way.",
         "deleted" => "Deleted.",
         "saved" => "Saved.",
@@ -581,6 +584,7 @@ async fn user_detail(
         },
         Action::new(format!("/admin/users/{id}/revoke-sessions"), "Revoke sessions").danger(),
         Action::new(format!("/admin/users/{id}/reset-link"), "Send reset link"),
+        Action::new(format!("/admin/users/{id}/reset-factors"), "Reset second factors").danger(),
         Action::new(format!("/admin/users/{id}/impersonate"), "Impersonate"),
     ];
     if u.email.is_none() {
@@ -700,6 +704,10 @@ async fn user_action(
         "revoke-sessions" => {
             service::revoke_sessions(&admin, &s, id).await?;
             Ok(back("revoked"))
+        }
+        "reset-factors" => {
+            service::reset_factors(&admin, &s, id).await?;
+            Ok(back("factors_reset"))
         }
         "reset-link" => {
             service::send_reset(&admin, &s, id, &client(&headers, &peer)).await?;

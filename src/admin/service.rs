@@ -201,6 +201,24 @@ pub async fn revoke_sessions(admin: &Admin, s: &db::SessionRow, user: Uuid) -> R
     Ok(n)
 }
 
+/// Removes every second factor of a user (authenticator app, backup codes), for
+/// a user who lost them; audited with what was removed.
+pub async fn reset_factors(admin: &Admin, s: &db::SessionRow, user: Uuid) -> Result<(), ApiError> {
+    user_row(admin, user).await?;
+    let before = crate::auth::mfa::factors(&admin.auth, user).await?;
+    crate::auth::mfa::reset(&admin.auth, user).await?;
+    record(
+        admin,
+        s,
+        "admin.user.reset_factors",
+        Some(&user.to_string()),
+        Some(user),
+        serde_json::json!({"before": {"factors": before}, "after": {"factors": []}}),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Mails the user a password-reset link.
 pub async fn send_reset(
     admin: &Admin,
@@ -249,7 +267,8 @@ pub async fn impersonate(
     client: &ClientInfo,
 ) -> Result<AuthResponse, ApiError> {
     let u = user_row(admin, user).await?;
-    let res = auth_service::open_session(&admin.auth, u, client, Some(s.user_id), IMPERSONATION_TTL).await?;
+    let auth = crate::auth::tokens::SessionAuth::single("impersonation");
+    let res = auth_service::open_session(&admin.auth, u, client, Some(s.user_id), IMPERSONATION_TTL, &auth).await?;
     record(
         admin,
         s,

@@ -157,13 +157,20 @@ pub struct SessionRow {
     pub user_agent: Option<String>,
     /// The admin who opened this session as the user (impersonation).
     pub impersonator_id: Option<Uuid>,
+    /// RFC 8176 method references of its sign-in (`pwd`, `otp`, `mfa`, …).
+    pub amr: Vec<String>,
+    /// Authenticator assurance level: 1 (one factor) or 2.
+    pub aal: i16,
+    /// When the user last proved who they are in it (sign-in or re-authentication).
+    pub authenticated_at: OffsetDateTime,
 }
 
 /// A session row's columns.
-const SESSION_COLS: &str = "id, user_id, created_at, last_active_at, expires_at, ip, user_agent, impersonator_id";
+const SESSION_COLS: &str =
+    "id, user_id, created_at, last_active_at, expires_at, ip, user_agent, impersonator_id, amr, aal, authenticated_at";
 /// A session row's columns.
-const LIVE_SESSION: &str =
-    "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent, impersonator_id FROM sessions";
+const LIVE_SESSION: &str = "SELECT id, user_id, created_at, last_active_at, expires_at, ip, user_agent, \
+    impersonator_id, amr, aal, authenticated_at FROM sessions";
 
 /// A live session: not revoked, not expired, not idle longer than `$2` seconds (when set).
 const LIVE: &str = "revoked_at IS NULL AND expires_at > now() \
@@ -231,10 +238,11 @@ pub async fn insert_session(
     lifetime: Duration,
     client: (Option<&str>, Option<&str>),
     impersonator: Option<Uuid>,
+    auth: &super::tokens::SessionAuth,
 ) -> Result<SessionRow, sqlx::Error> {
     let sql = format!(
-        "INSERT INTO sessions (id, user_id, token_hash, expires_at, ip, user_agent, impersonator_id)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6, $7) RETURNING {SESSION_COLS}"
+        "INSERT INTO sessions (id, user_id, token_hash, expires_at, ip, user_agent, impersonator_id, amr, aal)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6, $7, $8, $9) RETURNING {SESSION_COLS}"
     );
     sqlx::query_as::<_, SessionRow>(sqlx::AssertSqlSafe(sql))
         .bind(Uuid::now_v7())
@@ -244,8 +252,54 @@ pub async fn insert_session(
         .bind(client.0)
         .bind(client.1)
         .bind(impersonator)
+        .bind(&auth.amr)
+        .bind(auth.aal)
         .fetch_one(pool)
         .await
+}
+
+/// What an access token of session `id` says about its sign-in and its active
+/// organization.
+pub async fn token_facts(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<(super::tokens::SessionAuth, Option<super::tokens::OrgClaims>), sqlx::Error> {
+    let auth: Option<(Vec<String>, i16)> =
+        sqlx::query_as("SELECT amr, aal FROM sessions WHERE id = $1").bind(id).fetch_optional(pool).await?;
+    let (amr, aal) = auth.unwrap_or_default();
+    Ok((super::tokens::SessionAuth { amr, aal }, active_org_claims(pool, id).await?))
+}
+
+/// Adds `methods` to session `id`'s sign-in record (a second factor proved in
+/// it), raises it to `aal`, and marks the user authenticated now.
+pub async fn step_up_session(pool: &PgPool, id: Uuid, methods: &[&str], aal: i16) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sessions SET amr = ARRAY(SELECT DISTINCT unnest(amr || $2::text[]) ORDER BY 1),
+           aal = greatest(aal, $3), authenticated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(methods)
+    .bind(aal)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks the user authenticated now in session `id` (re-authentication).
+pub async fn touch_authenticated(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sessions SET authenticated_at = now() WHERE id = $1").bind(id).execute(pool).await?;
+    Ok(())
+}
+
+/// Whether session `id` proved its user within `window`.
+pub async fn recently_authenticated(pool: &PgPool, id: Uuid, window: Duration) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce((SELECT authenticated_at > now() - make_interval(secs => $2) FROM sessions WHERE id = $1), false)",
+    )
+    .bind(id)
+    .bind(window.as_secs_f64())
+    .fetch_one(pool)
+    .await
 }
 
 /// Finds a live session by token hash (not revoked, not expired, not idle longer

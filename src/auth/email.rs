@@ -10,7 +10,7 @@ use super::db::{self, EmailTokenKind, UserRow};
 use super::password;
 use super::service::{self, ClientInfo};
 use super::tokens::{self};
-use super::types::{AuthResponse, UserView};
+use super::types::UserView;
 use crate::audit;
 use crate::error::ApiError;
 use crate::mail::Mail;
@@ -150,7 +150,11 @@ pub async fn request_magic_link(
 }
 
 /// Signs in with a magic-link token; the email counts as verified.
-pub async fn consume_magic_link(state: &AuthState, token: &str, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+pub async fn consume_magic_link(
+    state: &AuthState,
+    token: &str,
+    client: &ClientInfo,
+) -> Result<service::SignIn, ApiError> {
     let user = consume_proving_email(state, EmailTokenKind::MagicLink, token).await?;
     let user_id = user.id;
     audit::record(
@@ -162,7 +166,7 @@ pub async fn consume_magic_link(state: &AuthState, token: &str, client: &ClientI
         serde_json::json!({"method": "magic_link", "ip": client.ip}),
     )
     .await?;
-    service::start_session(state, user, client).await
+    service::after_first_factor(state, user, client, "email").await
 }
 
 /// Mails a password-reset link if the email has an account; answers the same either way.

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod db;
 pub mod email;
 pub mod external;
+pub mod mfa;
 pub mod password;
 mod routes;
 pub mod service;

@@ -50,6 +50,7 @@ where
         .routes(routes!(clerk_webhook))
         .routes(routes!(jwks))
         .routes(routes!(openid_configuration))
+        .merge(super::mfa::routes())
 }
 
 /// Any authenticated principal.
@@ -194,7 +195,7 @@ where
 /// Refuses, before the body is read, an address already over its sign-in budget
 /// (`CARMENTA_SIGNIN_IP_LIMIT`); the attempt itself is counted by the service.
 #[derive(Debug, Clone, Copy)]
-pub struct AddressBudget;
+pub(crate) struct AddressBudget;
 
 impl<S: Send + Sync> FromRequestParts<S> for AddressBudget
 where
@@ -246,6 +247,19 @@ pub(crate) fn check_login_origin(state: &AuthState, headers: &HeaderMap) -> Resu
     }
 }
 
+/// The answer to a passed first factor: the session (200), or the second-factor
+/// step (202 with an `mfa_token`, no session).
+pub(crate) fn sign_in_answer(state: &AuthState, outcome: service::SignIn) -> Response {
+    match outcome {
+        service::SignIn::Session(body) => with_session(state, StatusCode::OK, *body),
+        service::SignIn::SecondFactor(challenge) => {
+            let mut res = (StatusCode::ACCEPTED, ApiJson(challenge)).into_response();
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res
+        }
+    }
+}
+
 pub(crate) fn with_session(state: &AuthState, status: StatusCode, body: AuthResponse) -> Response {
     let max_age = state.config.session_ttl.as_secs() as i64;
     let cookie = session_cookie(state, &body.session_token, max_age);
@@ -270,9 +284,10 @@ async fn sign_up(
     Ok(with_session(&state, StatusCode::CREATED, body))
 }
 
-/// Sign in with email and password; answers with a session.
+/// Sign in with email and password; answers with a session, or (202) with the
+/// second-factor step when the user has a second factor.
 #[utoipa::path(post, path = "/v1/auth/sign-in", tag = "auth", request_body = SignInRequest,
-    responses((status = 200, body = AuthResponse), (status = 401, description = "invalid_credentials"), (status = 429, description = "rate_limited, too_many_attempts")))]
+    responses((status = 200, body = AuthResponse), (status = 202, body = MfaChallenge), (status = 401, description = "invalid_credentials"), (status = 429, description = "rate_limited, too_many_attempts")))]
 async fn sign_in(
     State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
@@ -281,8 +296,8 @@ async fn sign_in(
     ApiJson(req): ApiJson<SignInRequest>,
 ) -> Result<Response, ApiError> {
     check_login_origin(&state, &headers)?;
-    let body = service::sign_in(&state, req, &client_info(&headers, peer)).await?;
-    Ok(with_session(&state, StatusCode::OK, body))
+    let outcome = service::sign_in(&state, req, &client_info(&headers, peer)).await?;
+    Ok(sign_in_answer(&state, outcome))
 }
 
 /// Sign out of this session (or, with `{"all": true}`, of every session).
@@ -438,9 +453,10 @@ async fn magic_link(
     Ok(accepted())
 }
 
-/// Sign in with the token from a magic-link mail.
+/// Sign in with the token from a magic-link mail (202 with the second-factor step
+/// when the user has a second factor).
 #[utoipa::path(post, path = "/v1/auth/magic-link/verify", tag = "auth", request_body = TokenRequest,
-    responses((status = 200, body = AuthResponse), (status = 400, description = "invalid_link")))]
+    responses((status = 200, body = AuthResponse), (status = 202, body = MfaChallenge), (status = 400, description = "invalid_link")))]
 async fn magic_link_verify(
     State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
@@ -448,8 +464,8 @@ async fn magic_link_verify(
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<Response, ApiError> {
     check_login_origin(&state, &headers)?;
-    let body = email::consume_magic_link(&state, &req.token, &client_info(&headers, peer)).await?;
-    Ok(with_session(&state, StatusCode::OK, body))
+    let outcome = email::consume_magic_link(&state, &req.token, &client_info(&headers, peer)).await?;
+    Ok(sign_in_answer(&state, outcome))
 }
 
 /// Mail a password-reset link (answers 202 whether or not the email has an account).

@@ -378,13 +378,51 @@ pub async fn ip_limit(state: &AuthState, client: &ClientInfo) -> Result<(), ApiE
     Ok(())
 }
 
-/// A new session and access token for `user`; a banned user gets 403 `user_banned`
-/// on every sign-in path.
-pub async fn start_session(state: &AuthState, user: UserRow, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+/// A banned user gets 403 `user_banned` on every sign-in path.
+fn refuse_banned(user: &UserRow) -> Result<(), ApiError> {
     if user.banned_at.is_some() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "user_banned", "this account is banned"));
     }
-    open_session(state, user, client, None, state.config.session_ttl).await
+    Ok(())
+}
+
+/// A new session and access token for `user`, authenticated as `auth` says.
+pub async fn start_session(
+    state: &AuthState,
+    user: UserRow,
+    client: &ClientInfo,
+    auth: &tokens::SessionAuth,
+) -> Result<AuthResponse, ApiError> {
+    refuse_banned(&user)?;
+    open_session(state, user, client, None, state.config.session_ttl, auth).await
+}
+
+/// What a passed first factor leads to: a session, or (for a user with a second
+/// factor) the second-factor step, with no session yet.
+#[derive(Debug)]
+pub enum SignIn {
+    /// Signed in.
+    Session(Box<AuthResponse>),
+    /// A second factor is required first.
+    SecondFactor(MfaChallenge),
+}
+
+/// Ends a first factor (`method`: `pwd`, `email`, `social`): a session when the
+/// user has no second factor, else a challenge that only a second factor turns
+/// into one. Every sign-in path goes through here, so none skips the second factor.
+pub async fn after_first_factor(
+    state: &AuthState,
+    user: UserRow,
+    client: &ClientInfo,
+    method: &str,
+) -> Result<SignIn, ApiError> {
+    refuse_banned(&user)?;
+    let factors = super::mfa::factors(state, user.id).await?;
+    if factors.is_empty() {
+        let session = start_session(state, user, client, &tokens::SessionAuth::single(method)).await?;
+        return Ok(SignIn::Session(Box::new(session)));
+    }
+    Ok(SignIn::SecondFactor(super::mfa::challenge(state, &user, method, factors, client).await?))
 }
 
 /// A new session for `user` (as `impersonator` when an admin opens it) lasting
@@ -395,6 +433,7 @@ pub async fn open_session(
     client: &ClientInfo,
     impersonator: Option<Uuid>,
     lifetime: std::time::Duration,
+    auth: &tokens::SessionAuth,
 ) -> Result<AuthResponse, ApiError> {
     let token = tokens::random_token(SESSION_PREFIX);
     let session = db::insert_session(
@@ -404,10 +443,11 @@ pub async fn open_session(
         lifetime,
         (client.ip.as_deref(), client.user_agent.as_deref()),
         impersonator,
+        auth,
     )
     .await?;
     let (access_token, expires_at) =
-        state.keys.issue(user.id, session.id, impersonator, None).map_err(ApiError::internal)?;
+        state.keys.issue(user.id, session.id, impersonator, auth, None).map_err(ApiError::internal)?;
     Ok(AuthResponse {
         user: UserView::of(user, false),
         session_token: token,
@@ -443,13 +483,13 @@ pub async fn sign_up(state: &AuthState, req: SignUpRequest, client: &ClientInfo)
     )
     .await?;
     super::email::send_verification(state, &user).await?;
-    start_session(state, user, client).await
+    start_session(state, user, client, &tokens::SessionAuth::single("pwd")).await
 }
 
-/// Signs in with email and password.
-pub async fn sign_in(state: &AuthState, req: SignInRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+/// Signs in with email and password (then the second factor, if the user has one).
+pub async fn sign_in(state: &AuthState, req: SignInRequest, client: &ClientInfo) -> Result<SignIn, ApiError> {
     let user = check_password(state, req, client, "auth.sign_in").await?;
-    start_session(state, user, client).await
+    after_first_factor(state, user, client, "pwd").await
 }
 
 /// Checks email and password under the sign-in rules (address budget, lockouts,
@@ -547,8 +587,9 @@ pub async fn session_token(
     session: Uuid,
     act: Option<Uuid>,
 ) -> Result<TokenResponse, ApiError> {
-    let org = db::active_org_claims(&state.pool, session).await?;
-    let (access_token, expires_at) = state.keys.issue(user, session, act, org.as_ref()).map_err(ApiError::internal)?;
+    let (auth, org) = db::token_facts(&state.pool, session).await?;
+    let (access_token, expires_at) =
+        state.keys.issue(user, session, act, &auth, org.as_ref()).map_err(ApiError::internal)?;
     Ok(TokenResponse { access_token, token_type: "Bearer", expires_at })
 }
 

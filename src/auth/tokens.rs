@@ -54,6 +54,12 @@ pub struct Claims {
     /// The actor behind an impersonated session: `{"sub": <admin user id>}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<ActClaim>,
+    /// RFC 8176 authentication method references of the session's sign-in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// Authenticator assurance level of the session: `aal1` or `aal2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aal: Option<String>,
     /// The session's active organization (Clerk's v1 claim names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<String>,
@@ -66,6 +72,23 @@ pub struct Claims {
     /// The role's permissions, system ones (`org:sys_*`) left out as Clerk does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_permissions: Option<Vec<String>>,
+}
+
+/// How a session was authenticated: RFC 8176 method references and the
+/// assurance level (1: one factor, 2: two factors or a passkey).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionAuth {
+    /// `pwd`, `email`, `social`, `otp`, `backup_code`, `passkey`, `mfa`, `impersonation`.
+    pub amr: Vec<String>,
+    /// 1 or 2.
+    pub aal: i16,
+}
+
+impl SessionAuth {
+    /// One factor, by `method`.
+    pub fn single(method: &str) -> SessionAuth {
+        SessionAuth { amr: vec![method.to_string()], aal: 1 }
+    }
 }
 
 /// The active organization an access token names.
@@ -322,6 +345,7 @@ impl KeyStore {
         user: Uuid,
         session: Uuid,
         act: Option<Uuid>,
+        auth: &SessionAuth,
         org: Option<&OrgClaims>,
     ) -> Result<(String, time::OffsetDateTime), KeyStoreError> {
         let now = time::OffsetDateTime::now_utc();
@@ -336,6 +360,8 @@ impl KeyStore {
             nbf: now.unix_timestamp(),
             jti: Uuid::new_v4().simple().to_string(),
             act: act.map(|a| ActClaim { sub: a.to_string() }),
+            amr: auth.amr.clone(),
+            aal: (auth.aal > 0).then(|| format!("aal{}", auth.aal)),
             org_id: org.map(|o| o.id.to_string()),
             org_slug: org.map(|o| o.slug.clone()),
             org_role: org.map(|o| o.role.clone()),

@@ -240,3 +240,90 @@ pub struct VerifiedResponse {
     /// The user, now verified.
     pub user: UserView,
 }
+
+/// The answer to a first factor when the user has a second one (HTTP 202): no
+/// session yet; send the second factor with `mfa_token` to `POST /v1/auth/mfa/verify`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MfaChallenge {
+    /// Always `needs_second_factor`.
+    pub status: &'static str,
+    /// The single-use token of this step (valid 10 minutes, five attempts).
+    pub mfa_token: String,
+    /// The second factors the user can use: `totp`, `backup_code`, `passkey`.
+    pub factors: Vec<String>,
+    /// When the token expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// The second factor of a sign-in: exactly one of `code` and `backup_code`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaVerifyRequest {
+    /// The token from the 202 answer of the first factor.
+    pub mfa_token: String,
+    /// A six-digit code from the authenticator app.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// One of the user's backup codes (used up).
+    #[serde(default)]
+    pub backup_code: Option<String>,
+}
+
+/// The caller's second factors.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MfaStatus {
+    /// Whether a confirmed authenticator app (TOTP) is enrolled.
+    pub totp: bool,
+    /// Whether an enrolment waits for its confirming code.
+    pub totp_pending: bool,
+    /// Unused backup codes.
+    pub backup_codes_remaining: i64,
+    /// Second factors a sign-in would ask for (`totp`, `backup_code`, `passkey`).
+    pub factors: Vec<String>,
+}
+
+/// A started TOTP enrolment: add it to an authenticator app (scan the QR code or
+/// type the secret), then confirm with a code.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpEnrollment {
+    /// The secret, base32 (for typing in).
+    pub secret: String,
+    /// The `otpauth://totp/…` URI.
+    pub otpauth_url: String,
+    /// The URI as a QR code, SVG.
+    pub qr_svg: String,
+    /// The same SVG as a `data:` URL for an `<img>`.
+    pub qr_data_url: String,
+}
+
+/// A code from the authenticator app.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    /// Six digits.
+    pub code: String,
+}
+
+/// Backup codes, shown once: each signs in once in place of the app's code.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackupCodes {
+    /// The codes (`xxxx-xxxx-xxxx`).
+    pub codes: Vec<String>,
+}
+
+/// Proof of identity for a sensitive change: one of the password, an
+/// authenticator code or a backup code.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReauthRequest {
+    /// The account's password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A code from the authenticator app.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// A backup code (used up).
+    #[serde(default)]
+    pub backup_code: Option<String>,
+}

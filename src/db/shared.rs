@@ -85,7 +85,8 @@ pub async fn available_extension(conn: &mut PgConnection, name: &str) -> Result<
         .await
 }
 
-/// Re-seals integration secrets, connection credentials and auth signing keys
+/// Re-seals integration secrets, connection credentials, auth signing keys, TOTP
+/// secrets and social sign-in client secrets
 /// that are not sealed with the primary key (after `CARMENTA_ENCRYPTION_KEY`
 /// gained a new first key); returns how many rows were rewritten.
 pub async fn reencrypt_all(pool: &PgPool, keyring: &Keyring) -> Result<usize, sqlx::Error> {
@@ -94,7 +95,15 @@ pub async fn reencrypt_all(pool: &PgPool, keyring: &Keyring) -> Result<usize, sq
     Ok(reseal(pool, keyring, "integrations", "id", "uuid", "client_secret", by_id).await?
         // The signing keys are sealed with the same keyring (their kid as associated data).
         + reseal(pool, keyring, "auth_signing_keys", "kid", "text", "private_key", by_text).await?
-        + reseal(pool, keyring, "connections", "id", "uuid", "credentials", by_id).await?)
+        + reseal(pool, keyring, "connections", "id", "uuid", "credentials", by_id).await?
+        + reseal(pool, keyring, "auth_totp", "user_id", "uuid", "secret", |k| {
+            Some(crate::crypto::secret_aad("totp", k).into_bytes())
+        })
+        .await?
+        + reseal(pool, keyring, "auth_social_providers", "id", "text", "client_secret", |k| {
+            Some(crate::crypto::secret_aad("social", k).into_bytes())
+        })
+        .await?)
 }
 
 /// Re-seals `table.column` (associated data from the row's `key`) where it is not

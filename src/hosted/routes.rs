@@ -35,9 +35,15 @@ where
         .route("/auth/reset-password", get(reset_page).post(reset_submit))
         .route("/auth/verify-email", get(verify_email_page))
         .route("/auth/signed-in", get(signed_in_page))
+        .route("/auth/mfa", get(mfa_page).post(mfa_submit))
+        .merge(super::account::routes())
 }
 
-struct Field {
+/// Cookie holding the second-factor step's token between the sign-in form and
+/// the code form (HttpOnly, `/auth` only, ten minutes).
+const MFA_COOKIE: &str = "carmenta_mfa";
+
+pub(crate) struct Field {
     name: &'static str,
     label: &'static str,
     kind: &'static str,
@@ -45,28 +51,54 @@ struct Field {
     autocomplete: &'static str,
 }
 
-struct PageForm {
-    action: String,
-    hidden: Vec<(String, String)>,
-    fields: Vec<Field>,
-    submit: &'static str,
+/// A form on a hosted page.
+pub(crate) struct PageForm {
+    pub(crate) action: String,
+    pub(crate) hidden: Vec<(String, String)>,
+    pub(crate) fields: Vec<Field>,
+    pub(crate) submit: &'static str,
 }
 
+impl PageForm {
+    /// A form of only hidden fields and a button.
+    pub(crate) fn button(action: &str, hidden: Vec<(String, String)>, submit: &'static str) -> PageForm {
+        PageForm { action: action.to_string(), hidden, fields: Vec::new(), submit }
+    }
+}
+
+/// One hosted page: a title, an error or message, an optional image (a QR code),
+/// codes to copy, forms, provider buttons and links.
 #[derive(Template)]
 #[template(path = "auth_page.html")]
-struct Page {
-    title: &'static str,
-    error: Option<String>,
-    message: Option<String>,
-    form: Option<PageForm>,
-    links: Vec<(String, String)>,
+pub(crate) struct Page {
+    pub(crate) title: &'static str,
+    pub(crate) error: Option<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) image: Option<(String, String)>,
+    pub(crate) codes: Vec<String>,
+    pub(crate) form: Option<PageForm>,
+    pub(crate) more: Vec<PageForm>,
+    pub(crate) buttons: Vec<(String, String)>,
+    pub(crate) links: Vec<(String, String)>,
 }
 
 impl Page {
-    fn new(title: &'static str) -> Page {
-        Page { title, error: None, message: None, form: None, links: Vec::new() }
+    /// An empty page titled `title`.
+    pub(crate) fn new(title: &'static str) -> Page {
+        Page {
+            title,
+            error: None,
+            message: None,
+            image: None,
+            codes: Vec::new(),
+            form: None,
+            more: Vec::new(),
+            buttons: Vec::new(),
+            links: Vec::new(),
+        }
     }
-    fn respond(self, status: StatusCode) -> Response {
+    /// The page as a response.
+    pub(crate) fn respond(self, status: StatusCode) -> Response {
         html_page(status, self.render())
     }
 }
@@ -84,7 +116,7 @@ pub fn html_page(status: StatusCode, rendered: Result<String, askama::Error>) ->
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -93,7 +125,7 @@ pub fn html_page(status: StatusCode, rendered: Result<String, askama::Error>) ->
     res
 }
 
-fn field(
+pub(crate) fn field(
     name: &'static str,
     label: &'static str,
     kind: &'static str,
@@ -146,7 +178,7 @@ async fn guarded<T>(
 }
 
 /// Sets the session cookie and sends the browser on (303) to the target.
-fn signed_in(state: &AuthState, session_token: &str, redirect: Option<&str>) -> Response {
+pub(crate) fn signed_in(state: &AuthState, session_token: &str, redirect: Option<&str>) -> Response {
     let to = redirect.unwrap_or("/auth/signed-in");
     let mut res = StatusCode::SEE_OTHER.into_response();
     let max_age = state.config.session_ttl.as_secs() as i64;
@@ -158,17 +190,38 @@ fn signed_in(state: &AuthState, session_token: &str, redirect: Option<&str>) -> 
     res
 }
 
-/// Ends a sign-in or sign-up form: the session cookie and the redirect on success,
-/// the same form again with the error otherwise.
+/// After a first factor: signed in, or on to the second-factor page with the
+/// step's token in a short-lived cookie.
+pub(crate) fn after_first_factor(state: &AuthState, outcome: service::SignIn, redirect: Option<&str>) -> Response {
+    match outcome {
+        service::SignIn::Session(body) => signed_in(state, &body.session_token, redirect),
+        service::SignIn::SecondFactor(c) => {
+            let mut res = StatusCode::SEE_OTHER.into_response();
+            let secure = if state.config.public_url.scheme() == "https" { "; Secure" } else { "" };
+            let cookie =
+                format!("{MFA_COOKIE}={}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=600{secure}", c.mfa_token);
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&with_redirect("/auth/mfa", redirect)) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            res
+        }
+    }
+}
+
+/// Ends a sign-in or sign-up form: the session cookie and the redirect on success
+/// (or the second-factor page), the same form again with the error otherwise.
 fn finish_credentials(
     state: &AuthState,
     redirect: Option<&str>,
-    result: Result<crate::auth::types::AuthResponse, ApiError>,
+    result: Result<service::SignIn, ApiError>,
     form: fn(Option<&str>, &str) -> Page,
     email: &str,
 ) -> Response {
     match result {
-        Ok(body) => signed_in(state, &body.session_token, redirect),
+        Ok(outcome) => after_first_factor(state, outcome, redirect),
         Err(e) => {
             let mut p = form(redirect, email);
             p.error = Some(e.message);
@@ -267,8 +320,9 @@ async fn sign_up_submit(
         Err(e) => return bad_redirect(e),
     };
     let req = SignUpRequest { email: f.email.clone(), password: f.password, name: None, unsafe_metadata: None };
-    let result =
-        guarded(&state, &headers, service::sign_up(&state, req, &crate::auth::client_info(&headers, peer))).await;
+    let result = guarded(&state, &headers, service::sign_up(&state, req, &crate::auth::client_info(&headers, peer)))
+        .await
+        .map(|b| service::SignIn::Session(Box::new(b)));
     finish_credentials(&state, redirect.as_deref(), result, sign_up_form, &f.email)
 }
 
@@ -372,7 +426,7 @@ async fn magic_link_confirm(
     )
     .await;
     match result {
-        Ok(body) => signed_in(&state, &body.session_token, redirect.as_deref()),
+        Ok(outcome) => after_first_factor(&state, outcome, redirect.as_deref()),
         Err(e) => {
             let mut p = Page::new("Link not valid");
             p.error = Some(e.message);
@@ -519,4 +573,87 @@ async fn signed_in_page() -> Response {
     let mut p = Page::new("You're signed in");
     p.message = Some("You can close this page and return to the app.".into());
     p.respond(StatusCode::OK)
+}
+
+fn mfa_form(redirect: Option<&str>) -> Page {
+    let mut p = Page::new("Two-step verification");
+    p.message = Some("Enter the six-digit code from your authenticator app.".into());
+    p.form = Some(PageForm {
+        action: "/auth/mfa".into(),
+        hidden: hidden_redirect(redirect),
+        fields: vec![field("code", "Authentication code", "text", "one-time-code", "")],
+        submit: "Verify",
+    });
+    p.more = vec![PageForm {
+        action: "/auth/mfa".into(),
+        hidden: hidden_redirect(redirect),
+        fields: vec![field("backup_code", "Or a backup code", "text", "off", "")],
+        submit: "Use backup code",
+    }];
+    p
+}
+
+fn mfa_expired(redirect: Option<&str>, status: StatusCode, error: String) -> Response {
+    let mut p = Page::new("Sign in again");
+    p.error = Some(error);
+    p.links = vec![(with_redirect("/auth/sign-in", redirect), "Back to sign in".into())];
+    p.respond(status)
+}
+
+async fn mfa_page(State(state): State<Arc<AuthState>>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Response {
+    let redirect = match target(&state, q.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    if crate::auth::cookie_value(&headers, MFA_COOKIE).is_none() {
+        return mfa_expired(redirect.as_deref(), StatusCode::BAD_REQUEST, "this sign-in has expired".into());
+    }
+    mfa_form(redirect.as_deref()).respond(StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+struct MfaForm {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    backup_code: Option<String>,
+    #[serde(default)]
+    redirect_url: Option<String>,
+}
+
+async fn mfa_submit(
+    State(state): State<Arc<AuthState>>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(f): Form<MfaForm>,
+) -> Response {
+    let redirect = match target(&state, f.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    let Some(token) = crate::auth::cookie_value(&headers, MFA_COOKIE) else {
+        return mfa_expired(redirect.as_deref(), StatusCode::BAD_REQUEST, "this sign-in has expired".into());
+    };
+    let req = crate::auth::types::MfaVerifyRequest {
+        mfa_token: token.to_string(),
+        code: f.code.filter(|c| !c.trim().is_empty()),
+        backup_code: f.backup_code.filter(|c| !c.trim().is_empty()),
+    };
+    let client = crate::auth::client_info(&headers, peer);
+    match guarded(&state, &headers, crate::auth::mfa::verify(&state, req, &client)).await {
+        Ok(body) => {
+            let mut res = signed_in(&state, &body.session_token, redirect.as_deref());
+            let clear = format!("{MFA_COOKIE}=; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=0");
+            if let Ok(v) = HeaderValue::from_str(&clear) {
+                res.headers_mut().append(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(e) if e.code == "invalid_mfa_token" => mfa_expired(redirect.as_deref(), e.status, e.message),
+        Err(e) => {
+            let mut p = mfa_form(redirect.as_deref());
+            p.error = Some(e.message);
+            p.respond(e.status)
+        }
+    }
 }

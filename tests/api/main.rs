@@ -20,6 +20,7 @@ mod imaging;
 mod jobs;
 mod knowledge;
 mod memory;
+mod mfa;
 mod ops;
 mod orgs;
 mod shutdown;

@@ -1,0 +1,5 @@
+//! Account security pages: second factors and linked identities.
+
+mod routes;
+
+pub use routes::routes;

@@ -72,6 +72,7 @@ pub fn registry(config: &crate::config::Config) -> Registry<AppState> {
             .handle(|s: AppState, _: PruneRateWindows, _| async move {
                 crate::auth::db::prune_windows(&s.pool).await?;
                 crate::auth::mfa::db::prune_challenges(&s.pool).await?;
+                crate::auth::social::db::prune_flows(&s.pool).await?;
                 Ok(())
             })
             .handle(|s: AppState, j: SweepStorage, _| async move {

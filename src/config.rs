@@ -144,6 +144,10 @@ pub struct Config {
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed
     /// (`CARMENTA_TRUSTED_PROXIES`); from any other peer the header is ignored.
     pub trusted_proxies: Vec<IpNet>,
+    /// Social sign-in providers from the environment (`CARMENTA_SOCIAL_<ID>_CLIENT_ID`,
+    /// `_CLIENT_SECRET`, `_DISCOVERY_URL`, `_SCOPES`, `_NAME`) or `[social.<id>]`
+    /// tables of the file; more can be added through the API.
+    pub social: Vec<SocialProviderConfig>,
     /// SMTP server for outgoing mail (`CARMENTA_SMTP_URL`, e.g.
     /// `smtps://user:pass@smtp.example.com` or `smtp://127.0.0.1:2525`); unset = outbox.
     pub smtp_url: Option<Secret>,
@@ -327,6 +331,7 @@ struct FileConfig {
     signin_ip_limit: Option<u64>,
     allowed_origins: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
+    social: Option<BTreeMap<String, SocialFileEntry>>,
     smtp_url: Option<String>,
     mail_from: Option<String>,
     email_token_ttl: Option<u64>,
@@ -378,6 +383,100 @@ struct FileConfig {
     admin_session_ttl: Option<u64>,
     admin_sql_timeout: Option<u64>,
     admin_sql_row_cap: Option<u64>,
+}
+
+/// A `[social.<id>]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SocialFileEntry {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    discovery_url: Option<String>,
+    scopes: Option<Vec<String>>,
+    name: Option<String>,
+}
+
+/// A social sign-in provider from the configuration.
+#[derive(Debug, Clone)]
+pub struct SocialProviderConfig {
+    /// Its id (`google`, `github`, … for the built-in ones; any other id is an
+    /// OpenID Connect provider found by `discovery_url`).
+    pub id: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret.
+    pub client_secret: Secret,
+    /// OpenID Connect discovery URL (required for ids that are not built in;
+    /// replaces a built-in OpenID provider's).
+    pub discovery_url: Option<Url>,
+    /// Scopes in place of the provider's defaults.
+    pub scopes: Option<Vec<String>>,
+    /// The name on buttons.
+    pub name: Option<String>,
+}
+
+/// Social providers from `CARMENTA_SOCIAL_<ID>_<FIELD>` variables and `[social.<id>]` tables.
+fn social_providers(
+    env: &BTreeMap<String, String>,
+    file: Option<BTreeMap<String, SocialFileEntry>>,
+) -> Result<Vec<SocialProviderConfig>, ConfigError> {
+    const FIELDS: &[&str] = &["CLIENT_ID", "CLIENT_SECRET", "DISCOVERY_URL", "SCOPES", "NAME"];
+    let mut entries = file.unwrap_or_default();
+    for (k, v) in env {
+        let Some(rest) = k.strip_prefix("CARMENTA_SOCIAL_") else { continue };
+        let Some((id, field)) =
+            FIELDS.iter().find_map(|f| rest.strip_suffix(f).and_then(|i| i.strip_suffix('_')).map(|i| (i, *f)))
+        else {
+            return Err(ConfigError::Value {
+                key: k.clone(),
+                message: format!("expected CARMENTA_SOCIAL_<ID>_<FIELD> with FIELD one of {}", FIELDS.join(", ")),
+            });
+        };
+        let e = entries.entry(id.to_ascii_lowercase().replace('_', "-")).or_default();
+        let v = Some(v.clone());
+        match field {
+            "CLIENT_ID" => e.client_id = v,
+            "CLIENT_SECRET" => e.client_secret = v,
+            "DISCOVERY_URL" => e.discovery_url = v,
+            "SCOPES" => {
+                e.scopes = v.map(|s| s.split([' ', ',']).filter(|x| !x.is_empty()).map(str::to_string).collect())
+            }
+            _ => e.name = v,
+        }
+    }
+    let mut out = Vec::new();
+    for (id, e) in entries {
+        let key = format!("social.{id}");
+        let bad = |message: String| ConfigError::Value { key: key.clone(), message };
+        if id.is_empty()
+            || id.len() > 40
+            || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(bad("provider ids are 1-40 lowercase letters, digits and dashes".into()));
+        }
+        let client_id = e.client_id.filter(|c| !c.is_empty()).ok_or_else(|| bad("client_id is required".into()))?;
+        let client_secret =
+            e.client_secret.filter(|c| !c.is_empty()).ok_or_else(|| bad("client_secret is required".into()))?;
+        let discovery_url = match e.discovery_url.filter(|d| !d.is_empty()) {
+            Some(d) => {
+                let u = Url::parse(&d).map_err(|_| bad(format!("discovery_url {d:?} is not a URL")))?;
+                if !matches!(u.scheme(), "http" | "https") {
+                    return Err(bad("discovery_url must be an http(s) URL".into()));
+                }
+                Some(u)
+            }
+            None => None,
+        };
+        out.push(SocialProviderConfig {
+            id,
+            client_id,
+            client_secret: Secret::new(client_secret),
+            discovery_url,
+            scopes: e.scopes,
+            name: e.name,
+        });
+    }
+    Ok(out)
 }
 
 /// The object store behind storage.
@@ -1031,6 +1130,7 @@ impl Config {
             }
             None => Vec::new(),
         };
+        let social = social_providers(env, fc.social)?;
         let db_max_connections = match pick(
             env,
             &["CARMENTA_DB_MAX_CONNECTIONS"],
@@ -1074,6 +1174,7 @@ impl Config {
             signin_ip_limit,
             allowed_origins,
             trusted_proxies,
+            social,
             smtp_url,
             mail_from,
             email_token_ttl,
@@ -1203,6 +1304,14 @@ impl Config {
                         if s.path_style { "path-style" } else { "virtual-hosted" },
                         if s.secret_access_key.is_some() { ", secret [redacted]" } else { "" }
                     ),
+                },
+            ),
+            (
+                "social".into(),
+                if self.social.is_empty() {
+                    "(none configured; see the API)".into()
+                } else {
+                    self.social.iter().map(|p| format!("{} (secret [redacted])", p.id)).collect::<Vec<_>>().join(", ")
                 },
             ),
             (

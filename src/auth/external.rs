@@ -8,14 +8,12 @@
 //! (issuer, `sub`) as a UUID v5, so verifying needs no database; the user row is
 //! created on first sight of a `sub`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -23,13 +21,10 @@ use sha2::Sha256;
 use crate::auth::AuthState;
 use uuid::Uuid;
 
+use super::jwks::{ALLOWED_ALGS, RemoteJwks};
 use super::tokens::TokenError;
 use crate::config::Config;
 
-/// How long a fetched JWKS is trusted before it is fetched again.
-pub const JWKS_TTL: Duration = Duration::from_secs(300);
-/// The least time between two JWKS fetches (bounds fetches prompted by unknown `kid`s).
-const REFETCH_GAP: Duration = Duration::from_secs(1);
 /// Webhook timestamps further than this from now are refused (replay window).
 pub const WEBHOOK_TOLERANCE_SECS: i64 = 300;
 
@@ -48,52 +43,20 @@ pub struct ExternalClaims {
     pub sid: Option<String>,
 }
 
-type KeyMap = HashMap<String, (DecodingKey, Algorithm)>;
-
 /// A configured external issuer and its cached keys.
 pub struct ExternalIssuer {
     issuer: String,
-    jwks_url: Option<url::Url>,
+    jwks: Option<RemoteJwks>,
     pinned: Option<(DecodingKey, Algorithm)>,
     azp: Vec<String>,
     audience: Option<String>,
     namespace: Uuid,
-    keys: RwLock<KeyMap>,
-    fetched_at: Mutex<Option<Instant>>,
-    fetch_lock: tokio::sync::Mutex<()>,
     provisioned: Mutex<HashSet<Uuid>>,
 }
 
 impl std::fmt::Debug for ExternalIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExternalIssuer").field("issuer", &self.issuer).field("azp", &self.azp).finish_non_exhaustive()
-    }
-}
-
-const ALLOWED_ALGS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
-/// The algorithm a JWK is for: its `alg`, else the usual one for its key type.
-fn jwk_alg(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
-    use jsonwebtoken::jwk::{AlgorithmParameters as P, EllipticCurve as C};
-    if let Some(a) = jwk.common.key_algorithm {
-        return format!("{a:?}").parse::<Algorithm>().ok().filter(|a| ALLOWED_ALGS.contains(a));
-    }
-    match &jwk.algorithm {
-        P::RSA(_) => Some(Algorithm::RS256),
-        P::EllipticCurve(ec) if ec.curve == C::P256 => Some(Algorithm::ES256),
-        P::EllipticCurve(ec) if ec.curve == C::P384 => Some(Algorithm::ES384),
-        P::OctetKeyPair(_) => Some(Algorithm::EdDSA),
-        _ => None,
     }
 }
 
@@ -135,13 +98,10 @@ impl ExternalIssuer {
         Ok(Some(ExternalIssuer {
             namespace: Uuid::new_v5(&Uuid::NAMESPACE_URL, issuer.as_bytes()),
             issuer,
-            jwks_url,
+            jwks: jwks_url.map(RemoteJwks::new),
             pinned,
             azp: config.external_azp.clone(),
             audience: config.external_audience.clone(),
-            keys: RwLock::new(HashMap::new()),
-            fetched_at: Mutex::new(None),
-            fetch_lock: tokio::sync::Mutex::new(()),
             provisioned: Mutex::new(HashSet::new()),
         }))
     }
@@ -178,58 +138,12 @@ impl ExternalIssuer {
         }
     }
 
-    fn stale(&self) -> bool {
-        self.fetched_at.lock().map(|t| t.is_none_or(|t| t.elapsed() > JWKS_TTL)).unwrap_or(true)
-    }
-
-    /// Fetches the JWKS (single-flight; at most every 10 s unless `force_ttl`).
-    async fn refresh(&self, only_if_stale: bool) {
-        let Some(url) = &self.jwks_url else { return };
-        let _guard = self.fetch_lock.lock().await;
-        let recent = self.fetched_at.lock().map(|t| t.is_some_and(|t| t.elapsed() < REFETCH_GAP)).unwrap_or(false);
-        if recent || (only_if_stale && !self.stale()) {
-            return;
+    async fn key_for(&self, kid: Option<&str>) -> Option<(DecodingKey, Algorithm)> {
+        match (&self.pinned, &self.jwks) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(jwks)) => jwks.key(Some(kid?)).await,
+            (None, None) => None,
         }
-        let result = async {
-            let res = crate::http_client::request(reqwest::Method::GET, url.as_str())
-                .map_err(|e| e.to_string())?
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !res.status().is_success() {
-                return Err(format!("HTTP {}", res.status()));
-            }
-            res.json::<JwkSet>().await.map_err(|e| e.to_string())
-        }
-        .await;
-        if let Ok(mut t) = self.fetched_at.lock() {
-            *t = Some(Instant::now());
-        }
-        match result {
-            Ok(set) => {
-                let mut map = KeyMap::new();
-                for jwk in &set.keys {
-                    let (Some(kid), Some(alg)) = (jwk.common.key_id.clone(), jwk_alg(jwk)) else { continue };
-                    if let Ok(k) = DecodingKey::from_jwk(jwk) {
-                        map.insert(kid, (k, alg));
-                    }
-                }
-                tracing::debug!(keys = map.len(), "fetched external issuer JWKS");
-                if let Ok(mut g) = self.keys.write() {
-                    *g = map;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "fetching the external issuer's JWKS failed; keeping cached keys"),
-        }
-    }
-
-    fn key_for(&self, kid: Option<&str>) -> Option<(DecodingKey, Algorithm)> {
-        if let Some(p) = &self.pinned {
-            return Some(p.clone());
-        }
-        let kid = kid?;
-        self.keys.read().ok()?.get(kid).cloned()
     }
 
     /// Verifies an external token and returns its claims.
@@ -241,16 +155,7 @@ impl ExternalIssuer {
         if header.typ.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("JWT")) {
             return Err(TokenError::Malformed);
         }
-        if self.pinned.is_none() && self.stale() {
-            self.refresh(true).await;
-        }
-        let (key, alg) = match self.key_for(header.kid.as_deref()) {
-            Some(k) => k,
-            None => {
-                self.refresh(false).await;
-                self.key_for(header.kid.as_deref()).ok_or(TokenError::UnknownKey)?
-            }
-        };
+        let (key, alg) = self.key_for(header.kid.as_deref()).await.ok_or(TokenError::UnknownKey)?;
         if alg != header.alg {
             return Err(TokenError::Malformed);
         }

@@ -6,10 +6,12 @@ pub mod cache;
 pub mod db;
 pub mod email;
 pub mod external;
+pub mod jwks;
 pub mod mfa;
 pub mod password;
 mod routes;
 pub mod service;
+pub mod social;
 pub mod tokens;
 pub mod types;
 

@@ -51,6 +51,7 @@ where
         .routes(routes!(jwks))
         .routes(routes!(openid_configuration))
         .merge(super::mfa::routes())
+        .merge(super::social::routes())
 }
 
 /// Any authenticated principal.

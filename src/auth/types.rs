@@ -327,3 +327,109 @@ pub struct ReauthRequest {
     #[serde(default)]
     pub backup_code: Option<String>,
 }
+
+/// A social sign-in provider offered to users.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SocialProviderView {
+    /// Id (`google`, `github`, … or the id an OpenID provider was added under).
+    pub id: String,
+    /// Name for buttons.
+    pub name: String,
+}
+
+/// Starts a social sign-in (or link) for an app with its own UI. The app keeps
+/// a random `code_verifier` and sends its S256 hash; after the provider, the
+/// browser comes back to `redirect_url?code=…`, and the app exchanges that code
+/// with the verifier.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SocialStartRequest {
+    /// Where the browser goes with the code (a path here or an allowed origin).
+    pub redirect_url: String,
+    /// BASE64URL(SHA-256(code_verifier)), 43 characters.
+    pub code_challenge: String,
+    /// Must be `S256` (`plain` is refused).
+    pub code_challenge_method: String,
+}
+
+/// Where to send the browser.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SocialStart {
+    /// The provider's authorization URL.
+    pub authorization_url: String,
+    /// When the flow expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Ends an app's social flow.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SocialExchangeRequest {
+    /// The `code` the browser brought back.
+    pub code: String,
+    /// The verifier whose S256 hash started the flow.
+    pub code_verifier: String,
+}
+
+/// A sign-in identity at a social provider, linked to the user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityView {
+    /// Id.
+    pub id: Uuid,
+    /// Provider id.
+    pub provider: String,
+    /// The provider's id of the user.
+    pub subject: String,
+    /// The email the provider gave.
+    pub email: Option<String>,
+    /// Whether the provider said the email is verified.
+    pub email_verified: bool,
+    /// Linked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last sign-in with it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_sign_in_at: Option<OffsetDateTime>,
+}
+
+/// Configures a social provider (service key).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSocialProvider {
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret (write-only; omit to keep the stored one).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// OpenID Connect discovery URL (required unless the id is a built-in provider).
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// Scopes in place of the provider's defaults.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Name on buttons.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A configured social provider as the service-key API shows it (never the secret).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SocialProviderAdminView {
+    /// Id.
+    pub id: String,
+    /// `oidc`, or the built-in provider's id.
+    pub kind: String,
+    /// Name on buttons.
+    pub name: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Whether a client secret is stored.
+    pub has_client_secret: bool,
+    /// OpenID Connect discovery URL.
+    pub discovery_url: Option<String>,
+    /// Scopes requested.
+    pub scopes: Vec<String>,
+    /// `config` (read-only here) or `api`.
+    pub source: &'static str,
+}

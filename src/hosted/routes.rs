@@ -4,7 +4,7 @@
 //! strict CSP, `no-referrer` (their URLs can hold single-use tokens) and deny framing.
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,8 +36,13 @@ where
         .route("/auth/verify-email", get(verify_email_page))
         .route("/auth/signed-in", get(signed_in_page))
         .route("/auth/mfa", get(mfa_page).post(mfa_submit))
+        .route("/auth/social/{provider}", get(social_start))
+        .route("/auth/social/{provider}/callback", get(social_callback_get).post(social_callback_post))
         .merge(super::account::routes())
 }
+
+/// Cookie binding a social sign-in to the browser that started it.
+pub(crate) const SOCIAL_COOKIE: &str = "carmenta_social";
 
 /// Cookie holding the second-factor step's token between the sign-in form and
 /// the code form (HttpOnly, `/auth` only, ten minutes).
@@ -56,13 +61,13 @@ pub(crate) struct PageForm {
     pub(crate) action: String,
     pub(crate) hidden: Vec<(String, String)>,
     pub(crate) fields: Vec<Field>,
-    pub(crate) submit: &'static str,
+    pub(crate) submit: String,
 }
 
 impl PageForm {
     /// A form of only hidden fields and a button.
-    pub(crate) fn button(action: &str, hidden: Vec<(String, String)>, submit: &'static str) -> PageForm {
-        PageForm { action: action.to_string(), hidden, fields: Vec::new(), submit }
+    pub(crate) fn button(action: &str, hidden: Vec<(String, String)>, submit: impl Into<String>) -> PageForm {
+        PageForm { action: action.to_string(), hidden, fields: Vec::new(), submit: submit.into() }
     }
 }
 
@@ -239,7 +244,7 @@ fn sign_in_form(redirect: Option<&str>, email: &str) -> Page {
             field("email", "Email", "email", "email", email),
             field("password", "Password", "password", "current-password", ""),
         ],
-        submit: "Sign in",
+        submit: "Sign in".into(),
     });
     p.links = vec![
         (with_redirect("/auth/sign-up", redirect), "Create an account".into()),
@@ -251,9 +256,140 @@ fn sign_in_form(redirect: Option<&str>, email: &str) -> Page {
 
 async fn sign_in_page(State(state): State<Arc<AuthState>>, Query(q): Query<PageQuery>) -> Response {
     match target(&state, q.redirect_url.as_deref()) {
-        Ok(r) => sign_in_form(r.as_deref(), "").respond(StatusCode::OK),
+        Ok(r) => {
+            let mut p = sign_in_form(r.as_deref(), "");
+            p.buttons = social_buttons(&state, r.as_deref()).await;
+            p.respond(StatusCode::OK)
+        }
         Err(e) => bad_redirect(e),
     }
+}
+
+/// "Continue with …" links for the configured social providers.
+async fn social_buttons(state: &AuthState, redirect: Option<&str>) -> Vec<(String, String)> {
+    crate::auth::social::enabled(state)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (with_redirect(&format!("/auth/social/{}", p.id), redirect), format!("Continue with {}", p.name)))
+        .collect()
+}
+
+/// Sends the browser to a provider with the flow cookie set (the link flow of
+/// the account page uses it too).
+pub(crate) async fn to_provider(
+    state: &AuthState,
+    provider: &str,
+    redirect: Option<&str>,
+    link_user: Option<uuid::Uuid>,
+) -> Result<Response, ApiError> {
+    let secret = crate::auth::social::random_value();
+    let started = crate::auth::social::start(
+        state,
+        provider,
+        crate::auth::social::Binding::Browser(&secret),
+        redirect,
+        link_user,
+    )
+    .await?;
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    // A provider posting its answer back (Apple's form_post) is a cross-site POST:
+    // over https the cookie is SameSite=None so it still arrives.
+    let same_site = if state.config.public_url.scheme() == "https" { "SameSite=None; Secure" } else { "SameSite=Lax" };
+    let cookie = format!("{SOCIAL_COOKIE}={secret}; Path=/auth/social; HttpOnly; {same_site}; Max-Age=600");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    let loc = HeaderValue::from_str(&started.authorization_url).map_err(ApiError::internal)?;
+    res.headers_mut().insert(header::LOCATION, loc);
+    res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    Ok(res)
+}
+
+async fn social_start(
+    State(state): State<Arc<AuthState>>,
+    Path(provider): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let redirect = match target(&state, q.redirect_url.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return bad_redirect(e),
+    };
+    match to_provider(&state, &provider, redirect.as_deref(), None).await {
+        Ok(res) => res,
+        Err(e) => social_failed(e, redirect.as_deref()),
+    }
+}
+
+fn social_failed(e: ApiError, redirect: Option<&str>) -> Response {
+    let mut p = Page::new("Sign-in failed");
+    p.error = Some(e.message);
+    p.links = vec![(with_redirect("/auth/sign-in", redirect), "Back to sign in".into())];
+    if e.code == "identity_link_required" {
+        p.message =
+            Some("Sign in with your password or an email link, then link this provider under account security.".into());
+    }
+    p.respond(e.status)
+}
+
+async fn social_callback_get(
+    State(state): State<Arc<AuthState>>,
+    Path(provider): Path<String>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Query(params): Query<crate::auth::social::CallbackParams>,
+) -> Response {
+    social_callback(&state, &provider, params, &headers, peer).await
+}
+
+async fn social_callback_post(
+    State(state): State<Arc<AuthState>>,
+    Path(provider): Path<String>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(params): Form<crate::auth::social::CallbackParams>,
+) -> Response {
+    social_callback(&state, &provider, params, &headers, peer).await
+}
+
+/// The provider's redirect back: signed in (or on to the second factor), linked,
+/// or sent to the app with its code; the flow cookie is cleared either way.
+async fn social_callback(
+    state: &AuthState,
+    provider: &str,
+    params: crate::auth::social::CallbackParams,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
+    use crate::auth::social::Completed;
+    let browser = crate::auth::cookie_value(headers, SOCIAL_COOKIE);
+    let client = crate::auth::client_info(headers, peer);
+    let mut res = match crate::auth::social::callback(state, provider, params, browser, &client).await {
+        Ok(Completed::SignIn(outcome, redirect)) => after_first_factor(state, outcome, redirect.as_deref()),
+        Ok(Completed::Linked(_, _)) => {
+            let mut res = StatusCode::SEE_OTHER.into_response();
+            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/auth/account?linked=1"));
+            res
+        }
+        Ok(Completed::AppCode(to)) => {
+            let mut res = StatusCode::SEE_OTHER.into_response();
+            match HeaderValue::from_str(&to) {
+                Ok(v) => {
+                    res.headers_mut().insert(header::LOCATION, v);
+                    res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+                    res
+                }
+                Err(e) => social_failed(ApiError::internal(e), None),
+            }
+        }
+        Err(e) => social_failed(e, None),
+    };
+    if browser.is_some()
+        && let Ok(v) = HeaderValue::from_str(&format!("{SOCIAL_COOKIE}=; Path=/auth/social; HttpOnly; Max-Age=0"))
+    {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,7 +432,7 @@ fn sign_up_form(redirect: Option<&str>, email: &str) -> Page {
             field("email", "Email", "email", "email", email),
             field("password", "Password", "password", "new-password", ""),
         ],
-        submit: "Create account",
+        submit: "Create account".into(),
     });
     p.links = vec![(with_redirect("/auth/sign-in", redirect), "Already have an account? Sign in".into())];
     p
@@ -326,13 +462,13 @@ async fn sign_up_submit(
     finish_credentials(&state, redirect.as_deref(), result, sign_up_form, &f.email)
 }
 
-fn email_form(title: &'static str, action: &str, submit: &'static str, redirect: Option<&str>) -> Page {
+fn email_form(title: &'static str, action: &str, submit: &str, redirect: Option<&str>) -> Page {
     let mut p = Page::new(title);
     p.form = Some(PageForm {
         action: action.into(),
         hidden: hidden_redirect(redirect),
         fields: vec![field("email", "Email", "email", "email", "")],
-        submit,
+        submit: submit.into(),
     });
     p.links = vec![(with_redirect("/auth/sign-in", redirect), "Back to sign in".into())];
     p
@@ -351,8 +487,12 @@ async fn magic_link_page(State(state): State<Arc<AuthState>>, Query(q): Query<Pa
             p.message = Some("Continue to sign in to your account.".into());
             let mut hidden = hidden_redirect(redirect.as_deref());
             hidden.push(("token".into(), token));
-            p.form =
-                Some(PageForm { action: "/auth/magic-link/confirm".into(), hidden, fields: vec![], submit: "Sign in" });
+            p.form = Some(PageForm {
+                action: "/auth/magic-link/confirm".into(),
+                hidden,
+                fields: vec![],
+                submit: "Sign in".into(),
+            });
             p.respond(StatusCode::OK)
         }
         None => email_form("Sign in with a link", "/auth/magic-link", "Email me a link", redirect.as_deref())
@@ -482,7 +622,7 @@ fn reset_form(token: &str, redirect: Option<&str>) -> Page {
         action: "/auth/reset-password".into(),
         hidden,
         fields: vec![field("new_password", "New password", "password", "new-password", "")],
-        submit: "Set password",
+        submit: "Set password".into(),
     });
     p
 }
@@ -582,13 +722,13 @@ fn mfa_form(redirect: Option<&str>) -> Page {
         action: "/auth/mfa".into(),
         hidden: hidden_redirect(redirect),
         fields: vec![field("code", "Authentication code", "text", "one-time-code", "")],
-        submit: "Verify",
+        submit: "Verify".into(),
     });
     p.more = vec![PageForm {
         action: "/auth/mfa".into(),
         hidden: hidden_redirect(redirect),
         fields: vec![field("backup_code", "Or a backup code", "text", "off", "")],
-        submit: "Use backup code",
+        submit: "Use backup code".into(),
     }];
     p
 }

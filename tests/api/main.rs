@@ -24,6 +24,7 @@ mod mfa;
 mod ops;
 mod orgs;
 mod shutdown;
+mod social;
 mod storage;
 mod storage_process;
 mod tidy;

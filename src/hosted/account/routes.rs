@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,6 +30,8 @@ where
         .route("/auth/account/totp/confirm", post(totp_confirm))
         .route("/auth/account/totp/remove", post(totp_remove))
         .route("/auth/account/backup-codes", post(backup_codes))
+        .route("/auth/account/link/{provider}", post(link))
+        .route("/auth/account/unlink/{id}", post(unlink))
 }
 
 const HERE: &str = "/auth/account";
@@ -85,16 +87,29 @@ async fn overview(state: &AuthState, p: &Principal) -> Result<Page, ApiError> {
             action: "/auth/account/backup-codes".into(),
             hidden: Vec::new(),
             fields: proof_fields(),
-            submit: "Make new backup codes",
+            submit: "Make new backup codes".into(),
         });
         page.more.push(PageForm {
             action: "/auth/account/totp/remove".into(),
             hidden: Vec::new(),
             fields: proof_fields(),
-            submit: "Remove authenticator app",
+            submit: "Remove authenticator app".into(),
         });
     } else {
         page.form = Some(PageForm::button("/auth/account/totp", Vec::new(), "Set up an authenticator app"));
+    }
+    let user = service::require_user(p)?;
+    let linked = crate::auth::social::identities(state, user).await?;
+    for i in &linked {
+        let who = i.email.clone().unwrap_or_else(|| i.subject.clone());
+        let label = format!("Unlink {} ({who})", crate::auth::social::display_name(&i.provider));
+        page.more.push(PageForm::button(&format!("/auth/account/unlink/{}", i.id), Vec::new(), label));
+    }
+    for p in crate::auth::social::enabled(state).await? {
+        if !linked.iter().any(|i| i.provider == p.id) {
+            let label = format!("Link {}", p.name);
+            page.more.push(PageForm::button(&format!("/auth/account/link/{}", p.id), Vec::new(), label));
+        }
     }
     page.links = vec![("/auth/signed-in".into(), "Done".into())];
     Ok(page)
@@ -123,7 +138,7 @@ fn enrol_page(e: crate::auth::types::TotpEnrollment, error: Option<String>) -> P
         action: "/auth/account/totp/confirm".into(),
         hidden: Vec::new(),
         fields: vec![field("code", "Code from the app", "text", "one-time-code", "")],
-        submit: "Turn on",
+        submit: "Turn on".into(),
     });
     page.links = vec![(HERE.into(), "Cancel".into())];
     page
@@ -226,6 +241,41 @@ async fn backup_codes(State(state): State<Arc<AuthState>>, headers: HeaderMap, F
     };
     match done.await {
         Ok(b) => codes_page(b.codes, "Your old backup codes no longer work.").respond(StatusCode::OK),
+        Err(e) => failure(e),
+    }
+}
+
+async fn link(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(provider): Path<String>) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let user = match &p {
+        Principal::User { user_id, act: None, .. } => *user_id,
+        _ => return failure(ApiError::forbidden("identities are linked from your own session")),
+    };
+    match super::super::routes::to_provider(&state, &provider, Some(HERE), Some(user)).await {
+        Ok(res) => res,
+        Err(e) => failure(e),
+    }
+}
+
+async fn unlink(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Ok(id) = uuid::Uuid::parse_str(&id) else { return failure(ApiError::not_found("no such identity")) };
+    let done = async {
+        let user = service::require_user(&p)?;
+        crate::auth::social::unlink(&state, user, id, &p.actor()).await
+    };
+    match done.await {
+        Ok(()) => {
+            let mut res = StatusCode::SEE_OTHER.into_response();
+            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(HERE));
+            res
+        }
         Err(e) => failure(e),
     }
 }

@@ -73,6 +73,7 @@ pub fn registry(config: &crate::config::Config) -> Registry<AppState> {
                 crate::auth::db::prune_windows(&s.pool).await?;
                 crate::auth::mfa::db::prune_challenges(&s.pool).await?;
                 crate::auth::social::db::prune_flows(&s.pool).await?;
+                crate::auth::passkeys::db::prune_ceremonies(&s.pool).await?;
                 Ok(())
             })
             .handle(|s: AppState, j: SweepStorage, _| async move {

@@ -8,6 +8,7 @@ pub mod email;
 pub mod external;
 pub mod jwks;
 pub mod mfa;
+pub mod passkeys;
 pub mod password;
 mod routes;
 pub mod service;

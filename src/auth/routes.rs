@@ -52,6 +52,7 @@ where
         .routes(routes!(openid_configuration))
         .merge(super::mfa::routes())
         .merge(super::social::routes())
+        .merge(super::passkeys::routes())
 }
 
 /// Any authenticated principal.

@@ -39,6 +39,8 @@ pub struct AuthState {
     pub external: Option<super::external::ExternalIssuer>,
     /// Cached profiles and sessions, invalidated across replicas by NOTIFY.
     pub cache: std::sync::Arc<super::cache::AuthCache>,
+    /// The WebAuthn relying party (absent when the public URL's host is an IP address).
+    pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 /// Why auth could not start.
@@ -65,7 +67,8 @@ impl AuthState {
                 .await?;
         crate::install_tls_provider();
         let external = super::external::ExternalIssuer::from_config(&config)?;
-        Ok(Arc::new(AuthState { pool, config, keyring, mailer, keys, external, cache: Default::default() }))
+        let webauthn = super::passkeys::relying_party(&config).map(Arc::new);
+        Ok(Arc::new(AuthState { pool, config, keyring, mailer, keys, external, cache: Default::default(), webauthn }))
     }
 }
 

@@ -268,6 +268,9 @@ pub struct MfaVerifyRequest {
     /// One of the user's backup codes (used up).
     #[serde(default)]
     pub backup_code: Option<String>,
+    /// A passkey's answer to the ceremony started with `POST /v1/auth/mfa/passkey`.
+    #[serde(default)]
+    pub passkey: Option<PasskeyAssertion>,
 }
 
 /// The caller's second factors.
@@ -432,4 +435,82 @@ pub struct SocialProviderAdminView {
     pub scopes: Vec<String>,
     /// `config` (read-only here) or `api`.
     pub source: &'static str,
+}
+
+/// A WebAuthn ceremony to run in the browser: pass `options` to
+/// `navigator.credentials.create()` or `.get()` (after decoding its base64url
+/// fields), then send the answer back with `ceremony_id`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasskeyOptions {
+    /// The ceremony (valid five minutes, used once).
+    pub ceremony_id: Uuid,
+    /// `PublicKeyCredentialCreationOptions` or `…RequestOptions` as JSON (`{"publicKey": …}`).
+    #[schema(value_type = Object)]
+    pub options: serde_json::Value,
+}
+
+/// The browser's new credential for a passkey registration.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyRegistration {
+    /// From the start.
+    pub ceremony_id: Uuid,
+    /// The `PublicKeyCredential` from `navigator.credentials.create()`, as JSON.
+    #[schema(value_type = Object)]
+    pub credential: serde_json::Value,
+    /// A name for it (default "Passkey").
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A passkey's signed answer to a sign-in or second-factor ceremony.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyAssertion {
+    /// From the start.
+    pub ceremony_id: Uuid,
+    /// The `PublicKeyCredential` from `navigator.credentials.get()`, as JSON.
+    #[schema(value_type = Object)]
+    pub credential: serde_json::Value,
+}
+
+/// Starts a passkey sign-in: with an email, for that account's passkeys;
+/// without, for any passkey the device holds for this site (discoverable).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeySignInStart {
+    /// The account's email (optional).
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// Starts a passkey as the second factor of a sign-in step.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaPasskeyStart {
+    /// The token from the first factor's 202 answer.
+    pub mfa_token: String,
+}
+
+/// A passkey as listed to its owner.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasskeyView {
+    /// Id.
+    pub id: Uuid,
+    /// The user's name for it.
+    pub name: String,
+    /// Added.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last used.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// Renames a passkey.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenamePasskey {
+    /// 1-64 characters.
+    pub name: String,
 }

@@ -778,6 +778,7 @@ async fn mfa_submit(
         mfa_token: token.to_string(),
         code: f.code.filter(|c| !c.trim().is_empty()),
         backup_code: f.backup_code.filter(|c| !c.trim().is_empty()),
+        passkey: None,
     };
     let client = crate::auth::client_info(&headers, peer);
     match guarded(&state, &headers, crate::auth::mfa::verify(&state, req, &client)).await {

@@ -141,6 +141,10 @@ impl TestAppBuilder {
         if config.public_url.as_str() == "http://127.0.0.1:0/" {
             config.public_url = format!("http://{addr}").parse().expect("url");
         }
+        // A domain name as the public URL (WebAuthn needs one): `localhost` on the bound port.
+        if config.public_url.as_str() == "http://localhost:0/" {
+            config.public_url = format!("http://localhost:{}", addr.port()).parse().expect("url");
+        }
         let options = match &self.database {
             Some(name) => cluster().admin.clone().database(name),
             None => fresh_database().await,

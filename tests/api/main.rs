@@ -23,6 +23,7 @@ mod memory;
 mod mfa;
 mod ops;
 mod orgs;
+mod passkeys;
 mod shutdown;
 mod social;
 mod storage;

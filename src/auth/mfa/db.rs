@@ -171,3 +171,16 @@ pub async fn prune_challenges(pool: &PgPool) -> Result<u64, sqlx::Error> {
         .await?
         .rows_affected())
 }
+
+/// The live step with `token_hash` without counting an attempt (to start a
+/// passkey ceremony for it).
+pub async fn live_challenge(pool: &PgPool, token_hash: &[u8], max: i32) -> Result<Option<ChallengeRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, user_id, amr FROM auth_mfa_challenges
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() AND attempts < $2",
+    )
+    .bind(token_hash)
+    .bind(max)
+    .fetch_optional(pool)
+    .await
+}

@@ -50,6 +50,9 @@ pub async fn factors(state: &AuthState, user: Uuid) -> Result<Vec<String>, ApiEr
     if db::totp(&state.pool, user).await?.is_some_and(|t| t.confirmed_at.is_some()) {
         out.push("totp".to_string());
     }
+    if super::passkeys::has_passkey(state, user).await? {
+        out.push("passkey".to_string());
+    }
     if !out.is_empty() && db::backup_codes_left(&state.pool, user).await? > 0 {
         out.push("backup_code".to_string());
     }
@@ -172,7 +175,8 @@ async fn new_backup_codes(state: &AuthState, user: Uuid) -> Result<Vec<String>, 
     Ok(codes)
 }
 
-/// Which second factor a request names: exactly one of a code and a backup code.
+/// Which second factor a request names: exactly one of a code and a backup code
+/// (a passkey is checked on its own, against its ceremony).
 enum Proof<'a> {
     Code(&'a str),
     Backup(&'a str),
@@ -182,7 +186,7 @@ fn one_proof<'a>(code: Option<&'a str>, backup: Option<&'a str>) -> Result<Proof
     match (code, backup) {
         (Some(c), None) => Ok(Proof::Code(c)),
         (None, Some(b)) => Ok(Proof::Backup(b)),
-        _ => Err(ApiError::bad_request("invalid_request", "send exactly one of `code` and `backup_code`")),
+        _ => Err(ApiError::bad_request("invalid_request", "send exactly one of `code`, `backup_code` and `passkey`")),
     }
 }
 
@@ -196,7 +200,16 @@ async fn check_proof(state: &AuthState, user: &UserRow, proof: Proof<'_>) -> Res
 
 /// Ends the second-factor step: a session whose sign-in records both factors (aal2).
 pub async fn verify(state: &AuthState, req: MfaVerifyRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
-    let proof = one_proof(req.code.as_deref(), req.backup_code.as_deref())?;
+    let proof = match &req.passkey {
+        Some(_) if req.code.is_some() || req.backup_code.is_some() => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "send exactly one of `code`, `backup_code` and `passkey`",
+            ));
+        }
+        Some(_) => None,
+        None => Some(one_proof(req.code.as_deref(), req.backup_code.as_deref())?),
+    };
     let invalid_token = || {
         ApiError::new(StatusCode::UNAUTHORIZED, "invalid_mfa_token", "this sign-in step is unknown, used up or expired")
     };
@@ -208,7 +221,12 @@ pub async fn verify(state: &AuthState, req: MfaVerifyRequest, client: &ClientInf
         .ok_or_else(invalid_token)?;
     user_budget(state, step.user_id).await?;
     let user = super::db::user_by_id(&state.pool, step.user_id).await?.ok_or_else(invalid_token)?;
-    let Some(method) = check_proof(state, &user, proof).await? else {
+    let method = match (proof, req.passkey) {
+        (Some(proof), _) => check_proof(state, &user, proof).await?,
+        (None, Some(a)) => super::passkeys::check_second_factor(state, user.id, step.id, a).await?.then_some("passkey"),
+        (None, None) => None,
+    };
+    let Some(method) = method else {
         audit::record(
             &state.pool,
             "anonymous",
@@ -239,7 +257,7 @@ pub async fn verify(state: &AuthState, req: MfaVerifyRequest, client: &ClientInf
 
 /// The session behind a principal (sessions, and access tokens of one): second
 /// factors are managed from a signed-in session, not with a service key.
-fn session_of(p: &Principal) -> Result<(Uuid, Uuid), ApiError> {
+pub(crate) fn session_of(p: &Principal) -> Result<(Uuid, Uuid), ApiError> {
     match p {
         Principal::User { user_id, session_id, act: None, .. } => Ok((*user_id, *session_id)),
         Principal::User { .. } => Err(ApiError::forbidden("an impersonated session cannot change second factors")),
@@ -317,7 +335,7 @@ pub async fn confirm_totp(state: &AuthState, p: &Principal, code: &str) -> Resul
 }
 
 /// 403 `reauthentication_required` unless the session proved its user recently.
-async fn require_recent(state: &AuthState, session: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn require_recent(state: &AuthState, session: Uuid) -> Result<(), ApiError> {
     if super::db::recently_authenticated(&state.pool, session, REAUTH_WINDOW).await? {
         return Ok(());
     }
@@ -356,7 +374,7 @@ pub async fn remove_totp(state: &AuthState, p: &Principal) -> Result<(), ApiErro
 pub async fn regenerate_backup_codes(state: &AuthState, p: &Principal) -> Result<BackupCodes, ApiError> {
     let (user_id, session) = session_of(p)?;
     require_recent(state, session).await?;
-    if db::totp(&state.pool, user_id).await?.is_none_or(|t| t.confirmed_at.is_none()) {
+    if factors(state, user_id).await?.is_empty() {
         return Err(ApiError::conflict("no_second_factor", "enrol a second factor before making backup codes"));
     }
     let codes = new_backup_codes(state, user_id).await?;
@@ -398,9 +416,11 @@ pub async fn reauthenticate(
     Ok(())
 }
 
-/// Removes every second factor of `user` (an admin's reset; the caller audits).
+/// Removes every second factor of `user`: the authenticator app, backup codes and
+/// passkeys (an admin's reset for a user who lost them; the caller audits).
 pub async fn reset(state: &AuthState, user: Uuid) -> Result<bool, ApiError> {
     let had = db::delete_totp(&state.pool, user).await?;
     let codes = db::delete_backup_codes(&state.pool, user).await?;
-    Ok(had || codes > 0)
+    let keys = super::passkeys::db::delete_all(&state.pool, user).await?;
+    Ok(had || codes > 0 || keys > 0)
 }

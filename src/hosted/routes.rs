@@ -1,7 +1,10 @@
 //! Server-rendered auth pages under `/auth/`: sign-in, sign-up, magic link (request,
 //! sent, confirm), forgot and reset password, verify email. After success they
 //! redirect to an allow-listed `redirect_url` (never elsewhere). Pages carry a
-//! strict CSP, `no-referrer` (their URLs can hold single-use tokens) and deny framing.
+//! strict CSP, `same-origin` referrers (their URLs can hold single-use tokens,
+//! which must not reach another site; `no-referrer` would make browsers send
+//! `Origin: null` on the pages' own form posts, failing the login-CSRF check)
+//! and deny framing.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -36,6 +39,9 @@ where
         .route("/auth/verify-email", get(verify_email_page))
         .route("/auth/signed-in", get(signed_in_page))
         .route("/auth/mfa", get(mfa_page).post(mfa_submit))
+        .route("/auth/assets/passkey.js", get(passkey_js))
+        .route("/auth/mfa/passkey", axum::routing::post(mfa_passkey_start))
+        .route("/auth/mfa/passkey/finish", axum::routing::post(mfa_passkey_finish))
         .route("/auth/social/{provider}", get(social_start))
         .route("/auth/social/{provider}/callback", get(social_callback_get).post(social_callback_post))
         .merge(super::account::routes())
@@ -84,7 +90,18 @@ pub(crate) struct Page {
     pub(crate) form: Option<PageForm>,
     pub(crate) more: Vec<PageForm>,
     pub(crate) buttons: Vec<(String, String)>,
+    pub(crate) passkeys: Vec<PasskeyButton>,
     pub(crate) links: Vec<(String, String)>,
+}
+
+/// A button that runs a WebAuthn ceremony (`assets/auth/passkey.js`), then goes to `next`.
+pub(crate) struct PasskeyButton {
+    /// `sign-in`, `register` or `second-factor`.
+    pub(crate) kind: &'static str,
+    pub(crate) label: &'static str,
+    pub(crate) next: String,
+    /// Ask for a name first (registration).
+    pub(crate) named: bool,
 }
 
 impl Page {
@@ -99,17 +116,40 @@ impl Page {
             form: None,
             more: Vec::new(),
             buttons: Vec::new(),
+            passkeys: Vec::new(),
             links: Vec::new(),
         }
     }
-    /// The page as a response.
+    /// The page as a response (allowed to run the passkey script when it has
+    /// passkey buttons).
     pub(crate) fn respond(self, status: StatusCode) -> Response {
-        html_page(status, self.render())
+        let scripted = !self.passkeys.is_empty();
+        let mut res = html_page(status, self.render());
+        if scripted {
+            res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(SCRIPTED_CSP));
+        }
+        res
     }
 }
 
+/// The CSP of a page with passkey buttons: the same, plus this origin's scripts
+/// (only `/auth/assets/passkey.js`) and requests to this origin.
+const SCRIPTED_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \
+    img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The passkey script of the hosted pages.
+const PASSKEY_JS: &str = include_str!("../../assets/auth/passkey.js");
+
+async fn passkey_js() -> Response {
+    let mut res = PASSKEY_JS.into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    res.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res
+}
+
 /// A rendered page as the response: HTML with a strict CSP (no scripts, forms
-/// only to this origin), `no-referrer`, no framing and no caching.
+/// only to this origin), referrers only to this origin, no framing and no caching.
 pub fn html_page(status: StatusCode, rendered: Result<String, askama::Error>) -> Response {
     let html = match rendered {
         Ok(h) => h,
@@ -124,7 +164,7 @@ pub fn html_page(status: StatusCode, rendered: Result<String, askama::Error>) ->
             "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
@@ -259,6 +299,14 @@ async fn sign_in_page(State(state): State<Arc<AuthState>>, Query(q): Query<PageQ
         Ok(r) => {
             let mut p = sign_in_form(r.as_deref(), "");
             p.buttons = social_buttons(&state, r.as_deref()).await;
+            if state.webauthn.is_some() {
+                p.passkeys.push(PasskeyButton {
+                    kind: "sign-in",
+                    label: "Sign in with a passkey",
+                    next: r.clone().unwrap_or_else(|| "/auth/signed-in".into()),
+                    named: false,
+                });
+            }
             p.respond(StatusCode::OK)
         }
         Err(e) => bad_redirect(e),
@@ -745,10 +793,19 @@ async fn mfa_page(State(state): State<Arc<AuthState>>, headers: HeaderMap, Query
         Ok(r) => r,
         Err(e) => return bad_redirect(e),
     };
-    if crate::auth::cookie_value(&headers, MFA_COOKIE).is_none() {
+    let Some(token) = crate::auth::cookie_value(&headers, MFA_COOKIE) else {
         return mfa_expired(redirect.as_deref(), StatusCode::BAD_REQUEST, "this sign-in has expired".into());
+    };
+    let mut p = mfa_form(redirect.as_deref());
+    if crate::auth::mfa::step_factors(&state, token).await.unwrap_or_default().iter().any(|f| f == "passkey") {
+        p.passkeys.push(PasskeyButton {
+            kind: "second-factor",
+            label: "Use a passkey",
+            next: redirect.clone().unwrap_or_else(|| "/auth/signed-in".into()),
+            named: false,
+        });
     }
-    mfa_form(redirect.as_deref()).respond(StatusCode::OK)
+    p.respond(StatusCode::OK)
 }
 
 #[derive(Debug, Deserialize)]
@@ -797,4 +854,41 @@ async fn mfa_submit(
             p.respond(e.status)
         }
     }
+}
+
+/// The passkey second factor from the hosted page: the step's token is in the
+/// HttpOnly cookie, so the page's script asks here.
+async fn mfa_passkey_start(State(state): State<Arc<AuthState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    crate::auth::check_login_origin(&state, &headers)?;
+    let token = crate::auth::cookie_value(&headers, MFA_COOKIE)
+        .ok_or_else(|| ApiError::unauthorized("this sign-in has expired").with_code("invalid_mfa_token"))?;
+    let options = crate::auth::passkeys::start_second_factor(&state, token).await?;
+    Ok(crate::error::ApiJson(options).into_response())
+}
+
+/// Finishes the hosted passkey second factor: the session cookie, the step's cleared.
+async fn mfa_passkey_finish(
+    State(state): State<Arc<AuthState>>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    crate::error::ApiJson(a): crate::error::ApiJson<crate::auth::types::PasskeyAssertion>,
+) -> Result<Response, ApiError> {
+    crate::auth::check_login_origin(&state, &headers)?;
+    let token = crate::auth::cookie_value(&headers, MFA_COOKIE)
+        .ok_or_else(|| ApiError::unauthorized("this sign-in has expired").with_code("invalid_mfa_token"))?;
+    let req = crate::auth::types::MfaVerifyRequest {
+        mfa_token: token.to_string(),
+        code: None,
+        backup_code: None,
+        passkey: Some(a),
+    };
+    let body = crate::auth::mfa::verify(&state, req, &crate::auth::client_info(&headers, peer)).await?;
+    let mut res = crate::error::ApiJson(serde_json::json!({"signed_in": true})).into_response();
+    let max_age = state.config.session_ttl.as_secs() as i64;
+    res.headers_mut().insert(header::SET_COOKIE, crate::auth::session_cookie(&state, &body.session_token, max_age));
+    if let Ok(v) = HeaderValue::from_str(&format!("{MFA_COOKIE}=; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=0")) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
 }

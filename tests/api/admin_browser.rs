@@ -11,7 +11,7 @@ use crate::admin::make_admin;
 use crate::harness::{TestApp, sign_up};
 
 /// The Python of the Playwright install `scripts/bootstrap` made.
-fn playwright_python() -> PathBuf {
+pub fn playwright_python() -> PathBuf {
     let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools");
     std::fs::read_dir(&tools)
         .ok()

@@ -24,6 +24,7 @@ mod mfa;
 mod ops;
 mod orgs;
 mod passkeys;
+mod passkeys_browser;
 mod shutdown;
 mod social;
 mod storage;

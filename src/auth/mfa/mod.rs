@@ -85,6 +85,17 @@ pub async fn challenge(
     Ok(MfaChallenge { status: "needs_second_factor", mfa_token: token, factors, expires_at })
 }
 
+/// The second factors of the live step `token` names (none when it is not live).
+pub async fn step_factors(state: &AuthState, token: &str) -> Result<Vec<String>, ApiError> {
+    if token.len() > 128 {
+        return Ok(Vec::new());
+    }
+    match db::live_challenge(&state.pool, &tokens::hash_token(token), CHALLENGE_ATTEMPTS).await? {
+        Some(step) => factors(state, step.user_id).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Counts a second-factor attempt for `user`; 429 past the budget.
 async fn user_budget(state: &AuthState, user: Uuid) -> Result<(), ApiError> {
     let n = super::db::hit_window(&state.pool, &format!("mfa-user:{user}"), USER_WINDOW).await?;

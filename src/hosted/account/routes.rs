@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use super::super::routes::{Page, PageForm, field};
+use super::super::routes::{Page, PageForm, PasskeyButton, field};
 use crate::auth::service::{self, Principal, Via};
 use crate::auth::types::ReauthRequest;
 use crate::auth::{AuthState, SESSION_COOKIE, mfa};
@@ -31,6 +31,8 @@ where
         .route("/auth/account/totp/remove", post(totp_remove))
         .route("/auth/account/backup-codes", post(backup_codes))
         .route("/auth/account/link/{provider}", post(link))
+        .route("/auth/account/passkeys/{id}/rename", post(passkey_rename))
+        .route("/auth/account/passkeys/{id}/delete", post(passkey_delete))
         .route("/auth/account/unlink/{id}", post(unlink))
 }
 
@@ -99,6 +101,23 @@ async fn overview(state: &AuthState, p: &Principal) -> Result<Page, ApiError> {
         page.form = Some(PageForm::button("/auth/account/totp", Vec::new(), "Set up an authenticator app"));
     }
     let user = service::require_user(p)?;
+    if state.webauthn.is_some() {
+        for k in crate::auth::passkeys::list(state, user).await? {
+            page.more.push(PageForm {
+                action: format!("/auth/account/passkeys/{}/rename", k.id),
+                hidden: Vec::new(),
+                fields: vec![field("name", "Passkey name", "text", "off", &k.name)],
+                submit: "Rename".into(),
+            });
+            page.more.push(PageForm {
+                action: format!("/auth/account/passkeys/{}/delete", k.id),
+                hidden: Vec::new(),
+                fields: proof_fields(),
+                submit: format!("Delete passkey {}", k.name),
+            });
+        }
+        page.passkeys.push(PasskeyButton { kind: "register", label: "Add a passkey", next: HERE.into(), named: true });
+    }
     let linked = crate::auth::social::identities(state, user).await?;
     for i in &linked {
         let who = i.email.clone().unwrap_or_else(|| i.subject.clone());
@@ -278,4 +297,53 @@ async fn unlink(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id
         }
         Err(e) => failure(e),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct NameForm {
+    name: String,
+}
+
+async fn passkey_rename(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<NameForm>,
+) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Ok(id) = uuid::Uuid::parse_str(&id) else { return failure(ApiError::not_found("no such passkey")) };
+    match crate::auth::passkeys::rename(&state, &p, id, &f.name).await {
+        Ok(_) => back_here(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn passkey_delete(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ProofForm>,
+) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Ok(id) = uuid::Uuid::parse_str(&id) else { return failure(ApiError::not_found("no such passkey")) };
+    let done = async {
+        reauthenticate(&state, &p, &headers, f.proof).await?;
+        crate::auth::passkeys::delete(&state, &p, id).await
+    };
+    match done.await {
+        Ok(()) => back_here(),
+        Err(e) => failure(e),
+    }
+}
+
+fn back_here() -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(HERE));
+    res
 }

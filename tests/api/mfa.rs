@@ -50,6 +50,20 @@ pub fn claims(jwt: &str) -> Value {
     serde_json::from_slice(&B64URL.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap()
 }
 
+/// The token of the last mail to `to` whose link goes to `path`.
+async fn mailed_token(app: &TestApp, to: &str, path: &str) -> String {
+    let body: String = sqlx::query_scalar(
+        "SELECT body FROM mail_outbox WHERE to_addr = $1 AND body LIKE '%' || $2 || '%' ORDER BY id DESC LIMIT 1",
+    )
+    .bind(to)
+    .bind(path)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let rest = body.split("token=").nth(1).expect("a token in the mail");
+    rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect()
+}
+
 async fn sign_in(app: &TestApp, email: &str) -> reqwest::Response {
     app.call(Method::POST, "/v1/auth/sign-in").json(&json!({"email": email, "password": PW})).send().await
 }
@@ -189,19 +203,7 @@ async fn every_sign_in_path_stops_at_the_second_factor() {
     // Magic link: the mailed token leads to the second-factor step, not a session.
     let r = app.call(Method::POST, "/v1/auth/magic-link").json(&json!({"email": "paths@example.com"})).send().await;
     assert_eq!(r.status(), 202);
-    let body: String = sqlx::query_scalar(
-        "SELECT body FROM mail_outbox WHERE to_addr = 'paths@example.com' AND body LIKE '%magic-link%' ORDER BY id DESC LIMIT 1",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    let token: String = body
-        .split("token=")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .collect();
+    let token = mailed_token(&app, "paths@example.com", "magic-link").await;
     let r = app.call(Method::POST, "/v1/auth/magic-link/verify").json(&json!({"token": token})).send().await;
     assert_eq!(r.status(), 202);
     assert!(r.headers().get("set-cookie").is_none());
@@ -219,19 +221,7 @@ async fn every_sign_in_path_stops_at_the_second_factor() {
     let r =
         app.call(Method::POST, "/v1/auth/password/forgot").json(&json!({"email": "paths@example.com"})).send().await;
     assert_eq!(r.status(), 202);
-    let body: String = sqlx::query_scalar(
-        "SELECT body FROM mail_outbox WHERE to_addr = 'paths@example.com' AND body LIKE '%reset-password%' ORDER BY id DESC LIMIT 1",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    let token: String = body
-        .split("token=")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .collect();
+    let token = mailed_token(&app, "paths@example.com", "reset-password").await;
     let r = app
         .call(Method::POST, "/v1/auth/password/reset")
         .json(&json!({"token": token, "new_password": "another strong passphrase"}))

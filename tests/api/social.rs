@@ -131,6 +131,37 @@ fn pkce() -> (String, String) {
     (verifier, challenge)
 }
 
+/// Starts linking `local` to the account of `session` (app flow) and walks the
+/// browser through the provider: the code the app receives and its verifier.
+async fn link_code(app: &TestApp, b: &Browser, session: &str) -> (String, String) {
+    let (verifier, challenge) = pkce();
+    let (s, started) = app
+        .post_as(
+            "/v1/me/identities/local/start",
+            session,
+            &json!({"redirect_url": "/auth/signed-in", "code_challenge": challenge, "code_challenge_method": "S256"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{started}");
+    let auth_url = started["authorization_url"].as_str().unwrap();
+    assert!(
+        auth_url.contains("code_challenge_method=S256")
+            && auth_url.contains("nonce=")
+            && !auth_url.contains(&challenge)
+    );
+    let back = b.walk(auth_url, |u| u.path() == "/auth/signed-in").await;
+    let code = back.url.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.to_string()).expect("code");
+    (code, verifier)
+}
+
+async fn exchange_link(app: &TestApp, session: &str, code: &str, verifier: &str) -> reqwest::Response {
+    app.call(Method::POST, "/v1/me/identities/exchange")
+        .by(session)
+        .json(&json!({"code": code, "code_verifier": verifier}))
+        .send()
+        .await
+}
+
 fn claims(jwt: &str) -> Value {
     serde_json::from_slice(&B64URL.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap()
 }
@@ -335,7 +366,7 @@ async fn linking_never_takes_over_an_account() {
 
     // The owner of the attacked address signs in to their account and links from there
     // (the app flow: our own PKCE between the app and Carmenta).
-    let (verifier, challenge) = pkce();
+    let (_, challenge) = pkce();
     let r = app
         .call(Method::POST, "/v1/me/identities/local/start")
         .by(&attacker.session)
@@ -345,97 +376,29 @@ async fn linking_never_takes_over_an_account() {
         .send()
         .await;
     assert_eq!(envelope(r).await.1, "pkce_s256_required");
-    let (s, started) = app
-        .post_as(
-            "/v1/me/identities/local/start",
-            &attacker.session,
-            &json!({"redirect_url": "/auth/signed-in", "code_challenge": challenge, "code_challenge_method": "S256"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{started}");
-    let auth_url = started["authorization_url"].as_str().unwrap();
-    assert!(
-        auth_url.contains("code_challenge_method=S256")
-            && auth_url.contains("nonce=")
-            && !auth_url.contains(&challenge)
-    );
     op.next_login("sub-victim", json!({"email": "victim@example.com", "email_verified": true})).await;
     let b = Browser::new();
-    let back = b.walk(auth_url, |u| u.path() == "/auth/signed-in").await;
-    let code = back.url.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.to_string()).expect("code");
+    let (code, verifier) = link_code(&app, &b, &attacker.session).await;
     // Someone else's session cannot finish it, even with the right verifier (and the
     // code is single-use: that attempt spent it).
-    let r = app
-        .call(Method::POST, "/v1/me/identities/exchange")
-        .by(&bob.session)
-        .json(&json!({"code": code, "code_verifier": verifier}))
-        .send()
-        .await;
-    assert_eq!(envelope(r).await.1, "invalid_grant");
-    let r = app
-        .call(Method::POST, "/v1/me/identities/exchange")
-        .by(&attacker.session)
-        .json(&json!({"code": code, "code_verifier": verifier}))
-        .send()
-        .await;
-    assert_eq!(envelope(r).await.1, "invalid_grant");
+    assert_eq!(envelope(exchange_link(&app, &bob.session, &code, &verifier).await).await.1, "invalid_grant");
+    assert_eq!(envelope(exchange_link(&app, &attacker.session, &code, &verifier).await).await.1, "invalid_grant");
     // Nor does a wrong verifier.
-    let (_, challenge) = pkce();
-    let (_, started) = app
-        .post_as(
-            "/v1/me/identities/local/start",
-            &attacker.session,
-            &json!({"redirect_url": "/auth/signed-in", "code_challenge": challenge, "code_challenge_method": "S256"}),
-        )
-        .await;
-    let back = b.walk(started["authorization_url"].as_str().unwrap(), |u| u.path() == "/auth/signed-in").await;
-    let code = back.url.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.to_string()).unwrap();
-    let (wrong_v, _) = pkce();
-    let r = app
-        .call(Method::POST, "/v1/me/identities/exchange")
-        .by(&attacker.session)
-        .json(&json!({"code": code, "code_verifier": wrong_v}))
-        .send()
-        .await;
-    assert_eq!(envelope(r).await.1, "invalid_grant");
-    let (verifier2, challenge) = pkce();
-    let (_, started) = app
-        .post_as(
-            "/v1/me/identities/local/start",
-            &attacker.session,
-            &json!({"redirect_url": "/auth/signed-in", "code_challenge": challenge, "code_challenge_method": "S256"}),
-        )
-        .await;
-    let back = b.walk(started["authorization_url"].as_str().unwrap(), |u| u.path() == "/auth/signed-in").await;
-    let code = back.url.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.to_string()).unwrap();
-    let (s, linked) = app
-        .post_as("/v1/me/identities/exchange", &attacker.session, &json!({"code": code, "code_verifier": verifier2}))
-        .await;
-    assert_eq!(s, 201, "{linked}");
+    let (code, _) = link_code(&app, &b, &attacker.session).await;
+    let (wrong, _) = pkce();
+    assert_eq!(envelope(exchange_link(&app, &attacker.session, &code, &wrong).await).await.1, "invalid_grant");
+    let (code, verifier) = link_code(&app, &b, &attacker.session).await;
+    let r = exchange_link(&app, &attacker.session, &code, &verifier).await;
+    assert_eq!(r.status(), 201);
+    let linked: Value = r.json().await.unwrap();
     // The identity now signs in to that account; it cannot be linked to another.
     let (_, landed) =
         hosted_sign_in(&app, &op, "sub-victim", json!({"email": "victim@example.com", "email_verified": true})).await;
     let (_, me) = app.get_as("/v1/me", &session_of(&landed).unwrap()).await;
     assert_eq!(me["id"], attacker.id.to_string());
-    let (verifier, challenge) = pkce();
-    let (_, started) = app
-        .post_as(
-            "/v1/me/identities/local/start",
-            &bob.session,
-            &json!({"redirect_url": "/auth/signed-in", "code_challenge": challenge, "code_challenge_method": "S256"}),
-        )
-        .await;
     op.next_login("sub-victim", json!({"email": "victim@example.com", "email_verified": true})).await;
-    let back =
-        Browser::new().walk(started["authorization_url"].as_str().unwrap(), |u| u.path() == "/auth/signed-in").await;
-    let code = back.url.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.to_string()).unwrap();
-    let r = app
-        .call(Method::POST, "/v1/me/identities/exchange")
-        .by(&bob.session)
-        .json(&json!({"code": code, "code_verifier": verifier}))
-        .send()
-        .await;
-    assert_eq!(envelope(r).await.1, "identity_taken");
+    let (code, verifier) = link_code(&app, &Browser::new(), &bob.session).await;
+    assert_eq!(envelope(exchange_link(&app, &bob.session, &code, &verifier).await).await.1, "identity_taken");
 
     // Unlinking: another user's identity is a 404; a social-only account keeps its last way in.
     let ident = linked["id"].as_str().unwrap();

@@ -51,7 +51,8 @@ async fn register_start(
 /// Finish registering a passkey with the browser's new credential.
 #[utoipa::path(post, path = "/v1/me/passkeys/register/finish", tag = "auth", request_body = PasskeyRegistration,
     responses((status = 201, body = PasskeyView), (status = 400, description = "invalid_ceremony, invalid_credential"),
-        (status = 401, description = "passkey_rejected"), (status = 409, description = "passkey_exists")))]
+        (status = 401, description = "passkey_rejected"), (status = 409, description = "passkey_exists"),
+        (status = 503, description = "passkeys_unavailable")))]
 async fn register_finish(
     State(state): State<Arc<AuthState>>,
     Caller(p): Caller,
@@ -89,7 +90,8 @@ async fn remove(
 
 /// Start a passkey sign-in (with an email, or discoverable without one).
 #[utoipa::path(post, path = "/v1/auth/passkey", tag = "auth", request_body = PasskeySignInStart,
-    responses((status = 200, body = PasskeyOptions), (status = 422, description = "invalid_email"), (status = 503, description = "passkeys_unavailable")))]
+    responses((status = 200, body = PasskeyOptions), (status = 422, description = "invalid_email"), (status = 429, description = "rate_limited"),
+        (status = 503, description = "passkeys_unavailable")))]
 async fn sign_in_start(
     State(state): State<Arc<AuthState>>,
     _budget: AddressBudget,
@@ -101,7 +103,8 @@ async fn sign_in_start(
 /// Finish a passkey sign-in; answers with a session (two factors: `aal2`).
 #[utoipa::path(post, path = "/v1/auth/passkey/finish", tag = "auth", request_body = PasskeyAssertion,
     responses((status = 200, body = AuthResponse), (status = 400, description = "invalid_ceremony, invalid_credential"),
-        (status = 401, description = "passkey_rejected")))]
+        (status = 401, description = "passkey_rejected"), (status = 429, description = "rate_limited"),
+        (status = 503, description = "passkeys_unavailable")))]
 async fn sign_in_finish(
     State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
@@ -119,7 +122,8 @@ async fn sign_in_finish(
 /// Start a passkey as the second factor of a sign-in step; send its answer as
 /// `passkey` to `POST /v1/auth/mfa/verify`.
 #[utoipa::path(post, path = "/v1/auth/mfa/passkey", tag = "auth", request_body = MfaPasskeyStart,
-    responses((status = 200, body = PasskeyOptions), (status = 400, description = "no_passkey"), (status = 401, description = "invalid_mfa_token")))]
+    responses((status = 200, body = PasskeyOptions), (status = 400, description = "no_passkey"), (status = 401, description = "invalid_mfa_token"),
+        (status = 503, description = "passkeys_unavailable")))]
 async fn second_factor_start(
     State(state): State<Arc<AuthState>>,
     ApiJson(req): ApiJson<MfaPasskeyStart>,

@@ -196,11 +196,7 @@ async fn totp_confirm(State(state): State<Arc<AuthState>>, headers: HeaderMap, F
         Err(r) => return r,
     };
     match mfa::confirm_totp(&state, &p, &f.code).await {
-        Ok(b) if b.codes.is_empty() => {
-            let mut res = StatusCode::SEE_OTHER.into_response();
-            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(HERE));
-            res
-        }
+        Ok(b) if b.codes.is_empty() => back_here(),
         Ok(b) => codes_page(b.codes, "Your authenticator app is on.").respond(StatusCode::OK),
         Err(e) if e.code == "invalid_code" => {
             // A wrong code: enrol again with a fresh secret rather than show the old one.
@@ -240,11 +236,7 @@ async fn totp_remove(State(state): State<Arc<AuthState>>, headers: HeaderMap, Fo
         mfa::remove_totp(&state, &p).await
     };
     match done.await {
-        Ok(()) => {
-            let mut res = StatusCode::SEE_OTHER.into_response();
-            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(HERE));
-            res
-        }
+        Ok(()) => back_here(),
         Err(e) => failure(e),
     }
 }
@@ -290,11 +282,7 @@ async fn unlink(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id
         crate::auth::social::unlink(&state, user, id, &p.actor()).await
     };
     match done.await {
-        Ok(()) => {
-            let mut res = StatusCode::SEE_OTHER.into_response();
-            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(HERE));
-            res
-        }
+        Ok(()) => back_here(),
         Err(e) => failure(e),
     }
 }

@@ -36,7 +36,7 @@ pub struct ApiDoc;
 
 /// Operations of the JSON API anyone may call (no credentials). The browser
 /// routes (`/auth/…` hosted pages, `/oauth/…` connect flow) are all public too.
-const PUBLIC: [&str; 13] = [
+const PUBLIC: [&str; 20] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -47,6 +47,13 @@ const PUBLIC: [&str; 13] = [
     "/v1/auth/password/forgot",
     "/v1/auth/password/reset",
     "/v1/auth/verify-email",
+    "/v1/auth/mfa/verify",
+    "/v1/auth/mfa/passkey",
+    "/v1/auth/passkey",
+    "/v1/auth/passkey/finish",
+    "/v1/auth/social/providers",
+    "/v1/auth/social/{provider}/start",
+    "/v1/auth/social/exchange",
     "/.well-known/jwks.json",
     "/.well-known/openid-configuration",
     "/v1/webhooks/clerk",

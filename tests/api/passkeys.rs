@@ -251,11 +251,12 @@ async fn a_passkey_is_a_second_factor_after_a_password() {
 
 #[tokio::test]
 async fn passkeys_need_a_domain_and_the_last_way_in_stays() {
-    // An IP-address public URL cannot be a relying party: a clear 503.
+    // An IP-address public URL cannot be a relying party: a clear 409 passkeys_unavailable.
     let ip_app = TestApp::spawn().await;
     let u = sign_up(&ip_app, "ip@example.com").await;
     let r = ip_app.call(Method::POST, "/v1/me/passkeys/register").by(&u.session).json(&json!({})).send().await;
-    assert_eq!(envelope(r).await.1, "passkeys_unavailable");
+    let (status, code, _, _) = envelope(r).await;
+    assert_eq!((status, code.as_str()), (409, "passkeys_unavailable"));
 
     // A passkey-only account (password removed) keeps its last passkey.
     let app = app().await;

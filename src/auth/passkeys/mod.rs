@@ -48,7 +48,7 @@ pub fn relying_party(config: &Config) -> Option<Webauthn> {
 fn rp(state: &AuthState) -> Result<&Webauthn, ApiError> {
     state.webauthn.as_deref().ok_or_else(|| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::CONFLICT,
             "passkeys_unavailable",
             "passkeys need a public URL with a domain name (CARMENTA_PUBLIC_URL), not an IP address",
         )

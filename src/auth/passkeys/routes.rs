@@ -40,7 +40,7 @@ async fn list(State(state): State<Arc<AuthState>>, Caller(p): Caller) -> Result<
 
 /// Start registering a passkey: options for `navigator.credentials.create()`.
 #[utoipa::path(post, path = "/v1/me/passkeys/register", tag = "auth",
-    responses((status = 200, body = PasskeyOptions), (status = 401), (status = 503, description = "passkeys_unavailable")))]
+    responses((status = 200, body = PasskeyOptions), (status = 401), (status = 409, description = "passkeys_unavailable")))]
 async fn register_start(
     State(state): State<Arc<AuthState>>,
     Caller(p): Caller,
@@ -52,7 +52,7 @@ async fn register_start(
 #[utoipa::path(post, path = "/v1/me/passkeys/register/finish", tag = "auth", request_body = PasskeyRegistration,
     responses((status = 201, body = PasskeyView), (status = 400, description = "invalid_ceremony, invalid_credential"),
         (status = 401, description = "passkey_rejected"), (status = 409, description = "passkey_exists"),
-        (status = 503, description = "passkeys_unavailable")))]
+        (status = 409, description = "passkeys_unavailable")))]
 async fn register_finish(
     State(state): State<Arc<AuthState>>,
     Caller(p): Caller,
@@ -91,7 +91,7 @@ async fn remove(
 /// Start a passkey sign-in (with an email, or discoverable without one).
 #[utoipa::path(post, path = "/v1/auth/passkey", tag = "auth", request_body = PasskeySignInStart,
     responses((status = 200, body = PasskeyOptions), (status = 422, description = "invalid_email"), (status = 429, description = "rate_limited"),
-        (status = 503, description = "passkeys_unavailable")))]
+        (status = 409, description = "passkeys_unavailable")))]
 async fn sign_in_start(
     State(state): State<Arc<AuthState>>,
     _budget: AddressBudget,
@@ -104,7 +104,7 @@ async fn sign_in_start(
 #[utoipa::path(post, path = "/v1/auth/passkey/finish", tag = "auth", request_body = PasskeyAssertion,
     responses((status = 200, body = AuthResponse), (status = 400, description = "invalid_ceremony, invalid_credential"),
         (status = 401, description = "passkey_rejected"), (status = 429, description = "rate_limited"),
-        (status = 503, description = "passkeys_unavailable")))]
+        (status = 409, description = "passkeys_unavailable")))]
 async fn sign_in_finish(
     State(state): State<Arc<AuthState>>,
     Peer(peer): Peer,
@@ -123,7 +123,7 @@ async fn sign_in_finish(
 /// `passkey` to `POST /v1/auth/mfa/verify`.
 #[utoipa::path(post, path = "/v1/auth/mfa/passkey", tag = "auth", request_body = MfaPasskeyStart,
     responses((status = 200, body = PasskeyOptions), (status = 400, description = "no_passkey"), (status = 401, description = "invalid_mfa_token"),
-        (status = 503, description = "passkeys_unavailable")))]
+        (status = 409, description = "passkeys_unavailable")))]
 async fn second_factor_start(
     State(state): State<Arc<AuthState>>,
     ApiJson(req): ApiJson<MfaPasskeyStart>,

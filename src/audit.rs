@@ -2,12 +2,12 @@
 //! sign-in success and failure, sign-out, password change, session revocation,
 //! service key creation and use on behalf of a user).
 
-use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Writes one audit row; the current request id is attached automatically.
+/// Writes one audit row (through the pool, or inside the caller's transaction);
+/// the current request id is attached automatically.
 pub async fn record(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     actor: &str,
     on_behalf_of: Option<Uuid>,
     action: &str,
@@ -15,5 +15,5 @@ pub async fn record(
     detail: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     let request_id = crate::error::current_request_id();
-    crate::db::shared::insert_audit(pool, actor, on_behalf_of, action, target, &request_id, detail).await
+    crate::db::shared::insert_audit(db, actor, on_behalf_of, action, target, &request_id, detail).await
 }

@@ -36,7 +36,7 @@ pub struct ApiDoc;
 
 /// Operations of the JSON API anyone may call (no credentials). The browser
 /// routes (`/auth/…` hosted pages, `/oauth/…` connect flow) are all public too.
-const PUBLIC: [&str; 20] = [
+const PUBLIC: [&str; 22] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -54,6 +54,8 @@ const PUBLIC: [&str; 20] = [
     "/v1/auth/social/providers",
     "/v1/auth/social/{provider}/start",
     "/v1/auth/social/exchange",
+    "/v1/invitations/preview",
+    "/v1/invitations/sign-up",
     "/.well-known/jwks.json",
     "/.well-known/openid-configuration",
     "/v1/webhooks/clerk",

@@ -17,5 +17,5 @@ pub mod tokens;
 pub mod types;
 
 pub use routes::{ACT_AS_HEADER, Caller, CurrentUser, Peer, SESSION_COOKIE, routes};
-pub(crate) use routes::{check_login_origin, client_info, cookie_value, session_cookie};
+pub(crate) use routes::{check_login_origin, client_info, cookie_value, session_cookie, with_session};
 pub use service::{AuthState, Principal, Via};

@@ -462,6 +462,18 @@ pub async fn open_session(
 
 /// Creates an account with email and password and signs it in.
 pub async fn sign_up(state: &AuthState, req: SignUpRequest, client: &ClientInfo) -> Result<AuthResponse, ApiError> {
+    create_account(state, req, client, false).await
+}
+
+/// Creates an account and signs it in. With `email_proven` (the caller holds a
+/// token that was mailed to the address, such as an invitation) the email counts
+/// as verified and no verification mail is sent.
+pub async fn create_account(
+    state: &AuthState,
+    req: SignUpRequest,
+    client: &ClientInfo,
+    email_proven: bool,
+) -> Result<AuthResponse, ApiError> {
     let email = validate_email(&req.email)?;
     password::check_policy(&req.password, &email, state.config.password_min_length).map_err(policy_error)?;
     check_name(req.name.as_deref())?;
@@ -482,10 +494,15 @@ pub async fn sign_up(state: &AuthState, req: SignUpRequest, client: &ClientInfo)
         Some(user.id),
         "auth.sign_up",
         None,
-        serde_json::json!({"ip": client.ip}),
+        serde_json::json!({"ip": client.ip, "email_proven": email_proven}),
     )
     .await?;
-    super::email::send_verification(state, &user).await?;
+    let user = if email_proven {
+        db::mark_email_verified(&state.pool, user.id, &email).await?.unwrap_or(user)
+    } else {
+        super::email::send_verification(state, &user).await?;
+        user
+    };
     start_session(state, user, client, &tokens::SessionAuth::single("pwd")).await
 }
 

@@ -10,7 +10,7 @@ use crate::crypto::Keyring;
 
 /// Writes one audit row.
 pub async fn insert_audit(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     actor: &str,
     on_behalf_of: Option<Uuid>,
     action: &str,
@@ -28,7 +28,7 @@ pub async fn insert_audit(
     .bind(target)
     .bind(request_id)
     .bind(detail)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

@@ -45,6 +45,7 @@ where
         .route("/auth/social/{provider}", get(social_start))
         .route("/auth/social/{provider}/callback", get(social_callback_get).post(social_callback_post))
         .merge(super::account::routes())
+        .merge(super::orgs::routes())
 }
 
 /// Cookie binding a social sign-in to the browser that started it.

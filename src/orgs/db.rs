@@ -2,7 +2,7 @@
 //! (custom ones; every role's permissions through the `org_role_permissions`
 //! view), invitations.
 
-use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -49,34 +49,37 @@ pub fn slug_taken(e: &sqlx::Error) -> bool {
 
 /// Creates an organization with `owner` as its owner.
 pub async fn create(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     owner: Uuid,
     name: &str,
     slug: &str,
     image_url: Option<&str>,
 ) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::now_v7();
-    let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO organizations (id, name, slug, image_url, created_by) VALUES ($1, $2, $3, $4, $5)")
         .bind(id)
         .bind(name)
         .bind(slug)
         .bind(image_url)
         .bind(owner)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, 'org:owner')")
         .bind(id)
         .bind(owner)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-    tx.commit().await?;
     Ok(id)
+}
+
+/// An organization's name.
+pub async fn org_name(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1").bind(id).fetch_optional(pool).await
 }
 
 /// Changes name, slug and image (each when given).
 pub async fn update(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     id: Uuid,
     name: Option<&str>,
     slug: Option<&str>,
@@ -91,14 +94,14 @@ pub async fn update(
     .bind(slug)
     .bind(image_url.is_some())
     .bind(image_url.flatten())
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
 
 /// Deletes an organization (members, roles and invitations with it).
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM organizations WHERE id = $1").bind(id).execute(pool).await?;
+pub async fn delete(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM organizations WHERE id = $1").bind(id).execute(db).await?;
     Ok(())
 }
 
@@ -205,7 +208,7 @@ pub async fn role_exists(pool: &PgPool, org: Uuid, key: &str) -> Result<bool, sq
 
 /// Adds a custom role; false when the key is taken.
 pub async fn create_role(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     org: Uuid,
     key: &str,
     name: &str,
@@ -218,7 +221,7 @@ pub async fn create_role(
     .bind(key)
     .bind(name)
     .bind(permissions)
-    .execute(pool)
+    .execute(db)
     .await?
     .rows_affected();
     Ok(n == 1)
@@ -226,8 +229,7 @@ pub async fn create_role(
 
 /// Removes a custom role nobody holds; `None` when it does not exist, `Some(false)`
 /// when a member or a pending invitation holds it.
-pub async fn delete_role(pool: &PgPool, org: Uuid, key: &str) -> Result<Option<bool>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn delete_role(tx: &mut PgConnection, org: Uuid, key: &str) -> Result<Option<bool>, sqlx::Error> {
     let exists: Option<String> =
         sqlx::query_scalar("SELECT key FROM org_roles WHERE org_id = $1 AND key = $2 FOR UPDATE")
             .bind(org)
@@ -249,7 +251,6 @@ pub async fn delete_role(pool: &PgPool, org: Uuid, key: &str) -> Result<Option<b
         return Ok(Some(false));
     }
     sqlx::query("DELETE FROM org_roles WHERE org_id = $1 AND key = $2").bind(org).bind(key).execute(&mut *tx).await?;
-    tx.commit().await?;
     Ok(Some(true))
 }
 
@@ -276,7 +277,7 @@ const INVITATION_COLS: &str = "id, org_id, email, role, status, expires_at, crea
 
 /// Creates a pending invitation; `None` when one is already pending for the email.
 pub async fn create_invitation(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     org: Uuid,
     email: &str,
     role: &str,
@@ -297,7 +298,7 @@ pub async fn create_invitation(
         .bind(token_hash)
         .bind(ttl_secs)
         .bind(invited_by)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
 }
 
@@ -309,14 +310,19 @@ pub async fn invitations(pool: &PgPool, org: Uuid) -> Result<Vec<InvitationRow>,
 }
 
 /// Sets a pending invitation's status (`revoked`); false if none pending.
-pub async fn end_invitation(pool: &PgPool, org: Uuid, id: Uuid, status: &str) -> Result<bool, sqlx::Error> {
+pub async fn end_invitation(
+    db: impl sqlx::PgExecutor<'_>,
+    org: Uuid,
+    id: Uuid,
+    status: &str,
+) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
         "UPDATE org_invitations SET status = $3, updated_at = now() WHERE id = $1 AND org_id = $2 AND status = 'pending'",
     )
     .bind(id)
     .bind(org)
     .bind(status)
-    .execute(pool)
+    .execute(db)
     .await?
     .rows_affected();
     Ok(n == 1)
@@ -324,7 +330,7 @@ pub async fn end_invitation(pool: &PgPool, org: Uuid, id: Uuid, status: &str) ->
 
 /// Gives a pending invitation a new token and expiry; the row, or `None`.
 pub async fn renew_invitation(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     org: Uuid,
     id: Uuid,
     token_hash: &[u8],
@@ -334,13 +340,7 @@ pub async fn renew_invitation(
         "UPDATE org_invitations SET token_hash = $3, expires_at = now() + make_interval(secs => $4), updated_at = now()
          WHERE id = $1 AND org_id = $2 AND status = 'pending' RETURNING {INVITATION_COLS}"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .bind(org)
-        .bind(token_hash)
-        .bind(ttl_secs)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(org).bind(token_hash).bind(ttl_secs).fetch_optional(db).await
 }
 
 /// The live (pending, unexpired) invitation with this token, locked.
@@ -394,7 +394,13 @@ pub struct DomainRow {
 }
 
 /// Adds a verified domain; false when some organization already has it.
-pub async fn add_domain(pool: &PgPool, org: Uuid, domain: &str, role: &str, by: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn add_domain(
+    db: impl sqlx::PgExecutor<'_>,
+    org: Uuid,
+    domain: &str,
+    role: &str,
+    by: Uuid,
+) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
         "INSERT INTO org_domains (org_id, domain, role, verified_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
@@ -402,7 +408,7 @@ pub async fn add_domain(pool: &PgPool, org: Uuid, domain: &str, role: &str, by: 
     .bind(domain)
     .bind(role)
     .bind(by)
-    .execute(pool)
+    .execute(db)
     .await?
     .rows_affected();
     Ok(n == 1)
@@ -417,11 +423,11 @@ pub async fn domains(pool: &PgPool, org: Uuid) -> Result<Vec<DomainRow>, sqlx::E
 }
 
 /// Removes a domain; false if the organization does not have it.
-pub async fn remove_domain(pool: &PgPool, org: Uuid, domain: &str) -> Result<bool, sqlx::Error> {
+pub async fn remove_domain(db: impl sqlx::PgExecutor<'_>, org: Uuid, domain: &str) -> Result<bool, sqlx::Error> {
     let n = sqlx::query("DELETE FROM org_domains WHERE org_id = $1 AND domain = $2")
         .bind(org)
         .bind(domain)
-        .execute(pool)
+        .execute(db)
         .await?
         .rows_affected();
     Ok(n == 1)

@@ -32,6 +32,8 @@ where
         .routes(routes!(revoke_invitation))
         .routes(routes!(resend_invitation))
         .routes(routes!(accept_invitation))
+        .routes(routes!(preview_invitation))
+        .routes(routes!(sign_up_invited))
         .routes(routes!(decline_invitation))
         .routes(routes!(set_active_org))
         .routes(routes!(list_domains, add_domain))
@@ -238,6 +240,33 @@ async fn accept_invitation(
 ) -> Result<ApiJson<Org>, ApiError> {
     let org = service::answer_invitation(&state, &u.principal, u.user_id, &req.token, true).await?;
     org.map(ApiJson).ok_or_else(|| ApiError::internal("accepted invitation without organization"))
+}
+
+/// What an invitation's token is for: the organization, the email, the role, and
+/// whether that email has an account (sign in and accept) or not (sign up).
+#[utoipa::path(post, path = "/v1/invitations/preview", tag = "organizations", request_body = InvitationToken,
+    responses((status = 200, body = InvitationPreview), (status = 404)))]
+async fn preview_invitation(
+    State(state): State<Arc<AuthState>>,
+    ApiJson(req): ApiJson<InvitationToken>,
+) -> Result<ApiJson<InvitationPreview>, ApiError> {
+    service::preview_invitation(&state, &req.token).await.map(ApiJson)
+}
+
+/// Create the invited account and join at once: the email is the invited one,
+/// verified by the token; answers with the session (and its cookie).
+#[utoipa::path(post, path = "/v1/invitations/sign-up", tag = "organizations", request_body = InvitationSignUp,
+    responses((status = 201, body = crate::auth::types::AuthResponse), (status = 404), (status = 409, description = "email_taken"),
+        (status = 422, description = "weak_password"), (status = 429, description = "rate_limited")))]
+async fn sign_up_invited(
+    State(state): State<Arc<AuthState>>,
+    crate::auth::Peer(peer): crate::auth::Peer,
+    headers: axum::http::HeaderMap,
+    ApiJson(req): ApiJson<InvitationSignUp>,
+) -> Result<Response, ApiError> {
+    crate::auth::check_login_origin(&state, &headers)?;
+    let (body, _) = service::sign_up_invited(&state, req, &crate::auth::client_info(&headers, peer)).await?;
+    Ok(crate::auth::with_session(&state, StatusCode::CREATED, body))
 }
 
 /// Decline an invitation.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::db::{self, OrgRow};
 use super::types::*;
 use crate::auth::service::Principal;
-use crate::auth::types::TokenResponse;
+use crate::auth::types::{AuthResponse, TokenResponse};
 use crate::auth::{AuthState, tokens};
 use crate::error::ApiError;
 
@@ -93,22 +93,35 @@ fn slug_conflict(e: sqlx::Error) -> ApiError {
     if db::slug_taken(&e) { ApiError::conflict("slug_taken", "another organization has this slug") } else { e.into() }
 }
 
+/// Records a change in the transaction that makes it: the audit row and, for the
+/// changes apps hear of, the webhook event in the Standard Webhooks outbox that
+/// connections use. A change that rolls back leaves neither; one that commits has both.
 async fn audit(
-    state: &AuthState,
+    tx: &mut sqlx::PgConnection,
     p: &Principal,
     action: &str,
     org: Uuid,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    crate::audit::record(&state.pool, &p.actor(), p.user_id(), action, Some(&org.to_string()), detail.clone()).await?;
+    audit_as(tx, &p.actor(), p.user_id(), action, org, detail).await
+}
+
+/// [`audit`] for an actor named directly (a user who has no session yet).
+async fn audit_as(
+    tx: &mut sqlx::PgConnection,
+    actor: &str,
+    user: Option<Uuid>,
+    action: &str,
+    org: Uuid,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    crate::audit::record(&mut *tx, actor, user, action, Some(&org.to_string()), detail.clone()).await?;
     if let Some(event) = webhook_event(action) {
-        // The app hears of it through the Standard Webhooks outbox connections use.
-        let mut conn = state.pool.acquire().await?;
-        let mut data = serde_json::json!({"organization_id": org, "actor": p.actor()});
+        let mut data = serde_json::json!({"organization_id": org, "actor": actor});
         if let (Some(d), Some(extra)) = (data.as_object_mut(), detail.as_object()) {
             d.extend(extra.clone());
         }
-        crate::connections::webhooks::emit(&mut conn, event, data).await?;
+        crate::connections::webhooks::emit(tx, event, data).await?;
     }
     Ok(())
 }
@@ -153,9 +166,11 @@ pub async fn create(state: &AuthState, p: &Principal, user: Uuid, req: CreateOrg
     if let Some(u) = &req.image_url {
         check_image(u)?;
     }
+    let mut tx = state.pool.begin().await?;
     let id =
-        db::create(&state.pool, user, req.name.trim(), &slug, req.image_url.as_deref()).await.map_err(slug_conflict)?;
-    audit(state, p, "org.create", id, serde_json::json!({"name": req.name.trim(), "slug": slug})).await?;
+        db::create(&mut tx, user, req.name.trim(), &slug, req.image_url.as_deref()).await.map_err(slug_conflict)?;
+    audit(&mut tx, p, "org.create", id, serde_json::json!({"name": req.name.trim(), "slug": slug})).await?;
+    tx.commit().await?;
     get(state, user, id).await
 }
 
@@ -181,8 +196,9 @@ pub async fn patch(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, req: 
     if let Some(Some(u)) = &req.image_url {
         check_image(u)?;
     }
+    let mut tx = state.pool.begin().await?;
     db::update(
-        &state.pool,
+        &mut *tx,
         id,
         req.name.as_deref().map(str::trim),
         req.slug.as_deref(),
@@ -190,7 +206,8 @@ pub async fn patch(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, req: 
     )
     .await
     .map_err(slug_conflict)?;
-    audit(state, p, "org.update", id, serde_json::json!({"name": req.name, "slug": req.slug})).await?;
+    audit(&mut tx, p, "org.update", id, serde_json::json!({"name": req.name, "slug": req.slug})).await?;
+    tx.commit().await?;
     get(state, user, id).await
 }
 
@@ -203,8 +220,10 @@ pub async fn delete(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, conf
             "deleting an organization deletes its members, roles and invitations: repeat with ?confirm=true",
         ));
     }
-    audit(state, p, "org.delete", id, serde_json::json!({})).await?;
-    db::delete(&state.pool, id).await?;
+    let mut tx = state.pool.begin().await?;
+    audit(&mut tx, p, "org.delete", id, serde_json::json!({})).await?;
+    db::delete(&mut *tx, id).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -238,9 +257,9 @@ pub async fn set_member_role(
         return Err(ApiError::conflict("last_owner", "an organization keeps at least one owner"));
     }
     db::set_role(&mut tx, id, target, role).await?;
-    tx.commit().await?;
-    audit(state, p, "org.member_role", id, serde_json::json!({"user": target, "before": current, "after": role}))
+    audit(&mut tx, p, "org.member_role", id, serde_json::json!({"user": target, "before": current, "after": role}))
         .await?;
+    tx.commit().await?;
     db::members(&state.pool, id)
         .await?
         .into_iter()
@@ -275,10 +294,10 @@ pub async fn remove_member(
         }
     }
     db::remove_member(&mut tx, id, target).await?;
-    tx.commit().await?;
-    crate::auth::service::changed(state, format!("u:{target}")).await?;
     let action = if target == user { "org.member_leave" } else { "org.member_remove" };
-    audit(state, p, action, id, serde_json::json!({"user": target, "role": current})).await
+    audit(&mut tx, p, action, id, serde_json::json!({"user": target, "role": current})).await?;
+    tx.commit().await?;
+    crate::auth::service::changed(state, format!("u:{target}")).await
 }
 
 /// Every role of the organization (any member).
@@ -330,20 +349,27 @@ pub async fn create_role(
             "permissions look like org:<feature>:<action> (system permissions org:sys_* belong to built-in roles)",
         ));
     }
-    if !db::create_role(&state.pool, id, &req.key, req.name.trim(), &req.permissions).await? {
+    let mut tx = state.pool.begin().await?;
+    if !db::create_role(&mut *tx, id, &req.key, req.name.trim(), &req.permissions).await? {
         return Err(ApiError::conflict("role_exists", "the organization has a role with this key"));
     }
-    audit(state, p, "org.role_create", id, serde_json::json!({"key": req.key, "permissions": req.permissions})).await?;
+    audit(&mut tx, p, "org.role_create", id, serde_json::json!({"key": req.key, "permissions": req.permissions}))
+        .await?;
+    tx.commit().await?;
     Ok(Role { key: req.key, builtin: false, permissions: req.permissions })
 }
 
 /// Removes a custom role nobody holds (`org:sys_roles:manage`).
 pub async fn delete_role(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, key: &str) -> Result<(), ApiError> {
     member_with(&state.pool, user, id, Some("org:sys_roles:manage")).await?;
-    match db::delete_role(&state.pool, id, key).await? {
+    let mut tx = state.pool.begin().await?;
+    match db::delete_role(&mut tx, id, key).await? {
         None => Err(ApiError::not_found("role not found")),
         Some(false) => Err(ApiError::conflict("role_in_use", "a member or a pending invitation holds this role")),
-        Some(true) => audit(state, p, "org.role_delete", id, serde_json::json!({"key": key})).await,
+        Some(true) => {
+            audit(&mut tx, p, "org.role_delete", id, serde_json::json!({"key": key})).await?;
+            Ok(tx.commit().await?)
+        }
     }
 }
 
@@ -366,20 +392,20 @@ async fn mail_invitation(
     token: &str,
     redirect: Option<&str>,
 ) -> Result<(), ApiError> {
-    let link = redirect.map(|r| {
-        let sep = if r.contains('?') { '&' } else { '?' };
-        format!("{r}{sep}invitation_token={token}")
-    });
-    let body = match &link {
-        Some(l) => format!(
-            "You are invited to join {} on {}.\n\nAccept by opening this link:\n{l}\n",
-            org.name, state.config.public_url
-        ),
-        None => format!(
-            "You are invited to join {} on {}.\n\nYour invitation token (valid 7 days):\n{token}\n",
-            org.name, state.config.public_url
-        ),
+    // The app's page when it named one, else the hosted invitation page.
+    let link = match redirect {
+        Some(r) => {
+            let sep = if r.contains('?') { '&' } else { '?' };
+            format!("{r}{sep}invitation_token={token}")
+        }
+        None => format!("{}/auth/invitation?token={token}", state.config.public_url.as_str().trim_end_matches('/')),
     };
+    let body = format!(
+        "You are invited to join {} on {}.\n\nAccept by opening this link:\n{link}\n\n\
+         Or give the app this invitation token (valid 7 days):\n{token}\n",
+        org.name, state.config.public_url
+    );
+    let link = Some(link);
     let mail =
         crate::mail::Mail { user_id: None, to: email.to_string(), subject: format!("Join {}", org.name), body, link };
     state.mailer.send(&state.pool, mail).await.map_err(ApiError::internal)
@@ -414,12 +440,14 @@ pub async fn invite(
         .map(|r| crate::auth::service::safe_redirect(&state.config, &r))
         .transpose()?;
     let token = tokens::random_token("oin_");
+    let mut tx = state.pool.begin().await?;
     let row =
-        db::create_invitation(&state.pool, id, &email, &role, &tokens::hash_token(&token), INVITATION_TTL_SECS, user)
+        db::create_invitation(&mut *tx, id, &email, &role, &tokens::hash_token(&token), INVITATION_TTL_SECS, user)
             .await?
             .ok_or_else(|| ApiError::conflict("invitation_pending", "this email already has a pending invitation"))?;
+    audit(&mut tx, p, "org.invitation_create", id, serde_json::json!({"email": email, "role": role})).await?;
+    tx.commit().await?;
     mail_invitation(state, &me, &email, &token, redirect.as_deref()).await?;
-    audit(state, p, "org.invitation_create", id, serde_json::json!({"email": email, "role": role})).await?;
     Ok(invitation(row))
 }
 
@@ -432,10 +460,12 @@ pub async fn revoke_invitation(
     inv: Uuid,
 ) -> Result<(), ApiError> {
     member_with(&state.pool, user, id, Some("org:sys_invitations:manage")).await?;
-    if !db::end_invitation(&state.pool, id, inv, "revoked").await? {
+    let mut tx = state.pool.begin().await?;
+    if !db::end_invitation(&mut *tx, id, inv, "revoked").await? {
         return Err(ApiError::not_found("no pending invitation with this id"));
     }
-    audit(state, p, "org.invitation_revoke", id, serde_json::json!({"invitation": inv})).await
+    audit(&mut tx, p, "org.invitation_revoke", id, serde_json::json!({"invitation": inv})).await?;
+    Ok(tx.commit().await?)
 }
 
 /// Sends a pending invitation again with a new token and expiry (the old token
@@ -449,11 +479,13 @@ pub async fn resend_invitation(
 ) -> Result<Invitation, ApiError> {
     let me = member_with(&state.pool, user, id, Some("org:sys_invitations:manage")).await?;
     let token = tokens::random_token("oin_");
-    let row = db::renew_invitation(&state.pool, id, inv, &tokens::hash_token(&token), INVITATION_TTL_SECS)
+    let mut tx = state.pool.begin().await?;
+    let row = db::renew_invitation(&mut *tx, id, inv, &tokens::hash_token(&token), INVITATION_TTL_SECS)
         .await?
         .ok_or_else(|| ApiError::not_found("no pending invitation with this id"))?;
+    audit(&mut tx, p, "org.invitation_resend", id, serde_json::json!({"invitation": inv})).await?;
+    tx.commit().await?;
     mail_invitation(state, &me, &row.email, &token, None).await?;
-    audit(state, p, "org.invitation_resend", id, serde_json::json!({"invitation": inv})).await?;
     Ok(invitation(row))
 }
 
@@ -482,10 +514,58 @@ pub async fn answer_invitation(
         db::add_member(&mut *tx, inv.org_id, user, &inv.role).await?;
     }
     db::settle_invitation(&mut tx, inv.id, if accept { "accepted" } else { "declined" }).await?;
-    tx.commit().await?;
     let action = if accept { "org.invitation_accept" } else { "org.invitation_decline" };
-    audit(state, p, action, inv.org_id, serde_json::json!({"invitation": inv.id, "role": inv.role})).await?;
+    audit(&mut tx, p, action, inv.org_id, serde_json::json!({"invitation": inv.id, "role": inv.role})).await?;
+    tx.commit().await?;
     if accept { get(state, user, inv.org_id).await.map(Some) } else { Ok(None) }
+}
+
+fn no_invitation() -> ApiError {
+    ApiError::not_found("no pending invitation with this token (used, revoked or expired?)")
+}
+
+/// What an invitation's token shows: the organization, the invited email and
+/// whether it has an account yet (anyone holding the mailed token may see it).
+pub async fn preview_invitation(state: &AuthState, token: &str) -> Result<InvitationPreview, ApiError> {
+    if token.len() > 128 {
+        return Err(no_invitation());
+    }
+    let mut tx = state.pool.begin().await?;
+    let inv = db::live_invitation(&mut tx, &tokens::hash_token(token)).await?.ok_or_else(no_invitation)?;
+    tx.rollback().await?;
+    let org = db::org_name(&state.pool, inv.org_id).await?.ok_or_else(no_invitation)?;
+    let account_exists = crate::auth::db::user_by_email(&state.pool, &inv.email).await?.is_some();
+    Ok(InvitationPreview { organization: org, email: inv.email, role: inv.role, account_exists })
+}
+
+/// Signs up with an invitation: the account gets the invited email, verified
+/// (the token came to that mailbox), and joins the organization in the same
+/// step. An email that already has an account is 409 `email_taken` (sign in and
+/// accept instead).
+pub async fn sign_up_invited(
+    state: &AuthState,
+    req: InvitationSignUp,
+    client: &crate::auth::service::ClientInfo,
+) -> Result<(AuthResponse, Uuid), ApiError> {
+    if req.token.len() > 128 {
+        return Err(no_invitation());
+    }
+    let mut tx = state.pool.begin().await?;
+    let inv = db::live_invitation(&mut tx, &tokens::hash_token(&req.token)).await?.ok_or_else(no_invitation)?;
+    let signup = crate::auth::types::SignUpRequest {
+        email: inv.email.clone(),
+        password: req.password,
+        name: req.name,
+        unsafe_metadata: None,
+    };
+    let auth = crate::auth::service::create_account(state, signup, client, true).await?;
+    let user = auth.user.id;
+    db::add_member(&mut *tx, inv.org_id, user, &inv.role).await?;
+    db::settle_invitation(&mut tx, inv.id, "accepted").await?;
+    let detail = serde_json::json!({"invitation": inv.id, "role": inv.role, "signed_up": true});
+    audit_as(&mut tx, &format!("user:{user}"), Some(user), "org.invitation_accept", inv.org_id, detail).await?;
+    tx.commit().await?;
+    Ok((auth, inv.org_id))
 }
 
 /// Makes `org` (or none) the active organization of the caller's session and
@@ -569,10 +649,12 @@ pub async fn add_domain(
     if role == "org:owner" || !db::role_exists(&state.pool, id, &role).await? {
         return Err(ApiError::unprocessable("unknown_role", format!("{role:?} cannot be given through a domain")));
     }
-    if !db::add_domain(&state.pool, id, &domain, &role, user).await? {
+    let mut tx = state.pool.begin().await?;
+    if !db::add_domain(&mut *tx, id, &domain, &role, user).await? {
         return Err(ApiError::conflict("domain_taken", "an organization already has this domain"));
     }
-    audit(state, p, "org.domain_add", id, serde_json::json!({"domain": domain, "role": role})).await?;
+    audit(&mut tx, p, "org.domain_add", id, serde_json::json!({"domain": domain, "role": role})).await?;
+    tx.commit().await?;
     db::domains(&state.pool, id)
         .await?
         .into_iter()
@@ -596,10 +678,12 @@ pub async fn remove_domain(
     domain: &str,
 ) -> Result<(), ApiError> {
     member_with(&state.pool, user, id, Some("org:sys_memberships:manage")).await?;
-    if !db::remove_domain(&state.pool, id, &domain.to_ascii_lowercase()).await? {
+    let mut tx = state.pool.begin().await?;
+    if !db::remove_domain(&mut *tx, id, &domain.to_ascii_lowercase()).await? {
         return Err(ApiError::not_found("domain not found"));
     }
-    audit(state, p, "org.domain_remove", id, serde_json::json!({"domain": domain})).await
+    audit(&mut tx, p, "org.domain_remove", id, serde_json::json!({"domain": domain})).await?;
+    Ok(tx.commit().await?)
 }
 
 /// The organization the caller's verified email's domain lets them join, if any.
@@ -623,9 +707,11 @@ pub async fn join(state: &AuthState, p: &Principal, user: Uuid, id: Uuid) -> Res
         None => None,
     };
     let Some((org, _, role)) = owner.filter(|(org, _, _)| *org == id) else { return Err(not_found()) };
-    if db::add_member(&state.pool, org, user, &role).await? {
-        audit(state, p, "org.domain_join", org, serde_json::json!({"user": user, "role": role})).await?;
+    let mut tx = state.pool.begin().await?;
+    if db::add_member(&mut *tx, org, user, &role).await? {
+        audit(&mut tx, p, "org.domain_join", org, serde_json::json!({"user": user, "role": role})).await?;
     }
+    tx.commit().await?;
     get(state, user, org).await
 }
 

@@ -138,6 +138,32 @@ pub struct InvitationToken {
     pub token: String,
 }
 
+/// `POST /v1/invitations/sign-up`: an account for the invited email, joined at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationSignUp {
+    /// The token from the invitation email (it proves the address).
+    pub token: String,
+    /// The new account's password.
+    pub password: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// An invitation as its token shows it (the page behind the mailed link).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvitationPreview {
+    /// The organization's name.
+    pub organization: String,
+    /// The invited email.
+    pub email: String,
+    /// The role it gives.
+    pub role: String,
+    /// Whether an account with this email exists (sign in and accept) or not (sign up).
+    pub account_exists: bool,
+}
+
 /// `PUT /v1/me/active-org`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

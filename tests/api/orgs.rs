@@ -325,3 +325,214 @@ async fn a_verified_domain_lets_its_users_join_without_an_invitation() {
     let (s, _) = call(&app, &f, Method::POST, &format!("/v1/orgs/{id}/join"), None).await;
     assert_eq!(s, 404);
 }
+
+#[tokio::test]
+async fn webhook_events_commit_with_their_change_or_not_at_all() {
+    let app = TestApp::spawn().await;
+    let a = sign_up(&app, "atomic@example.com").await;
+    let (_, org) = call(&app, &a, Method::POST, "/v1/orgs", Some(json!({"name": "Atomic"}))).await;
+    let id = org["id"].as_str().unwrap().to_string();
+    // The outbox refuses this one event type: the change it belongs to must not happen.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_org_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.event_type = 'organization.updated' THEN RAISE EXCEPTION 'outbox refused'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse_org_updated BEFORE INSERT ON webhook_outbox FOR EACH ROW EXECUTE FUNCTION refuse_org_updated();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let (s, _) = call(&app, &a, Method::PATCH, &format!("/v1/orgs/{id}"), Some(json!({"name": "Renamed"}))).await;
+    assert_eq!(s, 500);
+    let (_, now) = call(&app, &a, Method::GET, &format!("/v1/orgs/{id}"), None).await;
+    assert_eq!(now["name"], "Atomic", "the rename rolled back with its event");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'org.update'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 0);
+    sqlx::raw_sql("DROP TRIGGER refuse_org_updated ON webhook_outbox").execute(&app.pool).await.unwrap();
+    let (s, _) = call(&app, &a, Method::PATCH, &format!("/v1/orgs/{id}"), Some(json!({"name": "Renamed"}))).await;
+    assert_eq!(s, 200);
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_outbox WHERE event_type = 'organization.updated'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(events, 1);
+}
+
+#[tokio::test]
+async fn an_invited_email_signs_up_and_joins_in_one_step() {
+    let app = TestApp::spawn().await;
+    let owner = sign_up(&app, "boss@example.com").await;
+    let (_, org) = call(&app, &owner, Method::POST, "/v1/orgs", Some(json!({"name": "Joiners"}))).await;
+    let id = org["id"].as_str().unwrap().to_string();
+    let (s, _) = call(
+        &app,
+        &owner,
+        Method::POST,
+        &format!("/v1/orgs/{id}/invitations"),
+        Some(json!({"email": "New@Example.com"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let token = mailed_token(&app, "new@example.com").await;
+    // The mail links the hosted invitation page.
+    let body: String = sqlx::query_scalar("SELECT body FROM mail_outbox WHERE lower(to_addr) = 'new@example.com'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(body.contains(&format!("/auth/invitation?token={token}")), "{body}");
+    let (s, preview) = app.call(Method::POST, "/v1/invitations/preview").json(&json!({"token": token})).reply().await;
+    assert_eq!(s, 200);
+    assert_eq!((preview["organization"].as_str(), preview["account_exists"].as_bool()), (Some("Joiners"), Some(false)));
+    let r = app
+        .call(Method::POST, "/v1/invitations/sign-up")
+        .json(&json!({"token": token, "password": "a strong new passphrase", "name": "Newt"}))
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().starts_with("carmenta_session="));
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        (b["user"]["email"].as_str(), b["user"]["email_verified"].as_bool()),
+        (Some("New@Example.com"), Some(true))
+    );
+    let jwt = b["access_token"].as_str().unwrap().to_string();
+    let (s, orgs) = app.get_as("/v1/orgs", &jwt).await;
+    assert_eq!((s, orgs[0]["id"].as_str(), orgs[0]["role"].as_str()), (200, Some(id.as_str()), Some("org:member")));
+    // No verification mail: the invitation proved the address.
+    let verify_mails: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM mail_outbox WHERE lower(to_addr) = 'new@example.com' AND body LIKE '%verify-email%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(verify_mails, 0);
+    // The token is spent; an email with an account signs in and accepts instead.
+    let r = app
+        .call(Method::POST, "/v1/invitations/sign-up")
+        .json(&json!({"token": token, "password": "another good passphrase"}))
+        .send()
+        .await;
+    assert_eq!(r.status(), 404);
+    sign_up(&app, "existing@example.com").await;
+    call(
+        &app,
+        &owner,
+        Method::POST,
+        &format!("/v1/orgs/{id}/invitations"),
+        Some(json!({"email": "existing@example.com"})),
+    )
+    .await;
+    let token = mailed_token(&app, "existing@example.com").await;
+    let (s, e) = app
+        .call(Method::POST, "/v1/invitations/sign-up")
+        .json(&json!({"token": token, "password": "another good passphrase"}))
+        .reply()
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("email_taken")));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM org_members WHERE org_id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "the refused sign-up joined nobody");
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM webhook_outbox WHERE payload->'data'->>'organization_id' = $1 ORDER BY id",
+    )
+    .bind(&id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(events.contains(&"organizationMembership.created".to_string()), "{events:?}");
+}
+
+/// The session cookie of a hosted form's answer.
+fn session_cookie_of(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("carmenta_session=cs_"))
+        .map(|c| c.split(';').next().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn hosted_pages_create_switch_invite_and_join() {
+    let app = TestApp::spawn().await;
+    let owner = sign_up(&app, "host@example.com").await;
+    let cookie = format!("carmenta_session={}", owner.session);
+    let page = |path: &str, cookie: &str| app.client.get(app.url(path)).header("cookie", cookie.to_string()).send();
+    let post = |path: &str, cookie: &str, form: Vec<(&'static str, String)>| {
+        app.client
+            .post(app.url(path))
+            .header("cookie", cookie.to_string())
+            .header("origin", &app.base)
+            .form(&form)
+            .send()
+    };
+    // Without a session the pages send the browser to sign in.
+    let r = app.client.get(app.url("/auth/orgs")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let html = page("/auth/orgs", &cookie).await.unwrap().text().await.unwrap();
+    assert!(html.contains("not in an organization yet") && html.contains("Create organization"));
+    let r = post("/auth/orgs", &cookie, vec![("name", "Hosted Co".into())]).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let id = loc.trim_start_matches("/auth/orgs/").to_string();
+    let html = page(&loc, &cookie).await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("Hosted Co") && html.contains("host@example.com") && html.contains("Send invitation"),
+        "{html}"
+    );
+    // Invite by the form; the invitation page (no session) offers to sign up.
+    let r = post(
+        &format!("/auth/orgs/{id}/invite"),
+        &cookie,
+        vec![("email", "fresh@example.com".into()), ("role", "org:member".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    let token = mailed_token(&app, "fresh@example.com").await;
+    let html = app.get(&format!("/auth/invitation?token={token}")).await.text().await.unwrap();
+    assert!(
+        html.contains("fresh@example.com is invited to join Hosted Co") && html.contains("Create account and join"),
+        "{html}"
+    );
+    let html = page(&format!("/auth/orgs/{id}"), &cookie).await.unwrap().text().await.unwrap();
+    assert!(html.contains("Revoke the invitation of fresh@example.com"));
+    let r = post(
+        "/auth/invitation/sign-up",
+        "",
+        vec![("token", token.clone()), ("password", "fresh strong passphrase".into()), ("name", "".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], format!("/auth/orgs/{id}").as_str());
+    let fresh = session_cookie_of(&r).expect("signed in");
+    let html = page(&format!("/auth/orgs/{id}"), &fresh).await.unwrap().text().await.unwrap();
+    assert!(html.contains("you are org:member") && !html.contains("Send invitation"), "a member cannot invite: {html}");
+    // A member without the permission is refused (403); a stranger sees nothing (404).
+    let r = post(&format!("/auth/orgs/{id}/invite"), &fresh, vec![("email", "x@example.com".into())]).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let stranger = sign_up(&app, "stranger@example.com").await;
+    let sc = format!("carmenta_session={}", stranger.session);
+    assert_eq!(page(&format!("/auth/orgs/{id}"), &sc).await.unwrap().status(), 404);
+    assert_eq!(post(&format!("/auth/orgs/{id}/switch"), &sc, vec![]).await.unwrap().status(), 404);
+    // Switching makes it the session's active organization: its tokens carry the claims.
+    let r = post(&format!("/auth/orgs/{id}/switch"), &fresh, vec![]).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let token = fresh.trim_start_matches("carmenta_session=");
+    let (_, t) = app.post_as("/v1/auth/token", token, &json!({})).await;
+    let c = claims(t["access_token"].as_str().unwrap());
+    assert_eq!((c["org_id"].as_str(), c["org_role"].as_str()), (Some(id.as_str()), Some("org:member")));
+    let html = page("/auth/orgs", &fresh).await.unwrap().text().await.unwrap();
+    assert!(html.contains("Hosted Co (org:member) · active"), "{html}");
+    // Leaving takes access away at once.
+    let r = post(&format!("/auth/orgs/{id}/leave"), &fresh, vec![]).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(page(&format!("/auth/orgs/{id}"), &fresh).await.unwrap().status(), 404);
+}

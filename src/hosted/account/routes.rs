@@ -41,10 +41,19 @@ const HERE: &str = "/auth/account";
 /// The signed-in principal of the session cookie, or the sign-in page (303) that
 /// comes back here.
 async fn session(state: &AuthState, headers: &HeaderMap) -> Result<Principal, Response> {
+    session_or_sign_in(state, headers, "/auth/sign-in?redirect_url=%2Fauth%2Faccount").await
+}
+
+/// The signed-in principal of the session cookie, or a 303 to `sign_in` (the
+/// sign-in page with the way back).
+pub(crate) async fn session_or_sign_in(
+    state: &AuthState,
+    headers: &HeaderMap,
+    sign_in: &'static str,
+) -> Result<Principal, Response> {
     let to_sign_in = || {
         let mut res = StatusCode::SEE_OTHER.into_response();
-        res.headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static("/auth/sign-in?redirect_url=%2Fauth%2Faccount"));
+        res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(sign_in));
         res
     };
     let Some(token) = crate::auth::cookie_value(headers, SESSION_COOKIE) else { return Err(to_sign_in()) };
@@ -59,7 +68,7 @@ async fn posted(state: &AuthState, headers: &HeaderMap) -> Result<Principal, Res
     session(state, headers).await
 }
 
-fn failure(e: ApiError) -> Response {
+pub(crate) fn failure(e: ApiError) -> Response {
     let mut p = Page::new("Something went wrong");
     p.error = Some(e.message);
     p.links = vec![(HERE.into(), "Back to account security".into())];

@@ -1,0 +1,364 @@
+//! Handlers of the hosted organization pages under `/auth/orgs` and
+//! `/auth/invitation`. Every page needs the session cookie (the invitation page
+//! also works without one, for signing up); every post passes the same-origin
+//! check and acts through the organizations service, whose membership and
+//! permission checks answer 404 to strangers and 403 to members without the right.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::super::account::{failure, session_or_sign_in};
+use super::super::routes::{Page, PageForm, field, signed_in};
+use crate::auth::service::Principal;
+use crate::auth::{AuthState, Peer};
+use crate::error::ApiError;
+use crate::orgs::service as orgs;
+use crate::orgs::types::{CreateInvitation, CreateOrg, InvitationSignUp};
+
+/// The organization pages.
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<AuthState>: axum::extract::FromRef<S>,
+{
+    Router::new()
+        .route("/auth/orgs", get(list_page).post(create))
+        .route("/auth/orgs/{id}", get(org_page))
+        .route("/auth/orgs/{id}/switch", post(switch))
+        .route("/auth/orgs/{id}/invite", post(invite))
+        .route("/auth/orgs/{id}/invitations/{inv}/revoke", post(revoke))
+        .route("/auth/orgs/{id}/leave", post(leave))
+        .route("/auth/invitation", get(invitation_page))
+        .route("/auth/invitation/accept", post(accept))
+        .route("/auth/invitation/decline", post(decline))
+        .route("/auth/invitation/sign-up", post(sign_up))
+}
+
+const SIGN_IN: &str = "/auth/sign-in?redirect_url=%2Fauth%2Forgs";
+
+fn see_other(to: &str) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+fn user_of(p: &Principal) -> Result<Uuid, ApiError> {
+    crate::auth::service::require_user(p)
+}
+
+/// A posted form's principal: the session, after the same-origin check.
+async fn posted(state: &AuthState, headers: &HeaderMap) -> Result<Principal, Response> {
+    crate::auth::check_login_origin(state, headers).map_err(failure)?;
+    session_or_sign_in(state, headers, SIGN_IN).await
+}
+
+fn org_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found("organization not found"))
+}
+
+async fn list(state: &AuthState, p: &Principal) -> Result<Page, ApiError> {
+    let user = user_of(p)?;
+    let mut page = Page::new("Organizations");
+    let active = match p {
+        Principal::User { session_id, .. } => crate::auth::db::active_org_claims(&state.pool, *session_id).await?,
+        _ => None,
+    };
+    let mine = orgs::list(state, user).await?;
+    page.message = Some(if mine.is_empty() {
+        "You are not in an organization yet.".into()
+    } else {
+        format!("You are in {} organization(s).", mine.len())
+    });
+    for o in &mine {
+        let is_active = active.as_ref().is_some_and(|a| a.id == o.id);
+        page.codes.push(format!("{} ({}){}", o.name, o.role, if is_active { " · active" } else { "" }));
+        if !is_active {
+            page.more.push(PageForm::button(
+                &format!("/auth/orgs/{}/switch", o.id),
+                Vec::new(),
+                format!("Switch to {}", o.name),
+            ));
+        }
+        page.links.push((format!("/auth/orgs/{}", o.id), format!("Manage {}", o.name)));
+    }
+    page.form = Some(PageForm {
+        action: "/auth/orgs".into(),
+        hidden: Vec::new(),
+        fields: vec![field("name", "New organization's name", "text", "organization", "")],
+        submit: "Create organization".into(),
+    });
+    Ok(page)
+}
+
+async fn list_page(State(state): State<Arc<AuthState>>, headers: HeaderMap) -> Response {
+    let p = match session_or_sign_in(&state, &headers, SIGN_IN).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match list(&state, &p).await {
+        Ok(page) => page.respond(StatusCode::OK),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NameForm {
+    name: String,
+}
+
+async fn create(State(state): State<Arc<AuthState>>, headers: HeaderMap, Form(f): Form<NameForm>) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async {
+        let user = user_of(&p)?;
+        orgs::create(&state, &p, user, CreateOrg { name: f.name, slug: None, image_url: None }).await
+    };
+    match done.await {
+        Ok(o) => see_other(&format!("/auth/orgs/{}", o.id)),
+        Err(e) => failure(e),
+    }
+}
+
+async fn switch(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async { orgs::set_active(&state, &p, Some(org_id(&id)?)).await };
+    match done.await {
+        Ok(_) => see_other("/auth/orgs"),
+        Err(e) => failure(e),
+    }
+}
+
+async fn org_view(state: &AuthState, p: &Principal, id: Uuid) -> Result<Page, ApiError> {
+    let user = user_of(p)?;
+    let org = orgs::get(state, user, id).await?;
+    let mut page = Page::new("Organization");
+    page.message = Some(format!("{} ({}), you are {}.", org.name, org.slug, org.role));
+    let can = |perm: &str| org.permissions.iter().any(|x| x == perm);
+    if can("org:sys_memberships:read") {
+        for m in orgs::members(state, user, id).await? {
+            page.codes.push(format!("{} · {}", m.email.unwrap_or_else(|| m.user_id.to_string()), m.role));
+        }
+    }
+    if can("org:sys_invitations:manage") {
+        page.form = Some(PageForm {
+            action: format!("/auth/orgs/{id}/invite"),
+            hidden: Vec::new(),
+            fields: vec![
+                field("email", "Invite by email", "email", "off", ""),
+                field("role", "Role", "text", "off", "org:member"),
+            ],
+            submit: "Send invitation".into(),
+        });
+        for inv in orgs::invitations(state, user, id).await?.into_iter().filter(|i| i.status == "pending") {
+            page.more.push(PageForm::button(
+                &format!("/auth/orgs/{id}/invitations/{}/revoke", inv.id),
+                Vec::new(),
+                format!("Revoke the invitation of {} ({})", inv.email, inv.role),
+            ));
+        }
+    }
+    page.more.push(PageForm::button(&format!("/auth/orgs/{id}/leave"), Vec::new(), "Leave this organization"));
+    page.links = vec![("/auth/orgs".into(), "All organizations".into())];
+    Ok(page)
+}
+
+async fn org_page(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let p = match session_or_sign_in(&state, &headers, SIGN_IN).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async { org_view(&state, &p, org_id(&id)?).await };
+    match done.await {
+        Ok(page) => page.respond(StatusCode::OK),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InviteForm {
+    email: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+async fn invite(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<InviteForm>,
+) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async {
+        let (user, org) = (user_of(&p)?, org_id(&id)?);
+        let req =
+            CreateInvitation { email: f.email, role: f.role.filter(|r| !r.trim().is_empty()), redirect_url: None };
+        orgs::invite(&state, &p, user, org, req).await.map(|_| org)
+    };
+    match done.await {
+        Ok(org) => see_other(&format!("/auth/orgs/{org}")),
+        Err(e) => failure(e),
+    }
+}
+
+async fn revoke(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Path((id, inv)): Path<(String, String)>,
+) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async {
+        let (user, org) = (user_of(&p)?, org_id(&id)?);
+        let inv = Uuid::parse_str(&inv).map_err(|_| ApiError::not_found("no such invitation"))?;
+        orgs::revoke_invitation(&state, &p, user, org, inv).await.map(|_| org)
+    };
+    match done.await {
+        Ok(org) => see_other(&format!("/auth/orgs/{org}")),
+        Err(e) => failure(e),
+    }
+}
+
+async fn leave(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async {
+        let (user, org) = (user_of(&p)?, org_id(&id)?);
+        orgs::remove_member(&state, &p, user, org, user).await
+    };
+    match done.await {
+        Ok(()) => see_other("/auth/orgs"),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+fn token_hidden(token: &str) -> Vec<(String, String)> {
+    vec![("token".to_string(), token.to_string())]
+}
+
+/// The page behind an invitation's link: accept or decline when signed in as the
+/// invited email; else sign up with it (joining at once), or sign in first.
+async fn invitation_view(state: &AuthState, headers: &HeaderMap, token: &str) -> Result<Page, ApiError> {
+    let inv = orgs::preview_invitation(state, token).await?;
+    let mut page = Page::new("Invitation");
+    page.message = Some(format!("{} is invited to join {} as {}.", inv.email, inv.organization, inv.role));
+    let me = match crate::auth::cookie_value(headers, crate::auth::SESSION_COOKIE) {
+        Some(t) => crate::auth::service::resolve_session(state, t, crate::auth::Via::Cookie).await.ok(),
+        None => None,
+    };
+    let here: String =
+        url::form_urlencoded::byte_serialize(format!("/auth/invitation?token={token}").as_bytes()).collect();
+    match me {
+        Some(_) => {
+            page.form = Some(PageForm::button("/auth/invitation/accept", token_hidden(token), "Accept"));
+            page.more.push(PageForm::button("/auth/invitation/decline", token_hidden(token), "Decline"));
+        }
+        None if !inv.account_exists => {
+            page.form = Some(PageForm {
+                action: "/auth/invitation/sign-up".into(),
+                hidden: token_hidden(token),
+                fields: vec![
+                    field("name", "Your name", "text", "name", ""),
+                    field("password", "Choose a password", "password", "new-password", ""),
+                ],
+                submit: "Create account and join".into(),
+            });
+        }
+        None => {
+            page.links.push((format!("/auth/sign-in?redirect_url={here}"), "Sign in to accept".into()));
+        }
+    }
+    Ok(page)
+}
+
+async fn invitation_page(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let Some(token) = q.token.filter(|t| !t.is_empty()) else {
+        return failure(ApiError::not_found("this link has no invitation token"));
+    };
+    match invitation_view(&state, &headers, &token).await {
+        Ok(page) => page.respond(StatusCode::OK),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    token: String,
+}
+
+async fn answer(state: &AuthState, headers: &HeaderMap, token: &str, accept: bool) -> Response {
+    let p = match posted(state, headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async {
+        let user = user_of(&p)?;
+        orgs::answer_invitation(state, &p, user, token, accept).await
+    };
+    match done.await {
+        Ok(Some(org)) => see_other(&format!("/auth/orgs/{}", org.id)),
+        Ok(None) => see_other("/auth/orgs"),
+        Err(e) => failure(e),
+    }
+}
+
+async fn accept(State(state): State<Arc<AuthState>>, headers: HeaderMap, Form(f): Form<TokenForm>) -> Response {
+    answer(&state, &headers, &f.token, true).await
+}
+
+async fn decline(State(state): State<Arc<AuthState>>, headers: HeaderMap, Form(f): Form<TokenForm>) -> Response {
+    answer(&state, &headers, &f.token, false).await
+}
+
+#[derive(Debug, Deserialize)]
+struct SignUpForm {
+    token: String,
+    password: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn sign_up(
+    State(state): State<Arc<AuthState>>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(f): Form<SignUpForm>,
+) -> Response {
+    if let Err(e) = crate::auth::check_login_origin(&state, &headers) {
+        return failure(e);
+    }
+    let req = InvitationSignUp { token: f.token, password: f.password, name: f.name.filter(|n| !n.trim().is_empty()) };
+    match orgs::sign_up_invited(&state, req, &crate::auth::client_info(&headers, peer)).await {
+        Ok((body, org)) => signed_in(&state, &body.session_token, Some(&format!("/auth/orgs/{org}"))),
+        Err(e) => failure(e),
+    }
+}

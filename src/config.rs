@@ -392,6 +392,7 @@ struct SocialFileEntry {
     client_id: Option<String>,
     client_secret: Option<String>,
     discovery_url: Option<String>,
+    base_url: Option<String>,
     scopes: Option<Vec<String>>,
     name: Option<String>,
 }
@@ -409,6 +410,9 @@ pub struct SocialProviderConfig {
     /// OpenID Connect discovery URL (required for ids that are not built in;
     /// replaces a built-in OpenID provider's).
     pub discovery_url: Option<Url>,
+    /// The provider's own server in place of the public one (GitHub Enterprise
+    /// Server: `https://github.example.com`; built-in `github` only).
+    pub base_url: Option<Url>,
     /// Scopes in place of the provider's defaults.
     pub scopes: Option<Vec<String>>,
     /// The name on buttons.
@@ -420,7 +424,7 @@ fn social_providers(
     env: &BTreeMap<String, String>,
     file: Option<BTreeMap<String, SocialFileEntry>>,
 ) -> Result<Vec<SocialProviderConfig>, ConfigError> {
-    const FIELDS: &[&str] = &["CLIENT_ID", "CLIENT_SECRET", "DISCOVERY_URL", "SCOPES", "NAME"];
+    const FIELDS: &[&str] = &["CLIENT_ID", "CLIENT_SECRET", "DISCOVERY_URL", "BASE_URL", "SCOPES", "NAME"];
     let mut entries = file.unwrap_or_default();
     for (k, v) in env {
         let Some(rest) = k.strip_prefix("CARMENTA_SOCIAL_") else { continue };
@@ -438,6 +442,7 @@ fn social_providers(
             "CLIENT_ID" => e.client_id = v,
             "CLIENT_SECRET" => e.client_secret = v,
             "DISCOVERY_URL" => e.discovery_url = v,
+            "BASE_URL" => e.base_url = v,
             "SCOPES" => {
                 e.scopes = v.map(|s| s.split([' ', ',']).filter(|x| !x.is_empty()).map(str::to_string).collect())
             }
@@ -457,21 +462,29 @@ fn social_providers(
         let client_id = e.client_id.filter(|c| !c.is_empty()).ok_or_else(|| bad("client_id is required".into()))?;
         let client_secret =
             e.client_secret.filter(|c| !c.is_empty()).ok_or_else(|| bad("client_secret is required".into()))?;
-        let discovery_url = match e.discovery_url.filter(|d| !d.is_empty()) {
-            Some(d) => {
-                let u = Url::parse(&d).map_err(|_| bad(format!("discovery_url {d:?} is not a URL")))?;
-                if !matches!(u.scheme(), "http" | "https") {
-                    return Err(bad("discovery_url must be an http(s) URL".into()));
+        let url_of = |field: &str, v: Option<String>| -> Result<Option<Url>, ConfigError> {
+            match v.filter(|d| !d.is_empty()) {
+                Some(d) => {
+                    let u = Url::parse(&d).map_err(|_| bad(format!("{field} {d:?} is not a URL")))?;
+                    if !matches!(u.scheme(), "http" | "https") {
+                        return Err(bad(format!("{field} must be an http(s) URL")));
+                    }
+                    Ok(Some(u))
                 }
-                Some(u)
+                None => Ok(None),
             }
-            None => None,
         };
+        let discovery_url = url_of("discovery_url", e.discovery_url)?;
+        let base_url = url_of("base_url", e.base_url)?;
+        if base_url.is_some() && id != "github" {
+            return Err(bad("base_url is for the github provider (GitHub Enterprise Server)".into()));
+        }
         out.push(SocialProviderConfig {
             id,
             client_id,
             client_secret: Secret::new(client_secret),
             discovery_url,
+            base_url,
             scopes: e.scopes,
             name: e.name,
         });

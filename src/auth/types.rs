@@ -408,6 +408,9 @@ pub struct PutSocialProvider {
     /// OpenID Connect discovery URL (required unless the id is a built-in provider).
     #[serde(default)]
     pub discovery_url: Option<String>,
+    /// GitHub Enterprise Server's URL (`github` only).
+    #[serde(default)]
+    pub base_url: Option<String>,
     /// Scopes in place of the provider's defaults.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
@@ -431,6 +434,8 @@ pub struct SocialProviderAdminView {
     pub has_client_secret: bool,
     /// OpenID Connect discovery URL.
     pub discovery_url: Option<String>,
+    /// The provider's own server (GitHub Enterprise Server).
+    pub base_url: Option<String>,
     /// Scopes requested.
     pub scopes: Vec<String>,
     /// `config` (read-only here) or `api`.

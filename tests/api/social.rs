@@ -491,3 +491,157 @@ async fn an_app_signs_in_with_its_own_pkce() {
         .await;
     assert_eq!(envelope(r).await.1, "invalid_grant");
 }
+
+/// A local server speaking GitHub's OAuth web flow and REST API as GitHub
+/// Enterprise Server lays them out (`/login/oauth/*`, `/api/v3/*`): codes bound
+/// to the PKCE challenge and redirect URI, errors as `200 {"error": …}` the way
+/// GitHub answers, the primary email's `verified` flag set by the test.
+mod github {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Redirect, Response};
+    use axum::routing::{get, post};
+    use axum::{Form, Json, Router};
+    use base64::Engine;
+    use serde_json::json;
+    use sha2::Digest;
+
+    #[derive(Default)]
+    pub struct Gh {
+        codes: HashMap<String, (String, String)>,
+        pub primary_verified: bool,
+        pub token_requests: Vec<HashMap<String, String>>,
+    }
+
+    pub type Shared = Arc<Mutex<Gh>>;
+
+    async fn authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+        if q.get("client_id").map(String::as_str) != Some("gh-client")
+            || q.get("code_challenge_method").map(String::as_str) != Some("S256")
+        {
+            return (StatusCode::BAD_REQUEST, "bad request").into_response();
+        }
+        let code = format!("ghc_{}", uuid::Uuid::new_v4().simple());
+        let redirect = q["redirect_uri"].clone();
+        s.lock().unwrap().codes.insert(code.clone(), (q["code_challenge"].clone(), redirect.clone()));
+        Redirect::to(&format!("{redirect}?code={code}&state={}", q["state"])).into_response()
+    }
+
+    async fn token(State(s): State<Shared>, Form(f): Form<HashMap<String, String>>) -> Json<serde_json::Value> {
+        let mut g = s.lock().unwrap();
+        g.token_requests.push(f.clone());
+        let Some((challenge, redirect)) = g.codes.remove(f.get("code").map(String::as_str).unwrap_or("")) else {
+            return Json(json!({"error": "bad_verification_code"}));
+        };
+        let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+        let computed =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let ok = f.get("client_secret").map(String::as_str) == Some("gh-secret")
+            && f.get("redirect_uri") == Some(&redirect)
+            && computed == challenge;
+        if !ok {
+            return Json(json!({"error": "incorrect_client_credentials"}));
+        }
+        Json(json!({"access_token": "gho_test", "token_type": "bearer", "scope": "read:user,user:email"}))
+    }
+
+    fn authorized(h: &HeaderMap) -> bool {
+        h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer gho_test") && h.contains_key("user-agent")
+    }
+
+    async fn user(h: HeaderMap) -> Response {
+        if !authorized(&h) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        Json(json!({"id": 4242, "login": "octo", "name": null})).into_response()
+    }
+
+    async fn emails(State(s): State<Shared>, h: HeaderMap) -> Response {
+        if !authorized(&h) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        let verified = s.lock().unwrap().primary_verified;
+        Json(json!([
+            {"email": "elsewhere@example.com", "primary": false, "verified": true},
+            {"email": "octo@example.com", "primary": true, "verified": verified},
+        ]))
+        .into_response()
+    }
+
+    pub async fn start() -> (String, Shared) {
+        let shared: Shared = Default::default();
+        let router = Router::new()
+            .route("/login/oauth/authorize", get(authorize))
+            .route("/login/oauth/access_token", post(token))
+            .route("/api/v3/user", get(user))
+            .route("/api/v3/user/emails", get(emails))
+            .with_state(shared.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, router).await });
+        (base, shared)
+    }
+}
+
+#[tokio::test]
+async fn github_enterprise_sign_in_uses_the_primary_email_and_its_verified_flag() {
+    let (gh, shared) = github::start().await;
+    let app = TestApp::builder()
+        .config(|c| {
+            c.social.push(carmenta::config::SocialProviderConfig {
+                id: "github".into(),
+                client_id: "gh-client".into(),
+                client_secret: carmenta::config::Secret::new("gh-secret".to_string()),
+                discovery_url: None,
+                base_url: Some(gh.parse().unwrap()),
+                scopes: None,
+                name: None,
+            })
+        })
+        .spawn()
+        .await;
+    // A verified local account with the address GitHub lists as primary but unverified.
+    let local = sign_up(&app, "octo@example.com").await;
+    sqlx::query("UPDATE users SET email_verified_at = now() WHERE id = $1")
+        .bind(local.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let walk = || async { Browser::new().walk(&app.url("/auth/social/github"), |_| false).await };
+    let landed = walk().await;
+    assert_eq!(landed.status, 409, "GitHub's primary email can be unverified: no link ({})", landed.body);
+    // The provider saw Carmenta's client secret in the body and a PKCE verifier.
+    {
+        let g = shared.lock().unwrap();
+        let req = g.token_requests.last().unwrap();
+        assert!(
+            req.contains_key("code_verifier")
+                && req["client_id"] == "gh-client"
+                && req["grant_type"] == "authorization_code"
+        );
+    }
+    shared.lock().unwrap().primary_verified = true;
+    let landed = walk().await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    let (_, me) = app.get_as("/v1/me", &session_of(&landed).unwrap()).await;
+    assert_eq!(me["id"], local.id.to_string());
+    let (_, ids) = app.get_as("/v1/me/identities", &local.session).await;
+    assert_eq!((ids[0]["provider"].as_str(), ids[0]["subject"].as_str()), (Some("github"), Some("4242")));
+    // The configured provider is listed (read-only through the API).
+    let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
+    let (_, list) = app.get_as("/v1/auth/social-providers", &key).await;
+    assert_eq!(
+        (list[0]["source"].as_str(), list[0]["base_url"].as_str()),
+        (Some("config"), Some(format!("{gh}/").as_str()))
+    );
+    let r = app
+        .call(Method::PUT, "/v1/auth/social-providers/github")
+        .by(&key)
+        .json(&json!({"client_id": "x"}))
+        .send()
+        .await;
+    assert_eq!(envelope(r).await.1, "configured_provider");
+}

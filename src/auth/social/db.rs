@@ -20,6 +20,8 @@ pub struct ProviderRow {
     pub client_secret: Option<Vec<u8>>,
     /// OpenID Connect discovery URL.
     pub discovery_url: Option<String>,
+    /// The provider's own server (GitHub Enterprise Server).
+    pub base_url: Option<String>,
     /// Scopes in place of the defaults.
     pub scopes: Option<Vec<String>>,
     /// Name on buttons.
@@ -28,7 +30,7 @@ pub struct ProviderRow {
     pub updated_at: OffsetDateTime,
 }
 
-const PROVIDER_COLS: &str = "id, kind, client_id, client_secret, discovery_url, scopes, name, updated_at";
+const PROVIDER_COLS: &str = "id, kind, client_id, client_secret, discovery_url, base_url, scopes, name, updated_at";
 
 /// Every stored provider, by id.
 pub async fn providers(pool: &PgPool) -> Result<Vec<ProviderRow>, sqlx::Error> {
@@ -45,11 +47,12 @@ pub async fn provider(pool: &PgPool, id: &str) -> Result<Option<ProviderRow>, sq
 /// Creates or replaces provider `row.id` (a `None` secret keeps the stored one).
 pub async fn put_provider(pool: &PgPool, row: &ProviderRow) -> Result<ProviderRow, sqlx::Error> {
     let sql = format!(
-        "INSERT INTO auth_social_providers (id, kind, client_id, client_secret, discovery_url, scopes, name)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO auth_social_providers (id, kind, client_id, client_secret, discovery_url, scopes, name, base_url)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, client_id = EXCLUDED.client_id,
            client_secret = coalesce(EXCLUDED.client_secret, auth_social_providers.client_secret),
-           discovery_url = EXCLUDED.discovery_url, scopes = EXCLUDED.scopes, name = EXCLUDED.name, updated_at = now()
+           discovery_url = EXCLUDED.discovery_url, scopes = EXCLUDED.scopes, name = EXCLUDED.name,
+           base_url = EXCLUDED.base_url, updated_at = now()
          RETURNING {PROVIDER_COLS}"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -60,6 +63,7 @@ pub async fn put_provider(pool: &PgPool, row: &ProviderRow) -> Result<ProviderRo
         .bind(&row.discovery_url)
         .bind(&row.scopes)
         .bind(&row.name)
+        .bind(&row.base_url)
         .fetch_one(pool)
         .await
 }

@@ -41,9 +41,18 @@ enum Kind {
     /// (Apple, when it shares name and email).
     Oidc { discovery: String, form_post: bool },
     /// GitHub's OAuth apps and REST API.
-    GitHub { authorize: &'static str, token: &'static str, api: &'static str },
+    GitHub { authorize: String, token: String, api: String },
     /// Discord's OAuth 2 and API.
     Discord { authorize: &'static str, token: &'static str, api: &'static str },
+}
+
+/// GitHub's endpoints on a server (`web`) and its REST API (`api`).
+fn github(web: &str, api: &str) -> Kind {
+    Kind::GitHub {
+        authorize: format!("{web}/login/oauth/authorize"),
+        token: format!("{web}/login/oauth/access_token"),
+        api: api.to_string(),
+    }
 }
 
 /// The built-in providers: name, how, default scopes.
@@ -70,15 +79,7 @@ fn builtin(id: &str) -> Option<(&'static str, Kind, &'static [&'static str])> {
             oidc("https://gitlab.com/.well-known/openid-configuration", false),
             &["openid", "email", "profile"],
         ),
-        "github" => (
-            "GitHub",
-            Kind::GitHub {
-                authorize: "https://github.com/login/oauth/authorize",
-                token: "https://github.com/login/oauth/access_token",
-                api: "https://api.github.com",
-            },
-            &["read:user", "user:email"],
-        ),
+        "github" => ("GitHub", github("https://github.com", "https://api.github.com"), &["read:user", "user:email"]),
         "discord" => (
             "Discord",
             Kind::Discord {
@@ -123,7 +124,12 @@ fn provider_error(what: impl std::fmt::Display) -> ApiError {
 
 /// The kind of provider `id` with an optional discovery URL: a built-in one
 /// (its discovery replaced when given), else OpenID by discovery.
-fn kind_of(id: &str, discovery: Option<&str>) -> Option<(Kind, Vec<String>)> {
+fn kind_of(id: &str, discovery: Option<&str>, base: Option<&str>) -> Option<(Kind, Vec<String>)> {
+    if let (Some((_, Kind::GitHub { .. }, scopes)), Some(base)) = (builtin(id), base) {
+        // GitHub Enterprise Server: the web flow on the server, the API under /api/v3.
+        let base = base.trim_end_matches('/');
+        return Some((github(base, &format!("{base}/api/v3")), scopes.iter().map(|s| s.to_string()).collect()));
+    }
     match (builtin(id), discovery) {
         (Some((_, Kind::Oidc { form_post, .. }, scopes)), Some(d)) => {
             Some((Kind::Oidc { discovery: d.to_string(), form_post }, scopes.iter().map(|s| s.to_string()).collect()))
@@ -141,7 +147,9 @@ impl Provider {
     /// Provider `id` from the configuration, else from the API's table.
     pub async fn load(state: &AuthState, id: &str) -> Result<Provider, ApiError> {
         if let Some(c) = state.config.social.iter().find(|c| c.id == id) {
-            let (kind, scopes) = kind_of(id, c.discovery_url.as_ref().map(|u| u.as_str())).ok_or_else(unknown)?;
+            let (kind, scopes) =
+                kind_of(id, c.discovery_url.as_ref().map(|u| u.as_str()), c.base_url.as_ref().map(|u| u.as_str()))
+                    .ok_or_else(unknown)?;
             return Ok(Provider {
                 id: id.to_string(),
                 kind,
@@ -154,7 +162,7 @@ impl Provider {
             return Err(unknown());
         }
         let row = super::db::provider(&state.pool, id).await?.ok_or_else(unknown)?;
-        let (kind, scopes) = kind_of(id, row.discovery_url.as_deref()).ok_or_else(unknown)?;
+        let (kind, scopes) = kind_of(id, row.discovery_url.as_deref(), row.base_url.as_deref()).ok_or_else(unknown)?;
         let secret = match &row.client_secret {
             Some(sealed) => {
                 let plain = state.keyring.open_secret("social", id, sealed).map_err(ApiError::internal)?;
@@ -187,7 +195,8 @@ impl Provider {
             Kind::Oidc { discovery, form_post } => {
                 (discover(discovery).await?.authorization_endpoint.clone(), true, *form_post)
             }
-            Kind::GitHub { authorize, .. } | Kind::Discord { authorize, .. } => (authorize.to_string(), false, false),
+            Kind::GitHub { authorize, .. } => (authorize.clone(), false, false),
+            Kind::Discord { authorize, .. } => (authorize.to_string(), false, false),
         };
         let mut url = url::Url::parse(&endpoint).map_err(provider_error)?;
         let challenge = B64URL.encode(Sha256::digest(verifier.as_bytes()));
@@ -462,8 +471,9 @@ async fn verify_id_token(d: &Discovery, token: &str, client_id: &str, nonce: &st
 
 /// The service-key view of a configured provider.
 pub fn config_view(c: &SocialProviderConfig) -> SocialProviderAdminView {
-    let (kind, scopes) = kind_of(&c.id, c.discovery_url.as_ref().map(|u| u.as_str()))
-        .unwrap_or((Kind::Oidc { discovery: String::new(), form_post: false }, Vec::new()));
+    let (kind, scopes) =
+        kind_of(&c.id, c.discovery_url.as_ref().map(|u| u.as_str()), c.base_url.as_ref().map(|u| u.as_str()))
+            .unwrap_or((Kind::Oidc { discovery: String::new(), form_post: false }, Vec::new()));
     SocialProviderAdminView {
         id: c.id.clone(),
         kind: kind_name(&c.id, &kind),
@@ -471,6 +481,7 @@ pub fn config_view(c: &SocialProviderConfig) -> SocialProviderAdminView {
         client_id: c.client_id.clone(),
         has_client_secret: true,
         discovery_url: discovery_of(&kind),
+        base_url: c.base_url.as_ref().map(|u| u.to_string()),
         scopes: c.scopes.clone().unwrap_or(scopes),
         source: "config",
     }
@@ -478,7 +489,7 @@ pub fn config_view(c: &SocialProviderConfig) -> SocialProviderAdminView {
 
 /// The service-key view of a provider added through the API.
 pub fn row_view(r: &ProviderRow) -> SocialProviderAdminView {
-    let (kind, scopes) = kind_of(&r.id, r.discovery_url.as_deref())
+    let (kind, scopes) = kind_of(&r.id, r.discovery_url.as_deref(), r.base_url.as_deref())
         .unwrap_or((Kind::Oidc { discovery: String::new(), form_post: false }, Vec::new()));
     SocialProviderAdminView {
         id: r.id.clone(),
@@ -487,6 +498,7 @@ pub fn row_view(r: &ProviderRow) -> SocialProviderAdminView {
         client_id: r.client_id.clone(),
         has_client_secret: r.client_secret.is_some(),
         discovery_url: discovery_of(&kind),
+        base_url: r.base_url.clone(),
         scopes: r.scopes.clone().unwrap_or(scopes),
         source: "api",
     }
@@ -544,6 +556,22 @@ pub async fn validated_row(state: &AuthState, id: &str, req: PutSocialProvider) 
         }
         None => None,
     };
+    let base_url = match req.base_url.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        Some(_) if id != "github" => {
+            return Err(ApiError::unprocessable(
+                "invalid_base_url",
+                "base_url is for the github provider (GitHub Enterprise Server)",
+            ));
+        }
+        Some(b) => {
+            let u =
+                url::Url::parse(b).map_err(|_| ApiError::unprocessable("invalid_base_url", "base_url is not a URL"))?;
+            crate::http_client::check_url(&u)
+                .map_err(|e| ApiError::unprocessable("invalid_base_url", e.to_string()))?;
+            Some(u.as_str().trim_end_matches('/').to_string())
+        }
+        None => None,
+    };
     if let Some(scopes) = &req.scopes
         && (scopes.len() > 30 || scopes.iter().any(|s| s.is_empty() || s.len() > 200 || s.contains(' ')))
     {
@@ -559,13 +587,14 @@ pub async fn validated_row(state: &AuthState, id: &str, req: PutSocialProvider) 
         Some(s) => Some(state.keyring.seal_secret("social", id, s.as_bytes())),
         None => None,
     };
-    let (kind, _) = kind_of(id, discovery.as_deref()).ok_or_else(unknown)?;
+    let (kind, _) = kind_of(id, discovery.as_deref(), base_url.as_deref()).ok_or_else(unknown)?;
     Ok(ProviderRow {
         id: id.to_string(),
         kind: kind_name(id, &kind),
         client_id,
         client_secret,
         discovery_url: discovery,
+        base_url,
         scopes: req.scopes,
         name: req.name,
         updated_at: time::OffsetDateTime::now_utc(),

@@ -339,8 +339,13 @@ async fn link_or_create(
         .await?;
         return Ok(user);
     }
-    let user = match super::db::insert_user(&state.pool, &email, None, p.name.as_deref(), &serde_json::json!({})).await
-    {
+    // The provider's display name, kept to the profile's limits (256 characters, no controls).
+    let name: Option<String> = p
+        .name
+        .as_deref()
+        .map(|n| n.chars().filter(|c| !c.is_control()).take(256).collect::<String>())
+        .filter(|n| !n.trim().is_empty());
+    let user = match super::db::insert_user(&state.pool, &email, None, name.as_deref(), &serde_json::json!({})).await {
         Ok(u) => u,
         Err(e) if super::db::is_unique_violation(&e) => {
             return Err(ApiError::conflict("identity_link_required", "an account with this email was just created"));

@@ -15,47 +15,19 @@ line with what it saw; exits non-zero on the first failed check.
 
 import json
 import os
-import sys
 
 from playwright.sync_api import sync_playwright
+
+from common import check, errors, launch, shot, shots
 
 BASE = os.environ["BASE"]
 LINK = os.environ["LINK"]
 USER_ID = os.environ["USER_ID"]
-SHOTS = os.environ["SHOTS"]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-errors = []
-shots = []
-
-
-def check(cond, what):
-    if not cond:
-        print(json.dumps({"failed": what, "console_errors": errors}), flush=True)
-        sys.exit(1)
-
-
-def shot(page, name):
-    path = os.path.join(SHOTS, f"{name}.png")
-    page.screenshot(path=path, full_page=True)
-    shots.append(path)
 
 
 def main():
-    os.makedirs(SHOTS, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-                "--disable-quic",
-            ],
-        )
+        browser = launch(p)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         # Console errors, with the resource they are about (the refused SQL write

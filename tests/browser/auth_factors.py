@@ -22,31 +22,15 @@ import json
 import os
 import re
 import struct
-import sys
 import time
 
 from playwright.sync_api import sync_playwright
 
+from common import check, errors, launch, shot, shots
+
 BASE = os.environ["BASE"].rstrip("/")
 EMAIL = os.environ["EMAIL"]
 PASSWORD = os.environ["PASSWORD"]
-SHOTS = os.environ["SHOTS"]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-errors = []
-shots = []
-
-
-def check(cond, what):
-    if not cond:
-        print(json.dumps({"failed": what, "console_errors": errors}), flush=True)
-        sys.exit(1)
-
-
-def shot(page, name):
-    path = os.path.join(SHOTS, f"{name}.png")
-    page.screenshot(path=path, full_page=True)
-    shots.append(path)
 
 
 def arrive(page, path, timeout=15000):
@@ -67,13 +51,8 @@ def totp(secret_b32, t):
 
 
 def main():
-    os.makedirs(SHOTS, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"],
-        )
+        browser = launch(p)
         context = browser.new_context(viewport={"width": 900, "height": 900})
         page = context.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -199,6 +199,20 @@ pub async fn void_sign_in_links(pool: &PgPool, user: Uuid) -> Result<u64, sqlx::
     .rows_affected())
 }
 
+/// `user`'s permissions in organization `org`; `None` when not a member. Areas
+/// that share data with organizations (connections) check these in their handlers.
+pub async fn org_permissions(pool: &PgPool, org: Uuid, user: Uuid) -> Result<Option<Vec<String>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(p.permissions, '{}') FROM org_members m
+         LEFT JOIN org_role_permissions p ON p.org_id = m.org_id AND p.key = m.role
+         WHERE m.org_id = $1 AND m.user_id = $2",
+    )
+    .bind(org)
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+}
+
 /// The active organization of session `id` with the user's role and its
 /// permissions, when the user is still a member (leaving takes it away at once).
 pub async fn active_org_claims(pool: &PgPool, id: Uuid) -> Result<Option<super::tokens::OrgClaims>, sqlx::Error> {

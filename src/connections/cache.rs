@@ -90,14 +90,28 @@ pub async fn lookup(
     key: &str,
 ) -> Result<Arc<ProxyRow>, crate::error::ApiError> {
     let not_found = || crate::error::ApiError::not_found("connection not found");
-    if let Some(row) = c.cache.get(id) {
-        // One answer for "no such connection", "not yours" and "another integration's".
-        return if row.owner_id == owner && row.unique_key == key { Ok(row) } else { Err(not_found()) };
+    let row = match c.cache.get(id) {
+        Some(row) => row,
+        None => {
+            let at = c.cache.generation();
+            let row = Arc::new(super::db::proxy_row(&c.pool, id, key).await?.ok_or_else(not_found)?);
+            c.cache.put(at, row.clone());
+            row
+        }
+    };
+    // One answer for "no such connection", "not yours" and "another integration's".
+    if row.unique_key != key {
+        return Err(not_found());
     }
-    let at = c.cache.generation();
-    let row = Arc::new(super::db::proxy_row(&c.pool, id, owner, key).await?.ok_or_else(not_found)?);
-    c.cache.put(at, row.clone());
-    Ok(row)
+    match row.org_id {
+        None if row.owner_id == owner => Ok(row),
+        None => Err(not_found()),
+        // Shared: membership is read on every call, so leaving ends use at once.
+        Some(org) => {
+            super::service::org_access(c, org, owner, super::service::Need::Read).await?;
+            Ok(row)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -108,6 +122,7 @@ mod tests {
         Arc::new(ProxyRow {
             id,
             owner_id: Uuid::nil(),
+            org_id: None,
             unique_key: "k".into(),
             provider: "p".into(),
             connection_config: serde_json::json!({}),

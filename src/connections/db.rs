@@ -154,6 +154,8 @@ pub async fn delete_integration(pool: &PgPool, key: &str) -> Result<bool, sqlx::
 pub struct SessionRow {
     /// The user connecting.
     pub owner_id: Uuid,
+    /// The organization the connection is for (shared), if any.
+    pub org_id: Option<Uuid>,
     /// Integration keys allowed (all when `None`).
     pub allowed_integrations: Option<Vec<String>>,
     /// Where the browser returns.
@@ -164,21 +166,22 @@ pub struct SessionRow {
 pub async fn insert_connect_session(
     pool: &PgPool,
     token_hash: &[u8],
-    owner: Uuid,
+    owner: (Uuid, Option<Uuid>),
     allowed: Option<&Vec<String>>,
     return_url: Option<&str>,
     expires_at: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO connect_sessions (id, token_hash, owner_id, allowed_integrations, return_url, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO connect_sessions (id, token_hash, owner_id, allowed_integrations, return_url, expires_at, org_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(Uuid::now_v7())
     .bind(token_hash)
-    .bind(owner)
+    .bind(owner.0)
     .bind(allowed)
     .bind(return_url)
     .bind(expires_at)
+    .bind(owner.1)
     .execute(pool)
     .await?;
     Ok(())
@@ -187,7 +190,8 @@ pub async fn insert_connect_session(
 /// The unexpired connect session with this token hash.
 pub async fn live_connect_session(pool: &PgPool, token_hash: &[u8]) -> Result<Option<SessionRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT owner_id, allowed_integrations, return_url FROM connect_sessions WHERE token_hash = $1 AND expires_at > now()",
+        "SELECT owner_id, org_id, allowed_integrations, return_url FROM connect_sessions \
+         WHERE token_hash = $1 AND expires_at > now()",
     )
     .bind(token_hash)
     .fetch_optional(pool)
@@ -211,16 +215,18 @@ pub struct PageLine {
 /// The integrations `allowed` (all when `None`) with `owner`'s connections to each.
 pub async fn connect_page_lines(
     pool: &PgPool,
-    owner: Uuid,
+    owner: (Uuid, Option<Uuid>),
     allowed: Option<&Vec<String>>,
 ) -> Result<Vec<PageLine>, sqlx::Error> {
     sqlx::query_as(
         "SELECT i.unique_key, i.provider, c.external_account_id, c.status FROM integrations i \
-         LEFT JOIN connections c ON c.integration_id = i.id AND c.owner_id = $1 \
+         LEFT JOIN connections c ON c.integration_id = i.id \
+           AND CASE WHEN $3::uuid IS NULL THEN c.owner_id = $1 AND c.org_id IS NULL ELSE c.org_id = $3 END \
          WHERE $2::text[] IS NULL OR i.unique_key = ANY($2) ORDER BY i.unique_key, c.created_at",
     )
-    .bind(owner)
+    .bind(owner.0)
     .bind(allowed)
+    .bind(owner.1)
     .fetch_all(pool)
     .await
 }
@@ -229,7 +235,7 @@ pub async fn connect_page_lines(
 pub async fn insert_oauth_state(pool: &PgPool, st: NewState<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO oauth_states (state_hash, owner_id, integration_id, code_verifier, return_url, expires_at, \
-         connection_config) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)",
+         connection_config, org_id) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8)",
     )
     .bind(st.state_hash)
     .bind(st.owner)
@@ -238,6 +244,7 @@ pub async fn insert_oauth_state(pool: &PgPool, st: NewState<'_>) -> Result<(), s
     .bind(st.return_url)
     .bind(st.ttl_secs as f64)
     .bind(st.connection_config)
+    .bind(st.org)
     .execute(pool)
     .await?;
     Ok(())
@@ -249,6 +256,8 @@ pub struct NewState<'a> {
     pub state_hash: &'a [u8],
     /// The user connecting.
     pub owner: Uuid,
+    /// The organization it is for, if shared.
+    pub org: Option<Uuid>,
     /// The integration.
     pub integration: Uuid,
     /// The sealed PKCE verifier.
@@ -266,6 +275,8 @@ pub struct NewState<'a> {
 pub struct StateRow {
     /// The user connecting.
     pub owner_id: Uuid,
+    /// The organization it is for, if shared.
+    pub org_id: Option<Uuid>,
     /// The integration.
     pub integration_id: Uuid,
     /// The sealed PKCE verifier.
@@ -280,7 +291,7 @@ pub struct StateRow {
 pub async fn consume_oauth_state(pool: &PgPool, state_hash: &[u8]) -> Result<Option<StateRow>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE oauth_states SET used_at = now() WHERE state_hash = $1 AND used_at IS NULL AND expires_at > now() \
-         RETURNING owner_id, integration_id, code_verifier, return_url, connection_config",
+         RETURNING owner_id, org_id, integration_id, code_verifier, return_url, connection_config",
     )
     .bind(state_hash)
     .fetch_optional(pool)
@@ -291,51 +302,67 @@ pub async fn consume_oauth_state(pool: &PgPool, state_hash: &[u8]) -> Result<Opt
 // Connections
 
 const CONN_SQL: &str = "SELECT c.id, i.unique_key AS integration, i.provider, c.external_account_id, c.status, \
-    c.scopes, c.expires_at, c.last_refresh_at, c.last_error, c.metadata, c.created_at \
+    c.scopes, c.expires_at, c.last_refresh_at, c.last_error, c.metadata, c.created_at, c.org_id \
     FROM connections c JOIN integrations i ON i.id = c.integration_id";
 
 /// A page of `owner`'s connections (optionally of one integration) in creation
 /// order, after the position `after`.
 pub async fn list_connections(
     pool: &PgPool,
-    owner: Uuid,
+    owner: (Uuid, Option<Uuid>),
     integration: Option<&str>,
     after: Option<(OffsetDateTime, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Connection>, sqlx::Error> {
     let sql = format!(
-        "{CONN_SQL} WHERE c.owner_id = $1 AND ($2::text IS NULL OR i.unique_key = $2) \
+        "{CONN_SQL} WHERE CASE WHEN $6::uuid IS NULL THEN c.owner_id = $1 AND c.org_id IS NULL ELSE c.org_id = $6 END \
+         AND ($2::text IS NULL OR i.unique_key = $2) \
          AND ($3::timestamptz IS NULL OR (c.created_at, c.id) > ($3, $4)) ORDER BY c.created_at, c.id LIMIT $5"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(owner)
+        .bind(owner.0)
         .bind(integration)
         .bind(after.map(|a| a.0))
         .bind(after.map(|a| a.1))
         .bind(limit)
+        .bind(owner.1)
         .fetch_all(pool)
         .await
 }
 
-/// `owner`'s connection `id`.
-pub async fn owned_connection(pool: &PgPool, owner: Uuid, id: Uuid) -> Result<Option<Connection>, sqlx::Error> {
-    let sql = format!("{CONN_SQL} WHERE c.id = $1 AND c.owner_id = $2");
-    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(owner).fetch_optional(pool).await
+/// Connection `id` and who holds it: (the user who made it, the organization it
+/// is shared with). The caller decides who may see it.
+pub async fn connection_by_id(pool: &PgPool, id: Uuid) -> Result<Option<(Connection, Uuid)>, sqlx::Error> {
+    let sql =
+        format!("SELECT q.*, c2.owner_id FROM ({CONN_SQL} WHERE c.id = $1) q JOIN connections c2 ON c2.id = q.id");
+    let row: Option<ConnectionWithOwner> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?;
+    Ok(row.map(|r| (r.connection, r.owner_id)))
 }
 
-/// The id of `owner`'s connection to `integration` for `account`, if any.
+#[derive(FromRow)]
+struct ConnectionWithOwner {
+    #[sqlx(flatten)]
+    connection: Connection,
+    owner_id: Uuid,
+}
+
+/// The id of the holder's connection to `integration` for `account`, if any:
+/// the user's own (`org` none), or the organization's.
 pub async fn connection_id_of(
     pool: &PgPool,
-    owner: Uuid,
+    owner: (Uuid, Option<Uuid>),
     integration: Uuid,
     account: &str,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT id FROM connections WHERE owner_id = $1 AND integration_id = $2 AND external_account_id = $3",
+        "SELECT id FROM connections WHERE integration_id = $2 AND external_account_id = $3 \
+         AND CASE WHEN $4::uuid IS NULL THEN owner_id = $1 AND org_id IS NULL ELSE org_id = $4 END",
     )
-    .bind(owner)
+    .bind(owner.0)
     .bind(integration)
     .bind(account)
+    .bind(owner.1)
     .fetch_optional(pool)
     .await
 }
@@ -345,8 +372,8 @@ pub async fn connection_id_of(
 pub struct Upsert<'a> {
     /// The id (the sealed credentials' associated data).
     pub id: Uuid,
-    /// Owner.
-    pub owner: Uuid,
+    /// Owner (who made it) and the organization it is shared with, if any.
+    pub owner: (Uuid, Option<Uuid>),
     /// Integration.
     pub integration: Uuid,
     /// External account.
@@ -364,40 +391,48 @@ pub struct Upsert<'a> {
 /// Inserts the connection, or updates the one on (owner, integration, account)
 /// when it has the same id; `None` when another id holds that place (a racing insert).
 pub async fn upsert_connection(pool: &PgPool, u: Upsert<'_>) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    // One account per holder: the user's own connections and an organization's are
+    // two unique indexes (see the migration); the conflict target names the one.
+    let target = if u.owner.1.is_some() {
+        "(org_id, integration_id, external_account_id) WHERE org_id IS NOT NULL"
+    } else {
+        "(owner_id, integration_id, external_account_id) WHERE org_id IS NULL"
+    };
+    let sql = format!(
         "INSERT INTO connections (id, owner_id, integration_id, external_account_id, credentials, scopes, expires_at, \
-         last_refresh_at, connection_config) VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8) \
-         ON CONFLICT (owner_id, integration_id, external_account_id) DO UPDATE SET credentials = excluded.credentials, \
+         last_refresh_at, connection_config, org_id) VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8, $9) \
+         ON CONFLICT {target} DO UPDATE SET credentials = excluded.credentials, \
          scopes = excluded.scopes, expires_at = excluded.expires_at, status = 'connected', last_error = NULL, \
          connection_config = excluded.connection_config, \
-         last_refresh_at = now(), updated_at = now() WHERE connections.id = excluded.id RETURNING id",
-    )
-    .bind(u.id)
-    .bind(u.owner)
-    .bind(u.integration)
-    .bind(u.account)
-    .bind(u.credentials)
-    .bind(u.scopes)
-    .bind(u.expires_at)
-    .bind(u.connection_config)
-    .fetch_optional(pool)
-    .await
+         last_refresh_at = now(), updated_at = now() WHERE connections.id = excluded.id RETURNING id"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(u.id)
+        .bind(u.owner.0)
+        .bind(u.integration)
+        .bind(u.account)
+        .bind(u.credentials)
+        .bind(u.scopes)
+        .bind(u.expires_at)
+        .bind(u.connection_config)
+        .bind(u.owner.1)
+        .fetch_optional(pool)
+        .await
 }
 
-/// Sets `owner`'s connection's metadata.
-pub async fn set_metadata(pool: &PgPool, owner: Uuid, id: Uuid, metadata: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE connections SET metadata = $2, updated_at = now() WHERE id = $1 AND owner_id = $3")
+/// Sets connection `id`'s metadata (the caller checked who may).
+pub async fn set_metadata(pool: &PgPool, id: Uuid, metadata: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE connections SET metadata = $2, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(metadata)
-        .bind(owner)
         .execute(pool)
         .await?;
     Ok(())
 }
 
-/// Deletes `owner`'s connection `id` (within `conn`, with its event).
-pub async fn delete_connection(conn: &mut PgConnection, owner: Uuid, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM connections WHERE id = $1 AND owner_id = $2").bind(id).bind(owner).execute(conn).await?;
+/// Deletes connection `id` (within `conn`, with its event; the caller checked who may).
+pub async fn delete_connection(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM connections WHERE id = $1").bind(id).execute(conn).await?;
     Ok(())
 }
 
@@ -417,8 +452,11 @@ pub async fn sealed_credentials(pool: &PgPool, id: Uuid) -> Result<Option<(Strin
 pub struct ProxyRow {
     /// The connection id.
     pub id: Uuid,
-    /// Its owner.
+    /// Its owner (who made it).
     pub owner_id: Uuid,
+    /// The organization it is shared with: then members with
+    /// `org:connections:read` use it, whoever made it.
+    pub org_id: Option<Uuid>,
     /// The integration's unique key (`Provider-Config-Key`).
     pub unique_key: String,
     /// The provider's catalog name.
@@ -431,15 +469,15 @@ pub struct ProxyRow {
     pub credentials: Vec<u8>,
 }
 
-/// `owner`'s connection `id` under the integration `key`, with sealed credentials.
-pub async fn proxy_row(pool: &PgPool, id: Uuid, owner: Uuid, key: &str) -> Result<Option<ProxyRow>, sqlx::Error> {
+/// Connection `id` under the integration `key`, with sealed credentials (the
+/// caller checks that the requester may use it).
+pub async fn proxy_row(pool: &PgPool, id: Uuid, key: &str) -> Result<Option<ProxyRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT c.id, c.owner_id, i.unique_key, i.provider, c.connection_config, c.status, c.credentials \
+        "SELECT c.id, c.owner_id, c.org_id, i.unique_key, i.provider, c.connection_config, c.status, c.credentials \
          FROM connections c JOIN integrations i ON i.id = c.integration_id \
-         WHERE c.id = $1 AND c.owner_id = $2 AND i.unique_key = $3",
+         WHERE c.id = $1 AND i.unique_key = $2",
     )
     .bind(id)
-    .bind(owner)
     .bind(key)
     .fetch_optional(pool)
     .await

@@ -162,7 +162,8 @@ async fn create_session(
         Some(u) => Some(crate::auth::service::safe_redirect(&auth.config, u)?),
         None => None,
     };
-    let s = service::create_session(&c, user.user_id, req.allowed_integrations.as_ref(), return_url).await?;
+    let s =
+        service::create_session(&c, user.user_id, req.org_id, req.allowed_integrations.as_ref(), return_url).await?;
     let view = ConnectSessionView { token: s.token, expires_at: s.expires_at, links: s.links };
     Ok((StatusCode::CREATED, ApiJson(view)).into_response())
 }
@@ -177,7 +178,7 @@ async fn list_connections(
     Query(page): Query<PageQuery>,
 ) -> Result<ApiJson<Page<Connection>>, ApiError> {
     let integration = q.integration.as_deref().filter(|i| !i.is_empty());
-    let rows = service::list(&c, user.user_id, integration, &page).await?;
+    let rows = service::list(&c, user.user_id, q.org_id, integration, &page).await?;
     Ok(ApiJson(rows))
 }
 
@@ -189,7 +190,7 @@ async fn get_connection(
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Connection>, ApiError> {
-    service::owned(&c, user.user_id, &id).await.map(ApiJson)
+    service::owned(&c, user.user_id, &id, service::Need::Read).await.map(ApiJson)
 }
 
 /// Set a connection's metadata.
@@ -239,7 +240,7 @@ async fn connection_token(
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    let row = service::owned(&c, user.user_id, &id).await?;
+    let row = service::owned(&c, user.user_id, &id, service::Need::Read).await?;
     let creds = super::refresh::fresh_token(&c, row.id, q.force).await?;
     let mut res = ApiJson(TokenView { access_token: creds.access_token, expires_at: creds.expires_at }).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

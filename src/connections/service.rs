@@ -42,9 +42,13 @@ pub struct NewSession {
 pub async fn create_session(
     c: &Connections,
     owner: Uuid,
+    org: Option<Uuid>,
     allowed: Option<&Vec<String>>,
     return_url: Option<String>,
 ) -> Result<NewSession, ApiError> {
+    if let Some(org) = org {
+        org_access(c, org, owner, Need::Write).await?;
+    }
     let keys: Vec<String> = match allowed {
         Some(k) if k.is_empty() || k.len() > 100 => {
             return Err(ApiError::unprocessable(
@@ -64,7 +68,8 @@ pub async fn create_session(
     };
     let token = random_token("cs_connect_");
     let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(SESSION_TTL_SECS);
-    db::insert_connect_session(&c.pool, &hash_token(&token), owner, allowed, return_url.as_deref(), expires_at).await?;
+    db::insert_connect_session(&c.pool, &hash_token(&token), (owner, org), allowed, return_url.as_deref(), expires_at)
+        .await?;
     let links =
         keys.iter().map(|k| (k.clone(), format!("{}/oauth/connect/{k}?session={token}", c.public_base))).collect();
     Ok(NewSession { token, expires_at, links })
@@ -88,7 +93,8 @@ pub async fn live_session(c: &Connections, token: Option<&str>) -> Result<Sessio
 
 /// The hosted page's lines for `session`.
 pub async fn page_lines(c: &Connections, session: &SessionRow) -> Result<Vec<PageLine>, ApiError> {
-    Ok(db::connect_page_lines(&c.pool, session.owner_id, session.allowed_integrations.as_ref()).await?)
+    let holder = (session.owner_id, session.org_id);
+    Ok(db::connect_page_lines(&c.pool, holder, session.allowed_integrations.as_ref()).await?)
 }
 
 /// Starts connecting `key` for `session`: stores the state and returns the
@@ -117,6 +123,7 @@ pub async fn start(c: &Connections, session: &SessionRow, key: &str, config: &Va
     let state = db::NewState {
         state_hash: &state_hash,
         owner: session.owner_id,
+        org: session.org_id,
         integration: integ.id,
         sealed_verifier: sealed,
         return_url: session.return_url.as_deref(),
@@ -243,7 +250,7 @@ pub async fn finish(c: &Connections, cb: Callback) -> (ReturnUrl, Result<(String
                 }
             }
         }
-        let id = upsert(c, st.owner_id, &integ, &account, &tokens, &config).await.map_err(internal)?;
+        let id = upsert(c, (st.owner_id, st.org_id), &integ, &account, &tokens, &config).await.map_err(internal)?;
         Ok((integ.unique_key, id))
     }
     .await;
@@ -259,11 +266,12 @@ pub fn client_of<'a>(c: &Connections, integ: &'a IntegrationRow) -> Result<oauth
     Ok(oauth::Client { id: integ.client_id.as_deref().unwrap_or(""), secret })
 }
 
-/// Stores `tokens` as `owner`'s connection to `integ` for `account` (reconnecting
-/// the same account keeps its connection id) and emits `connection.created`.
+/// Stores `tokens` as the holder's connection to `integ` for `account` (the user's
+/// own, or with an organization the organization's; reconnecting the same account
+/// keeps its connection id) and emits `connection.created`.
 async fn upsert(
     c: &Connections,
-    owner: Uuid,
+    owner: (Uuid, Option<Uuid>),
     integ: &IntegrationRow,
     account: &str,
     t: &Tokens,
@@ -301,7 +309,7 @@ async fn upsert(
             super::webhooks::emit(
                 &mut conn,
                 "connection.created",
-                serde_json::json!({"connection_id": id, "owner_id": owner, "integration": integ.unique_key,
+                serde_json::json!({"connection_id": id, "owner_id": owner.0, "org_id": owner.1, "integration": integ.unique_key,
                                    "provider": integ.provider, "external_account_id": account, "reconnected": existing.is_some()}),
             )
             .await?;
@@ -317,6 +325,10 @@ pub async fn create_key_connection(
     owner: Uuid,
     req: CreateKeyConnection,
 ) -> Result<Connection, ApiError> {
+    if let Some(org) = req.org_id {
+        org_access(c, org, owner, Need::Write).await?;
+    }
+    let holder = (owner, req.org_id);
     let integ = integrations::by_key(c, &req.integration)
         .await
         .map_err(|_| ApiError::unprocessable("unknown_integration", format!("no integration {:?}", req.integration)))?;
@@ -352,8 +364,8 @@ pub async fn create_key_connection(
             .map_err(|e| {
                 ApiError::unprocessable(e.code, format!("the provider refused the client credentials: {}", e.detail))
             })?;
-        let id = upsert(c, owner, &integ, &account, &tokens, &config).await?;
-        return owned(c, owner, &id.to_string()).await;
+        let id = upsert(c, holder, &integ, &account, &tokens, &config).await?;
+        return owned(c, owner, &id.to_string(), Need::Read).await;
     }
     let secret = match (provider.auth_mode.as_str(), &req.api_key, &req.username, &req.password) {
         ("API_KEY", Some(k), None, None) if text_ok(k) => k.clone(),
@@ -384,8 +396,8 @@ pub async fn create_key_connection(
         scope: None,
         raw: serde_json::json!({"type": provider.auth_mode}),
     };
-    let id = upsert(c, owner, &integ, &account, &tokens, &config).await?;
-    owned(c, owner, &id.to_string()).await
+    let id = upsert(c, holder, &integ, &account, &tokens, &config).await?;
+    owned(c, owner, &id.to_string(), Need::Read).await
 }
 
 /// A token by the client-credentials grant, with the connection's own client
@@ -415,28 +427,69 @@ pub async fn client_credentials(
     Ok(tokens)
 }
 
-/// `owner`'s connection `id` (a malformed id, another user's and a missing one
-/// are the same 404).
-pub async fn owned(c: &Connections, owner: Uuid, id: &str) -> Result<Connection, ApiError> {
-    let not_found = || ApiError::not_found("connection not found");
+/// What a caller wants to do with a connection an organization shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// See it and use it (`org:connections:read`).
+    Read,
+    /// Change or delete it, or make one (`org:connections:write`).
+    Write,
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("connection not found")
+}
+
+/// Checks `user` in organization `org` for `need`: a non-member gets the same
+/// 404 as for a missing connection, a member without the permission 403
+/// `insufficient_permission`. Read on every call, so leaving ends access at once.
+pub async fn org_access(c: &Connections, org: Uuid, user: Uuid, need: Need) -> Result<(), ApiError> {
+    let perm = match need {
+        Need::Read => "org:connections:read",
+        Need::Write => "org:connections:write",
+    };
+    match crate::auth::db::org_permissions(&c.pool, org, user).await? {
+        None => Err(not_found()),
+        Some(p) if p.iter().any(|x| x == perm) => Ok(()),
+        Some(_) => Err(ApiError::forbidden(format!("your role in this organization lacks {perm}"))
+            .with_code("insufficient_permission")),
+    }
+}
+
+/// Connection `id` if `user` may do `need` with it: their own (another user's and a
+/// missing one are the same 404), or one their organization shares.
+pub async fn owned(c: &Connections, user: Uuid, id: &str, need: Need) -> Result<Connection, ApiError> {
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
-    db::owned_connection(&c.pool, owner, id).await?.ok_or_else(not_found)
+    let (row, owner) = db::connection_by_id(&c.pool, id).await?.ok_or_else(not_found)?;
+    match row.org_id {
+        None if owner == user => Ok(row),
+        None => Err(not_found()),
+        Some(org) => {
+            org_access(c, org, user, need).await?;
+            Ok(row)
+        }
+    }
 }
 
 fn connection_cursor(r: &Connection) -> String {
     crate::pagination::time_id_cursor(r.created_at, r.id)
 }
 
-/// A page of `owner`'s connections, optionally of one integration.
+/// A page of `owner`'s own connections, or (with `org`) of those the organization
+/// shares, optionally of one integration.
 pub async fn list(
     c: &Connections,
     owner: Uuid,
+    org: Option<Uuid>,
     integration: Option<&str>,
     page: &PageQuery,
 ) -> Result<Page<Connection>, ApiError> {
+    if let Some(org) = org {
+        org_access(c, org, owner, Need::Read).await?;
+    }
     let limit = page.limit()?;
     let after = page.cursor_text()?.map(|t| crate::pagination::parse_time_id(&t)).transpose()?;
-    let rows = db::list_connections(&c.pool, owner, integration, after, limit + 1).await?;
+    let rows = db::list_connections(&c.pool, (owner, org), integration, after, limit + 1).await?;
     Ok(Page::from_rows(rows, limit, connection_cursor))
 }
 
@@ -445,25 +498,37 @@ pub async fn set_metadata(c: &Connections, owner: Uuid, id: &str, metadata: &Val
     if !metadata.is_object() || serde_json::to_vec(metadata).map_or(true, |b| b.len() > 8192) {
         return Err(ApiError::unprocessable("invalid_metadata", "metadata must be a JSON object of at most 8 KB"));
     }
-    let row = owned(c, owner, id).await?;
-    db::set_metadata(&c.pool, owner, row.id, metadata).await?;
-    owned(c, owner, id).await
+    let row = owned(c, owner, id, Need::Write).await?;
+    db::set_metadata(&c.pool, row.id, metadata).await?;
+    owned(c, owner, id, Need::Read).await
 }
 
 /// Deletes `owner`'s connection `id`, revoking its token at the provider first
 /// when the provider offers it (best effort: a failure is logged and the
 /// connection deleted anyway), and emits `connection.deleted`.
 pub async fn delete(c: &Connections, owner: Uuid, id: &str) -> Result<(), ApiError> {
-    let row = owned(c, owner, id).await?;
+    let row = owned(c, owner, id, Need::Write).await?;
+    remove(c, row, owner).await
+}
+
+/// Deletes connection `id` whoever holds it (the admin console's action; the
+/// console audits it).
+pub async fn delete_any(c: &Connections, id: Uuid) -> Result<(), ApiError> {
+    let (row, owner) = db::connection_by_id(&c.pool, id).await?.ok_or_else(not_found)?;
+    remove(c, row, owner).await
+}
+
+/// Revokes (best effort) and deletes `row`, with its `connection.deleted` event.
+async fn remove(c: &Connections, row: Connection, owner: Uuid) -> Result<(), ApiError> {
     if let Err(e) = revoke(c, &row).await {
         tracing::warn!(connection = %row.id, error = %e, "revoking at the provider failed; deleting anyway");
     }
     let mut tx = c.pool.begin().await?;
-    db::delete_connection(&mut tx, owner, row.id).await?;
+    db::delete_connection(&mut tx, row.id).await?;
     super::webhooks::emit(
         &mut tx,
         "connection.deleted",
-        serde_json::json!({"connection_id": row.id, "owner_id": owner, "integration": row.integration,
+        serde_json::json!({"connection_id": row.id, "owner_id": owner, "org_id": row.org_id, "integration": row.integration,
                            "provider": row.provider, "external_account_id": row.external_account_id}),
     )
     .await?;

@@ -10,6 +10,9 @@ use uuid::Uuid;
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnectSession {
+    /// Connect for this organization (shared with its members; `org:connections:write`).
+    #[serde(default)]
+    pub org_id: Option<Uuid>,
     /// Integration keys the user may connect (all when absent).
     pub allowed_integrations: Option<Vec<String>>,
     /// Where the browser goes after the flow (a path here or an allowed origin).
@@ -57,6 +60,9 @@ pub struct Connection {
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The organization that shares it (absent for the user's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<Uuid>,
 }
 
 /// Filter of the connection list.
@@ -65,6 +71,8 @@ pub struct Connection {
 pub struct ConnQuery {
     /// Only this integration.
     pub integration: Option<String>,
+    /// The organization's shared connections instead of mine (`org:connections:read`).
+    pub org_id: Option<Uuid>,
 }
 
 /// `PATCH /v1/connections/{id}`.
@@ -80,6 +88,9 @@ pub struct PatchConnection {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyConnection {
+    /// Store it for this organization (shared with its members; `org:connections:write`).
+    #[serde(default)]
+    pub org_id: Option<Uuid>,
     /// Integration key.
     pub integration: String,
     /// The API key (API_KEY providers).

@@ -1860,3 +1860,148 @@ async fn every_quirk_combination_in_the_catalog_connects_proxies_and_refreshes()
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn organizations_share_connections_and_every_route_checks_the_member() {
+    let f = Flow::new().await;
+    let app = &f.app;
+    let r = app
+        .call(Method::POST, "/v1/integrations")
+        .by(&f.key)
+        .json(&json!({"unique_key": "keyed", "provider": "fake-key"}))
+        .send()
+        .await;
+    assert_eq!(r.status(), 201);
+    let owner = sign_up(app, "org-owner@example.com").await;
+    let admin = sign_up(app, "org-admin@example.com").await;
+    let member = sign_up(app, "org-member@example.com").await;
+    let none = sign_up(app, "org-none@example.com").await;
+    let stranger = sign_up(app, "stranger@example.com").await;
+    let (s, org) = app.post_as("/v1/orgs", &owner.jwt, &json!({"name": "Sharers"})).await;
+    assert_eq!(s, 201);
+    let org_id = org["id"].as_str().unwrap().to_string();
+    let (s, _) = app
+        .post_as(
+            &format!("/v1/orgs/{org_id}/roles"),
+            &owner.jwt,
+            &json!({"key": "org:guest", "name": "Guest", "permissions": []}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    for (u, role) in [(&admin, "org:owner"), (&member, "org:member"), (&none, "org:guest")] {
+        sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1::uuid, $2, $3)")
+            .bind(&org_id)
+            .bind(u.id)
+            .bind(role)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    // Making a shared connection needs org:connections:write; a stranger is told nothing.
+    let key_body = json!({"integration": "keyed", "api_key": "team-key", "org_id": org_id});
+    for (u, want) in [(&member, 403), (&stranger, 404)] {
+        assert_eq!(status(app.call(Method::POST, "/v1/connections").by(&u.jwt).json(&key_body).send().await), want);
+        let sess = json!({"org_id": org_id, "allowed_integrations": ["basic"]});
+        assert_eq!(status(app.call(Method::POST, "/v1/connect/sessions").by(&u.jwt).json(&sess).send().await), want);
+    }
+    let (s, keyed) = app.post_as("/v1/connections", &owner.jwt, &key_body).await;
+    assert_eq!(s, 201, "{keyed}");
+    assert_eq!(keyed["org_id"], org_id.as_str());
+    let keyed_id = keyed["id"].as_str().unwrap().to_string();
+    // The OAuth flow for the organization, through a connect session.
+    let (s, sess) = app
+        .post_as(
+            "/v1/connect/sessions",
+            &admin.jwt,
+            &json!({"org_id": org_id, "allowed_integrations": ["basic"], "return_url": "/done"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{sess}");
+    let r = app.client.get(sess["links"]["basic"].as_str().unwrap()).send().await.unwrap();
+    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<String, String> = to.query_pairs().into_owned().collect();
+    if let Some(ch) = q.get("code_challenge") {
+        f.fake.challenges.lock().unwrap().insert("team".to_string(), ch.clone());
+    }
+    let r = app.call(Method::GET, &format!("/oauth/callback?code=team&state={}", q["state"])).send().await;
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(loc.contains("result=success"), "{loc}");
+    let oauth_id = loc.rsplit('=').next().unwrap().to_string();
+
+    // Shared connections are the organization's, not the maker's own.
+    let (_, mine) = app.get_as("/v1/connections", &owner.jwt).await;
+    assert_eq!(mine["data"], json!([]));
+    let listed =
+        |u: &crate::harness::User| app.call(Method::GET, &format!("/v1/connections?org_id={org_id}")).by(&u.jwt).send();
+    let (s, list) = app.get_as(&format!("/v1/connections?org_id={org_id}"), &member.jwt).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(status(listed(&none).await), 403);
+    assert_eq!(status(listed(&stranger).await), 404);
+
+    // Reading routes: members with org:connections:read; a role without it 403; strangers 404.
+    for id in [&keyed_id, &oauth_id] {
+        for path in [format!("/v1/connections/{id}"), format!("/v1/connections/{id}/token")] {
+            for (u, want) in [(&member, 200), (&none, 403), (&stranger, 404)] {
+                assert_eq!(status(app.call(Method::GET, &path).by(&u.jwt).send().await), want, "{path} as {}", u.id);
+            }
+        }
+    }
+    let proxied = |u: &crate::harness::User| {
+        app.client
+            .get(app.url("/v1/proxy/echo/x"))
+            .bearer_auth(&u.jwt)
+            .header("connection-id", keyed_id.as_str())
+            .header("provider-config-key", "keyed")
+            .send()
+    };
+    let r = proxied(&member).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["x_api_key"], "team-key");
+    assert_eq!(proxied(&none).await.unwrap().status(), 403);
+    assert_eq!(proxied(&stranger).await.unwrap().status(), 404);
+
+    // Writing routes: org:connections:write.
+    let patch = json!({"metadata": {"team": true}});
+    for (u, want) in [(&member, 403), (&none, 403), (&stranger, 404)] {
+        assert_eq!(
+            status(
+                app.call(Method::PATCH, &format!("/v1/connections/{keyed_id}")).by(&u.jwt).json(&patch).send().await
+            ),
+            want
+        );
+        assert_eq!(
+            status(app.call(Method::DELETE, &format!("/v1/connections/{oauth_id}")).by(&u.jwt).send().await),
+            want
+        );
+    }
+    let (s, patched) = app.patch_as(&format!("/v1/connections/{keyed_id}"), &admin.jwt, &patch).await;
+    assert_eq!((s, patched["metadata"]["team"].as_bool()), (200, Some(true)));
+
+    // Removal from the organization ends access at once (the proxy's cache included).
+    let (s, _) = app.delete_as(&format!("/v1/orgs/{org_id}/members/{}", member.id), &owner.jwt).await;
+    assert_eq!(s, 204);
+    assert_eq!(proxied(&member).await.unwrap().status(), 404);
+    assert_eq!(status(app.call(Method::GET, &format!("/v1/connections/{keyed_id}")).by(&member.jwt).send().await), 404);
+
+    // The maker's account goes; the organization keeps its connection (another member holds it).
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(owner.id).execute(&app.pool).await.unwrap();
+    let (s, c) = app.get_as(&format!("/v1/connections/{keyed_id}"), &admin.jwt).await;
+    assert_eq!((s, c["org_id"].as_str()), (200, Some(org_id.as_str())));
+    let (s, _) = app.delete_as(&format!("/v1/connections/{oauth_id}"), &admin.jwt).await;
+    assert_eq!(s, 204);
+    let events: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM webhook_outbox WHERE event_type IN ('connection.created', 'connection.deleted') ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(events.iter().all(|e| e["data"]["org_id"] == org_id.as_str()), "{events:?}");
+    // Deleting the organization deletes what it shares.
+    let (s, _) = app.delete_as(&format!("/v1/orgs/{org_id}?confirm=true"), &admin.jwt).await;
+    assert_eq!(s, 204);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM connections").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(left, 0);
+}

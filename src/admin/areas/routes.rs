@@ -590,7 +590,7 @@ async fn connection_action(
             Ok(see_other("/admin/connections?done=refreshed"))
         }
         "delete" => {
-            crate::connections::service::delete(&admin.connections, owner, &id.to_string()).await?;
+            crate::connections::service::delete_any(&admin.connections, id).await?;
             service::record(
                 &admin,
                 &s,

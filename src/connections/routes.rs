@@ -151,7 +151,8 @@ async fn delete_integration(
 
 /// Create a connect session for the signed-in user (or the user a service key acts for).
 #[utoipa::path(post, path = "/v1/connect/sessions", tag = "connections", request_body = CreateConnectSession,
-    responses((status = 201, body = ConnectSessionView), (status = 422)))]
+    responses((status = 201, body = ConnectSessionView), (status = 403, description = "insufficient_permission (org_id: org:connections:write)"),
+        (status = 404, description = "org_id names an organization you are not in"), (status = 422)))]
 async fn create_session(
     State(c): State<Arc<Connections>>,
     State(auth): State<Arc<AuthState>>,
@@ -170,7 +171,9 @@ async fn create_session(
 
 /// My connections, oldest first.
 #[utoipa::path(get, path = "/v1/connections", tag = "connections", params(ConnQuery, PageQuery),
-    responses((status = 200, body = Page<Connection>), (status = 400, description = "invalid_limit, invalid_cursor")))]
+    responses((status = 200, body = Page<Connection>), (status = 400, description = "invalid_limit, invalid_cursor"),
+        (status = 403, description = "insufficient_permission (org_id: org:connections:read)"),
+        (status = 404, description = "org_id names an organization you are not in")))]
 async fn list_connections(
     State(c): State<Arc<Connections>>,
     user: CurrentUser,
@@ -184,7 +187,7 @@ async fn list_connections(
 
 /// One of my connections.
 #[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Connection), (status = 404)))]
+    responses((status = 200, body = Connection), (status = 403, description = "insufficient_permission (shared: org:connections:read)"), (status = 404)))]
 async fn get_connection(
     State(c): State<Arc<Connections>>,
     user: CurrentUser,
@@ -195,7 +198,8 @@ async fn get_connection(
 
 /// Set a connection's metadata.
 #[utoipa::path(patch, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
-    request_body = PatchConnection, responses((status = 200, body = Connection), (status = 404)))]
+    request_body = PatchConnection, responses((status = 200, body = Connection),
+        (status = 403, description = "insufficient_permission (shared: org:connections:write)"), (status = 404)))]
 async fn patch_connection(
     State(c): State<Arc<Connections>>,
     user: CurrentUser,
@@ -207,7 +211,8 @@ async fn patch_connection(
 
 /// Store API-key or basic credentials for a provider that uses them.
 #[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = CreateKeyConnection,
-    responses((status = 201, body = Connection), (status = 422)))]
+    responses((status = 201, body = Connection), (status = 403, description = "insufficient_permission (org_id: org:connections:write)"),
+        (status = 404, description = "org_id names an organization you are not in"), (status = 422)))]
 async fn create_key_connection(
     State(c): State<Arc<Connections>>,
     user: CurrentUser,
@@ -219,7 +224,7 @@ async fn create_key_connection(
 
 /// Delete one of my connections (its token is revoked at the provider when it offers that).
 #[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404)))]
+    responses((status = 204), (status = 403, description = "insufficient_permission (shared: org:connections:write)"), (status = 404)))]
 async fn delete_connection(
     State(c): State<Arc<Connections>>,
     user: CurrentUser,
@@ -232,7 +237,8 @@ async fn delete_connection(
 /// The access token of one of my connections, for apps that call the API
 /// themselves: refreshed first when it expires within its margin (or on `force`).
 #[utoipa::path(get, path = "/v1/connections/{id}/token", tag = "connections", params(("id" = Uuid, Path), TokenQuery),
-    responses((status = 200, body = TokenView), (status = 404), (status = 409, description = "needs_reauth"),
+    responses((status = 200, body = TokenView), (status = 403, description = "insufficient_permission (shared: org:connections:read)"),
+    (status = 404), (status = 409, description = "needs_reauth"),
     (status = 503, description = "refresh_failed (retry after the cooldown)")))]
 async fn connection_token(
     State(c): State<Arc<Connections>>,

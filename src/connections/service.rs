@@ -450,7 +450,8 @@ pub async fn org_access(c: &Connections, org: Uuid, user: Uuid, need: Need) -> R
     };
     match crate::auth::db::org_permissions(&c.pool, org, user).await? {
         None => Err(not_found()),
-        Some(p) if p.iter().any(|x| x == perm) => Ok(()),
+        // Writing includes reading (a custom role may list only the write permission).
+        Some(p) if p.iter().any(|x| x == perm || x == "org:connections:write") => Ok(()),
         Some(_) => Err(ApiError::forbidden(format!("your role in this organization lacks {perm}"))
             .with_code("insufficient_permission")),
     }

@@ -1979,6 +1979,22 @@ async fn organizations_share_connections_and_every_route_checks_the_member() {
     }
     let (s, patched) = app.patch_as(&format!("/v1/connections/{keyed_id}"), &admin.jwt, &patch).await;
     assert_eq!((s, patched["metadata"]["team"].as_bool()), (200, Some(true)));
+    // A role that may write may read what it writes.
+    let (s, _) = app
+        .post_as(
+            &format!("/v1/orgs/{org_id}/roles"),
+            &admin.jwt,
+            &json!({"key": "org:writer", "name": "Writer", "permissions": ["org:connections:write"]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    sqlx::query("UPDATE org_members SET role = 'org:writer' WHERE org_id = $1::uuid AND user_id = $2")
+        .bind(&org_id)
+        .bind(none.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(status(app.call(Method::GET, &format!("/v1/connections/{keyed_id}")).by(&none.jwt).send().await), 200);
 
     // Removal from the organization ends access at once (the proxy's cache included).
     let (s, _) = app.delete_as(&format!("/v1/orgs/{org_id}/members/{}", member.id), &owner.jwt).await;

@@ -536,3 +536,44 @@ async fn hosted_pages_create_switch_invite_and_join() {
     assert_eq!(r.status(), 303);
     assert_eq!(page(&format!("/auth/orgs/{id}"), &fresh).await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn an_organization_keeps_an_owner_when_its_owners_account_is_deleted() {
+    let app = TestApp::spawn().await;
+    let owner = sign_up(&app, "leaving-owner@example.com").await;
+    let (_, org) = call(&app, &owner, Method::POST, "/v1/orgs", Some(json!({"name": "Heirs"}))).await;
+    let id = org["id"].as_str().unwrap().to_string();
+    let (_, lonely) = call(&app, &owner, Method::POST, "/v1/orgs", Some(json!({"name": "Lonely"}))).await;
+    let lonely = lonely["id"].as_str().unwrap().to_string();
+    let member = sign_up(&app, "old-member@example.com").await;
+    let admin = sign_up(&app, "new-admin@example.com").await;
+    for (u, role) in [(&member, "org:member"), (&admin, "org:admin")] {
+        sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1::uuid, $2, $3)")
+            .bind(&id)
+            .bind(u.id)
+            .bind(role)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    // The owner deletes their account through the API.
+    let r = app.call(Method::DELETE, "/v1/me").by(&owner.session).send().await;
+    assert_eq!(r.status(), 204);
+    // The admin (admins first) is the owner now; the memberless organization is gone.
+    let (s, members) = call(&app, &admin, Method::GET, &format!("/v1/orgs/{id}/members"), None).await;
+    assert_eq!(s, 200);
+    let roles: Vec<(String, String)> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["email"].as_str().unwrap().to_string(), m["role"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(roles.contains(&("new-admin@example.com".into(), "org:owner".into())), "{roles:?}");
+    assert!(roles.contains(&("old-member@example.com".into(), "org:member".into())), "{roles:?}");
+    let gone: i64 = sqlx::query_scalar("SELECT count(*) FROM organizations WHERE id = $1::uuid")
+        .bind(&lonely)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(gone, 0);
+}

@@ -223,15 +223,33 @@ async fn guarded<T>(
     action.await
 }
 
-/// Sets the session cookie and sends the browser on (303) to the target.
-pub(crate) fn signed_in(state: &AuthState, session_token: &str, redirect: Option<&str>) -> Response {
-    let to = redirect.unwrap_or("/auth/signed-in");
+/// A 303 to `to` (after a form post); a value that is not a header value leaves
+/// no Location (callers pass validated targets).
+pub(crate) fn see_other(to: &str) -> Response {
     let mut res = StatusCode::SEE_OTHER.into_response();
-    let max_age = state.config.session_ttl.as_secs() as i64;
-    res.headers_mut().insert(header::SET_COOKIE, crate::auth::session_cookie(state, session_token, max_age));
     if let Ok(v) = HeaderValue::from_str(to) {
         res.headers_mut().insert(header::LOCATION, v);
     }
+    res
+}
+
+/// Adds a cookie to a response.
+fn set_cookie(res: &mut Response, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The header clearing the second-factor step's cookie.
+fn mfa_cookie_cleared() -> String {
+    format!("{MFA_COOKIE}=; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+/// Sets the session cookie and sends the browser on (303) to the target.
+pub(crate) fn signed_in(state: &AuthState, session_token: &str, redirect: Option<&str>) -> Response {
+    let mut res = see_other(redirect.unwrap_or("/auth/signed-in"));
+    let max_age = state.config.session_ttl.as_secs() as i64;
+    res.headers_mut().insert(header::SET_COOKIE, crate::auth::session_cookie(state, session_token, max_age));
     res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     res
 }
@@ -242,16 +260,12 @@ pub(crate) fn after_first_factor(state: &AuthState, outcome: service::SignIn, re
     match outcome {
         service::SignIn::Session(body) => signed_in(state, &body.session_token, redirect),
         service::SignIn::SecondFactor(c) => {
-            let mut res = StatusCode::SEE_OTHER.into_response();
+            let mut res = see_other(&with_redirect("/auth/mfa", redirect));
             let secure = if state.config.public_url.scheme() == "https" { "; Secure" } else { "" };
-            let cookie =
-                format!("{MFA_COOKIE}={}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=600{secure}", c.mfa_token);
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                res.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&with_redirect("/auth/mfa", redirect)) {
-                res.headers_mut().insert(header::LOCATION, v);
-            }
+            set_cookie(
+                &mut res,
+                &format!("{MFA_COOKIE}={}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=600{secure}", c.mfa_token),
+            );
             res
         }
     }
@@ -341,16 +355,12 @@ pub(crate) async fn to_provider(
         link_user,
     )
     .await?;
-    let mut res = StatusCode::SEE_OTHER.into_response();
+    HeaderValue::from_str(&started.authorization_url).map_err(ApiError::internal)?;
+    let mut res = see_other(&started.authorization_url);
     // A provider posting its answer back (Apple's form_post) is a cross-site POST:
     // over https the cookie is SameSite=None so it still arrives.
     let same_site = if state.config.public_url.scheme() == "https" { "SameSite=None; Secure" } else { "SameSite=Lax" };
-    let cookie = format!("{SOCIAL_COOKIE}={secret}; Path=/auth/social; HttpOnly; {same_site}; Max-Age=600");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    let loc = HeaderValue::from_str(&started.authorization_url).map_err(ApiError::internal)?;
-    res.headers_mut().insert(header::LOCATION, loc);
+    set_cookie(&mut res, &format!("{SOCIAL_COOKIE}={secret}; Path=/auth/social; HttpOnly; {same_site}; Max-Age=600"));
     res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     Ok(res)
 }
@@ -415,28 +425,19 @@ async fn social_callback(
     let client = crate::auth::client_info(headers, peer);
     let mut res = match crate::auth::social::callback(state, provider, params, browser, &client).await {
         Ok(Completed::SignIn(outcome, redirect)) => after_first_factor(state, outcome, redirect.as_deref()),
-        Ok(Completed::Linked(_, _)) => {
-            let mut res = StatusCode::SEE_OTHER.into_response();
-            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/auth/account?linked=1"));
-            res
-        }
-        Ok(Completed::AppCode(to)) => {
-            let mut res = StatusCode::SEE_OTHER.into_response();
-            match HeaderValue::from_str(&to) {
-                Ok(v) => {
-                    res.headers_mut().insert(header::LOCATION, v);
-                    res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-                    res
-                }
-                Err(e) => social_failed(ApiError::internal(e), None),
+        Ok(Completed::Linked(_, _)) => see_other("/auth/account?linked=1"),
+        Ok(Completed::AppCode(to)) => match HeaderValue::from_str(&to) {
+            Ok(_) => {
+                let mut res = see_other(&to);
+                res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+                res
             }
-        }
+            Err(e) => social_failed(ApiError::internal(e), None),
+        },
         Err(e) => social_failed(e, None),
     };
-    if browser.is_some()
-        && let Ok(v) = HeaderValue::from_str(&format!("{SOCIAL_COOKIE}=; Path=/auth/social; HttpOnly; Max-Age=0"))
-    {
-        res.headers_mut().append(header::SET_COOKIE, v);
+    if browser.is_some() {
+        set_cookie(&mut res, &format!("{SOCIAL_COOKIE}=; Path=/auth/social; HttpOnly; Max-Age=0"));
     }
     res
 }
@@ -569,11 +570,7 @@ async fn magic_link_submit(
     match email::request_magic_link(&state, &f.email, redirect.as_deref(), &crate::auth::client_info(&headers, peer))
         .await
     {
-        Ok(()) => {
-            let mut res = StatusCode::SEE_OTHER.into_response();
-            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/auth/magic-link/sent"));
-            res
-        }
+        Ok(()) => see_other("/auth/magic-link/sent"),
         Err(e) => {
             let mut p = email_form("Sign in with a link", "/auth/magic-link", "Email me a link", redirect.as_deref());
             p.error = Some(e.message);
@@ -842,10 +839,7 @@ async fn mfa_submit(
     match guarded(&state, &headers, crate::auth::mfa::verify(&state, req, &client)).await {
         Ok(body) => {
             let mut res = signed_in(&state, &body.session_token, redirect.as_deref());
-            let clear = format!("{MFA_COOKIE}=; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=0");
-            if let Ok(v) = HeaderValue::from_str(&clear) {
-                res.headers_mut().append(header::SET_COOKIE, v);
-            }
+            set_cookie(&mut res, &mfa_cookie_cleared());
             res
         }
         Err(e) if e.code == "invalid_mfa_token" => mfa_expired(redirect.as_deref(), e.status, e.message),
@@ -887,9 +881,7 @@ async fn mfa_passkey_finish(
     let mut res = crate::error::ApiJson(serde_json::json!({"signed_in": true})).into_response();
     let max_age = state.config.session_ttl.as_secs() as i64;
     res.headers_mut().insert(header::SET_COOKIE, crate::auth::session_cookie(&state, &body.session_token, max_age));
-    if let Ok(v) = HeaderValue::from_str(&format!("{MFA_COOKIE}=; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=0")) {
-        res.headers_mut().append(header::SET_COOKIE, v);
-    }
+    set_cookie(&mut res, &mfa_cookie_cleared());
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }

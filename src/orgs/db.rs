@@ -344,15 +344,16 @@ pub async fn renew_invitation(
 }
 
 /// The live (pending, unexpired) invitation with this token, locked.
+/// (Locks the row when run inside a transaction that then settles it.)
 pub async fn live_invitation(
-    tx: &mut Transaction<'_, Postgres>,
+    db: impl sqlx::PgExecutor<'_>,
     token_hash: &[u8],
 ) -> Result<Option<InvitationRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {INVITATION_COLS} FROM org_invitations WHERE token_hash = $1 AND status = 'pending' AND expires_at > now()
          FOR UPDATE"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(token_hash).fetch_optional(&mut **tx).await
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(token_hash).fetch_optional(db).await
 }
 
 /// Marks an invitation accepted or declined.

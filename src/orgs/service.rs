@@ -500,7 +500,7 @@ pub async fn answer_invitation(
 ) -> Result<Option<Org>, ApiError> {
     let me = user_row(state, user).await?;
     let mut tx = state.pool.begin().await?;
-    let inv = db::live_invitation(&mut tx, &tokens::hash_token(token))
+    let inv = db::live_invitation(&mut *tx, &tokens::hash_token(token))
         .await?
         .ok_or_else(|| ApiError::not_found("no pending invitation with this token (used, revoked or expired?)"))?;
     let email_matches = me.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(&inv.email));
@@ -530,9 +530,7 @@ pub async fn preview_invitation(state: &AuthState, token: &str) -> Result<Invita
     if token.len() > 128 {
         return Err(no_invitation());
     }
-    let mut tx = state.pool.begin().await?;
-    let inv = db::live_invitation(&mut tx, &tokens::hash_token(token)).await?.ok_or_else(no_invitation)?;
-    tx.rollback().await?;
+    let inv = db::live_invitation(&state.pool, &tokens::hash_token(token)).await?.ok_or_else(no_invitation)?;
     let org = db::org_name(&state.pool, inv.org_id).await?.ok_or_else(no_invitation)?;
     let account_exists = crate::auth::db::user_by_email(&state.pool, &inv.email).await?.is_some();
     Ok(InvitationPreview { organization: org, email: inv.email, role: inv.role, account_exists })
@@ -551,7 +549,7 @@ pub async fn sign_up_invited(
         return Err(no_invitation());
     }
     let mut tx = state.pool.begin().await?;
-    let inv = db::live_invitation(&mut tx, &tokens::hash_token(&req.token)).await?.ok_or_else(no_invitation)?;
+    let inv = db::live_invitation(&mut *tx, &tokens::hash_token(&req.token)).await?.ok_or_else(no_invitation)?;
     let signup = crate::auth::types::SignUpRequest {
         email: inv.email.clone(),
         password: req.password,

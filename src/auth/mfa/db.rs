@@ -63,6 +63,32 @@ pub async fn delete_totp(pool: &PgPool, user: Uuid) -> Result<bool, sqlx::Error>
     Ok(sqlx::query("DELETE FROM auth_totp WHERE user_id = $1").bind(user).execute(pool).await?.rows_affected() > 0)
 }
 
+/// What second factors a user has, in one query (every sign-in asks).
+#[derive(Debug, Default, sqlx::FromRow)]
+pub struct FactorState {
+    /// A confirmed authenticator app.
+    pub totp: bool,
+    /// An authenticator app waiting for its confirming code.
+    pub totp_pending: bool,
+    /// At least one passkey.
+    pub passkey: bool,
+    /// Unused backup codes.
+    pub backup_codes: i64,
+}
+
+/// The user's [`FactorState`].
+pub async fn factor_state(pool: &PgPool, user: Uuid) -> Result<FactorState, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM auth_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL) AS totp,
+                EXISTS (SELECT 1 FROM auth_totp WHERE user_id = $1 AND confirmed_at IS NULL) AS totp_pending,
+                EXISTS (SELECT 1 FROM auth_passkeys WHERE user_id = $1) AS passkey,
+                (SELECT count(*) FROM auth_backup_codes WHERE user_id = $1 AND used_at IS NULL) AS backup_codes",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await
+}
+
 /// Unused backup codes of the user.
 pub async fn backup_codes_left(pool: &PgPool, user: Uuid) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM auth_backup_codes WHERE user_id = $1 AND used_at IS NULL")

@@ -46,17 +46,22 @@ fn invalid_code() -> ApiError {
 
 /// The second factors a sign-in of `user` would ask for.
 pub async fn factors(state: &AuthState, user: Uuid) -> Result<Vec<String>, ApiError> {
+    Ok(factor_names(&db::factor_state(&state.pool, user).await?))
+}
+
+/// The factor names of a [`db::FactorState`] (backup codes only beside another factor).
+fn factor_names(f: &db::FactorState) -> Vec<String> {
     let mut out = Vec::new();
-    if db::totp(&state.pool, user).await?.is_some_and(|t| t.confirmed_at.is_some()) {
+    if f.totp {
         out.push("totp".to_string());
     }
-    if super::passkeys::has_passkey(state, user).await? {
+    if f.passkey {
         out.push("passkey".to_string());
     }
-    if !out.is_empty() && db::backup_codes_left(&state.pool, user).await? > 0 {
+    if !out.is_empty() && f.backup_codes > 0 {
         out.push("backup_code".to_string());
     }
-    Ok(out)
+    out
 }
 
 /// Opens the second-factor step after first factor `method`.
@@ -85,12 +90,22 @@ pub async fn challenge(
     Ok(MfaChallenge { status: "needs_second_factor", mfa_token: token, factors, expires_at })
 }
 
+/// 401 `invalid_mfa_token`: the sign-in step is unknown, used up or expired.
+pub(crate) fn invalid_step() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_mfa_token", "this sign-in step is unknown, used up or expired")
+}
+
+/// The live step `token` names, without counting an attempt.
+pub(crate) async fn live_step(state: &AuthState, token: &str) -> Result<Option<db::ChallengeRow>, ApiError> {
+    if token.len() > 128 {
+        return Ok(None);
+    }
+    Ok(db::live_challenge(&state.pool, &tokens::hash_token(token), CHALLENGE_ATTEMPTS).await?)
+}
+
 /// The second factors of the live step `token` names (none when it is not live).
 pub async fn step_factors(state: &AuthState, token: &str) -> Result<Vec<String>, ApiError> {
-    if token.len() > 128 {
-        return Ok(Vec::new());
-    }
-    match db::live_challenge(&state.pool, &tokens::hash_token(token), CHALLENGE_ATTEMPTS).await? {
+    match live_step(state, token).await? {
         Some(step) => factors(state, step.user_id).await,
         None => Ok(Vec::new()),
     }
@@ -221,9 +236,7 @@ pub async fn verify(state: &AuthState, req: MfaVerifyRequest, client: &ClientInf
         Some(_) => None,
         None => Some(one_proof(req.code.as_deref(), req.backup_code.as_deref())?),
     };
-    let invalid_token = || {
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_mfa_token", "this sign-in step is unknown, used up or expired")
-    };
+    let invalid_token = invalid_step;
     if req.mfa_token.len() > 128 {
         return Err(invalid_token());
     }
@@ -283,12 +296,12 @@ async fn user_of(state: &AuthState, id: Uuid) -> Result<UserRow, ApiError> {
 /// The caller's second factors.
 pub async fn status(state: &AuthState, p: &Principal) -> Result<MfaStatus, ApiError> {
     let user = super::service::require_user(p)?;
-    let totp = db::totp(&state.pool, user).await?;
+    let f = db::factor_state(&state.pool, user).await?;
     Ok(MfaStatus {
-        totp: totp.as_ref().is_some_and(|t| t.confirmed_at.is_some()),
-        totp_pending: totp.as_ref().is_some_and(|t| t.confirmed_at.is_none()),
-        backup_codes_remaining: db::backup_codes_left(&state.pool, user).await?,
-        factors: factors(state, user).await?,
+        totp: f.totp,
+        totp_pending: f.totp_pending,
+        backup_codes_remaining: f.backup_codes,
+        factors: factor_names(&f),
     })
 }
 

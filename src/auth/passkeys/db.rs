@@ -31,14 +31,6 @@ pub async fn passkeys(pool: &PgPool, user: Uuid) -> Result<Vec<PasskeyRow>, sqlx
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(user).fetch_all(pool).await
 }
 
-/// Whether the user has a passkey.
-pub async fn has_passkey(pool: &PgPool, user: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM auth_passkeys WHERE user_id = $1)")
-        .bind(user)
-        .fetch_one(pool)
-        .await
-}
-
 /// The passkey with `credential_id`.
 pub async fn by_credential(pool: &PgPool, credential_id: &[u8]) -> Result<Option<PasskeyRow>, sqlx::Error> {
     let sql = format!("SELECT {COLS} FROM auth_passkeys WHERE credential_id = $1");

@@ -80,11 +80,6 @@ fn stored(r: &db::PasskeyRow) -> Result<Passkey, ApiError> {
     serde_json::from_value(r.passkey.clone()).map_err(ApiError::internal)
 }
 
-/// Whether the user has a passkey (a second factor).
-pub async fn has_passkey(state: &AuthState, user: Uuid) -> Result<bool, ApiError> {
-    Ok(db::has_passkey(&state.pool, user).await?)
-}
-
 /// The caller's passkeys.
 pub async fn list(state: &AuthState, user: Uuid) -> Result<Vec<PasskeyView>, ApiError> {
     Ok(db::passkeys(&state.pool, user).await?.into_iter().map(view).collect())
@@ -278,16 +273,7 @@ pub async fn finish_sign_in(
 /// Starts a passkey ceremony as the second factor of the step `mfa_token` names.
 pub async fn start_second_factor(state: &AuthState, mfa_token: &str) -> Result<PasskeyOptions, ApiError> {
     let rp = rp(state)?;
-    let invalid = || {
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_mfa_token", "this sign-in step is unknown, used up or expired")
-    };
-    if mfa_token.len() > 128 {
-        return Err(invalid());
-    }
-    let hash = super::tokens::hash_token(mfa_token);
-    let step = super::mfa::db::live_challenge(&state.pool, &hash, super::mfa::CHALLENGE_ATTEMPTS)
-        .await?
-        .ok_or_else(invalid)?;
+    let step = super::mfa::live_step(state, mfa_token).await?.ok_or_else(super::mfa::invalid_step)?;
     let keys = db::passkeys(&state.pool, step.user_id).await?.iter().map(stored).collect::<Result<Vec<_>, _>>()?;
     if keys.is_empty() {
         return Err(ApiError::bad_request("no_passkey", "this account has no passkey"));

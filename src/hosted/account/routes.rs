@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use super::super::routes::{Page, PageForm, PasskeyButton, field};
+use super::super::routes::{Page, PageForm, PasskeyButton, field, see_other};
 use crate::auth::service::{self, Principal, Via};
 use crate::auth::types::ReauthRequest;
 use crate::auth::{AuthState, SESSION_COOKIE, mfa};
@@ -40,8 +40,10 @@ const HERE: &str = "/auth/account";
 
 /// The signed-in principal of the session cookie, or the sign-in page (303) that
 /// comes back here.
+const SIGN_IN: &str = "/auth/sign-in?redirect_url=%2Fauth%2Faccount";
+
 async fn session(state: &AuthState, headers: &HeaderMap) -> Result<Principal, Response> {
-    session_or_sign_in(state, headers, "/auth/sign-in?redirect_url=%2Fauth%2Faccount").await
+    session_or_sign_in(state, headers, SIGN_IN).await
 }
 
 /// The signed-in principal of the session cookie, or a 303 to `sign_in` (the
@@ -51,21 +53,24 @@ pub(crate) async fn session_or_sign_in(
     headers: &HeaderMap,
     sign_in: &'static str,
 ) -> Result<Principal, Response> {
-    let to_sign_in = || {
-        let mut res = StatusCode::SEE_OTHER.into_response();
-        res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(sign_in));
-        res
-    };
+    let to_sign_in = || see_other(sign_in);
     let Some(token) = crate::auth::cookie_value(headers, SESSION_COOKIE) else { return Err(to_sign_in()) };
     service::resolve_session(state, token, Via::Cookie).await.map_err(|_| to_sign_in())
 }
 
-/// A posted form's principal: the session, after the same-origin check.
+/// A posted form's principal: the session, after the same-origin check; without
+/// one, a 303 to `sign_in`.
+pub(crate) async fn posted_to(
+    state: &AuthState,
+    headers: &HeaderMap,
+    sign_in: &'static str,
+) -> Result<Principal, Response> {
+    crate::auth::check_login_origin(state, headers).map_err(failure)?;
+    session_or_sign_in(state, headers, sign_in).await
+}
+
 async fn posted(state: &AuthState, headers: &HeaderMap) -> Result<Principal, Response> {
-    if let Err(e) = crate::auth::check_login_origin(state, headers) {
-        return Err(failure(e));
-    }
-    session(state, headers).await
+    posted_to(state, headers, SIGN_IN).await
 }
 
 pub(crate) fn failure(e: ApiError) -> Response {
@@ -340,7 +345,5 @@ async fn passkey_delete(
 }
 
 fn back_here() -> Response {
-    let mut res = StatusCode::SEE_OTHER.into_response();
-    res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(HERE));
-    res
+    see_other(HERE)
 }

@@ -7,15 +7,15 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::super::account::{failure, session_or_sign_in};
-use super::super::routes::{Page, PageForm, field, signed_in};
+use super::super::account::{failure, posted_to, session_or_sign_in};
+use super::super::routes::{Page, PageForm, field, see_other, signed_in};
 use crate::auth::service::Principal;
 use crate::auth::{AuthState, Peer};
 use crate::error::ApiError;
@@ -43,22 +43,10 @@ where
 
 const SIGN_IN: &str = "/auth/sign-in?redirect_url=%2Fauth%2Forgs";
 
-fn see_other(to: &str) -> Response {
-    let mut res = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(to) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res
-}
+use crate::auth::service::require_user as user_of;
 
-fn user_of(p: &Principal) -> Result<Uuid, ApiError> {
-    crate::auth::service::require_user(p)
-}
-
-/// A posted form's principal: the session, after the same-origin check.
 async fn posted(state: &AuthState, headers: &HeaderMap) -> Result<Principal, Response> {
-    crate::auth::check_login_origin(state, headers).map_err(failure)?;
-    session_or_sign_in(state, headers, SIGN_IN).await
+    posted_to(state, headers, SIGN_IN).await
 }
 
 fn org_id(raw: &str) -> Result<Uuid, ApiError> {

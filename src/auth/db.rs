@@ -213,6 +213,23 @@ pub async fn org_permissions(pool: &PgPool, org: Uuid, user: Uuid) -> Result<Opt
     .await
 }
 
+/// The organizations in which `user` holds at least one of `permissions`.
+pub async fn orgs_with_any_permission(
+    pool: &PgPool,
+    user: Uuid,
+    permissions: &[String],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT m.org_id FROM org_members m
+         JOIN org_role_permissions p ON p.org_id = m.org_id AND p.key = m.role
+         WHERE m.user_id = $1 AND p.permissions && $2::text[]",
+    )
+    .bind(user)
+    .bind(permissions)
+    .fetch_all(pool)
+    .await
+}
+
 /// The active organization of session `id` with the user's role and its
 /// permissions, when the user is still a member (leaving takes it away at once).
 pub async fn active_org_claims(pool: &PgPool, id: Uuid) -> Result<Option<super::tokens::OrgClaims>, sqlx::Error> {

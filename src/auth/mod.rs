@@ -12,6 +12,7 @@ pub mod passkeys;
 pub mod password;
 mod routes;
 pub mod service;
+pub mod shared;
 pub mod social;
 pub mod tokens;
 pub mod types;

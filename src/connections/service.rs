@@ -427,14 +427,7 @@ pub async fn client_credentials(
     Ok(tokens)
 }
 
-/// What a caller wants to do with a connection an organization shares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    /// See it and use it (`org:connections:read`).
-    Read,
-    /// Change or delete it, or make one (`org:connections:write`).
-    Write,
-}
+pub use crate::auth::shared::Need;
 
 fn not_found() -> ApiError {
     ApiError::not_found("connection not found")
@@ -444,17 +437,7 @@ fn not_found() -> ApiError {
 /// 404 as for a missing connection, a member without the permission 403
 /// `insufficient_permission`. Read on every call, so leaving ends access at once.
 pub async fn org_access(c: &Connections, org: Uuid, user: Uuid, need: Need) -> Result<(), ApiError> {
-    let perm = match need {
-        Need::Read => "org:connections:read",
-        Need::Write => "org:connections:write",
-    };
-    match crate::auth::db::org_permissions(&c.pool, org, user).await? {
-        None => Err(not_found()),
-        // Writing includes reading (a custom role may list only the write permission).
-        Some(p) if p.iter().any(|x| x == perm || x == "org:connections:write") => Ok(()),
-        Some(_) => Err(ApiError::forbidden(format!("your role in this organization lacks {perm}"))
-            .with_code("insufficient_permission")),
-    }
+    crate::auth::shared::grant(&c.pool, org, user, "connections", need).await?.answer(not_found)
 }
 
 /// Connection `id` if `user` may do `need` with it: their own (another user's and a

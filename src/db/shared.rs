@@ -195,15 +195,15 @@ pub async fn term_stats(
     user: Uuid,
     query: &str,
 ) -> Result<crate::rank::TermStats, sqlx::Error> {
-    let (terms, stats, count) = match corpus {
-        Corpus::Knowledge => ("kb_terms", "kb_stats", "chunks"),
-        Corpus::Memory => ("memory_terms", "memory_stats", "memories"),
+    let (terms, stats, count, holder) = match corpus {
+        Corpus::Knowledge => ("kb_terms", "kb_stats", "chunks", "space_id"),
+        Corpus::Memory => ("memory_terms", "memory_stats", "memories", "user_id"),
     };
     let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT u.lexeme, coalesce(t.df, 0)::int8, coalesce(s.{count}, 0)::int8, coalesce(s.total_len, 0)::int8 \
          FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))) u \
-         LEFT JOIN {terms} t ON t.user_id = $1 AND t.lexeme = u.lexeme \
-         LEFT JOIN {stats} s ON s.user_id = $1 ORDER BY u.lexeme"
+         LEFT JOIN {terms} t ON t.{holder} = $1 AND t.lexeme = u.lexeme \
+         LEFT JOIN {stats} s ON s.{holder} = $1 ORDER BY u.lexeme"
     )))
     .bind(user)
     .bind(query)

@@ -90,15 +90,18 @@ pub async fn run(k: &Knowledge, job: Ingest, attempt: Attempt) -> Result<(), Job
 
 async fn ingest(k: &Knowledge, file_id: Uuid) -> Result<(), JobError> {
     let Some(file) = db::file(&k.pool, None, file_id).await? else { return Ok(()) };
-    let user = file.user_id;
-    let object = crate::storage::db::object(&k.pool, &file.bucket_id, &file.object_name, Some(user)).await?;
+    let space = file.space_id;
+    let object = match service::space(k, space).await? {
+        Some(s) => service::source_object(k, s, &file.bucket_id, &file.object_name).await?,
+        None => None,
+    };
     let Some(object) = object else {
-        // The object is gone (or no longer the user's): its document goes too.
+        // The object is gone (or no longer the space's to read): its document goes too.
         let mut tx = k.pool.begin().await?;
-        db::lock_user(&mut tx, user).await?;
+        db::lock_space(&mut tx, space).await?;
         if let Some(doc) = file.document_id {
-            db::apply_stats(&mut tx, user, &[doc], -1).await?;
-            db::delete_document(&mut tx, user, doc).await?;
+            db::apply_stats(&mut tx, space, &[doc], -1).await?;
+            db::delete_document(&mut tx, space, doc).await?;
         }
         db::file_removed(&mut tx, file_id).await?;
         tx.commit().await?;
@@ -155,9 +158,9 @@ async fn ingest(k: &Knowledge, file_id: Uuid) -> Result<(), JobError> {
     let title: String = extracted.title.clone().unwrap_or(name).chars().take(500).collect();
 
     let mut tx = k.pool.begin().await?;
-    db::lock_user(&mut tx, user).await?;
+    db::lock_space(&mut tx, space).await?;
     let existing = match file.document_id {
-        Some(d) => db::lock_document(&mut tx, user, d).await?.map(|v| (d, v)),
+        Some(d) => db::lock_document(&mut tx, space, d).await?.map(|v| (d, v)),
         None => None,
     };
     let input = VersionInput {
@@ -167,14 +170,14 @@ async fn ingest(k: &Knowledge, file_id: Uuid) -> Result<(), JobError> {
         source_version: Some(object.version),
     };
     let (doc, written) = match existing {
-        Some((doc, current)) => (doc, service::write_version(&mut tx, k, user, doc, current + 1, &input).await?),
+        Some((doc, current)) => (doc, service::write_version(&mut tx, k, space, doc, current + 1, &input).await?),
         None => {
             let doc = Uuid::now_v7();
             db::insert_document(
                 &mut tx,
                 &db::NewDocument {
                     id: doc,
-                    user,
+                    space,
                     folder_id: file.folder_id,
                     title: &title,
                     tags: &[],
@@ -186,7 +189,7 @@ async fn ingest(k: &Knowledge, file_id: Uuid) -> Result<(), JobError> {
                 },
             )
             .await?;
-            (doc, service::write_version(&mut tx, k, user, doc, 1, &input).await?)
+            (doc, service::write_version(&mut tx, k, space, doc, 1, &input).await?)
         }
     };
     let chunks = written.chunks;

@@ -91,6 +91,7 @@ fn folder_view(r: FolderRow) -> Folder {
         name: r.name,
         parent_id: r.parent_id,
         depth: r.depth,
+        org_id: r.org_id,
         created_at: r.created_at,
         updated_at: r.updated_at,
     }
@@ -112,6 +113,7 @@ fn summary(r: db::DocumentRow) -> (DocumentSummary, serde_json::Value) {
             },
             version: r.current_version,
             content_hash: r.content_hash,
+            org_id: r.org_id,
             created_at: r.created_at,
             updated_at: r.updated_at,
         },
@@ -119,13 +121,108 @@ fn summary(r: db::DocumentRow) -> (DocumentSummary, serde_json::Value) {
     )
 }
 
-async fn crumbs(k: &Knowledge, user: Uuid, path: &str) -> Result<Vec<Crumb>, ApiError> {
-    Ok(db::breadcrumbs(&k.pool, user, path).await?.into_iter().map(|(id, name)| Crumb { id, name }).collect())
+pub use crate::auth::shared::Need;
+pub use db::Held;
+
+/// The knowledge space a request works in: the caller's own, or an organization's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// The space's id (the user's or the organization's).
+    pub id: Uuid,
+    /// The organization, for a shared space.
+    pub org: Option<Uuid>,
 }
 
-/// The user's folder, or 404.
-async fn own_folder(k: &Knowledge, user: Uuid, id: Uuid) -> Result<FolderRow, ApiError> {
-    db::folder(&k.pool, user, id).await?.ok_or_else(folder_not_found)
+fn missing(held: Held) -> ApiError {
+    match held {
+        Held::Folder => folder_not_found(),
+        Held::Document => document_not_found(),
+        Held::File => ApiError::not_found("file not found"),
+    }
+}
+
+/// Whether `user` may do `need` in space `s`: their own, or an organization's in
+/// which their role has `org:knowledge:read`/`write` (asked on every call). Anyone
+/// else gets `gone()`, the 404 of what was asked for.
+async fn enter(
+    k: &Knowledge,
+    user: Uuid,
+    s: db::SpaceRow,
+    need: Need,
+    gone: impl FnOnce() -> ApiError,
+) -> Result<Space, ApiError> {
+    match (s.user_id, s.org_id) {
+        (Some(owner), _) if owner == user => Ok(Space { id: s.id, org: None }),
+        (_, Some(org)) => {
+            crate::auth::shared::grant(&k.pool, org, user, "knowledge", need).await?.answer(gone)?;
+            Ok(Space { id: s.id, org: Some(org) })
+        }
+        _ => Err(gone()),
+    }
+}
+
+/// The space holding folder, document or file `id`, if `user` may do `need` there.
+pub async fn space_of(k: &Knowledge, user: Uuid, held: Held, id: Uuid, need: Need) -> Result<Space, ApiError> {
+    let s = db::space_of(&k.pool, held, id).await?.ok_or_else(|| missing(held))?;
+    enter(k, user, s, need, || missing(held)).await
+}
+
+/// The caller's own space, or organization `org`'s if `user` may do `need` there
+/// (a non-member gets 404 `organization not found`).
+pub async fn space_for(k: &Knowledge, user: Uuid, org: Option<Uuid>, need: Need) -> Result<Space, ApiError> {
+    let gone = || ApiError::not_found("organization not found");
+    match org {
+        None => Ok(Space { id: user, org: None }),
+        Some(org) => {
+            let s = db::space(&k.pool, org).await?.ok_or_else(gone)?;
+            enter(k, user, s, need, gone).await
+        }
+    }
+}
+
+/// Where something new goes: organization `org`'s space when named, else the space
+/// of folder `within`, else the caller's own; `user` must be allowed to write there.
+pub async fn space_for_new(
+    k: &Knowledge,
+    user: Uuid,
+    org: Option<Uuid>,
+    within: Option<Uuid>,
+) -> Result<Space, ApiError> {
+    match (org, within) {
+        (None, Some(folder)) => space_of(k, user, Held::Folder, folder, Need::Write).await,
+        _ => space_for(k, user, org, Need::Write).await,
+    }
+}
+
+/// The storage object space `space` may ingest: in a user's own space an object the
+/// user owns; in an organization's, an object in one of that organization's buckets.
+pub async fn source_object(
+    k: &Knowledge,
+    space: Space,
+    bucket: &str,
+    name: &str,
+) -> Result<Option<crate::storage::db::ObjectRow>, sqlx::Error> {
+    match space.org {
+        None => crate::storage::db::object(&k.pool, bucket, name, Some(space.id)).await,
+        Some(org) => match crate::storage::db::bucket(&k.pool, bucket).await? {
+            Some(b) if b.org_id == Some(org) => crate::storage::db::object(&k.pool, bucket, name, None).await,
+            _ => Ok(None),
+        },
+    }
+}
+
+/// The space a stored row names (the ingestion job acts for it).
+pub async fn space(k: &Knowledge, id: Uuid) -> Result<Option<Space>, sqlx::Error> {
+    Ok(db::space(&k.pool, id).await?.map(|s| Space { id: s.id, org: s.org_id }))
+}
+
+async fn crumbs(k: &Knowledge, space: Uuid, path: &str) -> Result<Vec<Crumb>, ApiError> {
+    Ok(db::breadcrumbs(&k.pool, space, path).await?.into_iter().map(|(id, name)| Crumb { id, name }).collect())
+}
+
+/// The space's folder, or 404.
+async fn own_folder(k: &Knowledge, space: Uuid, id: Uuid) -> Result<FolderRow, ApiError> {
+    db::folder(&k.pool, space, id).await?.ok_or_else(folder_not_found)
 }
 
 fn name_taken(e: &sqlx::Error) -> bool {
@@ -137,9 +234,9 @@ fn folder_exists() -> ApiError {
 }
 
 /// Creates a folder.
-pub async fn create_folder(k: &Knowledge, user: Uuid, req: CreateFolder) -> Result<Folder, ApiError> {
+pub async fn create_folder(k: &Knowledge, space: Uuid, req: CreateFolder) -> Result<Folder, ApiError> {
     let name = check_name("invalid_name", &req.name, 200)?;
-    match db::insert_folder(&k.pool, user, Uuid::now_v7(), req.parent_id, &new_label(), &name).await {
+    match db::insert_folder(&k.pool, space, Uuid::now_v7(), req.parent_id, &new_label(), &name).await {
         Ok(Some(r)) => Ok(folder_view(r)),
         Ok(None) => Err(folder_not_found()),
         Err(e) if name_taken(&e) => Err(folder_exists()),
@@ -148,34 +245,34 @@ pub async fn create_folder(k: &Knowledge, user: Uuid, req: CreateFolder) -> Resu
 }
 
 /// The top-level folders.
-pub async fn top_folders(k: &Knowledge, user: Uuid) -> Result<Vec<Folder>, ApiError> {
-    Ok(db::child_folders(&k.pool, user, None).await?.into_iter().map(folder_view).collect())
+pub async fn top_folders(k: &Knowledge, space: Uuid) -> Result<Vec<Folder>, ApiError> {
+    Ok(db::child_folders(&k.pool, space, None).await?.into_iter().map(folder_view).collect())
 }
 
 /// A folder with breadcrumbs, children and documents.
-pub async fn folder(k: &Knowledge, user: Uuid, id: Uuid) -> Result<FolderView, ApiError> {
-    let f = own_folder(k, user, id).await?;
-    let children = db::child_folders(&k.pool, user, Some(&f.path)).await?.into_iter().map(folder_view).collect();
-    let documents = db::list_documents(&k.pool, user, Some(id), false, None, 100)
+pub async fn folder(k: &Knowledge, space: Uuid, id: Uuid) -> Result<FolderView, ApiError> {
+    let f = own_folder(k, space, id).await?;
+    let children = db::child_folders(&k.pool, space, Some(&f.path)).await?.into_iter().map(folder_view).collect();
+    let documents = db::list_documents(&k.pool, space, Some(id), false, None, 100)
         .await?
         .into_iter()
         .map(|r| summary(r).0)
         .collect();
-    let breadcrumbs = crumbs(k, user, &f.path).await?;
+    let breadcrumbs = crumbs(k, space, &f.path).await?;
     Ok(FolderView { folder: folder_view(f), breadcrumbs, children, documents })
 }
 
 /// Renames and/or moves a folder (its subtree moves with it).
-pub async fn patch_folder(k: &Knowledge, user: Uuid, id: Uuid, req: PatchFolder) -> Result<Folder, ApiError> {
-    let f = own_folder(k, user, id).await?;
+pub async fn patch_folder(k: &Knowledge, space: Uuid, id: Uuid, req: PatchFolder) -> Result<Folder, ApiError> {
+    let f = own_folder(k, space, id).await?;
     let mut tx = k.pool.begin().await?;
-    db::lock_user(&mut tx, user).await?;
+    db::lock_space(&mut tx, space).await?;
     if let Some(parent) = req.parent_id {
         let label = f.path.rsplit('.').next().unwrap_or(&f.path).to_string();
         let new_path = match parent {
             None => label,
             Some(p) => {
-                let parent = own_folder(k, user, p).await?;
+                let parent = own_folder(k, space, p).await?;
                 if parent.path == f.path || parent.path.starts_with(&format!("{}.", f.path)) {
                     return Err(ApiError::unprocessable(
                         "folder_cycle",
@@ -186,7 +283,7 @@ pub async fn patch_folder(k: &Knowledge, user: Uuid, id: Uuid, req: PatchFolder)
             }
         };
         if new_path != f.path {
-            match db::move_subtree(&mut tx, user, &f.path, &new_path).await {
+            match db::move_subtree(&mut tx, space, &f.path, &new_path).await {
                 Ok(_) => {}
                 Err(e) if name_taken(&e) => return Err(folder_exists()),
                 Err(e) => return Err(e.into()),
@@ -196,23 +293,23 @@ pub async fn patch_folder(k: &Knowledge, user: Uuid, id: Uuid, req: PatchFolder)
     tx.commit().await?;
     if let Some(name) = req.name {
         let name = check_name("invalid_name", &name, 200)?;
-        match db::rename_folder(&k.pool, user, id, &name).await {
+        match db::rename_folder(&k.pool, space, id, &name).await {
             Ok(_) => {}
             Err(e) if name_taken(&e) => return Err(folder_exists()),
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(folder_view(own_folder(k, user, id).await?))
+    Ok(folder_view(own_folder(k, space, id).await?))
 }
 
 /// Deletes a folder with its subfolders and their documents.
-pub async fn delete_folder(k: &Knowledge, user: Uuid, id: Uuid) -> Result<(), ApiError> {
-    let f = own_folder(k, user, id).await?;
+pub async fn delete_folder(k: &Knowledge, space: Uuid, id: Uuid) -> Result<(), ApiError> {
+    let f = own_folder(k, space, id).await?;
     let mut tx = k.pool.begin().await?;
-    db::lock_user(&mut tx, user).await?;
-    let docs = db::documents_in_subtree(&mut tx, user, &f.path).await?;
-    db::apply_stats(&mut tx, user, &docs, -1).await?;
-    db::delete_subtree(&mut tx, user, &f.path).await?;
+    db::lock_space(&mut tx, space).await?;
+    let docs = db::documents_in_subtree(&mut tx, space, &f.path).await?;
+    db::apply_stats(&mut tx, space, &docs, -1).await?;
+    db::delete_subtree(&mut tx, space, &f.path).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -264,13 +361,13 @@ pub struct Written {
 }
 
 /// Writes version `version` of `doc` and makes it current, in the caller's
-/// transaction (which holds the user's lock): chunks with the vectors of unchanged
+/// transaction (which holds the space's lock): chunks with the vectors of unchanged
 /// chunks reused by hash and, for the built-in model, the others computed here;
 /// statistics; links.
 pub async fn write_version(
     conn: &mut sqlx::PgConnection,
     k: &Knowledge,
-    user: Uuid,
+    space: Uuid,
     doc: Uuid,
     version: i32,
     v: &VersionInput<'_>,
@@ -319,7 +416,7 @@ pub async fn write_version(
             }
         }
     }
-    db::apply_stats(conn, user, &[doc], -1).await?;
+    db::apply_stats(conn, space, &[doc], -1).await?;
     let hash = sha256_hex(&[v.body]);
     db::insert_version(
         conn,
@@ -334,11 +431,11 @@ pub async fn write_version(
         },
     )
     .await?;
-    db::insert_chunks(conn, user, doc, version, &chunks, model).await?;
+    db::insert_chunks(conn, space, doc, version, &chunks, model).await?;
     db::set_current(conn, doc, version, v.title).await?;
-    db::apply_stats(conn, user, &[doc], 1).await?;
-    db::replace_wiki_links(conn, user, doc, &wiki_links(v.body)).await?;
-    db::resolve_links(conn, user, doc, v.title).await?;
+    db::apply_stats(conn, space, &[doc], 1).await?;
+    db::replace_wiki_links(conn, space, doc, &wiki_links(v.body)).await?;
+    db::resolve_links(conn, space, doc, v.title).await?;
     Ok(Written { chunks: chunks.len(), embedded })
 }
 
@@ -405,14 +502,14 @@ fn check_body(body: &str) -> Result<(), ApiError> {
 }
 
 /// Creates a document (version 1).
-pub async fn create_document(k: &Knowledge, user: Uuid, req: CreateDocument) -> Result<Document, ApiError> {
+pub async fn create_document(k: &Knowledge, space: Uuid, req: CreateDocument) -> Result<Document, ApiError> {
     let title = check_name("invalid_title", &req.title, 500)?;
     check_body(&req.body)?;
     let tags = check_tags(&req.tags)?;
     let metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
     crate::error::check_metadata(&metadata)?;
     if let Some(f) = req.folder_id {
-        own_folder(k, user, f).await?;
+        own_folder(k, space, f).await?;
     }
     let source_url = match req.source_url.as_deref() {
         None => None,
@@ -423,12 +520,12 @@ pub async fn create_document(k: &Knowledge, user: Uuid, req: CreateDocument) -> 
     };
     let id = Uuid::now_v7();
     let mut tx = k.pool.begin().await?;
-    db::lock_user(&mut tx, user).await?;
+    db::lock_space(&mut tx, space).await?;
     db::insert_document(
         &mut tx,
         &db::NewDocument {
             id,
-            user,
+            space,
             folder_id: req.folder_id,
             title: &title,
             tags: &tags,
@@ -443,7 +540,7 @@ pub async fn create_document(k: &Knowledge, user: Uuid, req: CreateDocument) -> 
     write_version(
         &mut tx,
         k,
-        user,
+        space,
         id,
         1,
         &VersionInput { title: &title, body: &req.body, page_starts: &[], source_version: None },
@@ -451,18 +548,18 @@ pub async fn create_document(k: &Knowledge, user: Uuid, req: CreateDocument) -> 
     .await?;
     tx.commit().await?;
     embed_after_write(k, id).await?;
-    get_document(k, user, id).await
+    get_document(k, space, id).await
 }
 
 /// A document with its current body.
-pub async fn get_document(k: &Knowledge, user: Uuid, id: Uuid) -> Result<Document, ApiError> {
+pub async fn get_document(k: &Knowledge, space: Uuid, id: Uuid) -> Result<Document, ApiError> {
     let mut conn = k.pool.acquire().await?;
-    let row = db::document(&mut conn, user, id).await?.ok_or_else(document_not_found)?;
+    let row = db::document(&mut conn, space, id).await?.ok_or_else(document_not_found)?;
     drop(conn);
-    let (body, chunks) = db::current_body(&k.pool, user, id).await?.ok_or_else(document_not_found)?;
+    let (body, chunks) = db::current_body(&k.pool, space, id).await?.ok_or_else(document_not_found)?;
     let breadcrumbs = match row.folder_id {
-        Some(f) => match db::folder(&k.pool, user, f).await? {
-            Some(folder) => crumbs(k, user, &folder.path).await?,
+        Some(f) => match db::folder(&k.pool, space, f).await? {
+            Some(folder) => crumbs(k, space, &folder.path).await?,
             None => Vec::new(),
         },
         None => Vec::new(),
@@ -471,21 +568,21 @@ pub async fn get_document(k: &Knowledge, user: Uuid, id: Uuid) -> Result<Documen
     Ok(Document { summary, metadata, body, breadcrumbs, chunks })
 }
 
-/// The user's documents, newest change first (in one folder, or at the top level
+/// The space's documents, newest change first (in one folder, or at the top level
 /// with `top_only`).
 pub async fn list_documents(
     k: &Knowledge,
-    user: Uuid,
+    space: Uuid,
     folder: Option<Uuid>,
     top_only: bool,
     page: &pagination::PageQuery,
 ) -> Result<pagination::Page<DocumentSummary>, ApiError> {
     let limit = page.limit()?;
     if let Some(f) = folder {
-        own_folder(k, user, f).await?;
+        own_folder(k, space, f).await?;
     }
     let after = page.cursor_text()?.map(|t| pagination::parse_time_id(&t)).transpose()?;
-    let rows = db::list_documents(&k.pool, user, folder, top_only, after, limit + 1).await?;
+    let rows = db::list_documents(&k.pool, space, folder, top_only, after, limit + 1).await?;
     let rows: Vec<DocumentSummary> = rows.into_iter().map(|r| summary(r).0).collect();
     Ok(pagination::Page::from_rows(rows, limit, |d| pagination::time_id_cursor(d.updated_at, d.id)))
 }
@@ -493,7 +590,7 @@ pub async fn list_documents(
 /// Writes a new version of a document (unless title and body are unchanged).
 pub async fn replace_document(
     k: &Knowledge,
-    user: Uuid,
+    space: Uuid,
     id: Uuid,
     title: Option<String>,
     body: Option<String>,
@@ -504,15 +601,15 @@ pub async fn replace_document(
         check_body(b)?;
     }
     let mut tx = k.pool.begin().await?;
-    db::lock_user(&mut tx, user).await?;
-    let current = db::lock_document(&mut tx, user, id).await?.ok_or_else(document_not_found)?;
+    db::lock_space(&mut tx, space).await?;
+    let current = db::lock_document(&mut tx, space, id).await?.ok_or_else(document_not_found)?;
     if if_version.is_some_and(|v| v != i64::from(current)) {
         return Err(ApiError::conflict(
             "version_conflict",
             format!("the document is at version {current}, not {}", if_version.unwrap_or_default()),
         ));
     }
-    let versions = db::versions(&k.pool, user, id, Some(current)).await?;
+    let versions = db::versions(&k.pool, space, id, Some(current)).await?;
     let old = versions.into_iter().next().ok_or_else(document_not_found)?;
     let old_body = old.body.unwrap_or_default();
     let new_title = title.unwrap_or(old.title.clone());
@@ -520,39 +617,39 @@ pub async fn replace_document(
     if new_title != old.title || new_body != old_body {
         let pages = if new_body == old_body { old.page_starts.unwrap_or_default() } else { Vec::new() };
         let input = VersionInput { title: &new_title, body: &new_body, page_starts: &pages, source_version: None };
-        write_version(&mut tx, k, user, id, current + 1, &input).await?;
+        write_version(&mut tx, k, space, id, current + 1, &input).await?;
     }
     tx.commit().await?;
     embed_after_write(k, id).await?;
-    get_document(k, user, id).await
+    get_document(k, space, id).await
 }
 
 /// Moves a document, changes tags or metadata, or retitles it (a new version).
-pub async fn patch_document(k: &Knowledge, user: Uuid, id: Uuid, req: PatchDocument) -> Result<Document, ApiError> {
+pub async fn patch_document(k: &Knowledge, space: Uuid, id: Uuid, req: PatchDocument) -> Result<Document, ApiError> {
     let tags = req.tags.as_deref().map(check_tags).transpose()?;
     if let Some(m) = &req.metadata {
         crate::error::check_metadata(m)?;
     }
     if let Some(Some(f)) = req.folder_id {
-        own_folder(k, user, f).await?;
+        own_folder(k, space, f).await?;
     }
     let mut conn = k.pool.acquire().await?;
-    if !db::patch_document(&mut conn, user, id, req.folder_id, tags.as_deref(), req.metadata.as_ref()).await? {
+    if !db::patch_document(&mut conn, space, id, req.folder_id, tags.as_deref(), req.metadata.as_ref()).await? {
         return Err(document_not_found());
     }
     drop(conn);
     if req.title.is_some() {
-        return replace_document(k, user, id, req.title, None, None).await;
+        return replace_document(k, space, id, req.title, None, None).await;
     }
-    get_document(k, user, id).await
+    get_document(k, space, id).await
 }
 
 /// Deletes a document with its versions, chunks and vectors.
-pub async fn delete_document(k: &Knowledge, user: Uuid, id: Uuid) -> Result<(), ApiError> {
+pub async fn delete_document(k: &Knowledge, space: Uuid, id: Uuid) -> Result<(), ApiError> {
     let mut tx = k.pool.begin().await?;
-    db::lock_user(&mut tx, user).await?;
-    db::apply_stats(&mut tx, user, &[id], -1).await?;
-    if !db::delete_document(&mut tx, user, id).await? {
+    db::lock_space(&mut tx, space).await?;
+    db::apply_stats(&mut tx, space, &[id], -1).await?;
+    if !db::delete_document(&mut tx, space, id).await? {
         return Err(document_not_found());
     }
     tx.commit().await?;
@@ -574,8 +671,8 @@ fn version_view(r: db::VersionRow) -> Version {
 
 /// A document's versions, newest first (a document has at least one: none means
 /// it is not the caller's).
-pub async fn versions(k: &Knowledge, user: Uuid, id: Uuid) -> Result<Vec<Version>, ApiError> {
-    let rows = db::versions(&k.pool, user, id, None).await?;
+pub async fn versions(k: &Knowledge, space: Uuid, id: Uuid) -> Result<Vec<Version>, ApiError> {
+    let rows = db::versions(&k.pool, space, id, None).await?;
     if rows.is_empty() {
         return Err(document_not_found());
     }
@@ -583,8 +680,8 @@ pub async fn versions(k: &Knowledge, user: Uuid, id: Uuid) -> Result<Vec<Version
 }
 
 /// One version with its body.
-pub async fn version(k: &Knowledge, user: Uuid, id: Uuid, n: i32) -> Result<Version, ApiError> {
-    db::versions(&k.pool, user, id, Some(n))
+pub async fn version(k: &Knowledge, space: Uuid, id: Uuid, n: i32) -> Result<Version, ApiError> {
+    db::versions(&k.pool, space, id, Some(n))
         .await?
         .into_iter()
         .next()
@@ -593,80 +690,84 @@ pub async fn version(k: &Knowledge, user: Uuid, id: Uuid, n: i32) -> Result<Vers
 }
 
 /// The chunks of a version (current by default).
-pub async fn chunks(k: &Knowledge, user: Uuid, id: Uuid, v: Option<i32>) -> Result<Vec<ChunkView>, ApiError> {
+pub async fn chunks(k: &Knowledge, space: Uuid, id: Uuid, v: Option<i32>) -> Result<Vec<ChunkView>, ApiError> {
     let mut conn = k.pool.acquire().await?;
-    db::document(&mut conn, user, id).await?.ok_or_else(document_not_found)?;
+    db::document(&mut conn, space, id).await?.ok_or_else(document_not_found)?;
     drop(conn);
-    Ok(db::chunks(&k.pool, user, id, v, k.embedder.model()).await?)
+    Ok(db::chunks(&k.pool, space, id, v, k.embedder.model()).await?)
 }
 
 /// A document's links both ways.
-pub async fn links(k: &Knowledge, user: Uuid, id: Uuid) -> Result<Links, ApiError> {
+pub async fn links(k: &Knowledge, space: Uuid, id: Uuid) -> Result<Links, ApiError> {
     let mut conn = k.pool.acquire().await?;
-    db::document(&mut conn, user, id).await?.ok_or_else(document_not_found)?;
+    db::document(&mut conn, space, id).await?.ok_or_else(document_not_found)?;
     drop(conn);
-    let (out, back) = db::links(&k.pool, user, id).await?;
+    let (out, back) = db::links(&k.pool, space, id).await?;
     let view = |(document_id, title, kind): db::LinkRow| Link { document_id, title, kind };
     Ok(Links { outgoing: out.into_iter().map(view).collect(), backlinks: back.into_iter().map(view).collect() })
 }
 
 /// Adds a manual link.
-pub async fn add_link(k: &Knowledge, user: Uuid, id: Uuid, target: Uuid) -> Result<Links, ApiError> {
-    if !db::add_link(&k.pool, user, id, target).await? {
+pub async fn add_link(k: &Knowledge, space: Uuid, id: Uuid, target: Uuid) -> Result<Links, ApiError> {
+    if !db::add_link(&k.pool, space, id, target).await? {
         return Err(document_not_found());
     }
-    links(k, user, id).await
+    links(k, space, id).await
 }
 
 /// Removes a manual link.
-pub async fn delete_link(k: &Knowledge, user: Uuid, id: Uuid, target: Uuid) -> Result<(), ApiError> {
-    if db::delete_link(&k.pool, user, id, target).await? { Ok(()) } else { Err(ApiError::not_found("link not found")) }
+pub async fn delete_link(k: &Knowledge, space: Uuid, id: Uuid, target: Uuid) -> Result<(), ApiError> {
+    if db::delete_link(&k.pool, space, id, target).await? { Ok(()) } else { Err(ApiError::not_found("link not found")) }
 }
 
-/// Starts ingesting a storage object the user owns (again, if already known).
-pub async fn add_file(k: &Knowledge, user: Uuid, req: CreateFile) -> Result<FileStatus, ApiError> {
+/// Starts ingesting a storage object into `space` (again, if already known): in the
+/// caller's own space an object they own; in an organization's, an object in one of
+/// its buckets, which `user` must be allowed to read (`org:storage:read`).
+pub async fn add_file(k: &Knowledge, user: Uuid, space: Space, req: CreateFile) -> Result<FileStatus, ApiError> {
     if let Some(f) = req.folder_id {
-        own_folder(k, user, f).await?;
+        own_folder(k, space.id, f).await?;
     }
-    crate::storage::db::object(&k.pool, &req.bucket, &req.name, Some(user))
-        .await?
-        .ok_or_else(|| ApiError::not_found("object not found"))?;
+    let object_gone = || ApiError::not_found("object not found");
+    if let Some(org) = space.org {
+        crate::auth::shared::grant(&k.pool, org, user, "storage", Need::Read).await?.answer(object_gone)?;
+    }
+    source_object(k, space, &req.bucket, &req.name).await?.ok_or_else(object_gone)?;
     let mut tx = k.pool.begin().await?;
-    let row = db::upsert_file(&mut tx, Uuid::now_v7(), user, &req.bucket, &req.name, req.folder_id).await?;
+    let row = db::upsert_file(&mut tx, Uuid::now_v7(), space.id, &req.bucket, &req.name, req.folder_id).await?;
     super::ingest::queue(&mut tx, row.id).await?;
     tx.commit().await?;
     Ok(row)
 }
 
 /// A file's status.
-pub async fn file(k: &Knowledge, user: Uuid, id: Uuid) -> Result<FileStatus, ApiError> {
-    db::file(&k.pool, Some(user), id).await?.ok_or_else(|| ApiError::not_found("file not found"))
+pub async fn file(k: &Knowledge, space: Uuid, id: Uuid) -> Result<FileStatus, ApiError> {
+    db::file(&k.pool, Some(space), id).await?.ok_or_else(|| ApiError::not_found("file not found"))
 }
 
-/// The user's files, newest first.
+/// The space's files, newest first.
 pub async fn files(
     k: &Knowledge,
-    user: Uuid,
+    space: Uuid,
     page: &pagination::PageQuery,
 ) -> Result<pagination::Page<FileStatus>, ApiError> {
     let limit = page.limit()?;
     let after = page.cursor_text()?.map(|t| pagination::parse_time_id(&t)).transpose()?;
-    let rows: Vec<FileStatus> = db::list_files(&k.pool, user, after, limit + 1).await?.into_iter().collect();
+    let rows: Vec<FileStatus> = db::list_files(&k.pool, space, after, limit + 1).await?.into_iter().collect();
     Ok(pagination::Page::from_rows(rows, limit, |f| pagination::time_id_cursor(f.created_at, f.id)))
 }
 
 /// Queues a file's ingestion again.
-pub async fn reingest(k: &Knowledge, user: Uuid, id: Uuid) -> Result<FileStatus, ApiError> {
-    let row = db::file(&k.pool, Some(user), id).await?.ok_or_else(|| ApiError::not_found("file not found"))?;
+pub async fn reingest(k: &Knowledge, space: Uuid, id: Uuid) -> Result<FileStatus, ApiError> {
+    let row = db::file(&k.pool, Some(space), id).await?.ok_or_else(|| ApiError::not_found("file not found"))?;
     let mut tx = k.pool.begin().await?;
     super::ingest::force(&mut tx, row.id).await?;
     tx.commit().await?;
-    file(k, user, id).await
+    file(k, space, id).await
 }
 
 /// Stops watching a file (the document stays).
-pub async fn delete_file(k: &Knowledge, user: Uuid, id: Uuid) -> Result<(), ApiError> {
-    if db::delete_file(&k.pool, user, id).await? { Ok(()) } else { Err(ApiError::not_found("file not found")) }
+pub async fn delete_file(k: &Knowledge, space: Uuid, id: Uuid) -> Result<(), ApiError> {
+    if db::delete_file(&k.pool, space, id).await? { Ok(()) } else { Err(ApiError::not_found("file not found")) }
 }
 
 /// Search mode.
@@ -703,11 +804,11 @@ fn snippet_html(raw: &str) -> String {
     out
 }
 
-/// Ranks the user's current chunks for `query`: BM25 and/or vector lists of
+/// Ranks the space's current chunks for `query`: BM25 and/or vector lists of
 /// `depth` candidates each, fused.
 pub async fn rank(
     k: &Knowledge,
-    user: Uuid,
+    space: Uuid,
     query: &str,
     mode: Mode,
     weights: [f64; 2],
@@ -720,7 +821,7 @@ pub async fn rank(
         || filters.after.is_some()
         || filters.before.is_some();
     let fulltext =
-        if mode == Mode::Vector { Vec::new() } else { db::bm25(&k.pool, user, query, filters, depth).await? };
+        if mode == Mode::Vector { Vec::new() } else { db::bm25(&k.pool, space, query, filters, depth).await? };
     let vector = if mode == Mode::Fulltext {
         Vec::new()
     } else {
@@ -730,10 +831,10 @@ pub async fn rank(
                 .with_code("embedder_unavailable")
         })?;
         let v = v.into_iter().next().unwrap_or_default();
-        let exact = filtered || db::chunk_count(&k.pool, user).await? <= EXACT_SCAN_LIMIT;
+        let exact = filtered || db::chunk_count(&k.pool, space).await? <= EXACT_SCAN_LIMIT;
         let query =
             db::VectorQuery { model: k.embedder.model(), dim: k.embedder.dim(), vector: pgvector::Vector::from(v) };
-        db::nearest(&k.pool, user, query, filters, depth, exact).await?
+        db::nearest(&k.pool, space, query, filters, depth, exact).await?
     };
     Ok(match mode {
         Mode::Hybrid => fuse(&fulltext, &vector, weights, RRF_K),
@@ -757,28 +858,28 @@ pub struct Retrieved {
 /// fails, reported by the flag), optionally within a folder's subtree.
 pub async fn retrieve(
     k: &Knowledge,
-    user: Uuid,
+    space: Uuid,
     query: &str,
     folder: Option<Uuid>,
     limit: i64,
 ) -> Result<(Vec<Retrieved>, bool), ApiError> {
     let mut filters = db::Filters::default();
     if let Some(f) = folder {
-        filters.path = Some(own_folder(k, user, f).await?.path);
+        filters.path = Some(own_folder(k, space, f).await?.path);
     }
     // Four candidates per result from each signal are plenty for the fusion of a short list.
     let depth = (limit * 4).clamp(40, CANDIDATES);
-    let (ranked, degraded) = match rank(k, user, query, Mode::Hybrid, DEFAULT_WEIGHTS, &filters, depth).await {
+    let (ranked, degraded) = match rank(k, space, query, Mode::Hybrid, DEFAULT_WEIGHTS, &filters, depth).await {
         Ok(r) => (r, false),
         Err(e) if e.code == "embedder_unavailable" => {
-            (rank(k, user, query, Mode::Fulltext, DEFAULT_WEIGHTS, &filters, depth).await?, true)
+            (rank(k, space, query, Mode::Fulltext, DEFAULT_WEIGHTS, &filters, depth).await?, true)
         }
         Err(e) => return Err(e),
     };
     let page: Vec<(i64, Scores)> = ranked.into_iter().take(limit as usize).collect();
     let ids: Vec<i64> = page.iter().map(|p| p.0).collect();
     let mut texts: HashMap<i64, (Citation, String)> =
-        db::chunk_texts(&k.pool, user, &ids).await?.into_iter().map(|(c, t)| (c.chunk_id, (c, t))).collect();
+        db::chunk_texts(&k.pool, space, &ids).await?.into_iter().map(|(c, t)| (c.chunk_id, (c, t))).collect();
     let out = page
         .into_iter()
         .filter_map(|(id, scores)| texts.remove(&id).map(|(citation, text)| Retrieved { citation, text, scores }))
@@ -787,7 +888,7 @@ pub async fn retrieve(
 }
 
 /// Runs a search.
-pub async fn search(k: &Knowledge, user: Uuid, req: SearchRequest) -> Result<SearchPage, ApiError> {
+pub async fn search(k: &Knowledge, space: Uuid, req: SearchRequest) -> Result<SearchPage, ApiError> {
     let query = req.query.trim().to_string();
     if query.is_empty() || query.chars().count() > 2000 {
         return Err(ApiError::unprocessable("invalid_query", "query must be 1 to 2000 characters"));
@@ -828,15 +929,15 @@ pub async fn search(k: &Knowledge, user: Uuid, req: SearchRequest) -> Result<Sea
         before: req.updated_before,
     };
     if let Some(f) = req.folder_id {
-        filters.path = Some(own_folder(k, user, f).await?.path);
+        filters.path = Some(own_folder(k, space, f).await?.path);
     }
     let depth = (offset + limit + 1).clamp(CANDIDATES, MAX_DEPTH + 1);
-    let ranked = rank(k, user, &query, mode, weights, &filters, depth).await?;
+    let ranked = rank(k, space, &query, mode, weights, &filters, depth).await?;
     let more = ranked.len() as i64 > offset + limit && offset + limit < MAX_DEPTH;
     let page: Vec<(i64, Scores)> = ranked.into_iter().skip(offset as usize).take(limit as usize).collect();
     let ids: Vec<i64> = page.iter().map(|p| p.0).collect();
     let mut details: HashMap<i64, db::HitRow> =
-        db::hits(&k.pool, user, &ids, &query).await?.into_iter().map(|h| (h.citation.chunk_id, h)).collect();
+        db::hits(&k.pool, space, &ids, &query).await?.into_iter().map(|h| (h.citation.chunk_id, h)).collect();
     let data = page
         .into_iter()
         .filter_map(|(id, scores)| {

@@ -15,6 +15,10 @@ pub struct CreateFolder {
     /// The parent folder; absent for a top-level folder.
     #[serde(default)]
     pub parent_id: Option<Uuid>,
+    /// Make it in this organization's shared knowledge (`org:knowledge:write`);
+    /// absent: in the parent's space, or the caller's own.
+    #[serde(default)]
+    pub org_id: Option<Uuid>,
 }
 
 /// `PATCH /v1/knowledge/folders/{id}`: rename, move (with its whole subtree), or both.
@@ -41,6 +45,8 @@ pub struct Folder {
     pub parent_id: Option<Uuid>,
     /// Depth (1 at the top level).
     pub depth: i32,
+    /// The organization that shares it; absent in the caller's own knowledge base.
+    pub org_id: Option<Uuid>,
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -114,6 +120,10 @@ pub struct CreateDocument {
     /// The page the text was taken from (source `url`); absent for `manual`.
     #[serde(default)]
     pub source_url: Option<String>,
+    /// Make it in this organization's shared knowledge (`org:knowledge:write`);
+    /// absent: in the folder's space, or the caller's own.
+    #[serde(default)]
+    pub org_id: Option<Uuid>,
 }
 
 /// `PUT /v1/knowledge/documents/{id}`: a new version (atomic; older versions stay readable).
@@ -167,6 +177,8 @@ pub struct DocumentSummary {
     pub version: i32,
     /// sha256 of the current version's body.
     pub content_hash: String,
+    /// The organization that shares it; absent in the caller's own knowledge base.
+    pub org_id: Option<Uuid>,
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -279,6 +291,11 @@ pub struct CreateFile {
     /// Folder for the document; absent for the top level.
     #[serde(default)]
     pub folder_id: Option<Uuid>,
+    /// Feed this organization's shared knowledge (`org:knowledge:write`); the
+    /// object must then be in a bucket of the same organization
+    /// (`org:storage:read`). Absent: the folder's space, or the caller's own.
+    #[serde(default)]
+    pub org_id: Option<Uuid>,
 }
 
 /// A file being (or having been) ingested (also its row).
@@ -286,9 +303,11 @@ pub struct CreateFile {
 pub struct FileStatus {
     /// Id.
     pub id: Uuid,
-    /// Owner.
+    /// The space (user or organization) it feeds.
     #[serde(skip)]
-    pub user_id: Uuid,
+    pub space_id: Uuid,
+    /// The organization whose knowledge it feeds; absent for the caller's own.
+    pub org_id: Option<Uuid>,
     /// Bucket.
     #[serde(rename = "bucket")]
     pub bucket_id: String,
@@ -337,8 +356,12 @@ pub struct SearchRequest {
     /// `hybrid` (default), `fulltext` or `vector`.
     #[schema(pattern = "^(hybrid|fulltext|vector)$")]
     pub mode: Option<String>,
-    /// Only documents in this folder and its subfolders.
+    /// Only documents in this folder and its subfolders (in the folder's space).
     pub folder_id: Option<Uuid>,
+    /// Search this organization's shared knowledge (`org:knowledge:read`)
+    /// instead of the caller's own.
+    #[serde(default)]
+    pub org_id: Option<Uuid>,
     /// Only documents carrying all these tags.
     #[serde(default)]
     pub tags: Vec<String>,

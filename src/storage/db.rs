@@ -21,6 +21,9 @@ pub struct BucketRow {
     pub allowed_mime_types: Option<Vec<String>>,
     /// Users write only under `<their id>/`.
     pub owner_folders: bool,
+    /// The organization that holds it: its members with `org:storage:read` read
+    /// every object in it, those with `org:storage:write` write and manage it.
+    pub org_id: Option<Uuid>,
     /// Created.
     pub created_at: OffsetDateTime,
     /// Updated.
@@ -28,7 +31,7 @@ pub struct BucketRow {
 }
 
 const BUCKET_COLS: &str =
-    "id, name, public, file_size_limit, allowed_mime_types, owner_folders, created_at, updated_at";
+    "id, name, public, file_size_limit, allowed_mime_types, owner_folders, org_id, created_at, updated_at";
 
 /// An object row.
 #[derive(Debug, Clone, FromRow)]
@@ -70,9 +73,11 @@ pub async fn bucket(pool: &PgPool, id: &str) -> Result<Option<BucketRow>, sqlx::
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await
 }
 
-/// Buckets, sorted by a whitelisted column.
+/// Buckets, sorted by a whitelisted column; with `orgs`, only those outside
+/// organizations and those of the organizations listed.
 pub async fn list_buckets(
     pool: &PgPool,
+    orgs: Option<&[Uuid]>,
     sort: &str,
     desc: bool,
     search: Option<&str>,
@@ -86,37 +91,55 @@ pub async fn list_buckets(
     let dir = if desc { "DESC" } else { "ASC" };
     let sql = format!(
         "SELECT {BUCKET_COLS} FROM storage_buckets WHERE ($1::text IS NULL OR name ILIKE '%' || $1 || '%') \
+         AND ($4::uuid[] IS NULL OR org_id IS NULL OR org_id = ANY($4)) \
          ORDER BY {col} {dir}, id {dir} LIMIT $2 OFFSET $3"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(search.map(like_escape))
         .bind(limit)
         .bind(offset)
+        .bind(orgs)
         .fetch_all(pool)
         .await
 }
 
+/// A bucket to create.
+#[derive(Debug)]
+pub struct NewBucket<'a> {
+    /// Id and name.
+    pub name: &'a str,
+    /// Readable by anyone.
+    pub public: bool,
+    /// Largest object accepted, bytes.
+    pub file_size_limit: Option<i64>,
+    /// Accepted content types.
+    pub allowed_mime_types: Option<&'a [String]>,
+    /// Users write only under `<their id>/`.
+    pub owner_folders: bool,
+    /// The organization that holds it.
+    pub org_id: Option<Uuid>,
+}
+
 /// Creates a bucket; `false` if the id is taken.
-pub async fn insert_bucket(
-    pool: &PgPool,
-    id: &str,
-    public: bool,
-    limit: Option<i64>,
-    mimes: Option<&[String]>,
-    owner_folders: bool,
-) -> Result<bool, sqlx::Error> {
+pub async fn insert_bucket(pool: &PgPool, b: &NewBucket<'_>) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
-        "INSERT INTO storage_buckets (id, name, public, file_size_limit, allowed_mime_types, owner_folders) \
-         VALUES ($1, $1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        "INSERT INTO storage_buckets (id, name, public, file_size_limit, allowed_mime_types, owner_folders, org_id) \
+         VALUES ($1, $1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
-    .bind(id)
-    .bind(public)
-    .bind(limit)
-    .bind(mimes)
-    .bind(owner_folders)
+    .bind(b.name)
+    .bind(b.public)
+    .bind(b.file_size_limit)
+    .bind(b.allowed_mime_types)
+    .bind(b.owner_folders)
+    .bind(b.org_id)
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// Whether organization `id` exists (a service key naming one for a bucket).
+pub async fn org_exists(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM organizations WHERE id = $1)").bind(id).fetch_one(pool).await
 }
 
 /// Changes the given settings of a bucket (`Some(None)` clears a limit); `false` if missing.

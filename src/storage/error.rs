@@ -42,6 +42,10 @@ impl StorageError {
     pub fn no_such_bucket() -> Self {
         Self::new(404, "Bucket not found", "NoSuchBucket", "Bucket not found")
     }
+    /// The organization named for a bucket does not exist (or the caller is not a member).
+    pub fn no_such_org() -> Self {
+        Self::new(404, "not_found", "OrganizationNotFound", "Organization not found")
+    }
     /// The object does not exist, or belongs to someone else.
     pub fn no_such_key() -> Self {
         Self::new(404, "not_found", "NoSuchKey", "Object not found")

@@ -2,7 +2,9 @@
 //! multipart), download (ranges, conditional requests, `?download`), info, list
 //! (v1 folders and v2 cursors), move, copy, remove, signed download and upload URLs.
 //! Every object route checks the caller against the object's owner; someone else's
-//! object answers `NoSuchKey`.
+//! object answers `NoSuchKey`. A bucket an organization holds is its members':
+//! each route checks the caller's permission there (`org:storage:read` to read,
+//! `org:storage:write` to write and manage), a non-member is told `NoSuchBucket`.
 
 use std::collections::HashMap;
 
@@ -82,12 +84,27 @@ fn bucket_json(b: &BucketRow) -> Value {
     json!({
         "id": b.id, "name": b.name, "owner": "", "public": b.public, "type": "STANDARD",
         "file_size_limit": b.file_size_limit, "allowed_mime_types": b.allowed_mime_types,
-        "owner_folders": b.owner_folders, "created_at": ts(b.created_at), "updated_at": ts(b.updated_at),
+        "owner_folders": b.owner_folders, "org_id": b.org_id, "created_at": ts(b.created_at), "updated_at": ts(b.updated_at),
     })
 }
 
-fn require_service(actor: Actor) -> StorageResult<()> {
-    if actor.is_service() { Ok(()) } else { Err(StorageError::access_denied("bucket management needs a service key")) }
+/// Bucket management: a service key, or (for an organization's bucket) a member
+/// with `org:storage:write`.
+async fn may_manage(state: &Storage, actor: Actor, bucket: Option<&BucketRow>) -> StorageResult<()> {
+    match (actor, bucket.and_then(|b| b.org_id)) {
+        (Actor::Service { .. }, _) => Ok(()),
+        (Actor::User(u), Some(org)) => org_gate(state, org, u, Need::Write).await,
+        _ => Err(StorageError::access_denied("bucket management needs a service key")),
+    }
+}
+
+/// The bucket `id` for managing it (a non-member of its organization is told it
+/// does not exist).
+async fn managed(state: &Storage, who: &Who, id: &str) -> StorageResult<BucketRow> {
+    let actor = who.signed_in()?;
+    let b = bucket_or_404(state, id).await?;
+    may_manage(state, actor, Some(&b)).await?;
+    Ok(b)
 }
 
 #[derive(Deserialize)]
@@ -106,9 +123,15 @@ async fn list_buckets(
     who: Who,
     Query(q): Query<ListBucketsQuery>,
 ) -> StorageResult<Response> {
-    who.signed_in()?;
+    // A user sees the buckets outside organizations and those of organizations
+    // whose buckets they may read.
+    let orgs = match who.signed_in()? {
+        Actor::User(u) => Some(crate::auth::shared::orgs_granting(&state.pool, u, "storage", Need::Read).await?),
+        _ => None,
+    };
     let rows = db::list_buckets(
         &state.pool,
+        orgs.as_deref(),
         q.sort_column.as_deref().unwrap_or("id"),
         q.sort_order.as_deref() == Some("desc"),
         q.search.as_deref().filter(|s| !s.is_empty()),
@@ -120,8 +143,12 @@ async fn list_buckets(
 }
 
 async fn get_bucket(State(state): State<Arc<Storage>>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
-    who.signed_in()?;
-    Ok(axum::Json(bucket_json(&bucket_or_404(&state, &id).await?)).into_response())
+    let actor = who.signed_in()?;
+    let b = bucket_or_404(&state, &id).await?;
+    if let (Some(org), Actor::User(u)) = (b.org_id, actor) {
+        org_gate(&state, org, u, Need::Read).await?;
+    }
+    Ok(axum::Json(bucket_json(&b)).into_response())
 }
 
 /// `file_size_limit`: a number of bytes, a string such as "100MB", or null.
@@ -176,6 +203,10 @@ struct CreateBucket {
     /// Carmenta's extension: users write only under `<their user id>/`.
     #[serde(default)]
     owner_folders: bool,
+    /// Carmenta's extension: the organization that holds the bucket (a user
+    /// making one needs `org:storage:write` there).
+    #[serde(default)]
+    org_id: Option<Uuid>,
 }
 
 async fn create_bucket(
@@ -183,7 +214,16 @@ async fn create_bucket(
     who: Who,
     SJson(b): SJson<CreateBucket>,
 ) -> StorageResult<Response> {
-    require_service(who.signed_in()?)?;
+    let actor = who.signed_in()?;
+    match (actor, b.org_id) {
+        (Actor::Service { .. }, Some(org)) if !db::org_exists(&state.pool, org).await? => {
+            return Err(StorageError::no_such_org());
+        }
+        (Actor::User(u), Some(org)) => org_gate(&state, org, u, Need::Write)
+            .await
+            .map_err(|e| if e.code == "NoSuchBucket" { StorageError::no_such_org() } else { e })?,
+        _ => may_manage(&state, actor, None).await?,
+    }
     let name = b.name.or(b.id).ok_or_else(|| StorageError::invalid("body must have required property 'name'"))?;
     if !valid_bucket_name(&name) {
         return Err(StorageError::new(
@@ -195,7 +235,15 @@ async fn create_bucket(
     }
     let limit = parse_limit(&b.file_size_limit)?;
     let mimes = parse_mimes(&b.allowed_mime_types)?;
-    if !db::insert_bucket(&state.pool, &name, b.public, limit, mimes.as_deref(), b.owner_folders).await? {
+    let new = db::NewBucket {
+        name: &name,
+        public: b.public,
+        file_size_limit: limit,
+        allowed_mime_types: mimes.as_deref(),
+        owner_folders: b.owner_folders,
+        org_id: b.org_id,
+    };
+    if !db::insert_bucket(&state.pool, &new).await? {
         return Err(StorageError::duplicate("BucketAlreadyExists"));
     }
     Ok(axum::Json(json!({ "name": name })).into_response())
@@ -207,7 +255,7 @@ async fn update_bucket(
     Path(id): Path<String>,
     SJson(b): SJson<serde_json::Map<String, Value>>,
 ) -> StorageResult<Response> {
-    require_service(who.signed_in()?)?;
+    managed(&state, &who, &id).await?;
     // A key present with null clears that setting; an absent key leaves it.
     let public = match b.get("public") {
         None | Some(Value::Null) => None,
@@ -234,7 +282,7 @@ async fn update_bucket(
 }
 
 async fn delete_bucket(State(state): State<Arc<Storage>>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
-    require_service(who.signed_in()?)?;
+    managed(&state, &who, &id).await?;
     match db::delete_bucket(&state.pool, &id).await? {
         db::BucketDelete::Deleted => {
             invalidate(&state, format!("b:{id}")).await;
@@ -251,8 +299,7 @@ async fn delete_bucket(State(state): State<Arc<Storage>>, who: Who, Path(id): Pa
 }
 
 async fn empty_bucket(State(state): State<Arc<Storage>>, who: Who, Path(id): Path<String>) -> StorageResult<Response> {
-    require_service(who.signed_in()?)?;
-    bucket_or_404(&state, &id).await?;
+    managed(&state, &who, &id).await?;
     loop {
         // Rows first, then bytes: a crash leaves orphans for the sweeper, never rows without bytes.
         let versions = db::empty_bucket_batch(&state.pool, &id, 500).await?;
@@ -286,8 +333,8 @@ async fn upload(
     req: Request,
 ) -> StorageResult<Response> {
     let actor = who.actor()?;
-    let writer = writer_of(actor)?;
     let b = bucket_or_404(&state, &bucket).await?;
+    let writer = writer_in(&state, actor, &b).await?;
     let (parts, body) = req.into_parts();
     let t = UploadTarget { bucket: &b, key: &key, owner: actor.new_owner(), writer, upsert };
     let row = receive(&state, t, &parts.headers, body).await?;
@@ -509,7 +556,9 @@ async fn list_v1(
     if !folder.is_empty() && !folder.ends_with('/') {
         folder.push('/');
     }
-    let Some(owner) = list_owner(actor, &b) else { return Ok(axum::Json(Vec::<Value>::new()).into_response()) };
+    let Some(owner) = objects_for(&state, actor, &b, Need::Read).await? else {
+        return Ok(axum::Json(Vec::<Value>::new()).into_response());
+    };
     let sort = body.sort_by.unwrap_or_default();
     let search = body.search.unwrap_or_default();
     let q = db::ListQuery {
@@ -591,7 +640,7 @@ async fn list_v2(
     if sort.column.as_deref().is_some_and(|c| c != "name") && after.is_some() {
         return Err(StorageError::invalid("cursors page by name; sort by name to use one"));
     }
-    let Some(owner) = list_owner(actor, &b) else {
+    let Some(owner) = objects_for(&state, actor, &b, Need::Read).await? else {
         return Ok(axum::Json(json!({"hasNext": false, "folders": [], "objects": []})).into_response());
     };
     let q = db::ListQuery {
@@ -657,12 +706,15 @@ async fn move_object(
     SJson(m): SJson<MoveCopy>,
 ) -> StorageResult<Response> {
     let actor = who.actor()?;
-    let Some(owner) = actor.owner_filter() else { return Err(StorageError::no_such_key()) };
     check_key(&m.destination_key)?;
     let src_bucket = bucket_or_404(&state, &m.bucket_id).await?;
+    // Moving takes the object out of its bucket: that needs writing there.
+    let Some(owner) = objects_for(&state, actor, &src_bucket, Need::Write).await? else {
+        return Err(StorageError::no_such_key());
+    };
     let dest_id = m.destination_bucket.clone().unwrap_or_else(|| m.bucket_id.clone());
     let dest = bucket_or_404(&state, &dest_id).await?;
-    own_folder(&dest, writer_of(actor)?, &m.destination_key)?;
+    own_folder(&dest, writer_in(&state, actor, &dest).await?, &m.destination_key)?;
     // The destination bucket's rules hold for what is moved into it.
     if dest.id != src_bucket.id {
         let src = db::object(&state.pool, &src_bucket.id, &m.source_key, owner)
@@ -690,12 +742,12 @@ async fn copy_object(
     SJson(m): SJson<MoveCopy>,
 ) -> StorageResult<Response> {
     let actor = who.actor()?;
-    let writer = writer_of(actor)?;
     check_key(&m.destination_key)?;
     let src_bucket = bucket_or_404(&state, &m.bucket_id).await?;
     let src = readable(&state, actor, &src_bucket, &m.source_key).await?;
     let dest_id = m.destination_bucket.clone().unwrap_or_else(|| m.bucket_id.clone());
     let dest = bucket_or_404(&state, &dest_id).await?;
+    let writer = writer_in(&state, actor, &dest).await?;
     let (content_type, cache_control) = match (&m.metadata, m.copy_metadata.unwrap_or(true)) {
         (Some(md), _) => (
             md.mimetype.clone().unwrap_or_else(|| src.content_type.clone()),
@@ -808,9 +860,9 @@ async fn sign_upload(
     Path((bucket, key)): Path<(String, String)>,
 ) -> StorageResult<Response> {
     let actor = who.actor()?;
-    let writer = writer_of(actor)?;
     check_key(&key)?;
     let b = bucket_or_404(&state, &bucket).await?;
+    let writer = writer_in(&state, actor, &b).await?;
     let upsert = upsert_header(&headers);
     precheck(&state, &UploadTarget { bucket: &b, key: &key, owner: actor.new_owner(), writer, upsert }).await?;
     let ttl = i64::try_from(state.upload_url_ttl.as_secs()).unwrap_or(7200);
@@ -837,7 +889,7 @@ async fn upload_signed(
         bucket: &b,
         key: &key,
         owner: claims.owner,
-        writer: claims.owner,
+        writer: signed_writer(&b, claims.owner),
         upsert: claims.upsert.unwrap_or(false),
     };
     let row = receive(&state, t, &parts.headers, body).await?;

@@ -1,7 +1,9 @@
 //! The object rules of storage, shared by the Supabase routes, TUS and render:
 //! name and key validity, size and type limits, which object an actor may read or
-//! overwrite, writing a blob's row (and deleting the blob it replaced), removal,
-//! and cache invalidation of public objects. No HTTP here.
+//! overwrite (including buckets an organization holds: every member with
+//! `org:storage:read` reads all their objects, with `org:storage:write` writes
+//! them, checked on every call), writing a blob's row (and deleting the blob it
+//! replaced), removal, and cache invalidation of public objects. No HTTP here.
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -71,10 +73,66 @@ pub async fn bucket_or_404(state: &Storage, id: &str) -> StorageResult<BucketRow
     db::bucket(&state.pool, id).await?.ok_or_else(StorageError::no_such_bucket)
 }
 
-/// The object if `actor` may read it: anyone in a public bucket, else the owner or a service key.
+pub use crate::auth::shared::Need;
+
+/// Whether `user` may do `need` in the buckets of organization `org`: a non-member
+/// is told the bucket does not exist, a member without the permission 403.
+pub async fn org_gate(state: &Storage, org: Uuid, user: Uuid, need: Need) -> StorageResult<()> {
+    use crate::auth::shared::Grant;
+    match crate::auth::shared::grant(&state.pool, org, user, "storage", need).await? {
+        Grant::Granted => Ok(()),
+        Grant::NotMember => Err(StorageError::no_such_bucket()),
+        Grant::Lacks(p) => Err(StorageError::access_denied(format!("your role in this organization lacks {p}"))),
+    }
+}
+
+/// Which objects of `bucket` `actor` may read (`need` Read) or change and delete
+/// (Write): `Some(None)` all of them (a service key, a public bucket for reading,
+/// an organization's bucket for a member with the permission), `Some(Some(u))`
+/// user `u`'s own, `None` none.
+pub(super) async fn objects_for(
+    state: &Storage,
+    actor: Actor,
+    bucket: &BucketRow,
+    need: Need,
+) -> StorageResult<Option<Option<Uuid>>> {
+    if need == Need::Read && bucket.public {
+        return Ok(Some(None));
+    }
+    match (bucket.org_id, actor) {
+        (Some(org), Actor::User(u)) => {
+            org_gate(state, org, u, need).await?;
+            Ok(Some(None))
+        }
+        _ => Ok(actor.owner_filter()),
+    }
+}
+
+/// Who writes into `bucket`: `None` may replace any object (a service key, or a
+/// member with `org:storage:write` in an organization's bucket), `Some(u)` only
+/// user `u`'s own; anonymous callers may not write.
+pub(super) async fn writer_in(state: &Storage, actor: Actor, bucket: &BucketRow) -> StorageResult<Option<Uuid>> {
+    match (bucket.org_id, actor) {
+        (Some(org), Actor::User(u)) => {
+            org_gate(state, org, u, Need::Write).await?;
+            Ok(None)
+        }
+        _ => writer_of(actor),
+    }
+}
+
+/// Who a signed upload URL writes as: in an organization's bucket the URL was
+/// signed by someone who may replace any object there, elsewhere its owner.
+pub(super) fn signed_writer(bucket: &BucketRow, owner: Option<Uuid>) -> Option<Uuid> {
+    if bucket.org_id.is_some() { None } else { owner }
+}
+
+/// The object if `actor` may read it: anyone in a public bucket, members with the
+/// permission in an organization's bucket, else the owner or a service key.
 pub(super) async fn readable(state: &Storage, actor: Actor, bucket: &BucketRow, key: &str) -> StorageResult<ObjectRow> {
-    let filter = if bucket.public { Some(None) } else { actor.owner_filter() };
-    let Some(owner) = filter else { return Err(StorageError::no_such_key()) };
+    let Some(owner) = objects_for(state, actor, bucket, Need::Read).await? else {
+        return Err(StorageError::no_such_key());
+    };
     db::object(&state.pool, &bucket.id, key, owner).await?.ok_or_else(StorageError::no_such_key)
 }
 
@@ -195,8 +253,8 @@ pub(super) fn write_error(e: WriteError) -> StorageError {
     }
 }
 
-/// Whether `actor` may create objects at all.
-pub(super) fn writer_of(actor: Actor) -> StorageResult<Option<Uuid>> {
+/// Whether `actor` may create objects at all (outside organizations' buckets).
+fn writer_of(actor: Actor) -> StorageResult<Option<Uuid>> {
     match actor {
         Actor::Service { .. } => Ok(None),
         Actor::User(u) => Ok(Some(u)),
@@ -226,10 +284,11 @@ pub(super) async fn visible(state: &Storage, who: Option<&Who>, bucket: &str, ke
     Ok(row)
 }
 
-/// Deletes rows (the caller's, or any for a service key), then their blobs.
+/// Deletes rows (the caller's, any for a service key or a member with
+/// `org:storage:write` in an organization's bucket), then their blobs.
 pub async fn remove(state: &Storage, actor: Actor, bucket: &str, names: &[String]) -> StorageResult<Vec<ObjectRow>> {
-    let Some(owner) = actor.owner_filter() else { return Ok(Vec::new()) };
     let b = bucket_or_404(state, bucket).await?;
+    let Some(owner) = objects_for(state, actor, &b, Need::Write).await? else { return Ok(Vec::new()) };
     let rows = db::delete_objects(&state.pool, bucket, names, owner).await?;
     if b.public && !rows.is_empty() {
         let payload = match rows.as_slice() {
@@ -244,10 +303,6 @@ pub async fn remove(state: &Storage, actor: Actor, bucket: &str, names: &[String
         }
     }
     Ok(rows)
-}
-
-pub(super) fn list_owner(actor: Actor, bucket: &BucketRow) -> Option<Option<Uuid>> {
-    if bucket.public { Some(None) } else { actor.owner_filter() }
 }
 
 pub(super) fn admit(state: &Storage, dest: &BucketRow, o: &ObjectRow) -> StorageResult<()> {

@@ -29,7 +29,7 @@ use super::db::{self, UploadRow};
 use super::http::parse_metadata;
 use super::service::{
     UploadTarget, bucket_or_404, cache_control_value, check_key, clean_content_type, commit, mime_allowed, precheck,
-    size_limit,
+    signed_writer, size_limit, writer_in,
 };
 use super::{Actor, Storage, StorageError, Who};
 use crate::auth::AuthState;
@@ -126,6 +126,9 @@ fn parse_upload_metadata(raw: &str) -> Result<HashMap<String, String>, StorageEr
 /// Who owns an upload: a user, a service key, or a signed upload URL.
 struct Rights {
     creator: String,
+    /// The signed-in user (whose organization permissions are checked at the
+    /// start and again at the end of an upload into an organization's bucket).
+    user: Option<Uuid>,
     owner: Option<Uuid>,
     writer: Option<Uuid>,
     upsert_allowed: Option<bool>,
@@ -138,7 +141,19 @@ fn bearer_rights(who: &Who) -> Result<Rights, StorageError> {
         Actor::User(u) => Some(u),
         Actor::Anon => return Err(StorageError::rls()),
     };
-    Ok(Rights { creator: actor.creator(), owner: actor.new_owner(), writer, upsert_allowed: None })
+    let user = match actor {
+        Actor::User(u) => Some(u),
+        _ => None,
+    };
+    Ok(Rights { creator: actor.creator(), user, owner: actor.new_owner(), writer, upsert_allowed: None })
+}
+
+/// Who the upload writes as in bucket `b` (see [`writer_in`] and [`signed_writer`]).
+async fn writer_for(state: &Storage, rights: &Rights, b: &super::db::BucketRow) -> Result<Option<Uuid>, StorageError> {
+    match rights.user {
+        Some(u) => writer_in(state, Actor::User(u), b).await,
+        None => Ok(signed_writer(b, rights.writer)),
+    }
 }
 
 fn signed_rights(state: &Storage, headers: &HeaderMap, url: &str) -> Result<Rights, StorageError> {
@@ -149,6 +164,7 @@ fn signed_rights(state: &Storage, headers: &HeaderMap, url: &str) -> Result<Righ
     let claims = state.verify(token, url, "upload")?;
     Ok(Rights {
         creator: format!("signed:{url}"),
+        user: None,
         owner: claims.owner,
         writer: claims.owner,
         upsert_allowed: Some(claims.upsert.unwrap_or(false)),
@@ -165,7 +181,7 @@ async fn create_bearer(State(state): State<Arc<Storage>>, who: Who, req: Request
 async fn create_signed(State(state): State<Arc<Storage>>, req: Request) -> Response {
     create(
         state,
-        Rights { creator: String::new(), owner: None, writer: None, upsert_allowed: None },
+        Rights { creator: String::new(), user: None, owner: None, writer: None, upsert_allowed: None },
         "/upload/resumable/sign",
         req,
     )
@@ -216,7 +232,8 @@ async fn create(state: Arc<Storage>, rights: Rights, base: &str, req: Request) -
             return Err(StorageError::too_large());
         }
         let user_metadata = meta.get("metadata").map(|m| parse_metadata(m.as_bytes())).transpose()?;
-        let t = UploadTarget { bucket: &b, key, owner: rights.owner, writer: rights.writer, upsert };
+        let writer = writer_for(&state, &rights, &b).await?;
+        let t = UploadTarget { bucket: &b, key, owner: rights.owner, writer, upsert };
         precheck(&state, &t).await?;
         let row = UploadRow {
             id: Uuid::new_v4(),
@@ -435,7 +452,8 @@ async fn finish(state: &Storage, u: &UploadRow, rights: &Rights) -> Result<(), S
         blobs.write(&blob, joined, len, false).await.map_err(|e| StorageError::internal(e.to_string()))?;
     }
     let b = bucket_or_404(state, &u.bucket_id).await?;
-    let t = UploadTarget { bucket: &b, key: &u.name, owner: rights.owner, writer: rights.writer, upsert: u.upsert };
+    let writer = writer_for(state, rights, &b).await?;
+    let t = UploadTarget { bucket: &b, key: &u.name, owner: rights.owner, writer, upsert: u.upsert };
     let size = u64::try_from(u.upload_length).unwrap_or(0);
     commit(state, &t, version, size, &u.content_type, &u.cache_control, u.user_metadata.as_ref()).await?;
     db::delete_upload(&state.pool, u.id).await?;

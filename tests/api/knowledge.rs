@@ -155,13 +155,13 @@ async fn folders_documents_and_versions() {
     assert_eq!(s, 404);
     let r = search(&app, &u, json!({"query": "methane", "mode": "fulltext"})).await;
     assert_eq!(titles(&r), vec!["Other"]);
-    let (chunks, total): (i64, i64) = sqlx::query_as("SELECT chunks, total_len FROM kb_stats WHERE user_id = $1")
+    let (chunks, total): (i64, i64) = sqlx::query_as("SELECT chunks, total_len FROM kb_stats WHERE space_id = $1")
         .bind(u.id)
         .fetch_one(&app.pool)
         .await
         .unwrap();
     let (real, real_len): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), coalesce(sum(c.len), 0)::int8 FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id AND d.current_version = c.version WHERE d.user_id = $1",
+        "SELECT count(*), coalesce(sum(c.len), 0)::int8 FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id AND d.current_version = c.version WHERE d.space_id = $1",
     )
     .bind(u.id)
     .fetch_one(&app.pool)

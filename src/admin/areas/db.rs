@@ -89,7 +89,7 @@ pub async fn folders(pool: &PgPool, user: Uuid) -> Result<Vec<FolderRow>, sqlx::
     sqlx::query_as(
         "SELECT f.id, f.name, nlevel(f.path) AS depth,
                 (SELECT count(*) FROM kb_documents d WHERE d.folder_id = f.id) AS documents
-         FROM kb_folders f WHERE f.user_id = $1 ORDER BY f.path LIMIT 2000",
+         FROM kb_folders f WHERE f.space_id = $1 ORDER BY f.path LIMIT 2000",
     )
     .bind(user)
     .fetch_all(pool)
@@ -101,9 +101,9 @@ pub async fn folders(pool: &PgPool, user: Uuid) -> Result<Vec<FolderRow>, sqlx::
 pub struct DocumentRow {
     /// Id.
     pub id: Uuid,
-    /// Owner.
+    /// Its space: the owner's user id, or the organization's id.
     pub user_id: Uuid,
-    /// Owner's email.
+    /// Owner's email, or the organization's name.
     pub email: Option<String>,
     /// Title.
     pub title: String,
@@ -124,13 +124,14 @@ pub struct DocumentRow {
 /// Documents, newest first.
 pub async fn documents(pool: &PgPool, user: Option<Uuid>, limit: i64) -> Result<Vec<DocumentRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT d.id, d.user_id, u.email, d.title, f.name AS folder, d.source_kind, d.current_version,
+        "SELECT d.id, d.space_id AS user_id, coalesce(u.email, 'organization ' || o.name) AS email, d.title, f.name AS folder, d.source_kind, d.current_version,
                 (SELECT count(*) FROM kb_chunks c WHERE c.document_id = d.id AND c.version = d.current_version) AS chunks,
                 (SELECT count(*) FROM kb_chunks c WHERE c.document_id = d.id AND c.version = d.current_version
                    AND c.embedding IS NULL) AS unembedded,
                 d.updated_at
-         FROM kb_documents d JOIN users u ON u.id = d.user_id LEFT JOIN kb_folders f ON f.id = d.folder_id
-         WHERE ($1::uuid IS NULL OR d.user_id = $1) ORDER BY d.updated_at DESC, d.id DESC LIMIT $2",
+         FROM kb_documents d LEFT JOIN users u ON u.id = d.space_id LEFT JOIN organizations o ON o.id = d.space_id
+         LEFT JOIN kb_folders f ON f.id = d.folder_id
+         WHERE ($1::uuid IS NULL OR d.space_id = $1) ORDER BY d.updated_at DESC, d.id DESC LIMIT $2",
     )
     .bind(user)
     .bind(limit)
@@ -162,8 +163,8 @@ pub struct FileRow {
 /// Knowledge files, newest first.
 pub async fn files(pool: &PgPool, user: Option<Uuid>, limit: i64) -> Result<Vec<FileRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, user_id, bucket_id, object_name, status, progress, error, updated_at FROM kb_files
-         WHERE ($1::uuid IS NULL OR user_id = $1) ORDER BY updated_at DESC, id DESC LIMIT $2",
+        "SELECT id, space_id AS user_id, bucket_id, object_name, status, progress, error, updated_at FROM kb_files
+         WHERE ($1::uuid IS NULL OR space_id = $1) ORDER BY updated_at DESC, id DESC LIMIT $2",
     )
     .bind(user)
     .bind(limit)
@@ -171,9 +172,9 @@ pub async fn files(pool: &PgPool, user: Option<Uuid>, limit: i64) -> Result<Vec<
     .await
 }
 
-/// The owner of a knowledge file.
+/// The space (user or organization) of a knowledge file.
 pub async fn file_owner(pool: &PgPool, id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT user_id FROM kb_files WHERE id = $1").bind(id).fetch_optional(pool).await
+    sqlx::query_scalar("SELECT space_id FROM kb_files WHERE id = $1").bind(id).fetch_optional(pool).await
 }
 
 /// A memory in the console's list.
@@ -181,9 +182,9 @@ pub async fn file_owner(pool: &PgPool, id: Uuid) -> Result<Option<Uuid>, sqlx::E
 pub struct MemoryRow {
     /// Id.
     pub id: Uuid,
-    /// Owner.
+    /// Its space: the owner's user id, or the organization's id.
     pub user_id: Uuid,
-    /// Owner's email.
+    /// Owner's email, or the organization's name.
     pub email: Option<String>,
     /// Kind.
     pub kind: String,

@@ -170,7 +170,19 @@ async fn create_bucket(State(admin): State<Arc<Admin>>, AdminForm { s, f }: Admi
     let public = f.ticked("public");
     let limit = parse_limit(&f)?;
     let mimes = parse_mimes(&f);
-    if !crate::storage::db::insert_bucket(&admin.pool, &id, public, limit, mimes.as_deref(), false).await? {
+    if !crate::storage::db::insert_bucket(
+        &admin.pool,
+        &crate::storage::db::NewBucket {
+            name: &id,
+            public,
+            file_size_limit: limit,
+            allowed_mime_types: mimes.as_deref(),
+            owner_folders: false,
+            org_id: None,
+        },
+    )
+    .await?
+    {
         return Err(Fail(ApiError::conflict("bucket_exists", "a bucket has that name")));
     }
     service::record(

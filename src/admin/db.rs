@@ -266,7 +266,7 @@ pub async fn usage(pool: &PgPool, user: Uuid) -> Result<Usage, sqlx::Error> {
         "SELECT (SELECT count(*) FROM storage_objects WHERE owner_id = $1) AS objects,
                 (SELECT COALESCE(sum(size), 0)::int8 FROM storage_objects WHERE owner_id = $1) AS bytes,
                 (SELECT count(*) FROM conversations WHERE owner_id = $1) AS conversations,
-                (SELECT count(*) FROM kb_documents WHERE user_id = $1) AS documents,
+                (SELECT count(*) FROM kb_documents WHERE space_id = $1) AS documents,
                 (SELECT count(*) FROM memories WHERE user_id = $1 AND status = 'active') AS memories",
     )
     .bind(user)

@@ -195,20 +195,21 @@ pub async fn space_for_new(
 }
 
 /// The storage object space `space` may ingest: in a user's own space an object the
-/// user owns; in an organization's, an object in one of that organization's buckets.
+/// user owns outside organizations' buckets (what a team shares does not flow into
+/// a member's own knowledge, where it would outlive their membership); in an
+/// organization's, any object in one of that organization's buckets.
 pub async fn source_object(
     k: &Knowledge,
     space: Space,
     bucket: &str,
     name: &str,
 ) -> Result<Option<crate::storage::db::ObjectRow>, sqlx::Error> {
-    match space.org {
-        None => crate::storage::db::object(&k.pool, bucket, name, Some(space.id)).await,
-        Some(org) => match crate::storage::db::bucket(&k.pool, bucket).await? {
-            Some(b) if b.org_id == Some(org) => crate::storage::db::object(&k.pool, bucket, name, None).await,
-            _ => Ok(None),
-        },
+    let Some(b) = crate::storage::db::bucket(&k.pool, bucket).await? else { return Ok(None) };
+    if b.org_id != space.org {
+        return Ok(None);
     }
+    let owner = if space.org.is_some() { None } else { Some(space.id) };
+    crate::storage::db::object(&k.pool, bucket, name, owner).await
 }
 
 /// The space a stored row names (the ingestion job acts for it).

@@ -1872,31 +1872,8 @@ async fn organizations_share_connections_and_every_route_checks_the_member() {
         .send()
         .await;
     assert_eq!(r.status(), 201);
-    let owner = sign_up(app, "org-owner@example.com").await;
-    let admin = sign_up(app, "org-admin@example.com").await;
-    let member = sign_up(app, "org-member@example.com").await;
-    let none = sign_up(app, "org-none@example.com").await;
-    let stranger = sign_up(app, "stranger@example.com").await;
-    let (s, org) = app.post_as("/v1/orgs", &owner.jwt, &json!({"name": "Sharers"})).await;
-    assert_eq!(s, 201);
-    let org_id = org["id"].as_str().unwrap().to_string();
-    let (s, _) = app
-        .post_as(
-            &format!("/v1/orgs/{org_id}/roles"),
-            &owner.jwt,
-            &json!({"key": "org:guest", "name": "Guest", "permissions": []}),
-        )
-        .await;
-    assert_eq!(s, 201);
-    for (u, role) in [(&admin, "org:owner"), (&member, "org:member"), (&none, "org:guest")] {
-        sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1::uuid, $2, $3)")
-            .bind(&org_id)
-            .bind(u.id)
-            .bind(role)
-            .execute(&app.pool)
-            .await
-            .unwrap();
-    }
+    let crate::harness::Team { org_id, owner, admin, member, guest: none, stranger } =
+        crate::harness::team(app, "org").await;
     let status = |r: reqwest::Response| r.status().as_u16();
 
     // Making a shared connection needs org:connections:write; a stranger is told nothing.

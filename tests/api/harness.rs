@@ -566,3 +566,51 @@ impl TestAppBuilder {
         self
     }
 }
+
+/// An organization with a member of every kind, and a stranger.
+pub struct Team {
+    /// The organization's id.
+    pub org_id: String,
+    /// Its creator (`org:owner`).
+    pub owner: User,
+    /// `org:admin`: every data permission.
+    pub admin: User,
+    /// `org:member`: reads what the organization shares.
+    pub member: User,
+    /// The custom role `org:guest`, which holds no permission.
+    pub guest: User,
+    /// Not a member.
+    pub stranger: User,
+}
+
+/// Signs up five users (`{prefix}-owner@example.com`, …) and makes the first an
+/// organization with the next three as members (see [`Team`]).
+pub async fn team(app: &TestApp, prefix: &str) -> Team {
+    let user = |kind: &str| format!("{prefix}-{kind}@example.com");
+    let owner = sign_up(app, &user("owner")).await;
+    let (s, org) = app.post_as("/v1/orgs", &owner.jwt, &serde_json::json!({"name": format!("{prefix} team")})).await;
+    assert_eq!(s, 201, "{org}");
+    let org_id = org["id"].as_str().expect("org id").to_string();
+    let (s, role) = app
+        .post_as(
+            &format!("/v1/orgs/{org_id}/roles"),
+            &owner.jwt,
+            &serde_json::json!({"key": "org:guest", "name": "Guest", "permissions": []}),
+        )
+        .await;
+    assert_eq!(s, 201, "{role}");
+    let admin = sign_up(app, &user("admin")).await;
+    let member = sign_up(app, &user("member")).await;
+    let guest = sign_up(app, &user("guest")).await;
+    for (u, role) in [(&admin, "org:admin"), (&member, "org:member"), (&guest, "org:guest")] {
+        sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1::uuid, $2, $3)")
+            .bind(&org_id)
+            .bind(u.id)
+            .bind(role)
+            .execute(&app.pool)
+            .await
+            .expect("adding a member");
+    }
+    let stranger = sign_up(app, &user("stranger")).await;
+    Team { org_id, owner, admin, member, guest, stranger }
+}

@@ -18,7 +18,7 @@ fn vips() {
 }
 
 /// A flat grey RGB picture with a saturated red disc at (`cx`, `cy`).
-fn picture(w: i32, h: i32, disc: Option<(i32, i32, i32)>) -> VipsImage {
+pub(crate) fn picture(w: i32, h: i32, disc: Option<(i32, i32, i32)>) -> VipsImage {
     vips();
     let base = VipsImage::black(w, h).unwrap();
     let mut img =
@@ -30,7 +30,7 @@ fn picture(w: i32, h: i32, disc: Option<(i32, i32, i32)>) -> VipsImage {
     img
 }
 
-fn jpeg(img: &VipsImage) -> Vec<u8> {
+pub(crate) fn jpeg(img: &VipsImage) -> Vec<u8> {
     img.jpegsave_buffer_with_opts(VOption::new().set("Q", 90)).unwrap()
 }
 

@@ -762,3 +762,208 @@ async fn bm25_pruning_returns_the_exhaustive_top() {
         }
     }
 }
+
+/// An organization's shared knowledge: members with `org:knowledge:read` read and
+/// search it, those with `org:knowledge:write` change it; a member whose role lacks
+/// the permission gets 403 and a non-member 404, on every route; files come only
+/// from the organization's own buckets; leaving ends access at once; deleting the
+/// organization deletes its knowledge.
+#[tokio::test]
+async fn organizations_share_knowledge_and_every_route_checks_the_member() {
+    let app = TestApp::spawn().await;
+    let runner = carmenta::background::start(&app.state).await.unwrap();
+    let t = crate::harness::team(&app, "kb").await;
+    let org = t.org_id.clone();
+    let send = |u: &User, method: Method, path: String, body: Option<Value>| {
+        let call = app.call(method, &format!("{K}{path}")).by(&u.jwt);
+        let call = match body {
+            Some(b) => call.json(&b),
+            None => call,
+        };
+        async move { call.reply().await }
+    };
+
+    // The shared space: a folder, a document in it, a top-level document, a file.
+    let folder = post(&app, &t.admin, "/folders", json!({"name": "Runbooks", "org_id": org})).await;
+    assert_eq!(folder["org_id"], org.as_str());
+    let fid = folder["id"].as_str().unwrap().to_string();
+    let doc = post(
+        &app,
+        &t.admin,
+        "/documents",
+        json!({"title": "Pager duty", "body": "Rotate the pager every Monday. See [[Escalation]].", "folder_id": fid}),
+    )
+    .await;
+    assert_eq!(doc["org_id"], org.as_str(), "a document in a shared folder is the organization's");
+    let did = doc["id"].as_str().unwrap().to_string();
+    let other = post(
+        &app,
+        &t.owner,
+        "/documents",
+        json!({"title": "Escalation", "body": "Call the on-call lead.", "org_id": org}),
+    )
+    .await;
+    let oid = other["id"].as_str().unwrap().to_string();
+    let links = get(&app, &t.member, &format!("/documents/{did}/links")).await;
+    assert_eq!(
+        links["outgoing"][0]["document_id"],
+        oid.as_str(),
+        "[[Title]] resolves inside the shared space: {links}"
+    );
+    let r = app
+        .call(Method::POST, "/storage/v1/bucket")
+        .by(&t.admin.jwt)
+        .json(&json!({"name": "team-docs", "org_id": org}))
+        .send()
+        .await;
+    assert_eq!(r.status(), 200);
+    upload(
+        &app,
+        &t.admin.jwt,
+        "team-docs",
+        "handbook.md",
+        b"# Handbook\n\nShip on Thursdays.".to_vec(),
+        "text/markdown",
+    )
+    .await;
+    let file =
+        post(&app, &t.admin, "/files", json!({"bucket": "team-docs", "name": "handbook.md", "org_id": org})).await;
+    let file_id = file["id"].as_str().unwrap().to_string();
+    let ingested = settled(&app, &t.member, &file_id).await;
+    assert_eq!((ingested["status"].as_str(), ingested["org_id"].as_str()), (Some("ready"), Some(org.as_str())));
+    let handbook = get(&app, &t.member, &format!("/documents/{}", ingested["document_id"].as_str().unwrap())).await;
+    assert_eq!(handbook["org_id"], org.as_str());
+    post(&app, &t.admin, &format!("/documents/{did}/links"), json!({"target_id": oid})).await;
+
+    // Reading: org:knowledge:read (org:member has it, the guest role not).
+    let reads = [
+        format!("/folders?org_id={org}"),
+        format!("/folders/{fid}"),
+        format!("/documents?org_id={org}"),
+        format!("/documents?folder_id={fid}"),
+        format!("/documents/{did}"),
+        format!("/documents/{did}/versions"),
+        format!("/documents/{did}/versions/1"),
+        format!("/documents/{did}/chunks"),
+        format!("/documents/{did}/links"),
+        format!("/files?org_id={org}"),
+        format!("/files/{file_id}"),
+    ];
+    for path in &reads {
+        for (u, want) in [(&t.member, 200), (&t.guest, 403), (&t.stranger, 404)] {
+            let (s, b) = send(u, Method::GET, path.clone(), None).await;
+            assert_eq!(s, want, "GET {path} as {}: {b}", u.id);
+            if want == 403 {
+                assert_eq!(b["error"]["code"], "insufficient_permission", "{b}");
+            }
+        }
+    }
+    for body in [json!({"query": "pager", "org_id": org}), json!({"query": "pager", "folder_id": fid})] {
+        for (u, want) in [(&t.member, 200), (&t.guest, 403), (&t.stranger, 404)] {
+            assert_eq!(send(u, Method::POST, "/search".into(), Some(body.clone())).await.0, want, "search {body}");
+        }
+    }
+    let hits = search(&app, &t.member, json!({"query": "pager Monday", "org_id": org})).await;
+    assert_eq!(titles(&hits)[0], "Pager duty");
+    let hits = search(&app, &t.member, json!({"query": "ship Thursdays", "org_id": org})).await;
+    assert_eq!(titles(&hits)[0], handbook["title"].as_str().unwrap(), "{hits}");
+    // A member's own knowledge does not hold the organization's.
+    let mine = search(&app, &t.admin, json!({"query": "pager Monday"})).await;
+    assert!(mine["data"].as_array().unwrap().is_empty(), "{mine}");
+    assert_eq!(get(&app, &t.admin, "/folders").await, json!([]));
+
+    // Writing: org:knowledge:write.
+    let writes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::POST, "/folders".into(), Some(json!({"name": "New", "org_id": org}))),
+        (Method::POST, "/folders".into(), Some(json!({"name": "Sub", "parent_id": fid}))),
+        (Method::PATCH, format!("/folders/{fid}"), Some(json!({"name": "Renamed"}))),
+        (Method::DELETE, format!("/folders/{fid}"), None),
+        (Method::POST, "/documents".into(), Some(json!({"title": "T", "body": "b", "org_id": org}))),
+        (Method::POST, "/documents".into(), Some(json!({"title": "T", "body": "b", "folder_id": fid}))),
+        (Method::PUT, format!("/documents/{did}"), Some(json!({"body": "changed"}))),
+        (Method::PATCH, format!("/documents/{did}"), Some(json!({"tags": ["x"]}))),
+        (Method::DELETE, format!("/documents/{did}"), None),
+        (Method::POST, format!("/documents/{did}/links"), Some(json!({"target_id": oid}))),
+        (Method::DELETE, format!("/documents/{did}/links/{oid}"), None),
+        (Method::POST, "/files".into(), Some(json!({"bucket": "team-docs", "name": "handbook.md", "org_id": org}))),
+        (Method::POST, format!("/files/{file_id}/reingest"), None),
+        (Method::DELETE, format!("/files/{file_id}"), None),
+    ];
+    for (method, path, body) in &writes {
+        for (u, want) in [(&t.member, 403), (&t.guest, 403), (&t.stranger, 404)] {
+            let (s, b) = send(u, method.clone(), path.clone(), body.clone()).await;
+            assert_eq!(s, want, "{method} {path} as {}: {b}", u.id);
+        }
+    }
+    assert_eq!(get(&app, &t.member, &format!("/documents/{did}")).await["version"], 1, "nothing was changed");
+    let (s, b) =
+        send(&t.owner, Method::PUT, format!("/documents/{did}"), Some(json!({"body": "Rotate weekly."}))).await;
+    assert_eq!((s, b["version"].as_i64()), (200, Some(2)), "{b}");
+    // Moving between spaces is not possible: a folder of another space is not found.
+    let own = post(&app, &t.admin, "/folders", json!({"name": "Mine"})).await;
+    let (s, _) =
+        send(&t.admin, Method::PATCH, format!("/documents/{did}"), Some(json!({"folder_id": own["id"]}))).await;
+    assert_eq!(s, 404);
+
+    // Files come from the organization's buckets only, read with org:storage:read.
+    let (s, _) = app.post_as("/storage/v1/bucket", &storage_key(&app).await, &json!({"name": "personal"})).await;
+    assert_eq!(s, 200);
+    upload(&app, &t.admin.jwt, "personal", "own.md", b"# Own\n\nprivate".to_vec(), "text/markdown").await;
+    let (s, _) = send(
+        &t.admin,
+        Method::POST,
+        "/files".into(),
+        Some(json!({"bucket": "personal", "name": "own.md", "org_id": org})),
+    )
+    .await;
+    assert_eq!(s, 404, "a personal object does not feed the organization");
+    let (s, _) =
+        send(&t.admin, Method::POST, "/files".into(), Some(json!({"bucket": "team-docs", "name": "handbook.md"})))
+            .await;
+    assert_eq!(s, 404, "a shared object does not feed a member's own knowledge");
+    let (s, _) = app
+        .post_as(
+            &format!("/v1/orgs/{org}/roles"),
+            &t.owner.jwt,
+            &json!({"key": "org:scribe", "name": "Scribe", "permissions": ["org:knowledge:write"]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    sqlx::query("UPDATE org_members SET role = 'org:scribe' WHERE org_id = $1::uuid AND user_id = $2")
+        .bind(&org)
+        .bind(t.guest.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (s, b) = send(
+        &t.guest,
+        Method::POST,
+        "/files".into(),
+        Some(json!({"bucket": "team-docs", "name": "handbook.md", "org_id": org})),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("insufficient_permission")),
+        "ingesting needs org:storage:read too"
+    );
+    let (s, _) = send(&t.guest, Method::GET, format!("/documents/{did}"), None).await;
+    assert_eq!(s, 200, "writing includes reading");
+
+    // Removal from the organization ends access at once.
+    let (s, _) = app.delete_as(&format!("/v1/orgs/{org}/members/{}", t.member.id), &t.owner.jwt).await;
+    assert_eq!(s, 204);
+    assert_eq!(send(&t.member, Method::GET, format!("/documents/{did}"), None).await.0, 404);
+
+    // Deleting the organization deletes its knowledge.
+    let (s, _) = app.delete_as(&format!("/v1/orgs/{org}?confirm=true"), &t.owner.jwt).await;
+    assert_eq!(s, 204);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM kb_documents WHERE space_id = $1::uuid")
+        .bind(&org)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(get(&app, &t.admin, "/folders").await[0]["name"], "Mine", "members keep their own");
+    runner.shutdown().await;
+}

@@ -904,3 +904,195 @@ fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// How a route answered: allowed, refused for want of a permission (HTTP 403
+/// `AccessDenied`), or as if the bucket did not exist (Supabase's HTTP 400 with
+/// `statusCode` "404").
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seen {
+    Ok,
+    Denied,
+    Hidden,
+    Other(u16),
+}
+
+async fn seen(r: reqwest::Response) -> (Seen, String) {
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let seen = match (status, v["statusCode"].as_str(), v["code"].as_str()) {
+        (200..=299, _, _) => Seen::Ok,
+        (403, Some("403"), Some("AccessDenied")) => Seen::Denied,
+        // TUS answers its errors with their own status, the Supabase routes with 400.
+        (400 | 404, Some("404"), Some("NoSuchBucket" | "OrganizationNotFound")) => Seen::Hidden,
+        _ => Seen::Other(status),
+    };
+    (seen, body)
+}
+
+fn tus_create(st: &St, token: &str, bucket: &str, key: &str, len: usize) -> Call {
+    st.req(Method::POST, "/upload/resumable", token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", len.to_string())
+        .header("upload-metadata", format!("bucketName {},objectName {}", base64_of(bucket), base64_of(key)))
+}
+
+/// Buckets an organization holds: members with `org:storage:read` read every
+/// object, with `org:storage:write` write and manage; a member whose role lacks the
+/// permission gets 403 and a non-member is told the bucket does not exist, on every
+/// route; leaving ends access at once; deleting the organization deletes its buckets.
+#[tokio::test]
+async fn organizations_share_buckets_and_every_route_checks_the_member() {
+    use Seen::*;
+    let st = St::new(Backend::Fs).await;
+    let app = &st.app;
+    let t = crate::harness::team(app, "bucket").await;
+    let org = t.org_id.clone();
+    st.bucket("mine", json!({})).await;
+
+    // Making one: org:storage:write in that organization (or a service key).
+    let body = json!({"name": "team", "org_id": org});
+    for (u, want) in [(&t.member, Denied), (&t.guest, Denied), (&t.stranger, Hidden)] {
+        let r = st.req(Method::POST, "/bucket", &u.jwt).json(&body).send().await;
+        assert_eq!(seen(r).await.0, want);
+    }
+    let r =
+        st.req(Method::POST, "/bucket", &st.key).json(&json!({"name": "x", "org_id": uuid::Uuid::nil()})).send().await;
+    err(r, 400, "404", "OrganizationNotFound").await;
+    let r = st.req(Method::POST, "/bucket", &t.admin.jwt).json(&body).send().await;
+    assert_eq!(seen(r).await.0, Ok);
+    let (s, b) = st.req(Method::GET, "/bucket/team", &t.member.jwt).reply().await;
+    assert_eq!((s, b["org_id"].as_str()), (200, Some(org.as_str())));
+    for (u, want) in [(&t.guest, Denied), (&t.stranger, Hidden)] {
+        assert_eq!(seen(st.req(Method::GET, "/bucket/team", &u.jwt).send().await).await.0, want);
+    }
+    // Listed to those who may read it, and to service keys.
+    for (u, listed) in [(&t.member, true), (&t.guest, false), (&t.stranger, false), (&t.owner, true)] {
+        let all: Value = st.req(Method::GET, "/bucket", &u.jwt).value().await;
+        let names: Vec<&str> = all.as_array().unwrap().iter().filter_map(|b| b["name"].as_str()).collect();
+        assert_eq!(names.contains(&"team"), listed, "{names:?}");
+        assert!(names.contains(&"mine"));
+    }
+
+    // Writing: every way in needs org:storage:write.
+    assert_eq!(st.put(&t.admin.jwt, "team", "doc.txt", b"team notes", "text/plain").await.status(), 200);
+    let png = crate::imaging::jpeg(&crate::imaging::picture(64, 48, None));
+    let r = st.req(Method::POST, "/object/team/pic.jpg", &t.admin.jwt).header("content-type", "image/jpeg");
+    assert_eq!(r.body(png).send().await.status(), 200);
+    for (u, want) in [(&t.member, Denied), (&t.guest, Denied), (&t.stranger, Hidden)] {
+        let tok = u.jwt.as_str();
+        let moved = json!({"bucketId": "team", "sourceKey": "doc.txt", "destinationKey": "moved.txt"});
+        let copied = json!({"bucketId": "team", "sourceKey": "doc.txt", "destinationKey": "copy.txt"});
+        let into = json!({"bucketId": "mine", "sourceKey": format!("{}/own.txt", u.id), "destinationKey": "in.txt", "destinationBucket": "team"});
+        let writes = [
+            ("upload", st.put(tok, "team", "new.txt", b"x", "text/plain").await),
+            ("update", st.req(Method::PUT, "/object/team/doc.txt", tok).body("x").send().await),
+            ("delete", st.req(Method::DELETE, "/object/team/doc.txt", tok).send().await),
+            (
+                "remove",
+                st.req(Method::DELETE, "/object/team", tok).json(&json!({"prefixes": ["doc.txt"]})).send().await,
+            ),
+            ("move", st.req(Method::POST, "/object/move", tok).json(&moved).send().await),
+            ("copy", st.req(Method::POST, "/object/copy", tok).json(&copied).send().await),
+            ("sign upload", st.req(Method::POST, "/object/upload/sign/team/up.txt", tok).send().await),
+            ("tus", tus_create(&st, tok, "team", "tus.txt", 3).send().await),
+            ("bucket update", st.req(Method::PUT, "/bucket/team", tok).json(&json!({"public": false})).send().await),
+            ("bucket empty", st.req(Method::POST, "/bucket/team/empty", tok).send().await),
+            ("bucket delete", st.req(Method::DELETE, "/bucket/team", tok).send().await),
+        ];
+        for (what, r) in writes {
+            let (got, body) = seen(r).await;
+            assert_eq!(got, want, "{what} by {}: {body}", u.id);
+        }
+        // Into the shared bucket from one's own: writing there is what is checked.
+        assert_eq!(st.put(tok, "mine", &format!("{}/own.txt", u.id), b"own", "text/plain").await.status(), 200);
+        assert_eq!(seen(st.req(Method::POST, "/object/move", tok).json(&into).send().await).await.0, want);
+    }
+    assert_eq!(st.req(Method::GET, "/object/team/doc.txt", &st.key).send().await.text().await.unwrap(), "team notes");
+
+    // Reading: org:storage:read (org:member has it; the guest role does not).
+    for (u, want) in [(&t.member, Ok), (&t.guest, Denied), (&t.stranger, Hidden)] {
+        let tok = u.jwt.as_str();
+        let out = json!({"bucketId": "team", "sourceKey": "doc.txt", "destinationKey": format!("{}/copied.txt", u.id), "destinationBucket": "mine"});
+        let reads = [
+            ("download", st.req(Method::GET, "/object/team/doc.txt", tok).send().await),
+            ("authenticated", st.req(Method::GET, "/object/authenticated/team/doc.txt", tok).send().await),
+            ("info", st.req(Method::GET, "/object/info/team/doc.txt", tok).send().await),
+            ("info authenticated", st.req(Method::GET, "/object/info/authenticated/team/doc.txt", tok).send().await),
+            ("list", st.req(Method::POST, "/object/list/team", tok).json(&json!({"prefix": ""})).send().await),
+            ("list v2", st.req(Method::POST, "/object/list-v2/team", tok).json(&json!({})).send().await),
+            (
+                "sign",
+                st.req(Method::POST, "/object/sign/team/doc.txt", tok).json(&json!({"expiresIn": 60})).send().await,
+            ),
+            (
+                "sign many",
+                st.req(Method::POST, "/object/sign/team", tok)
+                    .json(&json!({"expiresIn": 60, "paths": ["doc.txt"]}))
+                    .send()
+                    .await,
+            ),
+            ("render", st.req(Method::GET, "/render/image/authenticated/team/pic.jpg?width=32", tok).send().await),
+            ("copy out", st.req(Method::POST, "/object/copy", tok).json(&out).send().await),
+        ];
+        for (what, r) in reads {
+            let (got, body) = seen(r).await;
+            assert_eq!(got, want, "{what} by {}: {body}", u.id);
+            if what == "download" && got == Ok {
+                assert_eq!(body, "team notes");
+            }
+            if what == "list v2" && got == Ok {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["objects"].as_array().unwrap().len(), 2, "every member sees every object: {v}");
+            }
+        }
+    }
+
+    // Writers replace each other's objects; signed upload URLs and TUS work for them.
+    let r = st.req(Method::PUT, "/object/team/doc.txt", &t.owner.jwt).header("content-type", "text/plain");
+    assert_eq!(r.body("owner's notes").send().await.status(), 200);
+    let (s, signed) =
+        st.req(Method::POST, "/object/upload/sign/team/doc.txt", &t.admin.jwt).header("x-upsert", "true").reply().await;
+    assert_eq!(s, 200, "{signed}");
+    let r = app
+        .client
+        .put(st.url(signed["url"].as_str().unwrap()))
+        .header("content-type", "text/plain")
+        .body("signed by the admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = tus_create(&st, &t.owner.jwt, "team", "tus.txt", 3).send().await;
+    assert_eq!(r.status(), 201);
+    let id = r.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let r = st
+        .req(Method::PATCH, &format!("/upload/resumable/{id}"), &t.owner.jwt)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body("tus")
+        .send()
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(st.req(Method::GET, "/object/team/tus.txt", &t.member.jwt).send().await.text().await.unwrap(), "tus");
+    assert_eq!(
+        st.req(Method::GET, "/object/team/doc.txt", &t.member.jwt).send().await.text().await.unwrap(),
+        "signed by the admin"
+    );
+
+    // Removal from the organization ends access at once.
+    let (s, _) = app.delete_as(&format!("/v1/orgs/{org}/members/{}", t.member.id), &t.owner.jwt).await;
+    assert_eq!(s, 204);
+    assert_eq!(seen(st.req(Method::GET, "/object/team/doc.txt", &t.member.jwt).send().await).await.0, Hidden);
+
+    // Deleting the organization deletes its buckets with their objects.
+    let (s, _) = app.delete_as(&format!("/v1/orgs/{org}?confirm=true"), &t.owner.jwt).await;
+    assert_eq!(s, 204);
+    err(st.req(Method::GET, "/bucket/team", &st.key).send().await, 400, "404", "NoSuchBucket").await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM storage_objects WHERE bucket_id = 'team'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

@@ -168,8 +168,18 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
             .find(|x| x.role == "user" && !x.text.trim().is_empty())
             .map(|x| x.text.trim().chars().take(2000).collect()),
     };
-    // The sections' retrievals are independent: run them together.
     let want = |s: &str| names.contains(&s);
+    // Whose knowledge: the folder's space, an organization's the caller may read, or their own.
+    let space = if want("knowledge") {
+        use crate::knowledge::service::{Held, Need, space_for, space_of};
+        match req.knowledge_folder_id {
+            Some(f) => space_of(&m.knowledge, user, Held::Folder, f, Need::Read).await?.id,
+            None => space_for(&m.knowledge, user, req.knowledge_org_id, Need::Read).await?.id,
+        }
+    } else {
+        user
+    };
+    // The sections' retrievals are independent: run them together.
     let (profile_rows, ranked, retrieved) = tokio::join!(
         async {
             if want("profile") { db::always_on(&m.pool, user, PROFILE_CANDIDATES).await.map(Some) } else { Ok(None) }
@@ -194,7 +204,7 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
             match (&query, want("knowledge")) {
                 (Some(q), true) => crate::knowledge::service::retrieve(
                     &m.knowledge,
-                    user,
+                    space,
                     q,
                     req.knowledge_folder_id,
                     KNOWLEDGE_CANDIDATES,

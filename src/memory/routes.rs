@@ -248,7 +248,8 @@ async fn extract_now(
 /// recent messages within a token budget, each section with its items and tokens,
 /// what was left out and why, and the whole as one text block.
 #[utoipa::path(post, path = "/v1/context", tag = "memory", request_body = ContextRequest,
-    responses((status = 200, body = Context), (status = 404), (status = 422)))]
+    responses((status = 200, body = Context), (status = 403, description = "insufficient_permission"),
+        (status = 404), (status = 422)))]
 async fn context(
     State(m): State<Arc<Area>>,
     user: CurrentUser,

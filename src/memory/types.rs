@@ -307,8 +307,13 @@ pub struct ContextRequest {
     pub model: Option<String>,
     /// Sections, in order: `profile`, `memories`, `knowledge`, `messages` (default all).
     pub sections: Option<Vec<String>>,
-    /// Restrict knowledge to this folder's subtree.
+    /// Restrict knowledge to this folder's subtree (in the folder's space: mine, or an
+    /// organization's I may read).
     pub knowledge_folder_id: Option<Uuid>,
+    /// Take knowledge from this organization's shared space (`org:knowledge:read`)
+    /// instead of my own.
+    #[serde(default)]
+    pub knowledge_org_id: Option<Uuid>,
 }
 
 /// One item in a section.

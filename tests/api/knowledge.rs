@@ -950,10 +950,26 @@ async fn organizations_share_knowledge_and_every_route_checks_the_member() {
     let (s, _) = send(&t.guest, Method::GET, format!("/documents/{did}"), None).await;
     assert_eq!(s, 200, "writing includes reading");
 
+    // Context assembly takes knowledge from the shared space when asked (or by folder).
+    let ask = |u: &User, body: Value| app.call(Method::POST, "/v1/context").by(&u.jwt).json(&body).reply();
+    for body in [
+        json!({"query": "rotate weekly", "sections": ["knowledge"], "knowledge_org_id": org}),
+        json!({"query": "rotate weekly", "sections": ["knowledge"], "knowledge_folder_id": fid}),
+    ] {
+        let (s, ctx) = ask(&t.member, body.clone()).await;
+        assert_eq!(s, 200, "{ctx}");
+        assert!(ctx["text"].as_str().unwrap().contains("Rotate weekly."), "{ctx}");
+        assert_eq!(ask(&t.stranger, body.clone()).await.0, 404);
+    }
+    let (_, own) = ask(&t.member, json!({"query": "rotate weekly", "sections": ["knowledge"]})).await;
+    assert!(!own["text"].as_str().unwrap().contains("Rotate"), "my own context holds no shared knowledge: {own}");
+
     // Removal from the organization ends access at once.
     let (s, _) = app.delete_as(&format!("/v1/orgs/{org}/members/{}", t.member.id), &t.owner.jwt).await;
     assert_eq!(s, 204);
     assert_eq!(send(&t.member, Method::GET, format!("/documents/{did}"), None).await.0, 404);
+    let (s, _) = ask(&t.member, json!({"query": "rotate", "sections": ["knowledge"], "knowledge_org_id": org})).await;
+    assert_eq!(s, 404);
 
     // Deleting the organization deletes its knowledge.
     let (s, _) = app.delete_as(&format!("/v1/orgs/{org}?confirm=true"), &t.owner.jwt).await;

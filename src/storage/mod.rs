@@ -70,6 +70,10 @@ pub struct UrlClaims {
     /// Image transformation carried by a signed render URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transformations: Option<String>,
+    /// The user who signed it: in an organization's bucket the URL works only
+    /// while they keep the permission it needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Uuid>,
 }
 
 impl Storage {
@@ -161,6 +165,13 @@ impl Actor {
             Actor::Service { acting_for } => *acting_for,
             Actor::User(u) => Some(*u),
             Actor::Anon => None,
+        }
+    }
+    /// The signed-in user, if it is one.
+    pub fn user(&self) -> Option<Uuid> {
+        match self {
+            Actor::User(u) => Some(*u),
+            _ => None,
         }
     }
     /// Whether this is a service key.

@@ -92,6 +92,8 @@ async fn render_signed(
 ) -> StorageResult<Response> {
     let token = q.get("token").ok_or_else(|| StorageError::invalid_signature("querystring must have token"))?;
     let claims = state.verify(token, &format!("{bucket}/{key}"), "download")?;
+    let b = super::service::bucket_or_404(&state, &bucket).await?;
+    super::service::signer_may(&state, &b, claims.by, super::service::Need::Read).await?;
     // The transformation is the token's, never the query's.
     let t = Transform::parse_signed(claims.transformations.as_deref().unwrap_or("")).map_err(storage_error)?;
     let row = super::db::object(&state.pool, &bucket, &key, None).await?.ok_or_else(StorageError::no_such_key)?;

@@ -426,6 +426,7 @@ async fn download_signed(
 ) -> StorageResult<Response> {
     let token = q.get("token").ok_or_else(|| StorageError::invalid_signature("querystring must have token"))?;
     let claims = state.verify(token, &format!("{bucket}/{key}"), "download")?;
+    signer_may(&state, &bucket_or_404(&state, &bucket).await?, claims.by, Need::Read).await?;
     let row = db::object(&state.pool, &bucket, &key, None).await?.ok_or_else(StorageError::no_such_key)?;
     serve(
         &state,
@@ -805,6 +806,7 @@ async fn sign_one(
     let b = bucket_or_404(&state, &bucket).await?;
     readable(&state, actor, &b, &key).await?;
     let mut claims = signed_claims(format!("{bucket}/{key}"), "download", body.expires_in)?;
+    claims.by = actor.user();
     if let Some(t) = body.transform.as_ref().and_then(Value::as_object).filter(|t| !t.is_empty()) {
         let mut parts: Vec<String> = t
             .iter()
@@ -840,7 +842,8 @@ async fn sign_many(
     for path in &body.paths {
         match readable(&state, actor, &b, path).await {
             Ok(_) => {
-                let claims = signed_claims(format!("{bucket}/{path}"), "download", body.expires_in)?;
+                let mut claims = signed_claims(format!("{bucket}/{path}"), "download", body.expires_in)?;
+                claims.by = actor.user();
                 let token = state.sign(&claims)?;
                 out.push(json!({"error": null, "path": path, "signedURL": format!("/object/sign/{bucket}/{path}?token={token}")}));
             }
@@ -867,6 +870,7 @@ async fn sign_upload(
     precheck(&state, &UploadTarget { bucket: &b, key: &key, owner: actor.new_owner(), writer, upsert }).await?;
     let ttl = i64::try_from(state.upload_url_ttl.as_secs()).unwrap_or(7200);
     let mut claims = signed_claims(format!("{bucket}/{key}"), "upload", ttl)?;
+    claims.by = actor.user();
     claims.owner = actor.new_owner();
     claims.upsert = Some(upsert);
     let token = state.sign(&claims)?;
@@ -883,6 +887,7 @@ async fn upload_signed(
     let token = q.get("token").ok_or_else(|| StorageError::invalid_signature("querystring must have token"))?;
     let claims = state.verify(token, &format!("{bucket}/{key}"), "upload")?;
     let b = bucket_or_404(&state, &bucket).await?;
+    signer_may(&state, &b, claims.by, Need::Write).await?;
     let (parts, body) = req.into_parts();
     // The token carries the rights: its owner, and whether it may overwrite.
     let t = UploadTarget {

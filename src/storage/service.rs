@@ -121,6 +121,17 @@ pub(super) async fn writer_in(state: &Storage, actor: Actor, bucket: &BucketRow)
     }
 }
 
+/// A signed URL for an organization's bucket works only while the user who
+/// signed it may still do `need` there: leaving ends the URLs one made, at once.
+pub(super) async fn signer_may(state: &Storage, bucket: &BucketRow, by: Option<Uuid>, need: Need) -> StorageResult<()> {
+    match (bucket.org_id, by) {
+        (Some(org), Some(user)) => org_gate(state, org, user, need)
+            .await
+            .map_err(|_| StorageError::invalid_signature("whoever signed this URL may no longer use this bucket")),
+        _ => Ok(()),
+    }
+}
+
 /// Who a signed upload URL writes as: in an organization's bucket the URL was
 /// signed by someone who may replace any object there, elsewhere its owner.
 pub(super) fn signed_writer(bucket: &BucketRow, owner: Option<Uuid>) -> Option<Uuid> {
@@ -329,5 +340,6 @@ pub fn signed_claims(url: String, scope: &str, expires_in: i64) -> StorageResult
         owner: None,
         upsert: None,
         transformations: None,
+        by: None,
     })
 }

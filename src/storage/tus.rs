@@ -28,8 +28,8 @@ use super::blobs::{Blobs, WriteError};
 use super::db::{self, UploadRow};
 use super::http::parse_metadata;
 use super::service::{
-    UploadTarget, bucket_or_404, cache_control_value, check_key, clean_content_type, commit, mime_allowed, precheck,
-    signed_writer, size_limit, writer_in,
+    Need, UploadTarget, bucket_or_404, cache_control_value, check_key, clean_content_type, commit, mime_allowed,
+    precheck, signed_writer, signer_may, size_limit, writer_in,
 };
 use super::{Actor, Storage, StorageError, Who};
 use crate::auth::AuthState;
@@ -129,6 +129,8 @@ struct Rights {
     /// The signed-in user (whose organization permissions are checked at the
     /// start and again at the end of an upload into an organization's bucket).
     user: Option<Uuid>,
+    /// For a signed upload URL: the user who signed it.
+    signed_by: Option<Uuid>,
     owner: Option<Uuid>,
     writer: Option<Uuid>,
     upsert_allowed: Option<bool>,
@@ -145,14 +147,24 @@ fn bearer_rights(who: &Who) -> Result<Rights, StorageError> {
         Actor::User(u) => Some(u),
         _ => None,
     };
-    Ok(Rights { creator: actor.creator(), user, owner: actor.new_owner(), writer, upsert_allowed: None })
+    Ok(Rights {
+        creator: actor.creator(),
+        user,
+        signed_by: None,
+        owner: actor.new_owner(),
+        writer,
+        upsert_allowed: None,
+    })
 }
 
 /// Who the upload writes as in bucket `b` (see [`writer_in`] and [`signed_writer`]).
 async fn writer_for(state: &Storage, rights: &Rights, b: &super::db::BucketRow) -> Result<Option<Uuid>, StorageError> {
     match rights.user {
         Some(u) => writer_in(state, Actor::User(u), b).await,
-        None => Ok(signed_writer(b, rights.writer)),
+        None => {
+            signer_may(state, b, rights.signed_by, Need::Write).await?;
+            Ok(signed_writer(b, rights.writer))
+        }
     }
 }
 
@@ -165,6 +177,7 @@ fn signed_rights(state: &Storage, headers: &HeaderMap, url: &str) -> Result<Righ
     Ok(Rights {
         creator: format!("signed:{url}"),
         user: None,
+        signed_by: claims.by,
         owner: claims.owner,
         writer: claims.owner,
         upsert_allowed: Some(claims.upsert.unwrap_or(false)),
@@ -181,7 +194,7 @@ async fn create_bearer(State(state): State<Arc<Storage>>, who: Who, req: Request
 async fn create_signed(State(state): State<Arc<Storage>>, req: Request) -> Response {
     create(
         state,
-        Rights { creator: String::new(), user: None, owner: None, writer: None, upsert_allowed: None },
+        Rights { creator: String::new(), user: None, signed_by: None, owner: None, writer: None, upsert_allowed: None },
         "/upload/resumable/sign",
         req,
     )

@@ -575,6 +575,7 @@ async fn signed_urls(backend: Backend) {
             owner: None,
             upsert: None,
             transformations: None,
+            by: None,
         })
         .unwrap();
     let r = st.req(Method::GET, &format!("/object/sign/s/doc.txt?token={expired}"), "").send().await;
@@ -1081,10 +1082,35 @@ async fn organizations_share_buckets_and_every_route_checks_the_member() {
         "signed by the admin"
     );
 
-    // Removal from the organization ends access at once.
+    // Signed URLs last only while their signer keeps the permission.
+    let fetch = |url: String| app.client.get(st.url(&url)).send();
+    let (_, dl) =
+        st.req(Method::POST, "/object/sign/team/doc.txt", &t.member.jwt).json(&json!({"expiresIn": 600})).reply().await;
+    let (_, img) = st
+        .req(Method::POST, "/object/sign/team/pic.jpg", &t.member.jwt)
+        .json(&json!({"expiresIn": 600, "transform": {"width": 16}}))
+        .reply()
+        .await;
+    let (dl, img) = (dl["signedURL"].as_str().unwrap().to_string(), img["signedURL"].as_str().unwrap().to_string());
+    assert!(img.starts_with("/render/image/sign/"), "{img}");
+    assert_eq!(fetch(dl.clone()).await.unwrap().status(), 200);
+    assert_eq!(fetch(img.clone()).await.unwrap().status(), 200);
+    let (_, up) = st.req(Method::POST, "/object/upload/sign/team/later.txt", &t.admin.jwt).reply().await;
+    sqlx::query("UPDATE org_members SET role = 'org:member' WHERE org_id = $1::uuid AND user_id = $2")
+        .bind(&org)
+        .bind(t.admin.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let r = app.client.put(st.url(up["url"].as_str().unwrap())).body("too late").send().await.unwrap();
+    err(r, 400, "400", "InvalidSignature").await;
+
+    // Removal from the organization ends access at once, signed URLs included.
     let (s, _) = app.delete_as(&format!("/v1/orgs/{org}/members/{}", t.member.id), &t.owner.jwt).await;
     assert_eq!(s, 204);
     assert_eq!(seen(st.req(Method::GET, "/object/team/doc.txt", &t.member.jwt).send().await).await.0, Hidden);
+    err(fetch(dl).await.unwrap(), 400, "400", "InvalidSignature").await;
+    err(fetch(img).await.unwrap(), 400, "400", "InvalidSignature").await;
 
     // Deleting the organization deletes its buckets with their objects.
     let (s, _) = app.delete_as(&format!("/v1/orgs/{org}?confirm=true"), &t.owner.jwt).await;

@@ -1965,12 +1965,7 @@ async fn organizations_share_connections_and_every_route_checks_the_member() {
         )
         .await;
     assert_eq!(s, 201);
-    sqlx::query("UPDATE org_members SET role = 'org:writer' WHERE org_id = $1::uuid AND user_id = $2")
-        .bind(&org_id)
-        .bind(none.id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    crate::harness::set_org_role(&app.pool, &org_id, none.id, "org:writer").await;
     assert_eq!(status(app.call(Method::GET, &format!("/v1/connections/{keyed_id}")).by(&none.jwt).send().await), 200);
 
     // Removal from the organization ends access at once (the proxy's cache included).

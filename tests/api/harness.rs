@@ -614,3 +614,14 @@ pub async fn team(app: &TestApp, prefix: &str) -> Team {
     let stranger = sign_up(app, &user("stranger")).await;
     Team { org_id, owner, admin, member, guest, stranger }
 }
+
+/// Gives `user` the role `role` in organization `org_id` (straight in the database).
+pub async fn set_org_role(pool: &sqlx::PgPool, org_id: &str, user: uuid::Uuid, role: &str) {
+    sqlx::query("UPDATE org_members SET role = $3 WHERE org_id = $1::uuid AND user_id = $2")
+        .bind(org_id)
+        .bind(user)
+        .bind(role)
+        .execute(pool)
+        .await
+        .expect("changing a role");
+}

@@ -929,12 +929,7 @@ async fn organizations_share_knowledge_and_every_route_checks_the_member() {
         )
         .await;
     assert_eq!(s, 201);
-    sqlx::query("UPDATE org_members SET role = 'org:scribe' WHERE org_id = $1::uuid AND user_id = $2")
-        .bind(&org)
-        .bind(t.guest.id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    crate::harness::set_org_role(&app.pool, &org, t.guest.id, "org:scribe").await;
     let (s, b) = send(
         &t.guest,
         Method::POST,

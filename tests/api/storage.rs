@@ -1096,12 +1096,7 @@ async fn organizations_share_buckets_and_every_route_checks_the_member() {
     assert_eq!(fetch(dl.clone()).await.unwrap().status(), 200);
     assert_eq!(fetch(img.clone()).await.unwrap().status(), 200);
     let (_, up) = st.req(Method::POST, "/object/upload/sign/team/later.txt", &t.admin.jwt).reply().await;
-    sqlx::query("UPDATE org_members SET role = 'org:member' WHERE org_id = $1::uuid AND user_id = $2")
-        .bind(&org)
-        .bind(t.admin.id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    crate::harness::set_org_role(&app.pool, &org, t.admin.id, "org:member").await;
     let r = app.client.put(st.url(up["url"].as_str().unwrap())).body("too late").send().await.unwrap();
     err(r, 400, "400", "InvalidSignature").await;
 

@@ -236,6 +236,8 @@ pub struct BucketRow {
     pub allowed_mime_types: Option<Vec<String>>,
     /// Users write only under their own id.
     pub owner_folders: bool,
+    /// The name of the organization that holds it.
+    pub organization: Option<String>,
     /// Objects.
     pub objects: i64,
     /// Bytes.
@@ -245,10 +247,11 @@ pub struct BucketRow {
 /// Buckets with their object counts and bytes.
 pub async fn buckets(pool: &PgPool) -> Result<Vec<BucketRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT b.id, b.public, b.file_size_limit, b.allowed_mime_types, b.owner_folders,
+        "SELECT b.id, b.public, b.file_size_limit, b.allowed_mime_types, b.owner_folders, g.name AS organization,
                 count(o.id) AS objects, COALESCE(sum(o.size), 0)::int8 AS bytes
          FROM storage_buckets b LEFT JOIN storage_objects o ON o.bucket_id = b.id
-         GROUP BY b.id ORDER BY b.id",
+         LEFT JOIN organizations g ON g.id = b.org_id
+         GROUP BY b.id, g.name ORDER BY b.id",
     )
     .fetch_all(pool)
     .await

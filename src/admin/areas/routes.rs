@@ -114,6 +114,7 @@ async fn storage(
                 Cell::Text(b.file_size_limit.map(human_bytes).unwrap_or_else(|| "global".into())),
                 Cell::Text(b.allowed_mime_types.map(|m| m.join(", ")).unwrap_or_else(|| "any".into())),
                 Cell::Text(if b.owner_folders { "yes" } else { "no" }.into()),
+                Cell::Text(b.organization.clone().unwrap_or_else(|| "—".into())),
                 Cell::Text(format!("{} · {}", b.objects, human_bytes(b.bytes))),
                 Cell::Actions(vec![
                     Action::new(
@@ -126,7 +127,7 @@ async fn storage(
         })
         .collect();
     p.push(Block::Table(Table {
-        head: Head::all(&["bucket", "access", "size limit", "types", "owner folders", "objects", ""]),
+        head: Head::all(&["bucket", "access", "size limit", "types", "owner folders", "organization", "objects", ""]),
         rows,
         empty: "No buckets yet.".into(),
     }));

@@ -61,6 +61,14 @@ pub(crate) struct Field {
     kind: &'static str,
     value: String,
     autocomplete: &'static str,
+    required: bool,
+}
+
+impl Field {
+    /// The same field, but one that may be left empty.
+    pub(crate) fn optional(self) -> Field {
+        Field { required: false, ..self }
+    }
 }
 
 /// A form on a hosted page.
@@ -178,7 +186,7 @@ pub(crate) fn field(
     autocomplete: &'static str,
     value: &str,
 ) -> Field {
-    Field { name, label, kind, value: value.to_string(), autocomplete }
+    Field { name, label, kind, value: value.to_string(), autocomplete, required: true }
 }
 
 #[derive(Debug, Default, Deserialize)]

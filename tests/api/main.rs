@@ -23,6 +23,7 @@ mod memory;
 mod mfa;
 mod ops;
 mod orgs;
+mod orgs_browser;
 mod passkeys;
 mod passkeys_browser;
 mod shutdown;

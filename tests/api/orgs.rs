@@ -26,7 +26,7 @@ async fn verify(app: &TestApp, u: &User) {
 }
 
 /// The invitation token mailed to `email` (the newest).
-async fn mailed_token(app: &TestApp, email: &str) -> String {
+pub(crate) async fn mailed_token(app: &TestApp, email: &str) -> String {
     let body: String = sqlx::query_scalar(
         "SELECT body FROM mail_outbox WHERE lower(to_addr) = lower($1) AND strpos(body, 'oin_') > 0 ORDER BY id DESC LIMIT 1",
     )
@@ -37,7 +37,8 @@ async fn mailed_token(app: &TestApp, email: &str) -> String {
     body.split_whitespace().find(|w| w.starts_with("oin_")).expect("a token in the mail").to_string()
 }
 
-fn claims(jwt: &str) -> Value {
+/// The claims of a JWT, unverified.
+pub(crate) fn claims(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).unwrap();
     serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }

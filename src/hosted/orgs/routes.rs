@@ -271,7 +271,7 @@ async fn invitation_view(state: &AuthState, headers: &HeaderMap, token: &str) ->
                 action: "/auth/invitation/sign-up".into(),
                 hidden: token_hidden(token),
                 fields: vec![
-                    field("name", "Your name", "text", "name", ""),
+                    field("name", "Your name (optional)", "text", "name", "").optional(),
                     field("password", "Choose a password", "password", "new-password", ""),
                 ],
                 submit: "Create account and join".into(),

@@ -293,13 +293,13 @@ pub struct ConnectionRow {
     pub updated_at: OffsetDateTime,
 }
 
-/// Connections, newest first (one user's when `user` is set).
+/// Connections, newest first (when `user` is set: those a user made, or those an organization holds).
 pub async fn connections(pool: &PgPool, user: Option<Uuid>, limit: i64) -> Result<Vec<ConnectionRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT c.id, c.owner_id AS user_id, u.email, i.unique_key AS integration, c.status,
                 c.last_error, c.updated_at
          FROM connections c JOIN users u ON u.id = c.owner_id JOIN integrations i ON i.id = c.integration_id
-         WHERE ($1::uuid IS NULL OR c.owner_id = $1) ORDER BY c.updated_at DESC LIMIT $2",
+         WHERE ($1::uuid IS NULL OR c.owner_id = $1 OR c.org_id = $1) ORDER BY c.updated_at DESC LIMIT $2",
     )
     .bind(user)
     .bind(limit)

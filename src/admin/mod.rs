@@ -7,12 +7,13 @@
 //!
 //! `service.rs` holds the rules (sessions, CSRF, user actions, impersonation),
 //! `db.rs` the statements (admins, sessions, overview, users, audit, saved queries,
-//! the SQL runner), `table/` the table browser (introspection in `table/mod.rs`,
+//! the SQL runner), `orgs/` the organizations pages, `table/` the table browser (introspection in `table/mod.rs`,
 //! its statements in `table/db.rs`), `view.rs` the page model the templates render,
 //! and `routes.rs` the handlers.
 
 pub mod areas;
 pub mod db;
+pub mod orgs;
 pub mod routes;
 pub mod service;
 pub mod table;

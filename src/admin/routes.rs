@@ -53,6 +53,7 @@ where
         .route("/admin/sql/export.csv", post(sql_export))
         .route("/admin/sql/saved/{id}/delete", post(sql_delete))
         .merge(super::areas::routes::routes())
+        .merge(super::orgs::routes::routes())
 }
 
 /// The page security headers: a strict CSP (scripts and styles only from this
@@ -272,6 +273,7 @@ pub(crate) fn done_notice(q: &[(String, String)]) -> Option<Notice> {
         "uploaded" => "Uploaded.",
         "refreshed" => "Refreshed.",
         "queued" => "Queued.",
+        "revoked_invitation" => "The invitation is revoked; its link no longer works.",
         _ => return None,
     };
     Notice::ok(text)
@@ -638,6 +640,17 @@ async fn user_detail(
         head: Head::all(&["id", "state", "created", "last active", "ip", "user agent", ""]),
         rows,
         empty: "No sessions.".into(),
+    }));
+    p.push(Block::Heading("Organizations".into()));
+    let rows = super::orgs::db::orgs_of(&admin.pool, id)
+        .await?
+        .into_iter()
+        .map(|(org, name, role)| vec![Cell::Link(format!("/admin/orgs/{org}"), name), Cell::Text(role)])
+        .collect();
+    p.push(Block::Table(Table {
+        head: Head::all(&["organization", "role"]),
+        rows,
+        empty: "In no organization.".into(),
     }));
     p.push(Block::Heading("Connections".into()));
     let conns = db::connections(&admin.pool, Some(id), 100).await?;

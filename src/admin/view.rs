@@ -10,6 +10,7 @@ use askama::Template;
 pub const NAV: &[(&str, &str, &str)] = &[
     ("overview", "Overview", "/admin"),
     ("users", "Users", "/admin/users"),
+    ("orgs", "Organizations", "/admin/orgs"),
     ("storage", "Storage", "/admin/storage"),
     ("connections", "Connections", "/admin/connections"),
     ("conversations", "Conversations", "/admin/conversations"),

@@ -93,6 +93,27 @@ fn slug_conflict(e: sqlx::Error) -> ApiError {
     if db::slug_taken(&e) { ApiError::conflict("slug_taken", "another organization has this slug") } else { e.into() }
 }
 
+/// Who makes a change, as the audit log and the webhook event name them: a
+/// member's principal, or the admin console's operator, who acts on any
+/// organization under the same owner rule.
+pub struct By {
+    actor: String,
+    user: Option<Uuid>,
+}
+
+impl By {
+    /// The admin console's operator `admin` (a user id).
+    pub fn operator(admin: Uuid) -> By {
+        By { actor: format!("admin:{admin}"), user: None }
+    }
+}
+
+impl From<&Principal> for By {
+    fn from(p: &Principal) -> By {
+        By { actor: p.actor(), user: p.user_id() }
+    }
+}
+
 /// Records a change in the transaction that makes it: the audit row and, for the
 /// changes apps hear of, the webhook event in the Standard Webhooks outbox that
 /// connections use. A change that rolls back leaves neither; one that commits has both.
@@ -103,7 +124,17 @@ async fn audit(
     org: Uuid,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    audit_as(tx, &p.actor(), p.user_id(), action, org, detail).await
+    audit_by(tx, &By::from(p), action, org, detail).await
+}
+
+async fn audit_by(
+    tx: &mut sqlx::PgConnection,
+    by: &By,
+    action: &str,
+    org: Uuid,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    audit_as(tx, &by.actor, by.user, action, org, detail).await
 }
 
 /// [`audit`] for an actor named directly (a user who has no session yet).
@@ -220,8 +251,13 @@ pub async fn delete(state: &AuthState, p: &Principal, user: Uuid, id: Uuid, conf
             "deleting an organization deletes its members, roles and invitations: repeat with ?confirm=true",
         ));
     }
+    delete_by(state, &By::from(p), id).await
+}
+
+/// Deletes an organization and what it shares, for whoever was let do it.
+pub async fn delete_by(state: &AuthState, by: &By, id: Uuid) -> Result<(), ApiError> {
     let mut tx = state.pool.begin().await?;
-    audit(&mut tx, p, "org.delete", id, serde_json::json!({})).await?;
+    audit_by(&mut tx, by, "org.delete", id, serde_json::json!({})).await?;
     db::delete(&mut *tx, id).await?;
     tx.commit().await?;
     Ok(())
@@ -244,20 +280,33 @@ pub async fn set_member_role(
     role: &str,
 ) -> Result<Member, ApiError> {
     let me = member_with(&state.pool, user, id, Some("org:sys_memberships:manage")).await?;
+    set_role_by(state, &By::from(p), me.role == "org:owner", id, target, role).await
+}
+
+/// Changes a member's role for whoever was let manage members; `owner_rights`
+/// lets them make or unmake owners. The last owner stays one.
+pub async fn set_role_by(
+    state: &AuthState,
+    by: &By,
+    owner_rights: bool,
+    id: Uuid,
+    target: Uuid,
+    role: &str,
+) -> Result<Member, ApiError> {
     if !db::role_exists(&state.pool, id, role).await? {
         return Err(ApiError::unprocessable("unknown_role", format!("this organization has no role {role:?}")));
     }
     let mut tx = state.pool.begin().await?;
     db::lock_members(&mut tx, id).await?;
     let current = db::role_of(&mut tx, id, target).await?.ok_or_else(|| ApiError::not_found("member not found"))?;
-    if (current == "org:owner" || role == "org:owner") && me.role != "org:owner" {
+    if (current == "org:owner" || role == "org:owner") && !owner_rights {
         return Err(forbidden("the owner role (only owners make or unmake owners)"));
     }
     if current == "org:owner" && role != "org:owner" && db::owners(&mut tx, id).await? <= 1 {
         return Err(ApiError::conflict("last_owner", "an organization keeps at least one owner"));
     }
     db::set_role(&mut tx, id, target, role).await?;
-    audit(&mut tx, p, "org.member_role", id, serde_json::json!({"user": target, "before": current, "after": role}))
+    audit_by(&mut tx, by, "org.member_role", id, serde_json::json!({"user": target, "before": current, "after": role}))
         .await?;
     tx.commit().await?;
     db::members(&state.pool, id)
@@ -282,11 +331,17 @@ pub async fn remove_member(
     if target != user && !me.permissions.iter().any(|x| x == "org:sys_memberships:manage") {
         return Err(forbidden("org:sys_memberships:manage"));
     }
+    remove_by(state, &By::from(p), target == user || me.role == "org:owner", id, target).await
+}
+
+/// Removes a member for whoever was let do it (a member leaving is one);
+/// `owner_rights` lets them remove an owner. The last owner cannot go.
+pub async fn remove_by(state: &AuthState, by: &By, owner_rights: bool, id: Uuid, target: Uuid) -> Result<(), ApiError> {
     let mut tx = state.pool.begin().await?;
     db::lock_members(&mut tx, id).await?;
     let current = db::role_of(&mut tx, id, target).await?.ok_or_else(|| ApiError::not_found("member not found"))?;
     if current == "org:owner" {
-        if target != user && me.role != "org:owner" {
+        if !owner_rights {
             return Err(forbidden("the owner role (only owners remove owners)"));
         }
         if db::owners(&mut tx, id).await? <= 1 {
@@ -294,8 +349,8 @@ pub async fn remove_member(
         }
     }
     db::remove_member(&mut tx, id, target).await?;
-    let action = if target == user { "org.member_leave" } else { "org.member_remove" };
-    audit(&mut tx, p, action, id, serde_json::json!({"user": target, "role": current})).await?;
+    let action = if by.user == Some(target) { "org.member_leave" } else { "org.member_remove" };
+    audit_by(&mut tx, by, action, id, serde_json::json!({"user": target, "role": current})).await?;
     tx.commit().await?;
     crate::auth::service::changed(state, format!("u:{target}")).await
 }
@@ -460,11 +515,16 @@ pub async fn revoke_invitation(
     inv: Uuid,
 ) -> Result<(), ApiError> {
     member_with(&state.pool, user, id, Some("org:sys_invitations:manage")).await?;
+    revoke_by(state, &By::from(p), id, inv).await
+}
+
+/// Revokes a pending invitation for whoever was let do it.
+pub async fn revoke_by(state: &AuthState, by: &By, id: Uuid, inv: Uuid) -> Result<(), ApiError> {
     let mut tx = state.pool.begin().await?;
     if !db::end_invitation(&mut *tx, id, inv, "revoked").await? {
         return Err(ApiError::not_found("no pending invitation with this id"));
     }
-    audit(&mut tx, p, "org.invitation_revoke", id, serde_json::json!({"invitation": inv})).await?;
+    audit_by(&mut tx, by, "org.invitation_revoke", id, serde_json::json!({"invitation": inv})).await?;
     Ok(tx.commit().await?)
 }
 

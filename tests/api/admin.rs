@@ -97,6 +97,8 @@ async fn everyone_but_an_admin_gets_404_on_every_admin_path() {
         "/admin/audit",
         "/admin/storage",
         "/admin/memory",
+        "/admin/orgs",
+        &format!("/admin/orgs/{}", Uuid::nil()),
         "/admin/nonexistent",
     ];
     for path in paths {
@@ -647,6 +649,121 @@ async fn every_console_page_renders_for_an_admin() {
     let (_, detail) = app.get_as(&format!("/v1/memories/{new_id}"), &user.jwt).await;
     assert_eq!(detail["text"], "Prefers night trains");
     assert_eq!(audit_rows(&app, "admin.memory.update").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_organizations_pages_show_what_an_organization_has_and_act_under_the_owner_rule() {
+    use serde_json::json;
+    let app = TestApp::spawn().await;
+    let a = sign_in(&app, "admin@example.com").await;
+    let t = crate::harness::team(&app, "acme").await;
+    let org = t.org_id.clone();
+    let (s, b) = app.post_as("/storage/v1/bucket", &t.owner.jwt, &json!({"name": "acme-files", "org_id": org})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, inv) =
+        app.post_as(&format!("/v1/orgs/{org}/invitations"), &t.owner.jwt, &json!({"email": "later@example.com"})).await;
+    assert_eq!(s, 201, "{inv}");
+    let inv_id = inv["id"].as_str().unwrap().to_string();
+
+    // The list, searchable by name or slug.
+    let (s, html) = get_page(&app, &a.cookie, "/admin/orgs").await;
+    assert_eq!(s, 200);
+    assert!(html.contains(&format!("/admin/orgs/{org}")) && html.contains("acme-team"), "{html}");
+    assert!(html.contains("1 buckets · 0 connections · 0 documents"), "{html}");
+    assert!(get_page(&app, &a.cookie, "/admin/orgs?q=ACME").await.1.contains("acme-team"));
+    assert!(get_page(&app, &a.cookie, "/admin/orgs?q=%25").await.1.contains("No organization matches."));
+    // One organization: members with roles, the invitation, roles, shared buckets.
+    let (s, html) = get_page(&app, &a.cookie, &format!("/admin/orgs/{org}")).await;
+    assert_eq!(s, 200);
+    for needle in [
+        "acme-owner@example.com",
+        "acme-guest@example.com",
+        "org:guest",
+        "later@example.com",
+        "/admin/storage/b/acme%2Dfiles",
+        "Make owner",
+        &format!("/admin/orgs/{org}/invitations/{inv_id}/revoke"),
+    ] {
+        assert!(html.contains(needle), "the organization's page lacks {needle:?}");
+    }
+    assert!(!html.contains("acme-stranger@example.com"));
+    // The sole owner has no Remove button; the others have.
+    assert!(!html.contains(&format!("/admin/orgs/{org}/members/{}/remove", t.owner.id)));
+    assert!(html.contains(&format!("/admin/orgs/{org}/members/{}/remove", t.admin.id)));
+    // The user's page links the organizations they are in.
+    let (_, html) = get_page(&app, &a.cookie, &format!("/admin/users/{}", t.member.id)).await;
+    assert!(html.contains(&format!("/admin/orgs/{org}")) && html.contains("org:member"));
+    // Unknown or malformed ids are 404.
+    assert_eq!(get_page(&app, &a.cookie, &format!("/admin/orgs/{}", Uuid::nil())).await.0, 404);
+    assert_eq!(get_page(&app, &a.cookie, "/admin/orgs/not-an-id").await.0, 404);
+
+    // The owner rule holds for the operator: the last owner cannot be removed (no
+    // button is offered above, and a forged post is refused)…
+    let owner_path = format!("/admin/orgs/{org}/members/{}", t.owner.id);
+    let (s, _, body) = post_form(&app, &a, &format!("{owner_path}/remove"), &[]).await;
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("keeps at least one owner"));
+    // …until another member is made owner.
+    let (s, loc, _) = post_form(&app, &a, &format!("/admin/orgs/{org}/members/{}/make-owner", t.admin.id), &[]).await;
+    assert_eq!((s, loc.as_str()), (303, format!("/admin/orgs/{org}?done=saved").as_str()));
+    let (s, _, _) = post_form(&app, &a, &format!("{owner_path}/remove"), &[]).await;
+    assert_eq!(s, 303);
+    // Removal takes access away at once.
+    assert_eq!(app.get_as(&format!("/v1/orgs/{org}"), &t.member.jwt).await.0, 200);
+    let (s, _, _) = post_form(&app, &a, &format!("/admin/orgs/{org}/members/{}/remove", t.member.id), &[]).await;
+    assert_eq!(s, 303);
+    assert_eq!(app.get_as(&format!("/v1/orgs/{org}"), &t.member.jwt).await.0, 404);
+    assert_eq!(app.call(Method::GET, "/storage/v1/bucket/acme-files").by(&t.member.jwt).send().await.status(), 400);
+    let roles: Vec<(Uuid, String)> = sqlx::query_as("SELECT user_id, role FROM org_members WHERE org_id = $1::uuid")
+        .bind(&org)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(roles.contains(&(t.admin.id, "org:owner".into())) && roles.len() == 2, "{roles:?}");
+    // A stranger's id is no member; an unknown action is 404.
+    let (s, _, _) = post_form(&app, &a, &format!("/admin/orgs/{org}/members/{}/remove", t.stranger.id), &[]).await;
+    assert_eq!(s, 404);
+    let (s, _, _) = post_form(&app, &a, &format!("/admin/orgs/{org}/members/{}/promote", t.guest.id), &[]).await;
+    assert_eq!(s, 404);
+    // Revoking the invitation ends its link.
+    let (s, _, _) = post_form(&app, &a, &format!("/admin/orgs/{org}/invitations/{inv_id}/revoke"), &[]).await;
+    assert_eq!(s, 303);
+    let status: String = sqlx::query_scalar("SELECT status FROM org_invitations WHERE id = $1::uuid")
+        .bind(&inv_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "revoked");
+    let (s, _, _) = post_form(&app, &a, &format!("/admin/orgs/{org}/invitations/{inv_id}/revoke"), &[]).await;
+    assert_eq!(s, 404, "a revoked invitation cannot be revoked again");
+    // Each change is audited with the operator as actor and heard by the app.
+    for action in ["org.member_role", "org.member_remove", "org.invitation_revoke"] {
+        let rows = audit_rows(&app, action).await;
+        assert!(rows.iter().any(|r| r.0 == format!("admin:{}", a.user_id)), "{action}: {rows:?}");
+    }
+    let removed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_outbox WHERE event_type = 'organizationMembership.deleted'
+           AND payload->'data'->>'actor' = $1",
+    )
+    .bind(format!("admin:{}", a.user_id))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(removed, 2);
+
+    // Deleting needs the slug typed; then the organization and its bucket are gone.
+    let delete = format!("/admin/orgs/{org}/delete");
+    let (s, _, body) = post_form(&app, &a, &delete, &[("confirm", "acme")]).await;
+    assert_eq!(s, 400, "{body}");
+    let (s, loc, _) = post_form(&app, &a, &delete, &[("confirm", "acme-team")]).await;
+    assert_eq!((s, loc.as_str()), (303, "/admin/orgs?done=deleted"));
+    assert_eq!(app.get_as(&format!("/v1/orgs/{org}"), &t.admin.jwt).await.0, 404);
+    let buckets: i64 = sqlx::query_scalar("SELECT count(*) FROM storage_buckets WHERE id = 'acme-files'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(buckets, 0);
+    assert_eq!(audit_rows(&app, "org.delete").await.len(), 1);
 }
 
 #[tokio::test]

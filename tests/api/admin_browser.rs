@@ -29,6 +29,8 @@ pub fn playwright_python() -> PathBuf {
 async fn the_console_works_in_chromium() {
     let app = TestApp::spawn().await;
     let user = sign_up(&app, "browser-user@example.com").await;
+    let (s, org) = app.post_as("/v1/orgs", &user.jwt, &serde_json::json!({"name": "Browser Org"})).await;
+    assert_eq!(s, 201, "{org}");
     let (admin_id, link) = make_admin(&app, "browser-admin@example.com").await;
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/admin-screenshots");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/admin_console.py");
@@ -37,6 +39,7 @@ async fn the_console_works_in_chromium() {
         .env("BASE", &app.base)
         .env("LINK", &link)
         .env("USER_ID", user.id.to_string())
+        .env("ORG_ID", org["id"].as_str().unwrap_or_default())
         .env("SHOTS", &shots)
         .kill_on_drop(true)
         .output();

@@ -4,6 +4,7 @@ Run by tests/api/admin_browser.rs against a live test server, with:
   BASE     the server's base URL
   LINK     a one-time admin sign-in link
   USER_ID  an ordinary user's id (edited, impersonated)
+  ORG_ID   an organization the user owns (its console page)
   SHOTS    the directory for one screenshot per page
 
 Checks: a non-admin gets 404; sign-in by link; every page renders without
@@ -23,6 +24,7 @@ from common import check, errors, launch, shot, shots
 BASE = os.environ["BASE"]
 LINK = os.environ["LINK"]
 USER_ID = os.environ["USER_ID"]
+ORG_ID = os.environ["ORG_ID"]
 
 
 def main():
@@ -58,6 +60,8 @@ def main():
         pages = [
             ("users", "/admin/users"),
             ("user", f"/admin/users/{USER_ID}"),
+            ("orgs", "/admin/orgs"),
+            ("org", f"/admin/orgs/{ORG_ID}"),
             ("storage", "/admin/storage"),
             ("connections", "/admin/connections"),
             ("conversations", "/admin/conversations"),

@@ -89,10 +89,9 @@ fn user_page(
 }
 
 fn user_filter_form(action: &str, user: Option<Uuid>) -> Block {
-    Block::Form(
-        VForm::get(action, "Show")
-            .field(Field::new("text", "user", "User id").value(user.map(|u| u.to_string()).unwrap_or_default())),
-    )
+    Block::Form(VForm::get(action, "Show").field(
+        Field::new("text", "user", "User or organization id").value(user.map(|u| u.to_string()).unwrap_or_default()),
+    ))
 }
 
 // ---- storage --------------------------------------------------------------------
@@ -874,7 +873,10 @@ async fn memories(
     p.notice = done_notice(&q);
     p.push(Block::Form(
         VForm::get("/admin/memory", "Show")
-            .field(Field::new("text", "user", "User id").value(user.map(|u| u.to_string()).unwrap_or_default()))
+            .field(
+                Field::new("text", "user", "User or organization id")
+                    .value(user.map(|u| u.to_string()).unwrap_or_default()),
+            )
             .field(Field::new("checkbox", "all", "Include superseded and invalidated").value(if all {
                 "true"
             } else {

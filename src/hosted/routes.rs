@@ -62,12 +62,18 @@ pub(crate) struct Field {
     value: String,
     autocomplete: &'static str,
     required: bool,
+    /// A choice of (value, label): rendered as a select, `value` chosen.
+    options: Vec<(String, String)>,
 }
 
 impl Field {
     /// The same field, but one that may be left empty.
     pub(crate) fn optional(self) -> Field {
         Field { required: false, ..self }
+    }
+    /// The same field as a choice among `options` (value, label).
+    pub(crate) fn choose(self, options: Vec<(String, String)>) -> Field {
+        Field { options, ..self }
     }
 }
 
@@ -186,7 +192,7 @@ pub(crate) fn field(
     autocomplete: &'static str,
     value: &str,
 ) -> Field {
-    Field { name, label, kind, value: value.to_string(), autocomplete, required: true }
+    Field { name, label, kind, value: value.to_string(), autocomplete, required: true, options: Vec::new() }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -578,3 +578,98 @@ async fn an_organization_keeps_an_owner_when_its_owners_account_is_deleted() {
         .unwrap();
     assert_eq!(gone, 0);
 }
+
+#[tokio::test]
+async fn hosted_pages_manage_members_the_profile_and_deletion() {
+    let app = TestApp::spawn().await;
+    let t = crate::harness::team(&app, "hosted").await;
+    let org = t.org_id.clone();
+    let cookie = |u: &User| format!("carmenta_session={}", u.session);
+    let page = |u: &User| app.client.get(app.url(&format!("/auth/orgs/{org}"))).header("cookie", cookie(u)).send();
+    let post = |u: &User, path: String, form: Vec<(&'static str, &'static str)>| {
+        app.client.post(app.url(&path)).header("cookie", cookie(u)).header("origin", &app.base).form(&form).send()
+    };
+    let role_of = |u: uuid::Uuid| {
+        sqlx::query_scalar::<_, String>("SELECT role FROM org_members WHERE org_id = $1::uuid AND user_id = $2")
+            .bind(org.clone())
+            .bind(u)
+            .fetch_optional(&app.pool)
+    };
+    let member_path = |u: &User, action: &str| format!("/auth/orgs/{org}/members/{}/{action}", u.id);
+
+    // The owner sees every form: roles to choose (custom ones too), removal, profile, deletion.
+    let html = page(&t.owner).await.unwrap().text().await.unwrap();
+    for needle in [
+        "Change the role of hosted-member@example.com",
+        "Remove hosted-guest@example.com",
+        "<option value=\"org:guest\"",
+        "Save name and slug",
+        "Delete this organization",
+    ] {
+        assert!(html.contains(needle), "the owner's page lacks {needle:?}");
+    }
+    assert!(!html.contains("Remove hosted-owner@example.com"), "no form acts on oneself");
+    // An admin manages members and the profile but cannot delete; a member manages nothing.
+    let html = page(&t.admin).await.unwrap().text().await.unwrap();
+    assert!(html.contains("Remove hosted-member@example.com") && html.contains("Save name and slug"));
+    assert!(!html.contains("Delete this organization"));
+    assert!(!html.contains("Remove hosted-owner@example.com"), "an admin is offered no action on an owner");
+    assert!(!html.contains("<option value=\"org:owner\""), "nor the owner role");
+    let html = page(&t.member).await.unwrap().text().await.unwrap();
+    assert!(!html.contains("Remove ") && !html.contains("Change the role") && !html.contains("Save name"), "{html}");
+
+    // Role changes: the permission, the owner rule and the role's existence are checked.
+    let r = post(&t.member, member_path(&t.guest, "role"), vec![("role", "org:admin")]).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(&t.stranger, member_path(&t.guest, "role"), vec![("role", "org:admin")]).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = post(&t.admin, member_path(&t.owner, "role"), vec![("role", "org:member")]).await.unwrap();
+    assert_eq!(r.status(), 403, "only owners unmake owners");
+    for bad in ["", "org:nonesuch"] {
+        let r = post(&t.admin, member_path(&t.member, "role"), vec![("role", bad)]).await.unwrap();
+        assert_eq!(r.status(), 422, "{bad:?}");
+    }
+    let r = post(&t.admin, member_path(&t.member, "role"), vec![("role", "org:guest")]).await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.headers()["location"].to_str().unwrap()),
+        (303, format!("/auth/orgs/{org}").as_str())
+    );
+    assert_eq!(role_of(t.member.id).await.unwrap().as_deref(), Some("org:guest"));
+    // Removal: refused without the permission, then done; the removed member's page is gone.
+    let r = post(&t.member, member_path(&t.guest, "remove"), vec![]).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(&t.owner, member_path(&t.guest, "remove"), vec![]).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(role_of(t.guest.id).await.unwrap(), None);
+    assert_eq!(page(&t.guest).await.unwrap().status(), 404);
+    let r = post(&t.owner, member_path(&t.guest, "promote"), vec![]).await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The profile: name and slug, checked like the API.
+    let path = format!("/auth/orgs/{org}/profile");
+    let r = post(&t.admin, path.clone(), vec![("name", "Renamed"), ("slug", "Bad Slug")]).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = post(&t.member, path.clone(), vec![("name", "Mine"), ("slug", "mine")]).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(&t.admin, path, vec![("name", "Renamed Team"), ("slug", "renamed")]).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let html = page(&t.owner).await.unwrap().text().await.unwrap();
+    assert!(html.contains("Renamed Team (renamed)"), "{html}");
+
+    // Deletion: only with org:sys_profile:delete, and only with the slug typed.
+    let path = format!("/auth/orgs/{org}/delete");
+    let r = post(&t.admin, path.clone(), vec![("confirm", "renamed")]).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(&t.owner, path.clone(), vec![("confirm", "hosted-team")]).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("type the slug (renamed)"));
+    let r = post(&t.owner, path, vec![("confirm", "renamed")]).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/auth/orgs"));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM organizations WHERE id = $1::uuid")
+        .bind(&org)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(page(&t.owner).await.unwrap().status(), 404);
+}

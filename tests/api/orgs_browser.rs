@@ -69,7 +69,7 @@ async fn organization_pages_work_in_chromium() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(name, "Browser Co");
+    assert_eq!(name, "Browser Team");
     let members: Vec<(String, String)> = sqlx::query_as(
         "SELECT u.email, m.role FROM org_members m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1",
     )

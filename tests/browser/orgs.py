@@ -12,8 +12,9 @@ Run by tests/api/orgs_browser.rs against a live test server, with:
 The owner signs up, creates an organization on /auth/orgs, invites two emails
 by the form and revokes the second invitation by its button. The invitee opens
 the mailed link, creates an account and joins in one step, sees the page as a
-member (no invitation form), switches to the organization and leaves it. The
-owner's member list shows the invitee while a member and not after. Prints one
+member (no invitation form), switches to the organization; the owner makes them
+an admin by the role select; they leave. The owner's member list shows the
+invitee while a member and not after; the owner renames the organization. Prints one
 JSON line; exits non-zero on the first failed check.
 """
 
@@ -102,7 +103,7 @@ def main():
         owner.click("text=Send invitation")
         arrive(owner, f"/auth/orgs/{org_id}")
         owner.fill("#email", "second@example.com")
-        owner.fill("#role", "org:admin")
+        owner.select_option("#role", "org:admin")
         owner.click("text=Send invitation")
         arrive(owner, f"/auth/orgs/{org_id}")
         check(f"Revoke the invitation of {INVITEE} (org:member)" in text(owner), "the first invitation is listed")
@@ -148,6 +149,18 @@ def main():
         check(reply.status == 200, f"the session's token: {reply.status} {reply.text()}")
         jwt = reply.json()["access_token"]
 
+        # The owner makes the invitee an admin by the role select; the invitee's page then offers the invitation form.
+        form = owner.locator("form", has_text=f"Change the role of {INVITEE}")
+        check(form.locator("select option").count() == 3, "the three built-in roles to choose from")
+        form.locator("select").select_option("org:admin")
+        form.locator("button").click()
+        arrive(owner, f"/auth/orgs/{org_id}")
+        check(f"{INVITEE} · org:admin" in text(owner), f"the new role is listed: {text(owner)}")
+        invitee.goto(org_url)
+        check("you are org:admin" in text(invitee), f"the invitee is an admin: {text(invitee)}")
+        check(invitee.locator("text=Send invitation").count() == 1, "an admin may invite")
+        shot(invitee, "orgs-06-admin")
+
         # Leaving takes the page away at once; the owner's list no longer shows the invitee.
         invitee.goto(org_url)
         invitee.click("text=Leave this organization")
@@ -156,7 +169,14 @@ def main():
         goto_expecting(invitee, org_url, 404)  # the organization's page is gone for a former member
         owner.reload()
         check(INVITEE not in text(owner), "the owner no longer sees the invitee")
-        shot(owner, "orgs-06-after-leave")
+        shot(owner, "orgs-07-after-leave")
+
+        # The owner renames the organization by the profile form.
+        form = owner.locator("form", has_text="Save name and slug")
+        form.locator("input[name=name]").fill("Browser Team")
+        form.locator("button").click()
+        arrive(owner, f"/auth/orgs/{org_id}")
+        check("Browser Team (browser-co)" in text(owner), f"renamed: {text(owner)}")
 
         browser.close()
     print(json.dumps({"ok": True, "console_errors": errors, "screenshots": shots, "org_id": org_id, "jwt": jwt}), flush=True)

@@ -20,7 +20,7 @@ use crate::auth::service::Principal;
 use crate::auth::{AuthState, Peer};
 use crate::error::ApiError;
 use crate::orgs::service as orgs;
-use crate::orgs::types::{CreateInvitation, CreateOrg, InvitationSignUp};
+use crate::orgs::types::{CreateInvitation, CreateOrg, InvitationSignUp, PatchOrg};
 
 /// The organization pages.
 pub fn routes<S>() -> Router<S>
@@ -35,6 +35,9 @@ where
         .route("/auth/orgs/{id}/invite", post(invite))
         .route("/auth/orgs/{id}/invitations/{inv}/revoke", post(revoke))
         .route("/auth/orgs/{id}/leave", post(leave))
+        .route("/auth/orgs/{id}/members/{user}/{action}", post(member_action))
+        .route("/auth/orgs/{id}/profile", post(profile))
+        .route("/auth/orgs/{id}/delete", post(delete))
         .route("/auth/invitation", get(invitation_page))
         .route("/auth/invitation/accept", post(accept))
         .route("/auth/invitation/decline", post(decline))
@@ -136,9 +139,33 @@ async fn org_view(state: &AuthState, p: &Principal, id: Uuid) -> Result<Page, Ap
     let mut page = Page::new("Organization");
     page.message = Some(format!("{} ({}), you are {}.", org.name, org.slug, org.role));
     let can = |perm: &str| org.permissions.iter().any(|x| x == perm);
+    // Only owners make owners (the service refuses it to others), so only they are offered it.
+    let owner = org.role == "org:owner";
+    let roles: Vec<(String, String)> = orgs::roles(state, user, id)
+        .await?
+        .into_iter()
+        .filter(|r| owner || r.key != "org:owner")
+        .map(|r| (r.key.clone(), r.key))
+        .collect();
     if can("org:sys_memberships:read") {
-        for m in orgs::members(state, user, id).await? {
-            page.codes.push(format!("{} · {}", m.email.unwrap_or_else(|| m.user_id.to_string()), m.role));
+        let members = orgs::members(state, user, id).await?;
+        for m in &members {
+            let who = m.email.clone().unwrap_or_else(|| m.user_id.to_string());
+            page.codes.push(format!("{who} · {}", m.role));
+            // Managers change roles and remove members; the service keeps the owner rule.
+            if can("org:sys_memberships:manage") && m.user_id != user && (owner || m.role != "org:owner") {
+                page.more.push(PageForm {
+                    action: format!("/auth/orgs/{id}/members/{}/role", m.user_id),
+                    hidden: Vec::new(),
+                    fields: vec![field("role", "Role", "text", "off", &m.role).choose(roles.clone())],
+                    submit: format!("Change the role of {who}"),
+                });
+                page.more.push(PageForm::button(
+                    &format!("/auth/orgs/{id}/members/{}/remove", m.user_id),
+                    Vec::new(),
+                    format!("Remove {who}"),
+                ));
+            }
         }
     }
     if can("org:sys_invitations:manage") {
@@ -147,7 +174,7 @@ async fn org_view(state: &AuthState, p: &Principal, id: Uuid) -> Result<Page, Ap
             hidden: Vec::new(),
             fields: vec![
                 field("email", "Invite by email", "email", "off", ""),
-                field("role", "Role", "text", "off", "org:member"),
+                field("role", "Role", "text", "off", "org:member").choose(roles.clone()),
             ],
             submit: "Send invitation".into(),
         });
@@ -158,6 +185,31 @@ async fn org_view(state: &AuthState, p: &Principal, id: Uuid) -> Result<Page, Ap
                 format!("Revoke the invitation of {} ({})", inv.email, inv.role),
             ));
         }
+    }
+    if can("org:sys_profile:manage") {
+        page.more.push(PageForm {
+            action: format!("/auth/orgs/{id}/profile"),
+            hidden: Vec::new(),
+            fields: vec![
+                field("name", "Name", "text", "organization", &org.name),
+                field("slug", "Slug", "text", "off", &org.slug),
+            ],
+            submit: "Save name and slug".into(),
+        });
+    }
+    if can("org:sys_profile:delete") {
+        page.more.push(PageForm {
+            action: format!("/auth/orgs/{id}/delete"),
+            hidden: Vec::new(),
+            fields: vec![field(
+                "confirm",
+                "Type the slug to delete the organization and what it shares",
+                "text",
+                "off",
+                "",
+            )],
+            submit: "Delete this organization".into(),
+        });
     }
     page.more.push(PageForm::button(&format!("/auth/orgs/{id}/leave"), Vec::new(), "Leave this organization"));
     page.links = vec![("/auth/orgs".into(), "All organizations".into())];
@@ -233,6 +285,102 @@ async fn leave(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id)
     let done = async {
         let (user, org) = (user_of(&p)?, org_id(&id)?);
         orgs::remove_member(&state, &p, user, org, user).await
+    };
+    match done.await {
+        Ok(()) => see_other("/auth/orgs"),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RoleForm {
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// Changes a member's role or removes them (the service checks the permission and the owner rule).
+async fn member_action(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Path((id, target, action)): Path<(String, String, String)>,
+    Form(f): Form<RoleForm>,
+) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async {
+        let (user, org) = (user_of(&p)?, org_id(&id)?);
+        let target = Uuid::parse_str(&target).map_err(|_| ApiError::not_found("member not found"))?;
+        match (action.as_str(), f.role.as_deref().map(str::trim)) {
+            ("role", Some(role)) if !role.is_empty() => {
+                orgs::set_member_role(&state, &p, user, org, target, role).await.map(|_| org)
+            }
+            ("role", _) => Err(ApiError::unprocessable("invalid_role", "choose a role")),
+            ("remove", _) => orgs::remove_member(&state, &p, user, org, target).await.map(|_| org),
+            _ => Err(ApiError::not_found("no route for this path")),
+        }
+    };
+    match done.await {
+        Ok(org) => see_other(&format!("/auth/orgs/{org}")),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ProfileForm {
+    name: String,
+    slug: String,
+}
+
+async fn profile(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ProfileForm>,
+) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async {
+        let (user, org) = (user_of(&p)?, org_id(&id)?);
+        let req = PatchOrg { name: Some(f.name), slug: Some(f.slug.trim().to_string()), image_url: None };
+        orgs::patch(&state, &p, user, org, req).await
+    };
+    match done.await {
+        Ok(o) => see_other(&format!("/auth/orgs/{}", o.id)),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfirmForm {
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Deletes the organization once its slug is typed.
+async fn delete(
+    State(state): State<Arc<AuthState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ConfirmForm>,
+) -> Response {
+    let p = match posted(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = async {
+        let (user, org) = (user_of(&p)?, org_id(&id)?);
+        let slug = orgs::get(&state, user, org).await?.slug;
+        orgs::delete(&state, &p, user, org, f.confirm.trim() == slug).await.map_err(|e| {
+            if e.code == "confirmation_required" {
+                ApiError::bad_request("confirmation_required", format!("type the slug ({slug}) to delete it"))
+            } else {
+                e
+            }
+        })
     };
     match done.await {
         Ok(()) => see_other("/auth/orgs"),

@@ -24,7 +24,7 @@ where
     OpenApiRouter::new()
         .routes(routes!(create_org, list_orgs))
         .routes(routes!(get_org, patch_org, delete_org))
-        .routes(routes!(list_members))
+        .routes(routes!(list_members, add_member))
         .routes(routes!(patch_member, remove_member))
         .routes(routes!(list_roles, create_role))
         .routes(routes!(delete_role))
@@ -121,12 +121,16 @@ async fn list_members(
     responses((status = 200, body = Member), (status = 403), (status = 404), (status = 409, description = "last_owner"), (status = 422)))]
 async fn patch_member(
     State(state): State<Arc<AuthState>>,
-    u: CurrentUser,
+    Caller(p): Caller,
     Path((id, user_id)): Path<(String, String)>,
     ApiJson(req): ApiJson<PatchMember>,
 ) -> Result<ApiJson<Member>, ApiError> {
     let (id, target) = (org_id(&id)?, id_of(&user_id, "member")?);
-    service::set_member_role(&state, &u.principal, u.user_id, id, target, &req.role).await.map(ApiJson)
+    match p.user_id() {
+        Some(user) => service::set_member_role(&state, &p, user, id, target, &req.role).await,
+        None => service::set_member_role_as_backend(&state, &p, id, target, &req.role).await,
+    }
+    .map(ApiJson)
 }
 
 /// Remove a member, or leave (your own id).
@@ -135,12 +139,31 @@ async fn patch_member(
     responses((status = 204), (status = 403), (status = 404), (status = 409, description = "last_owner")))]
 async fn remove_member(
     State(state): State<Arc<AuthState>>,
-    u: CurrentUser,
+    Caller(p): Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (id, target) = (org_id(&id)?, id_of(&user_id, "member")?);
-    service::remove_member(&state, &u.principal, u.user_id, id, target).await?;
+    match p.user_id() {
+        Some(user) => service::remove_member(&state, &p, user, id, target).await?,
+        None => service::remove_member_as_backend(&state, &p, id, target).await?,
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Add a user straight to the organization, without an invitation (service keys
+/// only, as Clerk's Backend API does; members invite instead).
+#[utoipa::path(post, path = "/v1/orgs/{id}/members", tag = "organizations", params(("id" = String, Path)),
+    request_body = AddMember,
+    responses((status = 201, body = Member), (status = 403, description = "service_key_required"), (status = 404),
+        (status = 409, description = "already_member"), (status = 422, description = "unknown_role")))]
+async fn add_member(
+    State(state): State<Arc<AuthState>>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<AddMember>,
+) -> Result<Response, ApiError> {
+    let member = service::add_member(&state, &p, org_id(&id)?, req).await?;
+    Ok((StatusCode::CREATED, ApiJson(member)).into_response())
 }
 
 /// The organization's roles and their permissions.

@@ -172,7 +172,7 @@ fn webhook_event(action: &str) -> Option<&'static str> {
         "org.invitation_resend" => "organizationInvitation.resent",
         "org.role_create" => "role.created",
         "org.role_delete" => "role.deleted",
-        "org.domain_join" => "organizationMembership.created",
+        "org.domain_join" | "org.member_add" => "organizationMembership.created",
         "org.domain_add" => "organizationDomain.created",
         "org.domain_remove" => "organizationDomain.deleted",
         _ => return None,
@@ -353,6 +353,67 @@ pub async fn remove_by(state: &AuthState, by: &By, owner_rights: bool, id: Uuid,
     audit_by(&mut tx, by, action, id, serde_json::json!({"user": target, "role": current})).await?;
     tx.commit().await?;
     crate::auth::service::changed(state, format!("u:{target}")).await
+}
+
+/// The organization `id` exists (404 otherwise): what an operator acting on any
+/// organization checks first.
+async fn exists(state: &AuthState, id: Uuid) -> Result<(), ApiError> {
+    db::org_name(&state.pool, id).await?.map(|_| ()).ok_or_else(not_found)
+}
+
+/// Adds a user straight to an organization, without an invitation. Only the
+/// app's backend does this (a service key, as Clerk's Backend API does); a
+/// member is told to invite, a stranger sees nothing.
+pub async fn add_member(state: &AuthState, p: &Principal, id: Uuid, req: AddMember) -> Result<Member, ApiError> {
+    if !p.is_service() {
+        let user = crate::auth::service::require_user(p)?;
+        member_with(&state.pool, user, id, None).await?;
+        return Err(ApiError::forbidden("members join by invitation; adding one directly needs a service key")
+            .with_code("service_key_required"));
+    }
+    exists(state, id).await?;
+    let role = req.role.unwrap_or_else(|| "org:member".into());
+    if !db::role_exists(&state.pool, id, &role).await? {
+        return Err(ApiError::unprocessable("unknown_role", format!("this organization has no role {role:?}")));
+    }
+    user_row(state, req.user_id).await?;
+    let mut tx = state.pool.begin().await?;
+    if !db::add_member(&mut *tx, id, req.user_id, &role).await? {
+        return Err(ApiError::conflict("already_member", "the user is already a member; change their role instead"));
+    }
+    audit(&mut tx, p, "org.member_add", id, serde_json::json!({"user": req.user_id, "role": role})).await?;
+    tx.commit().await?;
+    db::members(&state.pool, id)
+        .await?
+        .into_iter()
+        .find(|m| m.user_id == req.user_id)
+        .map(Member::from)
+        .ok_or_else(|| ApiError::not_found("member not found"))
+}
+
+/// Changes a member's role as the app's backend (a service key with no user
+/// named): any organization, the owner rule kept.
+pub async fn set_member_role_as_backend(
+    state: &AuthState,
+    p: &Principal,
+    id: Uuid,
+    target: Uuid,
+    role: &str,
+) -> Result<Member, ApiError> {
+    exists(state, id).await?;
+    set_role_by(state, &By::from(p), true, id, target, role).await
+}
+
+/// Removes a member as the app's backend (a service key with no user named):
+/// any organization, the last owner kept.
+pub async fn remove_member_as_backend(
+    state: &AuthState,
+    p: &Principal,
+    id: Uuid,
+    target: Uuid,
+) -> Result<(), ApiError> {
+    exists(state, id).await?;
+    remove_by(state, &By::from(p), true, id, target).await
 }
 
 /// Every role of the organization (any member).

@@ -67,6 +67,17 @@ pub struct Member {
     pub created_at: OffsetDateTime,
 }
 
+/// `POST /v1/orgs/{id}/members` (service keys only).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// The user to add.
+    pub user_id: Uuid,
+    /// Their role (default `org:member`).
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
 /// `PATCH /v1/orgs/{id}/members/{user_id}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

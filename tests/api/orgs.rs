@@ -673,3 +673,74 @@ async fn hosted_pages_manage_members_the_profile_and_deletion() {
     assert_eq!(left, 0);
     assert_eq!(page(&t.owner).await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn the_apps_backend_adds_changes_and_removes_members_with_a_service_key() {
+    let app = TestApp::spawn().await;
+    let (key, _) = carmenta::auth::service::create_service_key(&app.pool, "backend", true).await.unwrap();
+    let (read_only, _) = carmenta::auth::service::create_service_key(&app.pool, "reader", false).await.unwrap();
+    let t = crate::harness::team(&app, "backend").await;
+    let org = t.org_id.clone();
+    let newcomer = sign_up(&app, "newcomer@example.com").await;
+    let members = format!("/v1/orgs/{org}/members");
+    let add = |token: &str, body: Value| app.call(Method::POST, &members).by(token).json(&body).reply();
+
+    // Members invite; they cannot add directly (403), strangers see nothing (404).
+    let (s, e) = add(&t.owner.jwt, json!({"user_id": newcomer.id})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("service_key_required")), "{e}");
+    let (s, _) = add(&t.stranger.jwt, json!({"user_id": newcomer.id})).await;
+    assert_eq!(s, 404);
+    let (s, _) = add(&read_only, json!({"user_id": newcomer.id})).await;
+    assert_eq!(s, 403, "a read-only key writes nothing");
+    // Bad input: unknown organization, user or role; a body that is not the schema.
+    let (s, _) = app
+        .call(Method::POST, &format!("/v1/orgs/{}/members", uuid::Uuid::nil()))
+        .by(&key)
+        .json(&json!({"user_id": newcomer.id}))
+        .reply()
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = add(&key, json!({"user_id": uuid::Uuid::nil()})).await;
+    assert_eq!(s, 404);
+    let (s, e) = add(&key, json!({"user_id": newcomer.id, "role": "org:nonesuch"})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("unknown_role")));
+    let (s, _) = add(&key, json!({"user_id": "not-a-uuid"})).await;
+    assert!((400..500).contains(&s), "{s}");
+    // The key adds the user with a role; the user sees the organization at once.
+    let (s, m) = add(&key, json!({"user_id": newcomer.id, "role": "org:guest"})).await;
+    assert_eq!((s, m["role"].as_str(), m["email"].as_str()), (201, Some("org:guest"), Some("newcomer@example.com")));
+    let (s, o) = call(&app, &newcomer, Method::GET, &format!("/v1/orgs/{org}"), None).await;
+    assert_eq!((s, o["role"].as_str()), (200, Some("org:guest")));
+    let (s, e) = add(&key, json!({"user_id": newcomer.id})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("already_member")));
+    // Changing a role and removing, with no user named: any organization, the owner rule kept.
+    let member = |u: &User| format!("/v1/orgs/{org}/members/{}", u.id);
+    let (s, m) = app.call(Method::PATCH, &member(&newcomer)).by(&key).json(&json!({"role": "org:owner"})).reply().await;
+    assert_eq!((s, m["role"].as_str()), (200, Some("org:owner")));
+    let (s, _) = app.call(Method::DELETE, &member(&t.owner)).by(&key).reply().await;
+    assert_eq!(s, 204, "another owner remains");
+    let (s, e) = app.call(Method::DELETE, &member(&newcomer)).by(&key).reply().await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("last_owner")));
+    let (s, _) = app.call(Method::DELETE, &member(&t.stranger)).by(&key).reply().await;
+    assert_eq!(s, 404);
+    let (s, _) = app
+        .call(Method::DELETE, &format!("/v1/orgs/{}/members/{}", uuid::Uuid::nil(), newcomer.id))
+        .by(&key)
+        .reply()
+        .await;
+    assert_eq!(s, 404);
+    // Acting for a user, a key is that user: the member rules apply.
+    let (s, _) = app.call(Method::DELETE, &member(&t.guest)).acting_for(&key, t.member.id).reply().await;
+    assert_eq!(s, 403);
+    // Each change is audited as the key and heard by the app.
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM webhook_outbox WHERE payload->'data'->>'actor' LIKE 'service_key:%' ORDER BY created_at, id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        ["organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted"]
+    );
+}

@@ -888,6 +888,23 @@ pub async fn retrieve(
     Ok((out, degraded))
 }
 
+/// The best `limit` chunks for `query` across several spaces (each ranked on its
+/// own, then merged by fused score: weighted reciprocal ranks compare across
+/// lists, so the merge interleaves the spaces by how well each chunk ranked).
+pub async fn retrieve_across(
+    k: &Knowledge,
+    spaces: &[Uuid],
+    query: &str,
+    limit: i64,
+) -> Result<(Vec<Retrieved>, bool), ApiError> {
+    let each = futures::future::try_join_all(spaces.iter().map(|s| retrieve(k, *s, query, None, limit))).await?;
+    let degraded = each.iter().any(|(_, d)| *d);
+    let mut all: Vec<Retrieved> = each.into_iter().flat_map(|(r, _)| r).collect();
+    all.sort_by(|a, b| b.scores.fused.total_cmp(&a.scores.fused));
+    all.truncate(limit.max(0) as usize);
+    Ok((all, degraded))
+}
+
 /// Runs a search.
 pub async fn search(k: &Knowledge, space: Uuid, req: SearchRequest) -> Result<SearchPage, ApiError> {
     let query = req.query.trim().to_string();

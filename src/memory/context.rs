@@ -170,15 +170,33 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
     };
     let want = |s: &str| names.contains(&s);
     // Whose knowledge: the folder's space, an organization's the caller may read, or their own.
-    let space = if want("knowledge") {
+    let extra = req.knowledge_org_ids.as_deref().unwrap_or_default();
+    if !extra.is_empty() && (req.knowledge_org_id.is_some() || req.knowledge_folder_id.is_some()) {
+        return Err(ApiError::unprocessable(
+            "invalid_knowledge_scope",
+            "knowledge_org_ids adds organizations to my own space; it does not combine with knowledge_org_id or knowledge_folder_id",
+        ));
+    }
+    if extra.len() > 10 {
+        return Err(ApiError::unprocessable(
+            "invalid_knowledge_scope",
+            "knowledge_org_ids holds at most 10 organizations",
+        ));
+    }
+    let mut spaces = Vec::new();
+    if want("knowledge") {
         use crate::knowledge::service::{Held, Need, space_for, space_of};
         match req.knowledge_folder_id {
-            Some(f) => space_of(&m.knowledge, user, Held::Folder, f, Need::Read).await?.id,
-            None => space_for(&m.knowledge, user, req.knowledge_org_id, Need::Read).await?.id,
+            Some(f) => spaces.push(space_of(&m.knowledge, user, Held::Folder, f, Need::Read).await?.id),
+            None => spaces.push(space_for(&m.knowledge, user, req.knowledge_org_id, Need::Read).await?.id),
         }
-    } else {
-        user
-    };
+        for org in extra {
+            let id = space_for(&m.knowledge, user, Some(*org), Need::Read).await?.id;
+            if !spaces.contains(&id) {
+                spaces.push(id);
+            }
+        }
+    }
     // The sections' retrievals are independent: run them together.
     let (profile_rows, ranked, retrieved) = tokio::join!(
         async {
@@ -202,9 +220,14 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
         },
         async {
             match (&query, want("knowledge")) {
+                (Some(q), true) if spaces.len() > 1 => {
+                    crate::knowledge::service::retrieve_across(&m.knowledge, &spaces, q, KNOWLEDGE_CANDIDATES)
+                        .await
+                        .map(Some)
+                }
                 (Some(q), true) => crate::knowledge::service::retrieve(
                     &m.knowledge,
-                    space,
+                    spaces.first().copied().unwrap_or(user),
                     q,
                     req.knowledge_folder_id,
                     KNOWLEDGE_CANDIDATES,

@@ -314,6 +314,10 @@ pub struct ContextRequest {
     /// instead of my own.
     #[serde(default)]
     pub knowledge_org_id: Option<Uuid>,
+    /// Take knowledge from my own space and these organizations' shared spaces
+    /// together (each needs `org:knowledge:read`; at most 10), ranked as one list.
+    #[serde(default)]
+    pub knowledge_org_ids: Option<Vec<Uuid>>,
 }
 
 /// One item in a section.

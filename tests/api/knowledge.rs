@@ -958,6 +958,25 @@ async fn organizations_share_knowledge_and_every_route_checks_the_member() {
     }
     let (_, own) = ask(&t.member, json!({"query": "rotate weekly", "sections": ["knowledge"]})).await;
     assert!(!own["text"].as_str().unwrap().contains("Rotate"), "my own context holds no shared knowledge: {own}");
+    // Or from my own space and the organization's together, ranked as one list.
+    post(&app, &t.member, "/documents", json!({"title": "My notes", "body": "I rotate my own keys weekly too."})).await;
+    let both = json!({"query": "rotate weekly", "sections": ["knowledge"], "knowledge_org_ids": [org]});
+    let (s, ctx) = ask(&t.member, both.clone()).await;
+    assert_eq!(s, 200, "{ctx}");
+    let text = ctx["text"].as_str().unwrap();
+    assert!(text.contains("Rotate weekly.") && text.contains("I rotate my own keys weekly too."), "{ctx}");
+    let (_, mine) = ask(&t.member, json!({"query": "rotate weekly", "sections": ["knowledge"]})).await;
+    assert!(
+        mine["text"].as_str().unwrap().contains("my own keys")
+            && !mine["text"].as_str().unwrap().contains("Rotate weekly.")
+    );
+    assert_eq!(ask(&t.stranger, both).await.0, 404, "each organization is checked");
+    let (s, e) = ask(
+        &t.member,
+        json!({"query": "rotate", "sections": ["knowledge"], "knowledge_org_ids": [org], "knowledge_org_id": org}),
+    )
+    .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("invalid_knowledge_scope")));
 
     // Removal from the organization ends access at once.
     let (s, _) = app.delete_as(&format!("/v1/orgs/{org}/members/{}", t.member.id), &t.owner.jwt).await;

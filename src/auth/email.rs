@@ -111,7 +111,9 @@ pub async fn verify_email(state: &AuthState, token: &str) -> Result<UserView, Ap
     Ok(UserView::of(user, false))
 }
 
-async fn within_account_budget(state: &AuthState, email: &str) -> Result<bool, ApiError> {
+/// Counts a mail to `email` against its budget (every mail to one address, of any
+/// kind, shares it); false once over.
+pub(crate) async fn within_account_budget(state: &AuthState, email: &str) -> Result<bool, ApiError> {
     let n = db::hit_window(&state.pool, &format!("mail:{}", email.trim().to_lowercase()), service::IP_WINDOW).await?;
     Ok(n <= PER_ACCOUNT_MAILS)
 }

@@ -216,7 +216,8 @@ async fn list_invitations(
 /// Invite an email; the token is mailed, never returned (`org:sys_invitations:manage`).
 #[utoipa::path(post, path = "/v1/orgs/{id}/invitations", tag = "organizations", params(("id" = String, Path)),
     request_body = CreateInvitation,
-    responses((status = 201, body = Invitation), (status = 403), (status = 404), (status = 409, description = "invitation_pending"), (status = 422)))]
+    responses((status = 201, body = Invitation), (status = 403), (status = 404), (status = 409, description = "invitation_pending"), (status = 422),
+        (status = 429, description = "rate_limited: too many invitation mails from the caller or to the address")))]
 async fn create_invitation(
     State(state): State<Arc<AuthState>>,
     u: CurrentUser,
@@ -242,7 +243,8 @@ async fn revoke_invitation(
 /// Send a pending invitation again with a new token and expiry.
 #[utoipa::path(post, path = "/v1/orgs/{id}/invitations/{invitation_id}/resend", tag = "organizations",
     params(("id" = String, Path), ("invitation_id" = String, Path)),
-    responses((status = 200, body = Invitation), (status = 403), (status = 404)))]
+    responses((status = 200, body = Invitation), (status = 403), (status = 404),
+        (status = 429, description = "rate_limited: too many invitation mails from the caller or to the address")))]
 async fn resend_invitation(
     State(state): State<Arc<AuthState>>,
     u: CurrentUser,

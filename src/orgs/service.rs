@@ -16,6 +16,25 @@ use crate::error::ApiError;
 /// How long an invitation stays valid.
 const INVITATION_TTL_SECS: f64 = 7.0 * 86_400.0;
 
+/// Invitation mails one member may send per rate window (`auth::service::IP_WINDOW`).
+const INVITATIONS_PER_WINDOW: i32 = 100;
+
+/// Keeps invitation mails within budget: per inviter, and per recipient (the
+/// budget every mail of auth to that address shares), so nobody turns
+/// invitations into a way to flood a mailbox. 429 `rate_limited` past either.
+async fn mail_budget(state: &AuthState, inviter: Uuid, email: &str) -> Result<(), ApiError> {
+    let sent =
+        crate::auth::db::hit_window(&state.pool, &format!("invite:{inviter}"), crate::auth::service::IP_WINDOW).await?;
+    if sent > INVITATIONS_PER_WINDOW || !crate::auth::email::within_account_budget(state, email).await? {
+        return Err(ApiError::new(
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many invitation mails (from you, or to this address); try again later",
+        ));
+    }
+    Ok(())
+}
+
 fn not_found() -> ApiError {
     ApiError::not_found("organization not found")
 }
@@ -555,6 +574,7 @@ pub async fn invite(
         .filter(|r| !r.is_empty())
         .map(|r| crate::auth::service::safe_redirect(&state.config, &r))
         .transpose()?;
+    mail_budget(state, user, &email).await?;
     let token = tokens::random_token("oin_");
     let mut tx = state.pool.begin().await?;
     let row =
@@ -604,6 +624,8 @@ pub async fn resend_invitation(
     let row = db::renew_invitation(&mut *tx, id, inv, &tokens::hash_token(&token), INVITATION_TTL_SECS)
         .await?
         .ok_or_else(|| ApiError::not_found("no pending invitation with this id"))?;
+    // Over budget, the renewal rolls back: the mailed token keeps working.
+    mail_budget(state, user, &row.email).await?;
     audit(&mut tx, p, "org.invitation_resend", id, serde_json::json!({"invitation": inv})).await?;
     tx.commit().await?;
     mail_invitation(state, &me, &row.email, &token, None).await?;

@@ -744,3 +744,58 @@ async fn the_apps_backend_adds_changes_and_removes_members_with_a_service_key() 
         ["organizationMembership.created", "organizationMembership.updated", "organizationMembership.deleted"]
     );
 }
+
+#[tokio::test]
+async fn invitation_mails_stay_within_budget_per_recipient_and_per_inviter() {
+    let app = TestApp::spawn().await;
+    let owner = sign_up(&app, "budget-owner@example.com").await;
+    let (_, org) = call(&app, &owner, Method::POST, "/v1/orgs", Some(json!({"name": "Budget"}))).await;
+    let id = org["id"].as_str().unwrap().to_string();
+    let invitations = format!("/v1/orgs/{id}/invitations");
+    // Budgets count in fixed ten-minute windows: start well inside one.
+    let left: f64 = sqlx::query_scalar("SELECT (600 - mod(extract(epoch FROM now()), 600))::float8")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    if left < 30.0 {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(left + 1.0)).await;
+    }
+    let mails = |to: &'static str| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM mail_outbox WHERE to_addr = $1")
+            .bind(to)
+            .fetch_one(&app.pool)
+    };
+    // One address: the invitation and four resends are mailed; the sixth mail is refused
+    // and the renewal rolls back (the last mailed token still works).
+    let (s, inv) = call(&app, &owner, Method::POST, &invitations, Some(json!({"email": "target@example.com"}))).await;
+    assert_eq!(s, 201, "{inv}");
+    let resend = format!("{invitations}/{}/resend", inv["id"].as_str().unwrap());
+    for _ in 0..4 {
+        assert_eq!(call(&app, &owner, Method::POST, &resend, None).await.0, 200);
+    }
+    let last = mailed_token(&app, "target@example.com").await;
+    let (s, e) = call(&app, &owner, Method::POST, &resend, None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (429, Some("rate_limited")), "{e}");
+    assert_eq!(mails("target@example.com").await.unwrap(), 5);
+    let (s, p) = app.call(Method::POST, "/v1/invitations/preview").json(&json!({"token": last})).reply().await;
+    assert_eq!((s, p["email"].as_str()), (200, Some("target@example.com")), "{p}");
+    // One inviter: 100 invitation mails per window (the six above counted, the refused one too).
+    let mut refused = None;
+    for i in 0..100 {
+        let (s, _) =
+            call(&app, &owner, Method::POST, &invitations, Some(json!({"email": format!("many{i}@example.com")})))
+                .await;
+        if s != 201 {
+            refused = Some((i, s));
+            break;
+        }
+    }
+    assert_eq!(refused, Some((94, 429)), "the 101st invitation mail of the window is refused");
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM org_invitations WHERE org_id = $1::uuid AND status = 'pending'")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 95, "a refused invitation is not created");
+}

@@ -25,6 +25,30 @@ pub fn playwright_python() -> PathBuf {
         .unwrap_or_else(|| panic!("Playwright for Python is missing under {}: run scripts/bootstrap", tools.display()))
 }
 
+/// Runs `tests/browser/<script>` in Playwright for Python with `env` (plus
+/// `SHOTS`: `target/<shots>/`), within `limit`; asserts it succeeded with no
+/// console errors and returns its report (the last line it printed, JSON).
+pub async fn run_browser_script(
+    script: &str,
+    shots: &str,
+    env: &[(&str, String)],
+    limit: Duration,
+) -> serde_json::Value {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = tokio::process::Command::new(playwright_python());
+    cmd.arg(root.join("tests/browser").join(script)).env("SHOTS", root.join("target").join(shots)).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(limit, cmd.output()).await.expect("the browser test timed out").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["console_errors"], serde_json::json!([]));
+    report
+}
+
 #[tokio::test]
 async fn the_console_works_in_chromium() {
     let app = TestApp::spawn().await;
@@ -32,23 +56,13 @@ async fn the_console_works_in_chromium() {
     let (s, org) = app.post_as("/v1/orgs", &user.jwt, &serde_json::json!({"name": "Browser Org"})).await;
     assert_eq!(s, 201, "{org}");
     let (admin_id, link) = make_admin(&app, "browser-admin@example.com").await;
-    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/admin-screenshots");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/admin_console.py");
-    let child = tokio::process::Command::new(playwright_python())
-        .arg(&script)
-        .env("BASE", &app.base)
-        .env("LINK", &link)
-        .env("USER_ID", user.id.to_string())
-        .env("ORG_ID", org["id"].as_str().unwrap_or_default())
-        .env("SHOTS", &shots)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), child).await.expect("the browser test timed out").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
-    assert_eq!(report["ok"], true);
-    assert_eq!(report["console_errors"], serde_json::json!([]));
+    let env = [
+        ("BASE", app.base.clone()),
+        ("LINK", link.clone()),
+        ("USER_ID", user.id.to_string()),
+        ("ORG_ID", org["id"].as_str().unwrap_or_default().to_string()),
+    ];
+    let report = run_browser_script("admin_console.py", "admin-screenshots", &env, Duration::from_secs(240)).await;
     assert!(report["screenshots"].as_array().unwrap().len() >= 15);
     // What the browser did, read back from the database.
     let name: Option<String> =

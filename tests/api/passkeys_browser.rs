@@ -4,31 +4,20 @@
 //! server whose public URL is `http://localhost:port`; this test checks in the
 //! database what the browser did. Screenshots land in `target/auth-screenshots/`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::admin_browser::playwright_python;
+use crate::admin_browser::run_browser_script;
 use crate::harness::{PASSWORD, TestApp};
 
 #[tokio::test]
 async fn totp_and_passkeys_work_in_chromium() {
     let app = TestApp::builder().config(|c| c.public_url = "http://localhost:0".parse().unwrap()).spawn().await;
-    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/auth-screenshots");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/auth_factors.py");
-    let child = tokio::process::Command::new(playwright_python())
-        .arg(&script)
-        .env("BASE", app.state.config.public_url.as_str())
-        .env("EMAIL", "chromium@example.com")
-        .env("PASSWORD", PASSWORD)
-        .env("SHOTS", &shots)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), child).await.expect("the browser test timed out").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
-    assert_eq!(report["ok"], true);
-    assert_eq!(report["console_errors"], serde_json::json!([]));
+    let env = [
+        ("BASE", app.state.config.public_url.to_string()),
+        ("EMAIL", "chromium@example.com".to_string()),
+        ("PASSWORD", PASSWORD.to_string()),
+    ];
+    run_browser_script("auth_factors.py", "auth-screenshots", &env, Duration::from_secs(180)).await;
     // What the browser did, read back from the database.
     let user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = 'chromium@example.com'")
         .fetch_one(&app.pool)

@@ -3,4 +3,4 @@
 mod routes;
 
 pub use routes::routes;
-pub(crate) use routes::{failure, posted_to, session_or_sign_in};
+pub(crate) use routes::{act_to, failure, session_or_sign_in};

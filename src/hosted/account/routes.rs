@@ -60,17 +60,36 @@ pub(crate) async fn session_or_sign_in(
 
 /// A posted form's principal: the session, after the same-origin check; without
 /// one, a 303 to `sign_in`.
-pub(crate) async fn posted_to(
-    state: &AuthState,
-    headers: &HeaderMap,
-    sign_in: &'static str,
-) -> Result<Principal, Response> {
+async fn posted_to(state: &AuthState, headers: &HeaderMap, sign_in: &'static str) -> Result<Principal, Response> {
     crate::auth::check_login_origin(state, headers).map_err(failure)?;
     session_or_sign_in(state, headers, sign_in).await
 }
 
+/// A posted form's action as the session's principal (the same-origin check and
+/// the session first, else a 303 to `sign_in`): its response, or the failure page.
+pub(crate) async fn act_to(
+    state: &AuthState,
+    headers: &HeaderMap,
+    sign_in: &'static str,
+    action: impl AsyncFnOnce(&Principal) -> Result<Response, ApiError>,
+) -> Response {
+    match posted_to(state, headers, sign_in).await {
+        Ok(p) => action(&p).await.unwrap_or_else(failure),
+        Err(r) => r,
+    }
+}
+
 async fn posted(state: &AuthState, headers: &HeaderMap) -> Result<Principal, Response> {
     posted_to(state, headers, SIGN_IN).await
+}
+
+/// [`act_to`] for the account pages.
+async fn act(
+    state: &AuthState,
+    headers: &HeaderMap,
+    action: impl AsyncFnOnce(&Principal) -> Result<Response, ApiError>,
+) -> Response {
+    act_to(state, headers, SIGN_IN, action).await
 }
 
 pub(crate) fn failure(e: ApiError) -> Response {
@@ -178,14 +197,8 @@ fn enrol_page(e: crate::auth::types::TotpEnrollment, error: Option<String>) -> P
 }
 
 async fn totp_start(State(state): State<Arc<AuthState>>, headers: HeaderMap) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    match mfa::start_totp(&state, &p).await {
-        Ok(e) => enrol_page(e, None).respond(StatusCode::OK),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |p| Ok(enrol_page(mfa::start_totp(&state, p).await?, None).respond(StatusCode::OK)))
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,64 +254,41 @@ async fn reauthenticate(state: &AuthState, p: &Principal, headers: &HeaderMap, p
 }
 
 async fn totp_remove(State(state): State<Arc<AuthState>>, headers: HeaderMap, Form(f): Form<ProofForm>) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        reauthenticate(&state, &p, &headers, f.proof).await?;
-        mfa::remove_totp(&state, &p).await
-    };
-    match done.await {
-        Ok(()) => back_here(),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |p| {
+        reauthenticate(&state, p, &headers, f.proof).await?;
+        mfa::remove_totp(&state, p).await?;
+        Ok(back_here())
+    })
+    .await
 }
 
 async fn backup_codes(State(state): State<Arc<AuthState>>, headers: HeaderMap, Form(f): Form<ProofForm>) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        reauthenticate(&state, &p, &headers, f.proof).await?;
-        mfa::regenerate_backup_codes(&state, &p).await
-    };
-    match done.await {
-        Ok(b) => codes_page(b.codes, "Your old backup codes no longer work.").respond(StatusCode::OK),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |p| {
+        reauthenticate(&state, p, &headers, f.proof).await?;
+        let b = mfa::regenerate_backup_codes(&state, p).await?;
+        Ok(codes_page(b.codes, "Your old backup codes no longer work.").respond(StatusCode::OK))
+    })
+    .await
 }
 
 async fn link(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(provider): Path<String>) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let user = match &p {
-        Principal::User { user_id, act: None, .. } => *user_id,
-        _ => return failure(ApiError::forbidden("identities are linked from your own session")),
-    };
-    match super::super::routes::to_provider(&state, &provider, Some(HERE), Some(user)).await {
-        Ok(res) => res,
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |p| {
+        let user = match p {
+            Principal::User { user_id, act: None, .. } => *user_id,
+            _ => return Err(ApiError::forbidden("identities are linked from your own session")),
+        };
+        super::super::routes::to_provider(&state, &provider, Some(HERE), Some(user)).await
+    })
+    .await
 }
 
 async fn unlink(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let Ok(id) = uuid::Uuid::parse_str(&id) else { return failure(ApiError::not_found("no such identity")) };
-    let done = async {
-        let user = service::require_user(&p)?;
-        crate::auth::social::unlink(&state, user, id, &p.actor()).await
-    };
-    match done.await {
-        Ok(()) => back_here(),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |p| {
+        let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found("no such identity"))?;
+        crate::auth::social::unlink(&state, service::require_user(p)?, id, &p.actor()).await?;
+        Ok(back_here())
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,15 +302,12 @@ async fn passkey_rename(
     Path(id): Path<String>,
     Form(f): Form<NameForm>,
 ) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let Ok(id) = uuid::Uuid::parse_str(&id) else { return failure(ApiError::not_found("no such passkey")) };
-    match crate::auth::passkeys::rename(&state, &p, id, &f.name).await {
-        Ok(_) => back_here(),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |p| {
+        let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found("no such passkey"))?;
+        crate::auth::passkeys::rename(&state, p, id, &f.name).await?;
+        Ok(back_here())
+    })
+    .await
 }
 
 async fn passkey_delete(
@@ -329,19 +316,13 @@ async fn passkey_delete(
     Path(id): Path<String>,
     Form(f): Form<ProofForm>,
 ) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let Ok(id) = uuid::Uuid::parse_str(&id) else { return failure(ApiError::not_found("no such passkey")) };
-    let done = async {
-        reauthenticate(&state, &p, &headers, f.proof).await?;
-        crate::auth::passkeys::delete(&state, &p, id).await
-    };
-    match done.await {
-        Ok(()) => back_here(),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |p| {
+        let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found("no such passkey"))?;
+        reauthenticate(&state, p, &headers, f.proof).await?;
+        crate::auth::passkeys::delete(&state, p, id).await?;
+        Ok(back_here())
+    })
+    .await
 }
 
 fn back_here() -> Response {

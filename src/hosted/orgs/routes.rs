@@ -14,7 +14,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::super::account::{failure, posted_to, session_or_sign_in};
+use super::super::account::{act_to, failure, session_or_sign_in};
 use super::super::routes::{Page, PageForm, field, see_other, signed_in};
 use crate::auth::service::Principal;
 use crate::auth::{AuthState, Peer};
@@ -48,8 +48,14 @@ const SIGN_IN: &str = "/auth/sign-in?redirect_url=%2Fauth%2Forgs";
 
 use crate::auth::service::require_user as user_of;
 
-async fn posted(state: &AuthState, headers: &HeaderMap) -> Result<Principal, Response> {
-    posted_to(state, headers, SIGN_IN).await
+/// A posted form's action as the signed-in user (the same-origin check and the
+/// session first): a 303 to the page `action` names, or the failure page.
+async fn act(
+    state: &AuthState,
+    headers: &HeaderMap,
+    action: impl AsyncFnOnce(&AuthState, &Principal, Uuid) -> Result<String, ApiError>,
+) -> Response {
+    act_to(state, headers, SIGN_IN, async move |p| Ok(see_other(&action(state, p, user_of(p)?).await?))).await
 }
 
 fn org_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -107,30 +113,19 @@ struct NameForm {
 }
 
 async fn create(State(state): State<Arc<AuthState>>, headers: HeaderMap, Form(f): Form<NameForm>) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        let user = user_of(&p)?;
-        orgs::create(&state, &p, user, CreateOrg { name: f.name, slug: None, image_url: None }).await
-    };
-    match done.await {
-        Ok(o) => see_other(&format!("/auth/orgs/{}", o.id)),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |s, p, user| {
+        let o = orgs::create(s, p, user, CreateOrg { name: f.name, slug: None, image_url: None }).await?;
+        Ok(format!("/auth/orgs/{}", o.id))
+    })
+    .await
 }
 
 async fn switch(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async { orgs::set_active(&state, &p, Some(org_id(&id)?)).await };
-    match done.await {
-        Ok(_) => see_other("/auth/orgs"),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |s, p, _| {
+        orgs::set_active(s, p, Some(org_id(&id)?)).await?;
+        Ok("/auth/orgs".into())
+    })
+    .await
 }
 
 async fn org_view(state: &AuthState, p: &Principal, id: Uuid) -> Result<Page, ApiError> {
@@ -241,20 +236,14 @@ async fn invite(
     Path(id): Path<String>,
     Form(f): Form<InviteForm>,
 ) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        let (user, org) = (user_of(&p)?, org_id(&id)?);
+    act(&state, &headers, async |s, p, user| {
+        let org = org_id(&id)?;
         let req =
             CreateInvitation { email: f.email, role: f.role.filter(|r| !r.trim().is_empty()), redirect_url: None };
-        orgs::invite(&state, &p, user, org, req).await.map(|_| org)
-    };
-    match done.await {
-        Ok(org) => see_other(&format!("/auth/orgs/{org}")),
-        Err(e) => failure(e),
-    }
+        orgs::invite(s, p, user, org, req).await?;
+        Ok(format!("/auth/orgs/{org}"))
+    })
+    .await
 }
 
 async fn revoke(
@@ -262,34 +251,21 @@ async fn revoke(
     headers: HeaderMap,
     Path((id, inv)): Path<(String, String)>,
 ) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        let (user, org) = (user_of(&p)?, org_id(&id)?);
+    act(&state, &headers, async |s, p, user| {
+        let org = org_id(&id)?;
         let inv = Uuid::parse_str(&inv).map_err(|_| ApiError::not_found("no such invitation"))?;
-        orgs::revoke_invitation(&state, &p, user, org, inv).await.map(|_| org)
-    };
-    match done.await {
-        Ok(org) => see_other(&format!("/auth/orgs/{org}")),
-        Err(e) => failure(e),
-    }
+        orgs::revoke_invitation(s, p, user, org, inv).await?;
+        Ok(format!("/auth/orgs/{org}"))
+    })
+    .await
 }
 
 async fn leave(State(state): State<Arc<AuthState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        let (user, org) = (user_of(&p)?, org_id(&id)?);
-        orgs::remove_member(&state, &p, user, org, user).await
-    };
-    match done.await {
-        Ok(()) => see_other("/auth/orgs"),
-        Err(e) => failure(e),
-    }
+    act(&state, &headers, async |s, p, user| {
+        orgs::remove_member(s, p, user, org_id(&id)?, user).await?;
+        Ok("/auth/orgs".into())
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,26 +281,20 @@ async fn member_action(
     Path((id, target, action)): Path<(String, String, String)>,
     Form(f): Form<RoleForm>,
 ) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        let (user, org) = (user_of(&p)?, org_id(&id)?);
+    act(&state, &headers, async |s, p, user| {
+        let org = org_id(&id)?;
         let target = Uuid::parse_str(&target).map_err(|_| ApiError::not_found("member not found"))?;
         match (action.as_str(), f.role.as_deref().map(str::trim)) {
             ("role", Some(role)) if !role.is_empty() => {
-                orgs::set_member_role(&state, &p, user, org, target, role).await.map(|_| org)
+                orgs::set_member_role(s, p, user, org, target, role).await?;
             }
-            ("role", _) => Err(ApiError::unprocessable("invalid_role", "choose a role")),
-            ("remove", _) => orgs::remove_member(&state, &p, user, org, target).await.map(|_| org),
-            _ => Err(ApiError::not_found("no route for this path")),
+            ("role", _) => return Err(ApiError::unprocessable("invalid_role", "choose a role")),
+            ("remove", _) => orgs::remove_member(s, p, user, org, target).await?,
+            _ => return Err(ApiError::not_found("no route for this path")),
         }
-    };
-    match done.await {
-        Ok(org) => see_other(&format!("/auth/orgs/{org}")),
-        Err(e) => failure(e),
-    }
+        Ok(format!("/auth/orgs/{org}"))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,19 +309,12 @@ async fn profile(
     Path(id): Path<String>,
     Form(f): Form<ProfileForm>,
 ) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        let (user, org) = (user_of(&p)?, org_id(&id)?);
+    act(&state, &headers, async |s, p, user| {
         let req = PatchOrg { name: Some(f.name), slug: Some(f.slug.trim().to_string()), image_url: None };
-        orgs::patch(&state, &p, user, org, req).await
-    };
-    match done.await {
-        Ok(o) => see_other(&format!("/auth/orgs/{}", o.id)),
-        Err(e) => failure(e),
-    }
+        let o = orgs::patch(s, p, user, org_id(&id)?, req).await?;
+        Ok(format!("/auth/orgs/{}", o.id))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -367,25 +330,19 @@ async fn delete(
     Path(id): Path<String>,
     Form(f): Form<ConfirmForm>,
 ) -> Response {
-    let p = match posted(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        let (user, org) = (user_of(&p)?, org_id(&id)?);
-        let slug = orgs::get(&state, user, org).await?.slug;
-        orgs::delete(&state, &p, user, org, f.confirm.trim() == slug).await.map_err(|e| {
+    act(&state, &headers, async |s, p, user| {
+        let org = org_id(&id)?;
+        let slug = orgs::get(s, user, org).await?.slug;
+        orgs::delete(s, p, user, org, f.confirm.trim() == slug).await.map_err(|e| {
             if e.code == "confirmation_required" {
                 ApiError::bad_request("confirmation_required", format!("type the slug ({slug}) to delete it"))
             } else {
                 e
             }
-        })
-    };
-    match done.await {
-        Ok(()) => see_other("/auth/orgs"),
-        Err(e) => failure(e),
-    }
+        })?;
+        Ok("/auth/orgs".into())
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -452,19 +409,13 @@ struct TokenForm {
 }
 
 async fn answer(state: &AuthState, headers: &HeaderMap, token: &str, accept: bool) -> Response {
-    let p = match posted(state, headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let done = async {
-        let user = user_of(&p)?;
-        orgs::answer_invitation(state, &p, user, token, accept).await
-    };
-    match done.await {
-        Ok(Some(org)) => see_other(&format!("/auth/orgs/{}", org.id)),
-        Ok(None) => see_other("/auth/orgs"),
-        Err(e) => failure(e),
-    }
+    act(state, headers, async |s, p, user| {
+        Ok(match orgs::answer_invitation(s, p, user, token, accept).await? {
+            Some(org) => format!("/auth/orgs/{}", org.id),
+            None => "/auth/orgs".into(),
+        })
+    })
+    .await
 }
 
 async fn accept(State(state): State<Arc<AuthState>>, headers: HeaderMap, Form(f): Form<TokenForm>) -> Response {

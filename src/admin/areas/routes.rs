@@ -64,7 +64,8 @@ fn user_param(q: &[(String, String)]) -> Result<Option<Uuid>, Fail> {
     }
 }
 
-fn uuid(raw: &str, what: &str) -> Result<Uuid, Fail> {
+/// `raw` as an id, or 404 naming `what`.
+pub(crate) fn uuid(raw: &str, what: &str) -> Result<Uuid, Fail> {
     Uuid::parse_str(raw).map_err(|_| Fail(ApiError::not_found(format!("{what} not found"))))
 }
 

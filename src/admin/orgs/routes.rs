@@ -9,10 +9,10 @@ use axum::extract::{FromRef, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use uuid::Uuid;
 
 use super::db;
 use crate::admin::Admin;
+use crate::admin::areas::routes::uuid;
 use crate::admin::routes::{
     AdminForm, AdminSession, Fail, connection_table, done_notice, page, path_segment, query_pairs, render, see_other,
 };
@@ -36,13 +36,9 @@ where
         .route("/admin/orgs/{id}/delete", post(delete))
 }
 
-fn id_of(raw: &str, what: &str) -> Result<Uuid, Fail> {
-    Uuid::parse_str(raw).map_err(|_| Fail(ApiError::not_found(format!("{what} not found"))))
-}
-
 /// The organization, or 404.
 async fn org_or_404(admin: &Admin, raw: &str) -> Result<db::OrgRow, Fail> {
-    let id = id_of(raw, "organization")?;
+    let id = uuid(raw, "organization")?;
     db::org(&admin.pool, id).await?.ok_or_else(|| Fail(ApiError::not_found("organization not found")))
 }
 
@@ -226,7 +222,7 @@ async fn member_action(
     AdminForm { s, .. }: AdminForm,
 ) -> PageResult {
     let o = org_or_404(&admin, &raw).await?;
-    let user = id_of(&user, "member")?;
+    let user = uuid(&user, "member")?;
     let by = By::operator(s.user_id);
     match action.as_str() {
         "make-owner" => {
@@ -247,7 +243,7 @@ async fn revoke(
     AdminForm { s, .. }: AdminForm,
 ) -> PageResult {
     let o = org_or_404(&admin, &raw).await?;
-    let inv = id_of(&inv, "invitation")?;
+    let inv = uuid(&inv, "invitation")?;
     orgs::revoke_by(&admin.auth, &By::operator(s.user_id), o.id, inv).await?;
     Ok(see_other(&format!("/admin/orgs/{}?done=revoked_invitation", o.id)))
 }

@@ -40,7 +40,13 @@ pub fn run(data: &std::path::Path, users: &[(String, String)]) {
                 for q in &conv.queries {
                     let req: carmenta::knowledge::types::SearchRequest =
                         serde_json::from_value(json!({"query": q.text, "limit": 50})).expect("req");
-                    let page = carmenta::knowledge::service::search(&k, user, req).await.expect("search");
+                    let page = carmenta::knowledge::service::search(
+                        &k,
+                        &[carmenta::knowledge::service::Space::own(user)],
+                        req,
+                    )
+                    .await
+                    .expect("search");
                     let mut read: Vec<(uuid::Uuid, i32, i32)> = Vec::new();
                     let mut spent = 0i64;
                     for h in page.data.iter().map(|h| &h.chunk) {

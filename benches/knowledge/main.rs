@@ -311,7 +311,7 @@ fn scale(port: u16, data: &Path) {
                     http.push(t.elapsed());
                     let req: carmenta::knowledge::types::SearchRequest = serde_json::from_value(body).expect("req");
                     let t = Instant::now();
-                    carmenta::knowledge::service::search(&k, uid.parse().expect("uuid"), req).await.expect("search");
+                    carmenta::knowledge::service::search(&k, &[carmenta::knowledge::service::Space::own(uid.parse().expect("uuid"))], req).await.expect("search");
                     direct.push(t.elapsed());
                 }
                 http.sort();
@@ -360,7 +360,7 @@ fn scale(port: u16, data: &Path) {
                         let i = (t * 31 + n) % qs.len();
                         let req: carmenta::knowledge::types::SearchRequest =
                             serde_json::from_value(json!({"query": qs[i], "mode": "hybrid", "limit": 10})).expect("req");
-                        carmenta::knowledge::service::search(&k, uids[i % uids.len()], req).await.expect("search");
+                        carmenta::knowledge::service::search(&k, &[carmenta::knowledge::service::Space::own(uids[i % uids.len()])], req).await.expect("search");
                         n += 1;
                     }
                     n

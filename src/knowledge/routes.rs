@@ -383,9 +383,6 @@ async fn search(
     user: CurrentUser,
     ApiJson(req): ApiJson<SearchRequest>,
 ) -> Result<ApiJson<SearchPage>, ApiError> {
-    let space = match req.folder_id {
-        Some(f) => service::space_of(&k, user.user_id, Held::Folder, f, Need::Read).await?,
-        None => service::space_for(&k, user.user_id, req.org_id, Need::Read).await?,
-    };
-    service::search(&k, space.id, req).await.map(ApiJson)
+    let spaces = service::search_spaces(&k, user.user_id, &req).await?;
+    service::search(&k, &spaces, req).await.map(ApiJson)
 }

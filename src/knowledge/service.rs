@@ -133,6 +133,13 @@ pub struct Space {
     pub org: Option<Uuid>,
 }
 
+impl Space {
+    /// A user's own space (same id as the user).
+    pub fn own(user: Uuid) -> Space {
+        Space { id: user, org: None }
+    }
+}
+
 fn missing(held: Held) -> ApiError {
     match held {
         Held::Folder => folder_not_found(),
@@ -172,7 +179,7 @@ pub async fn space_of(k: &Knowledge, user: Uuid, held: Held, id: Uuid, need: Nee
 pub async fn space_for(k: &Knowledge, user: Uuid, org: Option<Uuid>, need: Need) -> Result<Space, ApiError> {
     let gone = || ApiError::not_found("organization not found");
     match org {
-        None => Ok(Space { id: user, org: None }),
+        None => Ok(Space::own(user)),
         Some(org) => {
             let s = db::space(&k.pool, org).await?.ok_or_else(gone)?;
             enter(k, user, s, need, gone).await
@@ -905,8 +912,35 @@ pub async fn retrieve_across(
     Ok((all, degraded))
 }
 
-/// Runs a search.
-pub async fn search(k: &Knowledge, space: Uuid, req: SearchRequest) -> Result<SearchPage, ApiError> {
+/// The spaces a search covers: the folder's, the organization's, or my own, with
+/// `org_ids`' organizations added (each checked like any knowledge route).
+pub async fn search_spaces(k: &Knowledge, user: Uuid, req: &SearchRequest) -> Result<Vec<Space>, ApiError> {
+    let extra = req.org_ids.as_deref().unwrap_or_default();
+    if !extra.is_empty() && (req.org_id.is_some() || req.folder_id.is_some()) {
+        return Err(ApiError::unprocessable(
+            "invalid_scope",
+            "org_ids adds organizations to my own knowledge; it does not combine with org_id or folder_id",
+        ));
+    }
+    if extra.len() > 10 {
+        return Err(ApiError::unprocessable("invalid_scope", "org_ids holds at most 10 organizations"));
+    }
+    let mut spaces = vec![match req.folder_id {
+        Some(f) => space_of(k, user, Held::Folder, f, Need::Read).await?,
+        None => space_for(k, user, req.org_id, Need::Read).await?,
+    }];
+    for org in extra {
+        let space = space_for(k, user, Some(*org), Need::Read).await?;
+        if !spaces.iter().any(|s| s.id == space.id) {
+            spaces.push(space);
+        }
+    }
+    Ok(spaces)
+}
+
+/// Runs a search over one space, or over several ranked as one list (each space
+/// ranked on its own with its own statistics, merged by fused score).
+pub async fn search(k: &Knowledge, spaces: &[Space], req: SearchRequest) -> Result<SearchPage, ApiError> {
     let query = req.query.trim().to_string();
     if query.is_empty() || query.chars().count() > 2000 {
         return Err(ApiError::unprocessable("invalid_query", "query must be 1 to 2000 characters"));
@@ -946,25 +980,39 @@ pub async fn search(k: &Knowledge, space: Uuid, req: SearchRequest) -> Result<Se
         after: req.updated_after,
         before: req.updated_before,
     };
-    if let Some(f) = req.folder_id {
-        filters.path = Some(own_folder(k, space, f).await?.path);
+    if let (Some(f), [space]) = (req.folder_id, spaces) {
+        filters.path = Some(own_folder(k, space.id, f).await?.path);
     }
     let depth = (offset + limit + 1).clamp(CANDIDATES, MAX_DEPTH + 1);
-    let ranked = rank(k, space, &query, mode, weights, &filters, depth).await?;
+    let each = futures::future::try_join_all(
+        spaces.iter().map(|space| rank(k, space.id, &query, mode, weights, &filters, depth)),
+    )
+    .await?;
+    // One list: (space, chunk, scores), best fused score first (a stable sort keeps
+    // a single space's own order).
+    let mut ranked: Vec<(usize, i64, Scores)> =
+        each.into_iter().enumerate().flat_map(|(i, r)| r.into_iter().map(move |(id, sc)| (i, id, sc))).collect();
+    ranked.sort_by(|a, b| b.2.fused.total_cmp(&a.2.fused));
     let more = ranked.len() as i64 > offset + limit && offset + limit < MAX_DEPTH;
-    let page: Vec<(i64, Scores)> = ranked.into_iter().skip(offset as usize).take(limit as usize).collect();
-    let ids: Vec<i64> = page.iter().map(|p| p.0).collect();
-    let mut details: HashMap<i64, db::HitRow> =
-        db::hits(&k.pool, space, &ids, &query).await?.into_iter().map(|h| (h.citation.chunk_id, h)).collect();
+    let page: Vec<(usize, i64, Scores)> = ranked.into_iter().skip(offset as usize).take(limit as usize).collect();
+    let mut details: HashMap<(usize, i64), db::HitRow> = HashMap::new();
+    for (i, space) in spaces.iter().enumerate() {
+        let ids: Vec<i64> = page.iter().filter(|p| p.0 == i).map(|p| p.1).collect();
+        if !ids.is_empty() {
+            for h in db::hits(&k.pool, space.id, &ids, &query).await? {
+                details.insert((i, h.citation.chunk_id), h);
+            }
+        }
+    }
     let data = page
         .into_iter()
-        .filter_map(|(id, scores)| {
-            let h = details.remove(&id)?;
+        .filter_map(|(i, id, scores)| {
+            let h = details.remove(&(i, id))?;
             let snippet = match h.snippet.as_deref() {
                 Some(s) if s.contains('\u{2}') => snippet_html(s),
                 _ => snippet_html(&h.text.chars().take(300).collect::<String>()),
             };
-            Some(SearchHit { chunk: h.citation, snippet, scores })
+            Some(SearchHit { chunk: h.citation, org_id: spaces[i].org, snippet, scores })
         })
         .collect();
     Ok(SearchPage {

@@ -362,6 +362,11 @@ pub struct SearchRequest {
     /// instead of the caller's own.
     #[serde(default)]
     pub org_id: Option<Uuid>,
+    /// Search my own knowledge and these organizations' shared knowledge together
+    /// (each needs `org:knowledge:read`; at most 10), ranked as one list. Not with
+    /// `org_id` or `folder_id`.
+    #[serde(default)]
+    pub org_ids: Option<Vec<Uuid>>,
     /// Only documents carrying all these tags.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -396,6 +401,9 @@ pub struct SearchHit {
     /// Where the chunk is.
     #[serde(flatten)]
     pub chunk: Citation,
+    /// The organization whose shared knowledge holds it (absent: the caller's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<Uuid>,
     /// A highlighted excerpt (`<mark>` around matched words; everything else escaped).
     pub snippet: String,
     /// Per-signal scores.

@@ -977,6 +977,28 @@ async fn organizations_share_knowledge_and_every_route_checks_the_member() {
     )
     .await;
     assert_eq!((s, e["error"]["code"].as_str()), (422, Some("invalid_knowledge_scope")));
+    // Search likewise: my own and the organization's hits in one ranked list, each
+    // organization's hit naming it; pages follow the merged list.
+    let search = |u: &User, body: Value| app.call(Method::POST, &format!("{K}/search")).by(&u.jwt).json(&body).reply();
+    let (s, page) = search(&t.member, json!({"query": "rotate weekly", "org_ids": [org]})).await;
+    assert_eq!(s, 200, "{page}");
+    let hits = page["data"].as_array().unwrap();
+    let org_of = |title: &str| hits.iter().find(|h| h["title"] == title).map(|h| h["org_id"].clone());
+    assert_eq!(org_of("My notes"), Some(Value::Null), "my own hit names no organization: {page}");
+    assert_eq!(org_of("Pager duty"), Some(json!(org)), "{page}");
+    let fused: Vec<f64> = hits.iter().map(|h| h["scores"]["fused"].as_f64().unwrap()).collect();
+    assert!(fused.windows(2).all(|w| w[0] >= w[1]), "one list, best first: {fused:?}");
+    let (_, first) = search(&t.member, json!({"query": "rotate weekly", "org_ids": [org], "limit": 1})).await;
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_string();
+    let (_, second) =
+        search(&t.member, json!({"query": "rotate weekly", "org_ids": [org], "limit": 1, "cursor": cursor})).await;
+    assert_eq!(first["data"][0]["chunk_id"], hits[0]["chunk_id"]);
+    assert_eq!(second["data"][0]["chunk_id"], hits[1]["chunk_id"]);
+    assert_eq!(search(&t.stranger, json!({"query": "rotate", "org_ids": [org]})).await.0, 404);
+    let (s, e) = search(&t.member, json!({"query": "rotate", "org_ids": [org], "org_id": org})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("invalid_scope")));
+    let (s, e) = search(&t.member, json!({"query": "rotate", "org_ids": vec![org.clone(); 11]})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("invalid_scope")));
 
     // Removal from the organization ends access at once.
     let (s, _) = app.delete_as(&format!("/v1/orgs/{org}/members/{}", t.member.id), &t.owner.jwt).await;

@@ -93,7 +93,7 @@ impl PageForm {
 }
 
 /// One hosted page: a title, an error or message, an optional image (a QR code),
-/// codes to copy, forms, provider buttons and links.
+/// codes to copy, a plain list, forms, provider buttons and links.
 #[derive(Template)]
 #[template(path = "auth_page.html")]
 pub(crate) struct Page {
@@ -102,6 +102,8 @@ pub(crate) struct Page {
     pub(crate) message: Option<String>,
     pub(crate) image: Option<(String, String)>,
     pub(crate) codes: Vec<String>,
+    /// A plain list (members, organizations), with its accessible name.
+    pub(crate) items: Option<(&'static str, Vec<String>)>,
     pub(crate) form: Option<PageForm>,
     pub(crate) more: Vec<PageForm>,
     pub(crate) buttons: Vec<(String, String)>,
@@ -128,6 +130,7 @@ impl Page {
             message: None,
             image: None,
             codes: Vec::new(),
+            items: None,
             form: None,
             more: Vec::new(),
             buttons: Vec::new(),

@@ -77,7 +77,12 @@ async fn list(state: &AuthState, p: &Principal) -> Result<Page, ApiError> {
     });
     for o in &mine {
         let is_active = active.as_ref().is_some_and(|a| a.id == o.id);
-        page.codes.push(format!("{} ({}){}", o.name, o.role, if is_active { " · active" } else { "" }));
+        page.items.get_or_insert(("organizations", Vec::new())).1.push(format!(
+            "{} ({}){}",
+            o.name,
+            o.role,
+            if is_active { " · active" } else { "" }
+        ));
         if !is_active {
             page.more.push(PageForm::button(
                 &format!("/auth/orgs/{}/switch", o.id),
@@ -146,7 +151,7 @@ async fn org_view(state: &AuthState, p: &Principal, id: Uuid) -> Result<Page, Ap
         let members = orgs::members(state, user, id).await?;
         for m in &members {
             let who = m.email.clone().unwrap_or_else(|| m.user_id.to_string());
-            page.codes.push(format!("{who} · {}", m.role));
+            page.items.get_or_insert(("members", Vec::new())).1.push(format!("{who} · {}", m.role));
             // Managers change roles and remove members; the service keeps the owner rule.
             if can("org:sys_memberships:manage") && m.user_id != user && (owner || m.role != "org:owner") {
                 page.more.push(PageForm {

@@ -44,24 +44,25 @@ impl Grant {
 /// Whether `user` may do `need` with what organization `org` shares in `area`
 /// (`connections`, `storage`, `knowledge`).
 pub async fn grant(pool: &PgPool, org: Uuid, user: Uuid, area: &str, need: Need) -> Result<Grant, sqlx::Error> {
-    let write = format!("org:{area}:write");
-    let wanted = match need {
-        Need::Read => format!("org:{area}:read"),
-        Need::Write => write.clone(),
-    };
+    let granting = permissions(area, need);
     Ok(match super::db::org_permissions(pool, org, user).await? {
         None => Grant::NotMember,
-        Some(p) if p.iter().any(|x| *x == wanted || *x == write) => Grant::Granted,
-        Some(_) => Grant::Lacks(wanted),
+        Some(p) if p.iter().any(|x| granting.contains(x)) => Grant::Granted,
+        Some(_) => Grant::Lacks(granting[0].clone()),
     })
 }
 
 /// The organizations in which `user` may do `need` in `area`.
 pub async fn orgs_granting(pool: &PgPool, user: Uuid, area: &str, need: Need) -> Result<Vec<Uuid>, sqlx::Error> {
+    super::db::orgs_with_any_permission(pool, user, &permissions(area, need)).await
+}
+
+/// The permissions that allow `need` in `area`, the one named for it first
+/// (writing includes reading).
+fn permissions(area: &str, need: Need) -> Vec<String> {
     let write = format!("org:{area}:write");
-    let wanted = match need {
+    match need {
         Need::Read => vec![format!("org:{area}:read"), write],
         Need::Write => vec![write],
-    };
-    super::db::orgs_with_any_permission(pool, user, &wanted).await
+    }
 }

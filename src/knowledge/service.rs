@@ -895,47 +895,88 @@ pub async fn retrieve(
     Ok((out, degraded))
 }
 
+/// Lists ranked each on its own, as one list, best fused score first: weighted
+/// reciprocal ranks compare across lists, and the stable sort keeps a single
+/// list's own order.
+fn merge_ranked<T>(lists: Vec<Vec<T>>, fused: impl Fn(&T) -> f64) -> Vec<T> {
+    let mut all: Vec<T> = lists.into_iter().flatten().collect();
+    all.sort_by(|a, b| fused(b).total_cmp(&fused(a)));
+    all
+}
+
 /// The best `limit` chunks for `query` across several spaces (each ranked on its
-/// own, then merged by fused score: weighted reciprocal ranks compare across
-/// lists, so the merge interleaves the spaces by how well each chunk ranked).
+/// own statistics, then merged by fused score).
 pub async fn retrieve_across(
     k: &Knowledge,
-    spaces: &[Uuid],
+    spaces: &[Space],
     query: &str,
     limit: i64,
 ) -> Result<(Vec<Retrieved>, bool), ApiError> {
-    let each = futures::future::try_join_all(spaces.iter().map(|s| retrieve(k, *s, query, None, limit))).await?;
+    let each = futures::future::try_join_all(spaces.iter().map(|s| retrieve(k, s.id, query, None, limit))).await?;
     let degraded = each.iter().any(|(_, d)| *d);
-    let mut all: Vec<Retrieved> = each.into_iter().flat_map(|(r, _)| r).collect();
-    all.sort_by(|a, b| b.scores.fused.total_cmp(&a.scores.fused));
+    let mut all = merge_ranked(each.into_iter().map(|(r, _)| r).collect(), |r| r.scores.fused);
     all.truncate(limit.max(0) as usize);
     Ok((all, degraded))
 }
 
-/// The spaces a search covers: the folder's, the organization's, or my own, with
-/// `org_ids`' organizations added (each checked like any knowledge route).
-pub async fn search_spaces(k: &Knowledge, user: Uuid, req: &SearchRequest) -> Result<Vec<Space>, ApiError> {
-    let extra = req.org_ids.as_deref().unwrap_or_default();
-    if !extra.is_empty() && (req.org_id.is_some() || req.folder_id.is_some()) {
-        return Err(ApiError::unprocessable(
-            "invalid_scope",
-            "org_ids adds organizations to my own knowledge; it does not combine with org_id or folder_id",
-        ));
-    }
-    if extra.len() > 10 {
-        return Err(ApiError::unprocessable("invalid_scope", "org_ids holds at most 10 organizations"));
-    }
-    let mut spaces = vec![match req.folder_id {
-        Some(f) => space_of(k, user, Held::Folder, f, Need::Read).await?,
-        None => space_for(k, user, req.org_id, Need::Read).await?,
-    }];
-    for org in extra {
-        let space = space_for(k, user, Some(*org), Need::Read).await?;
-        if !spaces.iter().any(|s| s.id == space.id) {
-            spaces.push(space);
+/// Which knowledge spaces a request covers, as it names them: a folder's, an
+/// organization's, or the caller's own, plus more organizations' (`orgs`).
+pub struct Scope<'a> {
+    /// Within this folder (in its space).
+    pub folder: Option<Uuid>,
+    /// This organization's space instead of the caller's own.
+    pub org: Option<Uuid>,
+    /// These organizations' spaces beside the caller's own.
+    pub orgs: &'a [Uuid],
+    /// The request's names of `orgs`, `org` and `folder`, for errors.
+    pub names: [&'static str; 3],
+    /// The error code of a scope that does not hold together.
+    pub code: &'static str,
+}
+
+impl Scope<'_> {
+    /// Refuses `orgs` beside `org` or `folder`, or more than 10 of them (422 `code`).
+    pub fn check(&self) -> Result<(), ApiError> {
+        let [orgs, org, folder] = self.names;
+        if !self.orgs.is_empty() && (self.org.is_some() || self.folder.is_some()) {
+            return Err(ApiError::unprocessable(
+                self.code,
+                format!("{orgs} adds organizations to my own knowledge; it does not combine with {org} or {folder}"),
+            ));
         }
+        if self.orgs.len() > 10 {
+            return Err(ApiError::unprocessable(self.code, format!("{orgs} holds at most 10 organizations")));
+        }
+        Ok(())
     }
-    Ok(spaces)
+
+    /// The spaces, each checked like any knowledge route (404 or 403), without repeats.
+    pub async fn spaces(&self, k: &Knowledge, user: Uuid) -> Result<Vec<Space>, ApiError> {
+        self.check()?;
+        let mut spaces = vec![match self.folder {
+            Some(f) => space_of(k, user, Held::Folder, f, Need::Read).await?,
+            None => space_for(k, user, self.org, Need::Read).await?,
+        }];
+        for org in self.orgs {
+            let space = space_for(k, user, Some(*org), Need::Read).await?;
+            if !spaces.contains(&space) {
+                spaces.push(space);
+            }
+        }
+        Ok(spaces)
+    }
+}
+
+/// The spaces a search covers (see [`Scope`]).
+pub async fn search_spaces(k: &Knowledge, user: Uuid, req: &SearchRequest) -> Result<Vec<Space>, ApiError> {
+    let scope = Scope {
+        folder: req.folder_id,
+        org: req.org_id,
+        orgs: req.org_ids.as_deref().unwrap_or_default(),
+        names: ["org_ids", "org_id", "folder_id"],
+        code: "invalid_scope",
+    };
+    scope.spaces(k, user).await
 }
 
 /// Runs a search over one space, or over several ranked as one list (each space
@@ -988,11 +1029,11 @@ pub async fn search(k: &Knowledge, spaces: &[Space], req: SearchRequest) -> Resu
         spaces.iter().map(|space| rank(k, space.id, &query, mode, weights, &filters, depth)),
     )
     .await?;
-    // One list: (space, chunk, scores), best fused score first (a stable sort keeps
-    // a single space's own order).
-    let mut ranked: Vec<(usize, i64, Scores)> =
-        each.into_iter().enumerate().flat_map(|(i, r)| r.into_iter().map(move |(id, sc)| (i, id, sc))).collect();
-    ranked.sort_by(|a, b| b.2.fused.total_cmp(&a.2.fused));
+    // One list of (space, chunk, scores).
+    let ranked = merge_ranked(
+        each.into_iter().enumerate().map(|(i, r)| r.into_iter().map(|(id, sc)| (i, id, sc)).collect()).collect(),
+        |h: &(usize, i64, Scores)| h.2.fused,
+    );
     let more = ranked.len() as i64 > offset + limit && offset + limit < MAX_DEPTH;
     let page: Vec<(usize, i64, Scores)> = ranked.into_iter().skip(offset as usize).take(limit as usize).collect();
     let mut details: HashMap<(usize, i64), db::HitRow> = HashMap::new();

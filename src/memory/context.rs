@@ -169,34 +169,17 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
             .map(|x| x.text.trim().chars().take(2000).collect()),
     };
     let want = |s: &str| names.contains(&s);
-    // Whose knowledge: the folder's space, an organization's the caller may read, or their own.
-    let extra = req.knowledge_org_ids.as_deref().unwrap_or_default();
-    if !extra.is_empty() && (req.knowledge_org_id.is_some() || req.knowledge_folder_id.is_some()) {
-        return Err(ApiError::unprocessable(
-            "invalid_knowledge_scope",
-            "knowledge_org_ids adds organizations to my own space; it does not combine with knowledge_org_id or knowledge_folder_id",
-        ));
-    }
-    if extra.len() > 10 {
-        return Err(ApiError::unprocessable(
-            "invalid_knowledge_scope",
-            "knowledge_org_ids holds at most 10 organizations",
-        ));
-    }
-    let mut spaces = Vec::new();
-    if want("knowledge") {
-        use crate::knowledge::service::{Held, Need, space_for, space_of};
-        match req.knowledge_folder_id {
-            Some(f) => spaces.push(space_of(&m.knowledge, user, Held::Folder, f, Need::Read).await?.id),
-            None => spaces.push(space_for(&m.knowledge, user, req.knowledge_org_id, Need::Read).await?.id),
-        }
-        for org in extra {
-            let id = space_for(&m.knowledge, user, Some(*org), Need::Read).await?.id;
-            if !spaces.contains(&id) {
-                spaces.push(id);
-            }
-        }
-    }
+    // Whose knowledge: the folder's space, an organization's the caller may read, or
+    // their own, with more organizations' beside it.
+    let scope = crate::knowledge::service::Scope {
+        folder: req.knowledge_folder_id,
+        org: req.knowledge_org_id,
+        orgs: req.knowledge_org_ids.as_deref().unwrap_or_default(),
+        names: ["knowledge_org_ids", "knowledge_org_id", "knowledge_folder_id"],
+        code: "invalid_knowledge_scope",
+    };
+    scope.check()?;
+    let spaces = if want("knowledge") { scope.spaces(&m.knowledge, user).await? } else { Vec::new() };
     // The sections' retrievals are independent: run them together.
     let (profile_rows, ranked, retrieved) = tokio::join!(
         async {
@@ -227,7 +210,7 @@ pub async fn assemble(m: &State, user: Uuid, req: ContextRequest) -> Result<Cont
                 }
                 (Some(q), true) => crate::knowledge::service::retrieve(
                     &m.knowledge,
-                    spaces.first().copied().unwrap_or(user),
+                    spaces.first().map_or(user, |s| s.id),
                     q,
                     req.knowledge_folder_id,
                     KNOWLEDGE_CANDIDATES,

@@ -131,6 +131,18 @@ pub async fn members(pool: &PgPool, org: Uuid) -> Result<Vec<MemberRow>, sqlx::E
     .await
 }
 
+/// One member.
+pub async fn member(pool: &PgPool, org: Uuid, user: Uuid) -> Result<Option<MemberRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.user_id, u.email, u.name, m.role, m.created_at FROM org_members m JOIN users u ON u.id = m.user_id
+         WHERE m.org_id = $1 AND m.user_id = $2",
+    )
+    .bind(org)
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Locks the organization's membership for a change (serialises the owner rule).
 pub async fn lock_members(tx: &mut Transaction<'_, Postgres>, org: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE").bind(org).execute(&mut **tx).await?;

@@ -288,6 +288,11 @@ pub async fn members(state: &AuthState, user: Uuid, id: Uuid) -> Result<Vec<Memb
     Ok(db::members(&state.pool, id).await?.into_iter().map(Member::from).collect())
 }
 
+/// One member as the API shows it, or 404.
+async fn member_view(state: &AuthState, id: Uuid, user: Uuid) -> Result<Member, ApiError> {
+    db::member(&state.pool, id, user).await?.map(Member::from).ok_or_else(|| ApiError::not_found("member not found"))
+}
+
 /// Changes a member's role (`org:sys_memberships:manage`; owners alone make or
 /// unmake owners; the last owner stays one).
 pub async fn set_member_role(
@@ -328,12 +333,7 @@ pub async fn set_role_by(
     audit_by(&mut tx, by, "org.member_role", id, serde_json::json!({"user": target, "before": current, "after": role}))
         .await?;
     tx.commit().await?;
-    db::members(&state.pool, id)
-        .await?
-        .into_iter()
-        .find(|m| m.user_id == target)
-        .map(Member::from)
-        .ok_or_else(|| ApiError::not_found("member not found"))
+    member_view(state, id, target).await
 }
 
 /// Removes a member (`org:sys_memberships:manage`), or the caller leaves; the
@@ -402,12 +402,7 @@ pub async fn add_member(state: &AuthState, p: &Principal, id: Uuid, req: AddMemb
     }
     audit(&mut tx, p, "org.member_add", id, serde_json::json!({"user": req.user_id, "role": role})).await?;
     tx.commit().await?;
-    db::members(&state.pool, id)
-        .await?
-        .into_iter()
-        .find(|m| m.user_id == req.user_id)
-        .map(Member::from)
-        .ok_or_else(|| ApiError::not_found("member not found"))
+    member_view(state, id, req.user_id).await
 }
 
 /// Changes a member's role as the app's backend (a service key with no user
